@@ -1,0 +1,47 @@
+# Set-up and entry points. `make demo` and `make test` each install everything they need on a
+# fresh Debian 12 machine (run as root) and are safe to run again: every step checks first.
+
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+APT_PKGS := python3-venv python3-dev gcc make libc6-dev
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv build test demo bench clean
+
+all: build
+
+# apt-get only what is missing, so a second run neither needs the network nor takes time.
+deps:
+	@missing=""; for p in $(APT_PKGS); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "apt-get install:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# The venv is rebuilt only when the project's declared dependencies change.
+$(VENV)/.installed: pyproject.toml setup.py | deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel "cython>=3.0"
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# Cython and setuptools skip the compile when nothing changed.
+build: venv
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: build
+	$(PY) -m fastlvs demo
+
+bench: build
+	$(PY) -m pytest benchmarks -q --benchmark-only
+
+clean:
+	rm -rf build $(VENV) src/*.egg-info src/fastlvs/_core.c src/fastlvs/_core*.so
