@@ -31,8 +31,15 @@ def _parse_addr(value, field: str):
         # The kernel folds an IPv6 address for sh/dh/mh as ip6[0]^ip6[1]^ip6[2]^ip6[3] on the
         # big-endian words and then applies ntohl(); XOR commutes with the byte swap, so the
         # fold of the host-order words is the same number.
-        fold = (n >> 96) ^ ((n >> 64) & 0xFFFFFFFF) ^ ((n >> 32) & 0xFFFFFFFF) ^ (n & 0xFFFFFFFF)
+        fold = _fold6(n)
     return str(ip), ip.version, n, fold
+
+
+def _fold6(n: int) -> int:
+    return (n >> 96) ^ ((n >> 64) & 0xFFFFFFFF) ^ ((n >> 32) & 0xFFFFFFFF) ^ (n & 0xFFFFFFFF)
+
+
+_INT_TO_IP = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}
 
 
 def _check_int(value, field: str, lo: int, hi: int) -> int:
@@ -78,14 +85,19 @@ class RealServer:
 
 
 class Flow:
-    """The fields of a connection's first packet that a scheduler may use."""
+    """The fields of a connection's first packet that a scheduler may use.
 
-    __slots__ = ("saddr", "sport", "daddr", "dport", "protocol", "af",
+    Schedulers read only the integer fields (`saddr_int`, `saddr_fold`, ports, ...); the text
+    forms `saddr`/`daddr` are made on demand, so the engine can build flows from integers
+    with `Flow.from_ints` without formatting addresses per new connection.
+    """
+
+    __slots__ = ("sport", "dport", "protocol", "af",
                  "saddr_int", "daddr_int", "saddr_fold", "daddr_fold")
 
     def __init__(self, saddr, sport: int, daddr, dport: int, protocol="tcp"):
-        self.saddr, saf, self.saddr_int, self.saddr_fold = _parse_addr(saddr, "saddr")
-        self.daddr, daf, self.daddr_int, self.daddr_fold = _parse_addr(daddr, "daddr")
+        _, saf, self.saddr_int, self.saddr_fold = _parse_addr(saddr, "saddr")
+        _, daf, self.daddr_int, self.daddr_fold = _parse_addr(daddr, "daddr")
         if saf != daf:
             raise ValueError(f"saddr/daddr: address families differ ({saddr!r}, {daddr!r})")
         self.af = saf
@@ -99,6 +111,39 @@ class Flow:
             self.protocol = protocol.lower()
         else:
             raise ValueError(f"protocol: {protocol!r} is not one of tcp, udp, sctp")
+
+    @classmethod
+    def from_ints(cls, af: int, saddr_int: int, sport: int, daddr_int: int, dport: int,
+                  protocol: str = "tcp") -> "Flow":
+        """A Flow from already-validated integers (the engine's new-connection hand-off).
+
+        No checks are made: the caller guarantees af in (4, 6), addresses and ports in range
+        and protocol one of "tcp", "udp", "sctp".
+        """
+        f = cls.__new__(cls)
+        f.af = af
+        f.saddr_int = saddr_int
+        f.daddr_int = daddr_int
+        if af == 4:
+            f.saddr_fold = saddr_int
+            f.daddr_fold = daddr_int
+        else:
+            f.saddr_fold = _fold6(saddr_int)
+            f.daddr_fold = _fold6(daddr_int)
+        f.sport = sport
+        f.dport = dport
+        f.protocol = protocol
+        return f
+
+    @property
+    def saddr(self) -> str:
+        """Source address as text."""
+        return str(_INT_TO_IP[self.af](self.saddr_int))
+
+    @property
+    def daddr(self) -> str:
+        """Destination address as text."""
+        return str(_INT_TO_IP[self.af](self.daddr_int))
 
     def __repr__(self) -> str:
         return (f"Flow({self.protocol} {self.saddr}:{self.sport} -> "
