@@ -7,7 +7,7 @@ PY       := $(VENV)/bin/python
 APT_PKGS := python3-venv python3-dev gcc make libc6-dev
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv build test demo bench clean
+.PHONY: all deps venv build test demo bench bench-sched clean
 
 all: build
 
@@ -42,6 +42,12 @@ demo: build
 
 bench: build
 	$(PY) -m pytest benchmarks -q --benchmark-only
+
+# The README's scheduler table: decisions/s of every scheduler at 4, 64 and 1024 servers.
+bench-sched: build
+	$(PY) -m pytest benchmarks/test_bench_schedulers.py -q --benchmark-only \
+	    --benchmark-json=.benchmarks/schedulers.json --benchmark-min-rounds=20
+	$(PY) benchmarks/report_schedulers.py .benchmarks/schedulers.json
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info src/fastlvs/_core.c src/fastlvs/_core*.so

@@ -1,0 +1,1 @@
+"""Shared benchmark fixtures: servers and flows made once, outside the timed code."""
