@@ -2,7 +2,8 @@
 
 Both are bit-exact with a 64-bit little-endian Linux build (x86-64): hash_32 is the multiply
 by GOLDEN_RATIO_32 keeping the top bits; hsiphash is SipHash-1-3 over 64-bit words with the
-result cut to 32 bits, which is what lib/siphash.c builds when BITS_PER_LONG == 64.
+result cut to 32 bits, which is what lib/siphash.c builds when BITS_PER_LONG == 64 (a
+32-bit kernel runs HalfSipHash instead, so its mh tables differ from these).
 """
 from __future__ import annotations
 
