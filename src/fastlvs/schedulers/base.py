@@ -231,8 +231,9 @@ class Scheduler:
             self.del_dest(rs)
             changed = True
         for rs in reversed(added):
-            if rs.weight > 0:
-                rs.last_weight = rs.weight
+            # __ip_vs_update_dest sets last_weight on every add, zero included; edits only
+            # record a non-zero weight.
+            rs.last_weight = rs.weight
             self.servers.insert(0, rs)
             self.add_dest(rs)
             changed = True
