@@ -45,6 +45,7 @@ bench: build
 
 # The README's scheduler table: decisions/s of every scheduler at 4, 64 and 1024 servers.
 bench-sched: build
+	@mkdir -p .benchmarks
 	$(PY) -m pytest benchmarks/test_bench_schedulers.py -q --benchmark-only \
 	    --benchmark-json=.benchmarks/schedulers.json --benchmark-min-rounds=20
 	$(PY) benchmarks/report_schedulers.py .benchmarks/schedulers.json
