@@ -9,6 +9,7 @@ extensions = [
     Extension(
         "fastlvs._core",
         ["src/fastlvs/_core.pyx"],
+        include_dirs=["src/fastlvs/includes"],
         extra_compile_args=["-O3", "-fno-strict-aliasing"],
     )
 ]
@@ -17,6 +18,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        include_path=["src/fastlvs/includes"],
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )
 )

@@ -1,0 +1,242 @@
+# The connection table: `capacity` 48-byte entries allocated once, chained from a power-of-two
+# bucket array by 32-bit indices (stable, so conns can name their template), a free list,
+# lazy expiry on lookup plus an incremental sweep of a bounded number of entries per batch.
+# Also the interned virtual addresses (VIPs) and the dest bind/unbind counters of IPVS.
+
+cdef enum:
+    NS_PER_S = 1000000000
+
+
+cdef inline bint addr_eq(const uint32_t *a, const uint32_t *b) noexcept nogil:
+    return a[3] == b[3] and a[2] == b[2] and a[1] == b[1] and a[0] == b[0]
+
+
+cdef inline uint32_t vip_slot(const uint32_t *addr, uint16_t port, uint8_t proto) noexcept nogil:
+    cdef uint64_t x = (<uint64_t>(addr[0] ^ addr[1] ^ addr[2] ^ addr[3]) << 24) \
+        ^ (<uint64_t>port << 8) ^ proto
+    x *= 0x9E3779B97F4A7C15ULL
+    return <uint32_t>(x >> 47) & (VIP_INDEX_SIZE - 1)
+
+
+cdef inline uint16_t vip_find(fl_engine *e, const uint32_t *addr, uint16_t port,
+                              uint8_t proto) noexcept nogil:
+    # Interned VIP index of (proto, addr, port), 0 = not a virtual address we know.
+    cdef uint32_t s = vip_slot(addr, port, proto)
+    cdef uint16_t v
+    cdef fl_vip *vp
+    while True:
+        v = e.vip_index[s]
+        if v == 0:
+            return 0
+        vp = &e.vips[v]
+        if vp.port == port and vp.proto == proto and addr_eq(vp.addr, addr):
+            return v
+        s = (s + 1) & (VIP_INDEX_SIZE - 1)
+
+
+cdef inline uint64_t secs(uint32_t s) noexcept nogil:
+    return <uint64_t>s * NS_PER_S
+
+
+cdef inline void dest_bind(fl_engine *e, fl_conn *c) noexcept nogil:
+    # ip_vs_bind_dest: count the entry on its dest, then set the overload flag at -x.
+    cdef fl_dest *d = &e.dests[c.dest]
+    d.refcnt += 1
+    if c.flags & CF_TEMPLATE:
+        d.persistconns += 1
+    elif c.flags & CF_INACTIVE:
+        d.inactconns += 1
+    else:
+        d.activeconns += 1
+    if d.u_threshold != 0 and <uint32_t>(d.activeconns + d.inactconns) >= d.u_threshold:
+        d.flags |= DF_OVERLOAD
+
+
+cdef inline void dest_unbind(fl_engine *e, fl_conn *c) noexcept nogil:
+    # ip_vs_unbind_dest: uncount, then clear the overload flag with its hysteresis.
+    cdef fl_dest *d = &e.dests[c.dest]
+    cdef int64_t total
+    if c.flags & CF_TEMPLATE:
+        d.persistconns -= 1
+    elif c.flags & CF_INACTIVE:
+        d.inactconns -= 1
+    else:
+        d.activeconns -= 1
+    total = d.activeconns + d.inactconns
+    if d.l_threshold != 0:
+        if total < d.l_threshold:
+            d.flags &= ~DF_OVERLOAD
+    elif d.u_threshold != 0:
+        if total * 4 < <int64_t>d.u_threshold * 3:
+            d.flags &= ~DF_OVERLOAD
+    else:
+        d.flags &= ~DF_OVERLOAD
+    d.refcnt -= 1
+    c.dest = 0
+
+
+cdef inline uint32_t conn_bucket_of(fl_engine *e, fl_conn *c) noexcept nogil:
+    return conn_hash(e, c.caddr, c.cport, c.proto)
+
+
+cdef inline void conn_link(fl_engine *e, uint32_t idx, uint32_t bucket) noexcept nogil:
+    e.conns[idx].next = e.buckets[bucket]
+    e.buckets[bucket] = idx + 1
+
+
+cdef void conn_unlink(fl_engine *e, uint32_t idx) noexcept nogil:
+    cdef uint32_t b = conn_bucket_of(e, &e.conns[idx])
+    cdef uint32_t *link = &e.buckets[b]
+    while link[0] != 0:
+        if link[0] == idx + 1:
+            link[0] = e.conns[idx].next
+            return
+        link = &e.conns[link[0] - 1].next
+
+
+cdef void conn_free(fl_engine *e, uint32_t idx) noexcept nogil:
+    # Unhash, release the template's control (ip_vs_control_del), unbind, return to the pool.
+    cdef fl_conn *c = &e.conns[idx]
+    cdef uint32_t t
+    conn_unlink(e, idx)
+    if not (c.flags & CF_TEMPLATE) and c.ctl != 0:
+        t = c.ctl - 1
+        if e.conns[t].ctl > 0:
+            e.conns[t].ctl -= 1
+        c.ctl = 0
+    if c.dest != 0:
+        dest_unbind(e, c)
+    c.vip = 0
+    c.flags = 0
+    c.next = e.free_head
+    e.free_head = idx + 1
+    e.conn_count -= 1
+    e.counters[C_CONNS_EXPIRED] += 1
+
+
+cdef inline bint conn_expire(fl_engine *e, uint32_t idx, uint64_t now) noexcept nogil:
+    # The timer fired: a template still controlling conns is re-armed (IPVS n_control),
+    # anything else is freed. Returns True when the entry was freed.
+    cdef fl_conn *c = &e.conns[idx]
+    if (c.flags & CF_TEMPLATE) and c.ctl > 0:
+        c.expires = now + secs(c.timeout)
+        return False
+    conn_free(e, idx)
+    return True
+
+
+cdef uint32_t conn_sweep(fl_engine *e, uint64_t now, uint32_t budget) noexcept nogil:
+    # Inspect up to `budget` entries from the sweep cursor; returns how many were freed.
+    cdef uint32_t freed = 0
+    cdef uint32_t i
+    cdef fl_conn *c
+    while budget > 0:
+        budget -= 1
+        i = e.sweep_pos
+        e.sweep_pos += 1
+        if e.sweep_pos >= e.capacity:
+            e.sweep_pos = 0
+        c = &e.conns[i]
+        if c.vip != 0 and c.expires <= now:
+            if conn_expire(e, i, now):
+                freed += 1
+    return freed
+
+
+cdef inline uint32_t conn_lookup_in(fl_engine *e, fl_pkt *p, uint64_t now) noexcept nogil:
+    # 1 + index of the live conn for a client->VIP packet, 0 = none (expired ones are freed).
+    cdef uint32_t i = e.buckets[p.bucket]
+    cdef fl_conn *c
+    while i != 0:
+        c = &e.conns[i - 1]
+        if (c.cport == p.sport and c.vip == p.vip and c.caddr[3] == p.saddr[3]
+                and not (c.flags & CF_TEMPLATE) and addr_eq(c.caddr, p.saddr)):
+            if c.expires <= now:
+                conn_expire(e, i - 1, now)
+                return 0
+            return i
+        i = c.next
+    return 0
+
+
+cdef inline uint32_t conn_lookup_out(fl_engine *e, fl_pkt *p, uint64_t now) noexcept nogil:
+    # 1 + index of the NAT conn a RS->client reply belongs to, 0 = none.
+    cdef uint32_t b = conn_hash(e, p.daddr, p.dport, p.proto)
+    cdef uint32_t i = e.buckets[b]
+    cdef fl_conn *c
+    cdef fl_dest *d
+    while i != 0:
+        c = &e.conns[i - 1]
+        if (c.cport == p.dport and c.proto == p.proto and c.fwd == FWD_NAT
+                and not (c.flags & CF_TEMPLATE) and addr_eq(c.caddr, p.daddr)):
+            d = &e.dests[c.dest]
+            if d.rport == p.sport and addr_eq(d.raddr, p.saddr):
+                if c.expires <= now:
+                    conn_expire(e, i - 1, now)
+                    return 0
+                return i
+        i = c.next
+    return 0
+
+
+cdef inline uint32_t tmpl_lookup(fl_engine *e, const uint32_t *snet, uint16_t vip,
+                                 uint8_t proto, uint64_t now) noexcept nogil:
+    # 1 + index of the persistence template <proto, client net, 0, vip>, 0 = none.
+    cdef uint32_t i = e.buckets[conn_hash(e, snet, 0, proto)]
+    cdef fl_conn *c
+    while i != 0:
+        c = &e.conns[i - 1]
+        if ((c.flags & (CF_TEMPLATE | CF_INVALID)) == CF_TEMPLATE and c.vip == vip
+                and c.cport == 0 and addr_eq(c.caddr, snet)):
+            if c.expires <= now and conn_expire(e, i - 1, now):
+                return 0
+            return i
+        i = c.next
+    return 0
+
+
+cdef inline uint32_t conn_alloc(fl_engine *e, uint64_t now) noexcept nogil:
+    # 1 + index of a free entry, reclaiming expired ones first; 0 when the table is full.
+    cdef uint32_t i
+    if e.free_head == 0:
+        conn_sweep(e, now, 4096 if e.capacity > 4096 else e.capacity)
+        if e.free_head == 0:
+            return 0
+    i = e.free_head
+    e.free_head = e.conns[i - 1].next
+    e.conn_count += 1
+    return i
+
+
+cdef uint32_t conn_new(fl_engine *e, const uint32_t *caddr, uint16_t cport, uint16_t vip,
+                       uint8_t proto, uint32_t dest, uint8_t flags,
+                       uint64_t now) noexcept nogil:
+    # ip_vs_conn_new + ip_vs_bind_dest: a hashed entry in state NONE bound to `dest`.
+    cdef uint32_t i = conn_alloc(e, now)
+    cdef fl_conn *c
+    cdef fl_dest *d = &e.dests[dest]
+    if i == 0:
+        return 0
+    c = &e.conns[i - 1]
+    c.caddr[0] = caddr[0]
+    c.caddr[1] = caddr[1]
+    c.caddr[2] = caddr[2]
+    c.caddr[3] = caddr[3]
+    c.cport = cport
+    c.vip = vip
+    c.proto = proto
+    c.state = TCP_S_NONE
+    c.ctl = 0
+    c.dest = dest
+    c.fwd = d.fwd
+    c.flags = flags
+    if not (flags & CF_TEMPLATE):
+        # the dest's conn_flags: new conns start inactive; DR/TUN never see output
+        c.flags |= CF_INACTIVE
+        if d.fwd != FWD_NAT:
+            c.flags |= CF_NOOUTPUT
+    c.timeout = 3
+    c.expires = now + secs(3)
+    conn_link(e, i - 1, conn_hash(e, caddr, cport, proto))
+    dest_bind(e, c)
+    return i

@@ -1,0 +1,224 @@
+# The fast path's plain C data: frame descriptors, parsed packets, connection entries, dests,
+# services, interned virtual addresses and the engine state that owns them all. No Python
+# object lives in here, so every function over these structs can run without the GIL.
+
+cdef enum:
+    VERDICT_DROP = 0        # consumed: malformed, no dest, table full, ...
+    VERDICT_TX = 1          # transmit data[out_adj : out_adj + out_len] on out_ifindex
+    VERDICT_PENDING = 2     # parked until the Python scheduler has decided (internal)
+    VERDICT_PASS = 3        # not ours (not IPv4, no virtual service): leave it to the host
+
+    FWD_NONE = 0
+    FWD_DR = 1
+    FWD_NAT = 2
+    FWD_TUN = 3
+    FWD_NAT_OUT = 4         # xmit table slot for NAT replies (RS -> client)
+
+    SCHED_CALLBACK = 0
+    SCHED_SH = 1
+    SCHED_DH = 2
+    SCHED_MH = 3
+    SCHED_F_FALLBACK = 1
+    SCHED_F_PORT = 2
+
+    # conn flags (IPVS's IP_VS_CONN_F_* meanings, our own bits: the entry has only 8)
+    CF_TEMPLATE = 1
+    CF_INACTIVE = 2
+    CF_NOOUTPUT = 4
+    CF_INVALID = 8          # template invalidated by ip_vs_check_template: no longer matched
+
+    # dest flags
+    DF_IN_USE = 1           # the id names a dest (possibly deleted but still referenced)
+    DF_AVAILABLE = 2        # IP_VS_DEST_F_AVAILABLE: linked to its service
+    DF_OVERLOAD = 4         # IP_VS_DEST_F_OVERLOAD
+
+    # global counters
+    C_RX = 0
+    C_TX = 1
+    C_PASS = 2
+    C_MALFORMED = 3
+    C_NOT_IP = 4
+    C_NO_SERVICE = 5
+    C_TABLE_FULL = 6
+    C_TCP_NOT_SYN = 7
+    C_NO_DEST = 8
+    C_FRAGMENT = 9
+    C_BAD_CHECKSUM = 10
+    C_FRAG_NEEDED_SENT = 11
+    C_NO_HEADROOM = 12
+    C_CALLBACK_ERROR = 13
+    C_NO_ROUTE = 14
+    C_OVERSIZE = 15
+    C_CONNS_CREATED = 16
+    C_CONNS_EXPIRED = 17
+    C_LAST = 18
+
+    MAX_SERVICES = 65536
+    MAX_VIPS = 65536
+    VIP_INDEX_SIZE = 131072   # open-addressed index over the interned VIPs, power of 2
+    NEIGH_SIZE = 4096         # open-addressed (client ip -> mac) table, power of 2
+    MAX_BATCH = 256
+
+    # TCP states, numbered as ip_vs.h numbers them
+    TCP_S_NONE = 0
+    TCP_S_ESTABLISHED = 1
+    TCP_S_SYN_SENT = 2
+    TCP_S_SYN_RECV = 3
+    TCP_S_FIN_WAIT = 4
+    TCP_S_TIME_WAIT = 5
+    TCP_S_CLOSE = 6
+    TCP_S_CLOSE_WAIT = 7
+    TCP_S_LAST_ACK = 8
+    TCP_S_LISTEN = 9
+    TCP_S_SYNACK = 10
+    TCP_S_LAST = 11
+
+    TH_FIN = 0x01
+    TH_SYN = 0x02
+    TH_RST = 0x04
+    TH_ACK = 0x10
+
+
+cdef struct fl_frame:
+    # One frame handed to the engine; ring code points `data` into UMEM / the packet ring.
+    uint8_t *data
+    uint32_t len
+    uint32_t headroom       # bytes writable before data (TUN and ICMP replies grow forwards)
+    uint64_t ts_ns          # receive time; drives every timeout
+    uint32_t out_ifindex
+    uint32_t out_len
+    int32_t out_adj         # output starts at data + out_adj (-20 for TUN, -28 for ICMP)
+    uint8_t verdict
+    uint8_t reason          # the C_* counter that decided a DROP/PASS (diagnostics)
+    uint16_t _pad
+
+
+cdef struct fl_pkt:
+    # What parsing learned about one frame; addresses are host-order 32-bit words, IPv4 in [3].
+    uint32_t saddr[4]
+    uint32_t daddr[4]
+    uint32_t bucket         # conn hash bucket of the in-direction key
+    uint16_t sport
+    uint16_t dport
+    uint16_t l2len          # 14, or 18 with an 802.1Q tag
+    uint16_t ihl            # IP header length in bytes
+    uint16_t tot_len        # IP total length
+    uint16_t vip            # interned VIP index, 0 = none
+    uint8_t proto
+    uint8_t tcpflags
+    uint8_t ok              # 1 when parsed and to be handled
+    uint8_t _pad
+
+
+cdef struct fl_conn:
+    # One connection or persistence template: 48 bytes, allocated once at start.
+    uint32_t caddr[4]
+    uint64_t expires        # ns, engine clock (frame timestamps)
+    uint32_t dest           # dest id
+    uint32_t ctl            # conn: 1 + template index (0 = none); template: n_control
+    uint32_t next           # 1 + index of the next entry in the bucket chain / free list
+    uint32_t timeout        # seconds, as IPVS's cp->timeout
+    uint16_t cport
+    uint16_t vip            # interned VIP (proto, vaddr, vport); 0 = free entry
+    uint8_t state
+    uint8_t flags
+    uint8_t proto
+    uint8_t fwd             # transmit function bound at creation (FWD_*)
+
+
+cdef struct fl_dest:
+    uint32_t raddr[4]
+    uint64_t conns
+    uint64_t inpkts
+    uint64_t outpkts
+    uint64_t inbytes
+    uint64_t outbytes
+    int64_t weight
+    uint32_t u_threshold
+    uint32_t l_threshold
+    int32_t activeconns
+    int32_t inactconns
+    int32_t persistconns
+    uint32_t refcnt         # entries (conns + templates) bound to this dest
+    uint32_t ifindex
+    uint16_t rport
+    uint16_t svc
+    uint8_t fwd
+    uint8_t flags
+    uint8_t mac[6]
+
+
+cdef struct fl_svc:
+    uint32_t vaddr[4]
+    uint64_t conns
+    uint64_t inpkts
+    uint64_t outpkts
+    uint64_t inbytes
+    uint64_t outbytes
+    uint32_t *table         # sh/dh/mh bucket table of dest ids (owned), NULL = callback
+    uint32_t table_len
+    uint32_t persist_timeout
+    uint32_t netmask        # host order, IPv4
+    uint16_t vport
+    uint16_t vip
+    uint8_t in_use
+    uint8_t proto
+    uint8_t sched
+    uint8_t sched_flags
+
+
+cdef struct fl_vip:
+    uint32_t addr[4]
+    uint16_t port
+    uint16_t svc            # service id currently on this VIP, 0 = none (conns live on)
+    uint8_t proto
+    uint8_t used
+
+
+cdef struct fl_neigh:
+    uint32_t ip
+    uint32_t ifindex
+    uint8_t mac[6]
+    uint8_t used
+
+
+cdef struct fl_parked:
+    uint32_t dest           # the scheduler's answer (0 = none)
+    uint16_t frame          # index of the frame in the batch
+    uint16_t svc
+    int16_t leader          # -1, or the parked entry whose flow this frame shares
+    uint16_t _pad
+
+
+cdef struct fl_engine:
+    fl_conn *conns
+    uint32_t *buckets       # 1 + index of the chain head, 0 = empty
+    uint32_t capacity
+    uint32_t bucket_mask
+    uint32_t bucket_bits
+    uint32_t free_head      # 1 + index, 0 = none free
+    uint32_t conn_count
+    uint32_t sweep_pos
+    uint32_t sweep_budget   # entries inspected per batch by the incremental expiry
+    uint64_t seed
+    uint64_t now            # latest frame timestamp seen (ns)
+    fl_dest *dests
+    uint32_t ndests         # allocated dest slots (ids 0..ndests-1)
+    fl_svc *svcs
+    fl_vip *vips
+    uint16_t *vip_index
+    uint32_t nvips
+    fl_neigh *neigh
+    uint8_t gw_mac[6]
+    uint8_t has_gw
+    uint8_t local_mac[6]
+    uint32_t gw_ifindex
+    uint32_t local_ip
+    uint32_t mtu
+    uint16_t ip_id
+    uint32_t tcp_timeouts[TCP_S_LAST + 1]
+    uint32_t udp_timeout
+    uint64_t counters[C_LAST]
+    fl_pkt pkts[MAX_BATCH]
+    fl_parked parked[MAX_BATCH]
+    int nparked

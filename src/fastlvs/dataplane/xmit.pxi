@@ -1,0 +1,170 @@
+# The forwarding methods, one small function each, chosen when the conn is created (the
+# entry's `fwd` indexes XMIT): DR rewrites MACs, NAT rewrites the destination (and the
+# source of replies) with incremental checksums, TUN prepends an outer IPv4 header in the
+# headroom. All work in place on the frame. Each returns the C_* counter of a drop or -1.
+
+ctypedef int (*xmit_fn)(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil
+
+
+cdef inline void eth_set(uint8_t *d, const uint8_t *dst, const uint8_t *src) noexcept nogil:
+    memcpy(d, dst, 6)
+    memcpy(d + 6, src, 6)
+
+
+cdef inline void frame_tx(fl_frame *f, uint32_t ifindex, int32_t adj, uint32_t length) noexcept nogil:
+    f.verdict = VERDICT_TX
+    f.out_ifindex = ifindex
+    f.out_adj = adj
+    f.out_len = length
+
+
+cdef int xmit_dr_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
+    cdef fl_dest *d = &e.dests[c.dest]
+    eth_set(f.data, d.mac, e.local_mac)
+    frame_tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+    return -1
+
+
+cdef int xmit_nat_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
+    # client -> VIP:vport becomes client -> RIP:rport
+    cdef fl_dest *d = &e.dests[c.dest]
+    cdef uint8_t *ip = f.data + p.l2len
+    cdef uint8_t *l4 = ip + p.ihl
+    cdef bint udp = p.proto == 17
+    cdef uint8_t *ck = l4 + (6 if udp else 16)
+    cdef uint32_t old = p.daddr[3]
+    cdef uint32_t new = d.raddr[3]
+    wr32(ip + 16, new)
+    csum_replace4(ip + 10, old, new)
+    l4_csum_replace4(ck, old, new, udp)
+    if p.dport != d.rport:
+        wr16(l4 + 2, d.rport)
+        l4_csum_replace2(ck, p.dport, d.rport, udp)
+    eth_set(f.data, d.mac, e.local_mac)
+    frame_tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+    return -1
+
+
+cdef inline fl_neigh *neigh_find(fl_engine *e, uint32_t ip) noexcept nogil:
+    cdef uint32_t s = (ip * <uint32_t>GOLDEN_RATIO_32) >> 20
+    cdef fl_neigh *nb
+    while True:
+        nb = &e.neigh[s]
+        if not nb.used:
+            return NULL
+        if nb.ip == ip:
+            return nb
+        s = (s + 1) & (NEIGH_SIZE - 1)
+
+
+cdef int xmit_nat_out_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
+    # RS reply RIP:rport -> client becomes VIP:vport -> client, sent to the client's next hop
+    cdef fl_vip *v = &e.vips[c.vip]
+    cdef uint8_t *ip = f.data + p.l2len
+    cdef uint8_t *l4 = ip + p.ihl
+    cdef bint udp = p.proto == 17
+    cdef uint8_t *ck = l4 + (6 if udp else 16)
+    cdef uint32_t old = p.saddr[3]
+    cdef uint32_t new = v.addr[3]
+    cdef fl_neigh *nb = neigh_find(e, p.daddr[3])
+    if nb != NULL:
+        eth_set(f.data, nb.mac, e.local_mac)
+        frame_tx(f, nb.ifindex, 0, p.l2len + p.tot_len)
+    elif e.has_gw:
+        eth_set(f.data, e.gw_mac, e.local_mac)
+        frame_tx(f, e.gw_ifindex, 0, p.l2len + p.tot_len)
+    else:
+        return C_NO_ROUTE
+    wr32(ip + 12, new)
+    csum_replace4(ip + 10, old, new)
+    l4_csum_replace4(ck, old, new, udp)
+    if p.sport != v.port:
+        wr16(l4, v.port)
+        l4_csum_replace2(ck, p.sport, v.port, udp)
+    return -1
+
+
+cdef int icmp_frag_needed_v4(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t mtu) noexcept nogil:
+    # ICMP dest unreachable / fragmentation needed back to the sender, from the address it
+    # wrote to (the VIP), quoting its IP header and 8 payload bytes. Built in the headroom:
+    # the quoted bytes stay where they are and the new headers go 28 bytes before them.
+    cdef uint32_t quote = p.ihl + 8
+    cdef uint8_t *o
+    cdef uint8_t *ip
+    cdef uint8_t *ic
+    cdef uint8_t tos
+    cdef uint8_t mac[6]
+    if quote > p.tot_len:
+        quote = p.tot_len
+    if f.headroom < 28:
+        return C_NO_HEADROOM
+    o = f.data - 28
+    tos = f.data[p.l2len + 1]
+    memcpy(mac, f.data, 6)
+    memmove(o, f.data, p.l2len)
+    memcpy(o, o + 6, 6)                 # back to the sender's MAC ...
+    memcpy(o + 6, mac, 6)               # ... from the MAC it sent to
+    ip = o + p.l2len
+    ic = ip + 20
+    ip[0] = 0x45
+    ip[1] = (tos & 0x1E) | 0xC0
+    wr16(ip + 2, <uint16_t>(28 + quote))
+    e.ip_id += 1
+    wr16(ip + 4, e.ip_id)
+    wr16(ip + 6, 0)
+    ip[8] = 64
+    ip[9] = 1
+    wr16(ip + 10, 0)
+    wr32(ip + 12, p.daddr[3])
+    wr32(ip + 16, p.saddr[3])
+    wr16(ip + 10, csum_of(ip, 20))
+    ic[0] = 3
+    ic[1] = 4
+    wr16(ic + 2, 0)
+    wr16(ic + 4, 0)
+    wr16(ic + 6, mtu)
+    wr16(ic + 2, csum_of(ic, 8 + quote))
+    frame_tx(f, 0, -28, p.l2len + 28 + quote)
+    e.counters[C_FRAG_NEEDED_SENT] += 1
+    return -1
+
+
+cdef int xmit_tun_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
+    # IPIP: outer header (local IP -> RIP, proto 4, TOS/TTL/DF copied from the inner header,
+    # id 0 with DF as the kernel's ip_select_ident gives) in front of the untouched packet.
+    cdef fl_dest *d = &e.dests[c.dest]
+    cdef uint8_t *inner = f.data + p.l2len
+    cdef bint df = (inner[6] & 0x40) != 0
+    cdef uint8_t *o
+    cdef uint8_t *ip
+    if <uint32_t>p.tot_len + 20 > e.mtu:
+        if df:
+            return icmp_frag_needed_v4(e, f, p, <uint16_t>(e.mtu - 20))
+        e.counters[C_OVERSIZE] += 1
+    if f.headroom < 20:
+        return C_NO_HEADROOM
+    o = f.data - 20
+    memmove(o, f.data, p.l2len)
+    eth_set(o, d.mac, e.local_mac)
+    ip = o + p.l2len
+    ip[0] = 0x45
+    ip[1] = inner[1]
+    wr16(ip + 2, <uint16_t>(p.tot_len + 20))
+    if df:
+        wr16(ip + 4, 0)
+        wr16(ip + 6, 0x4000)
+    else:
+        e.ip_id += 1
+        wr16(ip + 4, e.ip_id)
+        wr16(ip + 6, 0)
+    ip[8] = inner[8]
+    ip[9] = 4
+    wr16(ip + 10, 0)
+    wr32(ip + 12, e.local_ip)
+    wr32(ip + 16, d.raddr[3])
+    wr16(ip + 10, csum_of(ip, 20))
+    frame_tx(f, d.ifindex, -20, p.l2len + 20 + p.tot_len)
+    return -1
+
+
+cdef xmit_fn[5] XMIT = [NULL, xmit_dr_v4, xmit_nat_v4, xmit_tun_v4, xmit_nat_out_v4]
