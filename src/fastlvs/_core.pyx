@@ -185,20 +185,34 @@ cdef void new_flow(fl_engine *e, fl_frame *f, fl_pkt *p, int idx, uint16_t svc_i
             return
         conn_create_forward(e, f, p, svc_id, dest, 0, now)
         return
-    f.verdict = VERDICT_PENDING
-    k = e.nparked
-    e.nparked += 1
-    e.parked[k].frame = <uint16_t>idx
-    e.parked[k].svc = svc_id
-    e.parked[k].dest = 0
-    e.parked[k].leader = -1
+    if not park_follower(e, f, p, idx):
+        k = e.nparked
+        e.nparked += 1
+        f.verdict = VERDICT_PENDING
+        e.parked[k].frame = <uint16_t>idx
+        e.parked[k].svc = svc_id
+        e.parked[k].dest = 0
+        e.parked[k].leader = -1
+
+
+cdef bint park_follower(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept nogil:
+    # A later frame of a flow already parked in this batch waits behind it (order kept,
+    # the scheduler asked once).
+    cdef int j, k = e.nparked
+    cdef fl_pkt *q
     for j in range(k):
         if e.parked[j].leader < 0:
             q = &e.pkts[e.parked[j].frame]
             if (q.sport == p.sport and q.vip == p.vip and q.proto == p.proto
                     and addr_eq(q.saddr, p.saddr)):
+                e.nparked += 1
+                f.verdict = VERDICT_PENDING
+                e.parked[k].frame = <uint16_t>idx
+                e.parked[k].svc = e.parked[j].svc
+                e.parked[k].dest = 0
                 e.parked[k].leader = <int16_t>j
-                break
+                return True
+    return False
 
 
 cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept nogil:
@@ -217,6 +231,8 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
             else:
                 conn_forward_in(e, f, p, c, now)
                 return
+        if e.nparked != 0 and park_follower(e, f, p, idx):
+            return
         svc_id = e.vips[p.vip].svc
         if svc_id == 0:
             frame_pass(e, f, C_NO_SERVICE)
