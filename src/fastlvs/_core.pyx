@@ -421,11 +421,12 @@ cdef class Engine:
     cdef uint8_t *slots
     cdef uint8_t *saved
     cdef uint32_t *saved_len
+    cdef size_t *saved_off
     cdef int nloaded
     cdef readonly int batch
     cdef object callback
     cdef object error
-    cdef uint32_t new_flow_src
+    cdef readonly uint32_t new_flow_src   # last source process_loaded(new_flows) wrote
 
     def __cinit__(self, capacity=1 << 20, batch=64, local_ip="", local_mac="", mtu=1500):
         cdef uint32_t cap = capacity
@@ -453,12 +454,9 @@ cdef class Engine:
         self.st.dests = <fl_dest *>calloc(self.st.ndests, sizeof(fl_dest))
         self.frames = <fl_frame *>calloc(MAX_BATCH, sizeof(fl_frame))
         self.slots = <uint8_t *>malloc(<size_t>MAX_BATCH * SLOT_SIZE)
-        self.saved = <uint8_t *>malloc(<size_t>MAX_BATCH * SLOT_SIZE)
-        self.saved_len = <uint32_t *>calloc(MAX_BATCH, sizeof(uint32_t))
         if (self.st.conns == NULL or self.st.buckets == NULL or self.st.svcs == NULL
                 or self.st.vips == NULL or self.st.vip_index == NULL or self.st.neigh == NULL
-                or self.st.dests == NULL or self.frames == NULL or self.slots == NULL
-                or self.saved == NULL or self.saved_len == NULL):
+                or self.st.dests == NULL or self.frames == NULL or self.slots == NULL):
             raise MemoryError("cannot allocate the engine's tables")
         # every entry starts on the free list, lowest index first
         for i in range(cap):
@@ -495,6 +493,7 @@ cdef class Engine:
         free(self.slots)
         free(self.saved)
         free(self.saved_len)
+        free(self.saved_off)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -938,58 +937,80 @@ cdef class Engine:
 
     # -- benchmark helpers ------------------------------------------------------------------------
     def load_batch(self, frames):
-        """Keep up to `batch` frames in engine memory for process_loaded()/baseline_loaded()."""
-        cdef int j
+        """Keep copies of `frames` (any count) in engine memory for process_loaded() and
+        baseline_loaded(), which run them in batches of `batch`."""
+        cdef size_t total = 0, off = 0
+        cdef int j, n = len(frames)
         cdef const uint8_t[::1] view
-        if len(frames) > self.batch:
-            raise ValueError(f"at most {self.batch} frames")
-        for j in range(len(frames)):
-            view = frames[j]
-            if view.shape[0] > SLOT_SIZE - SLOT_HEADROOM:
+        for fr in frames:
+            if len(fr) > SLOT_SIZE - SLOT_HEADROOM:
                 raise ValueError("frame too large")
+            total += len(fr)
+        free(self.saved)
+        free(self.saved_len)
+        free(self.saved_off)
+        self.saved = <uint8_t *>malloc(total + 1)
+        self.saved_len = <uint32_t *>calloc(n + 1, sizeof(uint32_t))
+        self.saved_off = <size_t *>calloc(n + 1, sizeof(size_t))
+        if self.saved == NULL or self.saved_len == NULL or self.saved_off == NULL:
+            raise MemoryError()
+        for j in range(n):
+            view = frames[j]
             self.saved_len[j] = view.shape[0]
-            memcpy(self.saved + <size_t>j * SLOT_SIZE, &view[0], view.shape[0])
-        self.nloaded = len(frames)
+            self.saved_off[j] = off
+            if view.shape[0]:
+                memcpy(self.saved + off, &view[0], view.shape[0])
+            off += view.shape[0]
+        self.nloaded = n
 
-    cdef void _restore(self, uint64_t now_ns) noexcept nogil:
+    cdef void _restore(self, int start, int n, uint64_t now_ns) noexcept nogil:
         cdef int j
         cdef fl_frame *f
-        for j in range(self.nloaded):
+        for j in range(n):
             f = &self.frames[j]
             f.data = self.slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
             f.headroom = SLOT_HEADROOM
-            f.len = self.saved_len[j]
+            f.len = self.saved_len[start + j]
             f.ts_ns = now_ns
-            memcpy(f.data, self.saved + <size_t>j * SLOT_SIZE, f.len)
+            memcpy(f.data, self.saved + self.saved_off[start + j], f.len)
 
     def process_loaded(self, uint64_t now_ns, bint new_flows=False):
-        """Restore the loaded frames (memcpy) and run them; returns how many were sent.
-        new_flows=True gives every frame a fresh IPv4 source address first (with a valid
-        header checksum), so each run opens new connections."""
-        cdef int j, tx = 0
+        """Restore the loaded frames (memcpy) batch by batch and run them; returns how many
+        were sent. new_flows=True gives every frame a fresh IPv4 source address first (valid
+        header checksum; the next one is new_flow_src + 1), so each run opens new conns."""
+        cdef int j, n, start = 0, tx = 0
         cdef uint8_t *ip
         cdef uint32_t l2
-        self._restore(now_ns)
-        if new_flows:
-            for j in range(self.nloaded):
-                l2 = 18 if rd16(self.frames[j].data + 12) == 0x8100 else 14
-                ip = self.frames[j].data + l2
-                self.new_flow_src += 1
-                wr32(ip + 12, self.new_flow_src)
-                wr16(ip + 10, 0)
-                wr16(ip + 10, csum_of(ip, (ip[0] & 0x0F) * 4))
-        self._run(self.nloaded)
-        for j in range(self.nloaded):
-            if self.frames[j].verdict == VERDICT_TX:
-                tx += 1
+        while start < self.nloaded:
+            n = min(self.batch, self.nloaded - start)
+            self._restore(start, n, now_ns)
+            if new_flows:
+                for j in range(n):
+                    l2 = 18 if rd16(self.frames[j].data + 12) == 0x8100 else 14
+                    ip = self.frames[j].data + l2
+                    self.new_flow_src += 1
+                    wr32(ip + 12, self.new_flow_src)
+                    wr16(ip + 10, 0)
+                    wr16(ip + 10, csum_of(ip, (ip[0] & 0x0F) * 4))
+            self._run(n)
+            for j in range(n):
+                if self.frames[j].verdict == VERDICT_TX:
+                    tx += 1
+            start += n
+            if self.error is not None:
+                break
         self._raise_pending()
         return tx
 
     def baseline_loaded(self):
-        """The same restore plus a minimal header touch per frame: the benchmarks' yardstick."""
+        """The same restores plus a minimal header touch per frame: the benchmarks' yardstick."""
+        cdef int start = 0, n
         with nogil:
-            self._restore(0)
-            baseline_touch(&self.st, self.frames, self.nloaded)
+            while start < self.nloaded:
+                n = self.batch if self.nloaded - start > self.batch else self.nloaded - start
+                self._restore(start, n, 0)
+                baseline_touch(&self.st, self.frames, n)
+                start += n
         return self.nloaded
 
     # -- timers ---------------------------------------------------------------------------------

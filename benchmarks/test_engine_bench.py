@@ -1,0 +1,106 @@
+"""Engine throughput: established flows (DR at 1k and 1M conns, NAT, TUN) with the baseline
+loop (restore + touch headers) measured in the same run, new connections per second with
+sh/mh tables in C and with rr/wlc through the Python callback, and bytes per entry.
+
+Each round runs FRAMES frames in 64-frame batches from engine memory, so ns/packet =
+round time / FRAMES. Run:
+    .venv/bin/python -m pytest benchmarks/test_engine_bench.py --benchmark-only
+"""
+import pytest
+
+from bench_engine_common import S, FIRST_SRC, engine, establish, established_frames
+import packets as P
+from fastlvs.schedulers import Flow, RealServer, create
+
+FRAMES = 65536
+
+
+def _report(benchmark, frames, **extra):
+    benchmark.extra_info.update(extra)
+    benchmark.extra_info["frames"] = frames
+
+
+@pytest.fixture(scope="module")
+def dr_1k():
+    e = engine("dr", 1 << 12)
+    establish(e, 1000)
+    e.load_batch(established_frames(1000, FRAMES))
+    return e
+
+
+@pytest.fixture(scope="module")
+def dr_1m():
+    e = engine("dr", 1 << 21)
+    establish(e, 1_000_000)
+    e.load_batch(established_frames(1_000_000, FRAMES))
+    return e
+
+
+@pytest.mark.benchmark(group="established")
+def test_baseline_loop(benchmark, dr_1k):
+    n = benchmark(dr_1k.baseline_loaded)
+    assert n == FRAMES
+    _report(benchmark, FRAMES, mode="baseline")
+
+
+@pytest.mark.benchmark(group="established")
+@pytest.mark.parametrize("which", ["dr_1k", "dr_1m"])
+def test_dr_established(benchmark, which, request):
+    e = request.getfixturevalue(which)
+    tx = benchmark(e.process_loaded, 2 * S)
+    assert tx == FRAMES
+    _report(benchmark, FRAMES, mode=which, conns=e.conn_count())
+
+
+@pytest.mark.benchmark(group="established")
+@pytest.mark.parametrize("fwd", ["nat", "tun"])
+def test_nat_tun_established(benchmark, fwd):
+    e = engine(fwd, 1 << 12)
+    establish(e, 1000)
+    e.load_batch(established_frames(1000, FRAMES))
+    tx = benchmark(e.process_loaded, 2 * S)
+    assert tx == FRAMES
+    _report(benchmark, FRAMES, mode=f"{fwd}_1k")
+
+
+NEW = 16384
+
+
+@pytest.mark.benchmark(group="new-conns")
+@pytest.mark.parametrize("kind", ["sh", "mh"])
+def test_new_conns_c_hash(benchmark, kind):
+    e = engine("dr", 1 << 21)
+    size = 256 if kind == "sh" else 4093
+    e.set_hash_table(1, [1 + (i % 8) for i in range(size)], kind, 0)
+    e.load_batch([P.tcp("S")] * NEW)
+    tx = benchmark.pedantic(e.process_loaded, args=(S, True), rounds=20, iterations=1)
+    assert tx == NEW
+    _report(benchmark, NEW, mode=kind)
+
+
+@pytest.mark.benchmark(group="new-conns")
+@pytest.mark.parametrize("name", ["rr", "wlc"])
+def test_new_conns_python_callback(benchmark, name):
+    e = engine("dr", 1 << 21)
+    servers = [RealServer(f"192.0.2.{11 + i}", 80) for i in range(8)]
+    sched = create(name, servers)
+    ids = {id(rs): i + 1 for i, rs in enumerate(servers)}
+    from_ints = Flow.from_ints
+
+    def cb(svcs, flows):
+        out = []
+        for f in flows:
+            rs = sched.schedule(from_ints(*f))
+            out.append(ids[id(rs)] if rs is not None else 0)
+        return out
+
+    e.set_scheduler_callback(cb)
+    e.load_batch([P.tcp("S")] * NEW)
+    tx = benchmark.pedantic(e.process_loaded, args=(S, True), rounds=20, iterations=1)
+    assert tx == NEW
+    _report(benchmark, NEW, mode=name)
+
+
+def test_entry_size():
+    e = engine("dr", 1 << 10)
+    assert e.entry_size <= 48
