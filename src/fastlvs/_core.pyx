@@ -10,7 +10,7 @@ parsing, checksums, connection table, TCP states, hash schedulers and transmit f
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from libc.stdlib cimport calloc, free, realloc, malloc
 from libc.string cimport memcpy, memmove, memset
-from compat cimport fl_prefetch, fl_likely, fl_unlikely
+from compat cimport fl_prefetch, fl_likely, fl_unlikely, fl_alloc_table
 
 import ipaddress as _ipaddress
 import os as _os
@@ -444,8 +444,8 @@ cdef class Engine:
         self.st.capacity = cap
         self.st.bucket_bits = bits
         self.st.bucket_mask = (1u << bits) - 1 if bits < 32 else 0xFFFFFFFF
-        self.st.conns = <fl_conn *>calloc(cap, sizeof(fl_conn))
-        self.st.buckets = <uint32_t *>calloc(<size_t>1 << bits, sizeof(uint32_t))
+        self.st.conns = <fl_conn *>fl_alloc_table(<size_t>cap * sizeof(fl_conn))
+        self.st.buckets = <uint32_t *>fl_alloc_table((<size_t>1 << bits) * sizeof(uint32_t))
         self.st.svcs = <fl_svc *>calloc(MAX_SERVICES, sizeof(fl_svc))
         self.st.vips = <fl_vip *>calloc(MAX_VIPS, sizeof(fl_vip))
         self.st.vip_index = <uint16_t *>calloc(VIP_INDEX_SIZE, sizeof(uint16_t))

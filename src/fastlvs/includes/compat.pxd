@@ -4,3 +4,4 @@ cdef extern from "fl_compat.h" nogil:
     void fl_prefetch_w(const void *p)
     bint fl_likely(bint x)
     bint fl_unlikely(bint x)
+    void *fl_alloc_table(size_t size)
