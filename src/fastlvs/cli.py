@@ -1,7 +1,10 @@
 """The `fastlvs` command: argument parsing, exit codes and printing only.
 
-Subcommands: `demo` (the scheduler library over weighted servers). The daemon, `admin` and
-`replay` arrive with the fast path. This module never imports the compiled engine.
+    fastlvs demo      the scheduler library over weighted servers
+    fastlvs replay    a pcap through the engine, as the director would forward it
+
+Errors are one line on stderr and exit status 2. This module never imports the compiled
+engine itself; the subcommand modules it calls do, when they run.
 """
 from __future__ import annotations
 
@@ -9,26 +12,70 @@ import argparse
 import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse's own usage dump is two lines; we promise one.
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def _demo(args) -> int:
     from fastlvs.demo import run_scheduler_demo
 
+    if args.flows <= 0:
+        print("fastlvs demo: --flows must be positive", file=sys.stderr)
+        return 2
     run_scheduler_demo(flows=args.flows, seed=args.seed, out=sys.stdout)
     return 0
 
 
+def _replay(args) -> int:
+    from fastlvs.replay import ReplayError, ReplayOptions, RulesError, parse_neighbor, run
+
+    try:
+        neighbors = dict(parse_neighbor(n) for n in args.neighbor)
+        opts = ReplayOptions(rules=args.rules, input=args.input, output=args.output,
+                             local_ip=args.local_ip, local_mac=args.local_mac,
+                             neighbors=neighbors, gateway=args.gateway, mtu=args.mtu,
+                             stats=args.stats, list_file=args.list, capacity=args.capacity)
+        run(opts, out=sys.stdout)
+    except RulesError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except (ReplayError, OSError) as e:
+        print(f"fastlvs replay: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastlvs", description="Linux Virtual Server director in user space")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="fastlvs", description="Linux Virtual Server director in user space")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
     d = sub.add_parser("demo", help="run every scheduler over weighted servers and print the shares")
     d.add_argument("--flows", type=int, default=10_000, help="flows per scheduler (default 10000)")
     d.add_argument("--seed", type=int, default=1, help="seed for the random flows (default 1)")
     d.set_defaults(func=_demo)
+
+    r = sub.add_parser("replay", help="run a pcap through the engine, write what it transmits")
+    r.add_argument("--rules", required=True, metavar="RULES", help="ipvsadm-save -n rules file")
+    r.add_argument("--in", dest="input", required=True, metavar="IN.pcap",
+                   help="frames as the director receives them (pcap or pcapng, Ethernet)")
+    r.add_argument("--out", dest="output", required=True, metavar="OUT.pcap",
+                   help="frames the director transmits, stamped with their cause's time")
+    r.add_argument("--local-ip", required=True, metavar="IP", help="the director's IPv4 address")
+    r.add_argument("--local-mac", required=True, metavar="MAC", help="the director's MAC")
+    r.add_argument("--neighbor", action="append", default=[], metavar="IP=MAC",
+                   help="MAC of a next hop (real server, client or gateway); repeatable")
+    r.add_argument("--gateway", metavar="IP", help="next hop for addresses without --neighbor")
+    r.add_argument("--mtu", type=int, default=1500, help="MTU towards the real servers (TUN)")
+    r.add_argument("--stats", action="store_true", help="print the counters as one JSON object")
+    r.add_argument("--list", metavar="FILE", help="write `ipvsadm -Ln` of the final state to FILE")
+    r.add_argument("--capacity", type=int, default=1 << 20,
+                   help="connection table entries (default 1048576)")
+    r.set_defaults(func=_replay)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "flows", 1) <= 0:
-        print("fastlvs demo: --flows must be positive", file=sys.stderr)
-        return 2
     return args.func(args)

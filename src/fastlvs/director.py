@@ -1,0 +1,257 @@
+"""The control plane: one Director owns an Engine, the service table and one scheduler per
+service, and turns every table change into engine calls (Katran's KatranLb shape).
+
+Everything the daemon can change goes through `Director.execute()` (ipvsadm commands) or
+`Director.load()` (a whole rules table); the replay, the admin command and the tests all use
+these. The engine keeps the live counters; the director copies them into the model's Dest
+objects when a scheduler or a listing needs them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from fastlvs import schedulers
+from fastlvs.listing import ConnEntry, format_conns, format_list
+from fastlvs.model import STAT_FIELDS, ControlError, FwdMethod, Service, ServiceKey, ServiceTable
+from fastlvs.rules import Command, apply_command
+from fastlvs.schedulers import Flow
+
+# The engine serves these from their exported table, in C, without calling Python.
+_HASH_KINDS = {"sh": 1, "dh": 2, "mh": 3}
+_FWD = {FwdMethod.DR: "dr", FwdMethod.NAT: "nat", FwdMethod.TUN: "tun"}
+
+NextHop = Callable[[str], "tuple[bytes | str, int]"]
+
+
+class NoRoute(Exception):
+    """No next hop is known for a real server's address."""
+
+
+class Director:
+    """Services, dests and schedulers bound to one engine.
+
+    `nexthop(ip)` answers (mac, ifindex) of the next hop towards `ip` (the RS itself on a
+    shared segment, else its gateway) or raises NoRoute. Ids given to the engine are stable:
+    a service or dest that is deleted and added again gets its old id back, so conns that
+    outlived it in the engine find it again (IPVS's dest trash).
+    """
+
+    def __init__(self, engine, nexthop: NextHop):
+        self.engine = engine
+        self.nexthop = nexthop
+        self.table = ServiceTable()
+        self._svc_ids: dict[ServiceKey, int] = {}
+        self._dest_ids: dict[tuple, int] = {}
+        self._live: dict[int, tuple[Service, schedulers.Scheduler]] = {}
+        self._engine_dests: dict[int, set[int]] = {}     # svc id -> dest ids in the engine
+        self._dest_by_obj: dict[int, int] = {}            # id(Dest) -> dest id
+        # -Z zeroes the listing, not the engine: its counters only ever grow, so a reader of
+        # them (a rate estimator, a test) never sees them go backwards.
+        self._zero_base: dict[tuple[str, int], dict[str, int]] = {}
+        engine.set_scheduler_callback(self._schedule_batch)
+
+    # -- the control API ------------------------------------------------------------------------
+    def execute(self, cmd: Command):
+        """Carry out one table-changing ipvsadm command (-A -E -D -C -a -e -d -Z --set) on the
+        table and the engine. Raises ControlError (ipvsadm's wording) and changes nothing
+        when the table refuses; NoRoute when a new real server has no next hop (the table
+        change is then undone)."""
+        before = self.table.get(cmd.service) if cmd.service is not None else None
+        old_sched = (before.sched_name, before.flags) if before is not None else None
+        if cmd.name == "flush":
+            for svc in list(self.table):
+                self._drop_service(svc.key)
+            apply_command(self.table, cmd)
+            return None
+        result = apply_command(self.table, cmd)
+        if cmd.name == "set":
+            self.engine.set_timeouts(*cmd.timeouts)
+            return result
+        if cmd.name == "zero":
+            self._zero(cmd.service)
+            return result
+        if cmd.name == "delete-service":
+            self._drop_service(cmd.service)
+            return result
+        svc = self.table.get(cmd.service)
+        dests_changed = cmd.name in ("add-server", "edit-server", "delete-server")
+        try:
+            self._sync_service(svc, dests_changed, old_sched)
+        except NoRoute:
+            if cmd.name == "add-server":
+                self.table.delete_dest(svc.key, cmd.dest_addr, cmd.dest_port)
+                self._sync_service(svc, True, (svc.sched_name, svc.flags))
+            raise
+        return result
+
+    def load(self, table: ServiceTable) -> None:
+        """Make the director serve `table` (a parsed rules file), replacing what it served.
+        Services and dests keep their engine ids where they stay, so their conns live on."""
+        for svc in list(self.table):
+            if table.get(svc.key) is None:
+                self._drop_service(svc.key)
+        old = {s.key: s for s in self.table}
+        self.table = table
+        self.engine.set_timeouts(table.timeouts["tcp"], table.timeouts["tcpfin"],
+                                 table.timeouts["udp"])
+        for svc in table:
+            self._live.pop(self._svc_ids.get(svc.key, 0), None)
+            self._sync_service(svc, True, None)
+        del old
+
+    # -- listings --------------------------------------------------------------------------------
+    def pull_counters(self) -> None:
+        """Copy the engine's per-service and per-dest counters into the model objects."""
+        e = self.engine
+        for sid, (svc, _) in self._live.items():
+            st = e.service_stats(sid)
+            base = self._zero_base.get(("svc", sid), {})
+            for f in STAT_FIELDS:
+                setattr(svc, f, st[f] - base.get(f, 0))
+            for d in svc.dests:
+                did = self._dest_by_obj[id(d)]
+                ds = e.dest_stats(did)
+                base = self._zero_base.get(("dest", did), {})
+                for f in STAT_FIELDS:
+                    setattr(d, f, ds[f] - base.get(f, 0))
+                d.activeconns, d.inactconns, d.persistconns, d.overloaded = e.dest_counters(did)
+
+    def list(self, **options) -> str:
+        """`ipvsadm -L` text of the current state (options as listing.format_list takes)."""
+        self.pull_counters()
+        return format_list(self.table, **options)
+
+    def list_conns(self, numeric: bool = True) -> str:
+        """`ipvsadm -Lc` text of the engine's connection entries."""
+        entries = [ConnEntry(c["proto"] if not c["template"] or c["vport"] else "IP",
+                             c["caddr"], c["cport"], c["vaddr"], c["vport"], c["raddr"],
+                             c["rport"], c["state"], c["expires"])
+                   for c in self.engine.conns()]
+        return format_conns(entries, numeric=numeric)
+
+    def counters(self) -> dict:
+        """Everything countable as one JSON-ready dict: the engine's global counters, and per
+        service and per dest the IPVS stats and connection counts."""
+        self.pull_counters()
+        services = []
+        for svc in self.table:
+            services.append({
+                "service": svc.key.option_text(),
+                "scheduler": svc.sched_name,
+                **{f: getattr(svc, f) for f in STAT_FIELDS},
+                "dests": [{
+                    "dest": f"{d.addr}:{d.port}", "fwd": d.fwd.label, "weight": d.weight,
+                    "activeconns": d.activeconns, "inactconns": d.inactconns,
+                    "persistconns": d.persistconns, "overloaded": bool(d.overloaded),
+                    **{f: getattr(d, f) for f in STAT_FIELDS},
+                } for d in svc.dests],
+            })
+        return {"engine": self.engine.stats(), "conn_entries": self.engine.conn_count(),
+                "services": services}
+
+    # -- engine synchronisation --------------------------------------------------------------------
+    def _svc_id(self, key: ServiceKey) -> int:
+        sid = self._svc_ids.get(key)
+        if sid is None:
+            sid = self._svc_ids[key] = len(self._svc_ids) + 1
+            if sid > 65535:
+                raise ControlError("Cannot allocate memory", detail="more than 65535 services")
+        return sid
+
+    def _dest_id(self, key: ServiceKey, dest) -> int:
+        k = (key, dest.key)
+        did = self._dest_ids.get(k)
+        if did is None:
+            did = self._dest_ids[k] = len(self._dest_ids) + 1
+        return did
+
+    def _sync_service(self, svc: Service, dests_changed: bool, old_sched) -> None:
+        """Push `svc` and its dests to the engine and keep its scheduler in step: a new
+        scheduler (the kernel's init_service) when the service is new or its scheduler or
+        flags changed, else the add/del/upd hooks through Scheduler.update()."""
+        sid = self._svc_id(svc.key)
+        # Resolve every next hop before touching the engine, so a failure changes nothing.
+        hops = {id(d): self.nexthop(d.addr) for d in svc.dests
+                if id(d) not in self._dest_by_obj or dests_changed}
+        kind = _HASH_KINDS.get(svc.sched_name, 0)
+        flag_bits = (1 if svc.flags & {"sh-fallback", "mh-fallback"} else 0) | \
+                    (2 if svc.flags & {"sh-port", "mh-port"} else 0)
+        self.engine.set_service(sid, svc.proto.number, svc.vaddr, svc.vport,
+                                persist_timeout=svc.timeout,
+                                netmask=svc.netmask if svc.af == 4 else None,
+                                sched=kind, sched_flags=flag_bits)
+        present = set()
+        for d in svc.dests:
+            did = self._dest_id(svc.key, d)
+            present.add(did)
+            self._dest_by_obj[id(d)] = did
+            mac, ifindex = hops.get(id(d)) or self.nexthop(d.addr)
+            self.engine.set_dest(did, sid, d.addr, d.port, fwd=_FWD[d.fwd], mac=mac,
+                                 ifindex=ifindex, weight=d.weight, u_threshold=d.u_threshold,
+                                 l_threshold=d.l_threshold)
+        for did in self._engine_dests.get(sid, set()) - present:
+            self.engine.del_dest(did)
+        self._engine_dests[sid] = present
+        live = self._live.get(sid)
+        if live is None or live[0] is not svc or old_sched != (svc.sched_name, svc.flags):
+            sched = schedulers.create(svc.sched_name, svc.dests, flags=svc.flags)
+            self._live[sid] = (svc, sched)
+        elif dests_changed:
+            sched = live[1]
+            sched.update(svc.dests)
+        else:
+            sched = live[1]
+        if kind:
+            ids = [self._dest_by_obj[id(d)] for d in sched.servers]
+            table = [ids[i - 1] if i else 0 for i in sched.lookup_table()]
+            self.engine.set_hash_table(sid, table, kind, flag_bits)
+
+    def _drop_service(self, key: ServiceKey) -> None:
+        sid = self._svc_ids.get(key)
+        if sid is None:
+            return
+        self.engine.del_service(sid)
+        self._live.pop(sid, None)
+        self._engine_dests.pop(sid, None)
+
+    def _zero(self, key) -> None:
+        sids = [self._svc_ids[key]] if key is not None else list(self._live)
+        for sid in sids:
+            st = self.engine.service_stats(sid)
+            self._zero_base[("svc", sid)] = {f: st[f] for f in STAT_FIELDS}
+            for did in self._engine_dests.get(sid, ()):
+                ds = self.engine.dest_stats(did)
+                self._zero_base[("dest", did)] = {f: ds[f] for f in STAT_FIELDS}
+
+    # -- new connections (called by the engine once per batch) ----------------------------------------
+    def _schedule_batch(self, svc_ids, flows):
+        e = self.engine
+        out = []
+        fresh = set()
+        for sid, ft in zip(svc_ids, flows):
+            live = self._live.get(sid)
+            if live is None:
+                out.append(0)
+                continue
+            svc, sched = live
+            if sid not in fresh:
+                # Schedulers read the engine's counters as they are at this batch's end.
+                for d in svc.dests:
+                    (d.activeconns, d.inactconns, d.persistconns,
+                     d.overloaded) = e.dest_counters(self._dest_by_obj[id(d)])
+                fresh.add(sid)
+            dest = sched.schedule(Flow.from_ints(*ft))
+            if dest is None:
+                out.append(0)
+                continue
+            # What the engine's bind will do to the counters, so the next flow of this batch
+            # sees them as the kernel's next packet would: a TCP SYN moves the new conn to
+            # SYN_RECV (active), a UDP conn stays inactive; u_threshold marks overload.
+            if ft[5] == "tcp":
+                dest.activeconns += 1
+            else:
+                dest.inactconns += 1
+            if dest.u_threshold and dest.activeconns + dest.inactconns >= dest.u_threshold:
+                dest.overloaded = True
+            out.append(self._dest_by_obj[id(dest)])
+        return out
