@@ -795,7 +795,7 @@ cdef class Engine:
         once the batch is finished."""
         self.callback = fn
 
-    cdef int _schedule_parked(self) except -1:
+    cdef int _schedule_parked(self, fl_frame *frames) except -1:
         cdef int k, n = self.st.nparked
         cdef fl_parked *pk
         cdef fl_pkt *p
@@ -826,20 +826,28 @@ cdef class Engine:
             if self.error is None:
                 self.error = exc
             for k in range(n):
-                if self.frames[self.st.parked[k].frame].verdict == VERDICT_PENDING:
-                    frame_drop(&self.st, &self.frames[self.st.parked[k].frame],
-                               C_CALLBACK_ERROR)
+                if frames[self.st.parked[k].frame].verdict == VERDICT_PENDING:
+                    frame_drop(&self.st, &frames[self.st.parked[k].frame], C_CALLBACK_ERROR)
+        return 0
+
+    cdef int run_frames(self, fl_frame *frames, int n) except -1:
+        """The entry for ring code: process frames[0:n] (n <= MAX_BATCH) in place, with the
+        GIL released except for the one scheduler callback. Afterwards every frame has its
+        verdict (TX: send data + out_adj, out_len bytes on out_ifindex; 0 = the interface
+        it came from, e.g. ICMP replies). A callback error is kept for raise_pending()."""
+        cdef int parked
+        if n > MAX_BATCH:
+            n = MAX_BATCH
+        with nogil:
+            parked = engine_rx_batch(&self.st, frames, n)
+        if parked:
+            self._schedule_parked(frames)
+            with nogil:
+                engine_bind_parked(&self.st, frames)
         return 0
 
     cdef int _run(self, int n) except -1:
-        cdef int parked
-        with nogil:
-            parked = engine_rx_batch(&self.st, self.frames, n)
-        if parked:
-            self._schedule_parked()
-            with nogil:
-                engine_bind_parked(&self.st, self.frames)
-        return 0
+        return self.run_frames(self.frames, n)
 
     def _raise_pending(self):
         err = self.error
