@@ -77,8 +77,9 @@ class WeightedRoundRobin(Scheduler):
         # now: (server, cw, index, checks), where checks lists the (servers, cw) the walk
         # steps over just before reaching it (the rest of the previous pass, then the start
         # of this one). Built only when these weights are the ones the mark came from
-        # (multiples of di, mw = max - di + 1); a weight edited without update() leaves the
-        # literal walk in charge until the next list change.
+        # (multiples of di, mw = max - di + 1): a weight edited without update() before the
+        # build leaves the literal walk in charge until the next list change (one edited
+        # after it is caught by the live reads in schedule()).
         self._round = []
         self._keys = array("q")
         servers = self.servers
