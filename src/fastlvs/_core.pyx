@@ -24,37 +24,6 @@ Choices worth knowing:
 - Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
   services, ICMP errors for existing conns, FTP's template special case, fragmentation of
   TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch. The included dataplane/*.pxi fragments hold the
-parsing, checksums, connection table, TCP states, hash schedulers and transmit functions.
-"""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
@@ -76,114 +45,14 @@ include "dataplane/xmit.pxi"
 
 
 def py_hash_32(uint32_t val, unsigned int bits):
-    """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""hash_32(val, bits) computed in C, for differential tests against the Python version."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+    """hash_32(val, bits) computed in C, for differential tests against the Python version."""
     if bits < 1 or bits > 32:
         raise ValueError(f"bits must be 1..32, got {bits}")
     return hash_32(val, bits)
 
 
 def py_hsiphash_u32(uint32_t val, uint64_t k0, uint64_t k1):
-    """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""hsiphash of the native u32 `val` with key (k0, k1), computed in C (64-bit kernel)."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+    """hsiphash of the native u32 `val` with key (k0, k1), computed in C (64-bit kernel)."""
     return hsiphash_1u32(val, k0, k1)
 
 
@@ -401,59 +270,9 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
 
 
 cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
-    """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
+    """Process up to MAX_BATCH frames in place; returns how many were parked (PENDING).
 
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Process up to MAX_BATCH frames in place; returns how many were parked (PENDING).
-
-    Parked frames wait for engine_bind_parked once e.parked[k].dest holds the decision."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+    Parked frames wait for engine_bind_parked once e.parked[k].dest holds the decision."""
     cdef int i, r
     cdef fl_frame *f
     cdef fl_pkt *p
@@ -505,57 +324,7 @@ Choices worth knowing:
 
 
 cdef void engine_bind_parked(fl_engine *e, fl_frame *frames) noexcept nogil:
-    """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Bind and forward the parked frames of the last engine_rx_batch, in frame order."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+    """Bind and forward the parked frames of the last engine_rx_batch, in frame order."""
     cdef int k
     cdef fl_parked *pk
     cdef fl_frame *f
@@ -660,62 +429,12 @@ cdef enum:
 
 
 cdef class Engine:
-    """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""One data-plane instance: conn table, services, dests, counters.
+    """One data-plane instance: conn table, services, dests, counters.
 
     Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500). `capacity`
     entries (conns + persistence templates) are allocated once; the table never grows.
     All configuration methods are control-plane calls, never made per packet.
-    """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+    """
     cdef fl_engine st
     cdef fl_frame *frames
     cdef uint8_t *slots
@@ -798,57 +517,7 @@ Choices worth knowing:
     # -- sizes ---------------------------------------------------------------------------------
     @property
     def entry_size(self):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Bytes per connection entry (the bucket array adds 4 bytes per power-of-two slot)."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Bytes per connection entry (the bucket array adds 4 bytes per power-of-two slot)."""
         return sizeof(fl_conn)
 
     @property
@@ -856,168 +525,18 @@ Choices worth knowing:
         return self.st.capacity
 
     def memory_bytes(self):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Bytes allocated for the conn table and its buckets."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Bytes allocated for the conn table and its buckets."""
         return (<uint64_t>self.st.capacity * sizeof(fl_conn)
                 + (<uint64_t>1 << self.st.bucket_bits) * 4)
 
     def conn_count(self):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Entries in use (conns and persistence templates), expired-but-unswept included."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Entries in use (conns and persistence templates), expired-but-unswept included."""
         return self.st.conn_count
 
     # -- local addresses, neighbours, timeouts --------------------------------------------------
     def set_local(self, local_ip=None, local_mac=None, mtu=None):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Change the director's own IP (TUN outer source), MAC (source of every frame we
-        send) or the MTU towards the real servers (TUN's frag-needed threshold)."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Change the director's own IP (TUN outer source), MAC (source of every frame we
+        send) or the MTU towards the real servers (TUN's frag-needed threshold)."""
         if local_ip is not None:
             self.st.local_ip = int(_ipaddress.IPv4Address(local_ip)) if local_ip else 0
         if local_mac is not None:
@@ -1028,58 +547,8 @@ Choices worth knowing:
             self.st.mtu = mtu
 
     def set_neighbor(self, ip, mac, ifindex=0):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Next-hop MAC (and interface) for NAT replies to client `ip`; setting it again
-        replaces it. Clients without an entry go to the gateway MAC."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Next-hop MAC (and interface) for NAT replies to client `ip`; setting it again
+        replaces it. Clients without an entry go to the gateway MAC."""
         cdef uint32_t a = int(_ipaddress.IPv4Address(ip))
         cdef uint32_t s = (a * <uint32_t>GOLDEN_RATIO_32) >> 20
         cdef int n = 0
@@ -1094,58 +563,8 @@ Choices worth knowing:
         _set_mac(self.st.neigh[s].mac, mac)
 
     def set_gateway_mac(self, mac, ifindex=0):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Next-hop MAC for NAT replies to clients without a neighbour entry (None: none;
-        such replies are then dropped and counted as no_route)."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Next-hop MAC for NAT replies to clients without a neighbour entry (None: none;
+        such replies are then dropped and counted as no_route)."""
         if mac is None:
             self.st.has_gw = 0
             return
@@ -1154,59 +573,9 @@ Choices worth knowing:
         self.st.has_gw = 1
 
     def set_timeouts(self, tcp=0, tcpfin=0, udp=0):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""ipvsadm --set: tcp ESTABLISHED, tcp FIN_WAIT and udp timeouts in seconds; 0 keeps
+        """ipvsadm --set: tcp ESTABLISHED, tcp FIN_WAIT and udp timeouts in seconds; 0 keeps
         the current value. Like IPVS, an existing conn keeps its timeout until its next
-        state change (TCP) or packet (UDP)."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        state change (TCP) or packet (UDP)."""
         for v in (tcp, tcpfin, udp):
             if v < 0 or v > 0xFFFFFFFF // NS_PER_S * NS_PER_S:
                 raise ValueError(f"timeout out of range: {v}")
@@ -1218,112 +587,12 @@ Choices worth knowing:
             self.st.udp_timeout = udp
 
     def get_timeouts(self):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""(tcp, tcpfin, udp) as ipvsadm -L --timeout shows them."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """(tcp, tcpfin, udp) as ipvsadm -L --timeout shows them."""
         return (self.st.tcp_timeouts[TCP_S_ESTABLISHED], self.st.tcp_timeouts[TCP_S_FIN_WAIT],
                 self.st.udp_timeout)
 
     def set_sweep_budget(self, uint32_t entries):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Entries the incremental expiry inspects after each batch (default 64)."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Entries the incremental expiry inspects after each batch (default 64)."""
         self.st.sweep_budget = entries
 
     # -- services -------------------------------------------------------------------------------
@@ -1348,63 +617,13 @@ Choices worth knowing:
 
     def set_service(self, int svc_id, proto, vaddr, int vport, persist_timeout=0,
                     netmask=None, sched=0, sched_flags=0):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Add or edit service `svc_id` (1..65535) = proto (6|17|"tcp"|"udp") vaddr:vport.
+        """Add or edit service `svc_id` (1..65535) = proto (6|17|"tcp"|"udp") vaddr:vport.
 
         persist_timeout > 0 makes it persistent (-p) with client netmask `netmask` (-M:
         dotted mask or prefix length; default /32). sched: 0 = Python callback, 1 sh, 2 dh,
         3 mh (the table comes with set_hash_table); sched_flags bit0 fallback, bit1 port.
         Editing may move the service to another address: conns of the old one live on.
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """
         cdef uint32_t a[4]
         cdef fl_svc *s
         cdef uint16_t v
@@ -1449,58 +668,8 @@ Choices worth knowing:
         self.st.vips[v].svc = svc_id
 
     def del_service(self, int svc_id):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Remove a service and (like IPVS) all its dests; their conns continue until they
-        expire. Removing an absent service is a no-op."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Remove a service and (like IPVS) all its dests; their conns continue until they
+        expire. Removing an absent service is a no-op."""
         cdef fl_svc *s
         cdef uint32_t d
         if svc_id < 1 or svc_id >= MAX_SERVICES or not self.st.svcs[svc_id].in_use:
@@ -1516,59 +685,9 @@ Choices worth knowing:
         s.in_use = 0
 
     def set_hash_table(self, int svc_id, table, kind, int flags=0):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Hand the service a sh/dh/mh bucket table of dest ids (0 = empty bucket) so new
+        """Hand the service a sh/dh/mh bucket table of dest ids (0 = empty bucket) so new
         flows are scheduled in C. kind: "sh"|"dh"|"mh" or 1|2|3; flags bit0 fallback,
-        bit1 port. table=None returns the service to the Python callback."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        bit1 port. table=None returns the service to the Python callback."""
         cdef fl_svc *s
         cdef uint32_t *t
         cdef uint32_t i, n
@@ -1618,32 +737,7 @@ Choices worth knowing:
 
     def set_dest(self, int dest_id, int svc_id, raddr, int rport, fwd="dr", mac=None,
                  int ifindex=0, weight=1, u_threshold=0, l_threshold=0):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Add or edit dest `dest_id` (1..2**24) of service `svc_id`.
+        """Add or edit dest `dest_id` (1..2**24) of service `svc_id`.
 
         Editing a live dest changes fwd/mac/ifindex/weight/thresholds in place (existing
         conns keep the forwarding method they were made with); setting u_threshold to 0
@@ -1651,32 +745,7 @@ Choices worth knowing:
         referenced by conns comes back when re-added with the same service and address
         (IPVS's trash); re-using its id for anything else raises ValueError until its
         conns have expired.
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """
         cdef fl_dest *d
         cdef uint32_t a[4]
         if dest_id < 1 or dest_id > (1 << 24):
@@ -1723,58 +792,8 @@ Choices worth knowing:
         d.l_threshold = l_threshold
 
     def del_dest(self, int dest_id):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Unlink a dest: never chosen again, its conns keep being forwarded until they
-        expire, its id stays reserved while they exist. Removing an absent dest is a no-op."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Unlink a dest: never chosen again, its conns keep being forwarded until they
+        expire, its id stays reserved while they exist. Removing an absent dest is a no-op."""
         cdef fl_dest *d
         if dest_id < 1 or <uint32_t>dest_id >= self.st.ndests:
             return
@@ -1787,62 +806,12 @@ Choices worth knowing:
 
     # -- scheduler callback ---------------------------------------------------------------------
     def set_scheduler_callback(self, fn):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""fn(svc_ids, flows) -> dest ids, called once per batch (GIL held) with the new flows
+        """fn(svc_ids, flows) -> dest ids, called once per batch (GIL held) with the new flows
         of Python-scheduled services: svc_ids[i] is an int, flows[i] the tuple (af, saddr_int,
         sport, daddr_int, dport, protocol) that Flow.from_ints(*flows[i]) takes. Return one
         dest id per flow, 0 = none (the packet is dropped, counted no_dest). If fn raises,
         the batch's parked frames are dropped (callback_error) and the error is re-raised
-        once the batch is finished."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        once the batch is finished."""
         self.callback = fn
 
     cdef int _schedule_parked(self, fl_frame *frames) except -1:
@@ -1881,60 +850,10 @@ Choices worth knowing:
         return 0
 
     cdef int run_frames(self, fl_frame *frames, int n) except -1:
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""The entry for ring code: process frames[0:n] (n <= MAX_BATCH) in place, with the
+        """The entry for ring code: process frames[0:n] (n <= MAX_BATCH) in place, with the
         GIL released except for the one scheduler callback. Afterwards every frame has its
         verdict (TX: send data + out_adj, out_len bytes on out_ifindex; 0 = the interface
-        it came from, e.g. ICMP replies). A callback error is kept for raise_pending()."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        it came from, e.g. ICMP replies). A callback error is kept for raise_pending()."""
         cdef int parked
         if n > MAX_BATCH:
             n = MAX_BATCH
@@ -1957,61 +876,11 @@ Choices worth knowing:
 
     # -- frames from Python ----------------------------------------------------------------------
     def process(self, frames, timestamps=None):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Run `frames` (bytes-likes) through the engine in batches of `batch`.
+        """Run `frames` (bytes-likes) through the engine in batches of `batch`.
 
         timestamps: one int (ns) for all, a sequence of ns per frame, or None (monotonic
         clock). Returns [(index, out_ifindex, bytes)] for the frames to transmit, in input
-        order. Frames not transmitted were dropped or passed (see stats())."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        order. Frames not transmitted were dropped or passed (see stats())."""
         cdef int n, j, total = len(frames)
         cdef int start = 0
         cdef fl_frame *f
@@ -2049,58 +918,8 @@ Choices worth knowing:
         return out
 
     def process_verdicts(self, frames, timestamps=None):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Like process() but returns one (verdict, reason, out_ifindex, bytes|None) per frame:
-        verdict "tx" | "drop" | "pass", reason the counter name that decided a drop/pass."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Like process() but returns one (verdict, reason, out_ifindex, bytes|None) per frame:
+        verdict "tx" | "drop" | "pass", reason the counter name that decided a drop/pass."""
         res = [None] * len(frames)
         cdef int start = 0, n, j, total = len(frames)
         cdef fl_frame *f
@@ -2145,58 +964,8 @@ Choices worth knowing:
 
     # -- benchmark helpers ------------------------------------------------------------------------
     def load_batch(self, frames):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Keep copies of `frames` (any count) in engine memory for process_loaded() and
-        baseline_loaded(), which run them in batches of `batch`."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Keep copies of `frames` (any count) in engine memory for process_loaded() and
+        baseline_loaded(), which run them in batches of `batch`."""
         cdef size_t total = 0, off = 0
         cdef int j, n = len(frames)
         cdef const uint8_t[::1] view
@@ -2233,59 +1002,9 @@ Choices worth knowing:
             memcpy(f.data, self.saved + self.saved_off[start + j], f.len)
 
     def process_loaded(self, uint64_t now_ns, bint new_flows=False):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Restore the loaded frames (memcpy) batch by batch and run them; returns how many
+        """Restore the loaded frames (memcpy) batch by batch and run them; returns how many
         were sent. new_flows=True gives every frame a fresh IPv4 source address first (valid
-        header checksum; the next one is new_flow_src + 1), so each run opens new conns."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        header checksum; the next one is new_flow_src + 1), so each run opens new conns."""
         cdef int j, n, start = 0, tx = 0
         cdef uint8_t *ip
         cdef uint32_t l2
@@ -2311,57 +1030,7 @@ Choices worth knowing:
         return tx
 
     def baseline_loaded(self):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""The same restores plus a minimal header touch per frame: the benchmarks' yardstick."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """The same restores plus a minimal header touch per frame: the benchmarks' yardstick."""
         cdef int start = 0, n
         with nogil:
             while start < self.nloaded:
@@ -2373,59 +1042,9 @@ Choices worth knowing:
 
     # -- timers ---------------------------------------------------------------------------------
     def run_timers(self, now_ns=None, budget=None):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Expire entries whose timeout passed by `now_ns` (default: the latest frame time),
+        """Expire entries whose timeout passed by `now_ns` (default: the latest frame time),
         inspecting `budget` entries from the sweep cursor (default: the whole table).
-        Returns the number freed."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        Returns the number freed."""
         cdef uint64_t now = self.st.now if now_ns is None else now_ns
         cdef uint32_t b = self.st.capacity if budget is None else budget
         cdef uint32_t freed
@@ -2437,111 +1056,11 @@ Choices worth knowing:
 
     # -- counters and listings --------------------------------------------------------------------
     def stats(self):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Global counters by name (drops by reason, passes, tx, conns created/expired)."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Global counters by name (drops by reason, passes, tx, conns created/expired)."""
         return {COUNTER_NAMES[i]: self.st.counters[i] for i in range(C_LAST)}
 
     def service_stats(self, int svc_id):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""conns, inpkts, outpkts, inbytes, outbytes of a service (bytes = IP lengths)."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """conns, inpkts, outpkts, inbytes, outbytes of a service (bytes = IP lengths)."""
         cdef fl_svc *s
         if svc_id < 1 or svc_id >= MAX_SERVICES or not self.st.svcs[svc_id].in_use:
             raise KeyError(svc_id)
@@ -2550,57 +1069,7 @@ Choices worth knowing:
                 "inbytes": s.inbytes, "outbytes": s.outbytes}
 
     def dest_stats(self, int dest_id):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Counters of a dest (also of a deleted one its conns still reference)."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Counters of a dest (also of a deleted one its conns still reference)."""
         cdef fl_dest *d
         if dest_id < 1 or <uint32_t>dest_id >= self.st.ndests:
             raise KeyError(dest_id)
@@ -2615,57 +1084,7 @@ Choices worth knowing:
                 "refcnt": d.refcnt}
 
     def dest_counters(self, int dest_id):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""(activeconns, inactconns, persistconns, overloaded): what lc/wlc/... read."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """(activeconns, inactconns, persistconns, overloaded): what lc/wlc/... read."""
         cdef fl_dest *d
         if dest_id < 1 or <uint32_t>dest_id >= self.st.ndests:
             raise KeyError(dest_id)
@@ -2673,58 +1092,8 @@ Choices worth knowing:
         return (d.activeconns, d.inactconns, d.persistconns, bool(d.flags & DF_OVERLOAD))
 
     def conns(self, now_ns=None):
-        """The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""Entries for ipvsadm -Lnc: dicts with proto, state, expires (s), caddr, cport,
-        vaddr, vport, raddr, rport, template. Entries already expired are left out."""The fast path (one extension): cdef class Engine, a user-space IPVS data plane.
-
-Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
-place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
-after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
-
-Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
-  Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
-  NAT reply (dst = client) finds its entry in the same chain; no second index.
-- An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and
-  its real server by dest id, so conns outlive the deletion of their service or dest.
-- A dest id deleted while conns reference it stays reserved: re-adding the same service +
-  address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
-- The scheduler is asked once per new flow per batch; if two new flows of a persistent
-  service from one client net arrive in the same batch, the second follows the template the
-  first made (as in sequence) even if the scheduler answered otherwise for it.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
-"""
+        """Entries for ipvsadm -Lnc: dicts with proto, state, expires (s), caddr, cport,
+        vaddr, vport, raddr, rport, template. Entries already expired are left out."""
         cdef uint64_t now = self.st.now if now_ns is None else now_ns
         cdef uint32_t i
         cdef fl_conn *c
