@@ -52,3 +52,23 @@ def test_mh_table_build_1024(benchmark):
     benchmark.group = "mh-build"
     benchmark.extra_info.update(sched="mh", servers=1024)
     benchmark(create, "mh", servers)
+
+
+def test_mh_unseen_clients_64(benchmark):
+    """mh for clients it has never seen: every decision pays a pure-Python hsiphash (the
+    table lookup of a repeat client is cached). Each round gets 1,000 fresh flows."""
+    sched = create("mh", _servers(64))
+    rng = random.Random(11)
+    rounds = 30
+    chunks = iter([[Flow.from_ints(4, rng.getrandbits(32), 40000, 0xCB00710A, 80, "tcp")
+                    for _ in range(FLOWS_PER_ROUND)] for _ in range(rounds + 1)])
+    schedule = sched.schedule
+
+    def run(flows):
+        for f in flows:
+            schedule(f)
+
+    benchmark.group = "schedule-64-unseen"
+    benchmark.extra_info.update(sched="mh (unseen clients)", servers=64,
+                                decisions=FLOWS_PER_ROUND)
+    benchmark.pedantic(run, setup=lambda: ((next(chunks),), {}), rounds=rounds)
