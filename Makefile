@@ -24,7 +24,7 @@ deps:
 # The venv is rebuilt only when the project's declared dependencies change.
 $(VENV)/.installed: pyproject.toml setup.py | deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel "cython>=3.0"
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel "cython>=3.0"
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	@touch $@
 

@@ -8,7 +8,7 @@ import random
 
 from fastlvs.schedulers import Flow, RealServer, create, names
 
-VIP = "203.0.113.10"
+VIPS = "203.0.113.0/24"
 # Added in this order with `ipvsadm -a`; IPVS lists the newest first.
 SERVERS = [("192.0.2.11", 1), ("192.0.2.12", 2), ("192.0.2.13", 3), ("192.0.2.14", 4)]
 
@@ -19,7 +19,10 @@ def _flows(count: int, rng: random.Random) -> list[Flow]:
     out = []
     for _ in range(count):
         saddr = (198 << 24) | (18 << 16) | rng.randrange(4096)
-        out.append(Flow.from_ints(4, saddr, rng.randrange(1024, 65536), 0xCB00710A, 80, "tcp"))
+        # dh, lblc and lblcr key on the destination (a cache cluster's origin servers), so
+        # the flows go to the 256 addresses of 203.0.113.0/24.
+        daddr = 0xCB007100 | rng.randrange(256)
+        out.append(Flow.from_ints(4, saddr, rng.randrange(1024, 65536), daddr, 80, "tcp"))
     return out
 
 
@@ -50,7 +53,8 @@ def run_scheduler_demo(flows: int = 10_000, seed: int = 1, out=None) -> None:
     flow_list = _flows(flows, rng)
     total_w = sum(w for _, w in SERVERS)
     head = f"{'sched':<6}" + "".join(f"{a + ' w=' + str(w):>18}" for a, w in SERVERS) + f"{'none':>8}"
-    print(f"{flows} new TCP connections to {VIP}:80, each open for 1-199 later arrivals", file=out)
+    print(f"{flows} new TCP connections from 4096 clients to {VIPS} port 80, each open for "
+          f"1-199 later arrivals; 'none' = the scheduler found no server available", file=out)
     print(head, file=out)
     print(f"{'weight':<6}" + "".join(f"{100 * w / total_w:>17.1f}%" for _, w in SERVERS), file=out)
     for name in names():
