@@ -4,7 +4,7 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
-APT_PKGS := python3-venv python3-dev gcc make libc6-dev
+APT_PKGS := python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv build test demo bench bench-sched clean

@@ -30,6 +30,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t
 from libc.stdlib cimport calloc, free, realloc, malloc
 from libc.string cimport memcpy, memmove, memset
 from compat cimport fl_prefetch, fl_likely, fl_unlikely, fl_alloc_table
+cimport if_packet as pk
+from xsk cimport *
+from cpython.ref cimport PyObject
 
 import ipaddress as _ipaddress
 import os as _os
@@ -1120,3 +1123,9 @@ cdef class Engine:
                         "raddr": _ip_text(d.raddr[3]), "rport": d.rport,
                         "template": tmpl, "fwd": _FWD_TEXT.get(c.fwd, "")})
         return out
+
+
+include "dataplane/ring.pxi"
+include "dataplane/ring_xdp.pxi"
+include "dataplane/ring_packet.pxi"
+include "dataplane/ring_loop.pxi"

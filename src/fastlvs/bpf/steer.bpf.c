@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* fastlvs's XDP steering program: owns the decision which frames leave the kernel for the
+ * AF_XDP socket. Only frames for a configured virtual service (proto, VIP, vport) and, in NAT
+ * mode, replies from a real server (proto, RIP, rport) are redirected to the XSK bound to the
+ * receiving queue; everything else (ARP, ICMP to the director, SSH, health checks) is XDP_PASS.
+ * Maps are filled at run time from user space (ring_xdp.pxi). One 802.1Q tag; IPv4 and IPv6.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define FL_MAX_KEYS 65536
+#define FL_MAX_QUEUES 256
+
+/* Key of both address maps. IPv4 lives in addr[0], the rest zero; port in network order.
+ * Kept byte-identical to struct fl_steer_key in ring_xdp.pxi. */
+struct fl_steer_key {
+	__u8 family;      /* 4 or 6 */
+	__u8 proto;       /* IPPROTO_TCP / IPPROTO_UDP */
+	__be16 port;
+	__u32 addr[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, FL_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} fl_xsks SEC(".maps");
+
+/* (proto, VIP, vport) -> 1: the virtual services (matched on the destination) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FL_MAX_KEYS);
+	__type(key, struct fl_steer_key);
+	__type(value, __u32);
+} fl_services SEC(".maps");
+
+/* (proto, RIP, rport) -> 1: NAT real servers (matched on the source of their replies) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FL_MAX_KEYS);
+	__type(key, struct fl_steer_key);
+	__type(value, __u32);
+} fl_rservers SEC(".maps");
+
+/* [0] redirected, [1] passed: per-CPU, summed by user space for diagnostics */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} fl_stats SEC(".maps");
+
+struct vlan_hdr_ {
+	__be16 tci;
+	__be16 proto;
+};
+
+static __always_inline int count(__u32 idx, int action)
+{
+	__u64 *c = bpf_map_lookup_elem(&fl_stats, &idx);
+
+	if (c)
+		*c += 1;
+	return action;
+}
+
+static __always_inline int steer(struct xdp_md *ctx, struct fl_steer_key *dst,
+				 struct fl_steer_key *src)
+{
+	if (bpf_map_lookup_elem(&fl_services, dst) || bpf_map_lookup_elem(&fl_rservers, src)) {
+		count(0, 0);
+		/* XDP_PASS in the flags: no socket on this queue -> the kernel gets the frame */
+		return bpf_redirect_map(&fl_xsks, ctx->rx_queue_index, XDP_PASS);
+	}
+	return count(1, XDP_PASS);
+}
+
+SEC("xdp")
+int fl_steer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct fl_steer_key dst = {}, src = {};
+	__u16 h_proto;
+	void *l3;
+	__be16 *ports;
+
+	if ((void *)(eth + 1) > end)
+		return XDP_PASS;
+	h_proto = eth->h_proto;
+	l3 = eth + 1;
+	if (h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr_ *vh = l3;
+
+		if ((void *)(vh + 1) > end)
+			return XDP_PASS;
+		h_proto = vh->proto;
+		l3 = vh + 1;
+	}
+
+	if (h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return XDP_PASS;
+		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+			return count(1, XDP_PASS);
+		/* a non-first fragment has no ports: the kernel reassembles/answers it */
+		if (ip->frag_off & bpf_htons(0x1FFF))
+			return count(1, XDP_PASS);
+		ports = (void *)ip + ip->ihl * 4;
+		if ((void *)(ports + 2) > end)
+			return XDP_PASS;
+		dst.family = src.family = 4;
+		dst.proto = src.proto = ip->protocol;
+		dst.addr[0] = ip->daddr;
+		dst.port = ports[1];
+		src.addr[0] = ip->saddr;
+		src.port = ports[0];
+		return steer(ctx, &dst, &src);
+	}
+	if (h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+
+		if ((void *)(ip6 + 1) > end)
+			return XDP_PASS;
+		/* no extension headers: the engine handles IPv6 later, plain TCP/UDP only */
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+			return count(1, XDP_PASS);
+		ports = (void *)(ip6 + 1);
+		if ((void *)(ports + 2) > end)
+			return XDP_PASS;
+		dst.family = src.family = 6;
+		dst.proto = src.proto = ip6->nexthdr;
+		__builtin_memcpy(dst.addr, &ip6->daddr, 16);
+		__builtin_memcpy(src.addr, &ip6->saddr, 16);
+		dst.port = ports[1];
+		src.port = ports[0];
+		return steer(ctx, &dst, &src);
+	}
+	return XDP_PASS;
+}
+
+char _license[] SEC("license") = "GPL";

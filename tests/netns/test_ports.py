@@ -1,0 +1,163 @@
+"""The ring backends on veths in namespaces: XdpPort and PacketPort receive frames a raw
+socket sent from the client namespace, a PassThrough rewrites their MACs and sends them out of
+the other port, and they arrive in the sink namespace; the XDP program leaves ARP, ICMP and
+non-service traffic to the kernel; close() leaves no XDP program and no nft table behind."""
+import os
+import struct
+import time
+
+import pytest
+
+import conftest
+from conftest import collect, drain, in_ns, raw_socket
+
+core = pytest.importorskip("fastlvs._core")
+from scapy.layers.inet import IP, UDP  # noqa: E402
+from scapy.layers.l2 import Ether  # noqa: E402
+
+VIP, VPORT = "10.200.1.100", 9000
+N = 40
+
+
+def frames(topo, dport=VPORT, n=N, tag=b"fl"):
+    return [bytes(Ether(src=topo.mac["c0"], dst=topo.mac["d0"])
+                  / IP(src=topo.c0_ip, dst=VIP, ttl=9)
+                  / UDP(sport=20000 + i, dport=dport)
+                  / (tag + struct.pack("!I", i) + b"x" * 20)) for i in range(n)]
+
+
+def is_ours(tag):
+    def want(fr):
+        return len(fr) > 42 and fr[12:14] == b"\x08\x00" and fr[42:42 + len(tag)] == tag
+    return want
+
+
+def forward_and_collect(topo, ports, fwd, sent, tag, timeout=3.0):
+    tx = raw_socket(topo.client, "c0")
+    rx = raw_socket(topo.sink, "s0")
+    try:
+        drain(rx)
+        for fr in sent:
+            tx.send(fr)
+        got = collect(rx, is_ours(tag), timeout=timeout,
+                      pump=lambda: core.poll(fwd, ports, timeout_ms=5))
+        return got
+    finally:
+        tx.close()
+        rx.close()
+
+
+def check_forwarded(topo, got, sent):
+    assert len(got) == len(sent), f"{len(got)} of {len(sent)} frames arrived"
+    for fr in got:
+        assert fr[0:6] == bytes.fromhex(topo.mac["s0"].replace(":", ""))
+        assert fr[6:12] == bytes.fromhex(topo.mac["d1"].replace(":", ""))
+    assert sorted(g[12:] for g in got) == sorted(s[12:] for s in sent)
+
+
+def ping(topo, ip):
+    return conftest.ping(topo.client, ip)
+
+
+def test_core_has_xdp():
+    # the build machine has libxdp-dev/libbpf-dev/clang: the XDP backend must be in
+    assert core.XDP_BUILT, core.XDP_MISSING
+    assert os.path.exists(core._steer_obj_path())
+
+
+@pytest.mark.parametrize("mode", ["native", "skb"])
+def test_xdp_port_forwards_service_traffic(topo, mode):
+    with in_ns(topo.director):
+        umem = core.XdpUmem(frames=4096)
+        p0 = core.XdpPort("d0", mode=mode, ring_size=1024, umem=umem)
+        p1 = core.XdpPort("d1", mode=mode, ring_size=1024, umem=umem)
+    try:
+        assert p0.backend == "xdp" and p0.mode.startswith(mode)
+        assert topo.xdp_attached(topo.director, "d0")
+        p0.add_service("udp", VIP, VPORT)
+        fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        sent = frames(topo, tag=b"flx")
+        got = forward_and_collect(topo, [p0, p1], fwd, sent, b"flx")
+        check_forwarded(topo, got, sent)
+        st0, st1 = p0.stats(), p1.stats()
+        assert st0["rx"] == N and st1["tx"] == N and st1["tx_copies"] == 0   # by descriptor
+        assert p0.steer_stats()["redirected"] >= N
+        # not a service port: the program passes it to the kernel, nothing is forwarded
+        other = frames(topo, dport=VPORT + 1, tag=b"fly")
+        assert forward_and_collect(topo, [p0, p1], fwd, other, b"fly", timeout=0.5) == []
+        assert p0.stats()["rx"] == N
+        # ARP + ICMP to the director still answered by the kernel while attached
+        assert ping(topo, topo.d0_ip)
+    finally:
+        p0.close()
+        p1.close()
+        p0.close()
+        umem.close()
+    assert not topo.xdp_attached(topo.director, "d0")
+    assert not topo.xdp_attached(topo.director, "d1")
+    assert ping(topo, topo.d0_ip)
+
+
+def test_xdp_port_reflects_on_same_port(topo):
+    # one port, MACs swapped, back out where it came from (TX descriptor = RX frame)
+    with in_ns(topo.director):
+        p0 = core.XdpPort("d0", ring_size=256)
+    try:
+        p0.add_service(17, VIP, VPORT)
+        fwd = core.PassThrough().add(p0)
+        tx = raw_socket(topo.client, "c0")
+        try:
+            drain(tx)
+            sent = frames(topo, n=10, tag=b"flr")
+            for fr in sent:
+                tx.send(fr)
+            mine = bytes.fromhex(topo.mac["c0"].replace(":", ""))
+            got = collect(tx, lambda fr: is_ours(b"flr")(fr) and fr[:6] == mine,
+                          timeout=3, pump=lambda: core.poll(fwd, [p0], timeout_ms=5))
+        finally:
+            tx.close()
+        assert len(got) == 10
+        p0.del_service(17, VIP, VPORT)
+        p0.del_service(17, VIP, VPORT)        # absent: no-op
+    finally:
+        p0.close()
+    assert not topo.xdp_attached(topo.director, "d0")
+
+
+def test_packet_port_forwards_and_drops_at_ingress(topo):
+    with in_ns(topo.director):
+        p0 = core.PacketPort("d0")
+        p1 = core.PacketPort("d1")
+    try:
+        assert p0.backend == "packet"
+        p0.add_service("udp", VIP, VPORT)
+        table = p0.nft_table
+        assert table in topo.nft_tables(topo.director)
+        fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        sent = frames(topo, tag=b"flp")
+        got = forward_and_collect(topo, [p0, p1], fwd, sent, b"flp")
+        check_forwarded(topo, got, sent)
+        assert p1.stats()["tx"] == N
+        assert ping(topo, topo.d0_ip)
+    finally:
+        p0.close()
+        p1.close()
+    assert "fastlvs_" not in topo.nft_tables(topo.director)
+
+
+def test_closed_port_refuses(topo):
+    with in_ns(topo.director):
+        p = core.PacketPort("d0")
+    p.close()
+    with pytest.raises(ValueError):
+        core.poll(core.PassThrough(), [p])
+    with pytest.raises(ValueError):
+        p.add_service("udp", VIP, VPORT)
+
+
+def test_unknown_interface(topo):
+    with in_ns(topo.director):
+        with pytest.raises(OSError, match="no interface"):
+            core.XdpPort("nosuch0")
+        with pytest.raises(OSError, match="no interface"):
+            core.PacketPort("nosuch0")
