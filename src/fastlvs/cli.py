@@ -2,6 +2,7 @@
 
     fastlvs demo      the scheduler library over weighted servers
     fastlvs replay    a pcap through the engine, as the director would forward it
+    fastlvs admin     ipvsadm's syntax against the running daemon (over its control socket)
 
 Errors are one line on stderr and exit status 2. This module never imports the compiled
 engine itself; the subcommand modules it calls do, when they run.
@@ -73,9 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--capacity", type=int, default=1 << 20,
                    help="connection table entries (default 1048576)")
     r.set_defaults(func=_replay)
+
+    # Shown in --help only: main() hands `admin`'s arguments to admin.main untouched, since
+    # ipvsadm's options (-A, -t, --set ...) are not argparse's to interpret.
+    a = sub.add_parser("admin", help="ipvsadm's syntax against the running daemon "
+                                     "(fastlvs admin [--socket PATH] -h)")
+    a.add_argument("ipvsadm_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="an ipvsadm command line: -A -E -D -C -a -e -d -L -Z -S -R --set")
+    a.set_defaults(func=lambda args: _admin(args.ipvsadm_args))
     return p
 
 
+def _admin(argv) -> int:
+    from fastlvs.admin import main as admin_main
+
+    return admin_main(list(argv))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "admin":
+        return _admin(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)

@@ -8,23 +8,43 @@ objects when a scheduler or a listing needs them.
 """
 from __future__ import annotations
 
+import errno
+import os
 from typing import Callable
 
 from fastlvs import schedulers
 from fastlvs.listing import ConnEntry, format_conns, format_list
-from fastlvs.model import STAT_FIELDS, ControlError, FwdMethod, Service, ServiceKey, ServiceTable
-from fastlvs.rules import Command, apply_command
+from fastlvs.model import (RATE_FIELDS, STAT_FIELDS, ControlError, FwdMethod, Service,
+                           ServiceKey, ServiceTable, addrport)
+from fastlvs.rules import Command, _describe, apply_command, dump_rules, iter_rules
 from fastlvs.schedulers import Flow
 
 # The engine serves these from their exported table, in C, without calling Python.
 _HASH_KINDS = {"sh": 1, "dh": 2, "mh": 3}
 _FWD = {FwdMethod.DR: "dr", FwdMethod.NAT: "nat", FwdMethod.TUN: "tun"}
 
+# ip_vs_est.c: one estimation step every 2 s; cps/pps averages are kept scaled by 2**10 and
+# bps by 2**5, and a 2 s delta shifted by 9 (resp. 4) is the per-second rate so scaled.
+EST_INTERVAL = 2.0
+_EST_SHIFT = (9, 9, 9, 4, 4)                        # conns, inpkts, outpkts, inbytes, outbytes
+_EST_ROUND = (0x1FF, 0x1FF, 0x1FF, 0xF, 0xF)        # ip_vs_read_estimator's rounding
+_EST_SCALE = (10, 10, 10, 5, 5)
+
 NextHop = Callable[[str], "tuple[bytes | str, int]"]
 
 
 class NoRoute(Exception):
     """No next hop is known for a real server's address."""
+
+
+def describe_noroute(cmd: Command, err: NoRoute) -> str:
+    """One line for a command refused because a real server has no next hop."""
+    where = cmd.flag
+    if cmd.service is not None:
+        where += f" {cmd.service.option_text()}"
+    if cmd.dest_addr is not None:
+        where += f" -r {addrport(cmd.dest_addr, cmd.dest_port)}"
+    return f"{where}: {os.strerror(errno.EHOSTUNREACH)} ({err})"
 
 
 class Director:
@@ -48,6 +68,9 @@ class Director:
         # -Z zeroes the listing, not the engine: its counters only ever grow, so a reader of
         # them (a rate estimator, a test) never sees them go backwards.
         self._zero_base: dict[tuple[str, int], dict[str, int]] = {}
+        # The rate estimator: (kind, id) -> [model object, last raw counters, scaled averages].
+        self._est: dict[tuple[str, int], list] = {}
+        self._est_time: float | None = None
         engine.set_scheduler_callback(self._schedule_batch)
 
     # -- the control API ------------------------------------------------------------------------
@@ -121,13 +144,14 @@ class Director:
         self.pull_counters()
         return format_list(self.table, **options)
 
-    def list_conns(self, numeric: bool = True) -> str:
-        """`ipvsadm -Lc` text of the engine's connection entries."""
+    def list_conns(self, numeric: bool = True, persistent_conn: bool = False) -> str:
+        """`ipvsadm -Lc [--persistent-conn]` text of the engine's connection entries (no
+        entry has a persistence engine, so --persistent-conn only changes the title)."""
         entries = [ConnEntry(c["proto"] if not c["template"] or c["vport"] else "IP",
                              c["caddr"], c["cport"], c["vaddr"], c["vport"], c["raddr"],
                              c["rport"], c["state"], c["expires"])
                    for c in self.engine.conns()]
-        return format_conns(entries, numeric=numeric)
+        return format_conns(entries, numeric=numeric, persistent_conn=persistent_conn)
 
     def counters(self) -> dict:
         """Everything countable as one JSON-ready dict: the engine's global counters, and per
@@ -148,6 +172,90 @@ class Director:
             })
         return {"engine": self.engine.stats(), "conn_entries": self.engine.conn_count(),
                 "services": services}
+
+    def save(self, numeric: bool = True) -> str:
+        """`ipvsadm -S [-n]` text of the current table (rules.dump_rules: sorted as ipvsadm
+        sorts, thresholds not written). Numbers either way: fastlvs looks up no names."""
+        return dump_rules(self.table, numeric)
+
+    def restore(self, text: str, filename: str = "-") -> list[str]:
+        """`ipvsadm -R`: apply the commands of a rules text, in order, ON TOP of the current
+        table (it adds; it does not replace: write -C first to replace).
+
+        Every line is parsed before any is applied: a line ipvsadm itself would refuse
+        (syntax, a list/save command) raises RulesError (`FILE:LINE: reason`) and changes
+        nothing. A line the table refuses ("Service already exists", a real server without
+        a next hop) is skipped and the rest applied, as ipvsadm -R carries on past refused
+        lines; the refusals are returned, one `FILE:LINE: what` string each ([] if none).
+        """
+        commands = list(iter_rules(text, filename))
+        errors = []
+        for lineno, cmd in commands:
+            try:
+                self.execute(cmd)
+            except ControlError as e:
+                errors.append(f"{filename}:{lineno}: {_describe(cmd, e)}")
+            except NoRoute as e:
+                errors.append(f"{filename}:{lineno}: {describe_noroute(cmd, e)}")
+        return errors
+
+    # -- rates (ip_vs_est.c) ---------------------------------------------------------------------
+    def tick(self, now: float) -> bool:
+        """Run the rate estimator if its 2 s interval has passed at `now` (monotonic
+        seconds); the daemon may call this as often as it likes, from the thread that runs
+        the engine. Returns True when an estimation step ran.
+
+        Each step is IPVS's: per service and per dest, the counter deltas since the last
+        step become a rate (per second, scaled by 2**10 for cps/pps, 2**5 for bps) folded
+        into an average with weight 1/4, and the CPS/InPPS/OutPPS/InBPS/OutBPS fields
+        `ipvsadm -L --rate` prints are that average rounded as ip_vs_read_estimator does.
+        The first call only starts the clock; a service or dest starts its estimator at the
+        first step that sees it (rates 0 until the next). A step that comes more than half
+        an interval late scales its deltas to 2 s, so a stalled loop shows no burst.
+        """
+        last = self._est_time
+        if last is None:
+            self._est_time = now
+            self._estimate(None)
+            return True
+        elapsed = now - last
+        if elapsed < EST_INTERVAL:
+            return False
+        self._est_time = now
+        self._estimate(EST_INTERVAL / elapsed if elapsed > 1.5 * EST_INTERVAL else None)
+        return True
+
+    def _est_objects(self):
+        e = self.engine
+        for sid, (svc, _) in self._live.items():
+            yield ("svc", sid), svc, e.service_stats(sid)
+            for d in svc.dests:
+                did = self._dest_by_obj[id(d)]
+                yield ("dest", did), d, e.dest_stats(did)
+
+    def _estimate(self, scale: float | None) -> None:
+        seen = set()
+        for key, obj, st in self._est_objects():
+            seen.add(key)
+            raw = [st[f] for f in STAT_FIELDS]
+            est = self._est.get(key)
+            if est is None or est[0] is not obj:
+                # A new (or re-added) object starts from its counters as they stand, as
+                # ip_vs_start_estimator does; its rates stay 0 until the next step.
+                self._est[key] = [obj, raw, [0] * 5]
+                continue
+            _, prev, avg = est
+            for i, f in enumerate(RATE_FIELDS):
+                delta = raw[i] - prev[i]
+                if scale is not None:
+                    delta = int(delta * scale)
+                rate = delta << _EST_SHIFT[i]
+                avg[i] += (rate - avg[i]) >> 2      # arithmetic shift, as the kernel's s64
+                setattr(obj, f, (avg[i] + _EST_ROUND[i]) >> _EST_SCALE[i])
+            est[1] = raw
+        for key in list(self._est):
+            if key not in seen:
+                del self._est[key]
 
     # -- engine synchronisation --------------------------------------------------------------------
     def _svc_id(self, key: ServiceKey) -> int:
@@ -222,6 +330,14 @@ class Director:
             for did in self._engine_dests.get(sid, ()):
                 ds = self.engine.dest_stats(did)
                 self._zero_base[("dest", did)] = {f: ds[f] for f in STAT_FIELDS}
+            # ip_vs_zero_estimator: the averages restart from 0 and from today's counters.
+            for kind, oid, st in [("svc", sid, self.engine.service_stats(sid))] + [
+                    ("dest", did, self.engine.dest_stats(did))
+                    for did in self._engine_dests.get(sid, ())]:
+                est = self._est.get((kind, oid))
+                if est is not None:
+                    est[1] = [st[f] for f in STAT_FIELDS]
+                    est[2] = [0] * 5
 
     # -- new connections (called by the engine once per batch) ----------------------------------------
     def _schedule_batch(self, svc_ids, flows):

@@ -1,0 +1,112 @@
+"""`fastlvs admin ARGS`: ipvsadm's command line against the running daemon.
+
+The command is parsed here first (rules.parse_command, ipvsadm's checks and wording), so a
+syntax error never needs the daemon; then it goes over the control socket as a "command"
+request and the daemon's answer is printed as ipvsadm would print it: the listing text on
+stdout byte for byte, an error as one line on stderr, with ipvsadm's exit status (2 for what
+ipvsadm refuses itself, 255 for what the kernel would refuse, 1 for a listing of an absent
+service).
+"""
+from __future__ import annotations
+
+import sys
+
+from fastlvs import __version__, ctl
+from fastlvs.listing import IPVS_VERSION
+from fastlvs.rules import CommandError, RulesError, iter_rules, parse_command
+
+PROG = "fastlvs admin"
+
+USAGE = f"""\
+fastlvs {__version__}: ipvsadm 1.31's syntax against the running fastlvs daemon
+Usage:
+  {PROG} [--socket PATH] COMMAND [options]
+  {PROG} -A|E -t|u service-address [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags]
+  {PROG} -D -t|u service-address
+  {PROG} -C
+  {PROG} -R                    (rules from stdin, added to the current table)
+  {PROG} -S [-n]
+  {PROG} -a|e -t|u service-address -r server-address [-g|-m|-i] [-w weight] [-x upper] [-y lower]
+  {PROG} -d -t|u service-address -r server-address
+  {PROG} -L|l [-n] [-t|u service-address] [-c] [--stats|--rate|--thresholds|--persistent-conn] [--exact] [--timeout]
+  {PROG} -Z [-t|u service-address]
+  {PROG} --set tcp tcpfin udp
+  {PROG} -h | -v
+
+The socket is --socket PATH, else ${ctl.SOCKET_ENV}, else {ctl.DEFAULT_SOCKET}.
+Exit status: 0 done, 2 refused by the command line checks (or no daemon), 255 refused by the
+daemon, 1 a listing of a service that does not exist.
+"""
+
+
+def _split_socket_option(argv: list[str]):
+    """Leading fastlvs options (--socket PATH, --socket=PATH, then an optional "--")
+    -> (path or None, the ipvsadm arguments)."""
+    path = None
+    argv = list(argv)
+    while argv:
+        if argv[0] == "--socket":
+            if len(argv) < 2:
+                raise CommandError("--socket: missing argument")
+            path = argv[1]
+            del argv[:2]
+        elif argv[0].startswith("--socket="):
+            path = argv[0].partition("=")[2]
+            del argv[0]
+        elif argv[0] == "--":
+            del argv[0]
+            break
+        else:
+            break
+    return path, argv
+
+
+def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
+    """Run one admin command (the arguments after `fastlvs admin`); return the exit status.
+    Never raises for bad input or an absent daemon: every failure is one line on stderr."""
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    try:
+        path, argv = _split_socket_option(argv)
+        if not argv:
+            argv = ["-L"]                # ipvsadm with no argument lists the table
+        cmd = parse_command(argv)
+    except CommandError as e:
+        print(e, file=stderr)
+        return ctl.EXIT_SYNTAX
+    if cmd.name == "help":
+        stdout.write(USAGE)
+        return ctl.EXIT_OK
+    if cmd.name == "version":
+        stdout.write(f"fastlvs {__version__} (ipvsadm 1.31 syntax, IPVS v{IPVS_VERSION})\n")
+        return ctl.EXIT_OK
+    args = {"argv": argv}
+    if cmd.name == "restore":
+        text = stdin.read()
+        try:
+            for _ in iter_rules(text, "-"):    # the whole text is checked before sending
+                pass
+        except RulesError as e:
+            print(e, file=stderr)
+            return ctl.EXIT_SYNTAX
+        if len(text.encode()) > ctl.MAX_LINE - 4096:
+            print(f"{PROG}: -R: rules text larger than {ctl.MAX_LINE // 1024} KiB; restore it "
+                  f"in parts", file=stderr)
+            return ctl.EXIT_SYNTAX
+        args["stdin"] = text
+    try:
+        answer = ctl.call("command", path, **args)
+    except ctl.Unreachable as e:
+        print(f"{PROG}: {e}", file=stderr)
+        return ctl.EXIT_SYNTAX
+    if answer["ok"]:
+        stdout.write(answer.get("result") or "")
+        return ctl.EXIT_OK
+    for line in answer.get("errors") or [answer.get("error", "unknown error")]:
+        print(line, file=stderr)
+    code = answer.get("code")
+    return code if isinstance(code, int) and 0 < code < 256 else ctl.EXIT_REFUSED
+
+
+__all__ = ["USAGE", "main"]
