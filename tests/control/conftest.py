@@ -1,63 +1,14 @@
-"""A ControlServer over a real Director + Engine (no rings) on a socket in a temp dir, served
-by a thread that holds `lock` while it touches the director; tests hold the same lock when
-they drive the engine themselves, so director and engine are never used concurrently."""
+"""The `daemon` fixture: a Daemon (control_harness.py) on a socket in the test's temp dir."""
 from __future__ import annotations
 
-import io
-import threading
+import os
+import sys
 
 import pytest
 
-from fastlvs import admin
-from fastlvs.control import ControlServer
-from fastlvs.director import Director, NoRoute
+sys.path.insert(0, os.path.dirname(__file__))
 
-LOCAL_IP, LOCAL_MAC = "192.0.2.1", "02:00:00:00:00:01"
-CLIENT_MAC = "02:00:00:00:00:aa"
-NEIGHBORS = {f"192.0.2.{i}": bytes([2, 0, 0, 0, 1, i]) for i in range(10, 20)}
-
-
-def nexthop(ip):
-    mac = NEIGHBORS.get(ip)
-    if mac is None:
-        raise NoRoute(f"{ip} is not a neighbour")
-    return mac, 1
-
-
-class Daemon:
-    def __init__(self, path):
-        from fastlvs._core import Engine
-
-        self.engine = Engine(capacity=4096, batch=64, local_ip=LOCAL_IP, local_mac=LOCAL_MAC)
-        self.director = Director(self.engine, nexthop)
-        self.server = ControlServer(self.director, str(path))
-        self.path = str(path)
-        self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self):
-        while not self._stop.is_set():
-            with self.lock:
-                self.server.poll_once(0.02)
-
-    def admin(self, *argv, stdin=""):
-        """(exit status, stdout, stderr) of `fastlvs admin --socket PATH ARGV...`."""
-        out, err = io.StringIO(), io.StringIO()
-        rc = admin.main(["--socket", self.path, *argv], stdin=io.StringIO(stdin),
-                        stdout=out, stderr=err)
-        return rc, out.getvalue(), err.getvalue()
-
-    def ok(self, *argv, stdin=""):
-        rc, out, err = self.admin(*argv, stdin=stdin)
-        assert (rc, err) == (0, ""), (argv, rc, err)
-        return out
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join()
-        self.server.close()
+from control_harness import Daemon  # noqa: E402
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from conftest import CLIENT_MAC, LOCAL_MAC
+from control_harness import CLIENT_MAC, LOCAL_MAC
 from fastlvs.listing import format_list
 from fastlvs.rules import dump_rules
 

@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from conftest import Daemon
+from control_harness import Daemon
 from fastlvs import ctl
 from fastlvs.control import ControlServer
 
@@ -140,7 +140,7 @@ def test_client_that_hangs_up_early(daemon):
 def test_poll_once_without_thread(tmp_path):
     """The daemon's own use: poll_once/handle_ready from one loop, fileno() for its poller."""
     import select
-    from conftest import nexthop
+    from control_harness import nexthop
     from fastlvs._core import Engine
     from fastlvs.director import Director
 

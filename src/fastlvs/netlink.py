@@ -1,0 +1,309 @@
+"""What the daemon asks the kernel over rtnetlink (pyroute2), in the kernel's own words:
+interfaces (ifindex, MAC, MTU, addresses), `ip route get`, neighbours (looked up, and
+resolved by the kernel on request), whether an address is local, and a monitor of neighbour
+changes. Everything is read-only except the resolution request (NTF_USE), which only makes
+the kernel do what it would do for a packet of its own.
+
+The VIP rule (`vip_problem`): a virtual service's address must be local to this host (or
+network namespace) in every forwarding mode, as IPVS requires for non-fwmark services. The
+kernel must own the VIP so that it answers ARP for it (clients and routers then send VIP
+traffic to the director's MAC) and so that it drops, rather than forwards, what it sees of
+that traffic on AF_PACKET (where the nftables ingress drop keeps it from answering). An
+address assigned to any interface counts, and so does a local route
+(`ip route add local VIP/32 dev lo`), which is how to own a VIP that the upstream router
+routes to the director without the director announcing it by ARP.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass
+
+from fastlvs.director import NoRoute
+
+# <linux/neighbour.h>
+NUD_INCOMPLETE = 0x01
+NUD_REACHABLE = 0x02
+NUD_STALE = 0x04
+NUD_DELAY = 0x08
+NUD_PROBE = 0x10
+NUD_FAILED = 0x20
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NUD_VALID = NUD_PERMANENT | NUD_NOARP | NUD_REACHABLE | NUD_PROBE | NUD_STALE | NUD_DELAY
+NTF_USE = 0x01
+# <linux/rtnetlink.h>
+RTN_UNICAST = 1
+RTN_LOCAL = 2
+RTMGRP_NEIGH = 0x4
+
+_POLL = 0.01          # seconds between neighbour-table reads while the kernel resolves
+
+
+class NetlinkError(Exception):
+    """The kernel cannot give what was asked; str() is one line naming the object."""
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A link as `ip addr show NAME` describes it: `addresses` are the IPv4 ones as
+    "a.b.c.d/len" strings, primary first; `mac` is 6 bytes (zeros for a link without one)."""
+
+    name: str
+    index: int
+    mac: bytes
+    mtu: int
+    addresses: tuple[str, ...]
+    up: bool
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        """The addresses without their prefix lengths."""
+        return tuple(a.split("/")[0] for a in self.addresses)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What `ip route get DST` answers: the output interface, the gateway (None when DST is
+    on a directly attached network), the preferred source address, and the route type
+    (RTN_LOCAL when DST is one of this host's addresses)."""
+
+    dst: str
+    oif: int
+    gateway: str | None
+    prefsrc: str | None
+    type: int
+
+    @property
+    def local(self) -> bool:
+        return self.type == RTN_LOCAL
+
+    @property
+    def nexthop(self) -> str:
+        """The address whose MAC frames to `dst` carry: the gateway, or `dst` itself."""
+        return self.gateway or self.dst
+
+
+def _mac_bytes(text: str | None) -> bytes:
+    if not text:
+        return b"\0" * 6
+    return bytes(int(p, 16) for p in text.split(":"))
+
+
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
+
+
+def _canonical(ip: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise NetlinkError(f"{what} {ip!r}: not an IP address") from None
+
+
+class Netlink:
+    """One rtnetlink socket for queries, in the caller's network namespace or in the named
+    one (`Netlink(netns="name")`, as `ip -n name`). Not thread-safe; close() when done (or
+    use it as a context manager)."""
+
+    def __init__(self, netns: str | None = None):
+        from pyroute2 import IPRoute     # only the daemon needs pyroute2
+
+        # groups=0: a query socket must not also collect every multicast announcement
+        # (pyroute2's default subscribes to most groups, which fills the socket's buffer).
+        self._ipr = IPRoute(groups=0, netns=netns)
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- links ---------------------------------------------------------------------------------
+    def interface(self, name: str) -> Interface:
+        """The interface called `name`; NetlinkError "NAME: no such interface" otherwise."""
+        found = self._ipr.link_lookup(ifname=name) if name else []
+        if not found:
+            raise NetlinkError(f"{name}: no such interface")
+        return self.interface_by_index(found[0])
+
+    def interface_by_index(self, index: int) -> Interface:
+        """The interface with this ifindex; NetlinkError if there is none."""
+        try:
+            link = self._ipr.get_links(index)[0]
+        except Exception as e:           # pyroute2's NetlinkError (ENODEV) and the like
+            raise NetlinkError(f"ifindex {index}: no such interface ({e})") from None
+        addrs = tuple(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+                      for a in self._ipr.get_addr(index=index, family=socket.AF_INET))
+        return Interface(name=link.get("IFLA_IFNAME"), index=index,
+                         mac=_mac_bytes(link.get("IFLA_ADDRESS")), mtu=link.get("IFLA_MTU"),
+                         addresses=addrs, up=bool(link["flags"] & 1))
+
+    # -- routes --------------------------------------------------------------------------------
+    def route_get(self, ip: str) -> Route:
+        """`ip route get IP`: NetlinkError "IP: Network is unreachable" (the kernel's
+        error text) when no route leads there."""
+        ip = _canonical(ip, "route to")
+        try:
+            msg = self._ipr.route("get", dst=ip, family=_family(ip))[0]
+        except Exception as e:
+            code = getattr(e, "code", None)
+            reason = os.strerror(code) if isinstance(code, int) and code > 0 else str(e)
+            raise NetlinkError(f"{ip}: {reason}") from None
+        return Route(dst=ip, oif=msg.get("RTA_OIF"), gateway=msg.get("RTA_GATEWAY"),
+                     prefsrc=msg.get("RTA_PREFSRC"), type=msg["type"])
+
+    def is_local(self, ip: str) -> bool:
+        """Whether the kernel delivers `ip` locally (an address of this host or namespace, or
+        inside a local route). An unroutable address is not local."""
+        try:
+            return self.route_get(ip).local
+        except NetlinkError:
+            return False
+
+    # -- neighbours ----------------------------------------------------------------------------
+    def neighbour(self, ip: str, ifindex: int) -> bytes | None:
+        """The MAC the kernel has for `ip` on `ifindex` when its entry is usable
+        (REACHABLE, STALE, DELAY, PROBE, PERMANENT, NOARP with an address), else None.
+        Only reads: never triggers resolution."""
+        ip = _canonical(ip, "neighbour")
+        for n in self._ipr.neigh("dump", family=_family(ip), ifindex=ifindex):
+            if n.get("NDA_DST") == ip and n["state"] & NUD_VALID and n.get("NDA_LLADDR"):
+                return _mac_bytes(n.get("NDA_LLADDR"))
+        return None
+
+    def resolve(self, ip: str, ifindex: int, timeout: float = 3.0) -> bytes:
+        """The MAC of `ip` on `ifindex`, asking the kernel to resolve it when it has no
+        usable entry, and waiting at most `timeout` seconds (the kernel's default gives up
+        after 3 unanswered ARP requests a second apart).
+
+        The request is an RTM_NEWNEIGH with NTF_USE (`ip neigh replace IP dev X use`): the
+        kernel starts ARP/ND exactly as for an outgoing packet of its own, and no packet
+        goes to `ip`. NetlinkError when no answer comes in time."""
+        mac = self.neighbour(ip, ifindex)
+        if mac is not None:
+            return mac
+        ip = _canonical(ip, "neighbour")
+        try:
+            self._ipr.neigh("replace", dst=ip, ifindex=ifindex, family=_family(ip),
+                            flags=NTF_USE)
+        except Exception as e:
+            raise NetlinkError(f"{ip}: the kernel refused to resolve it on ifindex "
+                               f"{ifindex} ({e})") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            mac = self.neighbour(ip, ifindex)
+            if mac is not None:
+                return mac
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(_POLL)
+        name = self._ifname(ifindex)
+        raise NetlinkError(f"{ip}: no ARP/ND answer on {name} within {timeout:g} s")
+
+    def _ifname(self, ifindex: int) -> str:
+        try:
+            return self.interface_by_index(ifindex).name
+        except NetlinkError:
+            return f"ifindex {ifindex}"
+
+    def nexthop(self, ip: str, timeout: float = 3.0) -> tuple[bytes, int]:
+        """(MAC, ifindex) to send frames for `ip` to, as the kernel would: the route's output
+        interface, and the MAC of its gateway or of `ip` itself when on-link (resolved if
+        needed). Raises director.NoRoute (one line), so it can be the Director's `nexthop`
+        as is. A local address is refused: the director cannot forward to itself."""
+        try:
+            route = self.route_get(ip)
+            if route.local:
+                raise NoRoute(f"{ip} is an address of this host")
+            return self.resolve(route.nexthop, route.oif, timeout), route.oif
+        except NetlinkError as e:
+            raise NoRoute(str(e)) from None
+
+
+def vip_problem(nl: Netlink, vip: str) -> str | None:
+    """Why `vip` cannot be a virtual service's address here, or None when it can. The rule
+    (see the module's docstring): the VIP must be local in every forwarding mode."""
+    try:
+        ip = _canonical(vip, "VIP")
+    except NetlinkError as e:
+        return str(e)
+    if nl.is_local(ip):
+        return None
+    return (f"VIP {ip} is not an address of this host: add it to the client-side interface "
+            f"(ip addr add {ip}/32 dev IFACE), or own it without ARP (ip route add local "
+            f"{ip}/32 dev lo)")
+
+
+def dr_problem(nl: Netlink, rip: str) -> str | None:
+    """Why real server `rip` cannot be a direct-routing (or None): DR only rewrites MACs,
+    so the real server must be on a directly attached network (no gateway in between)."""
+    try:
+        route = nl.route_get(rip)
+    except NetlinkError as e:
+        return str(e)
+    if route.gateway:
+        return (f"{route.dst} is reached through gateway {route.gateway}: direct routing "
+                f"needs the real server on a network attached to this host")
+    return None
+
+
+class NeighbourMonitor:
+    """Neighbour-table changes as the kernel announces them (RTMGRP_NEIGH), for the
+    daemon's loop: `fileno()` polls readable when there is news, `changes()` reads it all
+    without blocking and returns [(ip, mac or None, ifindex)], in order, where None means
+    the entry is no longer usable (FAILED, INCOMPLETE, deleted). Only IPv4 and IPv6
+    unicast neighbours are reported."""
+
+    def __init__(self, netns: str | None = None):
+        from pyroute2 import IPRoute
+
+        self._ipr = IPRoute(groups=RTMGRP_NEIGH, netns=netns)
+        self._ipr.bind(groups=RTMGRP_NEIGH)
+
+    def fileno(self) -> int:
+        return self._ipr.fileno()
+
+    def changes(self) -> list[tuple[str, bytes | None, int]]:
+        out = []
+        while select.select([self._ipr], [], [], 0)[0]:
+            try:
+                msgs = self._ipr.get()
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    # The kernel dropped news (we were slow): the caller should re-read
+                    # the table; report nothing rather than a partial picture.
+                    raise NetlinkError("neighbour monitor overrun: re-read the table") \
+                        from None
+                raise
+            for m in msgs:
+                if m.get("family") not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                ip = m.get("NDA_DST")
+                if ip is None:
+                    continue
+                usable = (m.get("event") == "RTM_NEWNEIGH" and m["state"] & NUD_VALID
+                          and m.get("NDA_LLADDR"))
+                out.append((ip, _mac_bytes(m.get("NDA_LLADDR")) if usable else None,
+                            m["ifindex"]))
+        return out
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["Interface", "NeighbourMonitor", "NetlinkError", "Netlink", "Route", "dr_problem",
+           "vip_problem"]

@@ -1,0 +1,133 @@
+"""fastlvs.netlink inside namespaces the fixture builds: interfaces, `ip route get`,
+locality and the VIP rule, neighbour resolution of a live peer and of an absent one, the
+next hop the Director uses, and the neighbour monitor."""
+from __future__ import annotations
+
+import time
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+pytest.importorskip("pyroute2")
+
+from netns_pair import ip  # noqa: E402
+from fastlvs.director import NoRoute  # noqa: E402
+from fastlvs.netlink import NeighbourMonitor, Netlink, NetlinkError, dr_problem, vip_problem  # noqa: E402
+
+
+def test_interface(pair):
+    with Netlink(pair.a) as nl:
+        i = nl.interface(pair.a_if)
+        assert i.name == pair.a_if and i.index == pair.index(pair.a, pair.a_if)
+        assert i.mac == pair.mac(pair.a, pair.a_if)
+        assert i.mtu == 1500 and i.up
+        assert i.addresses == (f"{pair.a_ip}/24",) and i.ips == (pair.a_ip,)
+        assert nl.interface_by_index(i.index) == i
+        with pytest.raises(NetlinkError, match="^nope0: no such interface$"):
+            nl.interface("nope0")
+        with pytest.raises(NetlinkError, match="^ifindex 9999: no such interface"):
+            nl.interface_by_index(9999)
+
+
+def test_route_get(pair):
+    with Netlink(pair.a) as nl:
+        idx = pair.index(pair.a, pair.a_if)
+        r = nl.route_get(pair.b_ip)
+        assert (r.oif, r.gateway, r.prefsrc, r.local) == (idx, None, pair.a_ip, False)
+        assert r.nexthop == pair.b_ip
+        r = nl.route_get("198.51.100.7")
+        assert (r.oif, r.gateway, r.nexthop) == (idx, pair.b_ip, pair.b_ip)
+        assert nl.route_get(pair.a_ip).local
+        with pytest.raises(NetlinkError, match=r"^203\.0\.113\.1: Network is unreachable$"):
+            nl.route_get("203.0.113.1")
+        with pytest.raises(NetlinkError, match="not an IP address"):
+            nl.route_get("example.org")
+
+
+def test_locality_and_the_vip_rule(pair):
+    ip("-n", pair.a, "route", "add", "local", "192.0.2.200/32", "dev", "lo")
+    with Netlink(pair.a) as nl:
+        assert nl.is_local(pair.a_ip) and nl.is_local("192.0.2.200")
+        assert not nl.is_local(pair.b_ip) and not nl.is_local("203.0.113.1")
+        assert vip_problem(nl, pair.a_ip) is None
+        assert vip_problem(nl, "192.0.2.200") is None
+        assert vip_problem(nl, "203.0.113.10").startswith(
+            "VIP 203.0.113.10 is not an address of this host")
+        assert dr_problem(nl, pair.b_ip) is None
+        assert dr_problem(nl, "198.51.100.7") == (
+            f"198.51.100.7 is reached through gateway {pair.b_ip}: direct routing needs the "
+            f"real server on a network attached to this host")
+        assert dr_problem(nl, "203.0.113.1") == "203.0.113.1: Network is unreachable"
+
+
+def test_neighbour_resolution_of_the_peer(pair):
+    peer_mac = pair.mac(pair.b, pair.b_if)
+    with Netlink(pair.a) as nl:
+        idx = pair.index(pair.a, pair.a_if)
+        assert nl.neighbour(pair.b_ip, idx) is None          # reading never resolves
+        t = time.monotonic()
+        assert nl.resolve(pair.b_ip, idx, timeout=3) == peer_mac
+        assert time.monotonic() - t < 1.0
+        assert nl.neighbour(pair.b_ip, idx) == peer_mac
+        assert "REACHABLE" in ip("-n", pair.a, "neigh", "show", pair.b_ip).stdout
+
+
+def test_resolution_of_an_absent_neighbour_is_bounded(pair):
+    with Netlink(pair.a) as nl:
+        idx = pair.index(pair.a, pair.a_if)
+        absent = pair.a_ip.rsplit(".", 1)[0] + ".99"
+        t = time.monotonic()
+        with pytest.raises(NetlinkError) as ei:
+            nl.resolve(absent, idx, timeout=0.5)
+        assert time.monotonic() - t < 1.5
+        assert str(ei.value) == f"{absent}: no ARP/ND answer on {pair.a_if} within 0.5 s"
+
+
+def test_nexthop_is_what_the_director_needs(pair):
+    peer_mac = pair.mac(pair.b, pair.b_if)
+    idx = pair.index(pair.a, pair.a_if)
+    with Netlink(pair.a) as nl:
+        assert nl.nexthop(pair.b_ip) == (peer_mac, idx)
+        assert nl.nexthop("198.51.100.7") == (peer_mac, idx)   # via the gateway
+        with pytest.raises(NoRoute, match=f"^{pair.a_ip} is an address of this host$"):
+            nl.nexthop(pair.a_ip)
+        with pytest.raises(NoRoute, match="Network is unreachable"):
+            nl.nexthop("203.0.113.1")
+
+
+def test_director_over_netlink_next_hops(pair):
+    """The Director takes Netlink.nexthop as is: a dest it cannot reach is refused whole."""
+    core = pytest.importorskip("fastlvs._core")
+    from fastlvs.director import Director
+    from fastlvs.rules import parse_command
+
+    with Netlink(pair.a) as nl:
+        d = Director(core.Engine(capacity=64), nl.nexthop)
+        d.execute(parse_command(["-A", "-t", f"{pair.a_ip}:80"]))
+        d.execute(parse_command(["-a", "-t", f"{pair.a_ip}:80", "-r", pair.b_ip]))
+        with pytest.raises(NoRoute):
+            d.execute(parse_command(["-a", "-t", f"{pair.a_ip}:80", "-r", "203.0.113.1"]))
+        assert [x.addr for x in d.table.get(("tcp", pair.a_ip, 80)).dests] == [pair.b_ip]
+
+
+def test_neighbour_monitor(pair):
+    peer_mac = pair.mac(pair.b, pair.b_if)
+    idx = pair.index(pair.a, pair.a_if)
+    with NeighbourMonitor(pair.a) as mon, Netlink(pair.a) as nl:
+        assert mon.changes() == []
+        nl.resolve(pair.b_ip, idx)
+        seen = []
+        deadline = time.monotonic() + 3
+        while (pair.b_ip, peer_mac, idx) not in seen and time.monotonic() < deadline:
+            seen += mon.changes()
+            time.sleep(0.02)
+        assert (pair.b_ip, peer_mac, idx) in seen
+        ip("-n", pair.a, "neigh", "del", pair.b_ip, "dev", pair.a_if)
+        seen = []
+        deadline = time.monotonic() + 3
+        while (pair.b_ip, None, idx) not in seen and time.monotonic() < deadline:
+            seen += mon.changes()
+            time.sleep(0.02)
+        assert (pair.b_ip, None, idx) in seen
