@@ -4,6 +4,7 @@ the other port, and they arrive in the sink namespace; the XDP program leaves AR
 non-service traffic to the kernel; close() leaves no XDP program and no nft table behind."""
 import os
 import struct
+import sys
 import time
 
 import pytest
@@ -161,3 +162,36 @@ def test_unknown_interface(topo):
             core.XdpPort("nosuch0")
         with pytest.raises(OSError, match="no interface"):
             core.PacketPort("nosuch0")
+
+
+@pytest.mark.parametrize("backend", ["xdp", "packet"])
+def test_transmit_reaches_the_peer(topo, backend):
+    # transmit(): frames injected from Python leave the port and arrive at the veth peer
+    with in_ns(topo.director):
+        p = core.XdpPort("d1", ring_size=256) if backend == "xdp" else core.PacketPort("d1")
+    rx = raw_socket(topo.sink, "s0")
+    try:
+        drain(rx)
+        fr = bytes(Ether(src=topo.mac["d1"], dst=topo.mac["s0"]) / IP(src=topo.d1_ip,
+                   dst=topo.s0_ip) / UDP(sport=5, dport=6) / b"fltransmit")
+        assert core.transmit(p, [fr], 25) == 25
+        s0 = bytes.fromhex(topo.mac["s0"].replace(":", ""))
+        # (the sink's own ICMP port-unreachable quotes the payload too: incoming only)
+        got = collect(rx, lambda f: f[:6] == s0 and f.endswith(b"fltransmit"), timeout=2)
+        assert len(got) == 25
+    finally:
+        rx.close()
+        p.close()
+
+
+def test_exit_without_close_leaves_nothing(topo):
+    # a process that forgets close() still detaches its program and removes its table
+    code = ("import fastlvs._core as c\n"
+            "x = c.XdpPort('d0', ring_size=64)\n"
+            "q = c.PacketPort('d1'); q.add_service('tcp', '10.200.2.50', 80)\n"
+            "import subprocess; print('nft' if 'fastlvs_' in subprocess.run(['nft', 'list', "
+            "'tables'], capture_output=True, text=True).stdout else 'none')\n")
+    r = conftest.run("ip", "netns", "exec", topo.director, sys.executable, "-c", code)
+    assert r.stdout.strip() == "nft"
+    assert not topo.xdp_attached(topo.director, "d0")
+    assert "fastlvs_" not in topo.nft_tables(topo.director)

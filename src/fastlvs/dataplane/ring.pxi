@@ -64,6 +64,10 @@ cdef struct fl_port:
     uint32_t tx_queued          # frames marked SEND_REQUEST since the last kick
 
 
+import atexit as _atexit
+import weakref as _weakref
+
+
 cdef inline uint64_t ring_now_ns() noexcept nogil:
     # CLOCK_MONOTONIC, as time.monotonic_ns(): the engine's timeouts run on this clock
     cdef pk.timespec ts
@@ -104,6 +108,22 @@ class _InNetns:
         return False
 
 
+_OPEN_PORTS = _weakref.WeakSet()
+
+
+def _close_open_ports():
+    # at exit (also after SIGTERM handled by Python): no XDP program, nft table or socket
+    # may outlive the process; an attached XDP program would, as it is not tied to our fds
+    for port in list(_OPEN_PORTS):
+        try:
+            port.close()
+        except Exception:
+            pass
+
+
+_atexit.register(_close_open_ports)
+
+
 def _ifindex(ifname):
     cdef unsigned int i = pk.if_nametoindex(ifname.encode())
     if i == 0:
@@ -120,6 +140,7 @@ cdef class Port:
     cdef readonly str backend
     cdef readonly str mode
     cdef int nsfd
+    cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
         self.p = <fl_port *>calloc(1, sizeof(fl_port))

@@ -168,8 +168,10 @@ cdef int ring_pass(fl_loop *L, uint64_t *frames_left) noexcept nogil:
             xdp_complete(p)
             xdp_refill(p)
             if p.busy_poll:
-                xdp_wake_rx(p)
+                xdp_wake_rx(p)          # busy polling: our syscall runs the NAPI loop
             k = xdp_rx(p, L.frames, L.cookies, want, now)
+            if k == 0 and not p.busy_poll:
+                xdp_wake_rx(p)          # kicks only if the kernel flagged the fill ring
         elif p.kind == PORT_PACKET:
             k = pkt_rx(p, L.frames, L.cookies, want, now)
             if k == 0:
@@ -262,3 +264,54 @@ def poll(engine, ports, int timeout_ms=0, max_frames=1 << 20):
     if L.est != NULL:
         eng._raise_pending()
     return total
+
+
+def transmit(port, frames, count=0):
+    """Send `frames` (bytes-likes) out of `port`, `count` frames in total cycling through
+    them (0 = each once), copied into the TX ring without the GIL and flushed every 64.
+    Returns the number accepted by the ring (the rest found it full). For tests and
+    traffic generators; the forwarding path is poll()."""
+    cdef Port pt = port
+    cdef fl_port *p = pt.p
+    cdef int nf = len(frames), i
+    cdef uint64_t total = count if count else nf
+    cdef uint64_t k, before, full
+    cdef uint8_t **ptrs
+    cdef uint32_t *lens
+    cdef const uint8_t[::1] view
+    if p.kind == 0:
+        raise ValueError(f"{port!r} is closed")
+    if nf == 0:
+        return 0
+    keep = [bytes(f) for f in frames]
+    ptrs = <uint8_t **>malloc(nf * sizeof(uint8_t *))
+    lens = <uint32_t *>malloc(nf * sizeof(uint32_t))
+    if ptrs == NULL or lens == NULL:
+        free(ptrs)
+        free(lens)
+        raise MemoryError()
+    for i in range(nf):
+        view = keep[i]
+        ptrs[i] = <uint8_t *>&view[0]
+        lens[i] = view.shape[0]
+    before = p.tx_ring_full
+    try:
+        with nogil:
+            for k in range(total):
+                i = <int>(k % nf)
+                if p.kind == PORT_XDP:
+                    xdp_complete(p)
+                    xdp_tx_copy(p, ptrs[i], lens[i])
+                    if p.tx_reserved >= RING_BATCH:
+                        xdp_tx_flush(p)
+                else:
+                    pkt_tx_copy(p, ptrs[i], lens[i])
+            if p.kind == PORT_XDP:
+                xdp_tx_flush(p)
+            else:
+                pkt_tx_flush(p)
+    finally:
+        free(ptrs)
+        free(lens)
+    full = p.tx_ring_full - before
+    return total - full

@@ -209,6 +209,7 @@ cdef class PacketPort(Port):
                 raise OSError(pk.errno, f"bind TX to {ifname}: {_os.strerror(pk.errno)}")
             p.kind = PORT_PACKET
             p.ifindex = self.ifindex
+            _OPEN_PORTS.add(self)
         except BaseException:
             self.close()
             raise

@@ -405,6 +405,7 @@ cdef class XdpPort(Port):
             r = bpf_map_update_elem(self.prog.xsks_fd, &self.queue, &p.xsk_fd, 0)
             if r:
                 raise OSError(-r, f"cannot put the socket in fl_xsks: {_os.strerror(-r)}")
+            _OPEN_PORTS.add(self)
         except BaseException:
             self.close()
             raise
