@@ -195,3 +195,22 @@ def test_exit_without_close_leaves_nothing(topo):
     assert r.stdout.strip() == "nft"
     assert not topo.xdp_attached(topo.director, "d0")
     assert "fastlvs_" not in topo.nft_tables(topo.director)
+
+
+def test_xdp_ports_on_every_queue(topo):
+    # a veth with two RX queues gets a socket on each, all on one UMEM; all detach on close
+    conftest.run("ip", "-n", topo.director, "link", "add", "m0", "numrxqueues", "2",
+                 "numtxqueues", "2", "type", "veth", "peer", "name", "m1")
+    conftest.run("ip", "-n", topo.director, "link", "set", "m0", "up")
+    conftest.run("ip", "-n", topo.director, "link", "set", "m1", "up")
+    with in_ns(topo.director):
+        assert core.rx_queue_count("m0") == 2
+        ports = core.xdp_ports("m0", ring_size=128)
+    try:
+        assert [p.queue for p in ports] == [0, 1]
+        assert ports[0].umem is ports[1].umem
+        assert all(v == 0 for v in ports[0].xsk_stats().values())
+    finally:
+        for p in ports:
+            p.close()
+    assert not topo.xdp_attached(topo.director, "m0")

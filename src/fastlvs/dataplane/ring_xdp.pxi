@@ -20,6 +20,8 @@ cdef struct fl_steer_key:
     uint32_t addr[4]
 
 
+import struct as _struct
+
 XDP_BUILT = bool(FL_XDP_BUILT)
 XDP_MISSING = ("AF_XDP backend not built: libxdp-dev/libbpf-dev/clang were missing at build "
                "time (install them, e.g. `make deps`, and rebuild)")
@@ -498,6 +500,20 @@ cdef class XdpPort(Port):
             free(vals)
         return out
 
+    def xsk_stats(self):
+        """The kernel's XDP_STATISTICS of this socket: rx_dropped, rx_invalid_descs,
+        tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs."""
+        cdef xdp_statistics st
+        cdef pk.socklen_t optlen = sizeof(st)
+        self._check_open()
+        memset(&st, 0, sizeof(st))
+        if pk.getsockopt(self.p.xsk_fd, SOL_XDP, XDP_STATISTICS, &st, &optlen) != 0:
+            raise OSError(pk.errno, f"XDP_STATISTICS: {_os.strerror(pk.errno)}")
+        return {"rx_dropped": st.rx_dropped, "rx_invalid_descs": st.rx_invalid_descs,
+                "tx_invalid_descs": st.tx_invalid_descs, "rx_ring_full": st.rx_ring_full,
+                "rx_fill_ring_empty_descs": st.rx_fill_ring_empty_descs,
+                "tx_ring_empty_descs": st.tx_ring_empty_descs}
+
     def _check_open(self):
         if self.p.kind == 0 or self.prog is None:
             raise ValueError(f"{self.ifname}: port is closed")
@@ -534,3 +550,47 @@ cdef class XdpPort(Port):
         if self.nsfd >= 0:
             _os.close(self.nsfd)
             self.nsfd = -1
+
+
+def rx_queue_count(ifname):
+    """How many RX queues `ifname` (in this thread's namespace) delivers on: the ethtool
+    channel counts (rx + combined), else the kernel's IFLA_NUM_RX_QUEUES. The XDP program
+    passes frames of a queue without a socket to the kernel, so open a port on each."""
+    import array
+    import fcntl
+    import socket as _socket
+    buf = array.array("I", [0x3C] + [0] * 8)          # ETHTOOL_GCHANNELS
+    ifr = _struct.pack("16sP", ifname.encode()[:15], buf.buffer_info()[0])
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(s.fileno(), 0x8946, ifr)           # SIOCETHTOOL
+        n = buf[5] + buf[8]                            # rx_count + combined_count
+        if n > 0:
+            return n
+    except OSError:
+        pass
+    finally:
+        s.close()
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        links = ipr.link("get", index=_ifindex(ifname))
+        n = links[0].get_attr("IFLA_NUM_RX_QUEUES") if links else None
+    return int(n or 1)
+
+
+def xdp_ports(ifname, umem=None, **kwargs):
+    """An XdpPort on every RX queue of `ifname` sharing one XdpUmem (made when None, sized
+    for all queues); kwargs go to XdpPort. On error, the ports made so far are closed."""
+    n = rx_queue_count(ifname)
+    ring = kwargs.get("ring_size", XDP_DEFAULT_RING)
+    if umem is None:
+        umem = XdpUmem(frames=4 * ring * n, frame_size=kwargs.pop("frame_size", 4096))
+    ports = []
+    try:
+        for q in range(n):
+            ports.append(XdpPort(ifname, queue=q, umem=umem, **kwargs))
+    except BaseException:
+        for p in ports:
+            p.close()
+        raise
+    return ports
