@@ -214,3 +214,61 @@ def test_xdp_ports_on_every_queue(topo):
         for p in ports:
             p.close()
     assert not topo.xdp_attached(topo.director, "m0")
+
+
+@pytest.mark.parametrize("backend", ["xdp", "packet"])
+def test_vlan_tagged_service_traffic(topo, backend):
+    # one 802.1Q tag: the program looks past it (XDP); AF_PACKET gets the tag back into the
+    # frame from the ring header (the kernel strips it); the frame is forwarded with its tag
+    from scapy.layers.l2 import Dot1Q
+    with in_ns(topo.director):
+        if backend == "xdp":
+            umem = core.XdpUmem(frames=1024)
+            ports = [core.XdpPort("d0", ring_size=128, umem=umem),
+                     core.XdpPort("d1", ring_size=128, umem=umem)]
+        else:
+            ports = [core.PacketPort("d0"), core.PacketPort("d1")]
+    p0, p1 = ports
+    captured = []
+    try:
+        p0.add_service("udp", VIP, VPORT)
+        fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        sent = [bytes(Ether(src=topo.mac["c0"], dst=topo.mac["d0"]) / Dot1Q(vlan=42)
+                      / IP(src=topo.c0_ip, dst=VIP) / UDP(sport=4000 + i, dport=VPORT)
+                      / (b"flv" + bytes([i]))) for i in range(5)]
+        tx = raw_socket(topo.client, "c0")
+        # on d1's side the kernel of the sink strips the tag again: watch with auxdata
+        rx = raw_socket(topo.sink, "s0")
+        rx.setsockopt(263, 8, 1)          # SOL_PACKET, PACKET_AUXDATA
+        try:
+            drain(rx)
+            for fr in sent:
+                tx.send(fr)
+            import select
+            import time
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and len(captured) < 5:
+                core.poll(fwd, ports, timeout_ms=5)
+                if not select.select([rx], [], [], 0.01)[0]:
+                    continue
+                data, anc, _, _ = rx.recvmsg(2048, 1024)
+                if data[:6] == bytes.fromhex(topo.mac["s0"].replace(":", "")) and b"flv" in data:
+                    tci = None
+                    for level, typ, val in anc:
+                        if level == 263 and typ == 8:
+                            # struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci
+                            st, _l, _s, _m, _n, tci = struct.unpack("IIIHHH", val[:18])
+                            tci = tci if st & 0x10 else None          # TP_STATUS_VLAN_VALID
+                    if tci is None and data[12:14] == b"\x81\x00":
+                        tci = int.from_bytes(data[14:16], "big")
+                    captured.append(tci)
+        finally:
+            tx.close()
+            rx.close()
+        assert len(captured) == 5
+        assert all(t is not None and t & 0xFFF == 42 for t in captured), captured
+        if backend == "xdp":
+            assert p0.steer_stats()["redirected"] >= 5
+    finally:
+        for p in ports:
+            p.close()
