@@ -1,5 +1,6 @@
 """The `fastlvs` command: argument parsing, exit codes and printing only.
 
+    fastlvs --mode dr|nat|tun -i IFACE ...   the director (daemon.py), in the foreground
     fastlvs demo      the scheduler library over weighted servers
     fastlvs replay    a pcap through the engine, as the director would forward it
     fastlvs admin     ipvsadm's syntax against the running daemon (over its control socket)
@@ -85,6 +86,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def daemon_parser() -> argparse.ArgumentParser:
+    """`fastlvs --mode dr|nat|tun ...`: the director itself (no subcommand word)."""
+    p = _Parser(prog="fastlvs", description=(
+        "Run the director in the foreground. Subcommands: fastlvs admin|replay|demo ..."))
+    p.add_argument("--mode", choices=("dr", "nat", "tun"),
+                   help="forwarding method of the real servers (default dr; a config may say)")
+    p.add_argument("-i", "--interface", help="interface where clients' packets arrive")
+    p.add_argument("--rs-interface", help="interface where NAT real servers' replies arrive, "
+                                          "when not the -i one")
+    p.add_argument("--backend", choices=("auto", "xdp", "packet"),
+                   help="auto (default): AF_XDP when it attaches, else AF_PACKET")
+    p.add_argument("--vip", metavar="[tcp:|udp:]VIP:PORT", help="quick start: one virtual service")
+    p.add_argument("--rs", action="append", default=[], metavar="RIP:PORT[@WEIGHT]",
+                   help="quick start: a real server of --vip; repeatable, added in order")
+    p.add_argument("-s", "--scheduler", default="wlc", help="quick start: scheduler (default wlc)")
+    p.add_argument("-p", "--persistent", type=int, metavar="SECONDS",
+                   help="quick start: persistence timeout")
+    p.add_argument("--rules", metavar="FILE", help="services in ipvsadm-save format (SIGHUP re-reads)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration (examples/fastlvs.toml)")
+    p.add_argument("--socket", help="control socket (default $FASTLVS_SOCKET or "
+                                    "/run/fastlvs/fastlvs.sock)")
+    p.add_argument("--capacity", type=int, help="connection table entries (default 1048576)")
+    p.add_argument("--mtu", type=int, help="MTU towards the real servers (default: the interface's)")
+    p.add_argument("--busy-poll", action="store_true",
+                   help="busy-poll the AF_XDP rings (lower latency, a core kept busy)")
+    return p
+
+
+def _daemon(argv) -> int:
+    from fastlvs.daemon import Options, main as daemon_main
+
+    a = daemon_parser().parse_args(argv)
+    mode = a.mode or ("dr" if not a.config else None)
+    return daemon_main(Options(mode=mode, interface=a.interface, rs_interface=a.rs_interface,
+                               backend=a.backend, vip=a.vip, rs=a.rs, scheduler=a.scheduler,
+                               persistent=a.persistent, rules=a.rules, config=a.config,
+                               socket=a.socket, capacity=a.capacity, mtu=a.mtu,
+                               busy_poll=a.busy_poll))
+
+
 def _admin(argv) -> int:
     from fastlvs.admin import main as admin_main
 
@@ -95,5 +136,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "admin":
         return _admin(argv[1:])
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        return _daemon(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)

@@ -65,6 +65,7 @@ class Director:
         self._live: dict[int, tuple[Service, schedulers.Scheduler]] = {}
         self._engine_dests: dict[int, set[int]] = {}     # svc id -> dest ids in the engine
         self._dest_by_obj: dict[int, int] = {}            # id(Dest) -> dest id
+        self._hops: dict[int, tuple] = {}                 # dest id -> (mac, ifindex) pushed
         # -Z zeroes the listing, not the engine: its counters only ever grow, so a reader of
         # them (a rate estimator, a test) never sees them go backwards.
         self._zero_base: dict[tuple[str, int], dict[str, int]] = {}
@@ -121,6 +122,27 @@ class Director:
             self._live.pop(self._svc_ids.get(svc.key, 0), None)
             self._sync_service(svc, True, None)
         del old
+
+    def refresh_nexthops(self) -> int:
+        """Resolve every dest's next hop again and re-push the dests whose MAC or interface
+        changed (a real server replaced, a gateway moved); weights, schedulers and conns are
+        untouched. A dest whose next hop no longer resolves keeps the last one. Returns how
+        many dests changed."""
+        changed = 0
+        for sid, (svc, _) in self._live.items():
+            for d in svc.dests:
+                did = self._dest_by_obj[id(d)]
+                try:
+                    hop = self.nexthop(d.addr)
+                except NoRoute:
+                    continue
+                if hop != self._hops.get(did):
+                    self._hops[did] = hop
+                    self.engine.set_dest(did, sid, d.addr, d.port, fwd=_FWD[d.fwd], mac=hop[0],
+                                         ifindex=hop[1], weight=d.weight,
+                                         u_threshold=d.u_threshold, l_threshold=d.l_threshold)
+                    changed += 1
+        return changed
 
     # -- listings --------------------------------------------------------------------------------
     def pull_counters(self) -> None:
@@ -294,6 +316,8 @@ class Director:
             present.add(did)
             self._dest_by_obj[id(d)] = did
             mac, ifindex = hops.get(id(d)) or self.nexthop(d.addr)
+            self._hops[did] = (bytes(mac) if isinstance(mac, (bytes, bytearray)) else mac,
+                               ifindex)
             self.engine.set_dest(did, sid, d.addr, d.port, fwd=_FWD[d.fwd], mac=mac,
                                  ifindex=ifindex, weight=d.weight, u_threshold=d.u_threshold,
                                  l_threshold=d.l_threshold)

@@ -179,6 +179,24 @@ class Netlink:
                 return _mac_bytes(n.get("NDA_LLADDR"))
         return None
 
+    def neighbours(self, ifindex: int) -> list[tuple[str, bytes]]:
+        """Every usable IPv4 neighbour on `ifindex` as (ip, MAC), as `ip -4 neigh show dev X`
+        lists the reachable, stale, delayed, probed and permanent ones."""
+        out = []
+        for n in self._ipr.neigh("dump", family=socket.AF_INET, ifindex=ifindex):
+            if n["state"] & NUD_VALID and n.get("NDA_LLADDR") and n.get("NDA_DST"):
+                out.append((n.get("NDA_DST"), _mac_bytes(n.get("NDA_LLADDR"))))
+        return out
+
+    def default_gateway(self) -> str | None:
+        """The IPv4 default route's gateway, or None when there is no such route or it has
+        no gateway (a device route)."""
+        for r in self._ipr.get_default_routes(family=socket.AF_INET):
+            gw = r.get("RTA_GATEWAY")
+            if gw:
+                return gw
+        return None
+
     def resolve(self, ip: str, ifindex: int, timeout: float = 3.0) -> bytes:
         """The MAC of `ip` on `ifindex`, asking the kernel to resolve it when it has no
         usable entry, and waiting at most `timeout` seconds (the kernel's default gives up

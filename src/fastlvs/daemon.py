@@ -1,0 +1,398 @@
+"""The `fastlvs --mode dr|nat|tun ...` process: builds the service table from the command line,
+a rules file or a TOML config, checks it against the kernel (interfaces, VIPs, routes and
+neighbours), opens the rings, and runs the loop that interleaves packet batches, control
+requests, neighbour changes, rate estimation and connection expiry. Signals: SIGTERM/SIGINT
+stop cleanly, SIGHUP reloads the rules/config file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from fastlvs import ctl
+from fastlvs.config import ConfigError, DirectorConfig, load_config
+from fastlvs.control import ControlServer
+from fastlvs.director import Director, NoRoute
+from fastlvs.model import ControlError, FwdMethod, ServiceTable
+from fastlvs.netlink import Netlink, NetlinkError, NeighbourMonitor, dr_problem, vip_problem
+from fastlvs.rules import CommandError, RulesError, apply_command, load_rules, parse_command
+
+log = logging.getLogger("fastlvs")
+
+POLL_MS = 10            # longest wait for frames before the loop looks at signals/requests
+SWEEP_EVERY = 1.0       # seconds between expiry sweeps when traffic is idle
+SWEEP_BUDGET = 65536    # entries inspected per idle sweep
+RESOLVE_TIMEOUT = 3.0
+
+
+class StartupError(Exception):
+    """Bad configuration found before touching the network: the one line to print."""
+
+
+@dataclass
+class Options:
+    """What the command line says (cli.py fills it; a config file may fill the rest)."""
+
+    mode: str | None = None
+    interface: str | None = None
+    rs_interface: str | None = None
+    backend: str | None = None
+    vip: str | None = None
+    rs: list[str] = field(default_factory=list)
+    scheduler: str = "wlc"
+    persistent: int | None = None
+    rules: str | None = None
+    config: str | None = None
+    socket: str | None = None
+    capacity: int | None = None
+    mtu: int | None = None
+    busy_poll: bool = False
+
+
+_FWD_FLAG = {"dr": "-g", "nat": "-m", "tun": "-i"}
+
+
+def quickstart_table(opts: Options) -> ServiceTable:
+    """The service of `--vip [tcp:|udp:]VIP:PORT --rs RIP:PORT[@WEIGHT] ... -s SCHED [-p T]`,
+    built through the ipvsadm parser so it means what `ipvsadm -A/-a` would: each --rs is
+    added in order, so (as in IPVS) the last one heads the list."""
+    proto, _, rest = opts.vip.rpartition(":") if opts.vip.count(":") == 2 else ("", "", opts.vip)
+    if proto and proto not in ("tcp", "udp"):
+        raise StartupError(f"--vip {opts.vip}: protocol must be tcp or udp")
+    popt = "-u" if proto == "udp" else "-t"
+    table = ServiceTable()
+    add = ["-A", popt, rest, "-s", opts.scheduler]
+    if opts.persistent is not None:
+        add += ["-p", str(opts.persistent)]
+    try:
+        apply_command(table, parse_command(add))
+        for rs in opts.rs:
+            addr, _, weight = rs.partition("@")
+            argv = ["-a", popt, rest, "-r", addr, _FWD_FLAG[opts.mode]]
+            if weight:
+                argv += ["-w", weight]
+            apply_command(table, parse_command(argv))
+    except (CommandError, ControlError) as e:
+        raise StartupError(f"--vip/--rs: {e}") from None
+    return table
+
+
+class Daemon:
+    """One director process. `start()` checks everything and opens the rings (StartupError
+    before any change to the system); `run()` loops until a stop signal; `close()` leaves
+    nothing attached (XDP programs, nft tables, sockets) and is safe to call twice."""
+
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.cfg = DirectorConfig()
+        self.nl: Netlink | None = None
+        self.engine = None
+        self.director: Director | None = None
+        self.control: ControlServer | None = None
+        self.neigh: NeighbourMonitor | None = None
+        self.ports: dict[int, object] = {}          # ifindex -> XdpPort | PacketPort
+        self.umem = None
+        self.backend = None
+        self._steered: dict[int, set] = {}          # ifindex -> installed steering keys
+        self._hop_ips: set[str] = set()              # next-hop addresses of the real servers
+        self._cif = 0                                # the client-side interface's ifindex
+        self._stop = False
+        self._reload = False
+
+    # -- configuration --------------------------------------------------------------------------
+    def _load_table(self) -> ServiceTable:
+        o = self.opts
+        try:
+            if o.config:
+                return load_config(o.config).table
+            if o.rules:
+                return load_rules(o.rules)
+        except (ConfigError, RulesError) as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"{o.config or o.rules}: {e.strerror}") from None
+        return quickstart_table(o)
+
+    def _settings(self) -> None:
+        o = self.opts
+        if o.config:
+            try:
+                self.cfg = load_config(o.config).director
+            except ConfigError as e:
+                raise StartupError(str(e)) from None
+            except OSError as e:
+                raise StartupError(f"{o.config}: {e.strerror}") from None
+        c = self.cfg
+        for name in ("mode", "interface", "rs_interface", "backend", "socket", "capacity", "mtu"):
+            value = getattr(o, name)
+            if value is not None:
+                setattr(c, name, value)
+        if o.busy_poll:
+            c.busy_poll = 50
+        if c.interface is None:
+            raise StartupError("no interface: give -i IFACE (or interface = in [director])")
+        if not (o.config or o.rules or o.vip):
+            raise StartupError("nothing to serve: give --vip/--rs, --rules FILE or --config FILE")
+        if o.vip and (o.config or o.rules):
+            raise StartupError("--vip/--rs cannot be combined with --rules or --config")
+        if o.vip and not o.rs:
+            raise StartupError("--vip needs at least one --rs RIP:PORT")
+
+    def _check(self, table: ServiceTable) -> None:
+        """Everything the kernel must agree with, before the network is touched."""
+        nl = self.nl
+        try:
+            nl.interface(self.cfg.interface)
+            if self.cfg.rs_interface:
+                nl.interface(self.cfg.rs_interface)
+        except NetlinkError as e:
+            raise StartupError(str(e)) from None
+        for svc in table:
+            problem = vip_problem(nl, svc.vaddr)
+            if problem:
+                raise StartupError(f"{svc.key.option_text()}: {problem}")
+            for d in svc.dests:
+                if d.fwd is FwdMethod.DR:
+                    problem = dr_problem(nl, d.addr)
+                    if problem:
+                        raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {problem}")
+
+    # -- start ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        from fastlvs import _core
+
+        self._settings()
+        table = self._load_table()
+        self.nl = Netlink()
+        self._check(table)
+        cif = self.nl.interface(self.cfg.interface)
+        self._cif = cif.index
+        local_ip = cif.ips[0] if cif.ips else ""
+        mtu = self.cfg.mtu or cif.mtu
+        self.engine = _core.Engine(capacity=self.cfg.capacity, batch=self.cfg.batch,
+                                   local_ip=local_ip, local_mac=cif.mac, mtu=mtu)
+        self.director = Director(self.engine, self._nexthop)
+        # Resolve every real server before any ring opens: an unresolvable one is a config
+        # error, and nothing has been attached yet.
+        for svc in table:
+            for d in svc.dests:
+                try:
+                    self.nl.nexthop(d.addr, RESOLVE_TIMEOUT)
+                except NoRoute as e:
+                    raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {e}") from None
+        self.backend = self._choose_backend()
+        self._open_port(cif.index)
+        if self.cfg.rs_interface:
+            self._open_port(self.nl.interface(self.cfg.rs_interface).index)
+        self.director.load(table)
+        self._sync_steering()
+        self._learn_neighbours()
+        self.control = ControlServer(self.director, self.cfg.socket_path, reload=self._do_reload)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        ports = ", ".join(f"{p.ifname} ({p.backend} {p.mode})" for p in self.ports.values())
+        log.info("ready: %d service(s), mode %s, ports %s, control socket %s",
+                 len(table), self.cfg.mode, ports, self.control.path)
+
+    def _choose_backend(self) -> str:
+        from fastlvs import _core
+
+        want = self.cfg.backend
+        if want == "packet":
+            return "packet"
+        if not _core.XDP_BUILT:
+            if want == "xdp":
+                raise StartupError(_core.XDP_MISSING)
+            log.info("AF_XDP backend not built; using AF_PACKET")
+            return "packet"
+        return "xdp" if want == "xdp" else "auto"
+
+    def _open_port(self, ifindex: int):
+        from fastlvs import _core
+
+        if ifindex in self.ports:
+            return self.ports[ifindex]
+        name = self.nl.interface_by_index(ifindex).name
+        if self.backend in ("xdp", "auto"):
+            try:
+                if self.umem is None:
+                    # One UMEM for every port: a frame received on one interface is sent on
+                    # another by descriptor, without a copy.
+                    self.umem = _core.XdpUmem(frames=4 * 4096 * 2)
+                port = _core.XdpPort(name, queue=0, mode="auto", umem=self.umem,
+                                     busy_poll=bool(self.cfg.busy_poll))
+            except (OSError, RuntimeError) as e:
+                if self.backend == "xdp":
+                    raise StartupError(f"{name}: cannot attach AF_XDP: {e}") from None
+                log.info("%s: AF_XDP unavailable (%s); using AF_PACKET", name, e)
+                self.backend = "packet"
+                port = _core.PacketPort(name)
+            else:
+                if self.backend == "auto":
+                    self.backend = "xdp"
+        else:
+            port = _core.PacketPort(name)
+        self.ports[ifindex] = port
+        self._steered[ifindex] = set()
+        log.info("%s: %s backend, %s", name, port.backend, port.mode)
+        return port
+
+    def _nexthop(self, ip: str):
+        mac, ifindex = self.nl.nexthop(ip, RESOLVE_TIMEOUT)
+        if self.engine is not None and ifindex not in self.ports and self.backend is not None:
+            self._open_port(ifindex)
+        return mac, ifindex
+
+    # -- steering: which traffic the rings receive ----------------------------------------------
+    def _wanted_steering(self) -> dict[int, set]:
+        cif = self._cif
+        want = {i: set() for i in self.ports}
+        hops = set()
+        for svc in self.director.table:
+            want[cif].add(("service", svc.proto.value, svc.vaddr, svc.vport))
+            for d in svc.dests:
+                try:
+                    hops.add(self.nl.route_get(d.addr).nexthop)
+                except NetlinkError:
+                    pass
+                if d.fwd is FwdMethod.NAT:
+                    _, oif = self.nl.nexthop(d.addr, RESOLVE_TIMEOUT)
+                    want.setdefault(oif, set()).add(("rserver", svc.proto.value, d.addr, d.port))
+        self._hop_ips = hops
+        return want
+
+    def _sync_steering(self) -> None:
+        """Make every port's steering keys (XDP maps / nft drops) match the table."""
+        for ifindex, keys in self._wanted_steering().items():
+            port = self.ports.get(ifindex) or self._open_port(ifindex)
+            have = self._steered.setdefault(ifindex, set())
+            for kind, proto, addr, port_no in keys - have:
+                getattr(port, f"add_{kind}")(proto, addr, port_no)
+            for kind, proto, addr, port_no in have - keys:
+                getattr(port, f"del_{kind}")(proto, addr, port_no)
+            self._steered[ifindex] = set(keys)
+
+    def _learn_neighbours(self) -> None:
+        # NAT replies go back to clients: the engine needs their MACs. The kernel learns them
+        # (a client ARPs for the VIP, which the kernel owns), so copy its table and follow it.
+        for ip, mac in self.nl.neighbours(self._cif):
+            self.engine.set_neighbor(ip, mac, self._cif)
+        gw = self.nl.default_gateway()
+        if gw:
+            try:
+                mac, oif = self.nl.nexthop(gw, RESOLVE_TIMEOUT)
+                self.engine.set_gateway_mac(mac, oif)
+            except NoRoute:
+                log.warning("default gateway %s does not resolve; NAT replies to clients "
+                            "without a neighbour entry will be dropped", gw)
+        self.neigh = NeighbourMonitor()
+
+    def _neighbour_changes(self) -> None:
+        try:
+            news = self.neigh.changes()
+        except NetlinkError:            # overrun: the kernel dropped news; re-read it all
+            news = [(ip, mac, self._cif) for ip, mac in self.nl.neighbours(self._cif)]
+            self.director.refresh_nexthops()
+        hops_moved = False
+        for ip, mac, ifindex in news:
+            if mac is None or ":" in ip:
+                continue
+            self.engine.set_neighbor(ip, mac, ifindex)
+            hops_moved |= ip in self._hop_ips
+        if hops_moved:
+            n = self.director.refresh_nexthops()
+            if n:
+                log.info("next hop of %d real server(s) changed", n)
+
+    # -- signals and reload ---------------------------------------------------------------------
+    def _on_stop(self, signum, frame) -> None:
+        self._stop = True
+
+    def _on_hup(self, signum, frame) -> None:
+        self._reload = True
+
+    def _do_reload(self) -> str:
+        """Re-read --rules/--config; services and dests that stay keep their connections."""
+        if not (self.opts.rules or self.opts.config):
+            raise ControlError("reload: started with --vip/--rs, there is no file to re-read")
+        try:
+            table = self._load_table()
+            self._check(table)
+        except StartupError as e:
+            raise ControlError(f"reload refused: {e}") from None
+        self.director.load(table)
+        self._sync_steering()
+        return f"reloaded {self.opts.rules or self.opts.config}: {len(table)} service(s)"
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        from fastlvs import _core
+
+        ports = list(self.ports.values())
+        last_sweep = time.monotonic()
+        while not self._stop:
+            try:
+                _core.poll(self.engine, ports, timeout_ms=POLL_MS)
+            except Exception as e:          # a scheduler error: the batch was dropped and counted
+                log.error("scheduler error, batch dropped: %s", e)
+            if self.control.handle_ready():
+                self._sync_steering()
+                ports = list(self.ports.values())
+            self._neighbour_changes()
+            now = time.monotonic()
+            self.director.tick(now)
+            if now - last_sweep >= SWEEP_EVERY:
+                # Batches sweep as they go; an idle director must still expire conns so
+                # that ActiveConn/InActConn come down as IPVS's timers bring them down.
+                self.engine.run_timers(time.monotonic_ns(), SWEEP_BUDGET)
+                last_sweep = now
+            if self._reload:
+                self._reload = False
+                try:
+                    log.info("%s", self._do_reload())
+                except ControlError as e:
+                    log.error("%s", e)
+                ports = list(self.ports.values())
+
+    def close(self) -> None:
+        for closer in (self.control, self.neigh, *self.ports.values(), self.umem, self.nl):
+            if closer is None:
+                continue
+            try:
+                closer.close()
+            except Exception as e:          # teardown goes on: leave nothing else behind
+                log.warning("cleanup: %s", e)
+        self.control = self.neigh = self.umem = self.nl = None
+        self.ports = {}
+
+
+def main(opts: Options) -> int:
+    """Run the daemon in the foreground; 0 after a clean stop, 2 for a configuration error."""
+    logging.basicConfig(level=logging.INFO, format="fastlvs: %(message)s")
+    if os.geteuid() != 0:
+        log.error("needs root (raw sockets, XDP, nftables)")
+        return 2
+    d = Daemon(opts)
+    try:
+        d.start()
+    except StartupError as e:
+        log.error("%s", e)
+        d.close()
+        return 2
+    except OSError as e:
+        log.error("%s", e)
+        d.close()
+        return 1
+    try:
+        d.run()
+    finally:
+        d.close()
+        log.info("stopped")
+    return 0
+
+
+__all__ = ["Daemon", "Options", "StartupError", "main", "quickstart_table", "ctl"]
