@@ -344,7 +344,18 @@ cdef void engine_bind_parked(fl_engine *e, fl_frame *frames) noexcept nogil:
             # made by an earlier parked frame of the same flow
             conn_forward_in(e, f, p, &e.conns[ci - 1], f.ts_ns)
         elif pk.leader >= 0 or f.verdict != VERDICT_PENDING:
-            if f.verdict == VERDICT_PENDING:
+            if f.verdict != VERDICT_PENDING:
+                pass
+            elif (pk.leader >= 0 and e.parked[pk.leader].dest != 0
+                    and (p.proto == 17 or (p.tcpflags & (TH_SYN | TH_RST)) == TH_SYN)
+                    and dest_valid_for(e, e.parked[pk.leader].dest, pk.svc)):
+                # The leader's conn already expired by this frame's own time (only a
+                # replayed capture spans a timeout within one batch): the frame opens a
+                # new conn, to the server the scheduler just chose for this very flow.
+                conn_create_forward(e, f, p, pk.svc, e.parked[pk.leader].dest, 0, f.ts_ns)
+            elif p.proto == 6:
+                frame_drop(e, f, C_TCP_NOT_SYN)
+            else:
                 frame_drop(e, f, C_NO_DEST)
         else:
             s = &e.svcs[pk.svc]
@@ -739,7 +750,7 @@ cdef class Engine:
         return 0
 
     def set_dest(self, int dest_id, int svc_id, raddr, int rport, fwd="dr", mac=None,
-                 int ifindex=0, weight=1, u_threshold=0, l_threshold=0):
+                 int ifindex=0, weight=1, u_threshold=0, l_threshold=0, src_mac=None):
         """Add or edit dest `dest_id` (1..2**24) of service `svc_id`.
 
         Editing a live dest changes fwd/mac/ifindex/weight/thresholds in place (existing
@@ -787,6 +798,12 @@ cdef class Engine:
         d.svc = svc_id
         d.fwd = fwd
         _set_mac(d.mac, mac)
+        # Frames to this dest leave by `ifindex`: their source is our MAC there (default:
+        # the engine's local MAC, right when the director has one interface).
+        if src_mac is None:
+            memcpy(d.smac, self.st.local_mac, 6)
+        else:
+            _set_mac(d.smac, src_mac)
         d.ifindex = ifindex
         d.weight = weight
         if u_threshold == 0 or u_threshold > d.u_threshold:

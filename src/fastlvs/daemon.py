@@ -245,7 +245,7 @@ class Daemon:
         mac, ifindex = self.nl.nexthop(ip, RESOLVE_TIMEOUT)
         if self.engine is not None and ifindex not in self.ports and self.backend is not None:
             self._open_port(ifindex)
-        return mac, ifindex
+        return mac, ifindex, self.nl.interface_by_index(ifindex).mac
 
     # -- steering: which traffic the rings receive ----------------------------------------------
     def _wanted_steering(self) -> dict[int, set]:

@@ -51,7 +51,8 @@ class Director:
     """Services, dests and schedulers bound to one engine.
 
     `nexthop(ip)` answers (mac, ifindex) of the next hop towards `ip` (the RS itself on a
-    shared segment, else its gateway) or raises NoRoute. Ids given to the engine are stable:
+    shared segment, else its gateway), optionally with a third item, our own MAC on that
+    interface (the source of frames sent there), or raises NoRoute. Ids given to the engine are stable:
     a service or dest that is deleted and added again gets its old id back, so conns that
     outlived it in the engine find it again (IPVS's dest trash).
     """
@@ -136,11 +137,10 @@ class Director:
                     hop = self.nexthop(d.addr)
                 except NoRoute:
                     continue
+                hop = tuple(hop)
                 if hop != self._hops.get(did):
                     self._hops[did] = hop
-                    self.engine.set_dest(did, sid, d.addr, d.port, fwd=_FWD[d.fwd], mac=hop[0],
-                                         ifindex=hop[1], weight=d.weight,
-                                         u_threshold=d.u_threshold, l_threshold=d.l_threshold)
+                    self._push_dest(did, sid, d, hop)
                     changed += 1
         return changed
 
@@ -315,12 +315,8 @@ class Director:
             did = self._dest_id(svc.key, d)
             present.add(did)
             self._dest_by_obj[id(d)] = did
-            mac, ifindex = hops.get(id(d)) or self.nexthop(d.addr)
-            self._hops[did] = (bytes(mac) if isinstance(mac, (bytes, bytearray)) else mac,
-                               ifindex)
-            self.engine.set_dest(did, sid, d.addr, d.port, fwd=_FWD[d.fwd], mac=mac,
-                                 ifindex=ifindex, weight=d.weight, u_threshold=d.u_threshold,
-                                 l_threshold=d.l_threshold)
+            hop = self._hops[did] = tuple(hops.get(id(d)) or self.nexthop(d.addr))
+            self._push_dest(did, sid, d, hop)
         for did in self._engine_dests.get(sid, set()) - present:
             self.engine.del_dest(did)
         self._engine_dests[sid] = present
@@ -337,6 +333,12 @@ class Director:
             ids = [self._dest_by_obj[id(d)] for d in sched.servers]
             table = [ids[i - 1] if i else 0 for i in sched.lookup_table()]
             self.engine.set_hash_table(sid, table, kind, flag_bits)
+
+    def _push_dest(self, did: int, sid: int, d, hop: tuple) -> None:
+        # hop = (next-hop MAC, ifindex[, our MAC on that interface])
+        self.engine.set_dest(did, sid, d.addr, d.port, fwd=_FWD[d.fwd], mac=hop[0],
+                             ifindex=hop[1], weight=d.weight, u_threshold=d.u_threshold,
+                             l_threshold=d.l_threshold, src_mac=hop[2] if len(hop) > 2 else None)
 
     def _drop_service(self, key: ServiceKey) -> None:
         sid = self._svc_ids.get(key)

@@ -146,6 +146,7 @@ cdef struct fl_dest:
     uint8_t fwd
     uint8_t flags
     uint8_t mac[6]
+    uint8_t smac[6]         # our MAC on the interface towards this dest (the frame's source)
 
 
 cdef struct fl_svc:

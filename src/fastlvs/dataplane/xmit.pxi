@@ -20,7 +20,7 @@ cdef inline void frame_tx(fl_frame *f, uint32_t ifindex, int32_t adj, uint32_t l
 
 cdef int xmit_dr_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
     cdef fl_dest *d = &e.dests[c.dest]
-    eth_set(f.data, d.mac, e.local_mac)
+    eth_set(f.data, d.mac, d.smac)
     frame_tx(f, d.ifindex, 0, p.l2len + p.tot_len)
     return -1
 
@@ -40,7 +40,7 @@ cdef int xmit_nat_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     if p.dport != d.rport:
         wr16(l4 + 2, d.rport)
         l4_csum_replace2(ck, p.dport, d.rport, udp)
-    eth_set(f.data, d.mac, e.local_mac)
+    eth_set(f.data, d.mac, d.smac)
     frame_tx(f, d.ifindex, 0, p.l2len + p.tot_len)
     return -1
 
@@ -145,7 +145,7 @@ cdef int xmit_tun_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
         return C_NO_HEADROOM
     o = f.data - 20
     memmove(o, f.data, p.l2len)
-    eth_set(o, d.mac, e.local_mac)
+    eth_set(o, d.mac, d.smac)
     ip = o + p.l2len
     ip[0] = 0x45
     ip[1] = inner[1]
