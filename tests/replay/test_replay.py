@@ -164,3 +164,35 @@ def test_a_file_that_is_not_a_pcap_is_refused(tmp_path):
                         LOCAL_MAC, "--neighbor", f"{RS1}={MAC[RS1]}", "--neighbor",
                         f"{RS2}={MAC[RS2]}"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "not a pcap" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tun_replay_encapsulates_and_answers_frag_needed_past_the_mtu(tmp_path):
+    """TUN wraps the untouched packet in an outer IPv4 header (proto 4, src = our IP,
+    dst = RIP, DF copied); a DF packet that would exceed --mtu with those 20 bytes is not
+    forwarded but answered with ICMP 3/4 carrying next-hop MTU = mtu - 20, as IPVS does."""
+    from scapy.layers.inet import ICMP
+    rules = f"-A -t {VIP}:80 -s rr\n-a -t {VIP}:80 -r {RS1}:80 -i\n"
+    client = "198.51.100.4"
+    small = _syn(client, 40000, 1.0)
+    ts, big = _syn(client, 40000, 2.0, flags="A")
+    big = big / (b"x" * 1000)
+    r = _replay(tmp_path, rules, [small, (ts, big)], "--mtu", "1000", "--stats",
+                neighbors=(RS1,))
+    assert r.returncode == 0, r.stderr
+    enc, icmp = rdpcap(str(tmp_path / "out.pcap"))
+    outer = Ether(bytes(enc))[IP]
+    assert (outer.src, outer.dst, outer.proto, outer.flags.DF) == (LOCAL_IP, RS1, 4, True)
+    assert bytes(outer.payload) == bytes(small[1][IP])          # inner packet untouched
+    assert outer.len == len(bytes(small[1][IP])) + 20
+    reply = Ether(bytes(icmp))
+    assert (reply[IP].src, reply[IP].dst) == (VIP, client)
+    assert (reply[ICMP].type, reply[ICMP].code, reply[ICMP].nexthopmtu) == (3, 4, 980)
+    for layer in (IP, ICMP):
+        raw = Ether(bytes(icmp))
+        carried = raw[layer].chksum
+        del raw[layer].chksum
+        assert Ether(bytes(raw))[layer].chksum == carried
+    raw = Ether(bytes(enc))
+    del raw[IP].chksum
+    assert Ether(bytes(raw))[IP].chksum == outer.chksum
+    assert json.loads(r.stdout)["engine"]["frag_needed_sent"] == 1
