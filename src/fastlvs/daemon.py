@@ -59,7 +59,8 @@ def quickstart_table(opts: Options) -> ServiceTable:
     """The service of `--vip [tcp:|udp:]VIP:PORT --rs RIP:PORT[@WEIGHT] ... -s SCHED [-p T]`,
     built through the ipvsadm parser so it means what `ipvsadm -A/-a` would: each --rs is
     added in order, so (as in IPVS) the last one heads the list."""
-    proto, _, rest = opts.vip.rpartition(":") if opts.vip.count(":") == 2 else ("", "", opts.vip)
+    head, sep, tail = opts.vip.partition(":")
+    proto, rest = (head.lower(), tail) if sep and head.isalpha() else ("", opts.vip)
     if proto and proto not in ("tcp", "udp"):
         raise StartupError(f"--vip {opts.vip}: protocol must be tcp or udp")
     popt = "-u" if proto == "udp" else "-t"
