@@ -1,0 +1,601 @@
+"""Throughput of fastlvs against its peers, side by side in one run (root; run `make bench-peers`).
+
+Builds four namespaces: a generator (CPU0) <-veth-> the director (every part on CPU1, its NAPI
+threads too) <-veth-> two real servers whose veth drops and counts every IPv4 frame at XDP.
+Sends 60-byte UDP frames of 70,000 flows from an XDP live-frames generator, runs every case
+(fastlvs DR over AF_XDP and AF_PACKET, NAT, TUN; nftables DNAT; kernel forwarding; an XDP DR
+program; bare C forwarders on AF_XDP and AF_PACKET) N times, each bounded in time, and writes
+benchmarks/results/peers.json and peers.png. Everything it made is removed in a finally.
+
+    .venv/bin/python benchmarks/peers.py [--reps 3] [--seconds 3] [--cases a,b,...] [--rate MPPS]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SRC = os.path.join(HERE, "peers")
+PY = os.path.join(ROOT, ".venv", "bin", "python")
+if not os.path.exists(PY):
+    PY = sys.executable
+
+GEN_CPU, DIR_CPU = 0, 1
+VIP, VPORT = "10.203.0.10", 8080
+CLIENT_NET = "10.201.1.0"           # flow i comes from CLIENT_NET + i // 1024, port 1024 + i % 1024
+FLOWS = 70_000
+START_TIMEOUT = 20.0
+
+
+def ip2int(ip: str) -> int:
+    return struct.unpack("!I", socket.inet_aton(ip))[0]
+
+
+def mac2bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def run(*cmd, check=True, timeout=20, **kw):
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))}: {r.stderr.strip() or r.stdout.strip()}")
+    return r
+
+
+def log(msg: str) -> None:
+    print(f"peers: {msg}", file=sys.stderr, flush=True)
+
+
+# -- build the C peers --------------------------------------------------------------------------
+def build(out: str) -> dict[str, str]:
+    """Compile the BPF objects and the C tools into `out`; returns name -> path."""
+    arch_inc = "/usr/include/" + run("gcc", "-dumpmachine").stdout.strip()
+    bins = {}
+    for name in ("gen", "sink", "xdp_dr"):
+        obj = os.path.join(out, f"{name}.bpf.o")
+        run("clang", "-O2", "-g", "-Wall", "-target", "bpf", "-I", arch_inc, "-I", SRC, "-c",
+            os.path.join(SRC, f"{name}.bpf.c"), "-o", obj, timeout=120)
+        bins[name] = obj
+    for name, libs in (("xdptool", ["-lbpf"]), ("fwd_xsk", ["-lxdp", "-lbpf"]), ("fwd_packet", [])):
+        exe = os.path.join(out, name)
+        try:
+            run("gcc", "-O2", "-g", "-Wall", "-I", SRC, "-o", exe, os.path.join(SRC, f"{name}.c"),
+                *libs, timeout=120)
+        except RuntimeError as e:     # its cases fail; the others still run
+            log(f"{name} not built: {str(e)[-500:]}")
+            continue
+        bins[name] = exe
+    return bins
+
+
+# -- CPU accounting -----------------------------------------------------------------------------
+def cpu_busy_seconds(cpu: int) -> float:
+    """Non-idle time of one CPU from /proc/stat (user..steal less idle and iowait)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:9]]
+                return (sum(v) - v[3] - v[4]) / hz
+    raise RuntimeError(f"cpu{cpu} not in /proc/stat")
+
+
+# -- the topology -------------------------------------------------------------------------------
+class Topo:
+    """gen ns: g0 10.201.0.1 | dir ns: d0 10.201.0.2, d1 10.202.1.1, d2 10.202.2.1 |
+    rs1 ns: r1 10.202.1.2 | rs2 ns: r2 10.202.2.2. Names carry a per-process tag."""
+
+    def __init__(self):
+        t = f"fb{os.getpid() % 10000}"
+        self.tag = t
+        self.gen, self.dir, self.rs = f"{t}g", f"{t}d", [f"{t}r1", f"{t}r2"]
+        self.g0, self.d0, self.dn, self.rn = f"{t}g0", f"{t}d0", [f"{t}d1", f"{t}d2"], [f"{t}r1", f"{t}r2"]
+        self.g0_ip, self.d0_ip = "10.201.0.1", "10.201.0.2"
+        self.dn_ip = ["10.202.1.1", "10.202.2.1"]
+        self.rs_ip = ["10.202.1.2", "10.202.2.2"]
+        self.made: list[str] = []
+        self.mac: dict[str, str] = {}
+
+    def ns_all(self):
+        return [self.gen, self.dir, *self.rs]
+
+    def nsx(self, ns, *cmd, **kw):
+        return run("ip", "netns", "exec", ns, *cmd, **kw)
+
+    def build(self):
+        for ns in self.ns_all():
+            run("ip", "netns", "add", ns)
+            self.made.append(ns)
+            for s in ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                      "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"):
+                self.nsx(ns, "sysctl", "-qw", s)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        q = ("numtxqueues", "1", "numrxqueues", "1")     # one queue: the XSK sits on queue 0
+        run("ip", "-n", self.gen, "link", "add", self.g0, *q, "type", "veth", "peer", "name", self.d0,
+            *q, "netns", self.dir)
+        for i in range(2):
+            run("ip", "-n", self.dir, "link", "add", self.dn[i], *q, "type", "veth", "peer", "name",
+                self.rn[i], *q, "netns", self.rs[i])
+        links = [(self.gen, self.g0, self.g0_ip, 24), (self.dir, self.d0, self.d0_ip, 24)]
+        links += [(self.dir, self.dn[i], self.dn_ip[i], 24) for i in range(2)]
+        links += [(self.rs[i], self.rn[i], self.rs_ip[i], 24) for i in range(2)]
+        for ns, dev, addr, plen in links:
+            run("ip", "-n", ns, "addr", "add", f"{addr}/{plen}", "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+            self.mac[dev] = json.loads(run("ip", "-n", ns, "-j", "link", "show", "dev", dev).stdout)[0]["address"]
+        # Frames of the generator arrive by ndo_xdp_xmit: the director's veth needs its NAPI,
+        # which GRO keeps on even without an XDP program; NAPI threaded so it can be pinned.
+        for dev in (self.d0, *self.dn):
+            self.nsx(self.dir, "ethtool", "-K", dev, "gro", "on")
+            self.nsx(self.dir, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded")
+        for i in range(2):
+            self.nsx(self.rs[i], "ethtool", "-K", self.rn[i], "gro", "on")
+            run("ip", "-n", self.rs[i], "addr", "add", f"{VIP}/32", "dev", "lo")   # DR: RS holds the VIP
+            run("ip", "-n", self.rs[i], "route", "add", "default", "via", self.dn_ip[i])
+            run("ip", "-n", self.dir, "neigh", "replace", self.rs_ip[i], "lladdr", self.mac[self.rn[i]],
+                "dev", self.dn[i], "nud", "permanent")
+            run("ip", "-n", self.rs[i], "neigh", "replace", self.dn_ip[i], "lladdr",
+                self.mac[self.dn[i]], "dev", self.rn[i], "nud", "permanent")
+        run("ip", "-n", self.dir, "route", "add", f"{CLIENT_NET}/24", "via", self.g0_ip)
+        run("ip", "-n", self.dir, "neigh", "replace", self.g0_ip, "lladdr", self.mac[self.g0],
+            "dev", self.d0, "nud", "permanent")
+        run("ip", "-n", self.gen, "addr", "add", f"{CLIENT_NET}/24", "dev", self.g0)
+        return self
+
+    def napi_threads(self) -> dict[int, str]:
+        """pid -> comm of the director veths' NAPI kthreads (`napi/IF-ID`, comm cut at 15)."""
+        want = tuple(f"napi/{d}-" for d in (self.d0, *self.dn))
+        out = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            if comm.startswith(want):
+                out[int(pid)] = comm
+        return out
+
+    def pin_napi(self, fifo: bool = False) -> list[str]:
+        done = []
+        for pid, comm in self.napi_threads().items():
+            run("taskset", "-p", "-c", DIR_CPU, pid, check=False)
+            if fifo and comm.startswith(f"napi/{self.d0}-"):
+                run("chrt", "-f", "-p", "50", pid, check=False)
+            elif not fifo:
+                run("chrt", "-o", "-p", "0", pid, check=False)
+            done.append(comm)
+        return done
+
+    def destroy(self):
+        for ns in reversed(self.made):
+            run("ip", "netns", "del", ns, check=False)
+        self.made.clear()
+
+
+# -- processes ----------------------------------------------------------------------------------
+class Procs:
+    """Every process the benchmark starts; stop() ends each by its own pid, bounded."""
+
+    def __init__(self):
+        self.live: list[subprocess.Popen] = []
+
+    def start(self, cmd, cpu=None, **kw) -> subprocess.Popen:
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        p = subprocess.Popen([str(c) for c in cmd], **kw)
+        self.live.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, timeout=5.0):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout)
+        for f in (p.stdin, p.stdout, p.stderr):
+            if f:
+                with contextlib.suppress(OSError):
+                    f.close()
+        if p in self.live:
+            self.live.remove(p)
+
+    def stop_all(self):
+        for p in list(reversed(self.live)):
+            self.stop(p)
+
+
+def wait_line(p: subprocess.Popen, stream, word: str, timeout=START_TIMEOUT) -> str:
+    """Read lines of `stream` until one contains `word` (the text read so far is returned)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None and not select.select([stream], [], [], 0)[0]:
+            break
+        r, _, _ = select.select([stream], [], [], 0.2)
+        if r:
+            line = stream.readline()
+            if not line:
+                continue
+            seen.append(line)
+            if word in line:
+                return "".join(seen)
+    raise RuntimeError(f"{p.args}: no '{word}' within {timeout}s (rc {p.poll()}): {''.join(seen)[-2000:]}")
+
+
+class Sink:
+    """xdptool attach on one real server's veth; count() = IPv4 frames dropped so far."""
+
+    def __init__(self, procs: Procs, ns, dev, bins):
+        self.p = procs.start(["ip", "netns", "exec", ns, bins["xdptool"], "attach", dev, bins["sink"]],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, bufsize=1)
+        wait_line(self.p, self.p.stdout, "ready", 10)
+
+    def count(self) -> int:
+        self.p.stdin.write("c\n")
+        self.p.stdin.flush()
+        r, _, _ = select.select([self.p.stdout], [], [], 5)
+        if not r:
+            raise RuntimeError("sink did not answer")
+        return int(self.p.stdout.readline())
+
+
+# -- cases --------------------------------------------------------------------------------------
+class Case:
+    """One contender: setup(ctx) starts it (returns the processes to stop), teardown undoes the
+    namespace state it changed. `path` groups cases by I/O path for the ratios."""
+
+    def __init__(self, name, label, setup, path=None, dst=VIP, tuned=False):
+        self.name, self.label, self.setup, self.path, self.dst, self.tuned = name, label, setup, path, dst, tuned
+
+
+def _fwd_on(t: Topo):
+    t.nsx(t.dir, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+
+def _vip_local(t: Topo):
+    t.nsx(t.dir, "ip", "addr", "add", f"{VIP}/32", "dev", t.d0)
+
+
+def setup_kernel(ctx):
+    t = ctx.topo
+    _fwd_on(t)
+    t.nsx(t.dir, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1")
+    t.nsx(t.dir, "ip", "route", "add", f"{VIP}/32", "nexthop", "via", t.rs_ip[0], "dev", t.dn[0],
+          "nexthop", "via", t.rs_ip[1], "dev", t.dn[1])
+    return []
+
+
+def setup_nft(ctx):
+    t = ctx.topo
+    _fwd_on(t)
+    _vip_local(t)
+    rules = (f"table ip {t.tag} {{ chain pre {{ type nat hook prerouting priority dstnat; "
+             f"ip daddr {VIP} udp dport {VPORT} dnat to numgen inc mod 2 map "
+             f"{{ 0 : {t.rs_ip[0]}, 1 : {t.rs_ip[1]} }}\n}}\n}}\n")
+    t.nsx(t.dir, "nft", "-f", "-", input=rules)
+    return []
+
+
+def _dr_cfg(t: Topo) -> str:
+    return struct.pack("<IHH6s6s6s6s", ip2int(VIP), VPORT, 2,
+                       *(mac2bytes(t.mac[r]) for r in t.rn), *(mac2bytes(t.mac[d]) for d in t.dn)).hex()
+
+
+def setup_xdp_dr(ctx):
+    t = ctx.topo
+    p = ctx.procs.start(["ip", "netns", "exec", t.dir, ctx.bins["xdptool"], "attach", t.d0,
+                         ctx.bins["xdp_dr"], _dr_cfg(t), *t.dn],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True, bufsize=1)
+    wait_line(p, p.stdout, "ready", 10)
+    return [p]
+
+
+def _tune_busy_poll(t: Topo, on: bool):
+    """napi_defer_hard_irqs / gro_flush_timeout on the ingress veth: with SO_PREFER_BUSY_POLL the
+    application's polls, not the softirq, drive its NAPI."""
+    defer, flush = ("2", "200000") if on else ("0", "0")
+    t.nsx(t.dir, "sh", "-c", f"echo {defer} > /sys/class/net/{t.d0}/napi_defer_hard_irqs; "
+                             f"echo {flush} > /sys/class/net/{t.d0}/gro_flush_timeout")
+
+
+def _fwd_args(t: Topo):
+    return [t.d0, *t.dn, *(t.mac[r] for r in t.rn)]
+
+
+def setup_bare_xsk(ctx):
+    t = ctx.topo
+    _tune_busy_poll(t, True)
+    p = ctx.procs.start(["ip", "netns", "exec", t.dir, ctx.bins["fwd_xsk"], *_fwd_args(t)],
+                        cpu=DIR_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_line(p, p.stderr, "ready", 10)
+    return [p]
+
+
+def setup_bare_packet(ctx):
+    t = ctx.topo
+    _packet_drop(t)
+    p = ctx.procs.start(["ip", "netns", "exec", t.dir, ctx.bins["fwd_packet"], *_fwd_args(t)],
+                        cpu=DIR_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_line(p, p.stderr, "ready", 10)
+    return [p]
+
+
+def _packet_drop(t: Topo):
+    """What fastlvs's AF_PACKET backend installs: a netdev-ingress drop of the service's frames,
+    so the kernel does not also handle what the ring forwards."""
+    t.nsx(t.dir, "nft", "-f", "-", input=f"table netdev {t.tag}b {{ chain in {{ type filter hook ingress "
+                                            f"device {t.d0} priority 0; ip daddr {VIP} udp dport {VPORT} drop\n}}\n}}\n")
+
+
+def fastlvs_setup(mode, backend=None, busy_poll=False):
+    def setup(ctx):
+        t = ctx.topo
+        _vip_local(t)
+        if busy_poll:
+            _tune_busy_poll(t, True)
+        sock = os.path.join(ctx.tmp, f"fastlvs-{mode}.sock")
+        cmd = ["ip", "netns", "exec", t.dir, PY, "-m", "fastlvs", "--mode", mode, "-i", t.d0,
+               "--vip", f"udp:{VIP}:{VPORT}", *(x for ip in t.rs_ip for x in ("--rs", f"{ip}:{VPORT}")),
+               "--socket", sock]
+        if backend:
+            cmd += ["--backend", backend]
+        if busy_poll:
+            cmd += ["--busy-poll"]
+        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+        p = ctx.procs.start(cmd, cpu=DIR_CPU, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=ROOT)
+        wait_line(p, p.stderr, "ready", START_TIMEOUT)
+        ctx.admin = [PY, "-m", "fastlvs", "admin", "--socket", sock, "-Ln", "--stats"]
+        return [p]
+    return setup
+
+
+CASES = [
+    Case("fastlvs_dr_xdp", "fastlvs DR\nAF_XDP", fastlvs_setup("dr", "xdp"), path="xdp"),
+    Case("fastlvs_dr_xdp_bp", "fastlvs DR\nAF_XDP busy-poll", fastlvs_setup("dr", "xdp", True),
+         path="xdp", tuned=True),
+    Case("fastlvs_dr_packet", "fastlvs DR\nAF_PACKET", fastlvs_setup("dr", "packet"), path="packet"),
+    Case("fastlvs_nat", "fastlvs NAT\nAF_XDP", fastlvs_setup("nat")),
+    Case("fastlvs_tun", "fastlvs TUN\nAF_XDP", fastlvs_setup("tun")),
+    Case("bare_xsk", "bare C\nAF_XDP", setup_bare_xsk, path="xdp", tuned=True),
+    Case("bare_packet", "bare C\nAF_PACKET", setup_bare_packet, path="packet"),
+    Case("nft_dnat", "nftables\nDNAT", setup_nft),
+    Case("kernel_fwd", "kernel\nforwarding", setup_kernel),
+    Case("xdp_dr", "XDP DR\nin kernel", setup_xdp_dr),
+]
+
+
+class Ctx:
+    def __init__(self, topo, procs, bins, tmp):
+        self.topo, self.procs, self.bins, self.tmp = topo, procs, bins, tmp
+        self.admin = None
+
+
+def reset_dir(t: Topo):
+    """Undo every case's changes to the director namespace."""
+    t.nsx(t.dir, "nft", "flush", "ruleset", check=False)
+    t.nsx(t.dir, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+    t.nsx(t.dir, "ip", "route", "del", f"{VIP}/32", check=False)
+    t.nsx(t.dir, "ip", "addr", "del", f"{VIP}/32", "dev", t.d0, check=False)
+    t.nsx(t.dir, "conntrack", "-F", check=False) if shutil.which("conntrack") else None
+    _tune_busy_poll(t, False)
+    for dev in (t.d0, *t.dn):       # nothing may stay attached between cases
+        t.nsx(t.dir, "ip", "link", "set", "dev", dev, "xdp", "off", check=False)
+
+
+def gen_cfg(t: Topo, rate_mpps: float) -> str:
+    interval = int(1000 / rate_mpps) if rate_mpps > 0 else 0
+    return struct.pack("<QIIIH6s6s6x", interval, ip2int(CLIENT_NET), ip2int(VIP), FLOWS, VPORT,
+                       mac2bytes(t.mac[t.d0]), mac2bytes(t.mac[t.g0])).hex()
+
+
+def one_run(ctx: Ctx, case: Case, sinks, args) -> dict:
+    """Generator for warmup + measurement; delivered pps and CPU1 µs/packet over the window."""
+    t = ctx.topo
+    total = args.warmup + args.seconds + 0.5
+    g = ctx.procs.start(["ip", "netns", "exec", t.gen, ctx.bins["xdptool"], "gen", t.g0, ctx.bins["gen"],
+                         gen_cfg(t, args.rate), f"{total:.2f}"],
+                        cpu=GEN_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(args.warmup)
+        c0, b0, g0t, w0 = sum(s.count() for s in sinks), cpu_busy_seconds(DIR_CPU), cpu_busy_seconds(GEN_CPU), time.monotonic()
+        time.sleep(args.seconds)
+        c1, b1, g1t, w1 = sum(s.count() for s in sinks), cpu_busy_seconds(DIR_CPU), cpu_busy_seconds(GEN_CPU), time.monotonic()
+        out, err = g.communicate(timeout=total + 10)
+    finally:
+        ctx.procs.stop(g)
+    try:
+        gen = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise RuntimeError(f"generator: {err.strip()}") from None
+    pkts, secs = c1 - c0, w1 - w0
+    return {"pps": pkts / secs, "us_per_packet": (b1 - b0) / pkts * 1e6 if pkts else None,
+            "director_cpu": (b1 - b0) / secs, "generator_cpu": (g1t - g0t) / secs,
+            "offered_pps": gen["sent"] / gen["seconds"], "seconds": secs}
+
+
+def run_case(ctx: Ctx, case: Case, sinks, args) -> dict:
+    res = {"name": case.name, "label": case.label, "path": case.path, "runs": []}
+    t = ctx.topo
+    for rep in range(args.reps):
+        reset_dir(t)
+        started = []
+        try:
+            started = case.setup(ctx)
+            time.sleep(0.3)
+            res["napi"] = t.pin_napi(fifo=case.tuned)
+            r = one_run(ctx, case, sinks, args)
+            if ctx.admin:
+                st = t.nsx(t.dir, *ctx.admin, check=False, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")), cwd=ROOT)
+                res["admin_stats"] = st.stdout[-2000:]
+            for p in started:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{case.name}: process exited early: {p.args}")
+            res["runs"].append(r)
+            log(f"{case.name} #{rep + 1}: {r['pps'] / 1e6:.3f} Mpps delivered "
+                f"(offered {r['offered_pps'] / 1e6:.2f}), {r['us_per_packet'] or 0:.2f} µs/packet on CPU{DIR_CPU}")
+        except Exception as e:         # one failed case must not lose the others
+            res.setdefault("errors", []).append(str(e)[-1500:])
+            log(f"{case.name} #{rep + 1}: FAILED: {str(e)[-800:]}")
+        finally:
+            for p in started:
+                ctx.procs.stop(p)
+            ctx.admin = None
+    reset_dir(t)
+    pps = [r["pps"] for r in res["runs"]]
+    us = [r["us_per_packet"] for r in res["runs"] if r["us_per_packet"]]
+    if pps:
+        res.update(median_pps=statistics.median(pps), min_pps=min(pps), max_pps=max(pps),
+                   median_us_per_packet=statistics.median(us) if us else None)
+    return res
+
+
+# -- the in-memory engine numbers ---------------------------------------------------------------
+def engine_numbers(tmp: str, timeout: int) -> dict:
+    out = os.path.join(tmp, "engine.json")
+    r = run(PY, "-m", "pytest", os.path.join(HERE, "test_engine_bench.py"), "-q", "--benchmark-only",
+            f"--benchmark-json={out}", "-p", "no:cacheprovider", check=False, timeout=timeout,
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")))
+    if not os.path.exists(out):
+        return {"error": (r.stdout + r.stderr)[-1500:]}
+    data = json.load(open(out))
+    rows = {}
+    for b in data["benchmarks"]:
+        frames = b.get("extra_info", {}).get("frames")
+        row = {"median_s": b["stats"]["median"], "extra": b.get("extra_info", {})}
+        if frames:
+            row["ns_per_packet"] = b["stats"]["median"] / frames * 1e9
+            row["mpps"] = frames / b["stats"]["median"] / 1e6
+        rows[b["name"]] = row
+    return rows
+
+
+# -- report -------------------------------------------------------------------------------------
+def ratios(results: dict) -> dict:
+    by = {c["name"]: c for c in results["cases"] if c.get("median_pps")}
+
+    def ratio(a, b):
+        return by[a]["median_pps"] / by[b]["median_pps"] if a in by and b in by else None
+
+    return {
+        "fastlvs_dr_xdp / bare_xsk (goal >= 0.90)": ratio("fastlvs_dr_xdp", "bare_xsk"),
+        "fastlvs_dr_xdp_bp / bare_xsk (goal >= 0.90)": ratio("fastlvs_dr_xdp_bp", "bare_xsk"),
+        "fastlvs_dr_packet / bare_packet (goal >= 0.90)": ratio("fastlvs_dr_packet", "bare_packet"),
+        "fastlvs_dr_xdp / nft_dnat (goal >= 1.00)": ratio("fastlvs_dr_xdp", "nft_dnat"),
+        "fastlvs_dr_xdp_bp / nft_dnat (goal >= 1.00)": ratio("fastlvs_dr_xdp_bp", "nft_dnat"),
+        "bare_xsk / nft_dnat": ratio("bare_xsk", "nft_dnat"),
+    }
+
+
+def chart(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [c for c in results["cases"] if c.get("median_pps")]
+    fig, ax = plt.subplots(figsize=(12, 5.5))
+    x = range(len(cases))
+    med = [c["median_pps"] / 1e6 for c in cases]
+    lo = [m - c["min_pps"] / 1e6 for m, c in zip(med, cases)]
+    hi = [c["max_pps"] / 1e6 - m for m, c in zip(med, cases)]
+    colors = ["#1f77b4" if c["name"].startswith("fastlvs") else "#7f7f7f" if c["name"].startswith("bare")
+              else "#d62728" for c in cases]
+    bars = ax.bar(x, med, yerr=[lo, hi], capsize=4, color=colors)
+    for b, c in zip(bars, cases):
+        us = c.get("median_us_per_packet")
+        ax.annotate(f"{c['median_pps'] / 1e6:.2f}" + (f"\n{us:.2f} µs/p" if us else ""),
+                    (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 3), textcoords="offset points")
+    ax.set_xticks(list(x), [c["label"] for c in cases], fontsize=8)
+    ax.set_ylabel("delivered Mpps (median, min-max bars)")
+    ax.set_title(f"60-byte UDP, {FLOWS:,} flows, veth, director on one core; "
+                 f"{results['reps']} runs x {results['seconds']} s each ({results['date']})", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3, help="runs per case (default 3)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run (default 3)")
+    ap.add_argument("--warmup", type=float, default=1.5, help="seconds of traffic before measuring")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="offered Mpps, paced inside the generator's run (default 0: as fast as it goes)")
+    ap.add_argument("--cases", help="comma-separated subset of: " + ",".join(c.name for c in CASES))
+    ap.add_argument("--no-engine", action="store_true", help="skip the in-memory engine benchmark")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory of peers.json/png")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        log("needs root (namespaces, XDP)")
+        return 2
+    cases = CASES
+    if args.cases:
+        want = args.cases.split(",")
+        unknown = set(want) - {c.name for c in CASES}
+        if unknown:
+            ap.error(f"unknown cases: {', '.join(sorted(unknown))}")
+        cases = [c for c in CASES if c.name in want]
+    os.makedirs(args.out, exist_ok=True)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "kernel": os.uname().release,
+               "reps": args.reps, "seconds": args.seconds, "warmup": args.warmup, "flows": FLOWS,
+               "frame_bytes": 60, "rate_mpps": args.rate, "cpus": os.cpu_count(),
+               "director_cpu": DIR_CPU, "generator_cpu": GEN_CPU, "cases": []}
+    topo, procs = Topo(), Procs()
+    tmp = tempfile.mkdtemp(prefix="fastlvs-peers-")
+    try:
+        log(f"building the C peers in {tmp}")
+        bins = build(tmp)
+        topo.build()
+        ctx = Ctx(topo, procs, bins, tmp)
+        sinks = [Sink(procs, topo.rs[i], topo.rn[i], bins) for i in range(2)]
+        for case in cases:
+            results["cases"].append(run_case(ctx, case, sinks, args))
+    finally:
+        procs.stop_all()
+        topo.destroy()
+    if not args.no_engine:
+        log("in-memory engine benchmark (benchmarks/test_engine_bench.py)")
+        results["engine"] = engine_numbers(tmp, timeout=900)
+    shutil.rmtree(tmp, ignore_errors=True)
+    results["ratios"] = ratios(results)
+    with open(os.path.join(args.out, "peers.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    try:
+        chart(results, os.path.join(args.out, "peers.png"))
+    except ImportError:
+        log("matplotlib missing: no chart (pip install '.[bench]')")
+    print(f"{'case':22} {'median Mpps':>11} {'min':>7} {'max':>7} {'µs/pkt':>7}")
+    for c in results["cases"]:
+        if c.get("median_pps"):
+            print(f"{c['name']:22} {c['median_pps'] / 1e6:11.3f} {c['min_pps'] / 1e6:7.3f} "
+                  f"{c['max_pps'] / 1e6:7.3f} {c['median_us_per_packet'] or 0:7.2f}")
+        else:
+            print(f"{c['name']:22} failed: {(c.get('errors') or ['?'])[0][:100]}")
+    for k, v in results["ratios"].items():
+        print(f"{k}: {v:.2f}" if v is not None else f"{k}: n/a")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
