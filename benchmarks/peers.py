@@ -443,7 +443,7 @@ def run_case(ctx: Ctx, case: Case, sinks, args) -> dict:
         try:
             started = case.setup(ctx)
             time.sleep(0.3)
-            res["napi"] = t.pin_napi(fifo=case.tuned)
+            res["napi"] = t.pin_napi(fifo=case.tuned and not os.environ.get("FB_NOFIFO"))
             r = one_run(ctx, case, sinks, args)
             if ctx.admin:
                 st = t.nsx(t.dir, *ctx.admin, check=False, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")), cwd=ROOT)
