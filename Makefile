@@ -50,5 +50,12 @@ bench-sched: build
 	    --benchmark-json=.benchmarks/schedulers.json --benchmark-min-rounds=20
 	$(PY) benchmarks/report_schedulers.py .benchmarks/schedulers.json
 
+# fastlvs against its peers (nftables DNAT, kernel forwarding, an XDP balancer, bare C forwarders)
+# in namespaces on this machine: benchmarks/results/peers.json and peers.png (README-peers.md).
+bench-peers: build
+	@command -v ethtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ethtool)
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q "matplotlib"
+	$(PY) benchmarks/peers.py
+
 clean:
 	rm -rf build $(VENV) src/*.egg-info src/fastlvs/_core.c src/fastlvs/_core*.so
