@@ -74,6 +74,30 @@ def in_ns(name):
         os.close(back)
 
 
+SIOCETHTOOL = 0x8946
+ETHTOOL_STXCSUM = 0x17
+
+
+def tx_checksum_off(ns, dev):
+    """`ethtool -K DEV tx off` inside ns (without ethtool). A veth hands its peer packets
+    whose TCP/UDP checksum is left for "the hardware" (CHECKSUM_PARTIAL); once such a frame
+    has been through a user-space ring that promise is lost, so every sender whose traffic
+    crosses the director computes full checksums, as a real NIC would put on the wire.
+    Also turns TSO off (it needs checksum offload): no frames above the MTU."""
+    import array
+    import fcntl
+    import struct
+
+    with in_ns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        buf = array.array("B", struct.pack("II", ETHTOOL_STXCSUM, 0))
+        ifr = struct.pack("16sP", dev.encode(), buf.buffer_info()[0]).ljust(40, b"\0")
+        fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifr)
+    finally:
+        s.close()
+
+
 def sysctl(ns, **values):
     """Write net.* sysctls of namespace ns (`ipv4__conf__all__rp_filter=0` style keys):
     /proc/sys/net shows the namespace of whoever opens it."""
@@ -202,6 +226,8 @@ class Testbed:
         rs_bridge = "br1" if self.mode == "nat" else "br0"
         for i, ns in enumerate(self.rs):
             self._veth(f"pr{i + 1}", ns, "eth0", rs_bridge)
+        for ns in (self.client, *self.rs):
+            tx_checksum_off(ns, "eth0")
         self._addr(self.client, "eth0", f"{CLIENT_IP}/24")
         self._addr(self.director, self.lan_if, f"{DIRECTOR_IP}/24")
         # The director owns the VIP (fastlvs's rule in every mode: it answers ARP for it).
@@ -503,6 +529,10 @@ class Daemon:
         "outpkts":.., "inbytes":.., "outbytes":.., "dests": {"RIP:PORT": {...}}}}."""
         return parse_stats(self.admin("-Ln", "--stats", "--exact").stdout)
 
+    def table(self) -> dict:
+        """`-Ln` parsed (see parse_list)."""
+        return parse_list(self.admin("-Ln").stdout)
+
     def send(self, sig):
         self.proc.send_signal(sig)
 
@@ -544,6 +574,22 @@ def parse_stats(text: str) -> dict:
             cur["dests"] = {}
         elif parts[0] == "->" and cur is not None and len(parts) >= 7 and ":" in parts[1]:
             cur["dests"][parts[1]] = dict(zip(keys, map(_num, parts[2:7])))
+    return out
+
+
+def parse_list(text: str) -> dict:
+    """ipvsadm -Ln output -> {("TCP", "VIP:PORT"): {"sched": .., "dests": {"RIP:PORT":
+    {"fwd": .., "weight": .., "active": .., "inactive": ..}}}}."""
+    out: dict = {}
+    cur = None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] in ("TCP", "UDP", "SCTP"):
+            cur = out[(parts[0], parts[1])] = {"sched": parts[2], "dests": {}}
+        elif parts and parts[0] == "->" and cur is not None and len(parts) >= 6 \
+                and parts[2] != "Forward":
+            cur["dests"][parts[1]] = {"fwd": parts[2], "weight": int(parts[3]),
+                                      "active": int(parts[4]), "inactive": int(parts[5])}
     return out
 
 

@@ -1,0 +1,205 @@
+"""The daemon as users meet it, in every forwarding mode (dr, nat, tun) over both backends
+(AF_XDP, AF_PACKET): real HTTP over separate TCP connections spread as the scheduler says,
+`-Ln --stats` equal to what the client's own nft counters saw, long-lived connections that
+survive adding, reweighting and removing servers, weight 0 draining, UDP flows sticking to
+one server, SIGHUP reloads that keep established connections, and SIGTERM/SIGINT exits that
+leave nothing attached. The cluster is built once per mode; each test starts its own daemon.
+"""
+import collections
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import BACKENDS
+from e2e_support import LongLived, assert_clean
+from fastlvs.testbed import HTTP_PORT, UDP_PORT
+
+N_REQUESTS = 300
+
+
+def vs(bed, port=HTTP_PORT):
+    return f"{bed.vip}:{port}"
+
+
+def rs(bed, name, port=HTTP_PORT):
+    return f"{bed.rip_of(name)}:{port}"
+
+
+def fwd_flag(bed):
+    return {"dr": "-g", "nat": "-m", "tun": "-i"}[bed.mode]
+
+
+def requests(bed, n):
+    """n HTTP/1.0 requests, each over its own new TCP connection: {server name: count}."""
+    got = collections.Counter()
+    for _ in range(n):
+        got[bed.http_get(timeout=3.0)] += 1
+    return got
+
+
+def settle(d, want_conns, key, timeout=3.0):
+    """The stats once the director has counted `want_conns` connections of service `key`
+    and its packet counters stopped moving (the last ACKs of the closes are in flight)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        st = d.stats()
+        cur = st.get(key)
+        if cur and cur["conns"] >= want_conns and last == st:
+            return st
+        if time.monotonic() > deadline:
+            return st
+        last = st
+        time.sleep(0.15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_http_spread_and_stats(bed, start, counters, backend):
+    # wrr with weights 1, 2, 3: over whole cycles of 6 the kernel's wrr gives exactly
+    # 1/6, 2/6, 3/6 whatever its starting point; 300 = 50 cycles.
+    d = start("--rules", bed.write_rules(bed.rules([1, 2, 3], sched="wrr")), backend=backend)
+    t0 = time.monotonic()
+    got = requests(bed, N_REQUESTS)
+    elapsed = time.monotonic() - t0
+    assert dict(got) == {"rs1": 50, "rs2": 100, "rs3": 150}, got
+
+    key = ("TCP", vs(bed))
+    st = settle(d, N_REQUESTS, key)[key]
+    sent = counters.read()
+    out_pkts, out_bytes = sent["tcp_out"]
+    in_pkts, in_bytes = sent["tcp_in"]
+    assert st["conns"] == N_REQUESTS
+    # per real server: the director's count of connections is what the client saw
+    for name, n in got.items():
+        assert st["dests"][rs(bed, name)]["conns"] == n, (name, st["dests"])
+    # In: every packet and byte (IP length) the client sent to the VIP, no more, no less.
+    assert (st["inpkts"], st["inbytes"]) == (out_pkts, out_bytes), (st, sent, elapsed)
+    if bed.mode == "nat":
+        # replies come back through the director: Out = what the client received
+        assert (st["outpkts"], st["outbytes"]) == (in_pkts, in_bytes), (st, sent)
+    else:
+        assert (st["outpkts"], st["outbytes"]) == (0, 0), st      # replies go direct
+        assert in_pkts > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_lived_survive_add_reweight_remove(bed, start, backend):
+    d = start("--rules", bed.write_rules(bed.rules({"rs1": 1, "rs2": 1}, sched="rr",
+                                                   udp=False)), backend=backend)
+    ll = LongLived(bed, 4)
+    try:
+        assert set(ll.servers) == {"rs1", "rs2"}, ll.servers      # rr alternates
+        ll.wait_rounds(2)
+        d.admin("-a", "-t", vs(bed), "-r", rs(bed, "rs3"), fwd_flag(bed), "-w", "1")
+        ll.wait_rounds(3)
+        d.admin("-e", "-t", vs(bed), "-r", rs(bed, "rs1"), fwd_flag(bed), "-w", "3")
+        ll.wait_rounds(3)
+        # IPVS keeps forwarding established connections of a deleted server
+        # (expire_nodest_conn=0, its default)
+        d.admin("-d", "-t", vs(bed), "-r", rs(bed, "rs2"))
+        ll.wait_rounds(3)
+        table = d.table()[("TCP", vs(bed))]["dests"]
+        assert set(table) == {rs(bed, "rs1"), rs(bed, "rs3")}
+        assert table[rs(bed, "rs1")]["weight"] == 3
+        new = requests(bed, 40)
+        assert "rs2" not in new and set(new) == {"rs1", "rs3"}, new
+        ll.wait_rounds(2)
+    finally:
+        ll.stop()
+    ll.check(min_answers=10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weight_zero_drains(bed, start, backend):
+    d = start("--rules", bed.write_rules(bed.rules([1, 1, 1], sched="rr", udp=False)),
+              backend=backend)
+    ll = LongLived(bed, 6)
+    try:
+        assert collections.Counter(ll.servers) == {"rs1": 2, "rs2": 2, "rs3": 2}, ll.servers
+        d.admin("-e", "-t", vs(bed), "-r", rs(bed, "rs1"), fwd_flag(bed), "-w", "0")
+        new = requests(bed, 30)
+        assert "rs1" not in new and sum(new.values()) == 30, new    # no new connections
+        ll.wait_rounds(3)                                          # old ones carry on
+        dests = d.table()[("TCP", vs(bed))]["dests"]
+        assert dests[rs(bed, "rs1")]["weight"] == 0
+        assert dests[rs(bed, "rs1")]["active"] == 2, dests       # ...and are still counted
+    finally:
+        ll.stop()
+    ll.check(min_answers=4)
+    # once its clients closed them, the quiesced server has no active connection left
+    deadline = time.monotonic() + 3
+    while True:
+        dests = d.table()[("TCP", vs(bed))]["dests"]
+        if dests[rs(bed, "rs1")]["active"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert dests[rs(bed, "rs1")]["active"] == 0, dests
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_udp_flows_stick(bed, start, counters, backend):
+    d = start("--rules", bed.write_rules(bed.rules([1, 1, 1], sched="rr")), backend=backend)
+    socks = [bed.socket(socket.SOCK_DGRAM) for _ in range(9)]
+    try:
+        seen = [[bed.udp_ask(s, b"flow%d-%d" % (i, k)) for k in range(8)]
+                for i, s in enumerate(socks)]
+        for k in range(2):                     # and again, interleaved across the flows
+            for i, s in enumerate(socks):
+                seen[i].append(bed.udp_ask(s, b"again%d-%d" % (i, k)))
+    finally:
+        for s in socks:
+            s.close()
+    for i, names in enumerate(seen):
+        assert set(names) == {names[0]}, (i, names)               # one flow, one server
+    assert collections.Counter(n[0] for n in seen) == {"rs1": 3, "rs2": 3, "rs3": 3}
+    key = ("UDP", vs(bed, UDP_PORT))
+    st = settle(d, 9, key)[key]
+    out_pkts, out_bytes = counters.read()["udp_out"]
+    assert st["conns"] == 9
+    assert (st["inpkts"], st["inbytes"]) == (out_pkts, out_bytes) == (90, st["inbytes"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sighup_reload_keeps_established(bed, start, backend):
+    path = bed.write_rules(bed.rules({"rs1": 1, "rs2": 1}, sched="rr", udp=False))
+    d = start("--rules", path, backend=backend)
+    ll = LongLived(bed, 4)
+    try:
+        ll.wait_rounds(2)
+        bed.write_rules(bed.rules({"rs1": 2, "rs2": 1, "rs3": 1}, sched="rr", udp=False))
+        n_lines = len(d.lines)
+        d.send(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while not any("reload" in ln for ln in d.lines[n_lines:]):
+            assert time.monotonic() < deadline, d.stderr
+            time.sleep(0.05)
+        ll.wait_rounds(3)
+        dests = d.table()[("TCP", vs(bed))]["dests"]
+        assert set(dests) == {rs(bed, n) for n in ("rs1", "rs2", "rs3")}, dests
+        assert dests[rs(bed, "rs1")]["weight"] == 2
+        assert "rs3" in requests(bed, 12)
+        ll.wait_rounds(2)
+    finally:
+        ll.stop()
+    ll.check(min_answers=7)
+    assert d.proc.poll() is None, d.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stop_signal_leaves_nothing(bed, start, backend, sig):
+    # the one-line quick start: --vip/--rs instead of a rules file
+    args = ["--vip", f"tcp:{vs(bed)}", "-s", "wrr"]
+    for name, w in (("rs1", 1), ("rs2", 2)):
+        args += ["--rs", f"{rs(bed, name)}@{w}"]
+    d = start(*args, backend=backend)
+    assert bed.xdp_attached() != [] if backend == "xdp" else "fastlvs" in bed.nft_tables()
+    assert set(requests(bed, 6)) == {"rs1", "rs2"}
+    rc = d.stop(sig)
+    assert rc == 0, d.stderr
+    assert_clean(bed, d)
+    # the kernel has the VIP again: nothing of fastlvs's steering is left
+    with pytest.raises(OSError):
+        bed.http_get(timeout=0.5)
