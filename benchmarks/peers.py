@@ -322,13 +322,16 @@ def _fwd_args(t: Topo):
     return [t.d0, *t.dn, *(t.mac[r] for r in t.rn)]
 
 
-def setup_bare_xsk(ctx):
-    t = ctx.topo
-    _tune_busy_poll(t, True)
-    p = ctx.procs.start(["ip", "netns", "exec", t.dir, ctx.bins["fwd_xsk"], *_fwd_args(t)],
-                        cpu=DIR_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_line(p, p.stderr, "ready", 10)
-    return [p]
+def bare_xsk_setup(busy_poll: bool):
+    def setup(ctx):
+        t = ctx.topo
+        _tune_busy_poll(t, busy_poll)
+        extra = [] if busy_poll else ["--no-busy-poll"]
+        p = ctx.procs.start(["ip", "netns", "exec", t.dir, ctx.bins["fwd_xsk"], *_fwd_args(t), *extra],
+                            cpu=DIR_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_line(p, p.stderr, "ready", 10)
+        return [p]
+    return setup
 
 
 def setup_bare_packet(ctx):
@@ -377,7 +380,8 @@ CASES = [
     Case("fastlvs_dr_packet", "fastlvs DR\nAF_PACKET", fastlvs_setup("dr", "packet"), path="packet"),
     Case("fastlvs_nat", "fastlvs NAT\nAF_XDP", fastlvs_setup("nat")),
     Case("fastlvs_tun", "fastlvs TUN\nAF_XDP", fastlvs_setup("tun")),
-    Case("bare_xsk", "bare C\nAF_XDP", setup_bare_xsk, path="xdp", tuned=True),
+    Case("bare_xsk", "bare C\nAF_XDP busy-poll", bare_xsk_setup(True), path="xdp", tuned=True),
+    Case("bare_xsk_nobp", "bare C\nAF_XDP", bare_xsk_setup(False), path="xdp"),
     Case("bare_packet", "bare C\nAF_PACKET", setup_bare_packet, path="packet"),
     Case("nft_dnat", "nftables\nDNAT", setup_nft),
     Case("kernel_fwd", "kernel\nforwarding", setup_kernel),
@@ -457,39 +461,41 @@ def lossless(ctx: Ctx, sat_pps: float, args) -> tuple[dict | None, list]:
 LOSS = 0.05
 
 
-def run_case(ctx: Ctx, case: Case, args) -> dict:
-    res = {"name": case.name, "label": case.label, "path": case.path, "runs": []}
+def run_rep(ctx: Ctx, case: Case, res: dict, rep: int, args) -> None:
+    """One repetition of one case: start it, a flood run, the lossless search, stop it."""
     t = ctx.topo
-    for rep in range(args.reps):
-        reset_dir(t)
-        started = []
-        try:
-            started = case.setup(ctx)
-            time.sleep(0.3)
-            res["napi"] = t.pin_napi(fifo=case.tuned and args.napi_fifo)
-            sat = one_run(ctx, 0, args.warmup, args.seconds)
-            best, probes = lossless(ctx, sat["pps"], args) if args.steps else (None, [])
-            if ctx.admin:
-                st = t.nsx(t.dir, *ctx.admin, check=False, cwd=ROOT,
-                           env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")))
-                res["admin_stats"] = st.stdout[-2000:]
-            for p in started:
-                if p.poll() is not None:
-                    raise RuntimeError(f"{case.name}: process exited early: {p.args}")
-            r = {"saturated": sat, "lossless": best, "probes": probes}
-            res["runs"].append(r)
-            ll = f"{best['pps'] / 1e6:.3f} Mpps at <= {LOSS:.0%} loss ({best['us_per_packet']:.2f} µs/packet), " if best else ""
-            log(f"{case.name} #{rep + 1}: {ll}{sat['pps'] / 1e6:.3f} Mpps under a "
-                f"{sat['offered_pps'] / 1e6:.1f} Mpps flood ({sat['us_per_packet'] or 0:.2f} µs/packet)")
-        except Exception as e:         # one failed case must not lose the others
-            res.setdefault("errors", []).append(str(e)[-1500:])
-            log(f"{case.name} #{rep + 1}: FAILED: {str(e)[-800:]}")
-        finally:
-            for p in started:
-                ctx.procs.stop(p)
-            ctx.admin = None
     reset_dir(t)
-    for kind in ("lossless", "saturated"):
+    started = []
+    try:
+        started = case.setup(ctx)
+        time.sleep(0.3)
+        res["napi"] = t.pin_napi(fifo=case.tuned and args.napi_fifo)
+        sat = one_run(ctx, 0, args.warmup, args.seconds)
+        best, probes = lossless(ctx, sat["pps"], args) if args.steps else (None, [])
+        if ctx.admin:
+            st = t.nsx(t.dir, *ctx.admin, check=False, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")))
+            res["admin_stats"] = st.stdout[-2000:]
+        for p in started:
+            if p.poll() is not None:
+                raise RuntimeError(f"{case.name}: process exited early: {p.args}")
+        res["runs"].append({"saturated": sat, "lossless": best, "probes": probes})
+        ll = (f"{best['pps'] / 1e6:.3f} Mpps at <= {LOSS:.0%} loss ({best['us_per_packet']:.2f} µs/packet), "
+              if best else "")
+        log(f"{case.name} #{rep + 1}: {sat['pps'] / 1e6:.3f} Mpps under a {sat['offered_pps'] / 1e6:.1f} Mpps "
+            f"flood ({sat['us_per_packet'] or 0:.2f} µs/packet); {ll}")
+    except Exception as e:         # one failed case must not lose the others
+        res.setdefault("errors", []).append(str(e)[-1500:])
+        log(f"{case.name} #{rep + 1}: FAILED: {str(e)[-800:]}")
+    finally:
+        for p in started:
+            ctx.procs.stop(p)
+        ctx.admin = None
+        reset_dir(t)
+
+
+def summarize(res: dict) -> dict:
+    for kind in ("saturated", "lossless"):
         runs = [r[kind] for r in res["runs"] if r[kind]]
         if runs:
             pps = [r["pps"] for r in runs]
@@ -520,7 +526,7 @@ def engine_numbers(tmp: str, timeout: int) -> dict:
 
 
 # -- report -------------------------------------------------------------------------------------
-PAIRS = [("fastlvs_dr_xdp", "bare_xsk", 0.90), ("fastlvs_dr_xdp_bp", "bare_xsk", 0.90),
+PAIRS = [("fastlvs_dr_xdp", "bare_xsk_nobp", 0.90), ("fastlvs_dr_xdp_bp", "bare_xsk", 0.90),
          ("fastlvs_dr_packet", "bare_packet", 0.90), ("fastlvs_dr_xdp", "nft_dnat", 1.00),
          ("fastlvs_dr_xdp_bp", "nft_dnat", 1.00), ("bare_xsk", "nft_dnat", None)]
 
@@ -631,8 +637,13 @@ def main(argv=None) -> int:
         topo.build()
         ctx = Ctx(topo, procs, bins, tmp)
         ctx.sinks = [Sink(procs, topo.rs[i], topo.rn[i], bins) for i in range(2)]
-        for case in cases:
-            results["cases"].append(run_case(ctx, case, args))
+        # Repetitions round-robin over the cases, so that a slow spell of the (shared) machine
+        # hits every case rather than all runs of one.
+        res = {c.name: {"name": c.name, "label": c.label, "path": c.path, "runs": []} for c in cases}
+        for rep in range(args.reps):
+            for case in cases:
+                run_rep(ctx, case, res[case.name], rep, args)
+        results["cases"] = [summarize(res[c.name]) for c in cases]
     finally:
         procs.stop_all()
         topo.destroy()
