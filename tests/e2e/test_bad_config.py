@@ -1,0 +1,71 @@
+"""Bad configuration stops the daemon before it touches the network: one line on stderr,
+exit status 2, and no XDP program, nft table or control socket left in the director's
+namespace. Run in a DR cluster (the mode where the VIP rule and the on-link rule both apply).
+"""
+import os
+
+import pytest
+
+from conftest import make_bed
+from e2e_support import assert_clean
+from fastlvs.testbed import Daemon
+
+
+@pytest.fixture(scope="module")
+def dr_bed():
+    tb = make_bed("dr")
+    try:
+        yield tb
+    finally:
+        tb.destroy()
+
+
+def run_bad(tb, args, timeout=15):
+    d = Daemon(tb, args)
+    tb.daemons.append(d)
+    d.start(wait_ready=False)
+    rc = d.wait(timeout)
+    return d, rc
+
+
+def rules_file(tb, text):
+    return tb.write_rules(text, name="bad-rules")
+
+
+CASES = {
+    "unknown interface": lambda tb: (
+        ["--mode", "dr", "-i", "nosuch0", "--vip", f"{tb.vip}:80", "--rs", f"{tb.rips[0]}:80"],
+        "nosuch0"),
+    "VIP not local (DR)": lambda tb: (
+        ["--mode", "dr", "-i", tb.lan_if, "--vip", "10.201.0.200:80",
+         "--rs", f"{tb.rips[0]}:80"],
+        "10.201.0.200"),
+    # on the LAN, but nobody answers ARP for it (resolution gives up after ~3 s)
+    "unresolvable RS": lambda tb: (
+        ["--mode", "dr", "-i", tb.lan_if, "--vip", f"{tb.vip}:80",
+         "--rs", f"{tb.rips[0]}:80", "--rs", "10.201.0.77:80"],
+        "10.201.0.77"),
+    "malformed rules file": lambda tb: (
+        ["--mode", "dr", "-i", tb.lan_if, "--rules",
+         rules_file(tb, f"-A -t {tb.vip}:80 -s wrr\n-a -t {tb.vip}:80 -r banana -g\n")],
+        "banana"),
+    "unknown scheduler in rules": lambda tb: (
+        ["--mode", "dr", "-i", tb.lan_if, "--rules",
+         rules_file(tb, f"-A -t {tb.vip}:80 -s nosuchsched\n")],
+        "nosuchsched"),
+}
+
+
+@pytest.mark.parametrize("backend", ["xdp", "packet"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_config_exits_2_with_one_line(dr_bed, case, backend):
+    if case == "unresolvable RS" and backend == "packet":
+        pytest.skip("one backend is enough for the 3 s ARP timeout")
+    args, word = CASES[case](dr_bed)
+    d, rc = run_bad(dr_bed, args + ["--backend", backend])
+    lines = [ln for ln in d.lines if ln.strip()]
+    assert rc == 2, d.stderr
+    assert len(lines) == 1, lines
+    assert word in lines[0], lines
+    assert_clean(dr_bed, d)
+    assert not os.path.exists(d.socket_path)
