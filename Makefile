@@ -7,7 +7,7 @@ PY       := $(VENV)/bin/python
 APT_PKGS := python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv build test demo bench bench-sched clean
+.PHONY: all deps venv build test demo demo-sched bench bench-sched clean
 
 all: build
 
@@ -37,7 +37,12 @@ build: venv
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The live director: namespaces, fastlvs --mode dr over AF_XDP, real HTTP/UDP clients (root).
 demo: build
+	$(PY) -m fastlvs.demo_live
+
+# The scheduler table: every IPVS scheduler over four weighted servers, no network needed.
+demo-sched: build
 	$(PY) -m fastlvs demo
 
 bench: build
