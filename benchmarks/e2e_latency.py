@@ -1,0 +1,129 @@
+"""Client-observed figures of the live director (root; network namespaces of fastlvs.testbed):
+HTTP requests, each over its own new TCP connection (connect, GET, answer, close), from the
+client namespace to the VIP through `fastlvs` in DR and NAT mode over AF_XDP and AF_PACKET,
+next to the same client talking to that one real server directly (the DR topology, same
+bridge, no director); the VIP has that one server only, so the server side is identical. Latency: one client in a loop (p50/p99/mean of the whole exchange); requests/s:
+the same loop, and `--threads` clients at once for `--seconds`. One run, bounded; prints
+JSON (also to --json FILE) and a markdown table.
+
+    sudo .venv/bin/python benchmarks/e2e_latency.py [--requests 1000] [--threads 4] [--seconds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+
+from fastlvs.testbed import Testbed
+
+WARMUP = 30
+
+
+def measure_serial(tb: Testbed, ip: str, n: int) -> dict:
+    for _ in range(WARMUP):          # neighbours learned, servers' threads warm
+        tb.http_get(ip)
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        tb.http_get(ip)
+        lat.append(time.perf_counter() - t)
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"requests": n, "rps": n / wall, "p50_ms": 1e3 * lat[len(lat) // 2],
+            "p99_ms": 1e3 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "mean_ms": 1e3 * statistics.fmean(lat), "max_ms": 1e3 * lat[-1]}
+
+
+def measure_parallel(tb: Testbed, ip: str, threads: int, seconds: float) -> dict:
+    done = [0] * threads
+    errors = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def worker(i):
+        while time.perf_counter() < stop:
+            try:
+                tb.http_get(ip, timeout=2.0)
+                done[i] += 1
+            except (OSError, RuntimeError):
+                errors[i] += 1
+
+    ts = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(seconds + 10)
+    wall = time.perf_counter() - t0
+    return {"threads": threads, "rps": sum(done) / wall, "errors": sum(errors)}
+
+
+def run_case(mode: str, backend: str | None, args) -> dict:
+    """backend None: the client asks rs1 directly (no director in the path)."""
+    with Testbed(mode, n_rs=3, prefix="flbench") as tb:
+        d = None
+        if backend is None:
+            ip = tb.rips[0]
+        else:
+            # one real server behind the VIP: the same server process as the direct case,
+            # so the difference is the director alone
+            d = tb.start_daemon("--rules", tb.write_rules(tb.rules({"rs1": 1}, sched="rr",
+                                                                   udp=False)),
+                                backend=backend)
+            ip = tb.vip
+        try:
+            serial = measure_serial(tb, ip, args.requests)
+            par = measure_parallel(tb, ip, args.threads, args.seconds)
+        finally:
+            if d is not None:
+                d.stop()
+    name = "direct to one RS" if backend is None else f"fastlvs {mode.upper()} {backend}"
+    return {"case": name, "mode": mode if backend else "direct", "backend": backend,
+            "serial": serial, "parallel": par}
+
+
+def table(results: list[dict], args) -> str:
+    rows = ["| path | req/s (1 client) | p50 ms | p99 ms | req/s "
+            f"({args.threads} clients) | errors |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        s, p = r["serial"], r["parallel"]
+        rows.append(f"| {r['case']} | {s['rps']:.0f} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} "
+                    f"| {p['rps']:.0f} | {p['errors']} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=2000, help="serial requests per case")
+    ap.add_argument("--threads", type=int, default=4, help="parallel clients")
+    ap.add_argument("--seconds", type=float, default=3.0, help="parallel run length")
+    ap.add_argument("--backends", default="xdp,packet")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("e2e_latency: needs root (network namespaces, XDP)", file=sys.stderr)
+        return 2
+    results = [run_case("dr", None, args)]
+    for mode in ("dr", "nat"):
+        for backend in args.backends.split(","):
+            results.append(run_case(mode, backend, args))
+    out = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count()},
+           "method": "HTTP/1.0 GET, new TCP connection per request, Python client in the "
+                     "client netns; veths on a Linux bridge", "results": results}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    print()
+    print(table(results, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
