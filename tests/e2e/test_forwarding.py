@@ -220,3 +220,47 @@ def test_stop_signal_leaves_nothing(bed, start, backend, sig):
     # the kernel has the VIP again: nothing of fastlvs's steering is left
     with pytest.raises(OSError):
         bed.http_get(timeout=0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tun_frames_on_the_wire_are_ipip(bed, start, backend):
+    # What the real servers' ports on the switch carry in TUN mode: IPv4-in-IPv4 from the
+    # director to the RIP around the client's untouched packet to VIP:80 (the real servers
+    # then strip the outer header with their XDP program and answer the client directly).
+    if bed.mode != "tun":
+        pytest.skip("TUN only")
+    from fastlvs.testbed import DIRECTOR_IP, CLIENT_IP, in_ns
+    start("--rules", bed.write_rules(bed.rules([1, 1, 1], sched="rr", udp=False)),
+          backend=backend)
+    taps = []
+    for i in range(len(bed.rs)):
+        with in_ns(bed.switch):
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+            s.bind((f"pr{i + 1}", 0))
+        s.setblocking(False)
+        taps.append(s)
+    try:
+        got = requests(bed, 6)
+        time.sleep(0.2)
+        ipip = collections.Counter()
+        for i, s in enumerate(taps):
+            for _ in range(10000):
+                try:
+                    fr, addr = s.recvfrom(65536)
+                except BlockingIOError:
+                    break
+                if (addr[2] != socket.PACKET_OUTGOING or fr[12:14] != b"\x08\x00"
+                        or fr[23] != 4):
+                    continue
+                outer, inner = fr[14:34], fr[34:54]
+                assert socket.inet_ntoa(outer[12:16]) == DIRECTOR_IP
+                assert socket.inet_ntoa(outer[16:20]) == bed.rips[i]
+                assert socket.inet_ntoa(inner[12:16]) == CLIENT_IP
+                assert socket.inet_ntoa(inner[16:20]) == bed.vip
+                assert int.from_bytes(fr[56:58], "big") == HTTP_PORT
+                ipip[bed.rs_names[i]] += 1
+    finally:
+        for s in taps:
+            s.close()
+    assert dict(got) == {"rs1": 2, "rs2": 2, "rs3": 2}
+    assert set(ipip) == {"rs1", "rs2", "rs3"} and min(ipip.values()) >= 2 * 3, ipip
