@@ -93,6 +93,19 @@ def cpu_busy_seconds(cpu: int) -> float:
     raise RuntimeError(f"cpu{cpu} not in /proc/stat")
 
 
+def task_seconds(pids) -> float:
+    """utime + stime of these processes (all their threads) and kernel threads."""
+    hz, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / hz
+
+
 # -- the topology -------------------------------------------------------------------------------
 class Topo:
     """gen ns: g0 10.201.0.1 | dir ns: d0 10.201.0.2, d1 10.202.1.1, d2 10.202.2.1 |
@@ -394,6 +407,7 @@ class Ctx:
         self.topo, self.procs, self.bins, self.tmp = topo, procs, bins, tmp
         self.admin = None
         self.sinks = []
+        self.own_pids: list[int] = []     # the director's processes and NAPI threads
 
 
 def reset_dir(t: Topo):
@@ -424,9 +438,11 @@ def one_run(ctx: Ctx, rate_mpps: float, warmup: float, seconds: float) -> dict:
                         cpu=GEN_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(warmup)
-        c0, b0, w0 = sum(s.count() for s in ctx.sinks), cpu_busy_seconds(DIR_CPU), time.monotonic()
+        c0, b0, o0, w0 = (sum(s.count() for s in ctx.sinks), cpu_busy_seconds(DIR_CPU),
+                          task_seconds(ctx.own_pids), time.monotonic())
         time.sleep(seconds)
-        c1, b1, w1 = sum(s.count() for s in ctx.sinks), cpu_busy_seconds(DIR_CPU), time.monotonic()
+        c1, b1, o1, w1 = (sum(s.count() for s in ctx.sinks), cpu_busy_seconds(DIR_CPU),
+                          task_seconds(ctx.own_pids), time.monotonic())
         out, err = g.communicate(timeout=total + 10)
     finally:
         ctx.procs.stop(g)
@@ -436,6 +452,7 @@ def one_run(ctx: Ctx, rate_mpps: float, warmup: float, seconds: float) -> dict:
         raise RuntimeError(f"generator: {err.strip()}") from None
     pkts, secs = c1 - c0, w1 - w0
     return {"pps": pkts / secs, "us_per_packet": (b1 - b0) / pkts * 1e6 if pkts else None,
+            "own_us_per_packet": (o1 - o0) / pkts * 1e6 if pkts else None,
             "director_cpu": (b1 - b0) / secs, "rate_pps": rate_mpps * 1e6,
             "offered_pps": gen["sent"] / gen["seconds"], "seconds": secs}
 
@@ -470,6 +487,7 @@ def run_rep(ctx: Ctx, case: Case, res: dict, rep: int, args) -> None:
         started = case.setup(ctx)
         time.sleep(0.3)
         res["napi"] = t.pin_napi(fifo=case.tuned and args.napi_fifo)
+        ctx.own_pids = [p.pid for p in started] + list(t.napi_threads())
         sat = one_run(ctx, 0, args.warmup, args.seconds)
         best, probes = lossless(ctx, sat["pps"], args) if args.steps else (None, [])
         if ctx.admin:
@@ -491,6 +509,7 @@ def run_rep(ctx: Ctx, case: Case, res: dict, rep: int, args) -> None:
         for p in started:
             ctx.procs.stop(p)
         ctx.admin = None
+        ctx.own_pids = []
         reset_dir(t)
 
 
@@ -500,8 +519,10 @@ def summarize(res: dict) -> dict:
         if runs:
             pps = [r["pps"] for r in runs]
             us = [r["us_per_packet"] for r in runs if r["us_per_packet"]]
+            own = [r["own_us_per_packet"] for r in runs if r.get("own_us_per_packet")]
             res[kind] = {"median_pps": statistics.median(pps), "min_pps": min(pps), "max_pps": max(pps),
-                         "median_us_per_packet": statistics.median(us) if us else None}
+                         "median_us_per_packet": statistics.median(us) if us else None,
+                         "median_own_us_per_packet": statistics.median(own) if own else None}
     return res
 
 
@@ -583,14 +604,15 @@ def chart(results: dict, path: str) -> None:
 
 
 def table(results: dict) -> str:
-    lines = [f"{'case':20} {'flood Mpps med/min/max':>27} {'µs/pkt':>7}   "
-             f"{'lossless Mpps med/min/max':>24} {'µs/pkt':>7}"]
+    lines = [f"{'case':20} {'flood Mpps med/min/max':>27} {'µs/pkt CPU1/own':>15}   "
+             f"{'lossless Mpps med/min/max':>24} {'µs/pkt CPU1/own':>15}"]
     for c in results["cases"]:
         cells = []
         for kind in ("saturated", "lossless"):
             st = c.get(kind)
             cells.append(f"{st['median_pps'] / 1e6:7.3f} {st['min_pps'] / 1e6:7.3f} {st['max_pps'] / 1e6:7.3f}"
-                         f"   {st['median_us_per_packet'] or 0:7.2f}" if st else f"{'-':>31}")
+                         f"   {st['median_us_per_packet'] or 0:7.2f}/{st.get('median_own_us_per_packet') or 0:5.2f}"
+                         if st else f"{'-':>37}")
         lines.append(f"{c['name']:20} {cells[0]}      {cells[1]}")
         for e in c.get("errors", [])[:1]:
             lines.append(f"{'':20} error: {e[:150]}")
@@ -601,11 +623,12 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=3, help="runs per case (default 3)")
+    ap.add_argument("--reps", type=int, default=5, help="runs per case (default 5)")
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run (default 3)")
     ap.add_argument("--warmup", type=float, default=1.5, help="seconds of traffic before measuring")
-    ap.add_argument("--steps", type=int, default=5,
-                    help="bisection steps of the lossless-rate search per run (0: flood only)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="bisection steps of a lossless-rate search per run (default 0: flood only; "
+                         "on a shared machine one noisy probe sinks the search, see README-peers.md)")
     ap.add_argument("--probe", type=float, default=1.0, help="measured seconds per search probe")
     ap.add_argument("--probe-warmup", type=float, default=0.5, help="seconds before each probe")
     ap.add_argument("--napi-fifo", action="store_true",

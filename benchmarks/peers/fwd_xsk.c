@@ -110,6 +110,7 @@ int main(int argc, char **argv)
 	}
 	int busy = !(argc > 6 && !strcmp(argv[6], "--no-busy-poll"));
 	struct port in = {0}, out[2] = {{0}};
+	int tx_budget = 0;
 	void *area = mmap(NULL, (size_t)FRAMES * FRAME_SIZE, PROT_READ | PROT_WRITE,
 			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	if (area == MAP_FAILED)
@@ -138,7 +139,8 @@ int main(int argc, char **argv)
 		get_mac(argv[2 + i], out[i].mac);
 		parse_mac(argv[4 + i], out[i].rs_mac);
 		int budget = 256;
-		setsockopt(out[i].fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, &budget, sizeof(budget));
+		tx_budget = !setsockopt(out[i].fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, &budget,
+					sizeof(budget));
 	}
 	if (busy) {
 		int one = 1, usecs = 20, budget = BATCH;
@@ -152,8 +154,8 @@ int main(int argc, char **argv)
 	refill(&in);
 	signal(SIGTERM, on_signal);
 	signal(SIGINT, on_signal);
-	fprintf(stderr, "fwd_xsk: ready (%s -> %s, %s; busy poll %s)\n", argv[1], argv[2], argv[3],
-		busy ? "on" : "off");
+	fprintf(stderr, "fwd_xsk: ready (%s -> %s, %s; busy poll %s; XDP_MAX_TX_SKB_BUDGET %s)\n",
+		argv[1], argv[2], argv[3], busy ? "on" : "off", tx_budget ? "256" : "not available");
 
 	unsigned long long rx = 0, tx = 0, dropped = 0;
 	while (!stop) {
