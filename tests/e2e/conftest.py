@@ -11,21 +11,8 @@ import signal
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, XDP)")
-
-if os.geteuid() == 0:
-    pytest.importorskip("fastlvs._core")
-from fastlvs import testbed as tbmod  # noqa: E402
-from fastlvs.testbed import Testbed  # noqa: E402
-from e2e_support import ClientCounters, assert_clean  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DECAP_SRC = os.path.join(HERE, "bpf", "decap.bpf.c")
-BACKENDS = ["xdp", "packet"]
-
-
-def make_bed(mode: str) -> Testbed:
-    return Testbed(mode, n_rs=3, decap_src=DECAP_SRC).build()
+from e2e_support import ClientCounters, assert_clean, make_bed
+from fastlvs import testbed as tbmod
 
 
 @pytest.fixture(scope="module", params=list(tbmod.MODES))

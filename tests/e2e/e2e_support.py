@@ -12,6 +12,15 @@ import time
 from fastlvs import testbed as tbmod
 from fastlvs.testbed import Testbed, run
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+DECAP_SRC = os.path.join(HERE, "bpf", "decap.bpf.c")
+BACKENDS = ["xdp", "packet"]
+
+
+def make_bed(mode: str) -> Testbed:
+    """A cluster of three real servers for `mode`, built (TUN servers get the decapsulator)."""
+    return Testbed(mode, n_rs=3, decap_src=DECAP_SRC).build()
+
 
 def assert_clean(tb: Testbed, d) -> None:
     """What a stopped daemon must not leave: XDP programs, its nft table, its socket."""

@@ -6,9 +6,12 @@ import os
 
 import pytest
 
-from conftest import make_bed
-from e2e_support import assert_clean
+from e2e_support import assert_clean, make_bed
 from fastlvs.testbed import Daemon
+
+if os.geteuid() != 0:
+    pytest.skip("needs root (namespaces, XDP)", allow_module_level=True)
+pytest.importorskip("fastlvs._core")
 
 
 @pytest.fixture(scope="module")

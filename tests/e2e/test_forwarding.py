@@ -6,15 +6,19 @@ one server, SIGHUP reloads that keep established connections, and SIGTERM/SIGINT
 leave nothing attached. The cluster is built once per mode; each test starts its own daemon.
 """
 import collections
+import os
 import signal
 import socket
 import time
 
 import pytest
 
-from conftest import BACKENDS
-from e2e_support import LongLived, assert_clean
+from e2e_support import BACKENDS, LongLived, assert_clean
 from fastlvs.testbed import HTTP_PORT, UDP_PORT
+
+if os.geteuid() != 0:
+    pytest.skip("needs root (namespaces, XDP)", allow_module_level=True)
+pytest.importorskip("fastlvs._core")
 
 N_REQUESTS = 300
 
