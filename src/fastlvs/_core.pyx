@@ -181,6 +181,8 @@ cdef void conn_create_forward(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t svc
     e.dests[dest].conns += 1
     e.svcs[e.dests[dest].svc].conns += 1
     e.counters[C_CONNS_CREATED] += 1
+    if e.learn_ifindex != 0 and e.dests[dest].fwd == FWD_NAT:
+        neigh_learn(e, p.saddr[3], f.data + 6, e.learn_ifindex)
     conn_forward_in(e, f, p, c, now)
 
 
@@ -585,6 +587,12 @@ cdef class Engine:
         _set_mac(self.st.gw_mac, mac)
         self.st.gw_ifindex = ifindex
         self.st.has_gw = 1
+
+    def set_learn_ifindex(self, int ifindex):
+        """NAT: when a new connection opens, remember its client's source MAC (the client,
+        or its router) as the next hop of the replies, sent out of `ifindex`, unless the
+        client already has a neighbour entry. 0 (the default) turns learning off."""
+        self.st.learn_ifindex = ifindex
 
     def set_timeouts(self, tcp=0, tcpfin=0, udp=0):
         """ipvsadm --set: tcp ESTABLISHED, tcp FIN_WAIT and udp timeouts in seconds; 0 keeps

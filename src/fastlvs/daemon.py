@@ -100,6 +100,7 @@ class Daemon:
         self._steered: dict[int, set] = {}          # ifindex -> installed steering keys
         self._hop_ips: set[str] = set()              # next-hop addresses of the real servers
         self._cif = 0                                # the client-side interface's ifindex
+        self._retired_steered = False                # steering kept for deleted NAT dests
         self._stop = False
         self._reload = False
 
@@ -191,6 +192,7 @@ class Daemon:
         self.director.load(table)
         self._sync_steering()
         self._learn_neighbours()
+        self.engine.set_learn_ifindex(self._cif)
         self.control = ControlServer(self.director, self.cfg.socket_path, reload=self._do_reload)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
@@ -260,9 +262,13 @@ class Daemon:
                     hops.add(self.nl.route_get(d.addr).nexthop)
                 except NetlinkError:
                     pass
-                if d.fwd is FwdMethod.NAT:
-                    _, oif = self.nl.nexthop(d.addr, RESOLVE_TIMEOUT)
+                oif = self.director.dest_ifindex(svc.key, d)
+                if d.fwd is FwdMethod.NAT and oif is not None:
                     want.setdefault(oif, set()).add(("rserver", svc.proto.value, d.addr, d.port))
+        retired = [r for r in self.director.retired_dests() if r[3] is FwdMethod.NAT]
+        for proto, addr, port, _, oif in retired:
+            want.setdefault(oif, set()).add(("rserver", proto, addr, port))
+        self._retired_steered = bool(retired)
         self._hop_ips = hops
         return want
 
@@ -351,6 +357,10 @@ class Daemon:
                 # that ActiveConn/InActConn come down as IPVS's timers bring them down.
                 self.engine.run_timers(time.monotonic_ns(), SWEEP_BUDGET)
                 last_sweep = now
+                # Replies of a deleted NAT server's connections stay steered until the
+                # last of them expires.
+                if self._retired_steered:
+                    self._sync_steering()
             if self._reload:
                 self._reload = False
                 try:

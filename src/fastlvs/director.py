@@ -67,6 +67,7 @@ class Director:
         self._engine_dests: dict[int, set[int]] = {}     # svc id -> dest ids in the engine
         self._dest_by_obj: dict[int, int] = {}            # id(Dest) -> dest id
         self._hops: dict[int, tuple] = {}                 # dest id -> (mac, ifindex) pushed
+        self._dest_info: dict[int, tuple] = {}            # dest id -> (proto, addr, port, fwd)
         # -Z zeroes the listing, not the engine: its counters only ever grow, so a reader of
         # them (a rate estimator, a test) never sees them go backwards.
         self._zero_base: dict[tuple[str, int], dict[str, int]] = {}
@@ -336,9 +337,37 @@ class Director:
 
     def _push_dest(self, did: int, sid: int, d, hop: tuple) -> None:
         # hop = (next-hop MAC, ifindex[, our MAC on that interface])
+        self._dest_info[did] = (self._live_proto(sid), d.addr, d.port, d.fwd)
         self.engine.set_dest(did, sid, d.addr, d.port, fwd=_FWD[d.fwd], mac=hop[0],
                              ifindex=hop[1], weight=d.weight, u_threshold=d.u_threshold,
                              l_threshold=d.l_threshold, src_mac=hop[2] if len(hop) > 2 else None)
+
+    def _live_proto(self, sid: int) -> str:
+        for key, i in self._svc_ids.items():
+            if i == sid:
+                return key.proto.value
+        return "tcp"
+
+    def dest_ifindex(self, key: ServiceKey, dest) -> int | None:
+        """The interface the engine sends `dest`'s frames out of (its resolved next hop)."""
+        hop = self._hops.get(self._dest_ids.get((key, dest.key), 0))
+        return hop[1] if hop else None
+
+    def retired_dests(self) -> list[tuple[str, str, int, FwdMethod, int]]:
+        """(proto, addr, port, fwd, ifindex) of real servers deleted from the table whose
+        connections the engine still forwards (IPVS keeps such a dest in its trash until
+        they end): a NAT one's replies must still reach the engine."""
+        live = {did for dids in self._engine_dests.values() for did in dids}
+        out = []
+        for did, info in self._dest_info.items():
+            if did in live:
+                continue
+            try:
+                if self.engine.dest_stats(did)["refcnt"] > 0:
+                    out.append(info + (self._hops[did][1],))
+            except KeyError:
+                pass
+        return out
 
     def _drop_service(self, key: ServiceKey) -> None:
         sid = self._svc_ids.get(key)

@@ -42,3 +42,20 @@ def test_frames_to_a_dest_carry_our_mac_of_that_dests_interface():
     eth = Ether(frame)
     assert (eth.src, eth.dst, ifindex) == ("02:00:00:00:0a:0a", RS_MAC[0], 10)
     assert (eth.payload.src, eth.payload.dst) == (CLIENT, VIP)
+
+
+def test_nat_replies_reach_a_client_learnt_from_its_own_frames():
+    """With no neighbour entry and no gateway, the first reply of a NAT connection still goes
+    back to the MAC the client's SYN came from, out of the learning interface."""
+    from packets import CLIENT_MAC, reply_tcp
+    e = engine(fwd="nat", rport=8080)
+    e.set_gateway_mac(None)
+    assert [v[0] for v in e.process_verdicts([tcp("S")], 1 * S)] == ["tx"]
+    assert e.process_verdicts([reply_tcp()], 2 * S)[0][:2] == ("drop", "no_route")
+    e2 = engine(fwd="nat", rport=8080)
+    e2.set_gateway_mac(None)
+    e2.set_learn_ifindex(7)
+    e2.process([tcp("S")], 1 * S)
+    (idx, ifindex, frame), = e2.process([reply_tcp()], 2 * S)
+    eth = Ether(frame)
+    assert (eth.dst, ifindex, eth.payload.src) == (CLIENT_MAC, 7, VIP)

@@ -213,6 +213,7 @@ cdef struct fl_engine:
     uint8_t gw_mac[6]
     uint8_t has_gw
     uint8_t local_mac[6]
+    uint32_t learn_ifindex   # NAT: learn clients' MACs from their frames, replies out here
     uint32_t gw_ifindex
     uint32_t local_ip
     uint32_t mtu

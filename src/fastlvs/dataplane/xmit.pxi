@@ -57,6 +57,27 @@ cdef inline fl_neigh *neigh_find(fl_engine *e, uint32_t ip) noexcept nogil:
         s = (s + 1) & (NEIGH_SIZE - 1)
 
 
+cdef inline void neigh_learn(fl_engine *e, uint32_t ip, const uint8_t *mac,
+                             uint32_t ifindex) noexcept nogil:
+    # Remember where a NAT client's frame came from (the client, or the router in front of
+    # it): its reply goes back there even before the kernel's neighbour news reaches the
+    # control plane. Known entries are kept (the control plane's word wins); a crowded
+    # stretch of the table is left alone rather than probed far.
+    cdef uint32_t s = (ip * <uint32_t>GOLDEN_RATIO_32) >> 20
+    cdef int n
+    for n in range(16):
+        if e.neigh[s].used:
+            if e.neigh[s].ip == ip:
+                return
+        else:
+            e.neigh[s].ip = ip
+            e.neigh[s].ifindex = ifindex
+            memcpy(e.neigh[s].mac, mac, 6)
+            e.neigh[s].used = 1
+            return
+        s = (s + 1) & (NEIGH_SIZE - 1)
+
+
 cdef int xmit_nat_out_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
     # RS reply RIP:rport -> client becomes VIP:vport -> client, sent to the client's next hop
     cdef fl_vip *v = &e.vips[c.vip]
