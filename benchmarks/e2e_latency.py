@@ -108,11 +108,13 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("e2e_latency: needs root (network namespaces, XDP)", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()
     results = [run_case("dr", None, args)]
     for mode in ("dr", "nat"):
         for backend in args.backends.split(","):
             results.append(run_case(mode, backend, args))
-    out = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count()},
+    out = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
+                       "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
            "method": "HTTP/1.0 GET, new TCP connection per request, Python client in the "
                      "client netns; veths on a Linux bridge", "results": results}
     text = json.dumps(out, indent=2)
@@ -122,6 +124,8 @@ def main(argv=None) -> int:
             f.write(text + "\n")
     print()
     print(table(results, args))
+    print(f"\n(load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}; "
+          f"{os.cpu_count()} CPUs shared by client, director and servers)")
     return 0
 
 

@@ -22,22 +22,6 @@ pytest.importorskip("fastlvs._core")
 
 N_REQUESTS = 300
 
-# Daemon defects these tests found (xfail, not strict, so that a fix shows up as XPASS):
-NAT_XDP_FIRST_REPLY = (
-    "NAT over AF_XDP: the first reply to a client whose MAC the director's kernel learns "
-    "after start is counted in OutPkts but never reaches the client (the RS retransmits "
-    "its SYN-ACK 1 s later); OutPkts ends one above what the client received")
-NAT_XDP_DELETED_DEST = (
-    "NAT over AF_XDP: after `-d` of a real server, its established connections stay in "
-    "-Lnc as ESTABLISHED but their replies no longer reach the client (the steering of "
-    "the deleted server's replies is removed with it)")
-
-
-def known_defect(request, bed, backend, reason):
-    if bed.mode == "nat" and backend == "xdp":
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
-
-
 def vs(bed, port=HTTP_PORT):
     return f"{bed.vip}:{port}"
 
@@ -75,8 +59,7 @@ def settle(d, want_conns, key, timeout=3.0):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_http_spread_and_stats(request, bed, start, counters, backend):
-    known_defect(request, bed, backend, NAT_XDP_FIRST_REPLY)
+def test_http_spread_and_stats(bed, start, counters, backend):
     # wrr with weights 1, 2, 3: over whole cycles of 6 the kernel's wrr gives exactly
     # 1/6, 2/6, 3/6 whatever its starting point; 300 = 50 cycles.
     d = start("--rules", bed.write_rules(bed.rules([1, 2, 3], sched="wrr")), backend=backend)
@@ -94,6 +77,8 @@ def test_http_spread_and_stats(request, bed, start, counters, backend):
     # per real server: the director's count of connections is what the client saw
     for name, n in got.items():
         assert st["dests"][rs(bed, name)]["conns"] == n, (name, st["dests"])
+    for field in ("inpkts", "inbytes", "outpkts", "outbytes"):    # the service = its dests
+        assert sum(x[field] for x in st["dests"].values()) == st[field], (field, st)
     # In: every packet and byte (IP length) the client sent to the VIP, no more, no less.
     assert (st["inpkts"], st["inbytes"]) == (out_pkts, out_bytes), (st, sent, elapsed)
     if bed.mode == "nat":
@@ -105,8 +90,7 @@ def test_http_spread_and_stats(request, bed, start, counters, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_long_lived_survive_add_reweight_remove(request, bed, start, backend):
-    known_defect(request, bed, backend, NAT_XDP_DELETED_DEST)
+def test_long_lived_survive_add_reweight_remove(bed, start, backend):
     d = start("--rules", bed.write_rules(bed.rules({"rs1": 1, "rs2": 1}, sched="rr",
                                                    udp=False)), backend=backend)
     ll = LongLived(bed, 4)
