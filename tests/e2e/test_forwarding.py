@@ -90,6 +90,31 @@ def test_http_spread_and_stats(bed, start, counters, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_first_connection_of_a_client_never_seen(bed, start, counters, backend):
+    # Neither side knows the other's MAC: the client ARPs for the VIP on its first SYN and
+    # the director's kernel learns the client from that request while fastlvs already
+    # forwards. The first exchange must not wait for a retransmission (1 s for a SYN/ACK).
+    from fastlvs.testbed import run
+    run("ip", "-n", bed.client, "neigh", "flush", "dev", "eth0")
+    for dev in bed.director_ifaces():
+        run("ip", "-n", bed.director, "neigh", "flush", "dev", dev)
+    d = start("--rules", bed.write_rules(bed.rules([1, 1, 1], sched="rr", udp=False)),
+              backend=backend)
+    run("ip", "-n", bed.director, "neigh", "flush", "dev", bed.lan_if)
+    t0 = time.monotonic()
+    first = bed.http_get(timeout=3.0)
+    elapsed = time.monotonic() - t0
+    assert first in bed.rs_names
+    assert elapsed < 0.5, f"first connection took {elapsed:.2f} s"
+    key = ("TCP", vs(bed))
+    st = settle(d, 1, key)[key]
+    sent = counters.read()
+    assert (st["inpkts"], st["inbytes"]) == sent["tcp_out"], (st, sent)
+    if bed.mode == "nat":
+        assert (st["outpkts"], st["outbytes"]) == sent["tcp_in"], (st, sent)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_long_lived_survive_add_reweight_remove(bed, start, backend):
     d = start("--rules", bed.write_rules(bed.rules({"rs1": 1, "rs2": 1}, sched="rr",
                                                    udp=False)), backend=backend)
