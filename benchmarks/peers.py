@@ -7,7 +7,8 @@ Sends 60-byte UDP frames of 70,000 flows from an XDP live-frames generator, runs
 program; bare C forwarders on AF_XDP and AF_PACKET) N times, each bounded in time, and writes
 benchmarks/results/peers.json and peers.png. Everything it made is removed in a finally.
 
-    .venv/bin/python benchmarks/peers.py [--reps 3] [--seconds 3] [--cases a,b,...] [--rate MPPS]
+    .venv/bin/python benchmarks/peers.py [--reps 5] [--seconds 3] [--cases a,b,...] [--steps N]
+    .venv/bin/python benchmarks/peers.py --replot      # table and chart again from results/peers.json
 """
 from __future__ import annotations
 
@@ -553,13 +554,22 @@ PAIRS = [("fastlvs_dr_xdp", "bare_xsk_nobp", 0.90), ("fastlvs_dr_xdp_bp", "bare_
 
 
 def ratios(results: dict) -> dict:
-    """The targets' ratios of medians, for the lossless rate and under a flood."""
+    """The targets' ratios of medians, for the lossless rate and under a flood; and "paired",
+    the median over repetitions of run i of a / run i of b (the two ran a few seconds apart,
+    so a slow spell of the machine weighs less)."""
     out = {}
     for kind in ("saturated", "lossless"):
         by = {c["name"]: c[kind]["median_pps"] for c in results["cases"] if c.get(kind)}
+        if not by:
+            continue
         for a, b, goal in PAIRS:
             key = f"{kind}: {a} / {b}" + (f" (goal >= {goal:.2f})" if goal else "")
             out[key] = by[a] / by[b] if a in by and b in by else None
+    runs = {c["name"]: [r["saturated"]["pps"] for r in c["runs"]] for c in results["cases"]}
+    for a, b, goal in PAIRS:
+        pairs = list(zip(runs.get(a, []), runs.get(b, [])))
+        key = f"paired saturated: {a} / {b}" + (f" (goal >= {goal:.2f})" if goal else "")
+        out[key] = statistics.median(x / y for x, y in pairs) if pairs else None
     return out
 
 
@@ -636,7 +646,18 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", help="comma-separated subset of: " + ",".join(c.name for c in CASES))
     ap.add_argument("--no-engine", action="store_true", help="skip the in-memory engine benchmark")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory of peers.json/png")
+    ap.add_argument("--replot", action="store_true",
+                    help="no run: recompute the ratios, table and chart from OUT/peers.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        path = os.path.join(args.out, "peers.json")
+        results = json.load(open(path))
+        results["ratios"] = ratios(results)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+        chart(results, os.path.join(args.out, "peers.png"))
+        print(table(results))
+        return 0
     if os.geteuid() != 0:
         log("needs root (namespaces, XDP)")
         return 2
