@@ -489,7 +489,7 @@ def run_rep(ctx: Ctx, case: Case, res: dict, rep: int, args) -> None:
         time.sleep(0.3)
         res["napi"] = t.pin_napi(fifo=case.tuned and args.napi_fifo)
         ctx.own_pids = [p.pid for p in started] + list(t.napi_threads())
-        sat = one_run(ctx, 0, args.warmup, args.seconds)
+        sat = one_run(ctx, args.rate, args.warmup, args.seconds)
         best, probes = lossless(ctx, sat["pps"], args) if args.steps else (None, [])
         if ctx.admin:
             st = t.nsx(t.dir, *ctx.admin, check=False, cwd=ROOT,
@@ -580,15 +580,17 @@ def chart(results: dict, path: str) -> None:
 
     cases = [c for c in results["cases"] if c.get("lossless") or c.get("saturated")]
     fig, ax = plt.subplots(figsize=(13, 6))
-    w = 0.4
-    for k, (kind, alpha, hatch) in enumerate((("saturated", 1.0, None), ("lossless", 0.45, "//"))):
+    kinds = [k for k in (("saturated", 1.0, None), ("lossless", 0.45, "//"))
+             if any(c.get(k[0]) for c in cases)]
+    w = 0.8 / len(kinds)
+    for k, (kind, alpha, hatch) in enumerate(kinds):
         xs, med, lo, hi, colors, notes = [], [], [], [], [], []
         for i, c in enumerate(cases):
             st = c.get(kind)
             if not st:
                 continue
             m = st["median_pps"] / 1e6
-            xs.append(i + (k - 0.5) * w)
+            xs.append(i + (k - (len(kinds) - 1) / 2) * w)
             med.append(m)
             lo.append(m - st["min_pps"] / 1e6)
             hi.append(st["max_pps"] / 1e6 - m)
@@ -599,15 +601,24 @@ def chart(results: dict, path: str) -> None:
         bars = ax.bar(xs, med, w, yerr=[lo, hi], capsize=3, color=colors, alpha=alpha, hatch=hatch,
                       label=(f"highest paced rate with <= {LOSS:.0%} loss" if kind == "lossless"
                              else "delivered under a ~9 Mpps flood"))
-        for bar, note in zip(bars, notes):
-            ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+        for bar, note, top in zip(bars, notes, hi):
+            ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height() + top), ha="center",
                         va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(cases)), [c["label"] for c in cases], fontsize=8)
-    ax.set_ylabel("delivered Mpps (median; bars: min-max)")
+    ax.set_ylabel("delivered Mpps under a flood (median; bars: min-max)" if len(kinds) == 1
+                  else "delivered Mpps (median; bars: min-max)")
     ax.set_title(f"60-byte UDP, {FLOWS:,} flows, veth, director on one core (CPU{DIR_CPU}); "
                  f"{results['reps']} runs per case; labels: Mpps and director CPU µs/packet "
                  f"({results['date']}, kernel {results['kernel']})", fontsize=9)
-    ax.legend(fontsize=8)
+    from matplotlib.patches import Patch
+    handles = [Patch(color="#1f77b4", label="fastlvs"), Patch(color="#7f7f7f", label="bare C forwarder"),
+               Patch(color="#d62728", label="kernel peers")]
+    handles += [Patch(facecolor="white", edgecolor="black", hatch=h, alpha=a,
+                      label=("delivered under a flood" if k == "saturated" else
+                             f"highest paced rate with <= {LOSS:.0%} loss"))
+                for k, a, h in kinds if len(kinds) > 1]
+    ax.legend(handles=handles, fontsize=8, loc="upper left")
+    ax.margins(y=0.12)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -636,6 +647,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="runs per case (default 5)")
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run (default 3)")
     ap.add_argument("--warmup", type=float, default=1.5, help="seconds of traffic before measuring")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="offered Mpps of the main run, paced inside the generator (default 0: a flood)")
     ap.add_argument("--steps", type=int, default=0,
                     help="bisection steps of a lossless-rate search per run (default 0: flood only; "
                          "on a shared machine one noisy probe sinks the search, see README-peers.md)")
@@ -671,7 +684,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "kernel": os.uname().release,
                "reps": args.reps, "seconds": args.seconds, "warmup": args.warmup, "flows": FLOWS,
-               "frame_bytes": 60, "loss": LOSS, "steps": args.steps, "cpus": os.cpu_count(),
+               "frame_bytes": 60, "loss": LOSS, "steps": args.steps, "rate_mpps": args.rate, "cpus": os.cpu_count(),
                "director_cpu": DIR_CPU, "generator_cpu": GEN_CPU, "cases": []}
     topo, procs = Topo(), Procs()
     tmp = tempfile.mkdtemp(prefix="fastlvs-peers-")
