@@ -235,45 +235,86 @@ def test_stop_signal_leaves_nothing(bed, start, backend, sig):
         bed.http_get(timeout=0.5)
 
 
+def _mac(ns, dev):
+    import json
+
+    from fastlvs.testbed import run
+    return json.loads(run("ip", "-n", ns, "-j", "link", "show", "dev", dev).stdout)[0]["address"]
+
+
+def _tap(bed, port):
+    """An AF_PACKET socket on a bridge port of the switch namespace (sees what the bridge
+    sends to the host behind that port)."""
+    from fastlvs.testbed import in_ns
+    with in_ns(bed.switch):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))   # ETH_P_ALL
+        s.bind((port, 0))
+    s.setblocking(False)
+    return s
+
+
+def _outgoing_ipv4(sock):
+    """IPv4 frames the port transmitted (towards its host), as (eth dst, eth src, IP bytes)."""
+    out = []
+    for _ in range(20000):
+        try:
+            fr, addr = sock.recvfrom(65536)
+        except BlockingIOError:
+            return out
+        if addr[2] == socket.PACKET_OUTGOING and fr[12:14] == b"\x08\x00":
+            mac = lambda b: ":".join(f"{x:02x}" for x in b)     # noqa: E731
+            out.append((mac(fr[0:6]), mac(fr[6:12]), fr[14:]))
+    return out
+
+
+def _ip(pkt):
+    """(proto, src, dst, sport, dport) of an IPv4 packet with a 20-byte header."""
+    return (pkt[9], socket.inet_ntoa(pkt[12:16]), socket.inet_ntoa(pkt[16:20]),
+            int.from_bytes(pkt[20:22], "big"), int.from_bytes(pkt[22:24], "big"))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tun_frames_on_the_wire_are_ipip(bed, start, backend):
-    # What the real servers' ports on the switch carry in TUN mode: IPv4-in-IPv4 from the
-    # director to the RIP around the client's untouched packet to VIP:80 (the real servers
-    # then strip the outer header with their XDP program and answer the client directly).
-    if bed.mode != "tun":
-        pytest.skip("TUN only")
-    from fastlvs.testbed import DIRECTOR_IP, CLIENT_IP, in_ns
+def test_frames_on_the_wire(bed, start, backend):
+    # What the bridge carries, per mode, as LVS users expect to see it with tcpdump:
+    #  DR : to the RS the client's packet unchanged (client -> VIP:80), only the MACs
+    #       rewritten (director -> RS); the RS answers the client directly from the VIP.
+    #  TUN: to the RS IPv4-in-IPv4 from the director's address to the RIP around the
+    #       client's packet to VIP:80; the RS (after its XDP decapsulator) answers directly.
+    #  NAT: to the RS client -> RIP:80 from the director's RS-side MAC; to the client
+    #       VIP:80 -> client from the director's client-side MAC.
+    from fastlvs.testbed import CLIENT_IP, DIRECTOR_IP
     start("--rules", bed.write_rules(bed.rules([1, 1, 1], sched="rr", udp=False)),
           backend=backend)
-    taps = []
-    for i in range(len(bed.rs)):
-        with in_ns(bed.switch):
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-            s.bind((f"pr{i + 1}", 0))
-        s.setblocking(False)
-        taps.append(s)
+    rs_taps = [_tap(bed, f"pr{i + 1}") for i in range(len(bed.rs))]
+    client_tap = _tap(bed, "pc")
     try:
         got = requests(bed, 6)
         time.sleep(0.2)
-        ipip = collections.Counter()
-        for i, s in enumerate(taps):
-            for _ in range(10000):
-                try:
-                    fr, addr = s.recvfrom(65536)
-                except BlockingIOError:
-                    break
-                if (addr[2] != socket.PACKET_OUTGOING or fr[12:14] != b"\x08\x00"
-                        or fr[23] != 4):
-                    continue
-                outer, inner = fr[14:34], fr[34:54]
-                assert socket.inet_ntoa(outer[12:16]) == DIRECTOR_IP
-                assert socket.inet_ntoa(outer[16:20]) == bed.rips[i]
-                assert socket.inet_ntoa(inner[12:16]) == CLIENT_IP
-                assert socket.inet_ntoa(inner[16:20]) == bed.vip
-                assert int.from_bytes(fr[56:58], "big") == HTTP_PORT
-                ipip[bed.rs_names[i]] += 1
+        to_rs = [_outgoing_ipv4(s) for s in rs_taps]
+        to_client = _outgoing_ipv4(client_tap)
     finally:
-        for s in taps:
+        for s in rs_taps + [client_tap]:
             s.close()
     assert dict(got) == {"rs1": 2, "rs2": 2, "rs3": 2}
-    assert set(ipip) == {"rs1", "rs2", "rs3"} and min(ipip.values()) >= 2 * 3, ipip
+    d_lan = _mac(bed.director, bed.lan_if)
+    d_rs = _mac(bed.director, bed.rs_if) if bed.rs_if else d_lan
+    rs_macs = [_mac(ns, "eth0") for ns in bed.rs]
+    for i, frames in enumerate(to_rs):
+        # frames the director forwarded to this RS (the switch also carries ARP etc.)
+        fwd = [(dst, src, p) for dst, src, p in frames if src == d_rs and dst == rs_macs[i]
+               and p[9] in (4, 6)]
+        assert len(fwd) >= 2 * 3, (bed.rs_names[i], len(frames))    # >= SYN, GET, ACK x 2
+        for _, _, p in fwd:
+            if bed.mode == "tun":
+                assert p[9] == 4 and _ip(p)[1:3] == (DIRECTOR_IP, bed.rips[i])
+                p = p[20:]
+            expect_dst = bed.rips[i] if bed.mode == "nat" else bed.vip
+            assert _ip(p)[:3] == (6, CLIENT_IP, expect_dst) and _ip(p)[4] == HTTP_PORT
+    answers = [(src, p) for _, src, p in to_client if p[9] == 6 and _ip(p)[3] == HTTP_PORT]
+    assert answers
+    for src, p in answers:
+        assert _ip(p)[1:3] == (bed.vip, CLIENT_IP)
+        if bed.mode == "nat":
+            assert src == d_lan                    # replies come back through the director
+        else:
+            assert src in rs_macs                  # ...or straight from the real servers
