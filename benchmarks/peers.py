@@ -501,8 +501,8 @@ def run_rep(ctx: Ctx, case: Case, res: dict, rep: int, args) -> None:
         res["runs"].append({"saturated": sat, "lossless": best, "probes": probes})
         ll = (f"{best['pps'] / 1e6:.3f} Mpps at <= {LOSS:.0%} loss ({best['us_per_packet']:.2f} µs/packet), "
               if best else "")
-        log(f"{case.name} #{rep + 1}: {sat['pps'] / 1e6:.3f} Mpps under a {sat['offered_pps'] / 1e6:.1f} Mpps "
-            f"flood ({sat['us_per_packet'] or 0:.2f} µs/packet); {ll}")
+        log(f"{case.name} #{rep + 1}: {sat['pps'] / 1e6:.3f} Mpps delivered of {sat['offered_pps'] / 1e6:.2f} "
+            f"Mpps offered ({sat['us_per_packet'] or 0:.2f} µs/packet); {ll}")
     except Exception as e:         # one failed case must not lose the others
         res.setdefault("errors", []).append(str(e)[-1500:])
         log(f"{case.name} #{rep + 1}: FAILED: {str(e)[-800:]}")
@@ -605,8 +605,9 @@ def chart(results: dict, path: str) -> None:
             ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height() + top), ha="center",
                         va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(cases)), [c["label"] for c in cases], fontsize=8)
-    ax.set_ylabel("delivered Mpps under a flood (median; bars: min-max)" if len(kinds) == 1
-                  else "delivered Mpps (median; bars: min-max)")
+    offered = (f"at {results['rate_mpps']} Mpps offered" if results.get("rate_mpps")
+               else "under a flood")
+    ax.set_ylabel(f"delivered Mpps {offered} (median; bars: min-max)")
     ax.set_title(f"60-byte UDP, {FLOWS:,} flows, veth, director on one core (CPU{DIR_CPU}); "
                  f"{results['reps']} runs per case; labels: Mpps and director CPU µs/packet "
                  f"({results['date']}, kernel {results['kernel']})", fontsize=9)
@@ -614,7 +615,7 @@ def chart(results: dict, path: str) -> None:
     handles = [Patch(color="#1f77b4", label="fastlvs"), Patch(color="#7f7f7f", label="bare C forwarder"),
                Patch(color="#d62728", label="kernel peers")]
     handles += [Patch(facecolor="white", edgecolor="black", hatch=h, alpha=a,
-                      label=("delivered under a flood" if k == "saturated" else
+                      label=("delivered (main run)" if k == "saturated" else
                              f"highest paced rate with <= {LOSS:.0%} loss"))
                 for k, a, h in kinds if len(kinds) > 1]
     ax.legend(handles=handles, fontsize=8, loc="upper left")
