@@ -479,6 +479,10 @@ def lossless(ctx: Ctx, sat_pps: float, args) -> tuple[dict | None, list]:
 LOSS = 0.05
 
 
+class OutOfTime(BaseException):
+    """Raised by SIGALRM/SIGTERM: not an Exception, so no case's error handler swallows it."""
+
+
 def run_rep(ctx: Ctx, case: Case, res: dict, rep: int, args) -> None:
     """One repetition of one case: start it, a flood run, the lossless search, stop it."""
     t = ctx.topo
@@ -660,6 +664,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", help="comma-separated subset of: " + ",".join(c.name for c in CASES))
     ap.add_argument("--no-engine", action="store_true", help="skip the in-memory engine benchmark")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory of peers.json/png")
+    ap.add_argument("--max-minutes", type=float, default=30.0,
+                    help="stop (and tear down) after this long, whatever is left (default 30)")
     ap.add_argument("--replot", action="store_true",
                     help="no run: recompute the ratios, table and chart from OUT/peers.json")
     args = ap.parse_args(argv)
@@ -689,6 +695,13 @@ def main(argv=None) -> int:
                "director_cpu": DIR_CPU, "generator_cpu": GEN_CPU, "cases": []}
     topo, procs = Topo(), Procs()
     tmp = tempfile.mkdtemp(prefix="fastlvs-peers-")
+
+    def out_of_time(signum, frame):
+        raise OutOfTime(f"stopped: --max-minutes {args.max_minutes} reached or SIGTERM")
+
+    signal.signal(signal.SIGALRM, out_of_time)
+    signal.signal(signal.SIGTERM, out_of_time)      # a killed run still removes what it made
+    signal.alarm(max(1, int(args.max_minutes * 60)))
     try:
         log(f"building the C peers in {tmp}")
         bins = build(tmp)
@@ -702,7 +715,12 @@ def main(argv=None) -> int:
             for case in cases:
                 run_rep(ctx, case, res[case.name], rep, args)
         results["cases"] = [summarize(res[c.name]) for c in cases]
+    except OutOfTime as e:
+        log(f"{e}; everything made was removed, no results written")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 3
     finally:
+        signal.alarm(0)
         procs.stop_all()
         topo.destroy()
     if not args.no_engine:
