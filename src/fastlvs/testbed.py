@@ -269,10 +269,6 @@ class Testbed:
             f"-DFL_RS_ADDR={be:#010x}", "-c", self.decap_src, "-o", obj)
         return obj
 
-    def decap_stats(self, ns) -> str:
-        """The RS's XDP attachment as `ip -d link` shows it (for failure messages)."""
-        return run("ip", "-n", ns, "-d", "link", "show", "dev", "eth0").stdout
-
     def _start_server(self, ns, name, addrs):
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "fastlvs.testbed", "serve",
                name, *addrs]
