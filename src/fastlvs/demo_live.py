@@ -33,8 +33,10 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("fastlvs demo: needs root (network namespaces, XDP)", file=sys.stderr)
         return 2
-    # Ctrl-C while the topology is half built still reaches the finally below
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C (even when started with SIGINT ignored, as background jobs are) and SIGTERM
+    # raise KeyboardInterrupt, so a half-built topology still reaches the finally below
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     tb = Testbed("dr", n_rs=3, prefix="fldemo")
     t0 = time.monotonic()
     try:

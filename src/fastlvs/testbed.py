@@ -302,8 +302,11 @@ class Testbed:
                     s.close()
 
     def destroy(self) -> None:
-        for d in list(self.daemons):
-            d.kill()
+        for d in list(self.daemons):        # a clean stop first: it detaches what it attached
+            try:
+                d.stop(timeout=5)
+            except Exception:
+                d.kill()
         for p in self.procs:
             if p.poll() is None:
                 p.terminate()
