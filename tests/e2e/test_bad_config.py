@@ -59,11 +59,14 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", ["xdp", "packet"])
-@pytest.mark.parametrize("case", list(CASES))
+# Every case on both backends, except the unresolvable RS: its check (3 s of ARP) runs
+# before any backend is chosen, so one backend covers it.
+_PAIRS = [(c, b) for c in CASES for b in ("xdp", "packet")
+          if not (c == "unresolvable RS" and b == "packet")]
+
+
+@pytest.mark.parametrize("case,backend", _PAIRS)
 def test_bad_config_exits_2_with_one_line(dr_bed, case, backend):
-    if case == "unresolvable RS" and backend == "packet":
-        pytest.skip("one backend is enough for the 3 s ARP timeout")
     args, word = CASES[case](dr_bed)
     d, rc = run_bad(dr_bed, args + ["--backend", backend])
     lines = [ln for ln in d.lines if ln.strip()]
