@@ -20,7 +20,8 @@ def main(path: str) -> int:
     print("| scheduler | " + " | ".join(f"{n} servers" for n in sizes) + " |")
     print("|---|" + "---:|" * len(sizes))
     for name, r in rates.items():
-        print(f"| {name} | " + " | ".join(f"{r[n] / 1000:,.0f} k/s" for n in sizes) + " |")
+        print(f"| {name} | " + " | ".join(f"{r[n] / 1000:,.0f} k/s" if n in r else "" for n in sizes)
+              + " |")
     if build_ms is not None:
         print(f"\nmh table (4093 slots) for 1024 servers built in {build_ms:.1f} ms (median)")
     return 0
