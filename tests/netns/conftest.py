@@ -7,8 +7,6 @@ namespace for one thread (setns), make raw sockets there, and bound every wait.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
 import json
 import os
@@ -19,8 +17,8 @@ import time
 
 import pytest
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from fastlvs.testbed import in_ns   # setns for one thread, shared with the e2e testbed
+
 _seq = itertools.count()
 ETH_P_ALL = 0x0003
 
@@ -32,21 +30,6 @@ def run(*cmd, check=True, timeout=20):
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
     return r
-
-
-@contextlib.contextmanager
-def in_ns(name):
-    """Run the block in network namespace `name` (this thread), then come back."""
-    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        yield
-    finally:
-        _libc.setns(back, CLONE_NEWNET)
-        os.close(fd)
-        os.close(back)
 
 
 def raw_socket(ns, ifname):
