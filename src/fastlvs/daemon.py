@@ -134,6 +134,10 @@ class Daemon:
                 setattr(c, name, value)
         if o.busy_poll:
             c.busy_poll = 50
+        if not 16 <= c.capacity <= 1 << 31:
+            raise StartupError(f"--capacity: {c.capacity} is outside 16..{1 << 31}")
+        if c.mtu is not None and not 68 <= c.mtu <= 65535:
+            raise StartupError(f"--mtu: {c.mtu} is outside 68..65535")
         if c.interface is None:
             raise StartupError("no interface: give -i IFACE (or interface = in [director])")
         if not (o.config or o.rules or o.vip):
@@ -396,6 +400,10 @@ def main(opts: Options) -> int:
         return 2
     except OSError as e:
         log.error("%s", e)
+        d.close()
+        return 1
+    except Exception as e:          # a defect of ours: still one line, and nothing left behind
+        log.error("cannot start: %s: %s", type(e).__name__, e)
         d.close()
         return 1
     try:

@@ -105,6 +105,8 @@ def run(opts: ReplayOptions, out=sys.stdout) -> dict:
     local_mac = parse_mac(opts.local_mac, "--local-mac")
     if not 68 <= opts.mtu <= 65535:
         raise ReplayError(f"--mtu: {opts.mtu} is outside 68..65535")
+    if not 16 <= opts.capacity <= 1 << 31:
+        raise ReplayError(f"--capacity: {opts.capacity} is outside 16..{1 << 31}")
     if opts.gateway is not None:
         gw = parse_ipv4(opts.gateway, "--gateway")
         if gw not in opts.neighbors:

@@ -142,6 +142,7 @@ def test_a_bad_rules_line_is_named_with_exit_2(tmp_path, rules, expect):
     (["--neighbor", "192.0.2.11"], "--neighbor"),
     (["--gateway", "192.0.2.99"], "--gateway 192.0.2.99"),
     (["--mtu", "20"], "--mtu"),
+    (["--capacity", "-1"], "--capacity"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(tmp_path, args, expect):
     r = _replay(tmp_path, RR_DR, [_syn("198.51.100.1", 1, 1.0)], *args)

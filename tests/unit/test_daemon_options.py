@@ -42,6 +42,10 @@ def test_bad_quick_start_is_one_line(opts, expect):
     (Options(mode="dr", interface="eth0", vip="203.0.113.10:80"), "at least one --rs"),
     (Options(mode="dr", interface="eth0", vip="203.0.113.10:80", rs=["192.0.2.11:80"],
              rules="/x"), "cannot be combined"),
+    (Options(mode="dr", interface="eth0", vip="203.0.113.10:80", rs=["192.0.2.11:80"],
+             capacity=-5), "--capacity: -5"),
+    (Options(mode="dr", interface="eth0", vip="203.0.113.10:80", rs=["192.0.2.11:80"],
+             mtu=20), "--mtu: 20"),
 ])
 def test_settings_refuse_incomplete_command_lines(opts, expect):
     with pytest.raises(StartupError, match=expect):
