@@ -22,7 +22,7 @@ from fastlvs.rules import CommandError, RulesError, apply_command, load_rules, p
 
 log = logging.getLogger("fastlvs")
 
-POLL_MS = 10            # longest wait for frames before the loop looks at signals/requests
+POLL_MS = 10            # time in the C loop between looks at signals, requests, neighbours
 SWEEP_EVERY = 1.0       # seconds between expiry sweeps when traffic is idle
 SWEEP_BUDGET = 65536    # entries inspected per idle sweep
 RESOLVE_TIMEOUT = 3.0
@@ -347,7 +347,7 @@ class Daemon:
         last_sweep = time.monotonic()
         while not self._stop:
             try:
-                _core.poll(self.engine, ports, timeout_ms=POLL_MS)
+                _core.poll(self.engine, ports, stay_ms=POLL_MS)
             except Exception as e:          # a scheduler error: the batch was dropped and counted
                 log.error("scheduler error, batch dropped: %s", e)
             if self.control.handle_ready():

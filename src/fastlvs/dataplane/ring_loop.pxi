@@ -194,35 +194,51 @@ cdef int ring_pass(fl_loop *L, uint64_t *frames_left) noexcept nogil:
     return got
 
 
-cdef uint64_t ring_run(fl_loop *L, int timeout_ms, uint64_t max_frames) noexcept nogil:
+cdef uint64_t ring_run(fl_loop *L, int timeout_ms, uint64_t max_frames,
+                       int stay_ms) noexcept nogil:
     cdef uint64_t total = 0, left = max_frames
-    cdef int got, i
+    cdef int got, i, wait_ms
     cdef bint waited = False
     cdef pk.pollfd pfds[RING_MAX_PORTS]
     cdef fl_port *p
+    cdef uint64_t now, deadline = ring_now_ns() + <uint64_t>stay_ms * 1000000
+    for i in range(L.nports):
+        p = L.ports[i]
+        pfds[i].fd = p.xsk_fd if p.kind == PORT_XDP else p.rx_fd
+        pfds[i].events = pk.POLLIN
     while left > 0:
         got = ring_pass(L, &left)
         total += got
         if got:
             continue
-        if total or waited or timeout_ms == 0:
+        if stay_ms > 0:
+            # Stay in C until the deadline: when the director shares its core with the
+            # NAPI that fills its rings, every drain ends in an empty pass, and going back
+            # to Python each time cost more than the engine itself.
+            now = ring_now_ns()
+            if now >= deadline:
+                break
+            wait_ms = <int>((deadline - now) // 1000000)
+        elif total or waited or timeout_ms == 0:
             break
+        else:
+            wait_ms = timeout_ms
         # nothing waiting: sleep in poll() (which also kicks a flagged fill ring)
         for i in range(L.nports):
-            p = L.ports[i]
-            pfds[i].fd = p.xsk_fd if p.kind == PORT_XDP else p.rx_fd
-            pfds[i].events = pk.POLLIN
             pfds[i].revents = 0
-        pk.poll(pfds, L.nports, timeout_ms)
+        pk.poll(pfds, L.nports, wait_ms)
         waited = True
     return total
 
 
-def poll(engine, ports, int timeout_ms=0, max_frames=1 << 20):
+def poll(engine, ports, int timeout_ms=0, max_frames=1 << 20, int stay_ms=0):
     """Receive, process and transmit what is waiting on `ports` (XdpPort/PacketPort), then
     return the number of frames received. When nothing is waiting, first sleep up to
-    timeout_ms for frames (0 = do not wait). Stops after max_frames. engine: an Engine (its
-    verdicts decide) or a PassThrough. A scheduler callback error is raised after the pass."""
+    timeout_ms for frames (0 = do not wait). Stops after max_frames. With stay_ms > 0 it
+    returns only once stay_ms have passed (or max_frames came), sleeping in poll() whenever
+    the rings are empty: the daemon's loop, which has bookkeeping to do between calls, uses
+    that. engine: an Engine (its verdicts decide) or a PassThrough. A scheduler callback
+    error is raised after the pass."""
     cdef fl_port *pp[RING_MAX_PORTS]
     cdef uint64_t cookies[MAX_BATCH]
     cdef fl_frame own[RING_BATCH]
@@ -260,7 +276,7 @@ def poll(engine, ports, int timeout_ms=0, max_frames=1 << 20):
     else:
         raise TypeError(f"engine must be an Engine or a PassThrough, not {type(engine).__name__}")
     with nogil:
-        total = ring_run(&L, timeout_ms, mf)
+        total = ring_run(&L, timeout_ms, mf, stay_ms)
     if L.est != NULL:
         eng._raise_pending()
     return total
