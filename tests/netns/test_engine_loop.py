@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from conftest import collect, drain, in_ns, raw_socket
+from netns_support import collect, drain, in_ns, raw_socket
 
 core = pytest.importorskip("fastlvs._core")
 from scapy.layers.inet import IP, UDP  # noqa: E402

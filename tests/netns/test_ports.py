@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-import conftest
-from conftest import collect, drain, in_ns, raw_socket
+import netns_support
+from netns_support import collect, drain, in_ns, raw_socket
 
 core = pytest.importorskip("fastlvs._core")
 from scapy.layers.inet import IP, UDP  # noqa: E402
@@ -57,7 +57,7 @@ def check_forwarded(topo, got, sent):
 
 
 def ping(topo, ip):
-    return conftest.ping(topo.client, ip)
+    return netns_support.ping(topo.client, ip)
 
 
 def test_core_has_xdp():
@@ -191,7 +191,7 @@ def test_exit_without_close_leaves_nothing(topo):
             "q = c.PacketPort('d1'); q.add_service('tcp', '10.200.2.50', 80)\n"
             "import subprocess; print('nft' if 'fastlvs_' in subprocess.run(['nft', 'list', "
             "'tables'], capture_output=True, text=True).stdout else 'none')\n")
-    r = conftest.run("ip", "netns", "exec", topo.director, sys.executable, "-c", code)
+    r = netns_support.run("ip", "netns", "exec", topo.director, sys.executable, "-c", code)
     assert r.stdout.strip() == "nft"
     assert not topo.xdp_attached(topo.director, "d0")
     assert "fastlvs_" not in topo.nft_tables(topo.director)
@@ -199,10 +199,10 @@ def test_exit_without_close_leaves_nothing(topo):
 
 def test_xdp_ports_on_every_queue(topo):
     # a veth with two RX queues gets a socket on each, all on one UMEM; all detach on close
-    conftest.run("ip", "-n", topo.director, "link", "add", "m0", "numrxqueues", "2",
+    netns_support.run("ip", "-n", topo.director, "link", "add", "m0", "numrxqueues", "2",
                  "numtxqueues", "2", "type", "veth", "peer", "name", "m1")
-    conftest.run("ip", "-n", topo.director, "link", "set", "m0", "up")
-    conftest.run("ip", "-n", topo.director, "link", "set", "m1", "up")
+    netns_support.run("ip", "-n", topo.director, "link", "set", "m0", "up")
+    netns_support.run("ip", "-n", topo.director, "link", "set", "m1", "up")
     with in_ns(topo.director):
         assert core.rx_queue_count("m0") == 2
         ports = core.xdp_ports("m0", ring_size=128)
