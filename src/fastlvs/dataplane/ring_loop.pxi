@@ -218,7 +218,9 @@ cdef uint64_t ring_run(fl_loop *L, int timeout_ms, uint64_t max_frames,
             now = ring_now_ns()
             if now >= deadline:
                 break
-            wait_ms = <int>((deadline - now) // 1000000)
+            # rounded up: a 0 ms poll() in the last millisecond would spin, and a spinning
+            # director starves the NAPI thread that fills its rings
+            wait_ms = <int>((deadline - now + 999999) // 1000000)
         elif total or waited or timeout_ms == 0:
             break
         else:
