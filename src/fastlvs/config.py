@@ -41,6 +41,7 @@ class DirectorConfig:
     capacity    connection entries (conns + persistence templates), allocated at start
     mtu         towards the real servers (TUN adds 20 bytes); None: the interface's MTU
     busy_poll   SO_BUSY_POLL microseconds on the rings, 0 = off
+    cpu         run on this CPU, with the interfaces' NAPI threads there at nice 19 (napi.py)
     batch       frames per engine batch
     """
 
@@ -53,6 +54,7 @@ class DirectorConfig:
     mtu: int | None = None
     busy_poll: int = 0
     batch: int = 64
+    cpu: int | None = None
 
     @property
     def fwd(self) -> FwdMethod:
@@ -168,7 +170,7 @@ def _str(ctx, table, data, key, default, choices=None):
 
 # -- the tables ----------------------------------------------------------------------------
 _DIRECTOR_KEYS = ("mode", "interface", "rs_interface", "backend", "socket", "capacity", "mtu",
-                  "busy_poll", "batch")
+                  "busy_poll", "batch", "cpu")
 _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
@@ -190,6 +192,7 @@ def _director(ctx: _Ctx, data) -> DirectorConfig:
     d.mtu = _int(ctx, t, data, "mtu", None, 68, 65535)
     d.busy_poll = _int(ctx, t, data, "busy_poll", 0, 0, 10**6)
     d.batch = _int(ctx, t, data, "batch", d.batch, 1, 1024)
+    d.cpu = _int(ctx, t, data, "cpu", None, 0, 4095)
     return d
 
 

@@ -17,6 +17,7 @@ from fastlvs.config import ConfigError, DirectorConfig, load_config
 from fastlvs.control import ControlServer
 from fastlvs.director import Director, NoRoute
 from fastlvs.model import ControlError, FwdMethod, ServiceTable
+from fastlvs.napi import NapiPlacement, PlacementError, check_cpu
 from fastlvs.netlink import Netlink, NetlinkError, NeighbourMonitor, dr_problem, vip_problem
 from fastlvs.rules import CommandError, RulesError, apply_command, load_rules, parse_command
 
@@ -50,6 +51,7 @@ class Options:
     capacity: int | None = None
     mtu: int | None = None
     busy_poll: bool = False
+    cpu: int | None = None
 
 
 _FWD_FLAG = {"dr": "-g", "nat": "-m", "tun": "-i"}
@@ -96,6 +98,7 @@ class Daemon:
         self.neigh: NeighbourMonitor | None = None
         self.ports: dict[int, object] = {}          # ifindex -> XdpPort | PacketPort
         self.umem = None
+        self.napi: NapiPlacement | None = None
         self.backend = None
         self._steered: dict[int, set] = {}          # ifindex -> installed steering keys
         self._hop_ips: set[str] = set()              # next-hop addresses of the real servers
@@ -128,7 +131,8 @@ class Daemon:
             except OSError as e:
                 raise StartupError(f"{o.config}: {e.strerror}") from None
         c = self.cfg
-        for name in ("mode", "interface", "rs_interface", "backend", "socket", "capacity", "mtu"):
+        for name in ("mode", "interface", "rs_interface", "backend", "socket", "capacity", "mtu",
+                     "cpu"):
             value = getattr(o, name)
             if value is not None:
                 setattr(c, name, value)
@@ -138,6 +142,11 @@ class Daemon:
             raise StartupError(f"--capacity: {c.capacity} is outside 16..{1 << 31}")
         if c.mtu is not None and not 68 <= c.mtu <= 65535:
             raise StartupError(f"--mtu: {c.mtu} is outside 68..65535")
+        if c.cpu is not None:
+            try:
+                check_cpu(c.cpu)
+            except PlacementError as e:
+                raise StartupError(str(e)) from None
         if c.interface is None:
             raise StartupError("no interface: give -i IFACE (or interface = in [director])")
         if not (o.config or o.rules or o.vip):
@@ -190,6 +199,8 @@ class Daemon:
                 except NoRoute as e:
                     raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {e}") from None
         self.backend = self._choose_backend()
+        if self.cfg.cpu is not None:
+            self.napi = NapiPlacement(self.cfg.cpu)
         self._open_port(cif.index)
         if self.cfg.rs_interface:
             self._open_port(self.nl.interface(self.cfg.rs_interface).index)
@@ -246,6 +257,8 @@ class Daemon:
         self.ports[ifindex] = port
         self._steered[ifindex] = set()
         log.info("%s: %s backend, %s", name, port.backend, port.mode)
+        if self.napi is not None:
+            self.napi.place(name)
         return port
 
     def _nexthop(self, ip: str):
@@ -374,14 +387,17 @@ class Daemon:
                 ports = list(self.ports.values())
 
     def close(self) -> None:
-        for closer in (self.control, self.neigh, *self.ports.values(), self.umem, self.nl):
+        # the NAPI placement before the ports: a veth without its XDP program may have no
+        # NAPI left, and then its threaded setting can no longer be written back
+        for closer in (self.control, self.neigh, self.napi, *self.ports.values(), self.umem,
+                       self.nl):
             if closer is None:
                 continue
             try:
                 closer.close()
             except Exception as e:          # teardown goes on: leave nothing else behind
                 log.warning("cleanup: %s", e)
-        self.control = self.neigh = self.umem = self.nl = None
+        self.control = self.neigh = self.umem = self.napi = self.nl = None
         self.ports = {}
 
 

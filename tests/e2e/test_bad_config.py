@@ -52,6 +52,10 @@ CASES = {
         ["--mode", "dr", "-i", tb.lan_if, "--rules",
          rules_file(tb, f"-A -t {tb.vip}:80 -s wrr\n-a -t {tb.vip}:80 -r banana -g\n")],
         "banana"),
+    "CPU not ours": lambda tb: (
+        ["--mode", "dr", "-i", tb.lan_if, "--vip", f"{tb.vip}:80", "--rs", f"{tb.rips[0]}:80",
+         "--cpu", "4095"],
+        "--cpu: 4095"),
     "unknown scheduler in rules": lambda tb: (
         ["--mode", "dr", "-i", tb.lan_if, "--rules",
          rules_file(tb, f"-A -t {tb.vip}:80 -s nosuchsched\n")],

@@ -320,3 +320,61 @@ def test_frames_on_the_wire(bed, start, backend):
             assert src == d_lan                    # replies come back through the director
         else:
             assert src in rs_macs                  # ...or straight from the real servers
+
+
+def _threaded(bed, ifname):
+    from fastlvs.testbed import run
+    return run("ip", "netns", "exec", bed.director, "cat",
+               f"/sys/class/net/{ifname}/threaded").stdout.strip()
+
+
+def _set_threaded(bed, ifname, value, check=True):
+    from fastlvs.testbed import run
+    run("ip", "netns", "exec", bed.director, "sh", "-c",
+        f"echo {value} > /sys/class/net/{ifname}/threaded", check=check)
+
+
+def _napi_threads(ifname):
+    from fastlvs.napi import napi_threads as threads
+    return set(threads(ifname))
+
+
+@pytest.mark.parametrize("was_threaded", [False, True])
+def test_cpu_option_places_napi_and_restores_it(bed, start, was_threaded):
+    from fastlvs.testbed import run
+    # --cpu N: the daemon on N; the NAPI of the interfaces it serves threaded, on N, at nice
+    # 19 (so under a flood it does not starve the daemon it feeds); all of it undone at exit.
+    cpu = max(os.sched_getaffinity(0))
+    ifs = [bed.lan_if] + ([bed.rs_if] if bed.rs_if else [])
+    if was_threaded:
+        for i in ifs:      # a veth has NAPI (to thread) without XDP only with GRO on
+            run("ip", "netns", "exec", bed.director, "ethtool", "-K", i, "gro", "on")
+            _set_threaded(bed, i, 1)
+    try:
+        before = {i: _threaded(bed, i) for i in ifs}
+        old = set().union(*(_napi_threads(i) for i in ifs))
+        d = start("--vip", f"tcp:{vs(bed)}", "--rs", rs(bed, "rs1"), "--rs", rs(bed, "rs2"),
+                  "--cpu", str(cpu))
+        assert set(requests(bed, 4)) == {"rs1", "rs2"}
+        assert os.sched_getaffinity(d.proc.pid) == {cpu}
+        for i in ifs:
+            assert _threaded(bed, i) == "1", i
+        placed = set().union(*(_napi_threads(i) for i in ifs))
+        if not was_threaded:
+            placed -= old          # a same-named interface elsewhere keeps its own threads
+        assert placed, "no NAPI thread to place"
+        for pid in placed:
+            assert os.sched_getaffinity(pid) == {cpu}
+            assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+        assert d.stop(signal.SIGTERM) == 0, d.stderr
+        assert {i: _threaded(bed, i) for i in ifs} == before
+        for pid in placed:
+            try:
+                assert os.getpriority(os.PRIO_PROCESS, pid) == 0
+                assert os.sched_getaffinity(pid) != {cpu} or os.cpu_count() == 1
+            except ProcessLookupError:
+                assert not was_threaded      # threads of a mode we switched on end with it
+    finally:
+        for i in ifs:          # fails harmlessly where no NAPI is left to switch
+            _set_threaded(bed, i, 0, check=False)
+            run("ip", "netns", "exec", bed.director, "ethtool", "-K", i, "gro", "off")

@@ -45,6 +45,7 @@ capacity = 4096
 mtu = 9000
 busy_poll = 50
 batch = 32
+cpu = 1
 [[service]]
 vip = "10.0.0.1:80"
 persistent = true
@@ -61,8 +62,8 @@ udp = 30
 """)
     d = cfg.director
     assert (d.mode, d.interface, d.rs_interface, d.backend, d.socket, d.capacity, d.mtu,
-            d.busy_poll, d.batch) == ("nat", "eth0", "eth1", "packet", "/tmp/x.sock", 4096,
-                                      9000, 50, 32)
+            d.busy_poll, d.batch, d.cpu) == ("nat", "eth0", "eth1", "packet", "/tmp/x.sock",
+                                             4096, 9000, 50, 32, 1)
     assert d.socket_path == "/tmp/x.sock"
     svc = cfg.table.get(("tcp", "10.0.0.1", 80))
     assert (svc.timeout, svc.netmask, svc.sched_name) == (360, "255.255.255.0", "wlc")
@@ -88,7 +89,8 @@ BASE = '[[service]]\nvip = "10.0.0.1:80"\n'
     # Semantics: file, line, table path, what is wrong.
     ('[director]\nmode = "dsr"\n', "f.toml:2: director.mode: 'dsr' is not one of dr, nat, tun"),
     ('[director]\ninterfce = "eth0"\n', "f.toml:2: director.interfce: unknown key (valid: "
-     "mode, interface, rs_interface, backend, socket, capacity, mtu, busy_poll, batch)"),
+     "mode, interface, rs_interface, backend, socket, capacity, mtu, busy_poll, batch, cpu)"),
+    ('[director]\ncpu = -1\n', "f.toml:2: director.cpu: -1 is outside 0..4095"),
     ('[director]\nmtu = 40\n', "f.toml:2: director.mtu: 40 is outside 68..65535"),
     ('[director]\ncapacity = true\n', "f.toml:2: director.capacity: True is not an integer"),
     ('[director]\nbackend = "dpdk"\n',
