@@ -185,14 +185,20 @@ class Topo:
                 out[int(pid)] = comm
         return out
 
-    def pin_napi(self, fifo: bool = False) -> list[str]:
+    def pin_napi(self, nice: int | None, fifo: bool = False) -> list[str]:
+        """Every director NAPI thread on DIR_CPU; nice=None leaves priorities to whoever set
+        them (a `fastlvs --cpu` daemon); fifo puts d0's at SCHED_FIFO 50 instead."""
         done = []
         for pid, comm in self.napi_threads().items():
             run("taskset", "-p", "-c", DIR_CPU, pid, check=False)
             if fifo and comm.startswith(f"napi/{self.d0}-"):
                 run("chrt", "-f", "-p", "50", pid, check=False)
-            elif not fifo:
+            elif nice is not None:
                 run("chrt", "-o", "-p", "0", pid, check=False)
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, pid, nice)
+            with contextlib.suppress(OSError):
+                comm += f" nice {os.getpriority(os.PRIO_PROCESS, pid)}"
             done.append(comm)
         return done
 
@@ -277,8 +283,11 @@ class Case:
     """One contender: setup(ctx) starts it (returns the processes to stop), teardown undoes the
     namespace state it changed. `path` groups cases by I/O path for the ratios."""
 
-    def __init__(self, name, label, setup, path=None, dst=VIP, tuned=False):
+    def __init__(self, name, label, setup, path=None, dst=VIP, tuned=False, napi="harness"):
         self.name, self.label, self.setup, self.path, self.dst, self.tuned = name, label, setup, path, dst, tuned
+        # who sets the NAPI threads' priority: "harness" (--napi-nice), "self" (fastlvs --cpu
+        # does it; the harness only pins) or "default" (the kernel's nice 0)
+        self.napi = napi
 
 
 def _fwd_on(t: Topo):
@@ -364,7 +373,7 @@ def _packet_drop(t: Topo):
                                             f"device {t.d0} priority 0; ip daddr {VIP} udp dport {VPORT} drop\n}}\n}}\n")
 
 
-def fastlvs_setup(mode, backend=None, busy_poll=False):
+def fastlvs_setup(mode, backend=None, busy_poll=False, cpu=True):
     def setup(ctx):
         t = ctx.topo
         _vip_local(t)
@@ -378,6 +387,8 @@ def fastlvs_setup(mode, backend=None, busy_poll=False):
             cmd += ["--backend", backend]
         if busy_poll:
             cmd += ["--busy-poll"]
+        if cpu:
+            cmd += ["--cpu", str(DIR_CPU)]
         env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
         p = ctx.procs.start(cmd, cpu=DIR_CPU, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=ROOT)
@@ -388,12 +399,15 @@ def fastlvs_setup(mode, backend=None, busy_poll=False):
 
 
 CASES = [
-    Case("fastlvs_dr_xdp", "fastlvs DR\nAF_XDP", fastlvs_setup("dr", "xdp"), path="xdp"),
+    Case("fastlvs_dr_xdp", "fastlvs DR\nAF_XDP", fastlvs_setup("dr", "xdp"), path="xdp", napi="self"),
+    Case("fastlvs_dr_xdp_nocpu", "fastlvs DR\nAF_XDP no --cpu", fastlvs_setup("dr", "xdp", cpu=False),
+         napi="default"),
     Case("fastlvs_dr_xdp_bp", "fastlvs DR\nAF_XDP busy-poll", fastlvs_setup("dr", "xdp", True),
-         path="xdp", tuned=True),
-    Case("fastlvs_dr_packet", "fastlvs DR\nAF_PACKET", fastlvs_setup("dr", "packet"), path="packet"),
-    Case("fastlvs_nat", "fastlvs NAT\nAF_XDP", fastlvs_setup("nat")),
-    Case("fastlvs_tun", "fastlvs TUN\nAF_XDP", fastlvs_setup("tun")),
+         path="xdp", tuned=True, napi="self"),
+    Case("fastlvs_dr_packet", "fastlvs DR\nAF_PACKET", fastlvs_setup("dr", "packet"), path="packet",
+         napi="self"),
+    Case("fastlvs_nat", "fastlvs NAT\nAF_XDP", fastlvs_setup("nat"), napi="self"),
+    Case("fastlvs_tun", "fastlvs TUN\nAF_XDP", fastlvs_setup("tun"), napi="self"),
     Case("bare_xsk", "bare C\nAF_XDP busy-poll", bare_xsk_setup(True), path="xdp", tuned=True),
     Case("bare_xsk_nobp", "bare C\nAF_XDP", bare_xsk_setup(False), path="xdp"),
     Case("bare_packet", "bare C\nAF_PACKET", setup_bare_packet, path="packet"),
@@ -491,7 +505,8 @@ def run_rep(ctx: Ctx, case: Case, res: dict, rep: int, args) -> None:
     try:
         started = case.setup(ctx)
         time.sleep(0.3)
-        res["napi"] = t.pin_napi(fifo=case.tuned and args.napi_fifo)
+        nice = {"harness": args.napi_nice, "self": None, "default": 0}[case.napi]
+        res["napi"] = t.pin_napi(nice, fifo=case.tuned and args.napi_fifo)
         ctx.own_pids = [p.pid for p in started] + list(t.napi_threads())
         sat = one_run(ctx, args.rate, args.warmup, args.seconds)
         best, probes = lossless(ctx, sat["pps"], args) if args.steps else (None, [])
@@ -554,7 +569,8 @@ def engine_numbers(tmp: str, timeout: int) -> dict:
 # -- report -------------------------------------------------------------------------------------
 PAIRS = [("fastlvs_dr_xdp", "bare_xsk_nobp", 0.90), ("fastlvs_dr_xdp_bp", "bare_xsk", 0.90),
          ("fastlvs_dr_packet", "bare_packet", 0.90), ("fastlvs_dr_xdp", "nft_dnat", 1.00),
-         ("fastlvs_dr_xdp_bp", "nft_dnat", 1.00), ("bare_xsk", "nft_dnat", None)]
+         ("fastlvs_dr_xdp_bp", "nft_dnat", 1.00), ("bare_xsk", "nft_dnat", None),
+         ("bare_xsk_nobp", "nft_dnat", None), ("fastlvs_dr_xdp", "fastlvs_dr_xdp_nocpu", None)]
 
 
 def ratios(results: dict) -> dict:
@@ -659,6 +675,9 @@ def main(argv=None) -> int:
                          "on a shared machine one noisy probe sinks the search, see README-peers.md)")
     ap.add_argument("--probe", type=float, default=1.0, help="measured seconds per search probe")
     ap.add_argument("--probe-warmup", type=float, default=0.5, help="seconds before each probe")
+    ap.add_argument("--napi-nice", type=int, default=19,
+                    help="nice of the director's NAPI threads for the non-fastlvs cases (default 19, "
+                         "what `fastlvs --cpu` sets; 0 is the kernel's default)")
     ap.add_argument("--napi-fifo", action="store_true",
                     help="SCHED_FIFO for the ingress NAPI thread in the tuned cases (hurts here)")
     ap.add_argument("--cases", help="comma-separated subset of: " + ",".join(c.name for c in CASES))
@@ -691,7 +710,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "kernel": os.uname().release,
                "reps": args.reps, "seconds": args.seconds, "warmup": args.warmup, "flows": FLOWS,
-               "frame_bytes": 60, "loss": LOSS, "steps": args.steps, "rate_mpps": args.rate, "cpus": os.cpu_count(),
+               "frame_bytes": 60, "loss": LOSS, "steps": args.steps, "napi_nice": args.napi_nice, "rate_mpps": args.rate, "cpus": os.cpu_count(),
                "director_cpu": DIR_CPU, "generator_cpu": GEN_CPU, "cases": []}
     topo, procs = Topo(), Procs()
     tmp = tempfile.mkdtemp(prefix="fastlvs-peers-")
