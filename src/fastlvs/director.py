@@ -61,6 +61,8 @@ class Director:
         self.engine = engine
         self.nexthop = nexthop
         self.table = ServiceTable()
+        # () -> {ifname: counters} of the rings the daemon runs (None: no rings, e.g. replay)
+        self.port_stats: Callable[[], dict] | None = None
         self._svc_ids: dict[ServiceKey, int] = {}
         self._dest_ids: dict[tuple, int] = {}
         self._live: dict[int, tuple[Service, schedulers.Scheduler]] = {}
@@ -177,8 +179,9 @@ class Director:
         return format_conns(entries, numeric=numeric, persistent_conn=persistent_conn)
 
     def counters(self) -> dict:
-        """Everything countable as one JSON-ready dict: the engine's global counters, and per
-        service and per dest the IPVS stats and connection counts."""
+        """Everything countable as one JSON-ready dict: the engine's global counters, per
+        service and per dest the IPVS stats and connection counts, and (in the daemon) per
+        ring its frames, drops and wake-ups, with the kernel's own counts for AF_XDP."""
         self.pull_counters()
         services = []
         for svc in self.table:
@@ -193,8 +196,11 @@ class Director:
                     **{f: getattr(d, f) for f in STAT_FIELDS},
                 } for d in svc.dests],
             })
-        return {"engine": self.engine.stats(), "conn_entries": self.engine.conn_count(),
-                "services": services}
+        out = {"engine": self.engine.stats(), "conn_entries": self.engine.conn_count(),
+               "services": services}
+        if self.port_stats is not None:
+            out["ports"] = self.port_stats()
+        return out
 
     def save(self, numeric: bool = True) -> str:
         """`ipvsadm -S [-n]` text of the current table (rules.dump_rules: sorted as ipvsadm

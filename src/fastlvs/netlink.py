@@ -146,6 +146,12 @@ class Netlink:
                          mac=_mac_bytes(link.get("IFLA_ADDRESS")), mtu=link.get("IFLA_MTU"),
                          addresses=addrs, up=bool(link["flags"] & 1))
 
+    def max_mtu(self) -> int:
+        """The largest MTU of this namespace's interfaces, loopback left out (0 if none)."""
+        mtus = [link.get("IFLA_MTU") or 0 for link in self._ipr.get_links()
+                if not link["flags"] & 0x8]          # IFF_LOOPBACK
+        return max(mtus, default=0)
+
     # -- routes --------------------------------------------------------------------------------
     def route_get(self, ip: str) -> Route:
         """`ip route get IP`: NetlinkError "IP: Network is unreachable" (the kernel's

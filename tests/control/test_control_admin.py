@@ -232,3 +232,21 @@ def test_daemon_not_running(tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == (f"fastlvs admin: cannot reach the daemon at {tmp_path}/none.sock: "
                         f"No such file or directory\n")
+
+
+def test_counters_is_the_directors_json(daemon):
+    """`--counters`: fastlvs's own option, every counter as one JSON object; with anything
+    else on the line it is a one-line usage error."""
+    import json
+
+    _setup(daemon)
+    daemon.director.port_stats = lambda: {"eth9": {"rx": 7, "rx_ring_full": 1}}
+    base = [sys.executable, "-m", "fastlvs", "admin", "--socket", daemon.path]
+    r = subprocess.run(base + ["--counters"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["ports"] == {"eth9": {"rx": 7, "rx_ring_full": 1}}
+    assert [s["service"] for s in got["services"]] == [f"-t {VIP}:80", f"-u {VIP}:53"]
+    assert got["engine"] == daemon.director.engine.stats()
+    r = subprocess.run(base + ["--counters", "-n"], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", "--counters takes no other options\n")

@@ -378,3 +378,27 @@ def test_cpu_option_places_napi_and_restores_it(bed, start, was_threaded):
         for i in ifs:          # fails harmlessly where no NAPI is left to switch
             _set_threaded(bed, i, 0, check=False)
             run("ip", "netns", "exec", bed.director, "ethtool", "-K", i, "gro", "off")
+
+
+@pytest.mark.parametrize("jumbo", [False, True])
+def test_counters_show_the_rings_and_their_frame_size(bed, start, jumbo):
+    # `admin --counters` has a section per ring. The UMEM's chunks are 2048 bytes when every
+    # interface's frames fit one (faster), 4096 when any interface of the namespace could
+    # bring a bigger frame (here a veth with MTU 9000).
+    import json
+
+    from fastlvs.testbed import run
+    if jumbo:
+        run("ip", "-n", bed.director, "link", "add", "jumbo0", "mtu", "9000", "type", "veth",
+            "peer", "name", "jumbo1")
+    try:
+        d = start("--vip", f"tcp:{vs(bed)}", "--rs", rs(bed, "rs1"), "--rs", rs(bed, "rs2"))
+        assert set(requests(bed, 4)) == {"rs1", "rs2"}
+        ports = json.loads(d.admin("--counters").stdout)["ports"]
+        lan = ports[bed.lan_if]
+        assert lan["backend"] == "xdp" and lan["rx"] >= 4 * 3      # SYN, ACK, FIN at least
+        assert lan["redirected"] >= lan["rx"] and lan["rx_ring_full"] == 0
+        assert {p["umem_frame_size"] for p in ports.values()} == {4096 if jumbo else 2048}
+    finally:
+        if jumbo:
+            run("ip", "-n", bed.director, "link", "del", "jumbo0", check=False)
