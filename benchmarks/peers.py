@@ -83,14 +83,16 @@ def build(out: str) -> dict[str, str]:
 
 
 # -- CPU accounting -----------------------------------------------------------------------------
-def cpu_busy_seconds(cpu: int) -> float:
-    """Non-idle time of one CPU from /proc/stat (user..steal less idle and iowait)."""
+def cpu_times(cpu: int) -> tuple[float, float]:
+    """(busy, steal) seconds of one CPU from /proc/stat. Busy is user..softirq: idle, iowait
+    and steal (time the hypervisor gave someone else: a noisy neighbour, not our cost) are
+    left out; steal is returned apart so a run can say how much of it there was."""
     hz = os.sysconf("SC_CLK_TCK")
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith(f"cpu{cpu} "):
                 v = [int(x) for x in line.split()[1:9]]
-                return (sum(v) - v[3] - v[4]) / hz
+                return (sum(v) - v[3] - v[4] - v[7]) / hz, v[7] / hz
     raise RuntimeError(f"cpu{cpu} not in /proc/stat")
 
 
@@ -453,11 +455,11 @@ def one_run(ctx: Ctx, rate_mpps: float, warmup: float, seconds: float) -> dict:
                         cpu=GEN_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(warmup)
-        c0, b0, o0, w0 = (sum(s.count() for s in ctx.sinks), cpu_busy_seconds(DIR_CPU),
-                          task_seconds(ctx.own_pids), time.monotonic())
+        c0, (b0, s0), o0, w0 = (sum(s.count() for s in ctx.sinks), cpu_times(DIR_CPU),
+                                task_seconds(ctx.own_pids), time.monotonic())
         time.sleep(seconds)
-        c1, b1, o1, w1 = (sum(s.count() for s in ctx.sinks), cpu_busy_seconds(DIR_CPU),
-                          task_seconds(ctx.own_pids), time.monotonic())
+        c1, (b1, s1), o1, w1 = (sum(s.count() for s in ctx.sinks), cpu_times(DIR_CPU),
+                                task_seconds(ctx.own_pids), time.monotonic())
         out, err = g.communicate(timeout=total + 10)
     finally:
         ctx.procs.stop(g)
@@ -468,7 +470,7 @@ def one_run(ctx: Ctx, rate_mpps: float, warmup: float, seconds: float) -> dict:
     pkts, secs = c1 - c0, w1 - w0
     return {"pps": pkts / secs, "us_per_packet": (b1 - b0) / pkts * 1e6 if pkts else None,
             "own_us_per_packet": (o1 - o0) / pkts * 1e6 if pkts else None,
-            "director_cpu": (b1 - b0) / secs, "rate_pps": rate_mpps * 1e6,
+            "director_cpu": (b1 - b0) / secs, "steal": (s1 - s0) / secs, "rate_pps": rate_mpps * 1e6,
             "offered_pps": gen["sent"] / gen["seconds"], "seconds": secs}
 
 
@@ -542,7 +544,8 @@ def summarize(res: dict) -> dict:
             own = [r["own_us_per_packet"] for r in runs if r.get("own_us_per_packet")]
             res[kind] = {"median_pps": statistics.median(pps), "min_pps": min(pps), "max_pps": max(pps),
                          "median_us_per_packet": statistics.median(us) if us else None,
-                         "median_own_us_per_packet": statistics.median(own) if own else None}
+                         "median_own_us_per_packet": statistics.median(own) if own else None,
+                         "max_steal": max((r.get("steal") or 0 for r in runs), default=0)}
     return res
 
 
@@ -655,7 +658,9 @@ def table(results: dict) -> str:
             cells.append(f"{st['median_pps'] / 1e6:7.3f} {st['min_pps'] / 1e6:7.3f} {st['max_pps'] / 1e6:7.3f}"
                          f"   {st['median_us_per_packet'] or 0:7.2f}/{st.get('median_own_us_per_packet') or 0:5.2f}"
                          if st else f"{'-':>37}")
-        lines.append(f"{c['name']:20} {cells[0]}      {cells[1]}")
+        steal = (c.get("saturated") or {}).get("max_steal") or 0
+        lines.append(f"{c['name']:20} {cells[0]}      {cells[1]}"
+                     + (f"   (CPU1 stolen by the host: up to {steal:.0%})" if steal >= 0.01 else ""))
         for e in c.get("errors", [])[:1]:
             lines.append(f"{'':20} error: {e[:150]}")
     for k, v in results["ratios"].items():
