@@ -402,7 +402,7 @@ def fastlvs_setup(mode, backend=None, busy_poll=False, cpu=True):
 
 CASES = [
     Case("fastlvs_dr_xdp", "fastlvs DR\nAF_XDP", fastlvs_setup("dr", "xdp"), path="xdp", napi="self"),
-    Case("fastlvs_dr_xdp_nocpu", "fastlvs DR\nAF_XDP no --cpu", fastlvs_setup("dr", "xdp", cpu=False),
+    Case("fastlvs_dr_xdp_nocpu", "fastlvs DR AF_XDP\nwithout --cpu", fastlvs_setup("dr", "xdp", cpu=False),
          napi="default"),
     Case("fastlvs_dr_xdp_bp", "fastlvs DR\nAF_XDP busy-poll", fastlvs_setup("dr", "xdp", True),
          path="xdp", tuned=True, napi="self"),
@@ -412,7 +412,7 @@ CASES = [
     Case("fastlvs_tun", "fastlvs TUN\nAF_XDP", fastlvs_setup("tun"), napi="self"),
     # busy polling with its NAPI thread at nice 19 collapsed (0.04 Mpps): this loop never
     # sleeps, so the thread that owns the NAPI hardly runs; it keeps the kernel's nice 0
-    Case("bare_xsk", "bare C\nAF_XDP busy-poll", bare_xsk_setup(True), path="xdp", tuned=True,
+    Case("bare_xsk", "bare C AF_XDP\nbusy-poll, NAPI nice 0", bare_xsk_setup(True), path="xdp", tuned=True,
          napi="default"),
     Case("bare_xsk_nobp", "bare C\nAF_XDP", bare_xsk_setup(False), path="xdp"),
     Case("bare_packet", "bare C\nAF_PACKET", setup_bare_packet, path="packet"),
@@ -635,7 +635,8 @@ def chart(results: dict, path: str) -> None:
                else "under a flood")
     ax.set_ylabel(f"delivered Mpps {offered} (median; bars: min-max)")
     ax.set_title(f"60-byte UDP, {FLOWS:,} flows, veth, director on one core (CPU{DIR_CPU}); "
-                 f"{results['reps']} runs per case; labels: Mpps and director CPU µs/packet "
+                 f"{results['reps']} runs per case; fastlvs with --cpu {DIR_CPU} unless marked;\n"
+                 f"labels: Mpps and director CPU µs/packet "
                  f"({results['date']}, kernel {results['kernel']})", fontsize=9)
     from matplotlib.patches import Patch
     handles = [Patch(color="#1f77b4", label="fastlvs"), Patch(color="#7f7f7f", label="bare C forwarder"),
