@@ -172,19 +172,11 @@ class Topo:
         return self
 
     def napi_threads(self) -> dict[int, str]:
-        """pid -> comm of the director veths' NAPI kthreads (`napi/IF-ID`, comm cut at 15)."""
-        want = tuple(f"napi/{d}-" for d in (self.d0, *self.dn))
+        """pid -> name of the director veths' NAPI kthreads (`napi/IF-ID`)."""
+        from fastlvs.napi import napi_threads
         out = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
-                continue
-            if comm.startswith(want):
-                out[int(pid)] = comm
+        for dev in (self.d0, *self.dn):
+            out.update(napi_threads(dev))
         return out
 
     def pin_napi(self, nice: int | None, fifo: bool = False) -> list[str]:
