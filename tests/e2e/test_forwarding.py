@@ -402,3 +402,15 @@ def test_counters_show_the_rings_and_their_frame_size(bed, start, jumbo):
     finally:
         if jumbo:
             run("ip", "-n", bed.director, "link", "del", "jumbo0", check=False)
+
+
+def test_cpu_option_where_napi_cannot_be_threaded(bed, start):
+    # AF_PACKET on a veth without XDP or GRO: the interface has no NAPI to thread. --cpu
+    # still pins the daemon, says in one line what it could not place, and forwards.
+    cpu = max(os.sched_getaffinity(0))
+    d = start("--vip", f"tcp:{vs(bed)}", "--rs", rs(bed, "rs1"), "--cpu", str(cpu),
+              backend="packet")
+    assert set(requests(bed, 3)) == {"rs1"}
+    assert os.sched_getaffinity(d.proc.pid) == {cpu}
+    assert _threaded(bed, bed.lan_if) == "0"
+    assert any(f"--cpu: {bed.lan_if}: NAPI not placed" in ln for ln in d.lines), d.lines
