@@ -272,3 +272,39 @@ def test_vlan_tagged_service_traffic(topo, backend):
     finally:
         for p in ports:
             p.close()
+
+
+def test_steering_past_the_in_place_set(topo):
+    # The program compares up to 8 keys of a kind in place and asks its hash map beyond
+    # that: the same traffic is steered with 1, 12 and (after deletions) 3 services, and
+    # none once the service itself is gone.
+    with in_ns(topo.director):
+        umem = core.XdpUmem(frames=4096)
+        p0 = core.XdpPort("d0", ring_size=1024, umem=umem)
+        p1 = core.XdpPort("d1", ring_size=1024, umem=umem)
+    try:
+        fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+
+        def steered(tag):
+            sent = frames(topo, tag=tag)
+            got = forward_and_collect(topo, [p0, p1], fwd, sent, tag, timeout=1.0)
+            return len(got) == len(sent)
+
+        p0.add_service("udp", VIP, VPORT)
+        assert steered(b"fa1")
+        others = [("tcp", VIP, VPORT)] + [("udp", f"10.99.0.{i}", 53) for i in range(10)]
+        for o in others:
+            p0.add_service(*o)
+            p0.add_rserver(*o)          # the other kind passes 8 too
+        assert steered(b"fa2")
+        p0.add_service("udp", VIP, VPORT)        # twice: still one key
+        for o in others[3:]:
+            p0.del_service(*o)
+        assert steered(b"fa3")
+        p0.del_service("udp", VIP, VPORT)
+        assert not steered(b"fa4")
+        assert p0.stats()["rx"] == 3 * N
+    finally:
+        p0.close()
+        p1.close()
+        umem.close()

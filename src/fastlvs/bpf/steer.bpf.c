@@ -15,6 +15,8 @@
 
 #define FL_MAX_KEYS 65536
 #define FL_MAX_QUEUES 256
+#define FL_FAST_KEYS 8
+#define FL_FAST_OFF 0xFFFFFFFFu
 
 /* Key of both address maps. IPv4 lives in addr[0], the rest zero; port in network order.
  * Kept byte-identical to struct fl_steer_key in ring_xdp.pxi. */
@@ -48,6 +50,32 @@ struct {
 	__type(value, __u32);
 } fl_rservers SEC(".maps");
 
+/* The same keys as fl_services/fl_rservers while there are at most FL_FAST_KEYS of a kind:
+ * compared in place, a handful of words, where a hash lookup costs ~40 ns per frame. n is
+ * FL_FAST_OFF when there are more (then the hash maps answer). Two copies: user space writes
+ * the one not in use and then switches fl_fast_sel to it (a 4-byte store), so a frame never
+ * sees a half-written set. Kept byte-identical to struct fl_fast in ring_xdp.pxi. */
+struct fl_fast {
+	__u32 nsvc;
+	__u32 nrs;
+	struct fl_steer_key svc[FL_FAST_KEYS];
+	struct fl_steer_key rs[FL_FAST_KEYS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct fl_fast);
+} fl_fast SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} fl_fast_sel SEC(".maps");
+
 /* [0] redirected, [1] passed: per-CPU, summed by user space for diagnostics */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -70,10 +98,39 @@ static __always_inline int count(__u32 idx, int action)
 	return action;
 }
 
+static __always_inline int key_eq(const struct fl_steer_key *a, const struct fl_steer_key *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+static __always_inline int in_set(const struct fl_steer_key *keys, __u32 n,
+				  const struct fl_steer_key *k, void *map)
+{
+	if (n > FL_FAST_KEYS)
+		return bpf_map_lookup_elem(map, k) != NULL;
+	for (int i = 0; i < FL_FAST_KEYS; i++) {
+		if (i >= n)
+			break;
+		if (key_eq(&keys[i], k))
+			return 1;
+	}
+	return 0;
+}
+
 static __always_inline int steer(struct xdp_md *ctx, struct fl_steer_key *dst,
 				 struct fl_steer_key *src)
 {
-	if (bpf_map_lookup_elem(&fl_services, dst) || bpf_map_lookup_elem(&fl_rservers, src)) {
+	__u32 zero = 0, *sel = bpf_map_lookup_elem(&fl_fast_sel, &zero);
+	struct fl_fast *f;
+
+	if (!sel)
+		return XDP_PASS;
+	f = bpf_map_lookup_elem(&fl_fast, sel);
+	if (!f)
+		return XDP_PASS;
+	if (in_set(f->svc, f->nsvc, dst, &fl_services) || in_set(f->rs, f->nrs, src, &fl_rservers)) {
 		count(0, 0);
 		/* XDP_PASS in the flags: no socket on this queue -> the kernel gets the frame */
 		return bpf_redirect_map(&fl_xsks, ctx->rx_queue_index, XDP_PASS);

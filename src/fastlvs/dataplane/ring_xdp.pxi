@@ -12,6 +12,7 @@ cdef enum:
     SO_BUSY_POLL_BUDGET_ = 70
     XDP_MAX_TX_SKB_BUDGET_ = 9   # <linux/if_xdp.h> since 6.13; older kernels refuse it
     XDP_TX_SKB_BUDGET = 256
+    FL_FAST_KEYS = 8             # == bpf/steer.bpf.c
 
 
 cdef struct fl_steer_key:
@@ -20,6 +21,14 @@ cdef struct fl_steer_key:
     uint8_t proto
     uint16_t port
     uint32_t addr[4]
+
+
+cdef struct fl_fast:
+    # == struct fl_fast in bpf/steer.bpf.c: the key sets compared in place while small
+    uint32_t nsvc
+    uint32_t nrs
+    fl_steer_key svc[FL_FAST_KEYS]
+    fl_steer_key rs[FL_FAST_KEYS]
 
 
 import struct as _struct
@@ -235,14 +244,65 @@ cdef class _SteerProg:
     cdef xdp_program *prog
     cdef int ifindex
     cdef xdp_attach_mode amode
-    cdef int xsks_fd, svc_fd, rs_fd, stats_fd
+    cdef int xsks_fd, svc_fd, rs_fd, stats_fd, fast_fd, sel_fd
     cdef int refs
     cdef object key
     cdef readonly str mode
+    cdef object svc_keys, rs_keys     # the keys in the hash maps, as bytes
+    cdef uint32_t fast_active         # the fl_fast copy the program reads
 
     def __cinit__(self):
         self.prog = NULL
         self.xsks_fd = self.svc_fd = self.rs_fd = self.stats_fd = -1
+        self.fast_fd = self.sel_fd = -1
+        self.svc_keys = set()
+        self.rs_keys = set()
+        self.fast_active = 0
+
+    cdef int publish(self) except -1:
+        # Write the unused fl_fast copy from the key sets, then point the program at it.
+        cdef fl_fast f
+        cdef uint32_t zero = 0, slot = 1 - self.fast_active
+        cdef bytes b
+        cdef int i
+        memset(&f, 0, sizeof(fl_fast))
+        f.nsvc = len(self.svc_keys) if len(self.svc_keys) <= FL_FAST_KEYS else 0xFFFFFFFF
+        f.nrs = len(self.rs_keys) if len(self.rs_keys) <= FL_FAST_KEYS else 0xFFFFFFFF
+        if f.nsvc != 0xFFFFFFFF:
+            for i, b in enumerate(sorted(self.svc_keys)):
+                memcpy(&f.svc[i], <const char *>b, sizeof(fl_steer_key))
+        if f.nrs != 0xFFFFFFFF:
+            for i, b in enumerate(sorted(self.rs_keys)):
+                memcpy(&f.rs[i], <const char *>b, sizeof(fl_steer_key))
+        r = bpf_map_update_elem(self.fast_fd, &slot, &f, 0)
+        if r == 0:
+            r = bpf_map_update_elem(self.sel_fd, &zero, &slot, 0)
+        if r:
+            raise OSError(-r, f"fl_fast update: {_os.strerror(-r)}")
+        self.fast_active = slot
+        return 0
+
+    cdef int set_key(self, bint rserver, fl_steer_key *k, bint add) except -1:
+        # The hash map first, then the in-place copy: both always hold the same keys.
+        cdef uint32_t one = 1
+        cdef int fd = self.rs_fd if rserver else self.svc_fd
+        keys = self.rs_keys if rserver else self.svc_keys
+        b = (<char *>k)[:sizeof(fl_steer_key)]
+        if add:
+            r = bpf_map_update_elem(fd, k, &one, 0)
+            if r:
+                raise OSError(-r, f"{'fl_rservers' if rserver else 'fl_services'} update: "
+                                  f"{_os.strerror(-r)}")
+            if b in keys:
+                return 0
+            keys.add(b)
+        else:
+            bpf_map_delete_elem(fd, k)
+            if b not in keys:
+                return 0
+            keys.discard(b)
+        self.publish()
+        return 0
 
     cdef int attach(self, int ifindex, str ifname, str mode, str path) except -1:
         cdef long err
@@ -282,9 +342,12 @@ cdef class _SteerProg:
         self.svc_fd = bpf_object__find_map_fd_by_name(obj, b"fl_services")
         self.rs_fd = bpf_object__find_map_fd_by_name(obj, b"fl_rservers")
         self.stats_fd = bpf_object__find_map_fd_by_name(obj, b"fl_stats")
-        if min(self.xsks_fd, self.svc_fd, self.rs_fd, self.stats_fd) < 0:
+        self.fast_fd = bpf_object__find_map_fd_by_name(obj, b"fl_fast")
+        self.sel_fd = bpf_object__find_map_fd_by_name(obj, b"fl_fast_sel")
+        if min(self.xsks_fd, self.svc_fd, self.rs_fd, self.stats_fd, self.fast_fd, self.sel_fd) < 0:
             self.detach()
-            raise RuntimeError(f"{path} lacks the fl_xsks/fl_services/fl_rservers/fl_stats maps")
+            raise RuntimeError(f"{path} lacks the fl_xsks/fl_services/fl_rservers/fl_stats/"
+                               "fl_fast/fl_fast_sel maps")
         return 0
 
     cdef void detach(self):
@@ -459,36 +522,30 @@ cdef class XdpPort(Port):
     def add_service(self, proto, addr, int port):
         """Steer (proto, VIP, vport) to the sockets of this interface. Adding twice is a no-op."""
         cdef fl_steer_key k
-        cdef uint32_t one = 1
         self._check_open()
         _steer_key(&k, proto, addr, port)
-        r = bpf_map_update_elem(self.prog.svc_fd, &k, &one, 0)
-        if r:
-            raise OSError(-r, f"fl_services update: {_os.strerror(-r)}")
+        self.prog.set_key(False, &k, True)
 
     def del_service(self, proto, addr, int port):
         """Stop steering (proto, VIP, vport). Removing an absent key is a no-op."""
         cdef fl_steer_key k
         self._check_open()
         _steer_key(&k, proto, addr, port)
-        bpf_map_delete_elem(self.prog.svc_fd, &k)
+        self.prog.set_key(False, &k, False)
 
     def add_rserver(self, proto, addr, int port):
         """Steer replies from the NAT real server (proto, RIP, rport). Idempotent."""
         cdef fl_steer_key k
-        cdef uint32_t one = 1
         self._check_open()
         _steer_key(&k, proto, addr, port)
-        r = bpf_map_update_elem(self.prog.rs_fd, &k, &one, 0)
-        if r:
-            raise OSError(-r, f"fl_rservers update: {_os.strerror(-r)}")
+        self.prog.set_key(True, &k, True)
 
     def del_rserver(self, proto, addr, int port):
         """Stop steering replies of (proto, RIP, rport). Removing an absent key is a no-op."""
         cdef fl_steer_key k
         self._check_open()
         _steer_key(&k, proto, addr, port)
-        bpf_map_delete_elem(self.prog.rs_fd, &k)
+        self.prog.set_key(True, &k, False)
 
     def steer_stats(self):
         """{"redirected": n, "passed": n}: the program's per-CPU counters, summed."""
