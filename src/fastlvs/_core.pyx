@@ -16,8 +16,9 @@ Choices worth knowing:
 - A dest id deleted while conns reference it stays reserved: re-adding the same service +
   address revives it (IPVS's trash); any other use raises ValueError until they expire.
 - fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
-- Expiry is lazy on lookup plus a sweep of `sweep_budget` entries per batch; a full table
-  first sweeps for expired entries, then drops the new flow (table_full).
+- Expiry is lazy on lookup plus a sweep after each batch that walks the used part of the
+  table once per second of frame time (at most `sweep_budget` entries per batch); a full
+  table first sweeps for expired entries, then drops the new flow (table_full).
 - The scheduler is asked once per new flow per batch; if two new flows of a persistent
   service from one client net arrive in the same batch, the second follows the template the
   first made (as in sequence) even if the scheduler answered otherwise for it.
@@ -29,7 +30,7 @@ Choices worth knowing:
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from libc.stdlib cimport calloc, free, realloc, malloc
 from libc.string cimport memcpy, memmove, memset
-from compat cimport fl_prefetch, fl_likely, fl_unlikely, fl_alloc_table
+from compat cimport fl_prefetch, fl_prefetch_w, fl_likely, fl_unlikely, fl_alloc_table
 cimport if_packet as pk
 from xsk cimport *
 from cpython.ref cimport PyObject
@@ -278,13 +279,19 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
     """Process up to MAX_BATCH frames in place; returns how many were parked (PENDING).
 
     Parked frames wait for engine_bind_parked once e.parked[k].dest holds the decision."""
-    cdef int i, r
+    cdef int i, j, r
     cdef fl_frame *f
     cdef fl_pkt *p
+    cdef fl_conn *c
     cdef uint64_t now = e.now
     if n > MAX_BATCH:
         n = MAX_BATCH
     e.nparked = 0
+    # pass 0: every frame's headers at once; the kernel copied them in a while ago (on a NIC,
+    # DMA never put them in this core's cache), and one miss at a time is what the parse
+    # loop would otherwise wait for
+    for i in range(n):
+        fl_prefetch(frames[i].data)
     # pass 1: parse, classify, hash and prefetch the bucket heads of the whole batch
     for i in range(n):
         f = &frames[i]
@@ -313,18 +320,25 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
         fl_prefetch(&e.buckets[p.bucket])
     e.counters[C_RX] += <uint64_t>n
     e.now = now
-    # pass 2: prefetch the chain heads' entries
-    for i in range(n):
-        p = &e.pkts[i]
-        if p.ok and e.buckets[p.bucket] != 0:
-            fl_prefetch(&e.conns[e.buckets[p.bucket] - 1])
-    # pass 3: handle
-    for i in range(n):
-        if e.pkts[i].ok:
-            handle_pkt(e, &frames[i], &e.pkts[i], i)
-            if frames[i].verdict == VERDICT_TX:
+    # pass 2: prefetch the chain head's entry of frame i while frame i - PREFETCH_AHEAD is
+    # handled, so that every entry has that many frames' work to arrive in (a separate
+    # prefetch pass is over in a few ns, and then the first frames wait for theirs)
+    for i in range(n + PREFETCH_AHEAD):
+        if i < n:
+            p = &e.pkts[i]
+            if p.ok and e.buckets[p.bucket] != 0:
+                # both lines: an entry is 48 bytes, so half of them straddle two cache
+                # lines, and the lookup reads both ends (caddr first, cport/vip last); for
+                # writing, as forwarding re-arms the timer
+                c = &e.conns[e.buckets[p.bucket] - 1]
+                fl_prefetch_w(c)
+                fl_prefetch_w(<char *>c + sizeof(fl_conn) - 1)
+        j = i - PREFETCH_AHEAD
+        if j >= 0 and e.pkts[j].ok:
+            handle_pkt(e, &frames[j], &e.pkts[j], j)
+            if frames[j].verdict == VERDICT_TX:
                 e.counters[C_TX] += 1
-    conn_sweep(e, now, e.sweep_budget)
+    conn_sweep_batch(e, now)
     return e.nparked
 
 
@@ -614,7 +628,8 @@ cdef class Engine:
                 self.st.udp_timeout)
 
     def set_sweep_budget(self, uint32_t entries):
-        """Entries the incremental expiry inspects after each batch (default 64)."""
+        """Most entries the incremental expiry inspects after one batch (default 64); it
+        paces itself to walk the used part of the table once per second of frame time."""
         self.st.sweep_budget = entries
 
     # -- services -------------------------------------------------------------------------------
@@ -1128,7 +1143,7 @@ cdef class Engine:
         cdef fl_vip *v
         cdef fl_dest *d
         out = []
-        for i in range(self.st.capacity):
+        for i in range(self.st.used_end):
             c = &self.st.conns[i]
             if c.vip == 0 or c.expires <= now and not (c.flags & CF_TEMPLATE and c.ctl):
                 continue

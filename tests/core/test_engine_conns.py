@@ -178,6 +178,21 @@ def test_table_full_then_reuse_of_expired():
     assert len(out) == 1 and e.conn_count() == 1
 
 
+def test_idle_conns_expire_under_other_traffic_within_a_second_of_frame_time():
+    # The sweep after each batch walks only the entries ever used, paced to once per second
+    # of frame time and at most 64 per batch; a million-entry table must not delay it.
+    e = engine("dr", proto=17, vport=53, capacity=1 << 20)
+    e.process([P.udp(sport=i) for i in range(200)], 1 * S)
+    assert e.conn_count() == 200
+    t = 1 * S + 300 * S                       # every one of them expired now, none looked up
+    e.process([P.udp(sport=1000)], t)
+    assert 200 - 64 <= e.conn_count() - 1 < 200       # one batch inspects at most 64
+    for k in range(1, 12):
+        e.process([P.udp(sport=1000)], t + k * S // 10)
+    assert e.conn_count() == 1
+    assert e.stats()["conns_expired"] == 200
+
+
 def test_callback_gets_each_new_flow_once_per_batch():
     seen = []
 

@@ -127,20 +127,47 @@ cdef inline bint conn_expire(fl_engine *e, uint32_t idx, uint64_t now) noexcept 
 
 cdef uint32_t conn_sweep(fl_engine *e, uint64_t now, uint32_t budget) noexcept nogil:
     # Inspect up to `budget` entries from the sweep cursor; returns how many were freed.
+    # Only the part of the table ever handed out is walked (the free list gives out low
+    # indices first and takes freed ones back on top): walking the never-used rest would
+    # stream megabytes of idle entries through the cache the lookups and the kernel share.
     cdef uint32_t freed = 0
     cdef uint32_t i
     cdef fl_conn *c
+    if budget > e.used_end:
+        budget = e.used_end
     while budget > 0:
         budget -= 1
         i = e.sweep_pos
         e.sweep_pos += 1
-        if e.sweep_pos >= e.capacity:
+        if e.sweep_pos >= e.used_end:
             e.sweep_pos = 0
         c = &e.conns[i]
         if c.vip != 0 and c.expires <= now:
             if conn_expire(e, i, now):
                 freed += 1
     return freed
+
+
+cdef inline void conn_sweep_batch(fl_engine *e, uint64_t now) noexcept nogil:
+    # The sweep after a batch, paced by frame time: the used part of the table once a second,
+    # at most sweep_budget entries per batch. Pacing by batches instead would sweep the table
+    # many times a second under a flood, for nothing (lookups expire what they meet), and
+    # the walk costs cache lines the forwarding needs.
+    cdef uint64_t dt, due
+    if e.used_end == 0 or now <= e.sweep_clock:
+        return
+    dt = now - e.sweep_clock
+    if dt > NS_PER_S:
+        dt = NS_PER_S
+        e.sweep_clock = now - NS_PER_S
+    due = <uint64_t>e.used_end * dt // NS_PER_S
+    if due == 0:
+        return
+    if due > e.sweep_budget:
+        due = e.sweep_budget
+    # what was not paid for (a budget cut, a fraction of an entry) is owed to the next batch
+    e.sweep_clock += due * NS_PER_S // e.used_end
+    conn_sweep(e, now, <uint32_t>due)
 
 
 cdef inline uint32_t conn_lookup_in(fl_engine *e, fl_pkt *p, uint64_t now) noexcept nogil:
@@ -205,6 +232,8 @@ cdef inline uint32_t conn_alloc(fl_engine *e, uint64_t now) noexcept nogil:
     i = e.free_head
     e.free_head = e.conns[i - 1].next
     e.conn_count += 1
+    if i > e.used_end:
+        e.used_end = i
     return i
 
 

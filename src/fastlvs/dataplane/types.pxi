@@ -58,6 +58,7 @@ cdef enum:
     VIP_INDEX_SIZE = 131072   # open-addressed index over the interned VIPs, power of 2
     NEIGH_SIZE = 4096         # open-addressed (client ip -> mac) table, power of 2
     MAX_BATCH = 256
+    PREFETCH_AHEAD = 6        # frames handled between an entry's prefetch and its lookup
 
     # TCP states, numbered as ip_vs.h numbers them
     TCP_S_NONE = 0
@@ -200,7 +201,9 @@ cdef struct fl_engine:
     uint32_t free_head      # 1 + index, 0 = none free
     uint32_t conn_count
     uint32_t sweep_pos
-    uint32_t sweep_budget   # entries inspected per batch by the incremental expiry
+    uint32_t used_end       # no entry at or past this index was ever handed out
+    uint32_t sweep_budget   # most entries inspected per batch by the incremental expiry
+    uint64_t sweep_clock    # frame time the batch sweeps have been paid up to (ns)
     uint64_t seed
     uint64_t now            # latest frame timestamp seen (ns)
     fl_dest *dests
