@@ -38,19 +38,20 @@ class NftIngressDrop:
         self.table = table or f"fastlvs_{os.getpid()}_{next(_COUNTER)}"
         self.keys: set[tuple[str, str, str, int]] = set()
         lines = [f"table netdev {self.table} {{"]
+        # The protocol is part of each set's key, so that an IPv4 service frame costs one
+        # rule and one lookup: every frame the ring forwards passes this chain first, and a
+        # rule per protocol (each failing its own protocol test) cost ~45 ns a frame.
         for kind in ("service", "rserver"):
-            for proto in ("tcp", "udp"):
-                for fam, typ in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
-                    lines.append(f"  set {kind}{fam}_{proto} {{ type {typ} . inet_service; }}")
+            for fam, typ in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
+                lines.append(f"  set {kind}{fam} {{ type inet_proto . {typ} . inet_service; }}")
         for i, dev in enumerate(self.devices):
             lines.append(f"  chain in{i} {{")
             lines.append(f'    type filter hook ingress device "{dev}" priority -500; '
                          "policy accept;")
-            for proto in ("tcp", "udp"):
-                lines.append(f"    ip daddr . {proto} dport @service4_{proto} drop")
-                lines.append(f"    ip6 daddr . {proto} dport @service6_{proto} drop")
-                lines.append(f"    ip saddr . {proto} sport @rserver4_{proto} drop")
-                lines.append(f"    ip6 saddr . {proto} sport @rserver6_{proto} drop")
+            lines.append("    meta l4proto . ip daddr . th dport @service4 drop")
+            lines.append("    meta l4proto . ip saddr . th sport @rserver4 drop")
+            lines.append("    meta l4proto . ip6 daddr . th dport @service6 drop")
+            lines.append("    meta l4proto . ip6 saddr . th sport @rserver6 drop")
             lines.append("  }")
         lines.append("}")
         _nft("\n".join(lines) + "\n")
@@ -73,16 +74,16 @@ class NftIngressDrop:
         kind, p, a, port, ver = self._elem(kind, proto, addr, port)
         if (kind, p, a, port) in self.keys:
             return
-        _nft(None, "add", "element", "netdev", self.table, f"{kind}{ver}_{p}",
-             f"{{ {a} . {port} }}")
+        _nft(None, "add", "element", "netdev", self.table, f"{kind}{ver}",
+             f"{{ {p} . {a} . {port} }}")
         self.keys.add((kind, p, a, port))
 
     def discard(self, kind, proto, addr, port):
         kind, p, a, port, ver = self._elem(kind, proto, addr, port)
         if (kind, p, a, port) not in self.keys:
             return
-        _nft(None, "delete", "element", "netdev", self.table, f"{kind}{ver}_{p}",
-             f"{{ {a} . {port} }}")
+        _nft(None, "delete", "element", "netdev", self.table, f"{kind}{ver}",
+             f"{{ {p} . {a} . {port} }}")
         self.keys.discard((kind, p, a, port))
 
     def close(self):
