@@ -591,6 +591,22 @@ def ratios(results: dict) -> dict:
     return out
 
 
+def merge(results: dict, others: list[dict]) -> None:
+    """Pool the runs of `others` (earlier peers.json of the same cases) into `results`: each
+    case's runs are appended file by file, so that the paired ratios still divide runs that
+    ran side by side, and its medians are recomputed over all of them."""
+    by = {c["name"]: c for c in results["cases"]}
+    for o in others:
+        if {c["name"] for c in o["cases"]} != set(by):
+            raise KeyError(f"the merged runs must have the same cases (from {o.get('date')})")
+        for c in o["cases"]:
+            by[c["name"]]["runs"].extend(c["runs"])
+        results.setdefault("merged_from", []).append(o.get("date"))
+        results["reps"] += o["reps"]
+    for c in results["cases"]:
+        summarize(c)
+
+
 def chart(results: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -629,7 +645,8 @@ def chart(results: dict, path: str) -> None:
     ax.set_title(f"60-byte UDP, {FLOWS:,} flows, veth, director on one core (CPU{DIR_CPU}); "
                  f"{results['reps']} runs per case; fastlvs with --cpu {DIR_CPU} unless marked;\n"
                  f"labels: Mpps and director CPU µs/packet "
-                 f"({results['date']}, kernel {results['kernel']})", fontsize=9)
+                 f"({', '.join([results['date'], *results.get('merged_from', [])])}, "
+                 f"kernel {results['kernel']})", fontsize=9)
     from matplotlib.patches import Patch
     handles = [Patch(color="#1f77b4", label="fastlvs"), Patch(color="#7f7f7f", label="bare C forwarder"),
                Patch(color="#d62728", label="kernel peers")]
@@ -666,7 +683,7 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=5, help="runs per case (default 5)")
+    ap.add_argument("--reps", type=int, default=7, help="runs per case (default 7)")
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run (default 3)")
     ap.add_argument("--warmup", type=float, default=1.5, help="seconds of traffic before measuring")
     ap.add_argument("--rate", type=float, default=0.0,
@@ -688,10 +705,21 @@ def main(argv=None) -> int:
                     help="stop (and tear down) after this long, whatever is left (default 30)")
     ap.add_argument("--replot", action="store_true",
                     help="no run: recompute the ratios, table and chart from OUT/peers.json")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="with --replot: first add these earlier peers.json files' runs to OUT/peers.json's "
+                         "(pooled medians over all of them; run i of a file still pairs with run i of the same file)")
     args = ap.parse_args(argv)
+    if args.merge and not args.replot:
+        ap.error("--merge goes with --replot")
     if args.replot:
         path = os.path.join(args.out, "peers.json")
-        results = json.load(open(path))
+        try:
+            results = json.load(open(path))
+            if args.merge:
+                merge(results, [json.load(open(m)) for m in args.merge])
+        except (OSError, ValueError, KeyError) as e:
+            log(f"--replot: {e}")
+            return 2
         results["ratios"] = ratios(results)
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
