@@ -4,7 +4,7 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
-APT_PKGS := python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2
+APT_PKGS := python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2 ethtool netbase
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv build test demo demo-sched bench bench-sched clean
@@ -39,7 +39,7 @@ test: build
 
 # The live director: namespaces, fastlvs --mode dr over AF_XDP, real HTTP/UDP clients (root).
 demo: build
-	$(PY) -m fastlvs.demo_live
+	$(PY) -m fastlvs.lab.demo_live
 
 # The scheduler table: every IPVS scheduler over four weighted servers, no network needed.
 demo-sched: build
@@ -63,4 +63,4 @@ bench-peers: build
 	$(PY) benchmarks/peers.py
 
 clean:
-	rm -rf build $(VENV) src/*.egg-info src/fastlvs/_core.c src/fastlvs/_core*.so
+	rm -rf build $(VENV) src/*.egg-info src/fastlvs/engine/_core.c src/fastlvs/engine/_core*.so

@@ -1,7 +1,7 @@
-"""Builds the one Cython extension, fastlvs._core, and the XDP steering program.
+"""Builds the one Cython extension, fastlvs.engine._core, and the XDP steering program.
 
 With libxdp-dev and libbpf-dev installed, _core is built with the AF_XDP backend (FL_HAVE_XDP,
-linked with -lxdp -lbpf); with clang, src/fastlvs/bpf/steer.bpf.c is compiled into
+linked with -lxdp -lbpf); with clang, src/fastlvs/engine/bpf/steer.bpf.c is compiled into
 steer.bpf.o (package data). Without them the build still succeeds, AF_PACKET only, and asking
 for the XDP backend says what was missing. FASTLVS_NO_XDP=1 forces the AF_PACKET-only build.
 Everything else (metadata, packages, extras) lives in pyproject.toml.
@@ -16,8 +16,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BPF_SRC = os.path.join("src", "fastlvs", "bpf", "steer.bpf.c")
-BPF_OBJ = os.path.join("src", "fastlvs", "bpf", "steer.bpf.o")
+BPF_SRC = os.path.join("src", "fastlvs", "engine", "bpf", "steer.bpf.c")
+BPF_OBJ = os.path.join("src", "fastlvs", "engine", "bpf", "steer.bpf.o")
 XDP_HEADERS = ("/usr/include/xdp/xsk.h", "/usr/include/bpf/libbpf.h")
 HAVE_XDP = (os.environ.get("FASTLVS_NO_XDP") != "1"
             and all(os.path.exists(h) for h in XDP_HEADERS))
@@ -50,9 +50,9 @@ libraries = ["xdp", "bpf"] if HAVE_XDP else []
 
 extensions = [
     Extension(
-        "fastlvs._core",
-        ["src/fastlvs/_core.pyx"],
-        include_dirs=["src/fastlvs/includes"],
+        "fastlvs.engine._core",
+        ["src/fastlvs/engine/_core.pyx"],
+        include_dirs=["src/fastlvs/engine/includes"],
         define_macros=macros,
         libraries=libraries,
         extra_compile_args=["-O3", "-fno-strict-aliasing"],
@@ -61,11 +61,11 @@ extensions = [
 
 setup(
     cmdclass={"build_ext": BuildExt},
-    package_data={"fastlvs": ["bpf/steer.bpf.c", "bpf/steer.bpf.o"]},
+    package_data={"fastlvs.engine": ["bpf/steer.bpf.c", "bpf/steer.bpf.o"]},
     ext_modules=cythonize(
         extensions,
         language_level=3,
-        include_path=["src/fastlvs/includes"],
+        include_path=["src/fastlvs/engine/includes"],
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     ),
 )

@@ -1,4 +1,4 @@
-"""Client-observed figures of the live director (root; network namespaces of fastlvs.testbed):
+"""Client-observed figures of the live director (root; network namespaces of fastlvs.lab.testbed):
 HTTP requests, each over its own new TCP connection (connect, GET, answer, close), from the
 client namespace to the VIP through `fastlvs` in DR and NAT mode over AF_XDP and AF_PACKET,
 next to the same client talking to that one real server directly (the DR topology, same
@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from fastlvs.testbed import Testbed
+from fastlvs.lab.testbed import Testbed
 
 WARMUP = 30
 

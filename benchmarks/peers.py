@@ -173,7 +173,7 @@ class Topo:
 
     def napi_threads(self) -> dict[int, str]:
         """pid -> name of the director veths' NAPI kthreads (`napi/IF-ID`)."""
-        from fastlvs.napi import napi_threads
+        from fastlvs.system.napi import napi_threads
         out = {}
         for dev in (self.d0, *self.dn):
             out.update(napi_threads(dev))

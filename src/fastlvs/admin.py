@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import sys
 
-from fastlvs import __version__, ctl
-from fastlvs.listing import IPVS_VERSION
-from fastlvs.rules import CommandError, RulesError, iter_rules, parse_command
+from fastlvs import __version__
+from fastlvs.control import ctl
+from fastlvs.control.listing import IPVS_VERSION
+from fastlvs.control.ipvsadm import CommandError, parse_command
+from fastlvs.control.rules import RulesError, iter_rules
 
 PROG = "fastlvs admin"
 

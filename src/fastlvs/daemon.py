@@ -12,14 +12,15 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from fastlvs import ctl
-from fastlvs.config import ConfigError, DirectorConfig, load_config
-from fastlvs.control import ControlServer
-from fastlvs.director import Director, NoRoute
-from fastlvs.model import ControlError, FwdMethod, ServiceTable
-from fastlvs.napi import NapiPlacement, PlacementError, check_cpu
-from fastlvs.netlink import Netlink, NetlinkError, NeighbourMonitor, dr_problem, vip_problem
-from fastlvs.rules import CommandError, RulesError, apply_command, load_rules, parse_command
+from fastlvs.control import ctl
+from fastlvs.control.config import ConfigError, DirectorConfig, load_config
+from fastlvs.control.server import ControlServer
+from fastlvs.control.director import Director
+from fastlvs.control.model import ControlError, FwdMethod, NoRoute, ServiceTable
+from fastlvs.system.napi import NapiPlacement, PlacementError, check_cpu
+from fastlvs.system.netlink import Netlink, NetlinkError, NeighbourMonitor, dr_problem, vip_problem
+from fastlvs.control.ipvsadm import CommandError, apply_command, parse_command
+from fastlvs.control.rules import RulesError, load_rules
 
 log = logging.getLogger("fastlvs")
 
@@ -177,7 +178,7 @@ class Daemon:
 
     # -- start ----------------------------------------------------------------------------------
     def start(self) -> None:
-        from fastlvs import _core
+        from fastlvs.engine import _core
 
         self._settings()
         table = self._load_table()
@@ -197,7 +198,7 @@ class Daemon:
             for d in svc.dests:
                 try:
                     self.nl.nexthop(d.addr, RESOLVE_TIMEOUT)
-                except NoRoute as e:
+                except NetlinkError as e:
                     raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {e}") from None
         self.backend = self._choose_backend()
         if self.cfg.cpu is not None:
@@ -218,7 +219,7 @@ class Daemon:
                  len(table), self.cfg.mode, ports, self.control.path)
 
     def _choose_backend(self) -> str:
-        from fastlvs import _core
+        from fastlvs.engine import _core
 
         want = self.cfg.backend
         if want == "packet":
@@ -231,7 +232,7 @@ class Daemon:
         return "xdp" if want == "xdp" else "auto"
 
     def _open_port(self, ifindex: int):
-        from fastlvs import _core
+        from fastlvs.engine import _core
 
         if ifindex in self.ports:
             return self.ports[ifindex]
@@ -289,7 +290,10 @@ class Daemon:
         return out
 
     def _nexthop(self, ip: str):
-        mac, ifindex = self.nl.nexthop(ip, RESOLVE_TIMEOUT)
+        try:
+            mac, ifindex = self.nl.nexthop(ip, RESOLVE_TIMEOUT)
+        except NetlinkError as e:
+            raise NoRoute(str(e)) from None
         if self.engine is not None and ifindex not in self.ports and self.backend is not None:
             self._open_port(ifindex)
         return mac, ifindex, self.nl.interface_by_index(ifindex).mac
@@ -337,7 +341,7 @@ class Daemon:
             try:
                 mac, oif = self.nl.nexthop(gw, RESOLVE_TIMEOUT)
                 self.engine.set_gateway_mac(mac, oif)
-            except NoRoute:
+            except NetlinkError:
                 log.warning("default gateway %s does not resolve; NAT replies to clients "
                             "without a neighbour entry will be dropped", gw)
         self.neigh = NeighbourMonitor()
@@ -381,7 +385,7 @@ class Daemon:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
-        from fastlvs import _core
+        from fastlvs.engine import _core
 
         ports = list(self.ports.values())
         last_sweep = time.monotonic()

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import dpkt
 
-from fastlvs.director import Director, NoRoute
-from fastlvs.listing import format_list
-from fastlvs.rules import RulesError, load_rules
+from fastlvs.control.director import Director
+from fastlvs.control.model import NoRoute
+from fastlvs.control.listing import format_list
+from fastlvs.control.rules import RulesError, load_rules
 
 # One frame per engine call: each frame is then fully handled (scheduled, bound, forwarded)
 # before the next, the kernel's order of events, so a NAT reply or a later packet recorded
@@ -98,7 +99,7 @@ def run(opts: ReplayOptions, out=sys.stdout) -> dict:
     """Replay `opts.input` into `opts.output`; return the counters (also printed as JSON
     when opts.stats). Raises ReplayError or RulesError for bad input, before any output
     file is written."""
-    from fastlvs._core import Engine    # the fast path: only the replay itself needs it
+    from fastlvs.engine._core import Engine    # the fast path: only the replay itself needs it
 
     table = load_rules(opts.rules)
     local_ip = parse_ipv4(opts.local_ip, "--local-ip")

@@ -7,8 +7,9 @@ import io
 import threading
 
 from fastlvs import admin
-from fastlvs.control import ControlServer
-from fastlvs.director import Director, NoRoute
+from fastlvs.control.server import ControlServer
+from fastlvs.control.director import Director
+from fastlvs.control.model import NoRoute
 
 LOCAL_IP, LOCAL_MAC = "192.0.2.1", "02:00:00:00:00:01"
 CLIENT_MAC = "02:00:00:00:00:aa"
@@ -24,7 +25,7 @@ def nexthop(ip):
 
 class Daemon:
     def __init__(self, path):
-        from fastlvs._core import Engine
+        from fastlvs.engine._core import Engine
 
         self.engine = Engine(capacity=4096, batch=64, local_ip=LOCAL_IP, local_mac=LOCAL_MAC)
         self.director = Director(self.engine, nexthop)

@@ -10,8 +10,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from control_harness import CLIENT_MAC, LOCAL_MAC
-from fastlvs.listing import format_list
-from fastlvs.rules import dump_rules
+from fastlvs.control.listing import format_list
+from fastlvs.control.rules import dump_rules
 
 VIP = "203.0.113.10"
 RS1, RS2, RS3 = "192.0.2.11", "192.0.2.12", "192.0.2.13"
@@ -157,7 +157,7 @@ def test_restore_syntax_error_applies_nothing(daemon):
     assert (rc, out, err) == (2, "", "-:2: weight: 70000 is outside 0..65535\n")
     assert daemon.ok("-Ln") == LISTING
     # The daemon checks again whatever the client did.
-    from fastlvs import ctl
+    from fastlvs.control import ctl
     answer = ctl.call("command", daemon.path, argv=["-R"], stdin=rules)
     assert answer == {"ok": False, "code": 2,
                       "error": "-:2: weight: 70000 is outside 0..65535"}

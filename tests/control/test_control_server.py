@@ -14,8 +14,8 @@ import tempfile
 import pytest
 
 from control_harness import Daemon
-from fastlvs import ctl
-from fastlvs.control import ControlServer
+from fastlvs.control import ctl
+from fastlvs.control.server import ControlServer
 
 
 def _raw(path, payload: bytes, timeout=10.0) -> list[dict]:
@@ -141,8 +141,8 @@ def test_poll_once_without_thread(tmp_path):
     """The daemon's own use: poll_once/handle_ready from one loop, fileno() for its poller."""
     import select
     from control_harness import nexthop
-    from fastlvs._core import Engine
-    from fastlvs.director import Director
+    from fastlvs.engine._core import Engine
+    from fastlvs.control.director import Director
 
     director = Director(Engine(capacity=64), nexthop)
     path = str(tmp_path / "s")

@@ -3,9 +3,9 @@ counters the test sets (no build needed): the 2 s interval, the 1/4-weight avera
 rounding, late steps, -Z, and dests that come and go."""
 from __future__ import annotations
 
-from fastlvs.director import Director
-from fastlvs.model import STAT_FIELDS
-from fastlvs.rules import parse_command
+from fastlvs.control.director import Director
+from fastlvs.control.model import STAT_FIELDS
+from fastlvs.control.ipvsadm import parse_command
 
 
 class FakeEngine:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-import fastlvs._core as core
+import fastlvs.engine._core as core
 from packets import GW_MAC, LOCAL_IP, LOCAL_MAC, RS, RS_MAC, VIP, VPORT
 
 S = 1_000_000_000

@@ -2,7 +2,7 @@
 make every fast-path figure meaningless."""
 import importlib.machinery
 
-import fastlvs._core as core
+import fastlvs.engine._core as core
 
 
 def test_core_is_the_compiled_extension():

@@ -3,7 +3,7 @@ timeouts with explicit timestamps, expiry, persistence templates, quiescing, ove
 hysteresis, table full, deleted dests and the Python scheduler callback."""
 import pytest
 
-import fastlvs._core as core
+import fastlvs.engine._core as core
 import packets as P
 from helpers import S, engine
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-import fastlvs._core as core
+import fastlvs.engine._core as core
 import packets as P
 from fastlvs.schedulers import Flow, RealServer, create
 from fastlvs.schedulers import hashing

@@ -1,5 +1,5 @@
 """End-to-end fixtures (root only; skipped otherwise): a whole cluster per forwarding mode
-(fastlvs.testbed: switch, client, director, three real servers with HTTP and UDP echo
+(fastlvs.lab.testbed: switch, client, director, three real servers with HTTP and UDP echo
 servers), the `fastlvs` daemon started in the director namespace per test, stopped with
 SIGTERM afterwards and checked to have left nothing behind, and nft counters in the client
 namespace that say exactly what the client sent to (and got from) the VIP.
@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from e2e_support import ClientCounters, assert_clean, make_bed
-from fastlvs import testbed as tbmod
+from fastlvs.lab import testbed as tbmod
 
 
 @pytest.fixture(scope="module", params=list(tbmod.MODES))

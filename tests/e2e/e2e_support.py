@@ -9,8 +9,8 @@ import os
 import threading
 import time
 
-from fastlvs import testbed as tbmod
-from fastlvs.testbed import Testbed, run
+from fastlvs.lab import testbed as tbmod
+from fastlvs.lab.testbed import Testbed, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DECAP_SRC = os.path.join(HERE, "bpf", "decap.bpf.c")

@@ -7,11 +7,11 @@ import os
 import pytest
 
 from e2e_support import assert_clean, make_bed
-from fastlvs.testbed import Daemon
+from fastlvs.lab.testbed import Daemon
 
 if os.geteuid() != 0:
     pytest.skip("needs root (namespaces, XDP)", allow_module_level=True)
-pytest.importorskip("fastlvs._core")
+pytest.importorskip("fastlvs.engine._core")
 
 
 @pytest.fixture(scope="module")

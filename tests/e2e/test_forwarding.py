@@ -14,11 +14,11 @@ import time
 import pytest
 
 from e2e_support import BACKENDS, LongLived, assert_clean
-from fastlvs.testbed import HTTP_PORT, UDP_PORT
+from fastlvs.lab.testbed import HTTP_PORT, UDP_PORT
 
 if os.geteuid() != 0:
     pytest.skip("needs root (namespaces, XDP)", allow_module_level=True)
-pytest.importorskip("fastlvs._core")
+pytest.importorskip("fastlvs.engine._core")
 
 N_REQUESTS = 300
 
@@ -94,7 +94,7 @@ def test_first_connection_of_a_client_never_seen(bed, start, counters, backend):
     # Neither side knows the other's MAC: the client ARPs for the VIP on its first SYN and
     # the director's kernel learns the client from that request while fastlvs already
     # forwards. The first exchange must not wait for a retransmission (1 s for a SYN/ACK).
-    from fastlvs.testbed import run
+    from fastlvs.lab.testbed import run
     run("ip", "-n", bed.client, "neigh", "flush", "dev", "eth0")
     for dev in bed.director_ifaces():
         run("ip", "-n", bed.director, "neigh", "flush", "dev", dev)
@@ -240,14 +240,14 @@ def test_stop_signal_leaves_nothing(bed, start, backend, sig):
 def _mac(ns, dev):
     import json
 
-    from fastlvs.testbed import run
+    from fastlvs.lab.testbed import run
     return json.loads(run("ip", "-n", ns, "-j", "link", "show", "dev", dev).stdout)[0]["address"]
 
 
 def _tap(bed, port):
     """An AF_PACKET socket on a bridge port of the switch namespace (sees what the bridge
     sends to the host behind that port)."""
-    from fastlvs.testbed import in_ns
+    from fastlvs.lab.testbed import in_ns
     with in_ns(bed.switch):
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))   # ETH_P_ALL
         s.bind((port, 0))
@@ -284,7 +284,7 @@ def test_frames_on_the_wire(bed, start, backend):
     #       client's packet to VIP:80; the RS (after its XDP decapsulator) answers directly.
     #  NAT: to the RS client -> RIP:80 from the director's RS-side MAC; to the client
     #       VIP:80 -> client from the director's client-side MAC.
-    from fastlvs.testbed import CLIENT_IP, DIRECTOR_IP
+    from fastlvs.lab.testbed import CLIENT_IP, DIRECTOR_IP
     start("--rules", bed.write_rules(bed.rules([1, 1, 1], sched="rr", udp=False)),
           backend=backend)
     rs_taps = [_tap(bed, f"pr{i + 1}") for i in range(len(bed.rs))]
@@ -323,25 +323,25 @@ def test_frames_on_the_wire(bed, start, backend):
 
 
 def _threaded(bed, ifname):
-    from fastlvs.testbed import run
+    from fastlvs.lab.testbed import run
     return run("ip", "netns", "exec", bed.director, "cat",
                f"/sys/class/net/{ifname}/threaded").stdout.strip()
 
 
 def _set_threaded(bed, ifname, value, check=True):
-    from fastlvs.testbed import run
+    from fastlvs.lab.testbed import run
     run("ip", "netns", "exec", bed.director, "sh", "-c",
         f"echo {value} > /sys/class/net/{ifname}/threaded", check=check)
 
 
 def _napi_threads(ifname):
-    from fastlvs.napi import napi_threads as threads
+    from fastlvs.system.napi import napi_threads as threads
     return set(threads(ifname))
 
 
 @pytest.mark.parametrize("was_threaded", [False, True])
 def test_cpu_option_places_napi_and_restores_it(bed, start, was_threaded):
-    from fastlvs.testbed import run
+    from fastlvs.lab.testbed import run
     # --cpu N: the daemon on N; the NAPI of the interfaces it serves threaded, on N, at nice
     # 19 (so under a flood it does not starve the daemon it feeds); all of it undone at exit.
     cpu = max(os.sched_getaffinity(0))
@@ -387,7 +387,7 @@ def test_counters_show_the_rings_and_their_frame_size(bed, start, jumbo):
     # bring a bigger frame (here a veth with MTU 9000).
     import json
 
-    from fastlvs.testbed import run
+    from fastlvs.lab.testbed import run
     if jumbo:
         run("ip", "-n", bed.director, "link", "add", "jumbo0", "mtu", "9000", "type", "veth",
             "peer", "name", "jumbo1")

@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "core"))
 
-import fastlvs._core as core  # noqa: E402
+import fastlvs.engine._core as core  # noqa: E402
 import packets as P  # noqa: E402
 
 S = 1_000_000_000

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from fastlvs.testbed import in_ns   # setns for one thread, shared with the e2e testbed
+from fastlvs.lab.testbed import in_ns   # setns for one thread, shared with the e2e testbed
 
 _seq = itertools.count()
 ETH_P_ALL = 0x0003

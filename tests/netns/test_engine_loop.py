@@ -10,7 +10,7 @@ import pytest
 
 from netns_support import collect, drain, in_ns, raw_socket
 
-core = pytest.importorskip("fastlvs._core")
+core = pytest.importorskip("fastlvs.engine._core")
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 

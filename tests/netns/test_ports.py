@@ -12,7 +12,7 @@ import pytest
 import netns_support
 from netns_support import collect, drain, in_ns, raw_socket
 
-core = pytest.importorskip("fastlvs._core")
+core = pytest.importorskip("fastlvs.engine._core")
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
@@ -186,7 +186,7 @@ def test_transmit_reaches_the_peer(topo, backend):
 
 def test_exit_without_close_leaves_nothing(topo):
     # a process that forgets close() still detaches its program and removes its table
-    code = ("import fastlvs._core as c\n"
+    code = ("import fastlvs.engine._core as c\n"
             "x = c.XdpPort('d0', ring_size=64)\n"
             "q = c.PacketPort('d1'); q.add_service('tcp', '10.200.2.50', 80)\n"
             "import subprocess; print('nft' if 'fastlvs_' in subprocess.run(['nft', 'list', "

@@ -1,4 +1,4 @@
-"""fastlvs.netlink inside namespaces the fixture builds: interfaces, `ip route get`,
+"""fastlvs.system.netlink inside namespaces the fixture builds: interfaces, `ip route get`,
 locality and the VIP rule, neighbour resolution of a live peer and of an absent one, the
 next hop the Director uses, and the neighbour monitor."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces ne
 pytest.importorskip("pyroute2")
 
 from netns_pair import ip  # noqa: E402
-from fastlvs.director import NoRoute  # noqa: E402
-from fastlvs.netlink import NeighbourMonitor, Netlink, NetlinkError, dr_problem, vip_problem  # noqa: E402
+from fastlvs.control.model import NoRoute  # noqa: E402
+from fastlvs.system.netlink import NeighbourMonitor, Netlink, NetlinkError, dr_problem, vip_problem  # noqa: E402
 
 
 def test_interface(pair):
@@ -91,20 +91,27 @@ def test_nexthop_is_what_the_director_needs(pair):
     with Netlink(pair.a) as nl:
         assert nl.nexthop(pair.b_ip) == (peer_mac, idx)
         assert nl.nexthop("198.51.100.7") == (peer_mac, idx)   # via the gateway
-        with pytest.raises(NoRoute, match=f"^{pair.a_ip} is an address of this host$"):
+        with pytest.raises(NetlinkError, match=f"^{pair.a_ip} is an address of this host$"):
             nl.nexthop(pair.a_ip)
-        with pytest.raises(NoRoute, match="Network is unreachable"):
+        with pytest.raises(NetlinkError, match="Network is unreachable"):
             nl.nexthop("203.0.113.1")
 
 
 def test_director_over_netlink_next_hops(pair):
-    """The Director takes Netlink.nexthop as is: a dest it cannot reach is refused whole."""
-    core = pytest.importorskip("fastlvs._core")
-    from fastlvs.director import Director
-    from fastlvs.rules import parse_command
+    """The Director over Netlink.nexthop (NetlinkError read as NoRoute, as the daemon does):
+    a dest it cannot reach is refused whole."""
+    core = pytest.importorskip("fastlvs.engine._core")
+    from fastlvs.control.director import Director
+    from fastlvs.control.ipvsadm import parse_command
 
     with Netlink(pair.a) as nl:
-        d = Director(core.Engine(capacity=64), nl.nexthop)
+        def nexthop(ip):
+            try:
+                return nl.nexthop(ip)
+            except NetlinkError as e:
+                raise NoRoute(str(e)) from None
+
+        d = Director(core.Engine(capacity=64), nexthop)
         d.execute(parse_command(["-A", "-t", f"{pair.a_ip}:80"]))
         d.execute(parse_command(["-a", "-t", f"{pair.a_ip}:80", "-r", pair.b_ip]))
         with pytest.raises(NoRoute):

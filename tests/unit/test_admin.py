@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from fastlvs import admin, ctl
+from fastlvs import admin
+from fastlvs.control import ctl
 from fastlvs.cli import main as cli_main
 
 

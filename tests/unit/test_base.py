@@ -149,13 +149,13 @@ def test_the_scheduler_library_imports_without_the_engine():
         import importlib.abc, sys
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path, target=None):
-                if name == "fastlvs._core":
+                if name == "fastlvs.engine._core":
                     raise ImportError("blocked: no compiled engine here")
         sys.meta_path.insert(0, Block())
         import fastlvs.schedulers as s
         for n in s.names():
             s.get(n)
-        assert "fastlvs._core" not in sys.modules, sorted(m for m in sys.modules if "fastlvs" in m)
+        assert "fastlvs.engine._core" not in sys.modules, sorted(m for m in sys.modules if "fastlvs" in m)
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

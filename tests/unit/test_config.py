@@ -1,4 +1,4 @@
-"""`--config FILE` (fastlvs.config): the commented example, equivalence with ipvsadm rules,
+"""`--config FILE` (fastlvs.control.config): the commented example, equivalence with ipvsadm rules,
 defaults, and one-line errors naming file, line and table path. No root, no build."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fastlvs.config import ConfigError, DirectorConfig, load_config, parse_config
-from fastlvs.listing import format_list
-from fastlvs.rules import dump_rules, parse_rules
+from fastlvs.control.config import ConfigError, DirectorConfig, load_config, parse_config
+from fastlvs.control.listing import format_list
+from fastlvs.control.rules import dump_rules, parse_rules
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastlvs.toml"
 

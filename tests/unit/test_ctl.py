@@ -1,4 +1,4 @@
-"""The control socket's wire schema (fastlvs.ctl): framing, validation, the socket path and
+"""The control socket's wire schema (fastlvs.control.ctl): framing, validation, the socket path and
 the client's failure modes. No daemon, no build."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from fastlvs import ctl
+from fastlvs.control import ctl
 
 
 def test_encode_is_one_line_and_decodes_back():

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from fastlvs.daemon import Daemon, Options, StartupError, quickstart_table
-from fastlvs.model import FwdMethod
+from fastlvs.control.model import FwdMethod
 
 
 def test_quick_start_adds_real_servers_in_order_so_the_last_heads_the_list():

@@ -4,9 +4,9 @@ ipvsadm.c), run through a C printf with the same data: note the trailing blanks 
 left-aligned last columns leave."""
 import pytest
 
-from fastlvs.listing import (ConnEntry, format_conns, format_list, format_timeout,
+from fastlvs.control.listing import (ConnEntry, format_conns, format_list, format_timeout,
                              sorted_dests, sorted_services)
-from fastlvs.model import RATE_FIELDS, STAT_FIELDS, ControlError, Proto, ServiceTable
+from fastlvs.control.model import RATE_FIELDS, STAT_FIELDS, ControlError, Proto, ServiceTable
 
 BANNER = "IP Virtual Server version 1.2.1 (size=4096)"
 

@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from fastlvs.model import (DEFAULT_PERSISTENT_TIMEOUT, RATE_FIELDS, STAT_FIELDS, ControlError,
+from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, RATE_FIELDS, STAT_FIELDS, ControlError,
                            Dest, FwdMethod, Proto, ServiceKey, ServiceTable)
 from fastlvs.schedulers import Flow, RealServer, create
 

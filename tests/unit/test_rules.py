@@ -6,9 +6,9 @@ import textwrap
 import pytest
 
 from fastlvs import schedulers
-from fastlvs.model import FwdMethod, Proto, ServiceKey, ServiceTable
-from fastlvs.rules import (Command, CommandError, RulesError, apply_command, dump_rules,
-                           iter_rules, load_rules, parse_command, parse_rules)
+from fastlvs.control.model import FwdMethod, Proto, ServiceKey, ServiceTable
+from fastlvs.control.ipvsadm import Command, CommandError, apply_command, parse_command
+from fastlvs.control.rules import RulesError, dump_rules, iter_rules, load_rules, parse_rules
 
 VIP = ("tcp", "10.0.0.1", 80)
 

@@ -12,7 +12,7 @@ Layout (LAN 10.201.0.0/24 on bridge br0; NAT puts the real servers on 10.201.1.0
       VIP 10.201.0.100/32 on lan0                  TUN: an XDP program on each RS strips IPIP
     NAT: director rsnet0 10.201.1.2 -- br1 -- rs1..rsN 10.201.1.11.., default route via .2
 
-Servers (`python -m fastlvs.testbed serve NAME ...`): HTTP on port 80 answering its NAME
+Servers (`python -m fastlvs.lab.testbed serve NAME ...`): HTTP on port 80 answering its NAME
 (HTTP/1.0 closes after one answer, HTTP/1.1 keeps the connection), and a UDP echo on port 53
 answering "NAME <payload>", bound to each of its addresses (so the answer leaves from the
 address the request was sent to, the VIP in DR/TUN).
@@ -270,7 +270,7 @@ class Testbed:
         return obj
 
     def _start_server(self, ns, name, addrs):
-        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "fastlvs.testbed", "serve",
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "fastlvs.lab.testbed", "serve",
                name, *addrs]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env())
@@ -612,7 +612,7 @@ def main(argv=None) -> int:
     if len(argv) >= 2 and argv[0] == "serve":
         serve(argv[1], argv[2:] or ["0.0.0.0"])
         return 0
-    print("usage: python -m fastlvs.testbed serve NAME [UDP-ADDR ...]", file=sys.stderr)
+    print("usage: python -m fastlvs.lab.testbed serve NAME [UDP-ADDR ...]", file=sys.stderr)
     return 2
 
 

@@ -2,7 +2,7 @@
 # handed to the engine in place, a block goes back to the kernel once all its frames were
 # handled) and a TPACKET_V2 TX ring on a second socket with PACKET_QDISC_BYPASS (one copy into
 # the ring, one send() per batch). The kernel still sees every frame, so the virtual services
-# get an nftables netdev-ingress drop (fastlvs.nft) while the port is open.
+# get an nftables netdev-ingress drop (fastlvs.system.nft) while the port is open.
 
 cdef enum:
     PKT_RX_BLOCK_SIZE = 1 << 16
@@ -218,7 +218,7 @@ cdef class PacketPort(Port):
         if self.p.kind == 0:
             raise ValueError(f"{self.ifname}: port is closed")
         if self.nft is None:
-            from fastlvs.nft import NftIngressDrop
+            from fastlvs.system.nft import NftIngressDrop
             with _InNetns(self.nsfd):
                 self.nft = NftIngressDrop([self.ifname])
         return self.nft

@@ -1,6 +1,6 @@
 """The daemon's side of the control socket: THE control API (admin command, tests, health
 checker). `run_command()` carries out one ipvsadm command line against a Director;
-`ControlServer` serves the wire protocol of fastlvs.ctl on a Unix socket, non-blocking,
+`ControlServer` serves the wire protocol of fastlvs.control.ctl on a Unix socket, non-blocking,
 from the daemon's own loop (no thread ever touches the Director beside the engine's).
 """
 from __future__ import annotations
@@ -15,11 +15,13 @@ import struct
 from typing import Callable
 
 from fastlvs import __version__
-from fastlvs import ctl
-from fastlvs.director import NoRoute, describe_noroute
-from fastlvs.listing import format_timeout
-from fastlvs.model import ControlError
-from fastlvs.rules import CommandError, RulesError, parse_command
+from fastlvs.control import ctl
+from fastlvs.control.director import describe_noroute
+from fastlvs.control.model import NoRoute
+from fastlvs.control.listing import format_timeout
+from fastlvs.control.model import ControlError
+from fastlvs.control.ipvsadm import CommandError, parse_command
+from fastlvs.control.rules import RulesError
 
 log = logging.getLogger("fastlvs.control")
 

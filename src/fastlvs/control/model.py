@@ -46,6 +46,10 @@ class ControlError(Exception):
         super().__init__(f"{message} ({detail})" if detail else message)
 
 
+class NoRoute(Exception):
+    """No next hop is known for a real server's address (the Director's `nexthop` raises it)."""
+
+
 class Proto(enum.Enum):
     """A virtual service's protocol, with its IP protocol number and ipvsadm spellings."""
 
@@ -472,7 +476,7 @@ class ServiceTable:
         a negative weight or l_threshold > u_threshold (0 = no upper limit, so a lower
         threshold needs an upper one), and when the address family differs from the
         service's unless `fwd` is TUN. The port is kept as given (ipvsadm forces it to the
-        service's for DR and TUN before calling; see fastlvs.rules).
+        service's for DR and TUN before calling; see fastlvs.control.ipvsadm).
         """
         svc = self._need(key, "Service not defined")
         ip = self._dest_addr(addr, port)

@@ -13,11 +13,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastlvs import ctl
-from fastlvs.model import (DEFAULT_PERSISTENT_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT,
-                           ControlError, FwdMethod, Proto, ServiceTable)
-from fastlvs.rules import (MAX_RULE_THRESHOLD, MAX_RULE_WEIGHT, CommandError,
-                           parse_addrport)
+from fastlvs.control import ctl
+from fastlvs.control.ipvsadm import (MAX_RULE_THRESHOLD, MAX_RULE_WEIGHT, CommandError,
+                                     parse_addrport)
+from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT,
+                                   ControlError, FwdMethod, Proto, ServiceTable)
 
 MODES = ("dr", "nat", "tun")
 BACKENDS = ("auto", "xdp", "packet")

@@ -1,6 +1,6 @@
-"""ipvsadm's command language for fastlvs: one command line (argv) -> `Command`, shared by
-rules files and `fastlvs admin`; and the ipvsadm-save format <-> ServiceTable
-(`parse_rules`, `load_rules`, `dump_rules`).
+"""ipvsadm's command language: one command line (argv) -> `Command` (`parse_command`), and a
+table-changing Command -> ServiceTable (`apply_command`). Shared by rules files (rules.py),
+`fastlvs admin` and the control socket.
 
 The parser accepts what ipvsadm 1.31 accepts (short and long options, clustered short
 options, `--opt=value`) with ipvsadm's defaults (scheduler wlc, -g, weight 1, -p = 360 s)
@@ -13,11 +13,10 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from fastlvs import schedulers as _schedulers
-from fastlvs.model import (DEFAULT_PERSISTENT_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT,
+from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT,
                            ControlError, FwdMethod, Proto, ServiceKey, ServiceTable, addrport,
                            check_sched_flags)
 
@@ -27,16 +26,6 @@ MAX_RULE_THRESHOLD = 2**31 - 1   # ipvsadm's -x/-y range is 0..INT_MAX
 
 class CommandError(ValueError):
     """A command line refused before it reaches the table (what ipvsadm refuses itself)."""
-
-
-class RulesError(ValueError):
-    """A rules file line that cannot be parsed or applied; str() is `FILE:LINE: reason`."""
-
-    def __init__(self, filename: str, lineno: int, reason: str):
-        self.filename = filename
-        self.lineno = lineno
-        self.reason = reason
-        super().__init__(f"{filename}:{lineno}: {reason}")
 
 
 # -- the option table ------------------------------------------------------------------------
@@ -559,7 +548,8 @@ def apply_command(table: ServiceTable, cmd: Command):
     raise CommandError(f"{cmd.flag}: does not change the table")
 
 
-def _describe(cmd: Command, err: ControlError) -> str:
+def describe(cmd: Command, err: ControlError) -> str:
+    """One line for a command the table refused: what was asked, of what, and why."""
     svc = cmd.service.option_text() if cmd.service else ""
     if err.message in ("Service not defined", "No such service"):
         return f"{cmd.flag} for a service that was not added: {svc}"
@@ -571,99 +561,5 @@ def _describe(cmd: Command, err: ControlError) -> str:
     return f"{where}: {err}"
 
 
-# -- rules files -----------------------------------------------------------------------------
-def iter_rules(text: str, filename: str = "-") -> Iterator[tuple[int, Command]]:
-    """Yield (line number, Command) for each command line of a rules file.
-
-    Lines are split on blanks; `#` starts a comment; blank lines are skipped, as is a
-    leading "ipvsadm" word (as ipvsadm -R allows). Only table changes are accepted
-    (-A -E -D -C -a -e -d -Z --set). RulesError names the file and line.
-    """
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        tokens = raw.split("#", 1)[0].split()
-        if tokens and tokens[0] == "ipvsadm":
-            tokens = tokens[1:]
-        if not tokens:
-            continue
-        try:
-            cmd = parse_command(tokens)
-        except CommandError as e:
-            raise RulesError(filename, lineno, str(e)) from None
-        if cmd.name not in TABLE_COMMANDS:
-            raise RulesError(filename, lineno, f"{cmd.flag} does not belong in a rules file "
-                             f"(only -A -E -D -C -a -e -d -Z --set)")
-        yield lineno, cmd
-
-
-def parse_rules(text: str, filename: str = "-", table: ServiceTable | None = None
-                ) -> ServiceTable:
-    """Apply the commands of an ipvsadm-save/-R text, in order, to `table` (a new, empty
-    ServiceTable by default) and return it.
-
-    Stops at the first bad line with RulesError (`FILE:LINE: reason`); unlike ipvsadm -R,
-    which carries on past lines the kernel refuses, nothing after it is applied. Each -a
-    inserts its dest at the head of the list, as IPVS does, so dests end up newest first.
-    """
-    table = ServiceTable() if table is None else table
-    for lineno, cmd in iter_rules(text, filename):
-        try:
-            apply_command(table, cmd)
-        except ControlError as e:
-            raise RulesError(filename, lineno, _describe(cmd, e)) from None
-    return table
-
-
-def load_rules(path) -> ServiceTable:
-    """parse_rules() of a file; errors name the file as given."""
-    return parse_rules(Path(path).read_text(), filename=str(path))
-
-
-def dump_rules(table: ServiceTable, numeric: bool = True, *, sort: bool = True,
-               thresholds: bool = False) -> str:
-    """The table as `ipvsadm-save -n` (ipvsadm -S -n) prints it.
-
-    Per service `-A -t VIP:PORT -s SCHED [-p T [-M MASK]] [-o] [-b FLAGS]`, then its dests
-    `-a -t VIP:PORT -r RIP:PORT -g|-m|-i -w W` (`--tun-type ipip` after a -i dest, as 1.31
-    writes). Like ipvsadm: services and dests sorted by address and port, thresholds not
-    written, -M only for a persistent service with a non-host mask.
-
-    Order: ipvsadm sorts the dests, and restoring re-adds each at the list's head, so a
-    save/restore round trip leaves the list in reverse sorted order whatever it was before
-    (equal listings, possibly different rr/wrr turns). `sort=False` is fastlvs' exact form:
-    services in the order they were added and each service's dests oldest first, so that
-    parse_rules() rebuilds the same list order. `thresholds=True` appends `-x U -y L` to
-    dests that have thresholds (ipvsadm -R reads them; ipvsadm -S never writes them).
-    `numeric=False` prints numbers too (fastlvs does no name look-ups).
-    """
-    from fastlvs.listing import sched_flags_text, sorted_dests, sorted_services
-
-    del numeric
-    out = []
-    for svc in (sorted_services(table) if sort else list(table)):
-        name = svc.key.option_text()
-        line = f"-A {name} -s {svc.sched_name}"
-        if svc.persistent:
-            line += f" -p {svc.timeout}"
-            if svc.af == 4 and svc.netmask != "255.255.255.255":
-                line += f" -M {svc.netmask}"
-            if svc.af == 6 and svc.netmask != 128:
-                line += f" -M {svc.netmask}"
-        if svc.ops:
-            line += " -o"
-        flags = sched_flags_text(svc)
-        if flags:
-            line += f" -b {flags}"
-        out.append(line + "\n")
-        for d in (sorted_dests(svc) if sort else list(reversed(svc.dests))):
-            line = f"-a {name} -r {addrport(d.addr, d.port)} {d.fwd.option} -w {d.weight}"
-            if d.fwd is FwdMethod.TUN:
-                line += " --tun-type ipip"
-            if thresholds and (d.u_threshold or d.l_threshold):
-                line += f" -x {d.u_threshold} -y {d.l_threshold}"
-            out.append(line + "\n")
-    return "".join(out)
-
-
-__all__ = ["COMMAND_FLAGS", "Command", "CommandError", "RulesError", "TABLE_COMMANDS",
-           "apply_command", "dump_rules", "iter_rules", "load_rules", "parse_addrport",
-           "parse_command", "parse_rules"]
+__all__ = ["COMMAND_FLAGS", "Command", "CommandError", "TABLE_COMMANDS", "apply_command",
+           "describe", "parse_addrport", "parse_command"]

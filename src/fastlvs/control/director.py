@@ -13,10 +13,11 @@ import os
 from typing import Callable
 
 from fastlvs import schedulers
-from fastlvs.listing import ConnEntry, format_conns, format_list
-from fastlvs.model import (RATE_FIELDS, STAT_FIELDS, ControlError, FwdMethod, Service,
-                           ServiceKey, ServiceTable, addrport)
-from fastlvs.rules import Command, _describe, apply_command, dump_rules, iter_rules
+from fastlvs.control.listing import ConnEntry, format_conns, format_list
+from fastlvs.control.model import (RATE_FIELDS, STAT_FIELDS, ControlError, FwdMethod, Service,
+                           NoRoute, ServiceKey, ServiceTable, addrport)
+from fastlvs.control.ipvsadm import Command, apply_command, describe
+from fastlvs.control.rules import dump_rules, iter_rules
 from fastlvs.schedulers import Flow
 
 # The engine serves these from their exported table, in C, without calling Python.
@@ -31,10 +32,6 @@ _EST_ROUND = (0x1FF, 0x1FF, 0x1FF, 0xF, 0xF)        # ip_vs_read_estimator's rou
 _EST_SCALE = (10, 10, 10, 5, 5)
 
 NextHop = Callable[[str], "tuple[bytes | str, int]"]
-
-
-class NoRoute(Exception):
-    """No next hop is known for a real server's address."""
 
 
 def describe_noroute(cmd: Command, err: NoRoute) -> str:
@@ -223,7 +220,7 @@ class Director:
             try:
                 self.execute(cmd)
             except ControlError as e:
-                errors.append(f"{filename}:{lineno}: {_describe(cmd, e)}")
+                errors.append(f"{filename}:{lineno}: {describe(cmd, e)}")
             except NoRoute as e:
                 errors.append(f"{filename}:{lineno}: {describe_noroute(cmd, e)}")
         return errors

@@ -11,7 +11,7 @@ import errno
 import ipaddress
 from typing import Callable, Iterable, NamedTuple
 
-from fastlvs.model import (ControlError, FwdMethod, Proto, Service, ServiceTable, addrport,
+from fastlvs.control.model import (ControlError, FwdMethod, Proto, Service, ServiceTable, addrport,
                            flag_bits, service_key)
 
 IPVS_VERSION = "1.2.1"           # what every kernel since 2.6.x reports (IP_VS_VERSION_CODE)

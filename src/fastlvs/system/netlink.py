@@ -23,8 +23,6 @@ import socket
 import time
 from dataclasses import dataclass
 
-from fastlvs.director import NoRoute
-
 # <linux/neighbour.h>
 NUD_INCOMPLETE = 0x01
 NUD_REACHABLE = 0x02
@@ -241,15 +239,12 @@ class Netlink:
     def nexthop(self, ip: str, timeout: float = 3.0) -> tuple[bytes, int]:
         """(MAC, ifindex) to send frames for `ip` to, as the kernel would: the route's output
         interface, and the MAC of its gateway or of `ip` itself when on-link (resolved if
-        needed). Raises director.NoRoute (one line), so it can be the Director's `nexthop`
-        as is. A local address is refused: the director cannot forward to itself."""
-        try:
-            route = self.route_get(ip)
-            if route.local:
-                raise NoRoute(f"{ip} is an address of this host")
-            return self.resolve(route.nexthop, route.oif, timeout), route.oif
-        except NetlinkError as e:
-            raise NoRoute(str(e)) from None
+        needed). Raises NetlinkError (one line). A local address is refused: the director
+        cannot forward to itself."""
+        route = self.route_get(ip)
+        if route.local:
+            raise NetlinkError(f"{ip} is an address of this host")
+        return self.resolve(route.nexthop, route.oif, timeout), route.oif
 
 
 def vip_problem(nl: Netlink, vip: str) -> str | None:

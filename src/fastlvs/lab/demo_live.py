@@ -1,12 +1,12 @@
 """`make demo`: fastlvs as an LVS-DR director over AF_XDP, live, in network namespaces.
 
-Builds a client, a director and three real servers on one bridged segment (fastlvs.testbed),
+Builds a client, a director and three real servers on one bridged segment (fastlvs.lab.testbed),
 starts `fastlvs --mode dr --backend xdp` in the director namespace with wrr weights 1, 2, 3,
 sends real HTTP requests from the client (each over its own TCP connection) and a few UDP
 flows, prints `fastlvs admin -Ln --stats` and the per-server counts the client saw, and
 removes everything, also on Ctrl-C or failure. Root only; under a minute.
 
-    python -m fastlvs.demo_live [--requests N] [--backend xdp|packet|auto]
+    python -m fastlvs.lab.demo_live [--requests N] [--backend xdp|packet|auto]
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ import socket
 import sys
 import time
 
-from fastlvs.testbed import HTTP_PORT, Testbed
+from fastlvs.lab.testbed import HTTP_PORT, Testbed
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastlvs.demo_live", description=__doc__.split(
+    ap = argparse.ArgumentParser(prog="python -m fastlvs.lab.demo_live", description=__doc__.split(
         "\n\n")[0])
     ap.add_argument("--requests", type=int, default=600,
                     help="HTTP requests, one TCP connection each (default 600)")
