@@ -4,16 +4,21 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
-APT_PKGS := python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2 ethtool netbase
+# Everything the build, the daemon, the lab bench, the tests and `make demo` run; the benchmarks'
+# own extras are in BENCH_APT_PKGS. tests/unit/test_programs.py checks both against the code.
+APT_PKGS := python3 python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2 ethtool netbase procps
+BENCH_APT_PKGS := conntrack
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv build test demo demo-sched bench bench-sched clean
+.PHONY: all deps bench-deps venv build test demo demo-sched bench bench-sched bench-peers clean
 
 all: build
 
 # apt-get only what is missing, so a second run neither needs the network nor takes time.
-deps:
-	@missing=""; for p in $(APT_PKGS); do \
+deps: PKGS = $(APT_PKGS)
+bench-deps: PKGS = $(BENCH_APT_PKGS)
+deps bench-deps:
+	@missing=""; for p in $(PKGS); do \
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -57,8 +62,7 @@ bench-sched: build
 
 # fastlvs against its peers (nftables DNAT, kernel forwarding, an XDP balancer, bare C forwarders)
 # in namespaces on this machine: benchmarks/results/peers.json and peers.png (README-peers.md).
-bench-peers: build
-	@command -v ethtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ethtool)
+bench-peers: build bench-deps
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q "matplotlib"
 	$(PY) benchmarks/peers.py
 

@@ -2,14 +2,10 @@
 tests/core/packets.py, as the tests use them)."""
 from __future__ import annotations
 
-import os
 import random
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "core"))
-
-import fastlvs.engine._core as core  # noqa: E402
-import packets as P  # noqa: E402
+import fastlvs.engine._core as core
+from tests.core import packets as P
 
 S = 1_000_000_000
 FIRST_SRC = 0x0B000002          # the first source process_loaded(new_flows=True) writes

@@ -1,13 +1,13 @@
 """Resident memory of an Engine with 1,000,000 and 10,000,000 entries, filled with conns.
 
-    .venv/bin/python benchmarks/engine_memory.py [1000000 10000000]
+    .venv/bin/python -m benchmarks.engine_memory [1000000 10000000]     (from the repository root)
 
 Each size runs in a child process so that RSS is measured alone."""
 import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def rss_kib() -> int:
@@ -19,7 +19,7 @@ def rss_kib() -> int:
 
 
 def child(n: int) -> None:
-    from bench_engine_common import engine, establish
+    from benchmarks.bench_engine_common import engine, establish
     before = rss_kib()
     e = engine("dr", n)
     establish(e, n)
@@ -35,7 +35,8 @@ def main() -> int:
         return 0
     sizes = [int(x) for x in sys.argv[1:]] or [1_000_000, 10_000_000]
     for n in sizes:
-        subprocess.run([sys.executable, __file__, "--child", str(n)], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.engine_memory", "--child", str(n)],
+                       check=True, cwd=ROOT)
     return 0
 
 

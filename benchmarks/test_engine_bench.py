@@ -8,8 +8,8 @@ round time / FRAMES. Run:
 """
 import pytest
 
-from bench_engine_common import S, FIRST_SRC, engine, establish, established_frames
-import packets as P
+from benchmarks.bench_engine_common import S, FIRST_SRC, engine, establish, established_frames
+from tests.core import packets as P
 from fastlvs.schedulers import Flow, RealServer, create
 
 FRAMES = 65536

@@ -9,7 +9,7 @@ import sys
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from control_harness import CLIENT_MAC, LOCAL_MAC
+from tests.control.control_harness import CLIENT_MAC, LOCAL_MAC
 from fastlvs.control.listing import format_list
 from fastlvs.control.rules import dump_rules
 

@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from control_harness import Daemon
+from tests.control.control_harness import Daemon
 from fastlvs.control import ctl
 from fastlvs.control.server import ControlServer
 
@@ -140,7 +140,7 @@ def test_client_that_hangs_up_early(daemon):
 def test_poll_once_without_thread(tmp_path):
     """The daemon's own use: poll_once/handle_ready from one loop, fileno() for its poller."""
     import select
-    from control_harness import nexthop
+    from tests.control.control_harness import nexthop
     from fastlvs.engine._core import Engine
     from fastlvs.control.director import Director
 

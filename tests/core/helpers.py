@@ -5,7 +5,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 import fastlvs.engine._core as core
-from packets import GW_MAC, LOCAL_IP, LOCAL_MAC, RS, RS_MAC, VIP, VPORT
+from tests.core.packets import GW_MAC, LOCAL_IP, LOCAL_MAC, RS, RS_MAC, VIP, VPORT
 
 S = 1_000_000_000
 

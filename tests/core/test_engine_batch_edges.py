@@ -1,8 +1,8 @@
 """Edges of batching and of multi-interface output that the per-feature tests do not reach."""
 from scapy.layers.l2 import Ether
 
-from helpers import S, engine
-from packets import CLIENT, RS_MAC, VIP, tcp, udp
+from tests.core.helpers import S, engine
+from tests.core.packets import CLIENT, RS_MAC, VIP, tcp, udp
 
 
 def test_a_follower_in_the_same_batch_past_its_conns_timeout_opens_a_new_conn():
@@ -47,7 +47,7 @@ def test_frames_to_a_dest_carry_our_mac_of_that_dests_interface():
 def test_nat_replies_reach_a_client_learnt_from_its_own_frames():
     """With no neighbour entry and no gateway, the first reply of a NAT connection still goes
     back to the MAC the client's SYN came from, out of the learning interface."""
-    from packets import CLIENT_MAC, reply_tcp
+    from tests.core.packets import CLIENT_MAC, reply_tcp
     e = engine(fwd="nat", rport=8080)
     e.set_gateway_mac(None)
     assert [v[0] for v in e.process_verdicts([tcp("S")], 1 * S)] == ["tx"]

@@ -4,8 +4,8 @@ hysteresis, table full, deleted dests and the Python scheduler callback."""
 import pytest
 
 import fastlvs.engine._core as core
-import packets as P
-from helpers import S, engine
+from tests.core import packets as P
+from tests.core.helpers import S, engine
 
 
 def states(e):

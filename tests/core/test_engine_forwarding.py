@@ -5,8 +5,8 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 from scapy.layers.l2 import Dot1Q, Ether
 
-import packets as P
-from helpers import S, checksums_ok, engine
+from tests.core import packets as P
+from tests.core.helpers import S, checksums_ok, engine
 
 
 def one(e, frame, ts=1 * S):

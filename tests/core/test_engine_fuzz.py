@@ -1,18 +1,13 @@
 """A small sample of tests/fuzz/fuzz_engine.py (the full run takes >= 1,000,000 frames), and
 property tests: NAT forward then reverse rewrite restores the addresses with valid
 checksums, and random bytes never produce output."""
-import os
-import sys
-
 from hypothesis import given, settings, strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-import packets as P
-from helpers import S, checksums_ok, engine
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fuzz"))
-import fuzz_engine  # noqa: E402
+from tests.core import packets as P
+from tests.core.helpers import S, checksums_ok, engine
+from tests.fuzz import fuzz_engine
 
 
 def test_fuzz_sample():

@@ -6,10 +6,10 @@ import random
 import pytest
 
 import fastlvs.engine._core as core
-import packets as P
+from tests.core import packets as P
 from fastlvs.schedulers import Flow, RealServer, create
 from fastlvs.schedulers import hashing
-from helpers import S
+from tests.core.helpers import S
 
 KIND = {"sh": 1, "dh": 2, "mh": 3}
 

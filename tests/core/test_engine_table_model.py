@@ -2,8 +2,8 @@
 sequences of packets and clock jumps (insert, refresh, lazy expiry, sweep, table full)."""
 from hypothesis import given, settings, strategies as st
 
-import packets as P
-from helpers import S, engine
+from tests.core import packets as P
+from tests.core.helpers import S, engine
 
 TIMEOUT = 300
 CAP = 6

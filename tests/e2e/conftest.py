@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from e2e_support import ClientCounters, assert_clean, make_bed
+from tests.e2e.e2e_support import ClientCounters, assert_clean, make_bed
 from fastlvs.lab import testbed as tbmod
 
 

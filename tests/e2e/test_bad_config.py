@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from e2e_support import assert_clean, make_bed
+from tests.e2e.e2e_support import assert_clean, make_bed
 from fastlvs.lab.testbed import Daemon
 
 if os.geteuid() != 0:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from e2e_support import BACKENDS, LongLived, assert_clean
+from tests.e2e.e2e_support import BACKENDS, LongLived, assert_clean
 from fastlvs.lab.testbed import HTTP_PORT, UDP_PORT
 
 if os.geteuid() != 0:

@@ -2,21 +2,18 @@
 transmits must re-parse with a valid IPv4 header checksum (and a valid TCP/UDP/ICMP checksum
 whenever the input's was valid).
 
-    .venv/bin/python tests/fuzz/fuzz_engine.py 1000000 [--seed N]
+    .venv/bin/python -m tests.fuzz.fuzz_engine 1000000 [--seed N]     (from the repository root)
 """
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import struct
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "core"))
-
-import fastlvs.engine._core as core  # noqa: E402
-import packets as P  # noqa: E402
+import fastlvs.engine._core as core
+from tests.core import packets as P
 
 S = 1_000_000_000
 

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from netns_support import collect, drain, in_ns, raw_socket
+from tests.netns.netns_support import collect, drain, in_ns, raw_socket
 
 core = pytest.importorskip("fastlvs.engine._core")
 from scapy.layers.inet import IP, UDP  # noqa: E402

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-import netns_support
-from netns_support import collect, drain, in_ns, raw_socket
+from tests.netns import netns_support
+from tests.netns.netns_support import collect, drain, in_ns, raw_socket
 
 core = pytest.importorskip("fastlvs.engine._core")
 from scapy.layers.inet import IP, UDP  # noqa: E402

@@ -4,14 +4,11 @@ is the gateway of 198.51.100.0/24 for `a`. Root only: the tests skip otherwise."
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from netns_pair import Pair, ip  # noqa: E402
+from tests.netns_netlink.netns_pair import Pair, ip
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 pytest.importorskip("pyroute2")
 
-from netns_pair import ip  # noqa: E402
+from tests.netns_netlink.netns_pair import ip  # noqa: E402
 from fastlvs.control.model import NoRoute  # noqa: E402
 from fastlvs.system.netlink import NeighbourMonitor, Netlink, NetlinkError, dr_problem, vip_problem  # noqa: E402
 

@@ -1,15 +1,8 @@
 """benchmarks/peers.py --replot --merge: pooling earlier full runs keeps pairs paired and
 recomputes medians over every run."""
-import importlib.util
-import os
-
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location(
-    "peers", os.path.join(HERE, "..", "..", "benchmarks", "peers.py"))
-peers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(peers)
+from benchmarks import peers
 
 
 def _result(date, pps_by_case):

@@ -10,10 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from fastlvs.schedulers import Flow, RealServer, create
 from fastlvs.schedulers.dh import TAB_SIZE
-
-
-def rs(last_octet, weight=1):
-    return RealServer(f"192.0.2.{last_octet}", 80, weight=weight)
+from tests.helpers.sched import rs
 
 
 def to(daddr, saddr="198.51.100.1", sport=40000, dport=80):

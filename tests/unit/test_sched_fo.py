@@ -2,16 +2,8 @@
 overloaded; the comparison `weight > hw` starts from hw = 0 and is strict."""
 from hypothesis import given, settings, strategies as st
 
-from fastlvs.schedulers import Flow, RealServer, create
-
-FLOW = Flow("198.51.100.7", 40000, "203.0.113.10", 80)
-FLOW6 = Flow("2001:db8:1::7", 40000, "2001:db8:2::10", 80, "udp")
-
-
-def rs(host, weight=1, act=0, inact=0, overloaded=False, v6=False):
-    r = RealServer(f"2001:db8::{host}" if v6 else f"192.0.2.{host}", 80, weight=weight)
-    r.activeconns, r.inactconns, r.overloaded = act, inact, overloaded
-    return r
+from fastlvs.schedulers import create
+from tests.helpers.sched import FLOW, FLOW6, rs
 
 
 def test_the_highest_weight_takes_every_connection():

@@ -6,22 +6,9 @@ from fractions import Fraction
 from hypothesis import given, settings, strategies as st
 
 from fastlvs.schedulers import Flow, RealServer, create
+from tests.helpers.sched import Clock, rs
 
 MAX_SIZE = 1024 * 16
-
-
-class Clock:
-    def __init__(self, t=0.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-
-def rs(host, weight=1, act=0, inact=0, overloaded=False, port=80):
-    r = RealServer(f"192.0.2.{host}", port, weight=weight)
-    r.activeconns, r.inactconns, r.overloaded = act, inact, overloaded
-    return r
 
 
 def to(daddr, sport=40000):

@@ -4,14 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 from fastlvs.schedulers import Flow, RealServer, create
 from fastlvs.schedulers.lc import conn_overhead
-
-FLOW = Flow("198.51.100.7", 40000, "203.0.113.10", 80)
-
-
-def rs(host, weight=1, act=0, inact=0, overloaded=False):
-    r = RealServer(f"192.0.2.{host}", 80, weight=weight)
-    r.activeconns, r.inactconns, r.overloaded = act, inact, overloaded
-    return r
+from tests.helpers.sched import FLOW, rs
 
 
 def test_one_active_connection_weighs_256_inactive_ones():

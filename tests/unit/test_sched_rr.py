@@ -3,10 +3,8 @@ overloaded or of weight 0 stepped over, and del_dest moving the position back on
 when the saved server itself is removed."""
 from hypothesis import given, settings, strategies as st
 
-from fastlvs.schedulers import Flow, RealServer, create
-
-FLOW = Flow("198.51.100.7", 40000, "203.0.113.10", 80)
-FLOW6 = Flow("2001:db8:1::7", 40000, "2001:db8:2::10", 80, "udp")
+from fastlvs.schedulers import RealServer, create
+from tests.helpers.sched import FLOW, FLOW6, picks
 
 
 def make(spec: str, v6: bool = False):
@@ -15,16 +13,6 @@ def make(spec: str, v6: bool = False):
     for i, name in enumerate(spec):
         s[name] = RealServer(f"2001:db8::{i + 1}" if v6 else f"192.0.2.{i + 1}", 80)
     return s, create("rr", list(s.values()))
-
-
-def picks(sched, s: dict, n: int, flow=FLOW) -> str:
-    """The next n picks as server names ("-" for None)."""
-    name = {id(rs): k for k, rs in s.items()}
-    out = []
-    for _ in range(n):
-        d = sched.schedule(flow)
-        out.append("-" if d is None else name[id(d)])
-    return "".join(out)
 
 
 def test_first_round_follows_the_list_from_the_head():

@@ -5,14 +5,7 @@ from fractions import Fraction
 from hypothesis import given, settings, strategies as st
 
 from fastlvs.schedulers import Flow, RealServer, create
-
-FLOW = Flow("198.51.100.7", 40000, "203.0.113.10", 80)
-
-
-def rs(host, weight=1, act=0, inact=0, overloaded=False):
-    r = RealServer(f"192.0.2.{host}", 80, weight=weight)
-    r.activeconns, r.inactconns, r.overloaded = act, inact, overloaded
-    return r
+from tests.helpers.sched import FLOW, rs
 
 
 def test_the_new_connection_counts_so_idle_servers_compare_by_weight():

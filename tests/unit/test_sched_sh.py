@@ -11,10 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from fastlvs.schedulers import Flow, RealServer, create
 from fastlvs.schedulers.sh import TAB_SIZE
-
-
-def rs(last_octet, weight=1, port=80):
-    return RealServer(f"192.0.2.{last_octet}", port, weight=weight)
+from tests.helpers.sched import rs
 
 
 def flow(saddr, sport=40000, daddr="203.0.113.10", dport=80, proto="tcp"):

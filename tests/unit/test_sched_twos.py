@@ -7,11 +7,10 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from fastlvs.schedulers import Flow, RealServer, create
+from fastlvs.schedulers import create
 from fastlvs.schedulers import twos as twos_mod
+from tests.helpers.sched import FLOW, rs
 
-FLOW = Flow("198.51.100.7", 40000, "203.0.113.10", 80)
-FLOW6 = Flow("2001:db8:1::7", 40000, "2001:db8:2::10", 80, "udp")
 W_MAX = 2**31 - 1
 
 
@@ -25,12 +24,6 @@ class Draws:
     def randrange(self, n):
         self.bounds.append(n)
         return self.values.pop(0)
-
-
-def rs(host, weight=1, act=0, inact=0, overloaded=False, v6=False):
-    r = RealServer(f"2001:db8::{host}" if v6 else f"192.0.2.{host}", 80, weight=weight)
-    r.activeconns, r.inactconns, r.overloaded = act, inact, overloaded
-    return r
 
 
 def pick(servers, r1, r2):

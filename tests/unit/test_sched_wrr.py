@@ -6,11 +6,9 @@ from math import gcd
 
 from hypothesis import given, settings, strategies as st
 
-from fastlvs.schedulers import Flow, RealServer, create
+from fastlvs.schedulers import RealServer, create
 from fastlvs.schedulers import wrr as wrr_mod
-
-FLOW = Flow("198.51.100.7", 40000, "203.0.113.10", 80)
-FLOW6 = Flow("2001:db8:1::7", 40000, "2001:db8:2::10", 80, "udp")
+from tests.helpers.sched import FLOW, FLOW6, picks
 
 
 def make(spec: str, weights, v6: bool = False, overloaded: str = ""):
@@ -21,13 +19,6 @@ def make(spec: str, weights, v6: bool = False, overloaded: str = ""):
         s[name] = RealServer(f"2001:db8::{i + 1}" if v6 else f"192.0.2.{i + 1}", 80, weight=w)
         s[name].overloaded = name in overloaded
     return s, create("wrr", list(s.values()))
-
-
-def picks(sched, s: dict, n: int, flow=FLOW) -> str:
-    """The next n picks as server names ("-" for None)."""
-    name = {id(rs): k for k, rs in s.items()}
-    return "".join("-" if d is None else name[id(d)]
-                   for d in (sched.schedule(flow) for _ in range(n)))
 
 
 def test_a_round_takes_the_heaviest_first_then_lowers_the_threshold():

@@ -1,0 +1,1 @@
+"""Benchmarks (pytest-benchmark files and scripts run as `python -m benchmarks.<name>`)."""

@@ -1,0 +1,1 @@
+"""Root: whole clusters in namespaces (fastlvs.lab.testbed) with the daemon and real clients."""

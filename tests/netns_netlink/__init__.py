@@ -1,0 +1,1 @@
+"""Root: the netlink layer (routes, neighbours) between two namespaces of its own."""

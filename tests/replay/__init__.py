@@ -1,0 +1,1 @@
+"""`fastlvs replay` end to end: pcaps in, pcaps and --stats JSON out."""
