@@ -1,0 +1,337 @@
+# The batch loop, without the GIL: engine_rx_batch parses, classifies and forwards a batch of
+# frames in place (known conns, hash-scheduled new flows) and parks the new flows of services
+# scheduled in Python; engine_bind_parked binds and forwards them once the scheduler answered.
+
+cdef inline void frame_drop(fl_engine *e, fl_frame *f, int reason) noexcept nogil:
+    f.verdict = VERDICT_DROP
+    f.reason = <uint8_t>reason
+    e.counters[reason] += 1
+
+
+cdef inline void frame_pass(fl_engine *e, fl_frame *f, int reason) noexcept nogil:
+    f.verdict = VERDICT_PASS
+    f.reason = <uint8_t>reason
+    e.counters[reason] += 1
+    e.counters[C_PASS] += 1
+
+
+cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c,
+                                 uint64_t now) noexcept nogil:
+    # ip_vs_in for a known conn: stats, state, transmit, then re-arm the timer.
+    cdef fl_dest *d = &e.dests[c.dest]
+    cdef fl_svc *s = &e.svcs[d.svc]
+    cdef int r
+    d.inpkts += 1
+    d.inbytes += p.tot_len
+    s.inpkts += 1
+    s.inbytes += p.tot_len
+    if p.proto == 6:
+        tcp_set_state(e, c, False, p.tcpflags)
+    else:
+        c.timeout = e.udp_timeout
+    r = XMIT[c.fwd](e, f, p, c)
+    if r >= 0:
+        frame_drop(e, f, r)
+    c.expires = now + secs(c.timeout)
+
+
+cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c,
+                                  uint64_t now) noexcept nogil:
+    # ip_vs_out/handle_response for a NAT reply.
+    cdef fl_dest *d = &e.dests[c.dest]
+    cdef fl_svc *s = &e.svcs[d.svc]
+    cdef int r
+    d.outpkts += 1
+    d.outbytes += p.tot_len
+    s.outpkts += 1
+    s.outbytes += p.tot_len
+    if p.proto == 6:
+        tcp_set_state(e, c, True, p.tcpflags)
+    else:
+        c.timeout = e.udp_timeout
+    r = xmit_nat_out_v4(e, f, p, c)
+    if r >= 0:
+        frame_drop(e, f, r)
+    c.expires = now + secs(c.timeout)
+
+
+cdef inline void persist_net(fl_svc *s, fl_pkt *p, uint32_t *snet) noexcept nogil:
+    snet[0] = 0
+    snet[1] = 0
+    snet[2] = 0
+    snet[3] = p.saddr[3] & s.netmask
+
+
+cdef inline bint template_usable(fl_engine *e, uint32_t ti) noexcept nogil:
+    # ip_vs_check_template with expire_quiescent_template = 0: the template's dest must still
+    # be linked to its service (weight 0 and overload do not matter). An unusable template
+    # is invalidated: it stops matching and lives on only until its timer fires.
+    cdef fl_conn *t = &e.conns[ti - 1]
+    if t.dest != 0 and (e.dests[t.dest].flags & DF_AVAILABLE):
+        return True
+    t.flags |= CF_INVALID
+    return False
+
+
+cdef inline bint dest_valid_for(fl_engine *e, uint32_t d, uint16_t svc) noexcept nogil:
+    return (d != 0 and d < e.ndests and (e.dests[d].flags & DF_AVAILABLE) != 0
+            and e.dests[d].svc == svc)
+
+
+cdef void conn_create_forward(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t svc_id,
+                              uint32_t dest, uint32_t ti, uint64_t now) noexcept nogil:
+    # Make the conn (and, for a persistent service without a usable template, the template),
+    # count it on dest and service, and forward the packet that opened it.
+    cdef fl_svc *s = &e.svcs[svc_id]
+    cdef uint32_t snet[4]
+    cdef uint32_t ci
+    cdef fl_conn *c
+    cdef fl_conn *t
+    if s.persist_timeout != 0 and ti == 0:
+        persist_net(s, p, snet)
+        ti = conn_new(e, snet, 0, p.vip, p.proto, dest, CF_TEMPLATE, now)
+        if ti == 0:
+            frame_drop(e, f, C_TABLE_FULL)
+            return
+        e.conns[ti - 1].timeout = s.persist_timeout
+    ci = conn_new(e, p.saddr, p.sport, p.vip, p.proto, dest, 0, now)
+    if ti != 0:
+        # ip_vs_conn_put(ct): using the template re-arms its timer
+        t = &e.conns[ti - 1]
+        t.expires = now + secs(t.timeout)
+    if ci == 0:
+        frame_drop(e, f, C_TABLE_FULL)
+        return
+    c = &e.conns[ci - 1]
+    if ti != 0:
+        c.ctl = ti
+        e.conns[ti - 1].ctl += 1
+    e.dests[dest].conns += 1
+    e.svcs[e.dests[dest].svc].conns += 1
+    e.counters[C_CONNS_CREATED] += 1
+    if e.learn_ifindex != 0 and e.dests[dest].fwd == FWD_NAT:
+        neigh_learn(e, p.saddr[3], f.data + 6, e.learn_ifindex)
+    conn_forward_in(e, f, p, c, now)
+
+
+cdef void new_flow(fl_engine *e, fl_frame *f, fl_pkt *p, int idx, uint16_t svc_id,
+                   uint64_t now) noexcept nogil:
+    # ip_vs_schedule: persistence template first, then the C hash table, else park the frame
+    # for the Python scheduler (one callback per batch, flows of the batch deduplicated).
+    cdef fl_svc *s = &e.svcs[svc_id]
+    cdef uint32_t snet[4]
+    cdef uint32_t ti
+    cdef uint32_t dest
+    cdef int k
+    cdef fl_pkt *q
+    if s.persist_timeout != 0:
+        persist_net(s, p, snet)
+        ti = tmpl_lookup(e, snet, p.vip, p.proto, now)
+        if ti != 0 and template_usable(e, ti):
+            conn_create_forward(e, f, p, svc_id, e.conns[ti - 1].dest, ti, now)
+            return
+    if s.table != NULL:
+        dest = sched_hash(e, s, p)
+        if dest == 0 or not dest_valid_for(e, dest, svc_id):
+            frame_drop(e, f, C_NO_DEST)
+            return
+        conn_create_forward(e, f, p, svc_id, dest, 0, now)
+        return
+    if not park_follower(e, f, p, idx):
+        k = e.nparked
+        e.nparked += 1
+        f.verdict = VERDICT_PENDING
+        e.parked[k].frame = <uint16_t>idx
+        e.parked[k].svc = svc_id
+        e.parked[k].dest = 0
+        e.parked[k].leader = -1
+
+
+cdef bint park_follower(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept nogil:
+    # A later frame of a flow already parked in this batch waits behind it (order kept,
+    # the scheduler asked once).
+    cdef int j, k = e.nparked
+    cdef fl_pkt *q
+    for j in range(k):
+        if e.parked[j].leader < 0:
+            q = &e.pkts[e.parked[j].frame]
+            if (q.sport == p.sport and q.vip == p.vip and q.proto == p.proto
+                    and addr_eq(q.saddr, p.saddr)):
+                e.nparked += 1
+                f.verdict = VERDICT_PENDING
+                e.parked[k].frame = <uint16_t>idx
+                e.parked[k].svc = e.parked[j].svc
+                e.parked[k].dest = 0
+                e.parked[k].leader = <int16_t>j
+                return True
+    return False
+
+
+cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept nogil:
+    cdef uint64_t now = f.ts_ns
+    cdef uint32_t ci
+    cdef fl_conn *c
+    cdef uint16_t svc_id
+    if p.vip != 0:
+        ci = conn_lookup_in(e, p, now)
+        if ci != 0:
+            c = &e.conns[ci - 1]
+            # conn_reuse_mode 1: a SYN for a conn in TIME_WAIT expires it and reschedules
+            if (p.proto == 6 and c.state == TCP_S_TIME_WAIT
+                    and (p.tcpflags & (TH_SYN | TH_RST | TH_ACK)) == TH_SYN):
+                conn_free(e, ci - 1)
+            else:
+                conn_forward_in(e, f, p, c, now)
+                return
+        if e.nparked != 0 and park_follower(e, f, p, idx):
+            return
+        svc_id = e.vips[p.vip].svc
+        if svc_id == 0:
+            frame_pass(e, f, C_NO_SERVICE)
+            return
+        if p.proto == 6 and (p.tcpflags & (TH_SYN | TH_RST)) != TH_SYN:
+            # tcp_conn_schedule only schedules on a SYN without RST; the rest is not ours
+            frame_pass(e, f, C_TCP_NOT_SYN)
+            return
+        new_flow(e, f, p, idx, svc_id, now)
+        return
+    ci = conn_lookup_out(e, p, now)
+    if ci != 0:
+        conn_forward_out(e, f, p, &e.conns[ci - 1], now)
+        return
+    frame_pass(e, f, C_NO_SERVICE)
+
+
+cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
+    """Process up to MAX_BATCH frames in place; returns how many were parked (PENDING).
+
+    Parked frames wait for engine_bind_parked once e.parked[k].dest holds the decision."""
+    cdef int i, j, r
+    cdef fl_frame *f
+    cdef fl_pkt *p
+    cdef fl_conn *c
+    cdef uint64_t now = e.now
+    if n > MAX_BATCH:
+        n = MAX_BATCH
+    e.nparked = 0
+    # pass 0: every frame's headers at once; the kernel copied them in a while ago (on a NIC,
+    # DMA never put them in this core's cache), and one miss at a time is what the parse
+    # loop would otherwise wait for
+    for i in range(n):
+        fl_prefetch(frames[i].data)
+    # pass 1: parse, classify, hash and prefetch the bucket heads of the whole batch
+    for i in range(n):
+        f = &frames[i]
+        p = &e.pkts[i]
+        f.out_adj = 0
+        f.out_len = 0
+        f.out_ifindex = 0
+        f.reason = 0
+        f.verdict = VERDICT_DROP
+        if f.ts_ns > now:
+            now = f.ts_ns
+        r = parse_frame(f, p)
+        if fl_unlikely(r != PARSE_OK):
+            p.ok = 0
+            if r == C_NOT_IP or r == C_NO_SERVICE:
+                frame_pass(e, f, r)
+            else:
+                frame_drop(e, f, r)
+            continue
+        p.ok = 1
+        p.vip = vip_find(e, p.daddr, p.dport, p.proto)
+        if p.vip != 0:
+            p.bucket = conn_hash(e, p.saddr, p.sport, p.proto)
+        else:
+            p.bucket = conn_hash(e, p.daddr, p.dport, p.proto)
+        fl_prefetch(&e.buckets[p.bucket])
+    e.counters[C_RX] += <uint64_t>n
+    e.now = now
+    # pass 2: prefetch the chain head's entry of frame i while frame i - PREFETCH_AHEAD is
+    # handled, so that every entry has that many frames' work to arrive in (a separate
+    # prefetch pass is over in a few ns, and then the first frames wait for theirs)
+    for i in range(n + PREFETCH_AHEAD):
+        if i < n:
+            p = &e.pkts[i]
+            if p.ok and e.buckets[p.bucket] != 0:
+                # both lines: an entry is 48 bytes, so half of them straddle two cache
+                # lines, and the lookup reads both ends (caddr first, cport/vip last); for
+                # writing, as forwarding re-arms the timer
+                c = &e.conns[e.buckets[p.bucket] - 1]
+                fl_prefetch_w(c)
+                fl_prefetch_w(<char *>c + sizeof(fl_conn) - 1)
+        j = i - PREFETCH_AHEAD
+        if j >= 0 and e.pkts[j].ok:
+            handle_pkt(e, &frames[j], &e.pkts[j], j)
+            if frames[j].verdict == VERDICT_TX:
+                e.counters[C_TX] += 1
+    conn_sweep_batch(e, now)
+    return e.nparked
+
+
+cdef void engine_bind_parked(fl_engine *e, fl_frame *frames) noexcept nogil:
+    """Bind and forward the parked frames of the last engine_rx_batch, in frame order."""
+    cdef int k
+    cdef fl_parked *pk
+    cdef fl_frame *f
+    cdef fl_pkt *p
+    cdef uint32_t ci, ti, dest
+    cdef uint32_t snet[4]
+    cdef fl_svc *s
+    for k in range(e.nparked):
+        pk = &e.parked[k]
+        f = &frames[pk.frame]
+        p = &e.pkts[pk.frame]
+        ci = conn_lookup_in(e, p, f.ts_ns)
+        if ci != 0:
+            # made by an earlier parked frame of the same flow
+            conn_forward_in(e, f, p, &e.conns[ci - 1], f.ts_ns)
+        elif pk.leader >= 0 or f.verdict != VERDICT_PENDING:
+            if f.verdict != VERDICT_PENDING:
+                pass
+            elif (pk.leader >= 0 and e.parked[pk.leader].dest != 0
+                    and (p.proto == 17 or (p.tcpflags & (TH_SYN | TH_RST)) == TH_SYN)
+                    and dest_valid_for(e, e.parked[pk.leader].dest, pk.svc)):
+                # The leader's conn already expired by this frame's own time (only a
+                # replayed capture spans a timeout within one batch): the frame opens a
+                # new conn, to the server the scheduler just chose for this very flow.
+                conn_create_forward(e, f, p, pk.svc, e.parked[pk.leader].dest, 0, f.ts_ns)
+            elif p.proto == 6:
+                frame_drop(e, f, C_TCP_NOT_SYN)
+            else:
+                frame_drop(e, f, C_NO_DEST)
+        else:
+            s = &e.svcs[pk.svc]
+            dest = pk.dest
+            ti = 0
+            if s.in_use and s.persist_timeout != 0:
+                # a template made earlier in this batch wins, as it would have in sequence
+                persist_net(s, p, snet)
+                ti = tmpl_lookup(e, snet, p.vip, p.proto, f.ts_ns)
+                if ti != 0 and template_usable(e, ti):
+                    dest = e.conns[ti - 1].dest
+                else:
+                    ti = 0
+            if not s.in_use or (ti == 0 and not dest_valid_for(e, dest, pk.svc)):
+                frame_drop(e, f, C_NO_DEST)
+            else:
+                conn_create_forward(e, f, p, pk.svc, dest, ti, f.ts_ns)
+        if f.verdict == VERDICT_TX:
+            e.counters[C_TX] += 1
+    e.nparked = 0
+
+
+cdef void baseline_touch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
+    # The reference loop for benchmarks: read what any forwarder must read (ethertype,
+    # addresses, ports) and write the MACs, nothing else.
+    cdef int i
+    cdef uint8_t *d
+    cdef uint32_t acc = 0
+    for i in range(n):
+        d = frames[i].data
+        if rd16(d + 12) == 0x0800:
+            acc += rd32(d + 26) ^ rd32(d + 30) ^ rd32(d + 34)
+            memcpy(d, e.local_mac, 6)
+            memcpy(d + 6, e.local_mac, 6)
+            frames[i].verdict = VERDICT_TX
+            frames[i].out_len = frames[i].len + (acc & 0)
