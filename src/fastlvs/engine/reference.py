@@ -364,12 +364,29 @@ def _ip_text(v):
     return str(ipaddress.IPv4Address(v))
 
 
-def _u32(v):
-    """v as the extension's uint32_t arguments take it: an int in 0..2**32-1."""
-    v = operator.index(v)
-    if not 0 <= v <= M32:
-        raise OverflowError(f"{v} is out of range for an unsigned 32-bit value")
+def _c_int(v):
+    """v as the extension's C `int` arguments take it (floats are truncated, as there)."""
+    v = int(v) if isinstance(v, float) else _index(v)
+    if not -(1 << 31) <= v < (1 << 31):
+        raise OverflowError("value too large to convert to int")
     return v
+
+
+def _u32(v):
+    """v as the extension's uint32_t arguments take it."""
+    v = int(v) if isinstance(v, float) else _index(v)
+    if v < 0:
+        raise OverflowError("can't convert negative value to uint32_t")
+    if v > M32:
+        raise OverflowError("value too large to convert to uint32_t")
+    return v
+
+
+def _index(v):
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError("an integer is required") from None
 
 
 def _check_mtu(mtu):
@@ -492,7 +509,7 @@ class Engine:
 
     def set_learn_ifindex(self, ifindex):
         """NAT: learn a new conn's client MAC as its replies' next hop, out of `ifindex`."""
-        self.learn_ifindex = int(ifindex)
+        self.learn_ifindex = _c_int(ifindex)
 
     def set_timeouts(self, tcp=0, tcpfin=0, udp=0):
         """ipvsadm --set: tcp ESTABLISHED, tcp FIN_WAIT and udp timeouts; 0 keeps a value."""
@@ -535,6 +552,7 @@ class Engine:
     def set_service(self, svc_id, proto, vaddr, vport, persist_timeout=0, netmask=None,
                     sched=0, sched_flags=0):
         """Add or edit service `svc_id` = proto vaddr:vport (see the extension's docstring)."""
+        svc_id, vport = _c_int(svc_id), _c_int(vport)
         if svc_id < 1 or svc_id > K.MAX_SERVICES:
             raise ValueError(f"svc_id must be 1..{K.MAX_SERVICES}, got {svc_id}")
         if vport < 0 or vport > 65535:
@@ -575,6 +593,7 @@ class Engine:
 
     def del_service(self, svc_id):
         """Remove a service and its dests; their conns continue until they expire."""
+        svc_id = _c_int(svc_id)
         s = self._svc(svc_id)
         if s is None:
             return
@@ -588,6 +607,7 @@ class Engine:
     def set_hash_table(self, svc_id, table, kind, flags=0):
         """Hand the service a sh/dh/mh bucket table of dest ids (0 = empty bucket); None
         returns it to the Python callback."""
+        svc_id, flags = _c_int(svc_id), _c_int(flags)
         s = self._svc(svc_id)
         if s is None:
             raise ValueError(f"no service {svc_id}")
@@ -612,6 +632,8 @@ class Engine:
         """Add or edit dest `dest_id` of service `svc_id` (see the extension's docstring:
         edits in place, re-adding a deleted-but-referenced dest revives it, any other use of
         its id raises ValueError until its conns expire)."""
+        dest_id, svc_id, rport = _c_int(dest_id), _c_int(svc_id), _c_int(rport)
+        ifindex = _c_int(ifindex)
         if dest_id < 1 or dest_id > DEST_ID_MAX:
             raise ValueError(f"dest_id must be 1..{DEST_ID_MAX}, got {dest_id}")
         if self._svc(svc_id) is None:
@@ -647,7 +669,7 @@ class Engine:
         d.mac = mac
         # frames to this dest leave by `ifindex`, from our MAC there
         d.smac = self.local_mac if src_mac is None else _mac_bytes(src_mac)
-        d.ifindex = ifindex & M32
+        d.ifindex = ifindex & M32       # a C int stored as uint32_t
         d.weight = weight
         if u_threshold == 0 or u_threshold > d.u_threshold:
             d.overload = False                 # __ip_vs_update_dest
@@ -657,6 +679,7 @@ class Engine:
     def del_dest(self, dest_id):
         """Unlink a dest: never chosen again, its conns go on until they expire, its id
         stays reserved while they exist. Removing an absent dest is a no-op."""
+        dest_id = _c_int(dest_id)
         if dest_id < 1 or dest_id >= len(self.dests):
             return
         d = self.dests[dest_id]
@@ -1361,6 +1384,7 @@ class Engine:
 
     def service_stats(self, svc_id):
         """conns, inpkts, outpkts, inbytes, outbytes of a service (bytes = IP lengths)."""
+        svc_id = _c_int(svc_id)
         s = self._svc(svc_id)
         if s is None:
             raise KeyError(svc_id)
@@ -1369,6 +1393,7 @@ class Engine:
 
     def dest_stats(self, dest_id):
         """Counters of a dest (also of a deleted one its conns still reference)."""
+        dest_id = _c_int(dest_id)
         if dest_id < 1 or dest_id >= len(self.dests) or not self.dests[dest_id].in_use:
             raise KeyError(dest_id)
         d = self.dests[dest_id]
@@ -1380,6 +1405,7 @@ class Engine:
 
     def dest_counters(self, dest_id):
         """(activeconns, inactconns, persistconns, overloaded): what lc/wlc/... read."""
+        dest_id = _c_int(dest_id)
         if dest_id < 1 or dest_id >= len(self.dests):
             raise KeyError(dest_id)
         d = self.dests[dest_id]
