@@ -1,4 +1,5 @@
-"""The `daemon` fixture: a Daemon (control_harness.py) on a socket in the test's temp dir."""
+"""The `daemon` fixture: a Daemon (control_harness.py) on a socket in the test's temp dir,
+over each engine: the extension ("core") and the pure-Python reference ("reference")."""
 from __future__ import annotations
 
 import os
@@ -8,12 +9,17 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from control_harness import Daemon  # noqa: E402
+from control_harness import ENGINE_KINDS, Daemon  # noqa: E402
+
+
+@pytest.fixture(params=ENGINE_KINDS)
+def engine_kind(request):
+    return request.param
 
 
 @pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path / "run" / "fastlvs.sock")
+def daemon(tmp_path, engine_kind):
+    d = Daemon(tmp_path / "run" / "fastlvs.sock", engine_kind)
     try:
         yield d
     finally:
