@@ -278,13 +278,15 @@ def test_hash_schedulers(kind, flags):
     assert t.sent > 0
 
 
-def test_service_edit_keeps_the_hash_table():
-    """set_service after set_hash_table (as an edit does) keeps the table; both engines then
-    index it the same way, whatever `sched` the edit passed."""
+@pytest.mark.parametrize("sched", [0, "sh", "mh"])
+def test_service_edit_and_its_hash_table(sched):
+    """set_service after set_hash_table (as an edit does): a hash kind keeps the table,
+    sched 0 hands new flows back to the Python scheduler."""
     t = twin("dr")
     t.set_hash_table(1, [1, 2, 3] * 30, "sh", 0)
-    t.set_service(1, 6, P.VIP, 80)
+    t.set_service(1, 6, P.VIP, 80, sched=sched)
     t.run([P.tcp("S", src="198.51.100.%d" % (i + 1)) for i in range(40)], 1 * S)
+    assert len(t.asked["core"]) == (1 if sched == 0 else 0)
 
 
 def test_overload_thresholds():

@@ -582,13 +582,15 @@ class Engine:
             self.vips[s.vip].svc = 0
         if s is None or not s.in_use:
             s = self.svcs[svc_id] = Service()
-        # an edit keeps the service's counters and hash table
+        # an edit keeps the service's counters (and, for a hash scheduler, its table)
         s.in_use = True
         s.proto, s.vaddr, s.vport, s.vip = p, a, vport, v
         s.persist_timeout = persist_timeout
         s.netmask = mask
         s.sched = sched
         s.sched_flags = sched_flags & 0xFF
+        if sched == K.SCHED_CALLBACK:
+            s.table = None          # back to the Python scheduler: no stale table
         self.vips[v].svc = svc_id
 
     def del_service(self, svc_id):
