@@ -137,14 +137,13 @@ def test_client_that_hangs_up_early(daemon):
     assert ctl.call("ping", daemon.path)["ok"]
 
 
-def test_poll_once_without_thread(tmp_path):
+def test_poll_once_without_thread(tmp_path, engine_kind):
     """The daemon's own use: poll_once/handle_ready from one loop, fileno() for its poller."""
     import select
-    from tests.control.control_harness import nexthop
-    from fastlvs.engine._core import Engine
+    from tests.control.control_harness import engine_class, nexthop
     from fastlvs.control.director import Director
 
-    director = Director(Engine(capacity=64), nexthop)
+    director = Director(engine_class(engine_kind)(capacity=64), nexthop)
     path = str(tmp_path / "s")
     with ControlServer(director, path) as srv:
         assert srv.poll_once(0) == 0
@@ -193,12 +192,12 @@ def _as_nobody(path: str) -> str:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
-def test_other_uids_are_refused():
+def test_other_uids_are_refused(engine_kind):
     # pytest's tmp_path lives under a 0700 directory nobody cannot traverse.
     top = tempfile.mkdtemp(prefix="fastlvs-ctl-")
     try:
         os.chmod(top, 0o755)
-        daemon = Daemon(os.path.join(top, "run", "fastlvs.sock"))
+        daemon = Daemon(os.path.join(top, "run", "fastlvs.sock"), engine_kind)
         try:
             os.chmod(daemon.path, 0o666)       # get past the file mode to SO_PEERCRED
             os.chmod(os.path.dirname(daemon.path), 0o755)

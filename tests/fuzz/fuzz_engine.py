@@ -57,8 +57,10 @@ def l3(frame: bytes) -> bytes | None:
     return frame[l2:]
 
 
-def make_engine(capacity=1 << 16) -> core.Engine:
-    e = core.Engine(capacity=capacity, local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC, mtu=1400)
+def make_engine(capacity=1 << 16, engine_cls=None) -> core.Engine:
+    """The fuzzer's services and dests on a new engine (the extension's, or `engine_cls`)."""
+    e = (engine_cls or core.Engine)(capacity=capacity, local_ip=P.LOCAL_IP,
+                                    local_mac=P.LOCAL_MAC, mtu=1400)
     e.set_service(1, 6, P.VIP, 80)
     e.set_service(2, 17, P.VIP, 53)
     e.set_service(3, 6, P.VIP, 443, persist_timeout=60, netmask=24)

@@ -291,6 +291,12 @@ cdef class Engine:
         s.netmask = mask
         s.sched = sched
         s.sched_flags = sched_flags
+        if sched == SCHED_CALLBACK:
+            # back to the Python scheduler (ipvsadm -E -s rr on an sh service): a table
+            # left from before would go on choosing new flows' dests in C
+            free(s.table)
+            s.table = NULL
+            s.table_len = 0
         self.st.vips[v].svc = svc_id
 
     def del_service(self, int svc_id):

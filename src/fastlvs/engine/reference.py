@@ -1,0 +1,1440 @@
+"""The pure-Python reference engine: the executable specification of `fastlvs.engine._core`.
+
+`Engine` here has the extension's public API and, frame for frame, its behaviour: the same
+outputs, verdicts, counters, listings and errors. It is written to be read, not to be fast;
+tests run the control plane over it without a build and check the extension against it.
+One function per step (parse, lookup, state transition, one transmit function per method),
+so a change to the extension is mirrored here in one place. Standard library only.
+"""
+from __future__ import annotations
+
+import ipaddress
+import operator
+import time
+
+from fastlvs.engine import contract as K
+
+# -- the extension's own sizes and layout, which its public API reports ----------------------
+ENTRY_SIZE = 48                    # bytes per conn entry in the extension (entry_size)
+SLOT_HEADROOM = 128                # bytes writable in front of a frame (TUN, ICMP grow there)
+SLOT_DATA = 9216 + 64              # longest frame a slot holds; longer ones parse as empty
+NEIGH_SIZE = 4096                  # the open-addressed client-MAC table
+NEIGH_LEARN_PROBES = 16            # learning leaves a crowded stretch of it alone
+DESTS_INITIAL = 64                 # dest slots allocated at start; doubled on demand
+DEST_ID_MAX = 1 << 24
+FULL_TABLE_SWEEP = 4096            # entries inspected for expired ones when the table is full
+NS = 1_000_000_000
+GOLDEN_RATIO_32 = 0x61C88647
+M32 = 0xFFFFFFFF
+M64 = (1 << 64) - 1
+
+COUNTERS = {name: i for i, name in enumerate(K.COUNTER_NAMES)}
+
+# TCP states, numbered as ip_vs.h numbers them
+(S_NONE, S_ESTABLISHED, S_SYN_SENT, S_SYN_RECV, S_FIN_WAIT, S_TIME_WAIT, S_CLOSE,
+ S_CLOSE_WAIT, S_LAST_ACK, S_LISTEN, S_SYNACK) = range(11)
+TCP_STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT",
+                   "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK")
+TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
+
+# ip_vs_proto_tcp.c's next-state tables. Rows: event (syn, fin, ack, rst) of one direction
+# table; columns: current state NO ES SS SR FW TW CL CW LA LI SA.
+TCP_NEXT = {
+    "input": ([3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3],
+              [6, 7, 2, 5, 5, 5, 6, 7, 8, 9, 5],
+              [1, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],
+              [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 3]),
+    "output": ([2, 1, 2, 3, 2, 2, 2, 2, 2, 9, 3],
+               [5, 4, 2, 5, 4, 5, 6, 5, 8, 9, 5],
+               [1, 1, 2, 1, 4, 5, 6, 7, 8, 1, 1],
+               [6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6]),
+    # DR/TUN: replies bypass the director, so the input side alone drives the state
+    "input_only": ([3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3],
+                   [6, 4, 2, 5, 4, 5, 6, 7, 8, 9, 5],
+                   [1, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],
+                   [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6]),
+}
+TCP_ACTIVE = {S_SYN_SENT, S_SYN_RECV, S_ESTABLISHED, S_SYNACK}   # tcp_state_active_table
+TCP_DEFAULT_TIMEOUTS = (2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120, 2)
+UDP_DEFAULT_TIMEOUT = 300
+NEW_CONN_TIMEOUT = 3               # a conn's timer before its first state change
+
+MH_KEY = (2654435761, 2654435761)  # ip_vs_mh.c generate_hash_secret()
+SH_TAB_BITS = 8
+
+_FWD_BY_NAME = {name: fid for name, (fid, _, _) in K.FWD_METHODS.items()}
+_FWD_BY_NAME.update({opt.lstrip("-"): fid for fid, opt, _ in K.FWD_METHODS.values()})
+_FWD_BY_NAME.update({"route": K.FWD_DR, "masq": K.FWD_NAT, "ipip": K.FWD_TUN})
+_FWD_TEXT = {fid: name for name, (fid, _, _) in K.FWD_METHODS.items()}
+_PROTO_TEXT = {num: name.upper() for name, num in K.PROTOCOLS.items()}
+_VERDICT_TEXT = {K.VERDICT_DROP: "drop", K.VERDICT_TX: "tx", K.VERDICT_PASS: "pass",
+                 K.VERDICT_PENDING: "drop"}
+
+# conn flags (IPVS's IP_VS_CONN_F_* meanings)
+CF_TEMPLATE, CF_INACTIVE, CF_NOOUTPUT, CF_INVALID = 1, 2, 4, 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes and checksums
+# ---------------------------------------------------------------------------------------------
+
+def rd16(b, o):
+    return (b[o] << 8) | b[o + 1]
+
+
+def rd32(b, o):
+    return int.from_bytes(b[o:o + 4], "big")
+
+
+def wr16(b, o, v):
+    b[o:o + 2] = (v & 0xFFFF).to_bytes(2, "big")
+
+
+def wr32(b, o, v):
+    b[o:o + 4] = (v & M32).to_bytes(4, "big")
+
+
+def csum_fold(s):
+    s = (s & 0xFFFF) + (s >> 16)
+    return ((s & 0xFFFF) + (s >> 16)) & 0xFFFF
+
+
+def csum_sum(b, o, n, s=0):
+    """Ones' complement partial sum of b[o:o+n] (an odd tail padded with zero)."""
+    data = bytes(b[o:o + n]) + (b"\0" if n & 1 else b"")
+    for i in range(0, len(data), 2):
+        s += (data[i] << 8) | data[i + 1]
+    return s
+
+
+def csum_of(b, o, n):
+    """The value for a checksum field covering b[o:o+n], the field zeroed beforehand."""
+    return ~csum_fold(csum_sum(b, o, n)) & 0xFFFF
+
+
+def csum_replace2(b, field, old, new):
+    # RFC 1624: HC' = ~(~HC + ~m + m')
+    s = (~rd16(b, field) & 0xFFFF) + (~old & 0xFFFF) + new
+    wr16(b, field, ~csum_fold(s) & 0xFFFF)
+
+
+def csum_replace4(b, field, old, new):
+    s = ~rd16(b, field) & 0xFFFF
+    s += (~(old >> 16) & 0xFFFF) + (~old & 0xFFFF)
+    s += (new >> 16) + (new & 0xFFFF)
+    wr16(b, field, ~csum_fold(s) & 0xFFFF)
+
+
+def l4_csum_replace(b, field, old, new, udp, width):
+    # A UDP checksum of 0 means "none" and stays 0; a computed 0 is sent as 0xFFFF.
+    if udp and rd16(b, field) == 0:
+        return
+    (csum_replace4 if width == 4 else csum_replace2)(b, field, old, new)
+    if udp and rd16(b, field) == 0:
+        wr16(b, field, 0xFFFF)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel's hash functions for sh, dh, mh
+# ---------------------------------------------------------------------------------------------
+
+def hash_32(val, bits):
+    """include/linux/hash.h hash_32(): golden-ratio multiply, keep the top `bits` bits."""
+    return ((val * GOLDEN_RATIO_32) & M32) >> (32 - bits)
+
+
+def _rotl64(x, b):
+    return ((x << b) | (x >> (64 - b))) & M64
+
+
+def hsiphash_1u32(first, k0, k1):
+    """hsiphash of one native u32 as a 64-bit kernel computes it (SipHash-1-3)."""
+    v0 = 0x736f6d6570736575 ^ k0
+    v1 = 0x646f72616e646f6d ^ k1
+    v2 = 0x6c7967656e657261 ^ k0
+    v3 = 0x7465646279746573 ^ k1
+    b = (4 << 56) | (first & M32)
+    v3 ^= b
+    for r in range(4):
+        if r == 1:
+            v0 ^= b
+            v2 ^= 0xFF
+        v0 = (v0 + v1) & M64
+        v1 = _rotl64(v1, 13) ^ v0
+        v0 = _rotl64(v0, 32)
+        v2 = (v2 + v3) & M64
+        v3 = _rotl64(v3, 16) ^ v2
+        v0 = (v0 + v3) & M64
+        v3 = _rotl64(v3, 21) ^ v0
+        v2 = (v2 + v1) & M64
+        v1 = _rotl64(v1, 17) ^ v2
+        v2 = _rotl64(v2, 32)
+    return (v0 ^ v1 ^ v2 ^ v3) & M32
+
+
+def sh_hashkey(addr, port, offset):
+    return (offset + hash_32((port + addr) & M32, SH_TAB_BITS)) & ((1 << SH_TAB_BITS) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# State: frames, parsed packets, conns, dests, services, virtual addresses
+# ---------------------------------------------------------------------------------------------
+
+class Frame:
+    """One frame in a slot: `buf` holds SLOT_HEADROOM writable bytes, then the frame."""
+
+    def __init__(self, data, ts_ns):
+        data = bytes(data)
+        self.len = len(data) if len(data) <= SLOT_DATA else 0
+        self.buf = bytearray(SLOT_HEADROOM) + bytearray(data[:self.len])
+        self.data = SLOT_HEADROOM             # offset of the frame in buf
+        self.headroom = SLOT_HEADROOM
+        self.ts = ts_ns
+        self.verdict = K.VERDICT_DROP
+        self.reason = 0
+        self.out_ifindex = 0
+        self.out_adj = 0
+        self.out_len = 0
+
+    def output(self):
+        start = self.data + self.out_adj
+        return bytes(self.buf[start:start + self.out_len])
+
+
+class Pkt:
+    """What parsing learned about a frame (addresses as 32-bit ints)."""
+    __slots__ = ("saddr", "daddr", "sport", "dport", "l2len", "ihl", "tot_len", "proto",
+                 "tcpflags", "vip")
+
+
+class Conn:
+    """A connection or a persistence template (then cport = 0, caddr = the client's net)."""
+    __slots__ = ("caddr", "cport", "vip", "proto", "dest", "fwd", "flags", "state", "ctl",
+                 "timeout", "expires")
+
+    def key(self):
+        return (self.caddr, self.cport, self.proto)
+
+
+class Dest:
+    def __init__(self):
+        self.in_use = False       # the id names a dest (maybe deleted, still referenced)
+        self.available = False    # IP_VS_DEST_F_AVAILABLE: linked to its service
+        self.overload = False     # IP_VS_DEST_F_OVERLOAD
+        self.raddr = 0
+        self.rport = 0
+        self.svc = 0
+        self.fwd = 0
+        self.mac = bytes(6)
+        self.smac = bytes(6)
+        self.ifindex = 0
+        self.weight = 0
+        self.u_threshold = 0
+        self.l_threshold = 0
+        self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
+        self.activeconns = self.inactconns = self.persistconns = 0
+        self.refcnt = 0           # entries (conns + templates) bound to this dest
+
+
+class Service:
+    def __init__(self):
+        self.in_use = False
+        self.proto = 0
+        self.vaddr = 0
+        self.vport = 0
+        self.vip = 0
+        self.persist_timeout = 0
+        self.netmask = M32
+        self.sched = K.SCHED_CALLBACK
+        self.sched_flags = 0
+        self.table = None         # sh/dh/mh bucket table of dest ids, None = callback
+        self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
+
+
+class Vip:
+    """An interned (proto, addr, port); conns name it, so they outlive their service."""
+
+    def __init__(self, proto, addr, port):
+        self.proto, self.addr, self.port = proto, addr, port
+        self.svc = 0
+
+
+class Parked:
+    def __init__(self, frame, svc, leader):
+        self.frame = frame        # index in the batch
+        self.svc = svc
+        self.leader = leader      # -1, or the parked entry whose flow this frame shares
+        self.dest = 0             # the scheduler's answer
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------
+
+def parse_frame(f):
+    """A Pkt, or the counter name explaining why the frame is not handled."""
+    b, o, n = f.buf, f.data, f.len
+    l2 = 14
+    if n < 14:
+        return "malformed"
+    etype = rd16(b, o + 12)
+    if etype == 0x8100:
+        if n < 18:
+            return "malformed"
+        etype = rd16(b, o + 16)
+        l2 = 18
+    if etype != 0x0800:
+        return "not_ip"
+    if n < l2 + 20:
+        return "malformed"
+    ip = o + l2
+    if b[ip] >> 4 != 4:
+        return "malformed"
+    ihl = (b[ip] & 0x0F) * 4
+    if ihl < 20 or n < l2 + ihl:
+        return "malformed"
+    tot = rd16(b, ip + 2)
+    if tot < ihl or tot > n - l2:
+        return "malformed"
+    if csum_fold(csum_sum(b, ip, ihl)) != 0xFFFF:
+        return "bad_checksum"
+    if rd16(b, ip + 6) & 0x3FFF:               # MF set or a fragment offset
+        return "fragment"
+    p = Pkt()
+    p.proto = b[ip + 9]
+    l4 = ip + ihl
+    l4len = tot - ihl
+    if p.proto == 6:
+        if l4len < 20:
+            return "malformed"
+        doff = (b[l4 + 12] >> 4) * 4
+        if doff < 20 or doff > l4len:
+            return "malformed"
+        p.tcpflags = b[l4 + 13]
+    elif p.proto == 17:
+        if l4len < 8:
+            return "malformed"
+        ulen = rd16(b, l4 + 4)
+        if ulen < 8 or ulen > l4len:
+            return "malformed"
+        p.tcpflags = 0
+    else:
+        return "no_service"
+    p.sport = rd16(b, l4)
+    p.dport = rd16(b, l4 + 2)
+    p.saddr = rd32(b, ip + 12)
+    p.daddr = rd32(b, ip + 16)
+    p.l2len, p.ihl, p.tot_len = l2, ihl, tot
+    p.vip = 0
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument conversions shared by the configuration methods
+# ---------------------------------------------------------------------------------------------
+
+def _addr(value):
+    ip = ipaddress.ip_address(value)
+    if ip.version != 4:
+        raise ValueError(f"only IPv4 is forwarded for now: {value!r}")
+    return int(ip)
+
+
+def _mac_bytes(mac):
+    if mac is None or mac == "" or mac == b"":
+        return bytes(6)
+    if isinstance(mac, str):
+        b = bytes.fromhex(mac.replace(":", "").replace("-", ""))
+    else:
+        b = bytes(mac)
+    if len(b) != 6:
+        raise ValueError(f"MAC address must be 6 bytes: {mac!r}")
+    return b
+
+
+def _proto_num(proto):
+    if isinstance(proto, str):
+        proto = K.PROTOCOLS.get(proto.lower(), proto)
+    if proto not in K.PROTOCOLS.values():
+        raise ValueError(f"protocol must be 6 (tcp) or 17 (udp), got {proto!r}")
+    return proto
+
+
+def _ip_text(v):
+    return str(ipaddress.IPv4Address(v))
+
+
+def _c_int(v):
+    """v as the extension's C `int` arguments take it (floats are truncated, as there)."""
+    v = int(v) if isinstance(v, float) else _index(v)
+    if not -(1 << 31) <= v < (1 << 31):
+        raise OverflowError("value too large to convert to int")
+    return v
+
+
+def _u32(v):
+    """v as the extension's uint32_t arguments take it."""
+    v = int(v) if isinstance(v, float) else _index(v)
+    if v < 0:
+        raise OverflowError("can't convert negative value to uint32_t")
+    if v > M32:
+        raise OverflowError("value too large to convert to uint32_t")
+    return v
+
+
+def _index(v):
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError("an integer is required") from None
+
+
+def _check_mtu(mtu):
+    if mtu < K.MTU_MIN or mtu > K.MTU_MAX:
+        raise ValueError(f"mtu must be {K.MTU_MIN}..{K.MTU_MAX}, got {mtu}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+class Engine:
+    """One data-plane instance: conn table, services, dests, counters (reference version).
+
+    Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500), as the extension.
+    Entries are allocated from a free list of `capacity` slots (lowest index first, freed
+    ones reused first), so listings come in the extension's order.
+    """
+
+    def __init__(self, capacity=K.CAPACITY_DEFAULT, batch=K.BATCH_DEFAULT, local_ip="",
+                 local_mac="", mtu=1500):
+        if capacity < 1 or capacity > 0xFFFFFFF0:
+            raise ValueError(f"capacity must be 1..{0xFFFFFFF0}, got {capacity}")
+        if batch < 1 or batch > K.BATCH_MAX:
+            raise ValueError(f"batch must be 1..{K.BATCH_MAX}, got {batch}")
+        _check_mtu(mtu)
+        self._capacity = int(capacity)
+        self.batch = int(batch)
+        bits = 4
+        while (1 << bits) < capacity:
+            bits += 1
+        self._bucket_bits = bits
+        # the conn table: slots by index, a free list, and the hash chains as lists per key
+        # (newest first, as the extension links new entries at the head of their chain)
+        self.conn_table = {}          # index -> Conn
+        self.chains = {}              # (caddr, cport, proto) -> [index, ...]
+        self.free = []                # freed indices, the last one is handed out next
+        self.used_end = 0             # no index at or past this was ever handed out
+        self.sweep_pos = 0
+        self.sweep_clock = 0
+        self.sweep_budget = 64
+        self.now = 0
+        self.dests = [Dest() for _ in range(DESTS_INITIAL)]   # id 0 = none
+        self.svcs = {}                # id -> Service
+        self.vips = [None]            # index -> Vip, 0 = none
+        self.vip_index = {}           # (proto, addr, port) -> index
+        self.neigh = {}               # slot -> [ip, ifindex, mac]
+        self.neigh_slot = {}          # ip -> slot
+        self.gw = None                # (mac, ifindex) for NAT replies without a neighbour
+        self.learn_ifindex = 0
+        self.local_ip = int(ipaddress.IPv4Address(local_ip)) if local_ip else 0
+        self.local_mac = _mac_bytes(local_mac)
+        self.mtu = mtu
+        self.ip_id = 0
+        self.tcp_timeouts = list(TCP_DEFAULT_TIMEOUTS)
+        self.udp_timeout = UDP_DEFAULT_TIMEOUT
+        self.counters = [0] * len(K.COUNTER_NAMES)
+        self.callback = None
+        self.error = None
+        self.parked = []              # this batch's frames waiting for the scheduler
+        self.pkts = []                # this batch's parsed packets (None: not handled)
+
+    # -- sizes --------------------------------------------------------------------------------
+    @property
+    def entry_size(self):
+        """Bytes per connection entry in the extension (buckets add 4 per power-of-two slot)."""
+        return ENTRY_SIZE
+
+    @property
+    def capacity(self):
+        return self._capacity
+
+    def memory_bytes(self):
+        """Bytes the extension allocates for the conn table and its buckets."""
+        return self._capacity * ENTRY_SIZE + (1 << self._bucket_bits) * 4
+
+    def conn_count(self):
+        """Entries in use (conns and persistence templates), expired-but-unswept included."""
+        return len(self.conn_table)
+
+    # -- local addresses, neighbours, timeouts -------------------------------------------------
+    def set_local(self, local_ip=None, local_mac=None, mtu=None):
+        """Change the director's own IP (TUN outer source), MAC or the MTU towards the RSs."""
+        if local_ip is not None:
+            self.local_ip = int(ipaddress.IPv4Address(local_ip)) if local_ip else 0
+        if local_mac is not None:
+            self.local_mac = _mac_bytes(local_mac)
+        if mtu is not None:
+            _check_mtu(mtu)
+            self.mtu = mtu
+
+    @staticmethod
+    def _neigh_home(ip):
+        return ((ip * GOLDEN_RATIO_32) & M32) >> 20
+
+    def set_neighbor(self, ip, mac, ifindex=0):
+        """Next-hop MAC (and interface) for NAT replies to client `ip`; replaces an entry."""
+        a = int(ipaddress.IPv4Address(ip))
+        mac = _mac_bytes(mac)
+        s = self._neigh_slot_for(a, NEIGH_SIZE - 1)
+        if s is None:
+            raise ValueError("neighbour table full")
+        self.neigh[s] = [a, ifindex, mac]
+        self.neigh_slot[a] = s
+
+    def _neigh_slot_for(self, ip, probes):
+        """The slot holding `ip`, else the first free one within `probes` (None: crowded)."""
+        if ip in self.neigh_slot:
+            return self.neigh_slot[ip]
+        s = self._neigh_home(ip)
+        for _ in range(probes):
+            if s not in self.neigh:
+                return s
+            s = (s + 1) & (NEIGH_SIZE - 1)
+        return None
+
+    def set_gateway_mac(self, mac, ifindex=0):
+        """Next-hop MAC for NAT replies to clients without a neighbour entry (None: none)."""
+        self.gw = None if mac is None else (_mac_bytes(mac), ifindex)
+
+    def set_learn_ifindex(self, ifindex):
+        """NAT: learn a new conn's client MAC as its replies' next hop, out of `ifindex`."""
+        self.learn_ifindex = _c_int(ifindex)
+
+    def set_timeouts(self, tcp=0, tcpfin=0, udp=0):
+        """ipvsadm --set: tcp ESTABLISHED, tcp FIN_WAIT and udp timeouts; 0 keeps a value."""
+        for v in (tcp, tcpfin, udp):
+            if v < 0 or v > M32 // NS * NS:
+                raise ValueError(f"timeout out of range: {v}")
+        if tcp:
+            self.tcp_timeouts[S_ESTABLISHED] = tcp
+        if tcpfin:
+            self.tcp_timeouts[S_FIN_WAIT] = tcpfin
+        if udp:
+            self.udp_timeout = udp
+
+    def get_timeouts(self):
+        """(tcp, tcpfin, udp) as ipvsadm -L --timeout shows them."""
+        return (self.tcp_timeouts[S_ESTABLISHED], self.tcp_timeouts[S_FIN_WAIT],
+                self.udp_timeout)
+
+    def set_sweep_budget(self, entries):
+        """Most entries the incremental expiry inspects after one batch (default 64)."""
+        self.sweep_budget = _u32(entries)
+
+    # -- services ------------------------------------------------------------------------------
+    def _vip_intern(self, proto, addr, port):
+        v = self.vip_index.get((proto, addr, port))
+        if v is not None:
+            return v
+        if len(self.vips) >= K.MAX_VIPS:
+            raise ValueError("too many distinct virtual addresses")
+        v = len(self.vips)
+        self.vips.append(Vip(proto, addr, port))
+        self.vip_index[(proto, addr, port)] = v
+        return v
+
+    def _svc(self, svc_id):
+        """The live service `svc_id`, or None."""
+        s = self.svcs.get(svc_id)
+        return s if s is not None and s.in_use else None
+
+    def set_service(self, svc_id, proto, vaddr, vport, persist_timeout=0, netmask=None,
+                    sched=0, sched_flags=0):
+        """Add or edit service `svc_id` = proto vaddr:vport (see the extension's docstring)."""
+        svc_id, vport = _c_int(svc_id), _c_int(vport)
+        if svc_id < 1 or svc_id > K.MAX_SERVICES:
+            raise ValueError(f"svc_id must be 1..{K.MAX_SERVICES}, got {svc_id}")
+        if vport < 0 or vport > 65535:
+            raise ValueError(f"vport out of range: {vport}")
+        if persist_timeout < 0 or persist_timeout > M32:
+            raise ValueError(f"persist_timeout out of range: {persist_timeout}")
+        p = _proto_num(proto)
+        if isinstance(sched, str):
+            sched = K.HASH_KINDS[sched]
+        if sched not in (K.SCHED_CALLBACK, K.SCHED_SH, K.SCHED_DH, K.SCHED_MH):
+            raise ValueError(f"sched must be 0..3, got {sched}")
+        if netmask is None:
+            mask = M32
+        elif isinstance(netmask, int):
+            if not 0 <= netmask <= 32:
+                raise ValueError(f"prefix length must be 0..32, got {netmask}")
+            mask = (M32 << (32 - netmask)) & M32
+        else:
+            mask = int(ipaddress.IPv4Address(netmask))
+        a = _addr(vaddr)
+        v = self._vip_intern(p, a, vport)
+        if self.vips[v].svc not in (0, svc_id):
+            raise ValueError(f"{vaddr}:{vport}/{p} already belongs to service "
+                             f"{self.vips[v].svc}")
+        s = self.svcs.get(svc_id)
+        if s is not None and s.in_use and s.vip != v:
+            self.vips[s.vip].svc = 0
+        if s is None or not s.in_use:
+            s = self.svcs[svc_id] = Service()
+        # an edit keeps the service's counters (and, for a hash scheduler, its table)
+        s.in_use = True
+        s.proto, s.vaddr, s.vport, s.vip = p, a, vport, v
+        s.persist_timeout = persist_timeout
+        s.netmask = mask
+        s.sched = sched
+        s.sched_flags = sched_flags & 0xFF
+        if sched == K.SCHED_CALLBACK:
+            s.table = None          # back to the Python scheduler: no stale table
+        self.vips[v].svc = svc_id
+
+    def del_service(self, svc_id):
+        """Remove a service and its dests; their conns continue until they expire."""
+        svc_id = _c_int(svc_id)
+        s = self._svc(svc_id)
+        if s is None:
+            return
+        for d in range(1, len(self.dests)):
+            if self.dests[d].available and self.dests[d].svc == svc_id:
+                self.del_dest(d)
+        self.vips[s.vip].svc = 0
+        s.table = None
+        s.in_use = False
+
+    def set_hash_table(self, svc_id, table, kind, flags=0):
+        """Hand the service a sh/dh/mh bucket table of dest ids (0 = empty bucket); None
+        returns it to the Python callback."""
+        svc_id, flags = _c_int(svc_id), _c_int(flags)
+        s = self._svc(svc_id)
+        if s is None:
+            raise ValueError(f"no service {svc_id}")
+        if table is None:
+            s.table = None
+            s.sched = K.SCHED_CALLBACK
+            return
+        if isinstance(kind, str):
+            kind = K.HASH_KINDS[kind]
+        if kind not in K.HASH_KINDS.values():
+            raise ValueError(f"kind must be sh, dh or mh, got {kind!r}")
+        vals = [int(x) & M32 for x in table]
+        if not vals:
+            raise ValueError("empty hash table")
+        s.table = vals
+        s.sched = kind
+        s.sched_flags = flags & 0xFF
+
+    # -- dests ---------------------------------------------------------------------------------
+    def set_dest(self, dest_id, svc_id, raddr, rport, fwd="dr", mac=None, ifindex=0,
+                 weight=1, u_threshold=0, l_threshold=0, src_mac=None):
+        """Add or edit dest `dest_id` of service `svc_id` (see the extension's docstring:
+        edits in place, re-adding a deleted-but-referenced dest revives it, any other use of
+        its id raises ValueError until its conns expire)."""
+        dest_id, svc_id, rport = _c_int(dest_id), _c_int(svc_id), _c_int(rport)
+        ifindex = _c_int(ifindex)
+        if dest_id < 1 or dest_id > DEST_ID_MAX:
+            raise ValueError(f"dest_id must be 1..{DEST_ID_MAX}, got {dest_id}")
+        if self._svc(svc_id) is None:
+            raise ValueError(f"no service {svc_id}")
+        if rport < 0 or rport > 65535:
+            raise ValueError(f"rport out of range: {rport}")
+        if isinstance(fwd, str):
+            if fwd.lower() not in _FWD_BY_NAME:
+                raise ValueError(f"fwd must be dr, nat or tun, got {fwd!r}")
+            fwd = _FWD_BY_NAME[fwd.lower()]
+        if fwd not in (K.FWD_DR, K.FWD_NAT, K.FWD_TUN):
+            raise ValueError(f"fwd must be 1 (dr), 2 (nat) or 3 (tun), got {fwd!r}")
+        if weight < 0 or weight > 0x7FFFFFFF:
+            raise ValueError(f"weight out of range: {weight}")
+        if not (0 <= u_threshold <= M32 and 0 <= l_threshold <= M32):
+            raise ValueError("thresholds must be 0..2**32-1")
+        mac = _mac_bytes(mac)
+        a = _addr(raddr)
+        n = len(self.dests)
+        while n <= dest_id:
+            n *= 2
+        self.dests.extend(Dest() for _ in range(n - len(self.dests)))
+        d = self.dests[dest_id]
+        same = d.svc == svc_id and d.rport == rport and d.raddr == a
+        if d.in_use and not same and (d.available or d.refcnt != 0):
+            raise ValueError(
+                f"dest id {dest_id} is in use by {_ip_text(d.raddr)}:{d.rport} of "
+                f"service {d.svc} ({d.refcnt} conns); delete it and wait for them")
+        if not (d.in_use and same):
+            d = self.dests[dest_id] = Dest()
+        d.in_use = d.available = True
+        d.raddr, d.rport, d.svc, d.fwd = a, rport, svc_id, fwd
+        d.mac = mac
+        # frames to this dest leave by `ifindex`, from our MAC there
+        d.smac = self.local_mac if src_mac is None else _mac_bytes(src_mac)
+        d.ifindex = ifindex & M32       # a C int stored as uint32_t
+        d.weight = weight
+        if u_threshold == 0 or u_threshold > d.u_threshold:
+            d.overload = False                 # __ip_vs_update_dest
+        d.u_threshold = u_threshold
+        d.l_threshold = l_threshold
+
+    def del_dest(self, dest_id):
+        """Unlink a dest: never chosen again, its conns go on until they expire, its id
+        stays reserved while they exist. Removing an absent dest is a no-op."""
+        dest_id = _c_int(dest_id)
+        if dest_id < 1 or dest_id >= len(self.dests):
+            return
+        d = self.dests[dest_id]
+        if not d.in_use:
+            return
+        d.available = False
+        if d.refcnt == 0:
+            self.dests[dest_id] = Dest()
+
+    def _dest_valid_for(self, dest, svc_id):
+        return (0 < dest < len(self.dests) and self.dests[dest].available
+                and self.dests[dest].svc == svc_id)
+
+    # -- the scheduler callback -----------------------------------------------------------------
+    def set_scheduler_callback(self, fn):
+        """fn(svc_ids, flows) -> dest ids, once per batch with the batch's new flows of
+        Python-scheduled services; errors are re-raised once the batch is finished."""
+        self.callback = fn
+
+    # -- counters ------------------------------------------------------------------------------
+    def _count(self, name, n=1):
+        self.counters[COUNTERS[name]] += n
+
+    def _drop(self, f, reason):
+        f.verdict = K.VERDICT_DROP
+        f.reason = COUNTERS[reason]
+        self._count(reason)
+
+    def _pass(self, f, reason):
+        f.verdict = K.VERDICT_PASS
+        f.reason = COUNTERS[reason]
+        self._count(reason)
+        self._count("passed")
+
+    # -- the conn table ------------------------------------------------------------------------
+    def _link(self, i, c):
+        self.conn_table[i] = c
+        self.chains.setdefault(c.key(), []).insert(0, i)
+
+    def _unlink(self, i):
+        c = self.conn_table.pop(i)
+        chain = self.chains[c.key()]
+        chain.remove(i)
+        if not chain:
+            del self.chains[c.key()]
+        return c
+
+    def _conn_alloc(self, now):
+        """A free index, reclaiming expired entries first; None when the table is full."""
+        if not self.free and self.used_end >= self._capacity:
+            self._conn_sweep(now, min(FULL_TABLE_SWEEP, self._capacity))
+            if not self.free:
+                return None
+        if self.free:
+            return self.free.pop()
+        self.used_end += 1
+        return self.used_end - 1
+
+    def _dest_bind(self, c):
+        # ip_vs_bind_dest: count the entry, then set the overload flag at -x
+        d = self.dests[c.dest]
+        d.refcnt += 1
+        if c.flags & CF_TEMPLATE:
+            d.persistconns += 1
+        elif c.flags & CF_INACTIVE:
+            d.inactconns += 1
+        else:
+            d.activeconns += 1
+        if d.u_threshold != 0 and d.activeconns + d.inactconns >= d.u_threshold:
+            d.overload = True
+
+    def _dest_unbind(self, c):
+        # ip_vs_unbind_dest: uncount, then clear the overload flag with its -y hysteresis
+        d = self.dests[c.dest]
+        if c.flags & CF_TEMPLATE:
+            d.persistconns -= 1
+        elif c.flags & CF_INACTIVE:
+            d.inactconns -= 1
+        else:
+            d.activeconns -= 1
+        total = d.activeconns + d.inactconns
+        if d.l_threshold != 0:
+            if total < d.l_threshold:
+                d.overload = False
+        elif d.u_threshold != 0:
+            if total * 4 < d.u_threshold * 3:
+                d.overload = False
+        else:
+            d.overload = False
+        d.refcnt -= 1
+        c.dest = 0
+
+    def _conn_new(self, caddr, cport, vip, proto, dest, flags, now):
+        """ip_vs_conn_new + ip_vs_bind_dest: a hashed entry in state NONE; its index or None."""
+        d = self.dests[dest]
+        i = self._conn_alloc(now)
+        if i is None:
+            return None
+        c = Conn()
+        c.caddr, c.cport, c.vip, c.proto = caddr, cport, vip, proto
+        c.state = S_NONE
+        c.ctl = 0           # conn: 1 + template index (0 = none); template: n_control
+        c.dest = dest
+        c.fwd = d.fwd
+        c.flags = flags
+        if not flags & CF_TEMPLATE:
+            # the dest's conn_flags: new conns start inactive; DR/TUN never see output
+            c.flags |= CF_INACTIVE
+            if d.fwd != K.FWD_NAT:
+                c.flags |= CF_NOOUTPUT
+        c.timeout = NEW_CONN_TIMEOUT
+        c.expires = now + NEW_CONN_TIMEOUT * NS
+        self._link(i, c)
+        self._dest_bind(c)
+        return i
+
+    def _conn_free(self, i):
+        # unhash, release the template's control, unbind, return the slot to the free list
+        c = self._unlink(i)
+        if not c.flags & CF_TEMPLATE and c.ctl != 0:
+            t = self.conn_table.get(c.ctl - 1)
+            if t is not None and t.ctl > 0:
+                t.ctl -= 1
+            c.ctl = 0
+        if c.dest != 0:
+            self._dest_unbind(c)
+        self.free.append(i)
+        self._count("conns_expired")
+
+    def _conn_expire(self, i, now):
+        """The timer fired: a template still controlling conns is re-armed, anything else is
+        freed. True when freed."""
+        c = self.conn_table[i]
+        if c.flags & CF_TEMPLATE and c.ctl > 0:
+            c.expires = now + c.timeout * NS
+            return False
+        self._conn_free(i)
+        return True
+
+    def _conn_sweep(self, now, budget):
+        """Inspect up to `budget` entries from the sweep cursor; how many were freed."""
+        freed = 0
+        for _ in range(min(budget, self.used_end)):
+            i = self.sweep_pos
+            self.sweep_pos += 1
+            if self.sweep_pos >= self.used_end:
+                self.sweep_pos = 0
+            c = self.conn_table.get(i)
+            if c is not None and c.expires <= now and self._conn_expire(i, now):
+                freed += 1
+        return freed
+
+    def _conn_sweep_batch(self, now):
+        # paced by frame time: the used part of the table once a second, at most
+        # sweep_budget entries per batch; what is not paid for is owed to the next batch
+        if self.used_end == 0 or now <= self.sweep_clock:
+            return
+        dt = now - self.sweep_clock
+        if dt > NS:
+            dt = NS
+            self.sweep_clock = now - NS
+        due = self.used_end * dt // NS
+        if due == 0:
+            return
+        due = min(due, self.sweep_budget)
+        self.sweep_clock += due * NS // self.used_end
+        self._conn_sweep(now, due)
+
+    def _chain(self, key):
+        return list(self.chains.get(key, ()))
+
+    def _lookup_in(self, p, now):
+        """Index of the live conn of a client->VIP packet, None (an expired one is freed)."""
+        for i in self._chain((p.saddr, p.sport, p.proto)):
+            c = self.conn_table[i]
+            if c.vip == p.vip and not c.flags & CF_TEMPLATE:
+                if c.expires <= now:
+                    self._conn_expire(i, now)
+                    return None
+                return i
+        return None
+
+    def _lookup_out(self, p, now):
+        """Index of the NAT conn a RS->client reply belongs to, None."""
+        for i in self._chain((p.daddr, p.dport, p.proto)):
+            c = self.conn_table[i]
+            if c.fwd == K.FWD_NAT and not c.flags & CF_TEMPLATE:
+                d = self.dests[c.dest]
+                if d.rport == p.sport and d.raddr == p.saddr:
+                    if c.expires <= now:
+                        self._conn_expire(i, now)
+                        return None
+                    return i
+        return None
+
+    def _tmpl_lookup(self, snet, vip, proto, now):
+        """Index of the persistence template <proto, client net, 0, vip>, None."""
+        for i in self._chain((snet, 0, proto)):
+            c = self.conn_table[i]
+            if c.flags & (CF_TEMPLATE | CF_INVALID) == CF_TEMPLATE and c.vip == vip:
+                if c.expires <= now and self._conn_expire(i, now):
+                    return None
+                return i
+        return None
+
+    def _template_usable(self, ti):
+        # ip_vs_check_template (expire_quiescent_template = 0): its dest must still be
+        # linked; an unusable template stops matching and lives until its timer fires
+        t = self.conn_table[ti]
+        if t.dest != 0 and self.dests[t.dest].available:
+            return True
+        t.flags |= CF_INVALID
+        return False
+
+    # -- TCP states ----------------------------------------------------------------------------
+    def _tcp_set_state(self, c, output, flags):
+        table = "output" if output else "input"
+        if c.flags & CF_NOOUTPUT:
+            if output:
+                c.flags &= ~CF_NOOUTPUT
+            else:
+                table = "input_only"
+        # the event, by priority rst > syn > fin > ack; no such flag closes
+        event = (3 if flags & TH_RST else 0 if flags & TH_SYN else 1 if flags & TH_FIN
+                 else 2 if flags & TH_ACK else None)
+        new = S_CLOSE if event is None else TCP_NEXT[table][event][c.state]
+        if new != c.state and c.dest != 0:
+            d = self.dests[c.dest]
+            if not c.flags & CF_INACTIVE and new not in TCP_ACTIVE:
+                d.activeconns -= 1
+                d.inactconns += 1
+                c.flags |= CF_INACTIVE
+            elif c.flags & CF_INACTIVE and new in TCP_ACTIVE:
+                d.activeconns += 1
+                d.inactconns -= 1
+                c.flags &= ~CF_INACTIVE
+        c.state = new
+        c.timeout = self.tcp_timeouts[new]
+
+    # -- transmit: one function per method; each returns a drop reason or None ----------------
+    @staticmethod
+    def _tx(f, ifindex, adj, length):
+        f.verdict = K.VERDICT_TX
+        f.out_ifindex = ifindex
+        f.out_adj = adj
+        f.out_len = length
+
+    def xmit_dr(self, f, p, c):
+        d = self.dests[c.dest]
+        f.buf[f.data:f.data + 12] = d.mac + d.smac
+        self._tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+
+    def xmit_nat(self, f, p, c):
+        # client -> VIP:vport becomes client -> RIP:rport
+        d = self.dests[c.dest]
+        b = f.buf
+        ip = f.data + p.l2len
+        l4 = ip + p.ihl
+        udp = p.proto == 17
+        ck = l4 + (6 if udp else 16)
+        wr32(b, ip + 16, d.raddr)
+        csum_replace4(b, ip + 10, p.daddr, d.raddr)
+        l4_csum_replace(b, ck, p.daddr, d.raddr, udp, 4)
+        if p.dport != d.rport:
+            wr16(b, l4 + 2, d.rport)
+            l4_csum_replace(b, ck, p.dport, d.rport, udp, 2)
+        b[f.data:f.data + 12] = d.mac + d.smac
+        self._tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+
+    def xmit_nat_out(self, f, p, c):
+        # RS reply RIP:rport -> client becomes VIP:vport -> client, to the client's next hop
+        v = self.vips[c.vip]
+        b = f.buf
+        ip = f.data + p.l2len
+        l4 = ip + p.ihl
+        udp = p.proto == 17
+        ck = l4 + (6 if udp else 16)
+        s = self.neigh_slot.get(p.daddr)
+        if s is not None:
+            _, ifindex, mac = self.neigh[s]
+        elif self.gw is not None:
+            mac, ifindex = self.gw
+        else:
+            return "no_route"
+        b[f.data:f.data + 12] = mac + self.local_mac
+        self._tx(f, ifindex, 0, p.l2len + p.tot_len)
+        wr32(b, ip + 12, v.addr)
+        csum_replace4(b, ip + 10, p.saddr, v.addr)
+        l4_csum_replace(b, ck, p.saddr, v.addr, udp, 4)
+        if p.sport != v.port:
+            wr16(b, l4, v.port)
+            l4_csum_replace(b, ck, p.sport, v.port, udp, 2)
+
+    def _next_ip_id(self):
+        self.ip_id = (self.ip_id + 1) & 0xFFFF
+        return self.ip_id
+
+    def icmp_frag_needed(self, f, p, mtu):
+        # ICMP unreachable / frag needed back to the sender from the VIP, quoting its IP
+        # header and 8 bytes; the new headers go 28 bytes in front of the quoted bytes
+        quote = min(p.ihl + 8, p.tot_len)
+        if f.headroom < 28:
+            return "no_headroom"
+        b, d = f.buf, f.data
+        tos = b[d + p.l2len + 1]
+        o = d - 28
+        l2 = bytearray(b[d:d + p.l2len])
+        l2[0:12] = l2[6:12] + l2[0:6]          # back to the sender, from where it sent to
+        hdr = bytearray(20)
+        hdr[0] = 0x45
+        hdr[1] = (tos & 0x1E) | 0xC0
+        wr16(hdr, 2, 28 + quote)
+        wr16(hdr, 4, self._next_ip_id())
+        hdr[8] = 64
+        hdr[9] = 1
+        wr32(hdr, 12, p.daddr)
+        wr32(hdr, 16, p.saddr)
+        wr16(hdr, 10, csum_of(hdr, 0, 20))
+        icmp = bytearray([3, 4, 0, 0, 0, 0]) + mtu.to_bytes(2, "big")
+        quoted = b[d + p.l2len:d + p.l2len + quote]
+        wr16(icmp, 2, csum_of(icmp + quoted, 0, 8 + quote))
+        b[o:o + p.l2len + 28] = l2 + hdr + icmp
+        self._tx(f, 0, -28, p.l2len + 28 + quote)
+        self._count("frag_needed_sent")
+
+    def xmit_tun(self, f, p, c):
+        # IPIP: an outer header (local IP -> RIP, TOS/TTL/DF copied from the inner one; id 0
+        # with DF, as the kernel's ip_select_ident gives) in front of the untouched packet
+        d = self.dests[c.dest]
+        b = f.buf
+        inner = f.data + p.l2len
+        df = bool(b[inner + 6] & 0x40)
+        if p.tot_len + 20 > self.mtu:
+            if df:
+                return self.icmp_frag_needed(f, p, self.mtu - 20)
+            self._count("oversize")      # sent as it is: no fragmentation yet
+        if f.headroom < 20:
+            return "no_headroom"
+        o = f.data - 20
+        l2 = bytearray(d.mac + d.smac) + b[f.data + 12:f.data + p.l2len]
+        hdr = bytearray(20)
+        hdr[0] = 0x45
+        hdr[1] = b[inner + 1]
+        wr16(hdr, 2, p.tot_len + 20)
+        if df:
+            wr16(hdr, 6, 0x4000)
+        else:
+            wr16(hdr, 4, self._next_ip_id())
+        hdr[8] = b[inner + 8]
+        hdr[9] = 4
+        wr32(hdr, 12, self.local_ip)
+        wr32(hdr, 16, d.raddr)
+        wr16(hdr, 10, csum_of(hdr, 0, 20))
+        b[o:o + p.l2len + 20] = l2 + hdr
+        self._tx(f, d.ifindex, -20, p.l2len + 20 + p.tot_len)
+
+    def _xmit(self, fwd):
+        return {K.FWD_DR: self.xmit_dr, K.FWD_NAT: self.xmit_nat,
+                K.FWD_TUN: self.xmit_tun}[fwd]
+
+    # -- forwarding a packet of a known conn ----------------------------------------------------
+    def _forward_in(self, f, p, ci, now):
+        # ip_vs_in for a known conn: stats, state, transmit, re-arm the timer
+        c = self.conn_table[ci]
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        d.inpkts += 1
+        d.inbytes += p.tot_len
+        s.inpkts += 1
+        s.inbytes += p.tot_len
+        if p.proto == 6:
+            self._tcp_set_state(c, False, p.tcpflags)
+        else:
+            c.timeout = self.udp_timeout
+        reason = self._xmit(c.fwd)(f, p, c)
+        if reason is not None:
+            self._drop(f, reason)
+        c.expires = now + c.timeout * NS
+
+    def _forward_out(self, f, p, ci, now):
+        # ip_vs_out / handle_response for a NAT reply
+        c = self.conn_table[ci]
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        d.outpkts += 1
+        d.outbytes += p.tot_len
+        s.outpkts += 1
+        s.outbytes += p.tot_len
+        if p.proto == 6:
+            self._tcp_set_state(c, True, p.tcpflags)
+        else:
+            c.timeout = self.udp_timeout
+        reason = self.xmit_nat_out(f, p, c)
+        if reason is not None:
+            self._drop(f, reason)
+        c.expires = now + c.timeout * NS
+
+    # -- new connections -----------------------------------------------------------------------
+    @staticmethod
+    def _persist_net(s, p):
+        return p.saddr & s.netmask
+
+    def _neigh_learn(self, ip, mac, ifindex):
+        # remember where a NAT client's frame came from; known entries are kept (the
+        # control plane's word wins), a crowded stretch of the table is left alone
+        s = self._neigh_slot_for(ip, NEIGH_LEARN_PROBES)
+        if s is None or s in self.neigh:
+            return
+        self.neigh[s] = [ip, ifindex, bytes(mac)]
+        self.neigh_slot[ip] = s
+
+    def _create_forward(self, f, p, svc_id, dest, ti, now):
+        # make the conn (and, for a persistent service without a usable template, the
+        # template), count it, and forward the packet that opened it
+        s = self.svcs[svc_id]
+        if s.persist_timeout != 0 and ti is None:
+            ti = self._conn_new(self._persist_net(s, p), 0, p.vip, p.proto, dest,
+                                CF_TEMPLATE, now)
+            if ti is None:
+                self._drop(f, "table_full")
+                return
+            self.conn_table[ti].timeout = s.persist_timeout
+        ci = self._conn_new(p.saddr, p.sport, p.vip, p.proto, dest, 0, now)
+        if ti is not None:
+            # ip_vs_conn_put(ct): using the template re-arms its timer
+            t = self.conn_table[ti]
+            t.expires = now + t.timeout * NS
+        if ci is None:
+            self._drop(f, "table_full")
+            return
+        c = self.conn_table[ci]
+        if ti is not None:
+            c.ctl = ti + 1
+            self.conn_table[ti].ctl += 1
+        d = self.dests[dest]
+        d.conns += 1
+        self.svcs[d.svc].conns += 1
+        self._count("conns_created")
+        if self.learn_ifindex != 0 and d.fwd == K.FWD_NAT:
+            self._neigh_learn(p.saddr, f.buf[f.data + 6:f.data + 12], self.learn_ifindex)
+        self._forward_in(f, p, ci, now)
+
+    def _sched_hash(self, s, p):
+        """The dest id the service's hash table gives this new flow, 0 = none."""
+        n = len(s.table)
+        if s.sched == K.SCHED_DH:
+            d = s.table[hash_32(p.daddr, SH_TAB_BITS) % n]
+            return 0 if self._hash_unavailable(d) else d
+        port = p.sport if s.sched_flags & K.SCHED_F_PORT else 0
+        if s.sched == K.SCHED_SH:
+            ihash = sh_hashkey(p.saddr, port, 0) % n
+        else:
+            ihash = hsiphash_1u32(p.saddr + port, *MH_KEY) % n
+        d = s.table[ihash]
+        if d == 0:
+            return 0
+        if not self._hash_unavailable(d):
+            return d
+        if not s.sched_flags & K.SCHED_F_FALLBACK:
+            return 0
+        for off in range(n):
+            roff = (off + ihash) % n
+            if s.sched == K.SCHED_SH:
+                h = sh_hashkey(p.saddr, port, roff) % n
+            else:
+                h = hsiphash_1u32(roff + port + p.saddr, *MH_KEY) % n
+            d = s.table[h]
+            if d == 0:
+                return 0
+            if not self._hash_unavailable(d):
+                return d
+        return 0
+
+    def _hash_unavailable(self, d):
+        # is_unavailable()/is_overloaded() of sh/dh/mh: weight <= 0 or overloaded (or gone)
+        if d == 0 or d >= len(self.dests):
+            return True
+        dp = self.dests[d]
+        return not dp.available or dp.weight <= 0 or dp.overload
+
+    def _new_flow(self, f, p, idx, svc_id, now):
+        # ip_vs_schedule: persistence template first, then the hash table, else park the
+        # frame for the Python scheduler
+        s = self.svcs[svc_id]
+        if s.persist_timeout != 0:
+            ti = self._tmpl_lookup(self._persist_net(s, p), p.vip, p.proto, now)
+            if ti is not None and self._template_usable(ti):
+                self._create_forward(f, p, svc_id, self.conn_table[ti].dest, ti, now)
+                return
+        if s.table is not None:
+            dest = self._sched_hash(s, p)
+            if dest == 0 or not self._dest_valid_for(dest, svc_id):
+                self._drop(f, "no_dest")
+                return
+            self._create_forward(f, p, svc_id, dest, None, now)
+            return
+        if not self._park_follower(f, p, idx):
+            f.verdict = K.VERDICT_PENDING
+            self.parked.append(Parked(idx, svc_id, -1))
+
+    def _park_follower(self, f, p, idx):
+        # a later frame of a flow already parked in this batch waits behind it
+        for j, pk in enumerate(self.parked):
+            if pk.leader < 0:
+                q = self.pkts[pk.frame]
+                if (q.sport, q.vip, q.proto, q.saddr) == (p.sport, p.vip, p.proto, p.saddr):
+                    f.verdict = K.VERDICT_PENDING
+                    self.parked.append(Parked(idx, pk.svc, j))
+                    return True
+        return False
+
+    # -- one frame, one batch --------------------------------------------------------------------
+    def _handle(self, f, p, idx):
+        now = f.ts
+        if p.vip != 0:
+            ci = self._lookup_in(p, now)
+            if ci is not None:
+                c = self.conn_table[ci]
+                # conn_reuse_mode 1: a SYN for a conn in TIME_WAIT expires it, rescheduled
+                if (p.proto == 6 and c.state == S_TIME_WAIT
+                        and p.tcpflags & (TH_SYN | TH_RST | TH_ACK) == TH_SYN):
+                    self._conn_free(ci)
+                else:
+                    self._forward_in(f, p, ci, now)
+                    return
+            if self.parked and self._park_follower(f, p, idx):
+                return
+            svc_id = self.vips[p.vip].svc
+            if svc_id == 0:
+                self._pass(f, "no_service")
+                return
+            if p.proto == 6 and p.tcpflags & (TH_SYN | TH_RST) != TH_SYN:
+                # tcp_conn_schedule only schedules on a SYN without RST
+                self._pass(f, "tcp_not_syn")
+                return
+            self._new_flow(f, p, idx, svc_id, now)
+            return
+        ci = self._lookup_out(p, now)
+        if ci is not None:
+            self._forward_out(f, p, ci, now)
+            return
+        self._pass(f, "no_service")
+
+    def _rx_batch(self, frames):
+        """Parse and handle a batch; new flows of callback services are left parked."""
+        self.parked = []
+        self.pkts = []
+        now = self.now
+        for f in frames:
+            now = max(now, f.ts)
+            p = parse_frame(f)
+            if isinstance(p, str):
+                (self._pass if p in ("not_ip", "no_service") else self._drop)(f, p)
+                p = None
+            else:
+                p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
+            self.pkts.append(p)
+        self._count("rx", len(frames))
+        self.now = now
+        for idx, f in enumerate(frames):
+            p = self.pkts[idx]
+            if p is not None:
+                self._handle(f, p, idx)
+                if f.verdict == K.VERDICT_TX:
+                    self._count("tx")
+        self._conn_sweep_batch(now)
+
+    def _schedule_parked(self, frames):
+        # one callback for the batch's new flows; an error is kept for after the batch and
+        # the parked frames are dropped
+        leaders = [k for k, pk in enumerate(self.parked) if pk.leader < 0]
+        svc_ids = [self.parked[k].svc for k in leaders]
+        flows = []
+        for k in leaders:
+            p = self.pkts[self.parked[k].frame]
+            flows.append((4, p.saddr, p.sport, p.daddr, p.dport,
+                          "tcp" if p.proto == 6 else "udp"))
+        try:
+            if self.callback is None:
+                raise RuntimeError("new flow for a service scheduled in Python, "
+                                   "but no scheduler callback is set")
+            res = self.callback(svc_ids, flows)
+            if len(res) != len(leaders):
+                raise ValueError(f"scheduler callback returned {len(res)} dest ids "
+                                 f"for {len(leaders)} flows")
+            for k, r in zip(leaders, res):
+                self.parked[k].dest = 0 if r is None else _u32(r)
+        except BaseException as exc:
+            if self.error is None:
+                self.error = exc
+            for pk in self.parked:
+                if frames[pk.frame].verdict == K.VERDICT_PENDING:
+                    self._drop(frames[pk.frame], "callback_error")
+
+    def _bind_parked(self, frames):
+        """Bind and forward the parked frames, in frame order."""
+        for pk in self.parked:
+            f = frames[pk.frame]
+            p = self.pkts[pk.frame]
+            ci = self._lookup_in(p, f.ts)
+            if ci is not None:
+                # made by an earlier parked frame of the same flow
+                self._forward_in(f, p, ci, f.ts)
+            elif f.verdict != K.VERDICT_PENDING:
+                pass
+            elif pk.leader >= 0:
+                lead = self.parked[pk.leader].dest
+                syn_like = p.proto == 17 or p.tcpflags & (TH_SYN | TH_RST) == TH_SYN
+                if lead != 0 and syn_like and self._dest_valid_for(lead, pk.svc):
+                    # the leader's conn expired by this frame's own time (a replayed capture
+                    # spanning a timeout in one batch): open a new conn to the same server
+                    self._create_forward(f, p, pk.svc, lead, None, f.ts)
+                else:
+                    self._drop(f, "tcp_not_syn" if p.proto == 6 else "no_dest")
+            else:
+                self._bind_leader(f, p, pk)
+            if f.verdict == K.VERDICT_TX:
+                self._count("tx")
+        self.parked = []
+
+    def _bind_leader(self, f, p, pk):
+        s = self._svc(pk.svc)
+        dest, ti = pk.dest, None
+        if s is not None and s.persist_timeout != 0:
+            # a template made earlier in this batch wins, as it would have in sequence
+            ti = self._tmpl_lookup(self._persist_net(s, p), p.vip, p.proto, f.ts)
+            if ti is not None and self._template_usable(ti):
+                dest = self.conn_table[ti].dest
+            else:
+                ti = None
+        if s is None or (ti is None and not self._dest_valid_for(dest, pk.svc)):
+            self._drop(f, "no_dest")
+        else:
+            self._create_forward(f, p, pk.svc, dest, ti, f.ts)
+
+    def _run(self, frames):
+        self._rx_batch(frames)
+        if self.parked:
+            self._schedule_parked(frames)
+            self._bind_parked(frames)
+
+    def _raise_pending(self):
+        err, self.error = self.error, None
+        if err is not None:
+            raise err
+
+    def _batches(self, frames, timestamps):
+        """(start, [Frame]) per batch, run through the engine; stops after a callback error."""
+        if timestamps is None:
+            timestamps = time.monotonic_ns()
+        single = isinstance(timestamps, int)
+        start = 0
+        while start < len(frames):
+            n = min(self.batch, len(frames) - start)
+            batch = [Frame(frames[start + j], timestamps if single else timestamps[start + j])
+                     for j in range(n)]
+            self._run(batch)
+            yield start, batch
+            start += n
+            if self.error is not None:
+                break
+
+    # -- frames from Python --------------------------------------------------------------------
+    def process(self, frames, timestamps=None):
+        """Run `frames` through the engine in batches; [(index, out_ifindex, bytes)] of the
+        frames to transmit, in input order. timestamps: one int (ns), one per frame, or None
+        (monotonic clock)."""
+        out = []
+        for start, batch in self._batches(frames, timestamps):
+            out.extend((start + j, f.out_ifindex, f.output())
+                       for j, f in enumerate(batch) if f.verdict == K.VERDICT_TX)
+        self._raise_pending()
+        return out
+
+    def process_verdicts(self, frames, timestamps=None):
+        """One (verdict, reason, out_ifindex, bytes|None) per frame: "tx" | "drop" | "pass"
+        and the counter name that decided a drop or pass."""
+        res = [None] * len(frames)
+        for start, batch in self._batches(frames, timestamps):
+            for j, f in enumerate(batch):
+                tx = f.verdict == K.VERDICT_TX
+                res[start + j] = (_VERDICT_TEXT[f.verdict],
+                                  "" if tx else K.COUNTER_NAMES[f.reason],
+                                  f.out_ifindex, f.output() if tx else None)
+        self._raise_pending()
+        return res
+
+    # -- timers --------------------------------------------------------------------------------
+    def run_timers(self, now_ns=None, budget=None):
+        """Expire entries whose timeout passed by `now_ns` (default: the latest frame time),
+        inspecting `budget` entries from the sweep cursor (default: the whole table)."""
+        now = self.now if now_ns is None else now_ns
+        b = self._capacity if budget is None else _u32(budget)
+        if now > self.now:
+            self.now = now
+        return self._conn_sweep(now, b)
+
+    # -- counters and listings -----------------------------------------------------------------
+    def stats(self):
+        """Global counters by name."""
+        return dict(zip(K.COUNTER_NAMES, self.counters))
+
+    def service_stats(self, svc_id):
+        """conns, inpkts, outpkts, inbytes, outbytes of a service (bytes = IP lengths)."""
+        svc_id = _c_int(svc_id)
+        s = self._svc(svc_id)
+        if s is None:
+            raise KeyError(svc_id)
+        return {"conns": s.conns, "inpkts": s.inpkts, "outpkts": s.outpkts,
+                "inbytes": s.inbytes, "outbytes": s.outbytes}
+
+    def dest_stats(self, dest_id):
+        """Counters of a dest (also of a deleted one its conns still reference)."""
+        dest_id = _c_int(dest_id)
+        if dest_id < 1 or dest_id >= len(self.dests) or not self.dests[dest_id].in_use:
+            raise KeyError(dest_id)
+        d = self.dests[dest_id]
+        return {"conns": d.conns, "inpkts": d.inpkts, "outpkts": d.outpkts,
+                "inbytes": d.inbytes, "outbytes": d.outbytes,
+                "activeconns": d.activeconns, "inactconns": d.inactconns,
+                "persistconns": d.persistconns, "overloaded": d.overload,
+                "weight": d.weight, "available": d.available, "refcnt": d.refcnt}
+
+    def dest_counters(self, dest_id):
+        """(activeconns, inactconns, persistconns, overloaded): what lc/wlc/... read."""
+        dest_id = _c_int(dest_id)
+        if dest_id < 1 or dest_id >= len(self.dests):
+            raise KeyError(dest_id)
+        d = self.dests[dest_id]
+        return (d.activeconns, d.inactconns, d.persistconns, d.overload)
+
+    def conns(self, now_ns=None):
+        """Entries for ipvsadm -Lnc, in table order; entries already expired are left out
+        (a template still controlling conns is kept)."""
+        now = self.now if now_ns is None else now_ns
+        out = []
+        for i in sorted(self.conn_table):
+            c = self.conn_table[i]
+            tmpl = bool(c.flags & CF_TEMPLATE)
+            if c.expires <= now and not (tmpl and c.ctl):
+                continue
+            v = self.vips[c.vip]
+            d = self.dests[c.dest]
+            if tmpl:
+                state = "NONE"
+            elif c.proto == 17:
+                state = "UDP"
+            else:
+                state = TCP_STATE_NAMES[c.state]
+            out.append({"proto": _PROTO_TEXT[c.proto], "state": state,
+                        "expires": (c.expires - now) // NS if c.expires > now else 0,
+                        "caddr": _ip_text(c.caddr), "cport": c.cport,
+                        "vaddr": _ip_text(v.addr), "vport": v.port,
+                        "raddr": _ip_text(d.raddr), "rport": d.rport,
+                        "template": tmpl, "fwd": _FWD_TEXT.get(c.fwd, "")})
+        return out

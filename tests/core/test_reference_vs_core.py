@@ -1,0 +1,613 @@
+"""Differential tests: the extension (`_core.Engine`) against the pure-Python reference
+(`engine/reference.py`). Both get the same configuration calls and the same frames at the same
+times; every answer (verdicts, output bytes and interfaces, errors), and after each step the
+global counters, per-service and per-dest stats, dest counters and the conn listing must be
+identical. The packet cases of packets.py, whole connections per forwarding method, NAT
+replies, persistence, hash schedulers, timeouts, batches, and the fuzzer's frames."""
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+import fastlvs.engine._core as core
+from fastlvs.engine import reference
+from tests.core import packets as P
+from tests.core.helpers import S, checksums_ok
+from tests.fuzz import fuzz_engine
+
+DEST_IDS = range(0, 70)          # past the 64 dest slots allocated at start
+SVC_IDS = range(0, 6)
+
+
+def _call(fn, args, kw):
+    try:
+        return fn(*args, **kw), None
+    except Exception as exc:    # compared between the engines
+        return None, exc
+
+
+def _err(exc):
+    return None if exc is None else (type(exc).__name__, str(exc))
+
+
+class Twin:
+    """The two engines side by side: every method call goes to both and must answer alike."""
+
+    def __init__(self, **kw):
+        self.core = core.Engine(**kw)
+        self.ref = reference.Engine(**kw)
+        self.sent = 0
+
+    def __getattr__(self, name):
+        def both(*args, **kw):
+            a, ea = _call(getattr(self.core, name), args, kw)
+            b, eb = _call(getattr(self.ref, name), args, kw)
+            assert _err(ea) == _err(eb), (name, args, kw)
+            assert a == b, (name, args, kw)
+            if ea is not None:
+                raise ea
+            return a
+        return both
+
+    def set_callback(self, make):
+        """make() -> a scheduler callback; each engine gets its own, and both must be asked
+        the same questions."""
+        self.asked = {"core": [], "ref": []}
+        for which, eng in (("core", self.core), ("ref", self.ref)):
+            fn = make()
+
+            def cb(svcs, flows, fn=fn, log=self.asked[which]):
+                log.append((list(svcs), list(flows)))
+                return fn(svcs, flows)
+            eng.set_scheduler_callback(cb)
+
+    def run(self, frames, ts):
+        """Both engines' verdicts for `frames`; checks they agree and returns them."""
+        a, ea = _call(self.core.process_verdicts, (frames, ts), {})
+        b, eb = _call(self.ref.process_verdicts, (frames, ts), {})
+        assert _err(ea) == _err(eb)
+        if ea is None:
+            for i, (x, y) in enumerate(zip(a, b)):
+                assert x == y, (i, frames[i].hex())
+            self.sent += sum(1 for v in a if v[0] == "tx")
+        asked = self.__dict__.get("asked")
+        if asked is not None:
+            assert asked["core"] == asked["ref"]
+        self.check()
+        if ea is not None:
+            raise ea
+        return a
+
+    def state(self, eng, now=None):
+        def get(fn, *args):
+            try:
+                return fn(*args)
+            except KeyError:
+                return "KeyError"
+        return {"stats": eng.stats(), "conn_count": eng.conn_count(),
+                "timeouts": eng.get_timeouts(), "conns": eng.conns(now),
+                "svcs": [get(eng.service_stats, s) for s in SVC_IDS],
+                "dests": [(get(eng.dest_stats, d), get(eng.dest_counters, d))
+                          for d in DEST_IDS]}
+
+    def check(self, now=None):
+        a, b = self.state(self.core, now), self.state(self.ref, now)
+        for k in a:
+            assert a[k] == b[k], k
+
+
+def topology(t: Twin, fwd="dr", persist=0, netmask=None, ndest=3, **dest_kw):
+    """Service 1 = TCP VIP:80, 2 = UDP VIP:53, dests 1..ndest / 11..10+ndest (RS[i]); NAT
+    dests listen on other ports so that both port rewrites are exercised."""
+    t.set_service(1, 6, P.VIP, 80, persist_timeout=persist, netmask=netmask)
+    t.set_service(2, 17, P.VIP, 53, persist_timeout=persist, netmask=netmask)
+    rport = (8080, 5353) if fwd == "nat" else (80, 53)
+    for i in range(ndest):
+        t.set_dest(1 + i, 1, P.RS[i], rport[0], fwd, P.RS_MAC[i], ifindex=10 + i, **dest_kw)
+        t.set_dest(11 + i, 2, P.RS[i], rport[1], fwd, P.RS_MAC[i], ifindex=10 + i, **dest_kw)
+    t.set_gateway_mac(P.GW_MAC, 2)
+
+
+def round_robin():
+    n = [0]
+
+    def cb(svcs, flows):
+        out = []
+        for s in svcs:
+            n[0] += 1
+            out.append((1 if s == 1 else 11) + n[0] % 3)
+        return out
+    return cb
+
+
+def twin(fwd="dr", mtu=1500, capacity=4096, batch=64, **kw):
+    t = Twin(capacity=capacity, batch=batch, local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC,
+             mtu=mtu)
+    topology(t, fwd, **kw)
+    t.set_callback(round_robin)
+    return t
+
+
+FWDS = ["dr", "nat", "tun"]
+
+
+# -- the packet cases ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fwd", FWDS)
+@pytest.mark.parametrize("case", P.CASES, ids=lambda c: c.name)
+def test_packet_case(case, fwd):
+    t = twin(fwd)
+    t.run([case.frame], 1 * S)                  # alone: a new flow (or not ours)
+    # after the flow's opening packet: a known conn
+    opener = P.udp() if case.name.startswith("udp") else P.tcp("S")
+    t.run([opener, case.frame], 2 * S)
+    t.run([case.frame] * 3, 3 * S)              # three in one batch
+    if case in P.GOOD:
+        assert t.sent > 0
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+def test_all_cases_in_one_batch(fwd):
+    t = twin(fwd)
+    t.run([c.frame for c in P.CASES] * 2, 5 * S)
+    t.run([c.frame for c in P.CASES], 6 * S)
+    assert t.sent > 0
+
+
+# -- whole connections --------------------------------------------------------------------------
+
+def reply(flags, cport=40000, rs=0, payload=b""):
+    return P.reply_tcp(flags, rs=P.RS[rs], rport=8080, cport=cport, payload=payload)
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+@pytest.mark.parametrize("split", [False, True], ids=["one_per_batch", "one_batch"])
+def test_tcp_connection_lifecycle(fwd, split):
+    """Handshake, data, close (with the RS's answers under NAT), each client on its own
+    port; the clock moves through every state's timeout and the sweep."""
+    t = twin(fwd)
+    t.set_sweep_budget(8)
+    steps = []
+    for k in range(3):
+        cport = 40000 + k
+        steps += [P.tcp("S", sport=cport)]
+        if fwd == "nat":
+            steps += [reply("SA", cport, rs=(k + 1) % 3)]
+        steps += [P.tcp("A", sport=cport), P.tcp("PA", sport=cport, payload=b"x" * 300)]
+        if fwd == "nat":
+            steps += [reply("PA", cport, rs=(k + 1) % 3, payload=b"y" * 500),
+                      reply("FA", cport, rs=(k + 1) % 3)]
+        steps += [P.tcp("FA", sport=cport), P.tcp("A", sport=cport)]
+    if split:
+        t.run(steps, 10 * S)
+    else:
+        for i, f in enumerate(steps):
+            t.run([f], (10 + i) * S)
+    for now in (20, 75, 140, 200, 1000, 2000):
+        t.check(now * S)
+        t.run_timers(now * S, 5)
+        t.check()
+    t.run([P.tcp("S", sport=40000)], 3000 * S)
+    assert t.sent >= len(steps) - (9 if fwd == "nat" else 0)
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+def test_udp_flows_and_nat_replies(fwd):
+    t = twin(fwd)
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    for k in range(5):
+        t.run([P.udp(sport=1000 + k), P.udp(sport=1000 + k, payload=b"z" * 99)], (k + 1) * S)
+        t.run([P.reply_udp(rs=P.RS[(k + 1) % 3], cport=1000 + k)], (k + 2) * S)
+    t.run([P.reply_udp(rs=P.RS[2], cport=9999)], 10 * S)       # no conn: passed
+    t.set_timeouts(udp=30)
+    t.run([P.udp(sport=1000)], 40 * S)
+    t.run([P.udp(sport=1001)], 400 * S)
+    t.run_timers(500 * S)
+    t.check()
+
+
+def test_nat_reply_without_route_and_learned_macs():
+    t = twin("nat")
+    t.set_gateway_mac(None)
+    t.run([P.tcp("S", sport=1)], 1 * S)
+    t.run([reply("SA", 1, rs=1)], 1 * S)                # rr chose RS[1]; no route back
+    t.set_learn_ifindex(7)
+    clients = ["198.51.100.%d" % i for i in range(1, 40)]
+    t.run([P.tcp("S", sport=2, src=c) for c in clients], 2 * S)
+    t.run([P.reply_tcp("SA", rs=P.RS[j % 3], rport=8080, client=c, cport=2)
+           for j, c in enumerate(clients)], 3 * S)
+    assert t.core.stats()["no_route"] == 1
+
+
+def test_time_wait_syn_reopens_and_rst():
+    t = twin("nat")
+    t.set_timeouts(tcp=50, tcpfin=20)
+    seq = [P.tcp("S"), reply("SA", rs=2), P.tcp("A"), P.tcp("FA"), reply("FA", rs=2),
+           P.tcp("A"), P.tcp("S"), P.tcp("R"), P.tcp("SR"), P.tcp("S", sport=5),
+           P.tcp("", sport=5)]
+    for i, f in enumerate(seq):
+        t.run([f], (1 + i) * S)
+    t.check(30 * S)
+
+
+# -- persistence, hash schedulers, overload -----------------------------------------------------
+
+@pytest.mark.parametrize("fwd", FWDS)
+def test_persistence_templates(fwd):
+    t = twin(fwd, persist=60, netmask=24)
+    clients = ["198.51.100.%d" % i for i in (1, 2, 3)] + ["198.51.101.%d" % i for i in (1, 2)]
+    # several clients of one /24 in one batch: the first one's template wins
+    t.run([P.tcp("S", src=c, sport=3000) for c in clients], 1 * S)
+    t.run([P.udp(src=c, sport=3000) for c in clients], 2 * S)
+    t.run([P.tcp("S", src=c, sport=3001) for c in clients], 30 * S)
+    t.del_dest(1)                       # its templates become unusable
+    t.run([P.tcp("S", src=c, sport=3002) for c in clients], 40 * S)
+    t.set_dest(1, 1, P.RS[0], 8080 if fwd == "nat" else 80, fwd, P.RS_MAC[0], ifindex=10)
+    t.run([P.tcp("S", src=c, sport=3003) for c in clients], 50 * S)
+    for now in (70, 100, 200, 1000):
+        t.run_timers(now * S)
+        t.check((now + 30) * S)
+    t.run([P.tcp("S", src=c, sport=3004) for c in clients], 1200 * S)
+
+
+@pytest.mark.parametrize("kind", ["sh", "dh", "mh"])
+@pytest.mark.parametrize("flags", [0, 1, 2, 3])
+def test_hash_schedulers(kind, flags):
+    t = twin("dr")
+    table = [1, 2, 3, 0, 2] * 13 + [1]
+    t.set_hash_table(1, table, kind, flags)
+    t.set_hash_table(2, [11, 12, 13] * 20 + [11], kind, flags)
+    frames = [P.tcp("S", src="198.51.100.%d" % (i % 50 + 1), sport=2000 + i)
+              for i in range(120)]
+    frames += [P.udp(src="198.51.100.%d" % (i + 1), sport=i + 1) for i in range(30)]
+    t.run(frames, 1 * S)
+    t.set_dest(2, 1, P.RS[1], 80, "dr", P.RS_MAC[1], ifindex=11, weight=0)
+    t.set_dest(3, 1, P.RS[2], 80, "dr", P.RS_MAC[2], ifindex=12, u_threshold=2)
+    t.run([P.tcp("S", src="198.51.100.%d" % (i + 1), sport=3000 + i) for i in range(80)],
+          2 * S)
+    t.del_dest(1)
+    t.run([P.tcp("S", src="198.51.100.%d" % (i + 1), sport=4000 + i) for i in range(80)],
+          3 * S)
+    t.set_hash_table(1, None, kind)
+    t.run([P.tcp("S", sport=5000)], 4 * S)
+    assert t.sent > 0
+
+
+@pytest.mark.parametrize("sched", [0, "sh", "mh"])
+def test_service_edit_and_its_hash_table(sched):
+    """set_service after set_hash_table (as an edit does): a hash kind keeps the table,
+    sched 0 hands new flows back to the Python scheduler."""
+    t = twin("dr")
+    t.set_hash_table(1, [1, 2, 3] * 30, "sh", 0)
+    t.set_service(1, 6, P.VIP, 80, sched=sched)
+    t.run([P.tcp("S", src="198.51.100.%d" % (i + 1)) for i in range(40)], 1 * S)
+    assert len(t.asked["core"]) == (1 if sched == 0 else 0)
+
+
+def test_overload_thresholds():
+    t = twin("dr", u_threshold=4, l_threshold=2)
+    flows = [P.tcp("S", sport=6000 + i) for i in range(30)]
+    t.run(flows, 1 * S)
+    t.run([P.tcp("R", sport=6000 + i) for i in range(12)], 2 * S)
+    t.set_dest(2, 1, P.RS[1], 80, "dr", P.RS_MAC[1], ifindex=11, u_threshold=8)
+    t.set_dest(3, 1, P.RS[2], 80, "dr", P.RS_MAC[2], ifindex=12, u_threshold=0)
+    t.run([P.tcp("S", sport=7000 + i) for i in range(10)], 3 * S)
+    t.run_timers(100 * S)
+    t.check()
+
+
+# -- TUN and the MTU ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("df", [True, False])
+@pytest.mark.parametrize("tos", [0, 0xFF])
+def test_tun_over_mtu(df, tos):
+    t = twin("tun", mtu=600)
+    big = P.tcp("S", payload=b"b" * 700, df=df, tos=tos, ttl=9)
+    out = t.run([big, P.tcp("S", sport=2, payload=b"s" * 100, df=df, tos=tos), big], 1 * S)
+    for v in out:
+        if v[0] == "tx":
+            assert checksums_ok(v[3])
+    t.set_local(mtu=1500, local_ip="192.0.2.2")
+    t.run([big], 2 * S)
+
+
+# -- tables, timers, batches, errors ------------------------------------------------------------
+
+@pytest.mark.parametrize("budget", [0, 1, 3, 64])
+def test_small_table_and_sweep(budget):
+    t = twin("nat", capacity=8, persist=0)
+    t.set_sweep_budget(budget)
+    for k in range(12):
+        frames = [P.udp(sport=100 + (k * 3 + j) % 11) for j in range(4)]
+        t.run(frames, (1 + k * 70) * S)
+    t.run_timers(2000 * S, 2)
+    t.run_timers(budget=3)
+    t.run_timers()
+
+
+def test_small_table_persistence_full():
+    t = twin("dr", capacity=3, persist=100, netmask=32)
+    t.run([P.tcp("S", src="198.51.100.%d" % (i + 1)) for i in range(4)], 1 * S)
+    t.run([P.tcp("S", src="198.51.100.1", sport=7)], 2 * S)
+
+
+def test_batch_of_one_and_callback_answers():
+    """Batches of one frame, and a scheduler answering none, None, an unknown id, a dest of
+    another service, then good ones."""
+    t = Twin(capacity=64, batch=1, local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC)
+    topology(t, "nat")
+    t.set_callback(lambda: _replay([[0], [None], [99], [12], [2], [1], [3]]))
+    t.run([P.tcp("S", sport=i) for i in range(9)], 1 * S)
+    assert t.sent > 0
+
+
+def _replay(answers):
+    it = iter(answers)
+
+    def cb(svcs, flows):
+        return next(it, [1] * len(flows))
+    return cb
+
+
+def test_followers_of_a_flow_the_scheduler_refused():
+    """Several frames of one new flow in a batch, the scheduler answering 0 for it: the
+    leader is dropped as no_dest, its followers as the extension decides for each protocol."""
+    t = twin("nat")
+    t.set_callback(lambda: _replay([[0, 0], [2, 0]]))
+    t.run([P.tcp("S", sport=9), P.udp(sport=9), P.tcp("S", sport=9), P.tcp("A", sport=9),
+           P.udp(sport=9)], 1 * S)
+    t.run([P.tcp("S", sport=9), P.udp(sport=9), P.tcp("A", sport=9), P.udp(sport=9)], 2 * S)
+
+
+def _from_mac(frame, mac):
+    return frame[:6] + bytes.fromhex(mac.replace(":", "")) + frame[12:]
+
+
+def test_learning_takes_the_first_mac_of_new_nat_conns_only():
+    """With learning on, a DR conn teaches nothing; the first NAT conn of a client does, and
+    a later MAC of that client does not replace it."""
+    t = twin("dr")
+    t.set_gateway_mac(None)
+    t.set_learn_ifindex(4)
+    t.run([_from_mac(P.tcp("S", sport=1), "02:00:00:00:0b:01")], 1 * S)
+    for i in range(3):
+        t.set_dest(1 + i, 1, P.RS[i], 80, "nat", P.RS_MAC[i], ifindex=10 + i)
+    t.run([_from_mac(P.tcp("S", sport=2), "02:00:00:00:0b:02")], 2 * S)
+    t.run([_from_mac(P.tcp("S", sport=3), "02:00:00:00:0b:03")], 3 * S)
+    out = t.run([P.reply_tcp("SA", rs=P.RS[i], rport=80, cport=c)
+                 for c in (2, 3) for i in range(3)], 4 * S)
+    sent = [v for v in out if v[0] == "tx"]
+    assert len(sent) == 2 and all(v[3][:6] == bytes.fromhex("02000000 0b02") for v in sent)
+
+
+@pytest.mark.parametrize("bad", ["raise", "short", "negative", "none"])
+def test_callback_errors_are_raised_after_the_batch(bad):
+    t = twin("dr")
+
+    def make():
+        def cb(svcs, flows):
+            if bad == "raise":
+                raise LookupError("scheduler broke")
+            if bad == "short":
+                return [1] * (len(flows) - 1)
+            return [-1] * len(flows)
+        return cb
+    if bad == "none":
+        t.core.set_scheduler_callback(None)
+        t.ref.set_scheduler_callback(None)
+    else:
+        t.set_callback(make)
+    with pytest.raises(Exception):
+        t.run([P.tcp("S", sport=1), P.tcp("S", sport=1), P.tcp("S", sport=2)] + [P.udp()] * 70,
+              1 * S)
+    t.set_callback(round_robin)
+    t.run([P.tcp("S", sport=1), P.udp()], 2 * S)
+
+
+def test_config_errors_alike():
+    t = twin("dr")
+    bad_calls = [
+        ("set_service", (0, 6, P.VIP, 80)), ("set_service", (3, 1, P.VIP, 80)),
+        ("set_service", (3, 6, "::1", 80)), ("set_service", (3, 6, P.VIP, 80)),
+        ("set_service", (3, 6, P.VIP, 81), {"netmask": 33}),
+        ("set_dest", (1, 9, P.RS[0], 80)), ("set_dest", (0, 1, P.RS[0], 80)),
+        ("set_dest", (4, 1, P.RS[0], 80, "bogus")), ("set_dest", (4, 1, P.RS[0], 80, 7)),
+        ("set_dest", (4, 1, P.RS[0], 80, "dr", "02:00")),
+        ("set_dest", (1, 1, P.RS[2], 99)), ("set_hash_table", (9, [1], "sh")),
+        ("set_hash_table", (1, [], "sh")), ("set_hash_table", (1, [1], 7)),
+        ("set_timeouts", (-1,)), ("set_local", (None, None, 40)),
+    ]
+    for name, args, *kw in bad_calls:
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            getattr(t, name)(*args, **(kw[0] if kw else {}))
+    for v in (0, 8, 1 << 31, 1 << 40):
+        try:
+            t.set_dest(v, 1, P.RS[0], 80)
+        except (ValueError, OverflowError):
+            pass
+    t.check()
+    with pytest.raises(ValueError):
+        Twin(capacity=0)
+    with pytest.raises(ValueError):
+        Twin(batch=257)
+    with pytest.raises(ValueError):
+        Twin(mtu=67)
+    assert t.memory_bytes() == t.core.memory_bytes()
+    assert t.ref.entry_size == t.core.entry_size and t.ref.capacity == t.core.capacity
+
+
+def test_deleted_dest_and_service_live_on():
+    t = twin("nat")
+    t.run([P.tcp("S", sport=i) for i in range(6)] + [P.udp(sport=i) for i in range(6)], 1 * S)
+    t.del_dest(2)
+    t.del_dest(2)
+    with pytest.raises(ValueError):
+        t.set_dest(2, 1, P.RS[0], 8080, "nat")       # id still referenced
+    t.run([P.tcp("A", sport=i) for i in range(6)] + [reply("A", i, rs=1) for i in range(6)],
+          2 * S)
+    t.del_service(2)
+    t.run([P.udp(sport=i) for i in range(8)], 3 * S)
+    t.set_service(2, 17, P.VIP, 53)
+    t.set_dest(12, 2, P.RS[1], 5353, "nat", P.RS_MAC[1], ifindex=11)     # revived
+    t.run([P.udp(sport=i) for i in range(8)], 4 * S)
+    t.set_service(1, 6, "203.0.113.11", 80)          # the service moves; its conns stay
+    t.run([P.tcp("A", sport=i) for i in range(6)], 5 * S)
+    t.run_timers(10_000 * S)
+    t.set_dest(2, 1, P.RS[0], 8080, "nat")           # free again
+    t.run([P.tcp("S", sport=99, dst="203.0.113.11")], 10_001 * S)
+
+
+# -- the fuzzer's frames and random configuration changes ---------------------------------------
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fuzz_frames(seed):
+    rng = random.Random(seed)
+    a = fuzz_engine.make_engine()
+    b = fuzz_engine.make_engine(engine_cls=reference.Engine)
+    t = Twin.__new__(Twin)
+    t.core, t.ref, t.sent = a, b, 0
+    pool = fuzz_engine.seeds(rng)
+    ts = S
+    for _ in range(40):
+        frames = [fuzz_engine.mutate(rng, rng.choice(pool)) if rng.random() < 0.8
+                  else rng.choice(pool) for _ in range(64)]
+        ts += rng.randint(0, 30 * S)
+        t.run(frames, ts)
+    assert t.sent > 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_operations(seed):
+    """Traffic interleaved with configuration changes, clock jumps and timer runs."""
+    rng = random.Random(seed)
+    fwd = rng.choice(FWDS)
+    t = twin(fwd, capacity=rng.choice([16, 64, 4096]), persist=rng.choice([0, 0, 30]),
+             netmask=rng.choice([None, 24]), batch=rng.choice([1, 7, 64]))
+    if rng.random() < 0.5:
+        t.set_learn_ifindex(5)
+    ts = S
+    clients = ["198.51.100.%d" % i for i in range(1, 9)]
+    for _ in range(60):
+        k = rng.random()
+        if k < 0.55:
+            frames = []
+            for _ in range(rng.randint(1, 40)):
+                c = rng.choice(clients)
+                sport = rng.randint(1, 6)
+                r = rng.random()
+                if r < 0.5:
+                    frames.append(P.tcp(rng.choice(["S", "A", "PA", "FA", "R", "SA", ""]),
+                                        sport=sport, src=c, payload=b"d" * rng.randint(0, 50)))
+                elif r < 0.75:
+                    frames.append(P.udp(sport=sport, src=c))
+                elif r < 0.9:
+                    frames.append(P.reply_tcp(rng.choice(["SA", "A", "FA", "R"]),
+                                              rs=rng.choice(P.RS), rport=8080, client=c,
+                                              cport=sport))
+                else:
+                    frames.append(P.reply_udp(rs=rng.choice(P.RS), rport=5353, client=c,
+                                              cport=sport))
+            t.run(frames, [ts + rng.randint(0, 5 * S) for _ in frames]
+                  if rng.random() < 0.3 else ts)
+        elif k < 0.65:
+            ts += rng.choice([1, 10, 100, 400]) * S
+            t.run_timers(ts, rng.choice([None, 1, 5]))
+        elif k < 0.75:
+            i = rng.randint(0, 2)
+            svc = rng.choice([1, 2])
+            did = i + 1 if svc == 1 else i + 11
+            port = (8080 if svc == 1 else 5353) if fwd == "nat" else (80 if svc == 1 else 53)
+            try:
+                t.set_dest(did, svc, P.RS[i], port, rng.choice(FWDS), P.RS_MAC[i],
+                           ifindex=10 + i, weight=rng.choice([0, 1, 3]),
+                           u_threshold=rng.choice([0, 2, 5]), l_threshold=rng.choice([0, 1]))
+            except ValueError:
+                pass
+        elif k < 0.82:
+            t.del_dest(rng.choice([1, 2, 3, 11, 12, 13]))
+        elif k < 0.86:
+            t.set_timeouts(*(rng.choice([0, 5, 50]) for _ in range(3)))
+        elif k < 0.9:
+            svc = rng.choice([1, 2])
+            kind = rng.choice(["sh", "dh", "mh", None])
+            ids = [1, 2, 3] if svc == 1 else [11, 12, 13]
+            t.set_hash_table(svc, None if kind is None else ids * 7 + [0], kind or "sh",
+                             rng.randint(0, 3))
+        elif k < 0.93:
+            t.del_service(rng.choice([1, 2]))
+            topology(t, fwd)
+        else:
+            ts += rng.randint(0, 3) * S
+        t.check(ts + rng.randint(0, 200) * S)
+
+
+# -- `fastlvs replay` on either engine ------------------------------------------------------------
+
+REPLAY_RULES = f"""-A -t {P.VIP}:80 -s wlc
+-a -t {P.VIP}:80 -r {P.RS[0]}:8080 -m -w 1
+-a -t {P.VIP}:80 -r {P.RS[1]}:8080 -m -w 2
+-A -u {P.VIP}:53 -s sh -b sh-port
+-a -u {P.VIP}:53 -r {P.RS[0]}:53 -g
+-a -u {P.VIP}:53 -r {P.RS[2]}:53 -i
+-A -t {P.VIP}:443 -s rr -p 30 -M 255.255.255.0
+-a -t {P.VIP}:443 -r {P.RS[1]}:443 -g
+-a -t {P.VIP}:443 -r {P.RS[2]}:443 -i
+"""
+
+
+def test_replay_output_is_the_same_on_both_engines(tmp_path, monkeypatch):
+    """The replay of one capture (NAT with replies, sh, persistence, TUN, junk, timeouts
+    crossed by the capture's clock) writes byte-identical pcaps and the same counters."""
+    from fastlvs import replay
+
+    rng = random.Random(5)
+    frames, opened = [], [("198.51.100.1", 1000)]
+    t = 1000.0
+    for i in range(400):
+        c = "198.51.100.%d" % rng.randint(1, 20)
+        sport = rng.randint(1000, 1010)
+        k = rng.random()
+        if k < 0.35:
+            flags, dport = rng.choice(["S", "S", "A", "PA", "FA"]), rng.choice([80, 443])
+            f = P.tcp(flags, sport=sport, src=c, dport=dport,
+                      payload=b"p" * rng.randint(0, 1400))
+            if (flags, dport) == ("S", 80):
+                opened.append((c, sport))
+        elif k < 0.55:
+            f = P.udp(sport=sport, src=c, payload=b"u" * rng.randint(0, 1480))
+        elif k < 0.85:
+            c, sport = rng.choice(opened[-5:])
+            f = P.reply_tcp(rng.choice(["SA", "A", "FA"]), rs=rng.choice(P.RS[:2]),
+                            rport=8080, client=c, cport=sport, payload=b"r" * rng.randint(0, 99))
+        else:
+            f = fuzz_engine.mutate(rng, P.tcp("S", sport=sport, src=c))
+        t += rng.choice([0.001, 0.01, 0.5, 1, 1, 5, 70])
+        frames.append((t, f))
+    # a nanosecond pcap, written by hand so that the capture's clock is exactly ours
+    with open(tmp_path / "in.pcap", "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1))
+        for ts, f in frames:
+            ns = round(ts * 1e9)
+            fh.write(struct.pack("<IIII", ns // S, ns % S, len(f), len(f)) + f)
+    (tmp_path / "rules").write_text(REPLAY_RULES)
+
+    def replay_with(kind):
+        out = tmp_path / f"out-{kind}.pcap"
+        opts = replay.ReplayOptions(
+            rules=str(tmp_path / "rules"), input=str(tmp_path / "in.pcap"), output=str(out),
+            local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC, mtu=1400, capacity=64,
+            neighbors={P.RS[i]: P.RS_MAC[i] for i in range(3)} | {"192.0.2.254": P.GW_MAC},
+            gateway="192.0.2.254", list_file=str(tmp_path / f"list-{kind}"))
+        with monkeypatch.context() as m:
+            if kind == "reference":
+                m.setattr(core, "Engine", reference.Engine)
+            res = replay.run(opts)
+        res.pop("seconds")
+        return res, out.read_bytes(), (tmp_path / f"list-{kind}").read_text()
+
+    a, b = replay_with("core"), replay_with("reference")
+    assert a[0]["frames_out"] > 100
+    assert a[0]["services"][0]["outpkts"] > 10          # NAT replies went back
+    assert a == b
