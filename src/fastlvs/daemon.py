@@ -10,9 +10,9 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 from fastlvs.control import ctl
+from fastlvs.settings import Options, merge as merge_settings
 from fastlvs.control.config import ConfigError, DirectorConfig, load_config
 from fastlvs.control.server import ControlServer
 from fastlvs.control.director import Director
@@ -32,27 +32,6 @@ RESOLVE_TIMEOUT = 3.0
 
 class StartupError(Exception):
     """Bad configuration found before touching the network: the one line to print."""
-
-
-@dataclass
-class Options:
-    """What the command line says (cli.py fills it; a config file may fill the rest)."""
-
-    mode: str | None = None
-    interface: str | None = None
-    rs_interface: str | None = None
-    backend: str | None = None
-    vip: str | None = None
-    rs: list[str] = field(default_factory=list)
-    scheduler: str = "wlc"
-    persistent: int | None = None
-    rules: str | None = None
-    config: str | None = None
-    socket: str | None = None
-    capacity: int | None = None
-    mtu: int | None = None
-    busy_poll: bool = False
-    cpu: int | None = None
 
 
 _FWD_FLAG = {"dr": "-g", "nat": "-m", "tun": "-i"}
@@ -132,17 +111,9 @@ class Daemon:
             except OSError as e:
                 raise StartupError(f"{o.config}: {e.strerror}") from None
         c = self.cfg
-        for name in ("mode", "interface", "rs_interface", "backend", "socket", "capacity", "mtu",
-                     "cpu"):
-            value = getattr(o, name)
-            if value is not None:
-                setattr(c, name, value)
-        if o.busy_poll:
-            c.busy_poll = 50
-        if not 16 <= c.capacity <= 1 << 31:
-            raise StartupError(f"--capacity: {c.capacity} is outside 16..{1 << 31}")
-        if c.mtu is not None and not 68 <= c.mtu <= 65535:
-            raise StartupError(f"--mtu: {c.mtu} is outside 68..65535")
+        problems = merge_settings(o, c)
+        if problems:
+            raise StartupError(problems[0])
         if c.cpu is not None:
             try:
                 check_cpu(c.cpu)

@@ -9,6 +9,7 @@ objects when a scheduler or a listing needs them.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 from typing import Callable
 
@@ -54,9 +55,11 @@ class Director:
     outlived it in the engine find it again (IPVS's dest trash).
     """
 
-    def __init__(self, engine, nexthop: NextHop):
+    def __init__(self, engine, nexthop: NextHop, poll: Callable | None = None):
         self.engine = engine
         self.nexthop = nexthop
+        # the extension's ring loop, poll(engine, ports, stay_ms=...) (None: no rings)
+        self._poll = poll
         self.table = ServiceTable()
         # () -> {ifname: counters} of the rings the daemon runs (None: no rings, e.g. replay)
         self.port_stats: Callable[[], dict] | None = None
@@ -143,6 +146,78 @@ class Director:
                     self._push_dest(did, sid, d, hop)
                     changed += 1
         return changed
+
+    # -- what the daemon feeds the engine --------------------------------------------------------
+    def set_neighbor(self, ip: str, mac, ifindex: int) -> bool:
+        """The MAC (and interface) NAT replies to client `ip` go to; setting it again
+        replaces it. An IPv6 `ip` is ignored (the engine forwards IPv4) and returns False;
+        so does a full neighbour table: the client's replies then go by its learned MAC or
+        the gateway, and nothing else changes. ValueError for an `ip` that is no address."""
+        if ipaddress.ip_address(ip).version != 4:
+            return False
+        try:
+            self.engine.set_neighbor(ip, mac, ifindex)
+        except ValueError:          # the engine's neighbour table is full
+            return False
+        return True
+
+    def set_gateway(self, mac, ifindex: int = 0) -> None:
+        """The MAC NAT replies go to when their client has no neighbour entry (the default
+        gateway's), sent out of `ifindex`. None removes it: such replies are then dropped
+        and counted as no_route."""
+        self.engine.set_gateway_mac(mac, ifindex)
+
+    def learn_clients(self, ifindex: int) -> None:
+        """NAT: remember a new connection's client MAC (the client or its router) as the
+        next hop of its replies, sent out of `ifindex`; 0 turns learning off. A client with
+        a neighbour entry keeps it."""
+        self.engine.set_learn_ifindex(ifindex)
+
+    def expire(self, now_ns: int, budget: int | None = None) -> int:
+        """Expire connection entries whose timeout passed by `now_ns` (monotonic ns),
+        inspecting at most `budget` entries from where the last sweep stopped (None: the
+        whole table). Returns how many were freed; an idle director calls this so that
+        ActiveConn/InActConn come down as IPVS's timers bring them down."""
+        return self.engine.run_timers(now_ns, budget)
+
+    def poll(self, ports, stay_ms: int = 0) -> int:
+        """Forward what waits on `ports` (the rings the daemon opened) for `stay_ms`, then
+        return the number of frames received. A scheduler error is raised after the batch
+        it broke (that batch's new flows were dropped and counted). RuntimeError when the
+        director was built without the ring loop (replay, tests)."""
+        if self._poll is None:
+            raise RuntimeError("this director has no ring loop")
+        return self._poll(self.engine, ports, stay_ms=stay_ms)
+
+    def process(self, frames, timestamps=None):
+        """Run `frames` (bytes) through the engine without rings, as `engine.process` does:
+        [(index, out_ifindex, bytes)] of the frames to transmit, in input order."""
+        return self.engine.process(frames, timestamps)
+
+    def interfaces(self) -> set[int]:
+        """The ifindexes the engine sends real servers' frames out of: every dest's resolved
+        next hop, deleted dests whose connections live on included."""
+        return {hop[1] for hop in self._hops.values()}
+
+    def steering(self, client_ifindex: int) -> dict[int, set[tuple[str, str, str, int]]]:
+        """{ifindex: {(kind, proto, addr, port)}}: the traffic each interface's ring must
+        receive. ("service", proto, VIP, vport) on the clients' interface; ("rserver", proto,
+        RIP, rport) where a NAT real server's replies arrive (its next hop's interface),
+        deleted NAT dests included while their connections live. An interface that only
+        sends (a DR/TUN dest's) appears with an empty set."""
+        want: dict[int, set] = {client_ifindex: set()}
+        for ifindex in self.interfaces():
+            want.setdefault(ifindex, set())
+        for svc in self.table:
+            want[client_ifindex].add(("service", svc.proto.value, svc.vaddr, svc.vport))
+            for d in svc.dests:
+                oif = self.dest_ifindex(svc.key, d)
+                if d.fwd is FwdMethod.NAT and oif is not None:
+                    want.setdefault(oif, set()).add(("rserver", svc.proto.value, d.addr, d.port))
+        for proto, addr, port, fwd, oif in self.retired_dests():
+            if fwd is FwdMethod.NAT:
+                want.setdefault(oif, set()).add(("rserver", proto, addr, port))
+        return want
 
     # -- listings --------------------------------------------------------------------------------
     def pull_counters(self) -> None:
