@@ -96,6 +96,10 @@ class Daemon:
             raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"{o.config or o.rules}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise StartupError(f"{o.rules}: not UTF-8 text (byte {e.start})") from None
+        except RecursionError:
+            raise StartupError(f"{o.config or o.rules}: nested too deeply") from None
         return quickstart_table(o)
 
     def _settings(self) -> None:
@@ -159,12 +163,7 @@ class Daemon:
                                        local_mac=cif.mac, mtu=mtu)
         # Resolve every real server before any ring opens: an unresolvable one is a config
         # error, and nothing has been attached yet.
-        for svc in table:
-            for d in svc.dests:
-                try:
-                    self.nl.nexthop(d.addr, RESOLVE_TIMEOUT)
-                except NetlinkError as e:
-                    raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {e}") from None
+        self._resolve_all(table)
         self.ports = Ports(self.nl, self._choose_backend(), busy_poll=self.cfg.busy_poll,
                            cpu=self.cfg.cpu, mtu=self.cfg.mtu)
         self.director.port_stats = self.ports.stats
@@ -185,6 +184,15 @@ class Daemon:
         log.info("ready: %d service(s), mode %s, ports %s, control socket %s",
                  len(table), self.cfg.mode, self.ports.describe(), self.control.path)
 
+    def _resolve_all(self, table: ServiceTable) -> None:
+        """StartupError naming the first real server of `table` without a next hop; the
+        kernel resolves them all at once, within RESOLVE_TIMEOUT in all."""
+        hops = self.nl.nexthops([d.addr for svc in table for d in svc.dests], RESOLVE_TIMEOUT)
+        for svc in table:
+            for d in svc.dests:
+                if isinstance(hops[d.addr], NetlinkError):
+                    raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {hops[d.addr]}")
+
     def _choose_backend(self) -> str:
         from fastlvs.engine import _core
 
@@ -201,6 +209,16 @@ class Daemon:
     def _nexthop(self, ip: str):
         try:
             mac, ifindex = self.nl.nexthop(ip, RESOLVE_TIMEOUT)
+        except NetlinkError as e:
+            raise NoRoute(str(e)) from None
+        return mac, ifindex, self.nl.interface_by_index(ifindex).mac
+
+    def _nexthop_now(self, ip: str):
+        """_nexthop without waiting: a next hop the kernel has no answer for yet is asked
+        for (NTF_USE) and NoRoute raised at once; its neighbour event brings the refresh
+        back. The loop's refreshes use this, so forwarding never waits for ARP."""
+        try:
+            mac, ifindex = self.nl.nexthop(ip, 0)
         except NetlinkError as e:
             raise NoRoute(str(e)) from None
         return mac, ifindex, self.nl.interface_by_index(ifindex).mac
@@ -243,7 +261,7 @@ class Daemon:
             news = self.neigh.changes()
         except NetlinkError:            # overrun: the kernel dropped news; re-read it all
             news = [(ip, mac, self._cif) for ip, mac in self.nl.neighbours(self._cif)]
-            if self.director.refresh_nexthops():
+            if self.director.refresh_nexthops(self._nexthop_now):
                 self._sync_ports()
         hops_moved = False
         for ip, mac, ifindex in news:
@@ -252,7 +270,7 @@ class Daemon:
             self.director.set_neighbor(ip, mac, ifindex)
             hops_moved |= ip in self._hop_ips
         if hops_moved:
-            n = self.director.refresh_nexthops()
+            n = self.director.refresh_nexthops(self._nexthop_now)
             if n:
                 log.info("next hop of %d real server(s) changed", n)
                 self._sync_ports()
@@ -271,40 +289,57 @@ class Daemon:
         try:
             table = self._load_table()
             self._check(table)
+            # Everything the new table needs is resolved before the running one changes; the
+            # kernel is asked about every unknown next hop at once, so an unresolvable real
+            # server costs one resolution timeout, not one per server.
+            self._resolve_all(table)
+            self.director.load(table)
         except StartupError as e:
             raise ControlError(f"reload refused: {e}") from None
-        self.director.load(table)
+        except ControlError as e:
+            raise ControlError(f"reload refused: {e}") from None
+        except NoRoute as e:
+            raise ControlError(f"reload refused: {e}") from None
         self._sync_ports()
         return f"reloaded {self.opts.rules or self.opts.config}: {len(table)} service(s)"
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
-        last_sweep = time.monotonic()
+        """Loop until a stop signal. The one error boundary: an unexpected exception in a
+        pass is logged with its traceback and the loop goes on (a scheduler's error only
+        costs its batch, which the engine dropped and counted)."""
+        self._last_sweep = time.monotonic()
         while not self._stop:
             try:
-                self.director.poll(self.ports.list(), stay_ms=POLL_MS)
-            except Exception as e:          # a scheduler error: the batch was dropped and counted
-                log.error("scheduler error, batch dropped: %s", e)
-            if self.control.handle_ready():
+                self._pass()
+            except Exception:
+                log.exception("unexpected error in the loop; carrying on")
+
+    def _pass(self) -> None:
+        try:
+            self.director.poll(self.ports.list(), stay_ms=POLL_MS)
+        except Exception as e:          # a scheduler error: the batch was dropped and counted
+            log.error("scheduler error, batch dropped: %s", e)
+        if self.control.handle_ready():
+            self._sync_ports()
+        self._neighbour_changes()
+        now = time.monotonic()
+        self.director.tick(now)
+        if now - self._last_sweep >= SWEEP_EVERY:
+            # Batches sweep as they go; an idle director must still expire conns so
+            # that ActiveConn/InActConn come down as IPVS's timers bring them down.
+            self.director.expire(time.monotonic_ns(), SWEEP_BUDGET)
+            self._last_sweep = now
+            # Replies of a deleted NAT server's connections stay steered until the
+            # last of them expires.
+            if self._retired_steered:
                 self._sync_ports()
-            self._neighbour_changes()
-            now = time.monotonic()
-            self.director.tick(now)
-            if now - last_sweep >= SWEEP_EVERY:
-                # Batches sweep as they go; an idle director must still expire conns so
-                # that ActiveConn/InActConn come down as IPVS's timers bring them down.
-                self.director.expire(time.monotonic_ns(), SWEEP_BUDGET)
-                last_sweep = now
-                # Replies of a deleted NAT server's connections stay steered until the
-                # last of them expires.
-                if self._retired_steered:
-                    self._sync_ports()
-            if self._reload:
-                self._reload = False
-                try:
-                    log.info("%s", self._do_reload())
-                except ControlError as e:
-                    log.error("%s", e)
+        if self._reload:
+            self._reload = False
+            try:
+                log.info("%s", self._do_reload())
+            except ControlError as e:
+                log.error("%s", e)
 
     def close(self) -> None:
         for closer in (self.control, self.neigh, self.ports, self.nl):

@@ -281,6 +281,8 @@ def parse_config(text: str, filename: str = "fastlvs.toml") -> Config:
     ctx = _Ctx(filename, text)
     try:
         data = tomllib.loads(text)
+    except RecursionError:              # arrays or tables nested deeper than the stack
+        raise ConfigError(f"{filename}: nested too deeply") from None
     except tomllib.TOMLDecodeError as e:
         msg = str(e)
         m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)

@@ -19,6 +19,7 @@ from fastlvs.control.model import (RATE_FIELDS, STAT_FIELDS, ControlError, FwdMe
                            NoRoute, ServiceKey, ServiceTable, addrport)
 from fastlvs.control.ipvsadm import Command, apply_command, describe
 from fastlvs.control.rules import dump_rules, iter_rules
+from fastlvs.engine import contract
 from fastlvs.schedulers import Flow
 
 # The engine serves these from their exported table, in C, without calling Python.
@@ -83,7 +84,10 @@ class Director:
         """Carry out one table-changing ipvsadm command (-A -E -D -C -a -e -d -Z --set) on the
         table and the engine. Raises ControlError (ipvsadm's wording) and changes nothing
         when the table refuses; NoRoute when a new real server has no next hop (the table
-        change is then undone)."""
+        change is then undone). What the engine cannot forward (an SCTP service, an IPv6
+        service or real server) is refused with ControlError before the table changes, as
+        a kernel without that support refuses it."""
+        self._check_supported(cmd)
         before = self.table.get(cmd.service) if cmd.service is not None else None
         old_sched = (before.sched_name, before.flags) if before is not None else None
         if cmd.name == "flush":
@@ -114,7 +118,14 @@ class Director:
 
     def load(self, table: ServiceTable) -> None:
         """Make the director serve `table` (a parsed rules file), replacing what it served.
-        Services and dests keep their engine ids where they stay, so their conns live on."""
+        Services and dests keep their engine ids where they stay, so their conns live on.
+
+        All or nothing: the whole table is checked (check_table) and every real server's
+        next hop resolved before anything changes; ControlError or NoRoute then leaves the
+        running state exactly as it was."""
+        self.check_table(table)
+        resolved = {(svc.key, d.key): tuple(self.nexthop(d.addr))
+                    for svc in table for d in svc.dests}
         for svc in list(self.table):
             if table.get(svc.key) is None:
                 self._drop_service(svc.key)
@@ -124,20 +135,60 @@ class Director:
                                  table.timeouts["udp"])
         for svc in table:
             self._live.pop(self._svc_ids.get(svc.key, 0), None)
-            self._sync_service(svc, True, None)
+            self._sync_service(svc, True, None, resolved)
         del old
 
-    def refresh_nexthops(self) -> int:
+    def check_table(self, table: ServiceTable) -> None:
+        """ControlError (one line naming the service) when `table` holds what the engine
+        cannot forward: an SCTP or IPv6 service, an IPv6 real server, more services than
+        the engine has ids for. Changes nothing."""
+        new = sum(1 for svc in table if svc.key not in self._svc_ids)
+        if len(self._svc_ids) + new > contract.MAX_SERVICES:
+            raise ControlError("Cannot allocate memory", errno.ENOMEM,
+                               f"more than {contract.MAX_SERVICES} services")
+        for svc in table:
+            try:
+                self._check_service(svc.key)
+                for d in svc.dests:
+                    self._check_dest(d.addr)
+            except ControlError as e:
+                raise ControlError(e.message, e.errno,
+                                   f"{svc.key.option_text()}: {e.detail}") from None
+
+    @staticmethod
+    def _check_service(key: ServiceKey) -> None:
+        if key.proto.value not in contract.PROTOCOLS:
+            raise ControlError(os.strerror(errno.EPROTONOSUPPORT), errno.EPROTONOSUPPORT,
+                               f"fastlvs forwards {' and '.join(contract.PROTOCOLS)} only")
+        if key.af != 4:
+            raise ControlError(os.strerror(errno.EAFNOSUPPORT), errno.EAFNOSUPPORT,
+                               "fastlvs forwards IPv4 only")
+
+    @staticmethod
+    def _check_dest(addr: str) -> None:
+        if ipaddress.ip_address(addr).version != 4:
+            raise ControlError(os.strerror(errno.EAFNOSUPPORT), errno.EAFNOSUPPORT,
+                               "fastlvs forwards to IPv4 real servers only")
+
+    def _check_supported(self, cmd: Command) -> None:
+        if cmd.name in ("add-service", "edit-service") and cmd.service is not None:
+            self._check_service(cmd.service)
+        if cmd.name in ("add-server", "edit-server") and cmd.dest_addr is not None:
+            self._check_dest(cmd.dest_addr)
+
+    def refresh_nexthops(self, nexthop: NextHop | None = None) -> int:
         """Resolve every dest's next hop again and re-push the dests whose MAC or interface
         changed (a real server replaced, a gateway moved); weights, schedulers and conns are
-        untouched. A dest whose next hop no longer resolves keeps the last one. Returns how
-        many dests changed."""
+        untouched. A dest whose next hop no longer resolves keeps the last one. `nexthop`
+        replaces the director's resolver for this call (the daemon's loop passes one that
+        never waits). Returns how many dests changed."""
+        resolve = nexthop or self.nexthop
         changed = 0
         for sid, (svc, _) in self._live.items():
             for d in svc.dests:
                 did = self._dest_by_obj[id(d)]
                 try:
-                    hop = self.nexthop(d.addr)
+                    hop = resolve(d.addr)
                 except NoRoute:
                     continue
                 hop = tuple(hop)
@@ -374,14 +425,18 @@ class Director:
             did = self._dest_ids[k] = len(self._dest_ids) + 1
         return did
 
-    def _sync_service(self, svc: Service, dests_changed: bool, old_sched) -> None:
+    def _sync_service(self, svc: Service, dests_changed: bool, old_sched,
+                      resolved: dict | None = None) -> None:
         """Push `svc` and its dests to the engine and keep its scheduler in step: a new
         scheduler (the kernel's init_service) when the service is new or its scheduler or
         flags changed, else the add/del/upd hooks through Scheduler.update()."""
         sid = self._svc_id(svc.key)
         # Resolve every next hop before touching the engine, so a failure changes nothing.
-        hops = {id(d): self.nexthop(d.addr) for d in svc.dests
-                if id(d) not in self._dest_by_obj or dests_changed}
+        if resolved is not None:
+            hops = {id(d): resolved[(svc.key, d.key)] for d in svc.dests}
+        else:
+            hops = {id(d): self.nexthop(d.addr) for d in svc.dests
+                    if id(d) not in self._dest_by_obj or dests_changed}
         kind = _HASH_KINDS.get(svc.sched_name, 0)
         flag_bits = (1 if svc.flags & {"sh-fallback", "mh-fallback"} else 0) | \
                     (2 if svc.flags & {"sh-port", "mh-port"} else 0)
