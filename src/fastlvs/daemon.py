@@ -19,7 +19,9 @@ from fastlvs.control.director import Director
 from fastlvs.control.factory import build_director
 from fastlvs.control.model import ControlError, FwdMethod, NoRoute, ServiceTable
 from fastlvs.system.napi import PlacementError, check_cpu
+from fastlvs.system import sdnotify
 from fastlvs.system.ports import PortError, Ports
+from fastlvs.system.state import StateFile, recover
 from fastlvs.system.netlink import Netlink, NetlinkError, NeighbourMonitor, dr_problem, vip_problem
 from fastlvs.control.ipvsadm import CommandError, apply_command, parse_command
 from fastlvs.control.rules import RulesError, load_rules
@@ -83,6 +85,7 @@ class Daemon:
         self._retired_steered = False                # steering kept for deleted NAT dests
         self._stop = False
         self._reload = False
+        self._watchdog = sdnotify.Watchdog()
 
     # -- configuration --------------------------------------------------------------------------
     def _load_table(self) -> ServiceTable:
@@ -164,8 +167,14 @@ class Daemon:
         # Resolve every real server before any ring opens: an unresolvable one is a config
         # error, and nothing has been attached yet.
         self._resolve_all(table)
-        self.ports = Ports(self.nl, self._choose_backend(), busy_poll=self.cfg.busy_poll,
-                           cpu=self.cfg.cpu, mtu=self.cfg.mtu)
+        backend = self._choose_backend()
+        # What a fastlvs killed earlier left here (its XDP program would keep ours off the
+        # interface, its nft tables would drop traffic, its NAPI settings stay changed).
+        names = [self.cfg.interface] + ([self.cfg.rs_interface] if self.cfg.rs_interface else [])
+        for line in recover(names):
+            log.info("%s", line)
+        self.ports = Ports(self.nl, backend, busy_poll=self.cfg.busy_poll, cpu=self.cfg.cpu,
+                           mtu=self.cfg.mtu, state=StateFile())
         self.director.port_stats = self.ports.stats
         try:
             self.ports.open(cif.index)
@@ -183,6 +192,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         log.info("ready: %d service(s), mode %s, ports %s, control socket %s",
                  len(table), self.cfg.mode, self.ports.describe(), self.control.path)
+        sdnotify.notify(f"READY=1\nSTATUS=serving {len(table)} service(s)\nMAINPID={os.getpid()}")
 
     def _resolve_all(self, table: ServiceTable) -> None:
         """StartupError naming the first real server of `table` without a next hop; the
@@ -316,6 +326,7 @@ class Daemon:
                 log.exception("unexpected error in the loop; carrying on")
 
     def _pass(self) -> None:
+        self._watchdog.feed(time.monotonic())
         try:
             self.director.poll(self.ports.list(), stay_ms=POLL_MS)
         except Exception as e:          # a scheduler error: the batch was dropped and counted
@@ -342,6 +353,8 @@ class Daemon:
                 log.error("%s", e)
 
     def close(self) -> None:
+        if self.control is not None:
+            sdnotify.notify("STOPPING=1")
         for closer in (self.control, self.neigh, self.ports, self.nl):
             if closer is None:
                 continue

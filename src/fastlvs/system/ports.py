@@ -116,8 +116,9 @@ class Ports:
     set in one transaction. close() leaves nothing attached and is safe to call twice."""
 
     def __init__(self, nl, backend: str, *, busy_poll: int = 0, cpu: int | None = None,
-                 mtu: int | None = None):
+                 mtu: int | None = None, state=None):
         self.nl = nl
+        self.state = state                           # a state.StateFile, or None
         self.backend = backend
         self.busy_poll = busy_poll
         self.mtu = mtu
@@ -166,7 +167,19 @@ class Ports:
         log.info("%s: %s backend, %s", name, port.backend, port.mode)
         if self.napi is not None:
             self.napi.place(name)
+        self._record()
         return port
+
+    def _record(self) -> None:
+        # what a successor must undo if this process dies without close()
+        if self.state is None:
+            return
+        self.state.update(
+            xdp=[p.ifname for p in self.ports.values() if p.backend == "xdp"],
+            nft_tables=[s.nft.table for s in self.steering.values()
+                        if s.nft is not None and s.nft.created],
+            sysfs={f"{i}/{k}": v for (i, k), v in self.sysfs.saved.items()},
+            threaded=dict(self.napi._threaded) if self.napi is not None else {})
 
     def sync(self, wanted: dict[int, set]) -> list:
         """Open the ports `wanted` needs and make every port's keys equal to wanted (a port
@@ -184,6 +197,8 @@ class Ports:
         nft.commit(batch)
         for ifindex, keys in wanted.items():
             self.steered[ifindex] = set(keys)
+        if batch:
+            self._record()
         return opened
 
     def frame_size(self) -> int:
@@ -231,6 +246,9 @@ class Ports:
         self.ports = {}
         self.steering = {}
         self.steered = {}
+        if self.state is not None:
+            self.state.close()
+            self.state = None
 
 
 __all__ = ["PortError", "Ports", "Steering", "rx_queue_count", "xdp_ports"]
