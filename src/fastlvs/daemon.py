@@ -20,7 +20,7 @@ from fastlvs.control.factory import build_director
 from fastlvs.control.model import ControlError, FwdMethod, NoRoute, ServiceTable
 from fastlvs.system.napi import PlacementError, check_cpu
 from fastlvs.system import sdnotify
-from fastlvs.system.ports import PortError, Ports
+from fastlvs.system.ports import PortError, Ports, xdp_missing
 from fastlvs.system.state import StateFile, recover
 from fastlvs.system.netlink import Netlink, NetlinkError, NeighbourMonitor, dr_problem, vip_problem
 from fastlvs.control.ipvsadm import CommandError, apply_command, parse_command
@@ -204,14 +204,13 @@ class Daemon:
                     raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {hops[d.addr]}")
 
     def _choose_backend(self) -> str:
-        from fastlvs.engine import _core
-
         want = self.cfg.backend
         if want == "packet":
             return "packet"
-        if not _core.XDP_BUILT:
+        missing = xdp_missing()
+        if missing:
             if want == "xdp":
-                raise StartupError(_core.XDP_MISSING)
+                raise StartupError(missing)
             log.info("AF_XDP backend not built; using AF_PACKET")
             return "packet"
         return "xdp" if want == "xdp" else "auto"
@@ -228,6 +227,8 @@ class Daemon:
         for (NTF_USE) and NoRoute raised at once; its neighbour event brings the refresh
         back. The loop's refreshes use this, so forwarding never waits for ARP."""
         try:
+            # a route that moved to a new gateway: its answer is the event to wait for
+            self._hop_ips.add(self.nl.route_get(ip).nexthop)
             mac, ifindex = self.nl.nexthop(ip, 0)
         except NetlinkError as e:
             raise NoRoute(str(e)) from None

@@ -45,6 +45,11 @@ class FakeDirector:
 class FakeNetlink:
     def __init__(self):
         self.timeouts = []
+        self.gateway = "192.0.2.11"
+
+    def route_get(self, ip):
+        from fastlvs.system.netlink import Route
+        return Route(dst=ip, oif=3, gateway=self.gateway, prefsrc=None, type=1)
 
     def nexthop(self, ip, timeout=3.0):
         from fastlvs.system.netlink import NetlinkError
@@ -100,9 +105,14 @@ def test_an_unexpected_error_is_logged_with_traceback_and_the_loop_goes_on(caplo
 
 def test_a_neighbour_event_refreshes_next_hops_without_waiting():
     d = daemon_with_fakes([("192.0.2.11", b"\x02\x00\x00\x00\x00\x11", 3)])
+    d.nl.gateway = "192.0.2.254"                 # the route moved to another gateway
     d._neighbour_changes()
     assert d.nl.timeouts == [0]
     assert RESOLVE_TIMEOUT > 0
+    # the new gateway's answer (a neighbour event) brings the refresh back
+    d.neigh.news = [("192.0.2.254", b"\x02\x00\x00\x00\x00\xfe", 3)]
+    d._neighbour_changes()
+    assert d.nl.timeouts == [0, 0]
 
 
 @pytest.fixture

@@ -29,6 +29,13 @@ class PortError(Exception):
     """A port that must open cannot (AF_XDP demanded and refused): the one line to print."""
 
 
+def xdp_missing() -> str | None:
+    """Why the AF_XDP backend is not in this build (one line), or None when it is."""
+    from fastlvs.engine import _core
+
+    return None if _core.XDP_BUILT else _core.XDP_MISSING
+
+
 def rx_queue_count(ifname: str) -> int:
     """How many RX queues `ifname` (in this thread's namespace) delivers on: the ethtool
     channel counts (rx + combined), else the kernel's IFLA_NUM_RX_QUEUES. The XDP program
@@ -251,4 +258,4 @@ class Ports:
             self.state = None
 
 
-__all__ = ["PortError", "Ports", "Steering", "rx_queue_count", "xdp_ports"]
+__all__ = ["PortError", "Ports", "Steering", "rx_queue_count", "xdp_missing", "xdp_ports"]
