@@ -164,6 +164,10 @@ class Daemon:
         self.director = build_director(self._nexthop, capacity=self.cfg.capacity,
                                        batch=self.cfg.batch, local_ip=local_ip,
                                        local_mac=cif.mac, mtu=mtu)
+        try:
+            self.director.check_table(table)
+        except ControlError as e:
+            raise StartupError(str(e)) from None
         # Resolve every real server before any ring opens: an unresolvable one is a config
         # error, and nothing has been attached yet.
         self._resolve_all(table)
