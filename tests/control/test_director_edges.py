@@ -157,3 +157,14 @@ def test_deeply_nested_json_is_one_error_answer(tmp_path):
         assert answer["ok"] is False and answer["code"] == ctl.EXIT_SYNTAX
         assert "nested too deeply" in answer["error"]
         assert srv.handle_request(json.dumps({"op": "ping"}).encode() + b"\n")["ok"]
+
+
+@pytest.mark.parametrize("argv,stdin", [
+    (["-A", "-t", "203.0.113.10:80", "-s", "\udcff"], ""),       # non-UTF-8 argv byte
+    (["-A\udcff"], ""),
+    (["-R"], "-A -t 203.0.113.10:80 -s r\0r\n"),                 # a NUL byte in rules
+])
+def test_bad_bytes_from_admin_are_one_line_and_the_daemon_serves_on(daemon, argv, stdin):
+    rc, out, err = daemon.admin(*argv, stdin=stdin)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    assert daemon.ok("-Ln").startswith("IP Virtual Server")
