@@ -298,22 +298,21 @@ class Daemon:
         self._reload = True
 
     def _do_reload(self) -> str:
-        """Re-read --rules/--config; services and dests that stay keep their connections."""
+        """Re-read --rules/--config; services and dests that stay keep their connections.
+        All or nothing: a file that does not parse, check or resolve raises ControlError
+        ("reload refused: ...", one line) and the running state is untouched."""
         if not (self.opts.rules or self.opts.config):
             raise ControlError("reload: started with --vip/--rs, there is no file to re-read")
         try:
             table = self._load_table()
             self._check(table)
+            self.director.check_table(table)
             # Everything the new table needs is resolved before the running one changes; the
             # kernel is asked about every unknown next hop at once, so an unresolvable real
             # server costs one resolution timeout, not one per server.
             self._resolve_all(table)
             self.director.load(table)
-        except StartupError as e:
-            raise ControlError(f"reload refused: {e}") from None
-        except ControlError as e:
-            raise ControlError(f"reload refused: {e}") from None
-        except NoRoute as e:
+        except (StartupError, ControlError, NoRoute) as e:
             raise ControlError(f"reload refused: {e}") from None
         self._sync_ports()
         return f"reloaded {self.opts.rules or self.opts.config}: {len(table)} service(s)"
