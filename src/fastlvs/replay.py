@@ -14,7 +14,7 @@ import dpkt
 
 from fastlvs import settings
 from fastlvs.control.factory import build_director
-from fastlvs.control.model import NoRoute
+from fastlvs.control.model import ControlError, NoRoute
 from fastlvs.control.listing import format_list
 from fastlvs.control.rules import RulesError, load_rules
 
@@ -121,7 +121,7 @@ def run(opts: ReplayOptions, out=sys.stdout) -> dict:
         director.set_gateway(opts.neighbors[opts.gateway], 1)
     try:
         director.load(table)
-    except NoRoute as e:
+    except (NoRoute, ControlError) as e:
         raise ReplayError(f"{opts.rules}: {e}") from None
 
     fh, reader = _open_pcap(opts.input)
