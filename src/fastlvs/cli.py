@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fastlvs import settings
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
@@ -69,11 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--neighbor", action="append", default=[], metavar="IP=MAC",
                    help="MAC of a next hop (real server, client or gateway); repeatable")
     r.add_argument("--gateway", metavar="IP", help="next hop for addresses without --neighbor")
-    r.add_argument("--mtu", type=int, default=1500, help="MTU towards the real servers (TUN)")
+    settings.setting("mtu").add_to(r, default=1500, help="MTU towards the real servers (TUN)")
     r.add_argument("--stats", action="store_true", help="print the counters as one JSON object")
     r.add_argument("--list", metavar="FILE", help="write `ipvsadm -Ln` of the final state to FILE")
-    r.add_argument("--capacity", type=int, default=1 << 20,
-                   help="connection table entries (default 1048576)")
+    settings.setting("capacity").add_to(r, default=settings.setting("capacity").default)
     r.set_defaults(func=_replay)
 
     # Shown in --help only: main() hands `admin`'s arguments to admin.main untouched, since
@@ -90,43 +91,18 @@ def daemon_parser() -> argparse.ArgumentParser:
     """`fastlvs --mode dr|nat|tun ...`: the director itself (no subcommand word)."""
     p = _Parser(prog="fastlvs", description=(
         "Run the director in the foreground. Subcommands: fastlvs admin|replay|demo ..."))
-    p.add_argument("--mode", choices=("dr", "nat", "tun"),
-                   help="forwarding method of the real servers (default dr; a config may say)")
-    p.add_argument("-i", "--interface", help="interface where clients' packets arrive")
-    p.add_argument("--rs-interface", help="interface where NAT real servers' replies arrive, "
-                                          "when not the -i one")
-    p.add_argument("--backend", choices=("auto", "xdp", "packet"),
-                   help="auto (default): AF_XDP when it attaches, else AF_PACKET")
-    p.add_argument("--vip", metavar="[tcp:|udp:]VIP:PORT", help="quick start: one virtual service")
-    p.add_argument("--rs", action="append", default=[], metavar="RIP:PORT[@WEIGHT]",
-                   help="quick start: a real server of --vip; repeatable, added in order")
-    p.add_argument("-s", "--scheduler", default="wlc", help="quick start: scheduler (default wlc)")
-    p.add_argument("-p", "--persistent", type=int, metavar="SECONDS",
-                   help="quick start: persistence timeout")
-    p.add_argument("--rules", metavar="FILE", help="services in ipvsadm-save format (SIGHUP re-reads)")
-    p.add_argument("--config", metavar="FILE", help="TOML configuration (examples/fastlvs.toml)")
-    p.add_argument("--socket", help="control socket (default $FASTLVS_SOCKET or "
-                                    "/run/fastlvs/fastlvs.sock)")
-    p.add_argument("--capacity", type=int, help="connection table entries (default 1048576)")
-    p.add_argument("--mtu", type=int, help="MTU towards the real servers (default: the interface's)")
-    p.add_argument("--busy-poll", action="store_true",
-                   help="busy-poll the AF_XDP rings (lower latency, a core kept busy)")
-    p.add_argument("--cpu", type=int, metavar="N",
-                   help="run on CPU N, with the interfaces' NAPI as threads on N at nice 19 "
-                        "(the fastest placement under load; restored at exit)")
+    for setting in settings.CLI_SETTINGS:
+        setting.add_to(p)
     return p
 
 
 def _daemon(argv) -> int:
-    from fastlvs.daemon import Options, main as daemon_main
+    from fastlvs.daemon import main as daemon_main
 
     a = daemon_parser().parse_args(argv)
-    mode = a.mode or ("dr" if not a.config else None)
-    return daemon_main(Options(mode=mode, interface=a.interface, rs_interface=a.rs_interface,
-                               backend=a.backend, vip=a.vip, rs=a.rs, scheduler=a.scheduler,
-                               persistent=a.persistent, rules=a.rules, config=a.config,
-                               socket=a.socket, capacity=a.capacity, mtu=a.mtu,
-                               busy_poll=a.busy_poll, cpu=a.cpu))
+    opts = settings.Options(**{st.name: getattr(a, st.name) for st in settings.CLI_SETTINGS})
+    opts.mode = a.mode or ("dr" if not a.config else None)
+    return daemon_main(opts)
 
 
 def _admin(argv) -> int:

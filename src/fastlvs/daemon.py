@@ -10,14 +10,18 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 from fastlvs.control import ctl
+from fastlvs.settings import Options, merge as merge_settings
 from fastlvs.control.config import ConfigError, DirectorConfig, load_config
 from fastlvs.control.server import ControlServer
 from fastlvs.control.director import Director
+from fastlvs.control.factory import build_director
 from fastlvs.control.model import ControlError, FwdMethod, NoRoute, ServiceTable
-from fastlvs.system.napi import NapiPlacement, PlacementError, check_cpu
+from fastlvs.system.napi import PlacementError, check_cpu
+from fastlvs.system import sdnotify
+from fastlvs.system.ports import PortError, Ports, xdp_missing
+from fastlvs.system.state import StateFile, recover
 from fastlvs.system.netlink import Netlink, NetlinkError, NeighbourMonitor, dr_problem, vip_problem
 from fastlvs.control.ipvsadm import CommandError, apply_command, parse_command
 from fastlvs.control.rules import RulesError, load_rules
@@ -32,27 +36,6 @@ RESOLVE_TIMEOUT = 3.0
 
 class StartupError(Exception):
     """Bad configuration found before touching the network: the one line to print."""
-
-
-@dataclass
-class Options:
-    """What the command line says (cli.py fills it; a config file may fill the rest)."""
-
-    mode: str | None = None
-    interface: str | None = None
-    rs_interface: str | None = None
-    backend: str | None = None
-    vip: str | None = None
-    rs: list[str] = field(default_factory=list)
-    scheduler: str = "wlc"
-    persistent: int | None = None
-    rules: str | None = None
-    config: str | None = None
-    socket: str | None = None
-    capacity: int | None = None
-    mtu: int | None = None
-    busy_poll: bool = False
-    cpu: int | None = None
 
 
 _FWD_FLAG = {"dr": "-g", "nat": "-m", "tun": "-i"}
@@ -93,20 +76,16 @@ class Daemon:
         self.opts = opts
         self.cfg = DirectorConfig()
         self.nl: Netlink | None = None
-        self.engine = None
         self.director: Director | None = None
         self.control: ControlServer | None = None
         self.neigh: NeighbourMonitor | None = None
-        self.ports: dict[int, object] = {}          # ifindex -> XdpPort | PacketPort
-        self.umem = None
-        self.napi: NapiPlacement | None = None
-        self.backend = None
-        self._steered: dict[int, set] = {}          # ifindex -> installed steering keys
+        self.ports: Ports | None = None
         self._hop_ips: set[str] = set()              # next-hop addresses of the real servers
         self._cif = 0                                # the client-side interface's ifindex
         self._retired_steered = False                # steering kept for deleted NAT dests
         self._stop = False
         self._reload = False
+        self._watchdog = sdnotify.Watchdog()
 
     # -- configuration --------------------------------------------------------------------------
     def _load_table(self) -> ServiceTable:
@@ -120,6 +99,10 @@ class Daemon:
             raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"{o.config or o.rules}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise StartupError(f"{o.rules}: not UTF-8 text (byte {e.start})") from None
+        except RecursionError:
+            raise StartupError(f"{o.config or o.rules}: nested too deeply") from None
         return quickstart_table(o)
 
     def _settings(self) -> None:
@@ -132,17 +115,9 @@ class Daemon:
             except OSError as e:
                 raise StartupError(f"{o.config}: {e.strerror}") from None
         c = self.cfg
-        for name in ("mode", "interface", "rs_interface", "backend", "socket", "capacity", "mtu",
-                     "cpu"):
-            value = getattr(o, name)
-            if value is not None:
-                setattr(c, name, value)
-        if o.busy_poll:
-            c.busy_poll = 50
-        if not 16 <= c.capacity <= 1 << 31:
-            raise StartupError(f"--capacity: {c.capacity} is outside 16..{1 << 31}")
-        if c.mtu is not None and not 68 <= c.mtu <= 65535:
-            raise StartupError(f"--mtu: {c.mtu} is outside 68..65535")
+        problems = merge_settings(o, c)
+        if problems:
+            raise StartupError(problems[0])
         if c.cpu is not None:
             try:
                 check_cpu(c.cpu)
@@ -178,8 +153,6 @@ class Daemon:
 
     # -- start ----------------------------------------------------------------------------------
     def start(self) -> None:
-        from fastlvs.engine import _core
-
         self._settings()
         table = self._load_table()
         self.nl = Netlink()
@@ -188,159 +161,111 @@ class Daemon:
         self._cif = cif.index
         local_ip = cif.ips[0] if cif.ips else ""
         mtu = self.cfg.mtu or cif.mtu
-        self.engine = _core.Engine(capacity=self.cfg.capacity, batch=self.cfg.batch,
-                                   local_ip=local_ip, local_mac=cif.mac, mtu=mtu)
-        self.director = Director(self.engine, self._nexthop)
-        self.director.port_stats = self._port_stats
+        self.director = build_director(self._nexthop, capacity=self.cfg.capacity,
+                                       batch=self.cfg.batch, local_ip=local_ip,
+                                       local_mac=cif.mac, mtu=mtu)
+        try:
+            self.director.check_table(table)
+        except ControlError as e:
+            raise StartupError(str(e)) from None
         # Resolve every real server before any ring opens: an unresolvable one is a config
         # error, and nothing has been attached yet.
-        for svc in table:
-            for d in svc.dests:
-                try:
-                    self.nl.nexthop(d.addr, RESOLVE_TIMEOUT)
-                except NetlinkError as e:
-                    raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {e}") from None
-        self.backend = self._choose_backend()
-        if self.cfg.cpu is not None:
-            self.napi = NapiPlacement(self.cfg.cpu)
-        self._open_port(cif.index)
-        if self.cfg.rs_interface:
-            self._open_port(self.nl.interface(self.cfg.rs_interface).index)
+        self._resolve_all(table)
+        backend = self._choose_backend()
+        # What a fastlvs killed earlier left here (its XDP program would keep ours off the
+        # interface, its nft tables would drop traffic, its NAPI settings stay changed).
+        names = [self.cfg.interface] + ([self.cfg.rs_interface] if self.cfg.rs_interface else [])
+        for line in recover(names):
+            log.info("%s", line)
+        self.ports = Ports(self.nl, backend, busy_poll=self.cfg.busy_poll, cpu=self.cfg.cpu,
+                           mtu=self.cfg.mtu, state=StateFile())
+        self.director.port_stats = self.ports.stats
+        try:
+            self.ports.open(cif.index)
+            if self.cfg.rs_interface:
+                self.ports.open(self.nl.interface(self.cfg.rs_interface).index)
+        except PortError as e:
+            raise StartupError(str(e)) from None
         self.director.load(table)
-        self._sync_steering()
+        self._sync_ports()
         self._learn_neighbours()
-        self.engine.set_learn_ifindex(self._cif)
+        self.director.learn_clients(self._cif)
         self.control = ControlServer(self.director, self.cfg.socket_path, reload=self._do_reload)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        ports = ", ".join(f"{p.ifname} ({p.backend} {p.mode})" for p in self.ports.values())
         log.info("ready: %d service(s), mode %s, ports %s, control socket %s",
-                 len(table), self.cfg.mode, ports, self.control.path)
+                 len(table), self.cfg.mode, self.ports.describe(), self.control.path)
+        sdnotify.notify(f"READY=1\nSTATUS=serving {len(table)} service(s)\nMAINPID={os.getpid()}")
+
+    def _resolve_all(self, table: ServiceTable) -> None:
+        """StartupError naming the first real server of `table` without a next hop; the
+        kernel resolves them all at once, within RESOLVE_TIMEOUT in all."""
+        hops = self.nl.nexthops([d.addr for svc in table for d in svc.dests], RESOLVE_TIMEOUT)
+        for svc in table:
+            for d in svc.dests:
+                if isinstance(hops[d.addr], NetlinkError):
+                    raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {hops[d.addr]}")
 
     def _choose_backend(self) -> str:
-        from fastlvs.engine import _core
-
         want = self.cfg.backend
         if want == "packet":
             return "packet"
-        if not _core.XDP_BUILT:
+        missing = xdp_missing()
+        if missing:
             if want == "xdp":
-                raise StartupError(_core.XDP_MISSING)
+                raise StartupError(missing)
             log.info("AF_XDP backend not built; using AF_PACKET")
             return "packet"
         return "xdp" if want == "xdp" else "auto"
-
-    def _open_port(self, ifindex: int):
-        from fastlvs.engine import _core
-
-        if ifindex in self.ports:
-            return self.ports[ifindex]
-        name = self.nl.interface_by_index(ifindex).name
-        if self.backend in ("xdp", "auto"):
-            try:
-                if self.umem is None:
-                    # One UMEM for every port: a frame received on one interface is sent on
-                    # another by descriptor, without a copy.
-                    self.umem = _core.XdpUmem(frames=4 * 4096 * 2, frame_size=self._frame_size())
-                port = _core.XdpPort(name, queue=0, mode="auto", umem=self.umem,
-                                     busy_poll=bool(self.cfg.busy_poll))
-            except (OSError, RuntimeError) as e:
-                if self.backend == "xdp":
-                    raise StartupError(f"{name}: cannot attach AF_XDP: {e}") from None
-                log.info("%s: AF_XDP unavailable (%s); using AF_PACKET", name, e)
-                self.backend = "packet"
-                port = _core.PacketPort(name)
-            else:
-                if self.backend == "auto":
-                    self.backend = "xdp"
-        else:
-            port = _core.PacketPort(name)
-        self.ports[ifindex] = port
-        self._steered[ifindex] = set()
-        log.info("%s: %s backend, %s", name, port.backend, port.mode)
-        if self.napi is not None:
-            self.napi.place(name)
-        return port
-
-    def _frame_size(self) -> int:
-        """UMEM chunk size: 2048 when every interface's largest frame fits one with the
-        kernel's 256 bytes of XDP headroom (TUN's 20 bytes and a VLAN tag included), else
-        4096. Smaller chunks are faster: at 4096 every frame's headers fall on the same few
-        cache sets. Any interface counts, as NAT replies may arrive on one opened later."""
-        worst = max(self.nl.max_mtu(), self.cfg.mtu or 0) + 14 + 4 + 20
-        return 2048 if worst <= 2048 - 256 else 4096
-
-    def _port_stats(self) -> dict:
-        """{ifname: counters} of every ring: ours (rx, tx, drops, wake-ups), and for AF_XDP
-        the steering program's and the kernel's socket counters (rx_ring_full: frames the
-        kernel dropped because we were behind)."""
-        out = {}
-        for port in self.ports.values():
-            st = {"backend": port.backend, **port.stats()}
-            if port.backend == "xdp":
-                st["umem_frame_size"] = port.umem.frame_size
-            for extra in ("steer_stats", "xsk_stats"):
-                if hasattr(port, extra):
-                    try:
-                        st.update(getattr(port, extra)())
-                    except OSError as e:
-                        st[extra] = f"unavailable: {e}"
-            out[port.ifname] = st
-        return out
 
     def _nexthop(self, ip: str):
         try:
             mac, ifindex = self.nl.nexthop(ip, RESOLVE_TIMEOUT)
         except NetlinkError as e:
             raise NoRoute(str(e)) from None
-        if self.engine is not None and ifindex not in self.ports and self.backend is not None:
-            self._open_port(ifindex)
         return mac, ifindex, self.nl.interface_by_index(ifindex).mac
 
-    # -- steering: which traffic the rings receive ----------------------------------------------
-    def _wanted_steering(self) -> dict[int, set]:
-        cif = self._cif
-        want = {i: set() for i in self.ports}
+    def _nexthop_now(self, ip: str):
+        """_nexthop without waiting: a next hop the kernel has no answer for yet is asked
+        for (NTF_USE) and NoRoute raised at once; its neighbour event brings the refresh
+        back. The loop's refreshes use this, so forwarding never waits for ARP."""
+        try:
+            # a route that moved to a new gateway: its answer is the event to wait for
+            self._hop_ips.add(self.nl.route_get(ip).nexthop)
+            mac, ifindex = self.nl.nexthop(ip, 0)
+        except NetlinkError as e:
+            raise NoRoute(str(e)) from None
+        return mac, ifindex, self.nl.interface_by_index(ifindex).mac
+
+    # -- ports and steering: which interfaces have rings, which traffic they receive -----------
+    def _sync_ports(self) -> list:
+        """After any change of the table or of next hops: a ring on every interface the
+        director sends or receives on, each steering exactly its traffic. Returns the ports
+        opened now (the loop must poll them at once)."""
+        want = self.director.steering(self._cif)
         hops = set()
         for svc in self.director.table:
-            want[cif].add(("service", svc.proto.value, svc.vaddr, svc.vport))
             for d in svc.dests:
                 try:
                     hops.add(self.nl.route_get(d.addr).nexthop)
                 except NetlinkError:
                     pass
-                oif = self.director.dest_ifindex(svc.key, d)
-                if d.fwd is FwdMethod.NAT and oif is not None:
-                    want.setdefault(oif, set()).add(("rserver", svc.proto.value, d.addr, d.port))
-        retired = [r for r in self.director.retired_dests() if r[3] is FwdMethod.NAT]
-        for proto, addr, port, _, oif in retired:
-            want.setdefault(oif, set()).add(("rserver", proto, addr, port))
-        self._retired_steered = bool(retired)
         self._hop_ips = hops
-        return want
-
-    def _sync_steering(self) -> None:
-        """Make every port's steering keys (XDP maps / nft drops) match the table."""
-        for ifindex, keys in self._wanted_steering().items():
-            port = self.ports.get(ifindex) or self._open_port(ifindex)
-            have = self._steered.setdefault(ifindex, set())
-            for kind, proto, addr, port_no in keys - have:
-                getattr(port, f"add_{kind}")(proto, addr, port_no)
-            for kind, proto, addr, port_no in have - keys:
-                getattr(port, f"del_{kind}")(proto, addr, port_no)
-            self._steered[ifindex] = set(keys)
+        self._retired_steered = any(fwd is FwdMethod.NAT
+                                    for _, _, _, fwd, _ in self.director.retired_dests())
+        return self.ports.sync(want)
 
     def _learn_neighbours(self) -> None:
         # NAT replies go back to clients: the engine needs their MACs. The kernel learns them
         # (a client ARPs for the VIP, which the kernel owns), so copy its table and follow it.
         for ip, mac in self.nl.neighbours(self._cif):
-            self.engine.set_neighbor(ip, mac, self._cif)
+            self.director.set_neighbor(ip, mac, self._cif)
         gw = self.nl.default_gateway()
         if gw:
             try:
                 mac, oif = self.nl.nexthop(gw, RESOLVE_TIMEOUT)
-                self.engine.set_gateway_mac(mac, oif)
+                self.director.set_gateway(mac, oif)
             except NetlinkError:
                 log.warning("default gateway %s does not resolve; NAT replies to clients "
                             "without a neighbour entry will be dropped", gw)
@@ -351,17 +276,19 @@ class Daemon:
             news = self.neigh.changes()
         except NetlinkError:            # overrun: the kernel dropped news; re-read it all
             news = [(ip, mac, self._cif) for ip, mac in self.nl.neighbours(self._cif)]
-            self.director.refresh_nexthops()
+            if self.director.refresh_nexthops(self._nexthop_now):
+                self._sync_ports()
         hops_moved = False
         for ip, mac, ifindex in news:
             if mac is None or ":" in ip:
                 continue
-            self.engine.set_neighbor(ip, mac, ifindex)
+            self.director.set_neighbor(ip, mac, ifindex)
             hops_moved |= ip in self._hop_ips
         if hops_moved:
-            n = self.director.refresh_nexthops()
+            n = self.director.refresh_nexthops(self._nexthop_now)
             if n:
                 log.info("next hop of %d real server(s) changed", n)
+                self._sync_ports()
 
     # -- signals and reload ---------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
@@ -371,65 +298,75 @@ class Daemon:
         self._reload = True
 
     def _do_reload(self) -> str:
-        """Re-read --rules/--config; services and dests that stay keep their connections."""
+        """Re-read --rules/--config; services and dests that stay keep their connections.
+        All or nothing: a file that does not parse, check or resolve raises ControlError
+        ("reload refused: ...", one line) and the running state is untouched."""
         if not (self.opts.rules or self.opts.config):
             raise ControlError("reload: started with --vip/--rs, there is no file to re-read")
         try:
             table = self._load_table()
             self._check(table)
-        except StartupError as e:
+            self.director.check_table(table)
+            # Everything the new table needs is resolved before the running one changes; the
+            # kernel is asked about every unknown next hop at once, so an unresolvable real
+            # server costs one resolution timeout, not one per server.
+            self._resolve_all(table)
+            self.director.load(table)
+        except (StartupError, ControlError, NoRoute) as e:
             raise ControlError(f"reload refused: {e}") from None
-        self.director.load(table)
-        self._sync_steering()
+        self._sync_ports()
         return f"reloaded {self.opts.rules or self.opts.config}: {len(table)} service(s)"
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
-        from fastlvs.engine import _core
-
-        ports = list(self.ports.values())
-        last_sweep = time.monotonic()
+        """Loop until a stop signal. The one error boundary: an unexpected exception in a
+        pass is logged with its traceback and the loop goes on (a scheduler's error only
+        costs its batch, which the engine dropped and counted)."""
+        self._last_sweep = time.monotonic()
         while not self._stop:
             try:
-                _core.poll(self.engine, ports, stay_ms=POLL_MS)
-            except Exception as e:          # a scheduler error: the batch was dropped and counted
-                log.error("scheduler error, batch dropped: %s", e)
-            if self.control.handle_ready():
-                self._sync_steering()
-                ports = list(self.ports.values())
-            self._neighbour_changes()
-            now = time.monotonic()
-            self.director.tick(now)
-            if now - last_sweep >= SWEEP_EVERY:
-                # Batches sweep as they go; an idle director must still expire conns so
-                # that ActiveConn/InActConn come down as IPVS's timers bring them down.
-                self.engine.run_timers(time.monotonic_ns(), SWEEP_BUDGET)
-                last_sweep = now
-                # Replies of a deleted NAT server's connections stay steered until the
-                # last of them expires.
-                if self._retired_steered:
-                    self._sync_steering()
-            if self._reload:
-                self._reload = False
-                try:
-                    log.info("%s", self._do_reload())
-                except ControlError as e:
-                    log.error("%s", e)
-                ports = list(self.ports.values())
+                self._pass()
+            except Exception:
+                log.exception("unexpected error in the loop; carrying on")
+
+    def _pass(self) -> None:
+        self._watchdog.feed(time.monotonic())
+        try:
+            self.director.poll(self.ports.list(), stay_ms=POLL_MS)
+        except Exception as e:          # a scheduler error: the batch was dropped and counted
+            log.error("scheduler error, batch dropped: %s", e)
+        if self.control.handle_ready():
+            self._sync_ports()
+        self._neighbour_changes()
+        now = time.monotonic()
+        self.director.tick(now)
+        if now - self._last_sweep >= SWEEP_EVERY:
+            # Batches sweep as they go; an idle director must still expire conns so
+            # that ActiveConn/InActConn come down as IPVS's timers bring them down.
+            self.director.expire(time.monotonic_ns(), SWEEP_BUDGET)
+            self._last_sweep = now
+            # Replies of a deleted NAT server's connections stay steered until the
+            # last of them expires.
+            if self._retired_steered:
+                self._sync_ports()
+        if self._reload:
+            self._reload = False
+            try:
+                log.info("%s", self._do_reload())
+            except ControlError as e:
+                log.error("%s", e)
 
     def close(self) -> None:
-        # the NAPI placement before the ports: a veth without its XDP program may have no
-        # NAPI left, and then its threaded setting can no longer be written back
-        for closer in (self.control, self.neigh, self.napi, *self.ports.values(), self.umem,
-                       self.nl):
+        if self.control is not None:
+            sdnotify.notify("STOPPING=1")
+        for closer in (self.control, self.neigh, self.ports, self.nl):
             if closer is None:
                 continue
             try:
                 closer.close()
             except Exception as e:          # teardown goes on: leave nothing else behind
                 log.warning("cleanup: %s", e)
-        self.control = self.neigh = self.umem = self.napi = self.nl = None
-        self.ports = {}
+        self.control = self.neigh = self.ports = self.nl = None
 
 
 def main(opts: Options) -> int:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import dpkt
 
-from fastlvs.control.director import Director
-from fastlvs.control.model import NoRoute
+from fastlvs import settings
+from fastlvs.control.factory import build_director
+from fastlvs.control.model import ControlError, NoRoute
 from fastlvs.control.listing import format_list
 from fastlvs.control.rules import RulesError, load_rules
 
@@ -99,30 +100,28 @@ def run(opts: ReplayOptions, out=sys.stdout) -> dict:
     """Replay `opts.input` into `opts.output`; return the counters (also printed as JSON
     when opts.stats). Raises ReplayError or RulesError for bad input, before any output
     file is written."""
-    from fastlvs.engine._core import Engine    # the fast path: only the replay itself needs it
-
     table = load_rules(opts.rules)
     local_ip = parse_ipv4(opts.local_ip, "--local-ip")
     local_mac = parse_mac(opts.local_mac, "--local-mac")
-    if not 68 <= opts.mtu <= 65535:
-        raise ReplayError(f"--mtu: {opts.mtu} is outside 68..65535")
-    if not 16 <= opts.capacity <= 1 << 31:
-        raise ReplayError(f"--capacity: {opts.capacity} is outside 16..{1 << 31}")
+    for name in ("mtu", "capacity"):
+        problem = settings.setting(name).check(getattr(opts, name))
+        if problem:
+            raise ReplayError(problem)
     if opts.gateway is not None:
         gw = parse_ipv4(opts.gateway, "--gateway")
         if gw not in opts.neighbors:
             raise ReplayError(f"--gateway {gw}: its MAC is unknown (add --neighbor {gw}=MAC)")
         opts.gateway = gw
-    engine = Engine(capacity=opts.capacity, batch=BATCH, local_ip=local_ip,
-                    local_mac=local_mac, mtu=opts.mtu)
+    director = build_director(_nexthop_fn(opts.neighbors, opts.gateway),
+                              capacity=opts.capacity, batch=BATCH, local_ip=local_ip,
+                              local_mac=local_mac, mtu=opts.mtu)
     for ip, mac in opts.neighbors.items():
-        engine.set_neighbor(ip, mac, 1)
+        director.set_neighbor(ip, mac, 1)
     if opts.gateway is not None:
-        engine.set_gateway_mac(opts.neighbors[opts.gateway], 1)
-    director = Director(engine, _nexthop_fn(opts.neighbors, opts.gateway))
+        director.set_gateway(opts.neighbors[opts.gateway], 1)
     try:
         director.load(table)
-    except NoRoute as e:
+    except (NoRoute, ControlError) as e:
         raise ReplayError(f"{opts.rules}: {e}") from None
 
     fh, reader = _open_pcap(opts.input)
@@ -135,7 +134,7 @@ def run(opts: ReplayOptions, out=sys.stdout) -> dict:
 
             def flush():
                 nonlocal n_out
-                for idx, _ifindex, data in engine.process(frames, stamps):
+                for idx, _ifindex, data in director.process(frames, stamps):
                     writer.writepkt(data, ts=stamps[idx] / 1e9)
                     n_out += 1
                 frames.clear()

@@ -11,6 +11,7 @@ import pytest
 from tests.netns.netns_support import collect, drain, in_ns, raw_socket
 
 core = pytest.importorskip("fastlvs.engine._core")
+from fastlvs.system.ports import Steering  # noqa: E402
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
@@ -26,9 +27,12 @@ def make_ports(topo, backend):
     with in_ns(topo.director):
         if backend == "xdp":
             umem = core.XdpUmem(frames=4096)
-            return [core.XdpPort("d0", ring_size=1024, umem=umem),
-                    core.XdpPort("d1", ring_size=1024, umem=umem)], umem
-        return [core.PacketPort("d0"), core.PacketPort("d1")], None
+            ports = [core.XdpPort("d0", ring_size=1024, umem=umem),
+                     core.XdpPort("d1", ring_size=1024, umem=umem)]
+        else:
+            umem = None
+            ports = [core.PacketPort("d0"), core.PacketPort("d1")]
+        return ports, umem, Steering(ports[0])
 
 
 @pytest.mark.parametrize("fwd", ["dr", "nat", "tun"])
@@ -36,7 +40,7 @@ def make_ports(topo, backend):
 def test_engine_forwards_through_the_ring_loop(topo, backend, fwd):
     if backend == "xdp" and not core.XDP_BUILT:
         pytest.skip(core.XDP_MISSING)
-    ports, umem = make_ports(topo, backend)
+    ports, umem, steer = make_ports(topo, backend)
     p0, p1 = ports
     try:
         eng = core.Engine(capacity=1024, local_ip=topo.d1_ip, local_mac=topo.mac["d1"])
@@ -49,7 +53,7 @@ def test_engine_forwards_through_the_ring_loop(topo, backend, fwd):
             return [1] * len(flows)
 
         eng.set_scheduler_callback(schedule)
-        p0.add_service("udp", VIP, VPORT)
+        steer.add("service", "udp", VIP, VPORT)
         tx = raw_socket(topo.client, "c0")
         rx = raw_socket(topo.sink, "s0")
         try:
@@ -93,6 +97,7 @@ def test_engine_forwards_through_the_ring_loop(topo, backend, fwd):
         if backend == "xdp":
             assert p1.stats()["tx_copies"] == 0
     finally:
+        steer.close()
         p0.close()
         p1.close()
         if umem is not None:
@@ -102,7 +107,7 @@ def test_engine_forwards_through_the_ring_loop(topo, backend, fwd):
 
 
 def test_callback_error_is_raised_after_the_pass(topo):
-    ports, umem = make_ports(topo, "packet")
+    ports, umem, steer = make_ports(topo, "packet")
     try:
         eng = core.Engine(capacity=64, local_mac=topo.mac["d1"])
         eng.set_service(1, "udp", VIP, VPORT)
@@ -113,7 +118,7 @@ def test_callback_error_is_raised_after_the_pass(topo):
             raise KeyError("scheduler broke")
 
         eng.set_scheduler_callback(boom)
-        ports[0].add_service("udp", VIP, VPORT)
+        steer.add("service", "udp", VIP, VPORT)
         tx = raw_socket(topo.client, "c0")
         try:
             tx.send(bytes(Ether(src=topo.mac["c0"], dst=topo.mac["d0"])
@@ -125,5 +130,6 @@ def test_callback_error_is_raised_after_the_pass(topo):
                 core.poll(eng, ports, timeout_ms=10)
         assert eng.stats()["callback_error"] == 1
     finally:
+        steer.close()
         for p in ports:
             p.close()

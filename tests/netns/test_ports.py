@@ -13,6 +13,7 @@ from tests.netns import netns_support
 from tests.netns.netns_support import collect, drain, in_ns, raw_socket
 
 core = pytest.importorskip("fastlvs.engine._core")
+from fastlvs.system.ports import Steering, rx_queue_count, xdp_ports  # noqa: E402
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
@@ -129,10 +130,11 @@ def test_packet_port_forwards_and_drops_at_ingress(topo):
     with in_ns(topo.director):
         p0 = core.PacketPort("d0")
         p1 = core.PacketPort("d1")
+        steer = Steering(p0)
     try:
         assert p0.backend == "packet"
-        p0.add_service("udp", VIP, VPORT)
-        table = p0.nft_table
+        steer.add("service", "udp", VIP, VPORT)
+        table = steer.nft_table
         assert table in topo.nft_tables(topo.director)
         fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
         sent = frames(topo, tag=b"flp")
@@ -141,6 +143,7 @@ def test_packet_port_forwards_and_drops_at_ingress(topo):
         assert p1.stats()["tx"] == N
         assert ping(topo, topo.d0_ip)
     finally:
+        steer.close()
         p0.close()
         p1.close()
     assert "fastlvs_" not in topo.nft_tables(topo.director)
@@ -149,11 +152,13 @@ def test_packet_port_forwards_and_drops_at_ingress(topo):
 def test_closed_port_refuses(topo):
     with in_ns(topo.director):
         p = core.PacketPort("d0")
+        x = core.XdpPort("d1", ring_size=64)
     p.close()
+    x.close()
     with pytest.raises(ValueError):
         core.poll(core.PassThrough(), [p])
     with pytest.raises(ValueError):
-        p.add_service("udp", VIP, VPORT)
+        x.add_service("udp", VIP, VPORT)
 
 
 def test_unknown_interface(topo):
@@ -188,7 +193,8 @@ def test_exit_without_close_leaves_nothing(topo):
     # a process that forgets close() still detaches its program and removes its table
     code = ("import fastlvs.engine._core as c\n"
             "x = c.XdpPort('d0', ring_size=64)\n"
-            "q = c.PacketPort('d1'); q.add_service('tcp', '10.200.2.50', 80)\n"
+            "from fastlvs.system.ports import Steering\n"
+            "q = c.PacketPort('d1'); s = Steering(q); s.add('service', 'tcp', '10.200.2.50', 80)\n"
             "import subprocess; print('nft' if 'fastlvs_' in subprocess.run(['nft', 'list', "
             "'tables'], capture_output=True, text=True).stdout else 'none')\n")
     r = netns_support.run("ip", "netns", "exec", topo.director, sys.executable, "-c", code)
@@ -204,8 +210,8 @@ def test_xdp_ports_on_every_queue(topo):
     netns_support.run("ip", "-n", topo.director, "link", "set", "m0", "up")
     netns_support.run("ip", "-n", topo.director, "link", "set", "m1", "up")
     with in_ns(topo.director):
-        assert core.rx_queue_count("m0") == 2
-        ports = core.xdp_ports("m0", ring_size=128)
+        assert rx_queue_count("m0") == 2
+        ports = xdp_ports("m0", ring_size=128)
     try:
         assert [p.queue for p in ports] == [0, 1]
         assert ports[0].umem is ports[1].umem
@@ -230,8 +236,10 @@ def test_vlan_tagged_service_traffic(topo, backend):
             ports = [core.PacketPort("d0"), core.PacketPort("d1")]
     p0, p1 = ports
     captured = []
+    with in_ns(topo.director):
+        steer = Steering(p0)
     try:
-        p0.add_service("udp", VIP, VPORT)
+        steer.add("service", "udp", VIP, VPORT)
         fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
         sent = [bytes(Ether(src=topo.mac["c0"], dst=topo.mac["d0"]) / Dot1Q(vlan=42)
                       / IP(src=topo.c0_ip, dst=VIP) / UDP(sport=4000 + i, dport=VPORT)
@@ -270,6 +278,7 @@ def test_vlan_tagged_service_traffic(topo, backend):
         if backend == "xdp":
             assert p0.steer_stats()["redirected"] >= 5
     finally:
+        steer.close()
         for p in ports:
             p.close()
 

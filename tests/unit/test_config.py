@@ -160,3 +160,8 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "bin.toml").write_bytes(b"a = 1\n\xff")
     with pytest.raises(ConfigError, match=r"bin.toml: not UTF-8 text \(byte 6\)$"):
         load_config(tmp_path / "bin.toml")
+
+
+def test_a_deeply_nested_file_is_one_line():
+    with pytest.raises(ConfigError, match=r"^f\.toml: nested too deeply$"):
+        parse_config("x = " + "[" * 100000 + "]" * 100000 + "\n", "f.toml")

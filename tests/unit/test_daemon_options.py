@@ -66,3 +66,19 @@ def test_cli_usage_errors_are_one_line_exit_2():
     r = subprocess.run([sys.executable, "-m", "fastlvs", "--mode", "xx", "-i", "eth0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--mode" in r.stderr
+
+
+@pytest.mark.parametrize("content,expect", [
+    (b"-A -t 203.0.113.10:80 -s rr\n-a -t 203.0.113.10:80 -r 192.0.2.\xff1 -g\n",
+     "not UTF-8 text (byte 61)"),
+    (b"-A -t 203.0.113.10:80 -s rr\0\n", "unknown scheduler"),
+])
+def test_a_rules_file_the_daemon_cannot_read_is_one_line(tmp_path, content, expect):
+    rules = tmp_path / "rules"
+    rules.write_bytes(content)
+    d = Daemon(Options(mode="dr", interface="eth0", rules=str(rules)))
+    d._settings()
+    with pytest.raises(StartupError) as e:
+        d._load_table()
+    assert str(e.value).startswith(f"{rules}:") and expect in str(e.value)
+    assert "\n" not in str(e.value)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
+from fastlvs import settings
 from fastlvs.control import ctl
 from fastlvs.control.ipvsadm import (MAX_RULE_THRESHOLD, MAX_RULE_WEIGHT, CommandError,
                                      parse_addrport)
+from fastlvs.engine import contract
 from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT,
                                    ControlError, FwdMethod, Proto, ServiceTable)
 
-MODES = ("dr", "nat", "tun")
-BACKENDS = ("auto", "xdp", "packet")
+MODES = contract.FWD_NAMES
+BACKENDS = settings.BACKENDS
 PROTOS = ("tcp", "udp")              # what the engine forwards
 _FWD_NAMES = {"dr": FwdMethod.DR, "nat": FwdMethod.NAT, "tun": FwdMethod.TUN}
 
@@ -29,33 +31,7 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; str() is the one line the user sees."""
 
 
-@dataclass
-class DirectorConfig:
-    """The [director] table, with its defaults.
-
-    mode        "dr" | "nat" | "tun": the default forwarding method of dests
-    interface   where clients' packets arrive (None: the daemon's -i must say)
-    rs_interface where the real servers' replies arrive for NAT dests (None: `interface`)
-    backend     "auto" (AF_XDP when it attaches, else AF_PACKET) | "xdp" | "packet"
-    socket      the control socket's path (None: $FASTLVS_SOCKET or the default)
-    capacity    connection entries (conns + persistence templates), allocated at start
-    mtu         towards the real servers (TUN adds 20 bytes); None: the interface's MTU
-    busy_poll   SO_BUSY_POLL microseconds on the rings, 0 = off
-    cpu         run on this CPU, with the interfaces' NAPI threads there at nice 19 (napi.py)
-    batch       frames per engine batch
-    """
-
-    mode: str = "dr"
-    interface: str | None = None
-    rs_interface: str | None = None
-    backend: str = "auto"
-    socket: str | None = None
-    capacity: int = 1 << 20
-    mtu: int | None = None
-    busy_poll: int = 0
-    batch: int = 64
-    cpu: int | None = None
-
+class _DirectorBase:
     @property
     def fwd(self) -> FwdMethod:
         """The forwarding method a dest gets when it names none."""
@@ -64,6 +40,16 @@ class DirectorConfig:
     @property
     def socket_path(self) -> str:
         return ctl.socket_path(self.socket)
+
+
+# The [director] table, one field per setting that TOML takes (fastlvs.settings declares them).
+DirectorConfig = make_dataclass(
+    "DirectorConfig",
+    [(s.name, object, s.default) for s in settings.SETTINGS if s.toml],
+    bases=(_DirectorBase,))
+DirectorConfig.__module__ = __name__
+DirectorConfig.__doc__ = "The [director] table, with its defaults.\n\n" + "\n".join(
+    f"    {s.name:<12} {s.doc}" for s in settings.SETTINGS if s.toml)
 
 
 @dataclass
@@ -169,8 +155,7 @@ def _str(ctx, table, data, key, default, choices=None):
 
 
 # -- the tables ----------------------------------------------------------------------------
-_DIRECTOR_KEYS = ("mode", "interface", "rs_interface", "backend", "socket", "capacity", "mtu",
-                  "busy_poll", "batch", "cpu")
+_DIRECTOR_KEYS = settings.DIRECTOR_KEYS
 _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
@@ -183,16 +168,14 @@ def _director(ctx: _Ctx, data) -> DirectorConfig:
     t = "director"
     _check_keys(ctx, t, data, _DIRECTOR_KEYS)
     d = DirectorConfig()
-    d.mode = _str(ctx, t, data, "mode", d.mode, MODES)
-    d.interface = _str(ctx, t, data, "interface", None)
-    d.rs_interface = _str(ctx, t, data, "rs_interface", None)
-    d.backend = _str(ctx, t, data, "backend", d.backend, BACKENDS)
-    d.socket = _str(ctx, t, data, "socket", None)
-    d.capacity = _int(ctx, t, data, "capacity", d.capacity, 16, 2**31)
-    d.mtu = _int(ctx, t, data, "mtu", None, 68, 65535)
-    d.busy_poll = _int(ctx, t, data, "busy_poll", 0, 0, 10**6)
-    d.batch = _int(ctx, t, data, "batch", d.batch, 1, 1024)
-    d.cpu = _int(ctx, t, data, "cpu", None, 0, 4095)
+    for s in settings.SETTINGS:
+        if not s.toml:
+            continue
+        if s.type is int:
+            lo, hi = s.range
+            setattr(d, s.name, _int(ctx, t, data, s.name, s.default, lo, hi))
+        else:
+            setattr(d, s.name, _str(ctx, t, data, s.name, s.default, s.choices))
     return d
 
 
@@ -298,6 +281,8 @@ def parse_config(text: str, filename: str = "fastlvs.toml") -> Config:
     ctx = _Ctx(filename, text)
     try:
         data = tomllib.loads(text)
+    except RecursionError:              # arrays or tables nested deeper than the stack
+        raise ConfigError(f"{filename}: nested too deeply") from None
     except tomllib.TOMLDecodeError as e:
         msg = str(e)
         m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)

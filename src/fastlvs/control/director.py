@@ -9,6 +9,7 @@ objects when a scheduler or a listing needs them.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 from typing import Callable
 
@@ -18,6 +19,7 @@ from fastlvs.control.model import (RATE_FIELDS, STAT_FIELDS, ControlError, FwdMe
                            NoRoute, ServiceKey, ServiceTable, addrport)
 from fastlvs.control.ipvsadm import Command, apply_command, describe
 from fastlvs.control.rules import dump_rules, iter_rules
+from fastlvs.engine import contract
 from fastlvs.schedulers import Flow
 
 # The engine serves these from their exported table, in C, without calling Python.
@@ -54,9 +56,11 @@ class Director:
     outlived it in the engine find it again (IPVS's dest trash).
     """
 
-    def __init__(self, engine, nexthop: NextHop):
+    def __init__(self, engine, nexthop: NextHop, poll: Callable | None = None):
         self.engine = engine
         self.nexthop = nexthop
+        # the extension's ring loop, poll(engine, ports, stay_ms=...) (None: no rings)
+        self._poll = poll
         self.table = ServiceTable()
         # () -> {ifname: counters} of the rings the daemon runs (None: no rings, e.g. replay)
         self.port_stats: Callable[[], dict] | None = None
@@ -80,7 +84,10 @@ class Director:
         """Carry out one table-changing ipvsadm command (-A -E -D -C -a -e -d -Z --set) on the
         table and the engine. Raises ControlError (ipvsadm's wording) and changes nothing
         when the table refuses; NoRoute when a new real server has no next hop (the table
-        change is then undone)."""
+        change is then undone). What the engine cannot forward (an SCTP service, an IPv6
+        service or real server) is refused with ControlError before the table changes, as
+        a kernel without that support refuses it."""
+        self._check_supported(cmd)
         before = self.table.get(cmd.service) if cmd.service is not None else None
         old_sched = (before.sched_name, before.flags) if before is not None else None
         if cmd.name == "flush":
@@ -111,7 +118,14 @@ class Director:
 
     def load(self, table: ServiceTable) -> None:
         """Make the director serve `table` (a parsed rules file), replacing what it served.
-        Services and dests keep their engine ids where they stay, so their conns live on."""
+        Services and dests keep their engine ids where they stay, so their conns live on.
+
+        All or nothing: the whole table is checked (check_table) and every real server's
+        next hop resolved before anything changes; ControlError or NoRoute then leaves the
+        running state exactly as it was."""
+        self.check_table(table)
+        resolved = {(svc.key, d.key): tuple(self.nexthop(d.addr))
+                    for svc in table for d in svc.dests}
         for svc in list(self.table):
             if table.get(svc.key) is None:
                 self._drop_service(svc.key)
@@ -121,20 +135,60 @@ class Director:
                                  table.timeouts["udp"])
         for svc in table:
             self._live.pop(self._svc_ids.get(svc.key, 0), None)
-            self._sync_service(svc, True, None)
+            self._sync_service(svc, True, None, resolved)
         del old
 
-    def refresh_nexthops(self) -> int:
+    def check_table(self, table: ServiceTable) -> None:
+        """ControlError (one line naming the service) when `table` holds what the engine
+        cannot forward: an SCTP or IPv6 service, an IPv6 real server, more services than
+        the engine has ids for. Changes nothing."""
+        new = sum(1 for svc in table if svc.key not in self._svc_ids)
+        if len(self._svc_ids) + new > contract.MAX_SERVICES:
+            raise ControlError("Cannot allocate memory", errno.ENOMEM,
+                               f"more than {contract.MAX_SERVICES} services")
+        for svc in table:
+            try:
+                self._check_service(svc.key)
+                for d in svc.dests:
+                    self._check_dest(d.addr)
+            except ControlError as e:
+                raise ControlError(e.message, e.errno,
+                                   f"{svc.key.option_text()}: {e.detail}") from None
+
+    @staticmethod
+    def _check_service(key: ServiceKey) -> None:
+        if key.proto.value not in contract.PROTOCOLS:
+            raise ControlError(os.strerror(errno.EPROTONOSUPPORT), errno.EPROTONOSUPPORT,
+                               f"fastlvs forwards {' and '.join(contract.PROTOCOLS)} only")
+        if key.af != 4:
+            raise ControlError(os.strerror(errno.EAFNOSUPPORT), errno.EAFNOSUPPORT,
+                               "fastlvs forwards IPv4 only")
+
+    @staticmethod
+    def _check_dest(addr: str) -> None:
+        if ipaddress.ip_address(addr).version != 4:
+            raise ControlError(os.strerror(errno.EAFNOSUPPORT), errno.EAFNOSUPPORT,
+                               "fastlvs forwards to IPv4 real servers only")
+
+    def _check_supported(self, cmd: Command) -> None:
+        if cmd.name in ("add-service", "edit-service") and cmd.service is not None:
+            self._check_service(cmd.service)
+        if cmd.name in ("add-server", "edit-server") and cmd.dest_addr is not None:
+            self._check_dest(cmd.dest_addr)
+
+    def refresh_nexthops(self, nexthop: NextHop | None = None) -> int:
         """Resolve every dest's next hop again and re-push the dests whose MAC or interface
         changed (a real server replaced, a gateway moved); weights, schedulers and conns are
-        untouched. A dest whose next hop no longer resolves keeps the last one. Returns how
-        many dests changed."""
+        untouched. A dest whose next hop no longer resolves keeps the last one. `nexthop`
+        replaces the director's resolver for this call (the daemon's loop passes one that
+        never waits). Returns how many dests changed."""
+        resolve = nexthop or self.nexthop
         changed = 0
         for sid, (svc, _) in self._live.items():
             for d in svc.dests:
                 did = self._dest_by_obj[id(d)]
                 try:
-                    hop = self.nexthop(d.addr)
+                    hop = resolve(d.addr)
                 except NoRoute:
                     continue
                 hop = tuple(hop)
@@ -143,6 +197,78 @@ class Director:
                     self._push_dest(did, sid, d, hop)
                     changed += 1
         return changed
+
+    # -- what the daemon feeds the engine --------------------------------------------------------
+    def set_neighbor(self, ip: str, mac, ifindex: int) -> bool:
+        """The MAC (and interface) NAT replies to client `ip` go to; setting it again
+        replaces it. An IPv6 `ip` is ignored (the engine forwards IPv4) and returns False;
+        so does a full neighbour table: the client's replies then go by its learned MAC or
+        the gateway, and nothing else changes. ValueError for an `ip` that is no address."""
+        if ipaddress.ip_address(ip).version != 4:
+            return False
+        try:
+            self.engine.set_neighbor(ip, mac, ifindex)
+        except ValueError:          # the engine's neighbour table is full
+            return False
+        return True
+
+    def set_gateway(self, mac, ifindex: int = 0) -> None:
+        """The MAC NAT replies go to when their client has no neighbour entry (the default
+        gateway's), sent out of `ifindex`. None removes it: such replies are then dropped
+        and counted as no_route."""
+        self.engine.set_gateway_mac(mac, ifindex)
+
+    def learn_clients(self, ifindex: int) -> None:
+        """NAT: remember a new connection's client MAC (the client or its router) as the
+        next hop of its replies, sent out of `ifindex`; 0 turns learning off. A client with
+        a neighbour entry keeps it."""
+        self.engine.set_learn_ifindex(ifindex)
+
+    def expire(self, now_ns: int, budget: int | None = None) -> int:
+        """Expire connection entries whose timeout passed by `now_ns` (monotonic ns),
+        inspecting at most `budget` entries from where the last sweep stopped (None: the
+        whole table). Returns how many were freed; an idle director calls this so that
+        ActiveConn/InActConn come down as IPVS's timers bring them down."""
+        return self.engine.run_timers(now_ns, budget)
+
+    def poll(self, ports, stay_ms: int = 0) -> int:
+        """Forward what waits on `ports` (the rings the daemon opened) for `stay_ms`, then
+        return the number of frames received. A scheduler error is raised after the batch
+        it broke (that batch's new flows were dropped and counted). RuntimeError when the
+        director was built without the ring loop (replay, tests)."""
+        if self._poll is None:
+            raise RuntimeError("this director has no ring loop")
+        return self._poll(self.engine, ports, stay_ms=stay_ms)
+
+    def process(self, frames, timestamps=None):
+        """Run `frames` (bytes) through the engine without rings, as `engine.process` does:
+        [(index, out_ifindex, bytes)] of the frames to transmit, in input order."""
+        return self.engine.process(frames, timestamps)
+
+    def interfaces(self) -> set[int]:
+        """The ifindexes the engine sends real servers' frames out of: every dest's resolved
+        next hop, deleted dests whose connections live on included."""
+        return {hop[1] for hop in self._hops.values()}
+
+    def steering(self, client_ifindex: int) -> dict[int, set[tuple[str, str, str, int]]]:
+        """{ifindex: {(kind, proto, addr, port)}}: the traffic each interface's ring must
+        receive. ("service", proto, VIP, vport) on the clients' interface; ("rserver", proto,
+        RIP, rport) where a NAT real server's replies arrive (its next hop's interface),
+        deleted NAT dests included while their connections live. An interface that only
+        sends (a DR/TUN dest's) appears with an empty set."""
+        want: dict[int, set] = {client_ifindex: set()}
+        for ifindex in self.interfaces():
+            want.setdefault(ifindex, set())
+        for svc in self.table:
+            want[client_ifindex].add(("service", svc.proto.value, svc.vaddr, svc.vport))
+            for d in svc.dests:
+                oif = self.dest_ifindex(svc.key, d)
+                if d.fwd is FwdMethod.NAT and oif is not None:
+                    want.setdefault(oif, set()).add(("rserver", svc.proto.value, d.addr, d.port))
+        for proto, addr, port, fwd, oif in self.retired_dests():
+            if fwd is FwdMethod.NAT:
+                want.setdefault(oif, set()).add(("rserver", proto, addr, port))
+        return want
 
     # -- listings --------------------------------------------------------------------------------
     def pull_counters(self) -> None:
@@ -299,14 +425,18 @@ class Director:
             did = self._dest_ids[k] = len(self._dest_ids) + 1
         return did
 
-    def _sync_service(self, svc: Service, dests_changed: bool, old_sched) -> None:
+    def _sync_service(self, svc: Service, dests_changed: bool, old_sched,
+                      resolved: dict | None = None) -> None:
         """Push `svc` and its dests to the engine and keep its scheduler in step: a new
         scheduler (the kernel's init_service) when the service is new or its scheduler or
         flags changed, else the add/del/upd hooks through Scheduler.update()."""
         sid = self._svc_id(svc.key)
         # Resolve every next hop before touching the engine, so a failure changes nothing.
-        hops = {id(d): self.nexthop(d.addr) for d in svc.dests
-                if id(d) not in self._dest_by_obj or dests_changed}
+        if resolved is not None:
+            hops = {id(d): resolved[(svc.key, d.key)] for d in svc.dests}
+        else:
+            hops = {id(d): self.nexthop(d.addr) for d in svc.dests
+                    if id(d) not in self._dest_by_obj or dests_changed}
         kind = _HASH_KINDS.get(svc.sched_name, 0)
         flag_bits = (1 if svc.flags & {"sh-fallback", "mh-fallback"} else 0) | \
                     (2 if svc.flags & {"sh-port", "mh-port"} else 0)

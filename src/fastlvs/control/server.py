@@ -344,6 +344,8 @@ class ControlServer:
             op, args = ctl.check_request(ctl.decode(line))
         except ctl.ProtocolError as e:
             return ctl.error(str(e), ctl.EXIT_SYNTAX)
+        except RecursionError:          # JSON nested deeper than the interpreter's stack
+            return ctl.error("not a JSON line: nested too deeply", ctl.EXIT_SYNTAX)
         try:
             if op == "command":
                 return ctl.ok(run_command(self.director, args["argv"], args.get("stdin")))

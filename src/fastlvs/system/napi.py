@@ -125,3 +125,46 @@ class NapiPlacement:
             os.sched_setaffinity(0, self._own_affinity)
         except OSError:
             pass
+
+
+# sysfs knobs of an interface that busy polling wants, and the values it writes
+BUSY_POLL_SYSFS = (("napi_defer_hard_irqs", "2"), ("gro_flush_timeout", "200000"))
+
+
+class SysfsTuning:
+    """Writes /sys/class/net/IF/<knob> values for busy polling, remembering each original
+    value once (the first write wins); restore() writes them back and is safe to call twice.
+    `saved` is {(ifname, knob): original}, which the daemon also records in its state file
+    so that a later start can restore what a killed one changed."""
+
+    def __init__(self):
+        self.saved: dict[tuple[str, str], str] = {}
+
+    def busy_poll(self, ifname: str) -> dict:
+        """Defer hard IRQs and flush GRO late on `ifname`, so busy polling finds frames
+        waiting. Returns {knob: (before, now)}, or {"sysfs": why} when the interface's sysfs
+        cannot be written from here (a read-only /sys, another namespace's view)."""
+        base = f"/sys/class/net/{ifname}"
+        out = {}
+        try:
+            for knob, value in BUSY_POLL_SYSFS:
+                with open(f"{base}/{knob}") as fh:
+                    old = fh.read().strip()
+                with open(f"{base}/{knob}", "w") as fh:
+                    fh.write(value)
+                self.saved.setdefault((ifname, knob), old)
+                out[knob] = (old, value)
+        except OSError as e:
+            out["sysfs"] = str(e)
+        return out
+
+    def restore(self) -> None:
+        for (ifname, knob), old in self.saved.items():
+            try:
+                with open(f"/sys/class/net/{ifname}/{knob}", "w") as fh:
+                    fh.write(old)
+            except OSError:              # the interface went away
+                pass
+        self.saved.clear()
+
+    close = restore

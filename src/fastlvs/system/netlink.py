@@ -246,6 +246,38 @@ class Netlink:
             raise NetlinkError(f"{ip} is an address of this host")
         return self.resolve(route.nexthop, route.oif, timeout), route.oif
 
+    def nexthops(self, ips, timeout: float = 3.0) -> dict:
+        """nexthop() of many addresses at once: {ip: (MAC, ifindex) or NetlinkError}. The
+        kernel is asked to resolve every missing neighbour first and the answers are awaited
+        together, so the whole call waits at most `timeout` seconds, not one per address."""
+        out: dict = {}
+        pending: dict[str, tuple[str, int]] = {}
+        for ip in dict.fromkeys(ips):
+            try:
+                route = self.route_get(ip)
+                if route.local:
+                    raise NetlinkError(f"{ip} is an address of this host")
+                out[ip] = (self.resolve(route.nexthop, route.oif, 0), route.oif)
+            except NetlinkError as e:
+                if "no ARP/ND answer" not in str(e):
+                    out[ip] = e
+                    continue
+                pending[ip] = (route.nexthop, route.oif)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for ip, (hop, oif) in list(pending.items()):
+                mac = self.neighbour(hop, oif)
+                if mac is not None:
+                    out[ip] = (mac, oif)
+                    del pending[ip]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(_POLL)
+        for ip, (hop, oif) in pending.items():
+            out[ip] = NetlinkError(f"{hop}: no ARP/ND answer on {self._ifname(oif)} within "
+                                   f"{timeout:g} s")
+        return out
+
 
 def vip_problem(nl: Netlink, vip: str) -> str | None:
     """Why `vip` cannot be a virtual service's address here, or None when it can. The rule

@@ -2,7 +2,7 @@
 # handed to the engine in place, a block goes back to the kernel once all its frames were
 # handled) and a TPACKET_V2 TX ring on a second socket with PACKET_QDISC_BYPASS (one copy into
 # the ring, one send() per batch). The kernel still sees every frame, so the virtual services
-# get an nftables netdev-ingress drop (fastlvs.system.nft) while the port is open.
+# need an nftables netdev-ingress drop while the port is open: system/ports.py installs it.
 
 cdef enum:
     PKT_RX_BLOCK_SIZE = 1 << 16
@@ -123,10 +123,9 @@ cdef int _sockopt_int(int fd, int level, int opt, int val, what) except -1:
 cdef class PacketPort(Port):
     """PacketPort(ifname, block_size=65536, block_nr=256, tx_frames=4096): AF_PACKET on one
     interface, TPACKET_V3 RX ring (all frames of the interface, outgoing ones ignored) and a
-    TPACKET_V2 TX ring with PACKET_QDISC_BYPASS. add_service()/add_rserver() install an
-    nftables netdev-ingress drop for that traffic (table fastlvs_<pid>_<n>) so the kernel does
-    not answer it too; close() removes the table, unmaps the rings, closes the sockets."""
-    cdef object nft
+    TPACKET_V2 TX ring with PACKET_QDISC_BYPASS. The kernel sees the same frames: keeping it
+    from answering service traffic is the caller's (system/ports.py: an nftables drop).
+    close() unmaps the rings and closes the sockets."""
     cdef readonly int block_size, block_nr
 
     def __init__(self, ifname, int block_size=PKT_RX_BLOCK_SIZE, int block_nr=PKT_RX_BLOCK_NR,
@@ -144,7 +143,6 @@ cdef class PacketPort(Port):
         self.ifindex = _ifindex(ifname)
         self.backend = "packet"
         self.mode = "tpacket_v3"
-        self.nft = None
         self.nsfd = _netns_fd()
         self.block_size = block_size
         self.block_nr = block_nr
@@ -214,50 +212,9 @@ cdef class PacketPort(Port):
             self.close()
             raise
 
-    def _nft(self):
-        if self.p.kind == 0:
-            raise ValueError(f"{self.ifname}: port is closed")
-        if self.nft is None:
-            from fastlvs.system.nft import NftIngressDrop
-            with _InNetns(self.nsfd):
-                self.nft = NftIngressDrop([self.ifname])
-        return self.nft
-
-    def add_service(self, proto, addr, int port):
-        """Drop (proto, VIP, vport) at netdev ingress so only fastlvs handles it. Idempotent."""
-        nft = self._nft()
-        with _InNetns(self.nsfd):
-            nft.add("service", proto, addr, port)
-
-    def del_service(self, proto, addr, int port):
-        """Let the kernel see (proto, VIP, vport) again. Removing an absent key is a no-op."""
-        nft = self._nft()
-        with _InNetns(self.nsfd):
-            nft.discard("service", proto, addr, port)
-
-    def add_rserver(self, proto, addr, int port):
-        """Drop NAT replies from (proto, RIP, rport) at netdev ingress. Idempotent."""
-        nft = self._nft()
-        with _InNetns(self.nsfd):
-            nft.add("rserver", proto, addr, port)
-
-    def del_rserver(self, proto, addr, int port):
-        """Removing an absent key is a no-op."""
-        nft = self._nft()
-        with _InNetns(self.nsfd):
-            nft.discard("rserver", proto, addr, port)
-
-    @property
-    def nft_table(self):
-        return None if self.nft is None else self.nft.table
-
     def close(self):
-        """Remove the nft table, unmap the rings, close both sockets. Idempotent."""
+        """Unmap the rings, close both sockets. Idempotent."""
         cdef fl_port *p = self.p
-        if self.nft is not None:
-            with _InNetns(self.nsfd):
-                self.nft.close()
-            self.nft = None
         if p.rx_ring != NULL:
             pk.munmap(p.rx_ring, p.rx_ring_len)
             p.rx_ring = NULL

@@ -31,8 +31,6 @@ cdef struct fl_fast:
     fl_steer_key rs[FL_FAST_KEYS]
 
 
-import struct as _struct
-
 XDP_BUILT = bool(FL_XDP_BUILT)
 XDP_MISSING = ("AF_XDP backend not built: libxdp-dev/libbpf-dev/clang were missing at build "
                "time (install them, e.g. `make deps`, and rebuild)")
@@ -483,8 +481,8 @@ cdef class XdpPort(Port):
             raise
 
     cdef _busy_poll(self, int usecs, int budget):
-        # SO_PREFER_BUSY_POLL + SO_BUSY_POLL(_BUDGET) on the socket; the interface's
-        # napi_defer_hard_irqs/gro_flush_timeout when its sysfs is visible from here.
+        # SO_PREFER_BUSY_POLL + SO_BUSY_POLL(_BUDGET) on the socket; the interface's sysfs
+        # side (napi_defer_hard_irqs, gro_flush_timeout) is system policy: system/napi.py.
         cdef int one = 1
         cdef fl_port *p = self.p
         ok = True
@@ -495,28 +493,6 @@ cdef class XdpPort(Port):
                 ok = False
         p.busy_poll = 1 if ok else 0
         self.tuning["busy_poll"] = ok
-        base = f"/sys/class/net/{self.ifname}"
-        try:
-            if _os.path.exists(base) and _os.stat(base).st_ino:
-                for name, val in (("napi_defer_hard_irqs", "2"),
-                                  ("gro_flush_timeout", "200000")):
-                    with open(f"{base}/{name}") as fh:
-                        old = fh.read().strip()
-                    with open(f"{base}/{name}", "w") as fh:
-                        fh.write(val)
-                    self.tuning[name] = (old, val)
-        except OSError as exc:
-            self.tuning["sysfs"] = str(exc)
-
-    def _restore_tuning(self):
-        base = f"/sys/class/net/{self.ifname}"
-        for name in ("napi_defer_hard_irqs", "gro_flush_timeout"):
-            if name in self.tuning:
-                try:
-                    with open(f"{base}/{name}", "w") as fh:
-                        fh.write(self.tuning[name][0])
-                except OSError:
-                    pass
 
     # -- steering maps: control-plane calls ----------------------------------------------------
     def add_service(self, proto, addr, int port):
@@ -599,7 +575,6 @@ cdef class XdpPort(Port):
                 xsk_socket__delete(p.xsk)
                 p.xsk = NULL
                 self.umem.nports -= 1
-            self._restore_tuning()
         p.xsk_fd = -1
         p.kind = 0
         if self.umem is not None and self.umem.nports == 0 and self.umem.u != NULL:
@@ -615,46 +590,3 @@ cdef class XdpPort(Port):
             _os.close(self.nsfd)
             self.nsfd = -1
 
-
-def rx_queue_count(ifname):
-    """How many RX queues `ifname` (in this thread's namespace) delivers on: the ethtool
-    channel counts (rx + combined), else the kernel's IFLA_NUM_RX_QUEUES. The XDP program
-    passes frames of a queue without a socket to the kernel, so open a port on each."""
-    import array
-    import fcntl
-    import socket as _socket
-    buf = array.array("I", [0x3C] + [0] * 8)          # ETHTOOL_GCHANNELS
-    ifr = _struct.pack("16sP", ifname.encode()[:15], buf.buffer_info()[0])
-    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
-    try:
-        fcntl.ioctl(s.fileno(), 0x8946, ifr)           # SIOCETHTOOL
-        n = buf[5] + buf[8]                            # rx_count + combined_count
-        if n > 0:
-            return n
-    except OSError:
-        pass
-    finally:
-        s.close()
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        links = ipr.link("get", index=_ifindex(ifname))
-        n = links[0].get_attr("IFLA_NUM_RX_QUEUES") if links else None
-    return int(n or 1)
-
-
-def xdp_ports(ifname, umem=None, **kwargs):
-    """An XdpPort on every RX queue of `ifname` sharing one XdpUmem (made when None, sized
-    for all queues); kwargs go to XdpPort. On error, the ports made so far are closed."""
-    n = rx_queue_count(ifname)
-    ring = kwargs.get("ring_size", XDP_DEFAULT_RING)
-    if umem is None:
-        umem = XdpUmem(frames=4 * ring * n, frame_size=kwargs.pop("frame_size", 4096))
-    ports = []
-    try:
-        for q in range(n):
-            ports.append(XdpPort(ifname, queue=q, umem=umem, **kwargs))
-    except BaseException:
-        for p in ports:
-            p.close()
-        raise
-    return ports

@@ -1,0 +1,261 @@
+"""The daemon's rings and what steers traffic into them: one port per interface (AF_XDP with
+our steering program, or AF_PACKET with an nftables ingress drop), opened when the wanted
+steering first names its interface; the steering keys kept equal to the wanted ones; NAPI
+placement and busy-poll sysfs settings of each interface opened; queue discovery.
+
+Keys are plain tuples (kind, proto, addr, port), kind "service" (proto, VIP, vport: frames to
+it) or "rserver" (proto, RIP, rport: NAT replies from it); this module knows nothing of
+services or the director.
+"""
+from __future__ import annotations
+
+import array
+import fcntl
+import logging
+import socket
+import struct
+
+from fastlvs.system import nft
+from fastlvs.system.napi import NapiPlacement, SysfsTuning
+
+log = logging.getLogger("fastlvs")
+
+Key = tuple  # (kind, proto, addr, port)
+
+UMEM_FRAMES = 4 * 4096 * 2
+
+
+class PortError(Exception):
+    """A port that must open cannot (AF_XDP demanded and refused): the one line to print."""
+
+
+def xdp_missing() -> str | None:
+    """Why the AF_XDP backend is not in this build (one line), or None when it is."""
+    from fastlvs.engine import _core
+
+    return None if _core.XDP_BUILT else _core.XDP_MISSING
+
+
+def rx_queue_count(ifname: str) -> int:
+    """How many RX queues `ifname` (in this thread's namespace) delivers on: the ethtool
+    channel counts (rx + combined), else the kernel's IFLA_NUM_RX_QUEUES. The XDP program
+    passes frames of a queue without a socket to the kernel, so open a port on each."""
+    buf = array.array("I", [0x3C] + [0] * 8)          # ETHTOOL_GCHANNELS
+    ifr = struct.pack("16sP", ifname.encode()[:15], buf.buffer_info()[0])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(s.fileno(), 0x8946, ifr)           # SIOCETHTOOL
+        n = buf[5] + buf[8]                            # rx_count + combined_count
+        if n > 0:
+            return n
+    except OSError:
+        pass
+    finally:
+        s.close()
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        links = ipr.link("get", index=socket.if_nametoindex(ifname))
+        n = links[0].get_attr("IFLA_NUM_RX_QUEUES") if links else None
+    return int(n or 1)
+
+
+def xdp_ports(ifname: str, umem=None, **kwargs) -> list:
+    """An XdpPort on every RX queue of `ifname` sharing one XdpUmem (made when None, sized
+    for all queues); kwargs go to XdpPort. On error, the ports made so far are closed."""
+    from fastlvs.engine import _core
+
+    n = rx_queue_count(ifname)
+    ring = kwargs.get("ring_size", 4096)
+    if umem is None:
+        umem = _core.XdpUmem(frames=4 * ring * n, frame_size=kwargs.pop("frame_size", 4096))
+    ports = []
+    try:
+        for q in range(n):
+            ports.append(_core.XdpPort(ifname, queue=q, umem=umem, **kwargs))
+    except BaseException:
+        for p in ports:
+            p.close()
+        raise
+    return ports
+
+
+class Steering:
+    """What makes a port's interface deliver the keyed traffic to the port: the XDP
+    program's maps for an XdpPort, an nftables netdev-ingress drop (so the kernel does not
+    answer it too) for a PacketPort. Create it in the port's network namespace."""
+
+    def __init__(self, port):
+        self.port = port
+        self.nft = nft.NftIngressDrop([port.ifname]) if port.backend == "packet" else None
+
+    def changes(self, add, discard) -> list:
+        """Apply add/discard on the XDP maps now; for nft, return the change to commit."""
+        if self.nft is not None:
+            return [(self.nft, list(add), list(discard))]
+        for kind, proto, addr, port in add:
+            getattr(self.port, f"add_{kind}")(proto, addr, port)
+        for kind, proto, addr, port in discard:
+            getattr(self.port, f"del_{kind}")(proto, addr, port)
+        return []
+
+    def add(self, kind, proto, addr, port) -> None:
+        """Steer one key now. Adding a present key is a no-op."""
+        nft.commit(self.changes([(kind, proto, addr, port)], ()))
+
+    def discard(self, kind, proto, addr, port) -> None:
+        """Stop steering one key now. Removing an absent key is a no-op."""
+        nft.commit(self.changes((), [(kind, proto, addr, port)]))
+
+    @property
+    def nft_table(self) -> str | None:
+        return None if self.nft is None else self.nft.table
+
+    def close(self) -> None:
+        if self.nft is not None:
+            self.nft.close()
+
+
+class Ports:
+    """The rings of one daemon. `backend` is "auto" (AF_XDP, falling back to AF_PACKET for
+    good at the first interface where it does not attach), "xdp" (PortError instead) or
+    "packet". `sync(wanted)` opens a port for every interface `wanted` names that has none
+    and makes each port's steering keys equal to wanted[ifindex], nft changes of the whole
+    set in one transaction. close() leaves nothing attached and is safe to call twice."""
+
+    def __init__(self, nl, backend: str, *, busy_poll: int = 0, cpu: int | None = None,
+                 mtu: int | None = None, state=None):
+        self.nl = nl
+        self.state = state                           # a state.StateFile, or None
+        self.backend = backend
+        self.busy_poll = busy_poll
+        self.mtu = mtu
+        self.ports: dict[int, object] = {}           # ifindex -> XdpPort | PacketPort
+        self.steering: dict[int, Steering] = {}
+        self.steered: dict[int, set] = {}            # ifindex -> installed keys
+        self.umem = None
+        self.napi = NapiPlacement(cpu) if cpu is not None else None
+        self.sysfs = SysfsTuning()
+
+    def list(self) -> list:
+        """The open ports, in the order they were opened (what the ring loop polls)."""
+        return list(self.ports.values())
+
+    def open(self, ifindex: int):
+        """The port of `ifindex`, opened now if it has none."""
+        from fastlvs.engine import _core
+
+        if ifindex in self.ports:
+            return self.ports[ifindex]
+        name = self.nl.interface_by_index(ifindex).name
+        if self.backend in ("xdp", "auto"):
+            try:
+                if self.umem is None:
+                    # One UMEM for every port: a frame received on one interface is sent on
+                    # another by descriptor, without a copy.
+                    self.umem = _core.XdpUmem(frames=UMEM_FRAMES, frame_size=self.frame_size())
+                port = _core.XdpPort(name, queue=0, mode="auto", umem=self.umem,
+                                     busy_poll=bool(self.busy_poll))
+            except (OSError, RuntimeError) as e:
+                if self.backend == "xdp":
+                    raise PortError(f"{name}: cannot attach AF_XDP: {e}") from None
+                log.info("%s: AF_XDP unavailable (%s); using AF_PACKET", name, e)
+                self.backend = "packet"
+                port = _core.PacketPort(name)
+            else:
+                if self.backend == "auto":
+                    self.backend = "xdp"
+                if self.busy_poll:
+                    port.tuning.update(self.sysfs.busy_poll(name))
+        else:
+            port = _core.PacketPort(name)
+        self.ports[ifindex] = port
+        self.steering[ifindex] = Steering(port)
+        self.steered[ifindex] = set()
+        log.info("%s: %s backend, %s", name, port.backend, port.mode)
+        if self.napi is not None:
+            self.napi.place(name)
+        self._record()
+        return port
+
+    def _record(self) -> None:
+        # what a successor must undo if this process dies without close()
+        if self.state is None:
+            return
+        self.state.update(
+            xdp=[p.ifname for p in self.ports.values() if p.backend == "xdp"],
+            nft_tables=[s.nft.table for s in self.steering.values()
+                        if s.nft is not None and s.nft.created],
+            sysfs={f"{i}/{k}": v for (i, k), v in self.sysfs.saved.items()},
+            threaded=dict(self.napi._threaded) if self.napi is not None else {})
+
+    def sync(self, wanted: dict[int, set]) -> list:
+        """Open the ports `wanted` needs and make every port's keys equal to wanted (a port
+        `wanted` does not name keeps its keys). Returns the ports opened by this call."""
+        opened = []
+        for ifindex in wanted:
+            if ifindex not in self.ports:
+                opened.append(self.open(ifindex))
+        batch = []
+        for ifindex, keys in wanted.items():
+            have = self.steered[ifindex]
+            add, discard = keys - have, have - keys
+            if add or discard:
+                batch += self.steering[ifindex].changes(sorted(add), sorted(discard))
+        nft.commit(batch)
+        for ifindex, keys in wanted.items():
+            self.steered[ifindex] = set(keys)
+        if batch:
+            self._record()
+        return opened
+
+    def frame_size(self) -> int:
+        """UMEM chunk size: 2048 when every interface's largest frame fits one with the
+        kernel's 256 bytes of XDP headroom (TUN's 20 bytes and a VLAN tag included), else
+        4096. Smaller chunks are faster: at 4096 every frame's headers fall on the same few
+        cache sets. Any interface counts, as NAT replies may arrive on one opened later."""
+        worst = max(self.nl.max_mtu(), self.mtu or 0) + 14 + 4 + 20
+        return 2048 if worst <= 2048 - 256 else 4096
+
+    def stats(self) -> dict:
+        """{ifname: counters} of every ring: ours (rx, tx, drops, wake-ups), and for AF_XDP
+        the steering program's and the kernel's socket counters (rx_ring_full: frames the
+        kernel dropped because we were behind)."""
+        out = {}
+        for port in self.ports.values():
+            st = {"backend": port.backend, **port.stats()}
+            if port.backend == "xdp":
+                st["umem_frame_size"] = port.umem.frame_size
+            for extra in ("steer_stats", "xsk_stats"):
+                if hasattr(port, extra):
+                    try:
+                        st.update(getattr(port, extra)())
+                    except OSError as e:
+                        st[extra] = f"unavailable: {e}"
+            out[port.ifname] = st
+        return out
+
+    def describe(self) -> str:
+        return ", ".join(f"{p.ifname} ({p.backend} {p.mode})" for p in self.ports.values())
+
+    def close(self) -> None:
+        # the NAPI placement before the ports: a veth without its XDP program may have no
+        # NAPI left, and then its threaded setting can no longer be written back
+        closers = [self.napi, *self.steering.values(), *self.ports.values(), self.sysfs,
+                   self.umem]
+        for closer in closers:
+            if closer is None:
+                continue
+            try:
+                closer.close()
+            except Exception as e:          # teardown goes on: leave nothing else behind
+                log.warning("cleanup: %s", e)
+        self.napi = self.umem = None
+        self.ports = {}
+        self.steering = {}
+        self.steered = {}
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+
+
+__all__ = ["PortError", "Ports", "Steering", "rx_queue_count", "xdp_missing", "xdp_ports"]
