@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from control_harness import NEIGHBORS, nexthop
+from tests.control.control_harness import NEIGHBORS, nexthop
 from fastlvs.control import ctl
 from fastlvs.control.director import Director
 from fastlvs.control.ipvsadm import parse_command

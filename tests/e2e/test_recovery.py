@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from e2e_support import assert_clean, make_bed
+from tests.e2e.e2e_support import assert_clean, make_bed
 from fastlvs.lab.testbed import HTTP_PORT, run
 
 if os.geteuid() != 0:

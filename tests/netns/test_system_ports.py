@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from netns_support import in_ns
+from tests.netns.netns_support import in_ns
 
 core = pytest.importorskip("fastlvs.engine._core")
 from fastlvs.system import nft  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
-from netns_pair import ip  # noqa: E402
+from tests.netns_netlink.netns_pair import ip  # noqa: E402
 from fastlvs.lab.testbed import in_ns  # noqa: E402
 from fastlvs.system import nft  # noqa: E402
 

@@ -229,8 +229,6 @@ def test_engine_python_modules_import_neither_control_nor_system(imps):
     _fail("engine/ imports control/ or system/", engine_offences(imps))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 3: the AF_PACKET port still runs the nft "
-                   "ingress drop from ring_packet.pxi; remove this mark when it moves out")
 def test_extension_sources_import_neither_control_nor_system():
     _fail("the extension's sources import control/ or system/", extension_offences())
 

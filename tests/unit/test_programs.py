@@ -28,7 +28,7 @@ PACKAGES = {
     "iperf3": "iperf3", "trafgen": "netsniff-ng", "keepalived": "keepalived",
     "bird": "bird2", "birdc": "bird2", "nginx": "nginx", "haproxy": "haproxy",
     "curl": "curl",
-    "sh": ESSENTIAL, "bash": ESSENTIAL, "cat": ESSENTIAL, "echo": ESSENTIAL,
+    "sh": ESSENTIAL, "bash": ESSENTIAL, "cat": ESSENTIAL, "echo": ESSENTIAL, "true": ESSENTIAL,
     "mkdir": ESSENTIAL, "rm": ESSENTIAL, "touch": ESSENTIAL, "grep": ESSENTIAL,
     "taskset": ESSENTIAL, "chrt": ESSENTIAL, "mount": ESSENTIAL, "umount": ESSENTIAL,
     "dpkg-query": ESSENTIAL, "apt-get": ESSENTIAL, "kill": ESSENTIAL, "sleep": ESSENTIAL,
