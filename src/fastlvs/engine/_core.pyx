@@ -29,7 +29,7 @@ Choices worth knowing:
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from libc.stdlib cimport calloc, free, realloc, malloc
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from compat cimport fl_prefetch, fl_prefetch_w, fl_likely, fl_unlikely, fl_alloc_table
 cimport if_packet as pk
 from xsk cimport *
@@ -45,6 +45,7 @@ include "dataplane/hash.pxi"
 include "dataplane/parse.pxi"
 include "dataplane/tcpstate.pxi"
 include "dataplane/conn.pxi"
+include "dataplane/neigh.pxi"
 include "dataplane/xmit.pxi"
 
 
@@ -63,7 +64,7 @@ def py_hsiphash_u32(uint32_t val, uint64_t k0, uint64_t k1):
 COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "table_full",
                  "tcp_not_syn", "no_dest", "fragment", "bad_checksum", "frag_needed_sent",
                  "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
-                 "conns_expired")
+                 "conns_expired", "ttl_exceeded", "csum_completed")
 
 FWD_NAMES = {"dr": FWD_DR, "route": FWD_DR, "g": FWD_DR, "nat": FWD_NAT, "masq": FWD_NAT,
              "m": FWD_NAT, "tun": FWD_TUN, "ipip": FWD_TUN, "i": FWD_TUN}
@@ -102,7 +103,13 @@ cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *
         tcp_set_state(e, c, False, p.tcpflags)
     else:
         c.timeout = e.udp_timeout
-    r = XMIT[c.fwd](e, f, p, c)
+    # as IPVS's decrement_ttl: a packet at TTL 1 is answered, not forwarded (its conn
+    # stands, counted and stated as any other)
+    if fl_unlikely(f.data[p.l2len + 8] <= 1):
+        r = icmp_time_exceeded_v4(e, f, p, p.daddr[3])
+    else:
+        ttl_dec_v4(f.data + p.l2len)
+        r = XMIT[c.fwd](e, f, p, c)
     if r >= 0:
         frame_drop(e, f, r)
     c.expires = now + secs(c.timeout)
@@ -114,6 +121,14 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
     cdef fl_dest *d = &e.dests[c.dest]
     cdef fl_svc *s = &e.svcs[d.svc]
     cdef int r
+    if fl_unlikely(f.data[p.l2len + 8] <= 1):
+        # the kernel's ip_forward drops it before IPVS sees it: no stats, no state change;
+        # the real server hears from the director's own address
+        r = icmp_time_exceeded_v4(e, f, p, e.local_ip)
+        if r >= 0:
+            frame_drop(e, f, r)
+        return
+    ttl_dec_v4(f.data + p.l2len)
     d.outpkts += 1
     d.outbytes += p.tot_len
     s.outpkts += 1
@@ -312,6 +327,10 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 frame_drop(e, f, r)
             continue
         p.ok = 1
+        if f.csum != FRAME_CSUM_FULL and l4_csum_complete(f.data + p.l2len, p.ihl,
+                                                          p.tot_len - p.ihl, p.proto,
+                                                          f.csum == FRAME_CSUM_PARTIAL):
+            e.counters[C_CSUM_COMPLETED] += 1
         p.vip = vip_find(e, p.daddr, p.dport, p.proto)
         if p.vip != 0:
             p.bucket = conn_hash(e, p.saddr, p.sport, p.proto)
@@ -498,7 +517,12 @@ cdef class Engine:
         self.st.svcs = <fl_svc *>calloc(MAX_SERVICES, sizeof(fl_svc))
         self.st.vips = <fl_vip *>calloc(MAX_VIPS, sizeof(fl_vip))
         self.st.vip_index = <uint16_t *>calloc(VIP_INDEX_SIZE, sizeof(uint16_t))
-        self.st.neigh = <fl_neigh *>calloc(NEIGH_SIZE, sizeof(fl_neigh))
+        # the client-MAC table: a slot per conn entry (a client per conn at worst)
+        nslots = NEIGH_MIN_SLOTS
+        while nslots < cap:
+            nslots *= 2
+        self.st.neigh_set_mask = nslots // NEIGH_WAYS - 1
+        self.st.neigh = <fl_neigh *>fl_alloc_table(<size_t>nslots * sizeof(fl_neigh))
         self.st.ndests = 64
         self.st.dests = <fl_dest *>calloc(self.st.ndests, sizeof(fl_dest))
         self.frames = <fl_frame *>calloc(MAX_BATCH, sizeof(fl_frame))
@@ -512,6 +536,8 @@ cdef class Engine:
             self.st.conns[i].next = i + 2 if i + 1 < cap else 0
         self.st.free_head = 1
         self.st.seed = int.from_bytes(_os.urandom(8), "little")
+        self.st.neigh_k0 = int.from_bytes(_os.urandom(8), "little")
+        self.st.neigh_k1 = int.from_bytes(_os.urandom(8), "little")
         self.st.sweep_budget = 64
         self.st.mtu = mtu
         self.st.nvips = 1
@@ -577,36 +603,72 @@ cdef class Engine:
             self.st.mtu = mtu
 
     def set_neighbor(self, ip, mac, ifindex=0):
-        """Next-hop MAC (and interface) for NAT replies to client `ip`; setting it again
-        replaces it. Clients without an entry go to the gateway MAC."""
+        """Next-hop MAC (and interface) for NAT replies to client `ip`, from the kernel's
+        neighbour table: it replaces what was learned from the client's frames and never
+        ages out. Setting it again replaces it; mac=None removes it. When the client's set
+        of the table is full, its oldest entry makes room. Clients without an entry go to
+        the gateway MAC."""
         cdef uint32_t a = int(_ipaddress.IPv4Address(ip))
-        cdef uint32_t s = (a * <uint32_t>GOLDEN_RATIO_32) >> 20
-        cdef int n = 0
-        while self.st.neigh[s].used and self.st.neigh[s].ip != a:
-            s = (s + 1) & (NEIGH_SIZE - 1)
-            n += 1
-            if n >= NEIGH_SIZE - 1:
-                raise ValueError("neighbour table full")
-        self.st.neigh[s].used = 1
-        self.st.neigh[s].ip = a
-        self.st.neigh[s].ifindex = ifindex
-        _set_mac(self.st.neigh[s].mac, mac)
+        cdef uint32_t tick = neigh_tick(self.st.now)
+        cdef fl_neigh *nb
+        cdef bytes m
+        if mac is None:
+            nb = neigh_find(&self.st, a, tick)
+            if nb != NULL:
+                nb.flags = 0
+            return
+        m = _mac_bytes(mac)
+        nb = neigh_slot(&self.st, a, tick, True)
+        neigh_put(nb, a, <const uint8_t *>m, ifindex, tick, NF_USED | NF_KERNEL)
+
+    @property
+    def neighbor_slots(self):
+        """Entries of the client-MAC table (follows the capacity: one per conn entry)."""
+        return (self.st.neigh_set_mask + 1) * NEIGH_WAYS
 
     def set_gateway_mac(self, mac, ifindex=0):
-        """Next-hop MAC for NAT replies to clients without a neighbour entry (None: none;
-        such replies are then dropped and counted as no_route)."""
+        """Next-hop MAC for NAT replies to off-link clients and to clients without a
+        neighbour entry (None: none; such replies are then dropped and counted as
+        no_route). A new MAC is followed at once, also by entries learned from frames that
+        came through the old gateway."""
+        cdef bytes old = bytes(self.st.gw_mac[:6]) if self.st.has_gw else None
+        cdef bytes new
+        cdef uint32_t i, n = (self.st.neigh_set_mask + 1) * NEIGH_WAYS
+        cdef fl_neigh *nb
         if mac is None:
             self.st.has_gw = 0
             return
-        _set_mac(self.st.gw_mac, mac)
+        new = _mac_bytes(mac)
+        if old is not None and old != new:
+            for i in range(n):
+                nb = &self.st.neigh[i]
+                if ((nb.flags & (NF_USED | NF_KERNEL)) == NF_USED
+                        and memcmp(nb.mac, <const uint8_t *>old, 6) == 0):
+                    memcpy(nb.mac, <const uint8_t *>new, 6)
+                    nb.ifindex = ifindex
+        memcpy(self.st.gw_mac, <const uint8_t *>new, 6)
         self.st.gw_ifindex = ifindex
         self.st.has_gw = 1
 
     def set_learn_ifindex(self, int ifindex):
         """NAT: when a new connection opens, remember its client's source MAC (the client,
         or its router) as the next hop of the replies, sent out of `ifindex`, unless the
-        client already has a neighbour entry. 0 (the default) turns learning off."""
+        client already has a live entry (one from set_neighbor, or one learned earlier
+        and used within about 900 s). 0 (the default) turns learning off."""
         self.st.learn_ifindex = ifindex
+
+    def set_client_subnets(self, subnets):
+        """The subnets on-link on the learning interface (its addresses' prefixes, e.g.
+        ["192.0.2.0/24"]), at most 16. Replies to clients outside them go to the gateway
+        MAC and their frames are not learned from; [] (the default) treats every client as
+        possibly on-link."""
+        nets = [_ipaddress.IPv4Network(n, strict=False) for n in subnets]
+        if len(nets) > NEIGH_MAX_SUBNETS:
+            raise ValueError(f"at most {NEIGH_MAX_SUBNETS} client subnets, got {len(nets)}")
+        for i, n in enumerate(nets):
+            self.st.subnet_addr[i] = int(n.network_address)
+            self.st.subnet_mask[i] = int(n.netmask)
+        self.st.nsubnets = len(nets)
 
     def set_timeouts(self, tcp=0, tcpfin=0, udp=0):
         """ipvsadm --set: tcp ESTABLISHED, tcp FIN_WAIT and udp timeouts in seconds; 0 keeps
@@ -941,6 +1003,7 @@ cdef class Engine:
                 f = &self.frames[j]
                 f.data = self.slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
                 f.headroom = SLOT_HEADROOM
+                f.csum = FRAME_CSUM_UNKNOWN
                 f.ts_ns = timestamps if single else timestamps[start + j]
                 if view.shape[0] > SLOT_SIZE - SLOT_HEADROOM:
                     f.len = 0           # too big for a slot: parsed as malformed
@@ -999,6 +1062,7 @@ cdef class Engine:
             f = &self.frames[j]
             f.data = self.slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
             f.headroom = SLOT_HEADROOM
+            f.csum = FRAME_CSUM_UNKNOWN
             f.ts_ns = ts if single else ts[j]
             f.len = view.shape[0] if view.shape[0] <= SLOT_SIZE - SLOT_HEADROOM else 0
             if f.len:
@@ -1040,6 +1104,7 @@ cdef class Engine:
             f = &self.frames[j]
             f.data = self.slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
             f.headroom = SLOT_HEADROOM
+            f.csum = FRAME_CSUM_UNKNOWN
             f.len = self.saved_len[start + j]
             f.ts_ns = now_ns
             memcpy(f.data, self.saved + self.saved_off[start + j], f.len)

@@ -1,5 +1,6 @@
 # Byte access in network order and Internet checksums: full sums for headers we build or
-# verify, and RFC 1624 incremental updates (HC' = ~(~HC + ~m + m')) for fields we rewrite.
+# verify, RFC 1624 incremental updates (HC' = ~(~HC + ~m + m')) for fields we rewrite, and
+# the completion of partial TCP/UDP checksums that senders with checksum offload leave.
 
 cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
     return <uint16_t>((<uint16_t>p[0] << 8) | p[1])
@@ -77,3 +78,53 @@ cdef inline void l4_csum_replace2(uint8_t *field, uint16_t old, uint16_t new,
     csum_replace2(field, old, new)
     if udp and rd16(field) == 0:
         wr16(field, 0xFFFF)
+
+
+cdef inline uint16_t csum_fold_wide(const uint8_t *p, uint32_t n) noexcept nogil:
+    # The folded ones' complement sum of n bytes, 8 at a time: native-order words summed
+    # then byte-swapped on little-endian hosts (RFC 1071 2(B): the sum is order-independent).
+    cdef uint64_t acc = 0
+    cdef uint64_t w
+    cdef uint32_t i = 0
+    cdef uint16_t probe = 1
+    cdef uint32_t s
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        acc += (w & 0xFFFFFFFFULL) + (w >> 32)
+        i += 8
+    acc = (acc & 0xFFFFFFFFULL) + (acc >> 32)
+    acc = (acc & 0xFFFFFFFFULL) + (acc >> 32)
+    s = csum_fold(<uint32_t>(acc & 0xFFFF) + <uint32_t>(acc >> 16))
+    if (<uint8_t *>&probe)[0] == 1:
+        s = ((s & 0xFF) << 8) | (s >> 8)
+    return csum_fold(csum_add_bytes(s, p + i, n - i))
+
+
+cdef inline bint l4_csum_complete(uint8_t *ip, uint32_t ihl, uint32_t l4len, uint8_t proto,
+                                  bint known) noexcept nogil:
+    # A sender with checksum offload leaves the pseudo-header sum (folded, not complemented)
+    # in the TCP/UDP checksum field for the NIC to finish. `known`: the receive metadata said
+    # so; otherwise a field equal to that sum is taken as partial. Finishing is
+    # field = ~sum(L4 bytes, field included); for a complete checksum that happens to equal
+    # the pseudo-header sum this gives the same value back, so a wrong guess changes nothing.
+    cdef uint8_t *l4 = ip + ihl
+    cdef uint8_t *ck
+    cdef uint32_t ps
+    cdef uint16_t v
+    cdef bint udp = proto == 17
+    if udp:
+        l4len = rd16(l4 + 4)
+        ck = l4 + 6
+        if rd16(ck) == 0 and not known:
+            return False                # no checksum at all
+    else:
+        ck = l4 + 16
+    if not known:
+        ps = rd16(ip + 12) + rd16(ip + 14) + rd16(ip + 16) + rd16(ip + 18) + proto + l4len
+        if rd16(ck) != csum_fold(ps):
+            return False
+    v = <uint16_t>(~csum_fold_wide(l4, l4len) & 0xFFFF)
+    if udp and v == 0:
+        v = 0xFFFF
+    wr16(ck, v)
+    return True
