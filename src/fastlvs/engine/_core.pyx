@@ -517,9 +517,10 @@ cdef class Engine:
         self.st.svcs = <fl_svc *>calloc(MAX_SERVICES, sizeof(fl_svc))
         self.st.vips = <fl_vip *>calloc(MAX_VIPS, sizeof(fl_vip))
         self.st.vip_index = <uint16_t *>calloc(VIP_INDEX_SIZE, sizeof(uint16_t))
-        # the client-MAC table: a slot per conn entry (a client per conn at worst)
+        # the client-MAC table: a slot per conn entry (a client per conn at worst), 20 bytes
+        # each, up to 16M slots (320 MiB) for the largest tables
         nslots = NEIGH_MIN_SLOTS
-        while nslots < cap:
+        while nslots < cap and nslots < NEIGH_MAX_SLOTS:
             nslots *= 2
         self.st.neigh_set_mask = nslots // NEIGH_WAYS - 1
         self.st.neigh = <fl_neigh *>fl_alloc_table(<size_t>nslots * sizeof(fl_neigh))

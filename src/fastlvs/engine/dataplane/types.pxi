@@ -64,6 +64,7 @@ cdef enum:
     VIP_INDEX_SIZE = 131072   # open-addressed index over the interned VIPs, power of 2
     NEIGH_WAYS = 8            # client-MAC table: entries per set (the whole probe window)
     NEIGH_MIN_SLOTS = 64
+    NEIGH_MAX_SLOTS = 1 << 24
     NEIGH_TICK_SHIFT = 30     # entry ages in ticks of 2**30 ns (about 1.07 s)
     NEIGH_LEARNED_TICKS = 838 # a learned entry unused this long (about 900 s) has aged out
     NEIGH_MAX_SUBNETS = 16    # on-link client subnets of the learning interface
