@@ -99,3 +99,28 @@ def test_nat_reply_at_ttl_1_without_a_director_address_is_dropped_and_counted():
                   / TCP(sport=8080, dport=40000, flags="SA"))
     assert e.process_verdicts([reply], 2 * S)[0][:2] == ("drop", "ttl_exceeded")
     assert e.stats()["ttl_exceeded"] == 1
+
+
+def test_ttl_decrement_keeps_the_header_checksum_valid_at_its_edges():
+    """The incremental update (+0x0100 with the end-around carry, as ip_decrease_ttl)
+    checked where it wraps: IP ids chosen so that the original checksum sits just below,
+    at and just above the carry, plus a spread of others; every output re-parses valid."""
+    def csum_for(ident):
+        b = bytearray(bytes(Ether(P.tcp("S", id=ident))[IP])[:20])
+        b[10:12] = b"\0\0"
+        s = sum(int.from_bytes(b[i:i + 2], "big") for i in range(0, 20, 2))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        return ~s & 0xFFFF
+    base = csum_for(0)
+    edges = []
+    for want in (0xFEFE, 0xFEFF, 0xFF00, 0xFFFE, 0x0000, 0x0001, 0x00FF):
+        # the checksum falls by one per id step (ones' complement), wrapping mod 0xFFFF
+        edges.append((base - want) % 0xFFFF)
+    ids = sorted(set(edges + list(range(0, 65536, 997))))
+    e = engine("dr")
+    frames = [P.tcp("S", sport=1024 + i, id=ident) for i, ident in enumerate(ids)]
+    out = e.process(frames, 1 * S)
+    assert len(out) == len(frames)
+    for (_, _, fr), sent in zip(out, frames):
+        assert checksums_ok(fr) and Ether(fr)[IP].ttl == Ether(sent)[IP].ttl - 1

@@ -327,9 +327,11 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 frame_drop(e, f, r)
             continue
         p.ok = 1
-        if f.csum != FRAME_CSUM_FULL and l4_csum_complete(f.data + p.l2len, p.ihl,
-                                                          p.tot_len - p.ihl, p.proto,
-                                                          f.csum == FRAME_CSUM_PARTIAL):
+        if f.csum != FRAME_CSUM_FULL and (
+                f.csum == FRAME_CSUM_PARTIAL
+                or fl_unlikely(l4_csum_looks_partial(f.data + p.l2len, p.ihl,
+                                                     p.tot_len - p.ihl, p.proto))):
+            l4_csum_complete(f.data + p.l2len, p.ihl, p.tot_len - p.ihl, p.proto)
             e.counters[C_CSUM_COMPLETED] += 1
         p.vip = vip_find(e, p.daddr, p.dport, p.proto)
         if p.vip != 0:

@@ -100,31 +100,43 @@ cdef inline uint16_t csum_fold_wide(const uint8_t *p, uint32_t n) noexcept nogil
     return csum_fold(csum_add_bytes(s, p + i, n - i))
 
 
-cdef inline bint l4_csum_complete(uint8_t *ip, uint32_t ihl, uint32_t l4len, uint8_t proto,
-                                  bint known) noexcept nogil:
+cdef inline bint l4_csum_looks_partial(const uint8_t *ip, uint32_t ihl, uint32_t l4len,
+                                       uint8_t proto) noexcept nogil:
     # A sender with checksum offload leaves the pseudo-header sum (folded, not complemented)
-    # in the TCP/UDP checksum field for the NIC to finish. `known`: the receive metadata said
-    # so; otherwise a field equal to that sum is taken as partial. Finishing is
-    # field = ~sum(L4 bytes, field included); for a complete checksum that happens to equal
-    # the pseudo-header sum this gives the same value back, so a wrong guess changes nothing.
+    # in the TCP/UDP checksum field for the NIC to finish: the test for frames that come
+    # without receive metadata. The addresses are summed as 32-bit words (2**16 = 1 in
+    # ones' complement arithmetic modulo 0xFFFF, so folding gives the 16-bit word sum).
+    cdef const uint8_t *l4 = ip + ihl
+    cdef uint64_t ps
+    cdef uint32_t field
+    if proto == 17:
+        field = rd16(l4 + 6)
+        if field == 0:
+            return False                # no checksum at all
+        l4len = rd16(l4 + 4)
+    else:
+        field = rd16(l4 + 16)
+    ps = <uint64_t>rd32(ip + 12) + rd32(ip + 16) + proto + l4len
+    ps = (ps & 0xFFFF) + (ps >> 16)
+    ps = (ps & 0xFFFF) + (ps >> 16)
+    ps = (ps & 0xFFFF) + (ps >> 16)
+    return field == ps
+
+
+cdef void l4_csum_complete(uint8_t *ip, uint32_t ihl, uint32_t l4len,
+                           uint8_t proto) noexcept nogil:
+    # Finish a partial checksum: field = ~sum(L4 bytes, field included). A complete
+    # checksum that merely looked partial (equal to the pseudo-header sum) comes out the
+    # same, so a wrong guess changes nothing. Kept out of line: most frames never get here.
     cdef uint8_t *l4 = ip + ihl
     cdef uint8_t *ck
-    cdef uint32_t ps
     cdef uint16_t v
-    cdef bint udp = proto == 17
-    if udp:
+    if proto == 17:
         l4len = rd16(l4 + 4)
         ck = l4 + 6
-        if rd16(ck) == 0 and not known:
-            return False                # no checksum at all
     else:
         ck = l4 + 16
-    if not known:
-        ps = rd16(ip + 12) + rd16(ip + 14) + rd16(ip + 16) + rd16(ip + 18) + proto + l4len
-        if rd16(ck) != csum_fold(ps):
-            return False
     v = <uint16_t>(~csum_fold_wide(l4, l4len) & 0xFFFF)
-    if udp and v == 0:
+    if proto == 17 and v == 0:
         v = 0xFFFF
     wr16(ck, v)
-    return True

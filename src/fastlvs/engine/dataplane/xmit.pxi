@@ -75,10 +75,11 @@ cdef int xmit_nat_out_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexc
 
 
 cdef inline void ttl_dec_v4(uint8_t *ip) noexcept nogil:
-    # ip_decrease_ttl: the TTL/protocol word drops by 0x0100, the checksum follows (RFC 1624)
-    cdef uint16_t old = rd16(ip + 8)
+    # ip_decrease_ttl: the TTL/protocol word drops by 0x0100, so the checksum rises by as
+    # much, with the end-around carry; 0xFFFF (negative zero) becomes 0, as the kernel's
+    cdef uint32_t c = rd16(ip + 10) + 0x0100
+    wr16(ip + 10, <uint16_t>(c + (c >= 0xFFFF)))
     ip[8] -= 1
-    csum_replace2(ip + 10, old, rd16(ip + 8))
 
 
 cdef int icmp_error_v4(fl_engine *e, fl_frame *f, fl_pkt *p, uint8_t type, uint8_t code,
