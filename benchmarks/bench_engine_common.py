@@ -58,3 +58,30 @@ def established_frames(nconns: int, count: int, payload: int = 0, seed: int = 1)
     rng = random.Random(seed)
     tmpl = P.tcp("A", payload=b"d" * payload)
     return [with_src(tmpl, FIRST_SRC + rng.randrange(nconns)) for _ in range(count)]
+
+
+def _fold(s: int) -> int:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def with_l4_csum(frame: bytes, partial: bool, l2: int = 14) -> bytes:
+    """The TCP/UDP checksum made complete, or partial as a sender with checksum offload
+    leaves it (the folded pseudo-header sum, for the NIC to finish)."""
+    b = bytearray(frame)
+    ihl = (b[l2] & 0xF) * 4
+    proto = b[l2 + 9]
+    l4 = l2 + ihl
+    l4len = int.from_bytes(b[l2 + 2:l2 + 4], "big") - ihl
+    ck = l4 + (16 if proto == 6 else 6)
+    ps = sum(int.from_bytes(b[l2 + i:l2 + i + 2], "big") for i in range(12, 20, 2))
+    ps = _fold(ps + proto + l4len)
+    b[ck:ck + 2] = b"\0\0"
+    if partial:
+        b[ck:ck + 2] = ps.to_bytes(2, "big")
+    else:
+        data = bytes(b[l4:l4 + l4len]) + b"\0" * (l4len & 1)
+        s = ps + sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+        b[ck:ck + 2] = (~_fold(s) & 0xFFFF).to_bytes(2, "big")
+    return bytes(b)

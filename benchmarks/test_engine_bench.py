@@ -1,6 +1,8 @@
 """Engine throughput: established flows (DR at 1k and 1M conns, NAT, TUN) with the baseline
 loop (restore + touch headers) measured in the same run, new connections per second with
-sh/mh tables in C and with rr/wlc through the Python callback, and bytes per entry.
+sh/mh tables in C and with rr/wlc through the Python callback, the cost of completing
+partial checksums (frames from senders with checksum offload) against complete ones of the
+same size, and bytes per entry.
 
 Each round runs FRAMES frames in 64-frame batches from engine memory, so ns/packet =
 round time / FRAMES. Run:
@@ -8,7 +10,8 @@ round time / FRAMES. Run:
 """
 import pytest
 
-from benchmarks.bench_engine_common import S, FIRST_SRC, engine, establish, established_frames
+from benchmarks.bench_engine_common import (S, FIRST_SRC, engine, establish,
+                                            established_frames, with_l4_csum)
 from tests.core import packets as P
 from fastlvs.schedulers import Flow, RealServer, create
 
@@ -61,6 +64,25 @@ def test_nat_tun_established(benchmark, fwd):
     tx = benchmark(e.process_loaded, 2 * S)
     assert tx == FRAMES
     _report(benchmark, FRAMES, mode=f"{fwd}_1k")
+
+
+@pytest.mark.benchmark(group="checksum")
+@pytest.mark.parametrize("payload", [0, 1400])
+@pytest.mark.parametrize("csum", ["full", "partial"])
+def test_checksum_completion(benchmark, csum, payload):
+    """DR, 1k established conns: ACKs with `payload` bytes whose TCP checksum is complete
+    (only checked against the pseudo-header sum) or partial (completed over the segment)."""
+    e = engine("dr", 1 << 12)
+    establish(e, 1000)
+    frames = [with_l4_csum(f, csum == "partial")
+              for f in established_frames(1000, FRAMES // 4, payload=payload)]
+    e.load_batch(frames)
+    before = e.stats()["csum_completed"]
+    tx = benchmark(e.process_loaded, 2 * S)
+    assert tx == len(frames)
+    done = e.stats()["csum_completed"] - before
+    assert (done > 0) == (csum == "partial")
+    _report(benchmark, len(frames), mode=f"dr_1k_{csum}_{payload}B")
 
 
 NEW = 16384

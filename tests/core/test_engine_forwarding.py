@@ -16,7 +16,7 @@ def one(e, frame, ts=1 * S):
 
 
 @pytest.mark.parametrize("case", P.GOOD, ids=lambda c: c.name)
-def test_dr_rewrites_only_macs(case):
+def test_dr_rewrites_only_macs_and_ttl(case):
     proto = 17 if case.name.startswith("udp") else 6
     e = engine("dr", proto=proto, vport=53 if proto == 17 else 80)
     frame = case.frame
@@ -28,7 +28,10 @@ def test_dr_rewrites_only_macs(case):
     assert out[6:12] == bytes.fromhex(P.LOCAL_MAC.replace(":", ""))
     l2 = 18 if case.name == "tcp_vlan" else 14
     ip_len = int.from_bytes(frame[l2 + 2:l2 + 4], "big")
-    assert out[12:] == frame[12:l2 + ip_len]       # everything past the MACs unchanged
+    # past the MACs only the TTL (one less, as IPVS forwards) and the IP checksum change
+    assert out[l2 + 8] == frame[l2 + 8] - 1
+    assert out[12:l2 + 8] + out[l2 + 12:] == frame[12:l2 + 8] + frame[l2 + 12:l2 + ip_len]
+    assert checksums_ok(out)
     if case.name == "tcp_vlan":
         assert Ether(out)[Dot1Q].vlan == 42
 
@@ -91,9 +94,14 @@ def test_tun_prepends_outer_header():
     assert pkt[Dot1Q].vlan == 5
     outer = pkt[IP]
     assert outer.proto == 4 and outer.src == P.LOCAL_IP and outer.dst == P.RS[0]
-    assert outer.ttl == 33 and outer.tos == 0x10 and outer.flags == "DF" and outer.id == 0
+    # the inner TTL is decremented and the outer one copies it (kernel recording: ttl.json)
+    assert outer.ttl == 32 and outer.tos == 0x10 and outer.flags == "DF" and outer.id == 0
     assert outer.len == Ether(frame)[IP].len + 20
-    assert bytes(outer.payload) == bytes(Ether(frame)[IP])
+    inner = IP(bytes(outer.payload))
+    sent = Ether(frame)[IP]
+    assert inner.ttl == 32
+    assert bytes(inner)[:8] + bytes(inner)[9:10] + bytes(inner)[12:] == \
+        bytes(sent)[:8] + bytes(sent)[9:10] + bytes(sent)[12:]
     assert checksums_ok(out)
     assert pkt.dst == P.RS_MAC[0]
 
@@ -108,7 +116,9 @@ def test_tun_too_big_with_df_answers_frag_needed():
     assert pkt[ICMP].type == 3 and pkt[ICMP].code == 4 and pkt[ICMP].nexthopmtu == 1480
     quoted = bytes(pkt[ICMP].payload)
     orig = bytes(Ether(frame)[IP])
-    assert quoted == orig[:20 + 8]
+    # the kernel decrements the TTL before it checks the MTU: the quote shows TTL 63
+    assert len(quoted) == 20 + 8 and quoted[8] == orig[8] - 1
+    assert quoted[:8] + quoted[9:10] + quoted[12:] == orig[:8] + orig[9:10] + orig[12:28]
     assert checksums_ok(out)
     assert e.stats()["frag_needed_sent"] == 1
     # without DF the packet goes out (oversize counted)

@@ -53,9 +53,23 @@ RR_DR = f"""# two real servers added in this order: IPVS lists them newest first
 """
 
 
+def _ip_but_ttl(ip):
+    """The IP packet's bytes without its TTL and header checksum."""
+    b = bytes(ip)
+    return b[:8] + b[9:10] + b[12:]
+
+
+def _ip_csum_ok(pkt):
+    raw = Ether(bytes(pkt))
+    carried = raw[IP].chksum
+    del raw[IP].chksum
+    return Ether(bytes(raw))[IP].chksum == carried
+
+
 def test_dr_replay_rewrites_macs_only_and_follows_the_kernels_list_order(tmp_path):
     """rr starts at the head of the list, and `-a` inserts at the head: the server added
-    last gets the first connection. DR changes the MACs and nothing else."""
+    last gets the first connection. DR changes the MACs and, as IPVS forwards, decrements
+    the TTL (tests/fixtures/kernel/ttl.json); nothing else."""
     frames = [_syn(f"198.51.100.{i}", 40000 + i, 1000.0 + i) for i in range(1, 5)]
     r = _replay(tmp_path, RR_DR, frames, "--list", str(tmp_path / "list"))
     assert r.returncode == 0, r.stderr
@@ -63,7 +77,8 @@ def test_dr_replay_rewrites_macs_only_and_follows_the_kernels_list_order(tmp_pat
     assert [p[Ether].dst for p in out] == [MAC[RS2], MAC[RS1], MAC[RS2], MAC[RS1]]
     for (ts, sent), got in zip(frames, out):
         assert got[Ether].src == LOCAL_MAC
-        assert bytes(got[IP]) == bytes(sent[IP])          # not a byte of IP changed
+        assert _ip_but_ttl(got[IP]) == _ip_but_ttl(sent[IP])   # only TTL and checksum changed
+        assert got[IP].ttl == sent[IP].ttl - 1 and _ip_csum_ok(got)
         assert float(got.time) == pytest.approx(ts)      # stamped with its cause's time
     listing = (tmp_path / "list").read_text().splitlines()
     assert listing[3] == f"TCP  {VIP}:80 rr"
@@ -178,8 +193,8 @@ def test_a_file_that_is_not_a_pcap_is_refused(tmp_path):
 
 
 def test_tun_replay_encapsulates_and_answers_frag_needed_past_the_mtu(tmp_path):
-    """TUN wraps the untouched packet in an outer IPv4 header (proto 4, src = our IP,
-    dst = RIP, DF copied); a DF packet that would exceed --mtu with those 20 bytes is not
+    """TUN wraps the packet (TTL decremented, as IPVS does) in an outer IPv4 header (proto 4,
+    src = our IP, dst = RIP, DF and the TTL copied); a DF packet that would exceed --mtu with those 20 bytes is not
     forwarded but answered with ICMP 3/4 carrying next-hop MTU = mtu - 20, as IPVS does."""
     from scapy.layers.inet import ICMP
     rules = f"-A -t {VIP}:80 -s rr\n-a -t {VIP}:80 -r {RS1}:80 -i\n"
@@ -193,7 +208,9 @@ def test_tun_replay_encapsulates_and_answers_frag_needed_past_the_mtu(tmp_path):
     enc, icmp = rdpcap(str(tmp_path / "out.pcap"))
     outer = Ether(bytes(enc))[IP]
     assert (outer.src, outer.dst, outer.proto, outer.flags.DF) == (LOCAL_IP, RS1, 4, True)
-    assert bytes(outer.payload) == bytes(small[1][IP])          # inner packet untouched
+    inner = IP(bytes(outer.payload))
+    assert _ip_but_ttl(inner) == _ip_but_ttl(small[1][IP])     # only TTL and checksum changed
+    assert inner.ttl == outer.ttl == small[1][IP].ttl - 1
     assert outer.len == len(bytes(small[1][IP])) + 20
     reply = Ether(bytes(icmp))
     assert (reply[IP].src, reply[IP].dst) == (VIP, client)

@@ -29,7 +29,7 @@ Choices worth knowing:
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from libc.stdlib cimport calloc, free, realloc, malloc
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from compat cimport fl_prefetch, fl_prefetch_w, fl_likely, fl_unlikely, fl_alloc_table
 cimport if_packet as pk
 from xsk cimport *
@@ -45,6 +45,7 @@ include "dataplane/hash.pxi"
 include "dataplane/parse.pxi"
 include "dataplane/tcpstate.pxi"
 include "dataplane/conn.pxi"
+include "dataplane/neigh.pxi"
 include "dataplane/xmit.pxi"
 
 
@@ -63,7 +64,7 @@ def py_hsiphash_u32(uint32_t val, uint64_t k0, uint64_t k1):
 COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "table_full",
                  "tcp_not_syn", "no_dest", "fragment", "bad_checksum", "frag_needed_sent",
                  "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
-                 "conns_expired")
+                 "conns_expired", "ttl_exceeded", "csum_completed")
 
 FWD_NAMES = {"dr": FWD_DR, "route": FWD_DR, "g": FWD_DR, "nat": FWD_NAT, "masq": FWD_NAT,
              "m": FWD_NAT, "tun": FWD_TUN, "ipip": FWD_TUN, "i": FWD_TUN}

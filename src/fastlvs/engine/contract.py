@@ -45,7 +45,7 @@ VERDICT_PASS = 3           # not ours (not IPv4, no virtual service): leave it t
 COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "table_full",
                  "tcp_not_syn", "no_dest", "fragment", "bad_checksum", "frag_needed_sent",
                  "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
-                 "conns_expired")
+                 "conns_expired", "ttl_exceeded", "csum_completed")
 
 # -- limits ----------------------------------------------------------------------------------
 CAPACITY_DEFAULT = 1 << 20         # connection entries allocated at start
@@ -57,6 +57,36 @@ BATCH_DEFAULT = 64                 # frames per pass of the batch loop
 BATCH_MAX = 256
 MAX_SERVICES = 65535               # service ids 1..65535 (0 = none)
 MAX_VIPS = 65536
+
+# -- ring limits: the largest frame each backend carries -------------------------------------
+L2_MAX = 18                        # Ethernet header + one 802.1Q tag
+XDP_HEADROOM = 256                 # the kernel's XDP_PACKET_HEADROOM in front of an AF_XDP frame
+UMEM_FRAME_SIZES = (2048, 4096)    # AF_XDP chunk sizes (no multi-buffer: one frame, one chunk)
+BACKENDS = ("xdp", "packet")
+
+
+def max_mtu(backend: str, frame_size: int = 4096) -> int:
+    """The largest interface MTU whose frames the backend carries whole: AF_XDP puts a
+    frame in one UMEM chunk after the kernel's 256 bytes of headroom (TUN's outer header
+    goes in that headroom), so 3822 with 4096-byte chunks, 1774 with 2048; AF_PACKET sizes
+    its ring slots from the MTU, so any MTU up to 65535."""
+    if backend == "xdp":
+        if frame_size not in UMEM_FRAME_SIZES:
+            raise ValueError(f"frame_size must be one of {UMEM_FRAME_SIZES}, got {frame_size}")
+        return frame_size - XDP_HEADROOM - L2_MAX
+    if backend == "packet":
+        return MTU_MAX
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def mtu_problem(backend: str, ifname: str, mtu: int, frame_size: int = 4096) -> str | None:
+    """One line saying why interface `ifname` with `mtu` cannot be served by `backend`,
+    or None when its frames fit."""
+    top = max_mtu(backend, frame_size)
+    if mtu <= top:
+        return None
+    return (f"{ifname}: MTU {mtu} is too large for the {backend} backend "
+            f"({frame_size}-byte frames); the largest supported MTU is {top}")
 
 
 def fwd_id(name: str) -> int:

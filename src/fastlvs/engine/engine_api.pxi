@@ -87,7 +87,13 @@ cdef class Engine:
         self.st.svcs = <fl_svc *>calloc(MAX_SERVICES, sizeof(fl_svc))
         self.st.vips = <fl_vip *>calloc(MAX_VIPS, sizeof(fl_vip))
         self.st.vip_index = <uint16_t *>calloc(VIP_INDEX_SIZE, sizeof(uint16_t))
-        self.st.neigh = <fl_neigh *>calloc(NEIGH_SIZE, sizeof(fl_neigh))
+        # the client-MAC table: a slot per conn entry (a client per conn at worst), 20 bytes
+        # each, up to 16M slots (320 MiB) for the largest tables
+        nslots = NEIGH_MIN_SLOTS
+        while nslots < cap and nslots < NEIGH_MAX_SLOTS:
+            nslots *= 2
+        self.st.neigh_set_mask = nslots // NEIGH_WAYS - 1
+        self.st.neigh = <fl_neigh *>fl_alloc_table(<size_t>nslots * sizeof(fl_neigh))
         self.st.ndests = 64
         self.st.dests = <fl_dest *>calloc(self.st.ndests, sizeof(fl_dest))
         self.frames = <fl_frame *>calloc(MAX_BATCH, sizeof(fl_frame))
@@ -101,6 +107,8 @@ cdef class Engine:
             self.st.conns[i].next = i + 2 if i + 1 < cap else 0
         self.st.free_head = 1
         self.st.seed = int.from_bytes(_os.urandom(8), "little")
+        self.st.neigh_k0 = int.from_bytes(_os.urandom(8), "little")
+        self.st.neigh_k1 = int.from_bytes(_os.urandom(8), "little")
         self.st.sweep_budget = 64
         self.st.mtu = mtu
         self.st.nvips = 1
@@ -166,36 +174,72 @@ cdef class Engine:
             self.st.mtu = mtu
 
     def set_neighbor(self, ip, mac, ifindex=0):
-        """Next-hop MAC (and interface) for NAT replies to client `ip`; setting it again
-        replaces it. Clients without an entry go to the gateway MAC."""
+        """Next-hop MAC (and interface) for NAT replies to client `ip`, from the kernel's
+        neighbour table: it replaces what was learned from the client's frames and never
+        ages out. Setting it again replaces it; mac=None removes it. When the client's set
+        of the table is full, its oldest entry makes room. Clients without an entry go to
+        the gateway MAC."""
         cdef uint32_t a = int(_ipaddress.IPv4Address(ip))
-        cdef uint32_t s = (a * <uint32_t>GOLDEN_RATIO_32) >> 20
-        cdef int n = 0
-        while self.st.neigh[s].used and self.st.neigh[s].ip != a:
-            s = (s + 1) & (NEIGH_SIZE - 1)
-            n += 1
-            if n >= NEIGH_SIZE - 1:
-                raise ValueError("neighbour table full")
-        self.st.neigh[s].used = 1
-        self.st.neigh[s].ip = a
-        self.st.neigh[s].ifindex = ifindex
-        _set_mac(self.st.neigh[s].mac, mac)
+        cdef uint32_t tick = neigh_tick(self.st.now)
+        cdef fl_neigh *nb
+        cdef bytes m
+        if mac is None:
+            nb = neigh_find(&self.st, a, tick)
+            if nb != NULL:
+                nb.flags = 0
+            return
+        m = _mac_bytes(mac)
+        nb = neigh_slot(&self.st, a, tick, True)
+        neigh_put(nb, a, <const uint8_t *>m, ifindex, tick, NF_USED | NF_KERNEL)
+
+    @property
+    def neighbor_slots(self):
+        """Entries of the client-MAC table (follows the capacity: one per conn entry)."""
+        return (self.st.neigh_set_mask + 1) * NEIGH_WAYS
 
     def set_gateway_mac(self, mac, ifindex=0):
-        """Next-hop MAC for NAT replies to clients without a neighbour entry (None: none;
-        such replies are then dropped and counted as no_route)."""
+        """Next-hop MAC for NAT replies to off-link clients and to clients without a
+        neighbour entry (None: none; such replies are then dropped and counted as
+        no_route). A new MAC is followed at once, also by entries learned from frames that
+        came through the old gateway."""
+        cdef bytes old = bytes(self.st.gw_mac[:6]) if self.st.has_gw else None
+        cdef bytes new
+        cdef uint32_t i, n = (self.st.neigh_set_mask + 1) * NEIGH_WAYS
+        cdef fl_neigh *nb
         if mac is None:
             self.st.has_gw = 0
             return
-        _set_mac(self.st.gw_mac, mac)
+        new = _mac_bytes(mac)
+        if old is not None and old != new:
+            for i in range(n):
+                nb = &self.st.neigh[i]
+                if ((nb.flags & (NF_USED | NF_KERNEL)) == NF_USED
+                        and memcmp(nb.mac, <const uint8_t *>old, 6) == 0):
+                    memcpy(nb.mac, <const uint8_t *>new, 6)
+                    nb.ifindex = ifindex
+        memcpy(self.st.gw_mac, <const uint8_t *>new, 6)
         self.st.gw_ifindex = ifindex
         self.st.has_gw = 1
 
     def set_learn_ifindex(self, int ifindex):
         """NAT: when a new connection opens, remember its client's source MAC (the client,
         or its router) as the next hop of the replies, sent out of `ifindex`, unless the
-        client already has a neighbour entry. 0 (the default) turns learning off."""
+        client already has a live entry (one from set_neighbor, or one learned earlier
+        and used within about 900 s). 0 (the default) turns learning off."""
         self.st.learn_ifindex = ifindex
+
+    def set_client_subnets(self, subnets):
+        """The subnets on-link on the learning interface (its addresses' prefixes, e.g.
+        ["192.0.2.0/24"]), at most 16. Replies to clients outside them go to the gateway
+        MAC and their frames are not learned from; [] (the default) treats every client as
+        possibly on-link."""
+        nets = [_ipaddress.IPv4Network(n, strict=False) for n in subnets]
+        if len(nets) > NEIGH_MAX_SUBNETS:
+            raise ValueError(f"at most {NEIGH_MAX_SUBNETS} client subnets, got {len(nets)}")
+        for i, n in enumerate(nets):
+            self.st.subnet_addr[i] = int(n.network_address)
+            self.st.subnet_mask[i] = int(n.netmask)
+        self.st.nsubnets = len(nets)
 
     def set_timeouts(self, tcp=0, tcpfin=0, udp=0):
         """ipvsadm --set: tcp ESTABLISHED, tcp FIN_WAIT and udp timeouts in seconds; 0 keeps
@@ -536,6 +580,7 @@ cdef class Engine:
                 f = &self.frames[j]
                 f.data = self.slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
                 f.headroom = SLOT_HEADROOM
+                f.csum = FRAME_CSUM_UNKNOWN
                 f.ts_ns = timestamps if single else timestamps[start + j]
                 if view.shape[0] > SLOT_SIZE - SLOT_HEADROOM:
                     f.len = 0           # too big for a slot: parsed as malformed
@@ -594,6 +639,7 @@ cdef class Engine:
             f = &self.frames[j]
             f.data = self.slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
             f.headroom = SLOT_HEADROOM
+            f.csum = FRAME_CSUM_UNKNOWN
             f.ts_ns = ts if single else ts[j]
             f.len = view.shape[0] if view.shape[0] <= SLOT_SIZE - SLOT_HEADROOM else 0
             if f.len:
@@ -635,6 +681,7 @@ cdef class Engine:
             f = &self.frames[j]
             f.data = self.slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
             f.headroom = SLOT_HEADROOM
+            f.csum = FRAME_CSUM_UNKNOWN
             f.len = self.saved_len[start + j]
             f.ts_ns = now_ns
             memcpy(f.data, self.saved + self.saved_off[start + j], f.len)

@@ -75,15 +75,11 @@ def in_ns(name):
 
 
 SIOCETHTOOL = 0x8946
+ETHTOOL_GTXCSUM = 0x16
 ETHTOOL_STXCSUM = 0x17
 
 
-def tx_checksum_off(ns, dev):
-    """`ethtool -K DEV tx off` inside ns (without ethtool). A veth hands its peer packets
-    whose TCP/UDP checksum is left for "the hardware" (CHECKSUM_PARTIAL); once such a frame
-    has been through a user-space ring that promise is lost, so every sender whose traffic
-    crosses the director computes full checksums, as a real NIC would put on the wire.
-    Also turns TSO off (it needs checksum offload): no frames above the MTU."""
+def _ethtool_value(ns, dev, cmd, value=0):
     import array
     import fcntl
     import struct
@@ -91,11 +87,31 @@ def tx_checksum_off(ns, dev):
     with in_ns(ns):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        buf = array.array("B", struct.pack("II", ETHTOOL_STXCSUM, 0))
+        buf = array.array("B", struct.pack("II", cmd, value))
         ifr = struct.pack("16sP", dev.encode(), buf.buffer_info()[0]).ljust(40, b"\0")
         fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifr)
+        return struct.unpack("II", buf.tobytes())[1]
     finally:
         s.close()
+
+
+def set_tx_checksum(ns, dev, on: bool) -> None:
+    """`ethtool -K DEV tx on|off` inside ns (without ethtool). With it on, a veth hands its
+    peer packets whose TCP/UDP checksum is left for "the hardware" (CHECKSUM_PARTIAL), as
+    containers and VMs on this host send them; fastlvs completes such checksums."""
+    _ethtool_value(ns, dev, ETHTOOL_STXCSUM, 1 if on else 0)
+
+
+def tx_checksum(ns, dev) -> bool:
+    """Whether DEV in ns has TX checksum offload on (`ethtool -k DEV`'s tx-checksumming)."""
+    return bool(_ethtool_value(ns, dev, ETHTOOL_GTXCSUM))
+
+
+def tx_checksum_off(ns, dev):
+    """`ethtool -K DEV tx off` inside ns: the testbed's senders compute full checksums, as a
+    real NIC puts them on the wire (turns TSO off too: no frames above the MTU). The
+    offload case has its own test (tests/e2e/test_checksum_offload.py)."""
+    set_tx_checksum(ns, dev, False)
 
 
 def sysctl(ns, **values):

@@ -29,7 +29,13 @@ cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *
         tcp_set_state(e, c, False, p.tcpflags)
     else:
         c.timeout = e.udp_timeout
-    r = XMIT[c.fwd](e, f, p, c)
+    # as IPVS's decrement_ttl: a packet at TTL 1 is answered, not forwarded (its conn
+    # stands, counted and stated as any other)
+    if fl_unlikely(f.data[p.l2len + 8] <= 1):
+        r = icmp_time_exceeded_v4(e, f, p, p.daddr[3])
+    else:
+        ttl_dec_v4(f.data + p.l2len)
+        r = XMIT[c.fwd](e, f, p, c)
     if r >= 0:
         frame_drop(e, f, r)
     c.expires = now + secs(c.timeout)
@@ -41,6 +47,14 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
     cdef fl_dest *d = &e.dests[c.dest]
     cdef fl_svc *s = &e.svcs[d.svc]
     cdef int r
+    if fl_unlikely(f.data[p.l2len + 8] <= 1):
+        # the kernel's ip_forward drops it before IPVS sees it: no stats, no state change;
+        # the real server hears from the director's own address
+        r = icmp_time_exceeded_v4(e, f, p, e.local_ip)
+        if r >= 0:
+            frame_drop(e, f, r)
+        return
+    ttl_dec_v4(f.data + p.l2len)
     d.outpkts += 1
     d.outbytes += p.tot_len
     s.outpkts += 1
@@ -239,6 +253,12 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 frame_drop(e, f, r)
             continue
         p.ok = 1
+        if f.csum != FRAME_CSUM_FULL and (
+                f.csum == FRAME_CSUM_PARTIAL
+                or fl_unlikely(l4_csum_looks_partial(f.data + p.l2len, p.ihl,
+                                                     p.tot_len - p.ihl, p.proto))):
+            l4_csum_complete(f.data + p.l2len, p.ihl, p.tot_len - p.ihl, p.proto)
+            e.counters[C_CSUM_COMPLETED] += 1
         p.vip = vip_find(e, p.daddr, p.dport, p.proto)
         if p.vip != 0:
             p.bucket = conn_hash(e, p.saddr, p.sport, p.proto)

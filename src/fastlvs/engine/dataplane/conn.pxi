@@ -20,11 +20,14 @@ cdef inline uint32_t vip_slot(const uint32_t *addr, uint16_t port, uint8_t proto
 
 cdef inline uint16_t vip_find(fl_engine *e, const uint32_t *addr, uint16_t port,
                               uint8_t proto) noexcept nogil:
-    # Interned VIP index of (proto, addr, port), 0 = not a virtual address we know.
+    # Interned VIP index of (proto, addr, port), 0 = not a virtual address we know. The
+    # index is never more than half full (MAX_VIPS of VIP_INDEX_SIZE), so an empty slot
+    # ends every probe; the loop is bounded all the same.
     cdef uint32_t s = vip_slot(addr, port, proto)
     cdef uint16_t v
     cdef fl_vip *vp
-    while True:
+    cdef int n
+    for n in range(VIP_INDEX_SIZE):
         v = e.vip_index[s]
         if v == 0:
             return 0
@@ -32,6 +35,7 @@ cdef inline uint16_t vip_find(fl_engine *e, const uint32_t *addr, uint16_t port,
         if vp.port == port and vp.proto == proto and addr_eq(vp.addr, addr):
             return v
         s = (s + 1) & (VIP_INDEX_SIZE - 1)
+    return 0
 
 
 cdef inline uint64_t secs(uint32_t s) noexcept nogil:

@@ -32,6 +32,7 @@ cdef struct fl_port:
     uint64_t rx_frames
     uint64_t tx_frames
     uint64_t tx_ring_full       # frames dropped because the TX ring had no room
+    uint64_t tx_oversize        # frames dropped because they do not fit a TX slot / chunk
     uint64_t tx_copies          # frames copied in from another port's memory
     uint64_t passed             # engine verdict PASS on a port the kernel never saw it on
     uint64_t wakeups            # syscalls made to kick the kernel
@@ -124,6 +125,22 @@ def _close_open_ports():
 _atexit.register(_close_open_ports)
 
 
+L2_MAX = 18                 # == contract.L2_MAX: Ethernet + one 802.1Q tag
+
+
+def _if_mtu(ifname):
+    """The MTU of `ifname` in this thread's network namespace (SIOCGIFMTU)."""
+    import fcntl
+    import socket as _socket
+    import struct
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        res = fcntl.ioctl(s.fileno(), 0x8921, struct.pack("16si20x", ifname.encode()[:15], 0))
+    finally:
+        s.close()
+    return struct.unpack("16si20x", res)[1]
+
+
 def _ifindex(ifname):
     cdef unsigned int i = pk.if_nametoindex(ifname.encode())
     if i == 0:
@@ -167,7 +184,8 @@ cdef class Port:
     def stats(self):
         """Counters of this port: rx/tx frames, tx_ring_full drops, tx_copies, wakeups..."""
         return {"rx": self.p.rx_frames, "tx": self.p.tx_frames,
-                "tx_ring_full": self.p.tx_ring_full, "tx_copies": self.p.tx_copies,
+                "tx_ring_full": self.p.tx_ring_full, "tx_oversize": self.p.tx_oversize,
+                "tx_copies": self.p.tx_copies,
                 "passed": self.p.passed, "wakeups": self.p.wakeups,
                 "fill_empty": self.p.fill_empty}
 

@@ -10,7 +10,9 @@ cdef enum:
     PKT_RX_FRAME_SIZE = 2048
     PKT_RX_RESERVE = 64         # headroom in front of every received frame (TUN adds 20)
     PKT_RX_RETIRE_MS = 1        # a partly filled block is handed over after this long
-    PKT_TX_FRAME_SIZE = 2048
+    PKT_TX_FRAME_SIZE = 2048    # the smallest TX slot; larger MTUs get larger slots
+    PKT_TX_RING_BYTES = 8 << 20 # TX ring memory kept about this size when slots grow
+    PKT_TUN_GROWTH = 20         # TUN's outer header: a frame may leave 20 bytes longer
     PKT_TX_FRAME_NR = 4096
     PKT_TX_DATA_OFF = 32        # TPACKET_ALIGN(sizeof(tpacket2_hdr)): where TX data starts
     PKT_HDR3_SIZE = 48          # sizeof(struct tpacket3_hdr)
@@ -45,6 +47,10 @@ cdef inline int pkt_rx(fl_port *p, fl_frame *frames, uint64_t *cookies, int maxn
         f.len = h.tp_snaplen if h.tp_snaplen == h.tp_len else 0   # truncated: malformed
         f.headroom = h.tp_mac - PKT_HDR3_SIZE    # sockaddr_ll + reserve are ours to reuse
         f.ts_ns = now
+        # a sender on this host with checksum offload (a veth peer, a container) hands over
+        # the frame with only the pseudo-header sum in its L4 checksum field
+        f.csum = (FRAME_CSUM_PARTIAL if h.tp_status & pk.TP_STATUS_CSUMNOTREADY
+                  else FRAME_CSUM_FULL)
         if (h.tp_status & pk.TP_STATUS_VLAN_VALID) and f.headroom >= 4 and f.len:
             # the kernel took the 802.1Q tag off into the header: put it back in the frame
             tci = h.hv1.tp_vlan_tci
@@ -100,7 +106,7 @@ cdef inline void pkt_tx_copy(fl_port *p, const uint8_t *data, uint32_t length) n
             p.tx_ring_full += 1
             return
     if length > p.tx_frame_size - PKT_TX_DATA_OFF:
-        p.tx_ring_full += 1
+        p.tx_oversize += 1
         return
     memcpy(<uint8_t *>h + PKT_TX_DATA_OFF, data, length)
     h.tp_len = length
@@ -123,9 +129,11 @@ cdef int _sockopt_int(int fd, int level, int opt, int val, what) except -1:
 cdef class PacketPort(Port):
     """PacketPort(ifname, block_size=65536, block_nr=256, tx_frames=4096): AF_PACKET on one
     interface, TPACKET_V3 RX ring (all frames of the interface, outgoing ones ignored) and a
-    TPACKET_V2 TX ring with PACKET_QDISC_BYPASS. The kernel sees the same frames: keeping it
-    from answering service traffic is the caller's (system/ports.py: an nftables drop).
-    close() unmaps the rings and closes the sockets."""
+    TPACKET_V2 TX ring with PACKET_QDISC_BYPASS. Both are sized from the interface's MTU: an
+    RX block holds the largest frame, a TX slot the largest frame plus TUN's outer header
+    (2048-byte slots up to MTU 1958; above that fewer, larger slots). The kernel sees the same
+    frames: keeping it from answering service traffic is the caller's (system/ports.py: an
+    nftables drop). close() unmaps the rings and closes the sockets."""
     cdef readonly int block_size, block_nr
 
     def __init__(self, ifname, int block_size=PKT_RX_BLOCK_SIZE, int block_nr=PKT_RX_BLOCK_NR,
@@ -141,6 +149,14 @@ cdef class PacketPort(Port):
             raise ValueError(f"tx_frames must be a power of two >= 64, got {tx_frames}")
         self.ifname = ifname
         self.ifindex = _ifindex(ifname)
+        mtu = _if_mtu(ifname)
+        tx_frame_size = PKT_TX_FRAME_SIZE
+        while tx_frame_size < PKT_TX_DATA_OFF + mtu + L2_MAX + PKT_TUN_GROWTH:
+            tx_frame_size *= 2
+        if tx_frame_size > PKT_TX_FRAME_SIZE:
+            tx_frames = max(64, min(tx_frames, PKT_TX_RING_BYTES // tx_frame_size))
+        while block_size < mtu + L2_MAX + 512:         # block and frame headers, reserve
+            block_size *= 2
         self.backend = "packet"
         self.mode = "tpacket_v3"
         self.nsfd = _netns_fd()
@@ -188,8 +204,8 @@ cdef class PacketPort(Port):
             _sockopt_int(p.tx_fd, pk.SOL_PACKET, pk.PACKET_QDISC_BYPASS, 1,
                          "PACKET_QDISC_BYPASS")
             memset(&req, 0, sizeof(req))
-            req.tp_block_size = PKT_TX_FRAME_SIZE * 32
-            req.tp_frame_size = PKT_TX_FRAME_SIZE
+            req.tp_block_size = tx_frame_size * 32
+            req.tp_frame_size = tx_frame_size
             req.tp_frame_nr = tx_frames
             req.tp_block_nr = tx_frames // 32
             if pk.setsockopt(p.tx_fd, pk.SOL_PACKET, pk.PACKET_TX_RING, &req, sizeof(req)):
@@ -200,7 +216,7 @@ cdef class PacketPort(Port):
             if m == pk.MAP_FAILED:
                 raise OSError(pk.errno, f"mmap TX ring: {_os.strerror(pk.errno)}")
             p.tx_ring = <uint8_t *>m
-            p.tx_frame_size = PKT_TX_FRAME_SIZE
+            p.tx_frame_size = tx_frame_size
             p.tx_frame_nr = tx_frames
             sll.sll_protocol = 0
             if pk.bind(p.tx_fd, <pk.sockaddr *>&sll, sizeof(sll)):

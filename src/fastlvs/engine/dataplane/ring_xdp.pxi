@@ -100,6 +100,7 @@ cdef inline int xdp_rx(fl_port *p, fl_frame *frames, uint64_t *cookies, int maxn
         f.len = d.len
         f.headroom = <uint32_t>(d.addr & ~(<uint64_t>p.umem.frame_mask))
         f.ts_ns = now
+        f.csum = FRAME_CSUM_UNKNOWN     # copy mode carries no checksum metadata: detect
         cookies[i] = d.addr
     xsk_ring_cons__release(&p.rx, n)
     p.rx_frames += n
@@ -151,11 +152,11 @@ cdef inline void xdp_tx_copy(fl_port *p, const uint8_t *data, uint32_t length) n
     cdef uint64_t addr
     if u.nfree == 0:
         xdp_complete(p)
-        if u.nfree == 0 or length > u.frame_size:
+        if u.nfree == 0:
             p.tx_ring_full += 1
             return
     if length > u.frame_size:
-        p.tx_ring_full += 1
+        p.tx_oversize += 1
         return
     u.nfree -= 1
     addr = u.free[u.nfree]
@@ -416,6 +417,13 @@ cdef class XdpPort(Port):
         self.umem = umem
         if umem.u == NULL:
             raise ValueError("that XdpUmem is closed")
+        # one frame, one chunk (no multi-buffer): a larger frame would be dropped by the
+        # kernel without a word, so refuse the interface instead (the daemon's auto backend
+        # then takes AF_PACKET)
+        from fastlvs.engine.contract import mtu_problem
+        problem = mtu_problem("xdp", ifname, _if_mtu(ifname), umem.frame_size)
+        if problem:
+            raise RuntimeError(problem)
         # 1. the steering program (one per interface and namespace)
         key = (_os.fstat(self.nsfd).st_ino, self.ifindex)
         prog = _STEER_PROGS.get(key)

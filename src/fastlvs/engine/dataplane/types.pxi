@@ -8,6 +8,10 @@ cdef enum:
     VERDICT_PENDING = 2     # parked until the Python scheduler has decided (internal)
     VERDICT_PASS = 3        # not ours (not IPv4, no virtual service): leave it to the host
 
+    FRAME_CSUM_UNKNOWN = 0  # no metadata (AF_XDP copy mode, process()): detect a partial one
+    FRAME_CSUM_PARTIAL = 1  # the sender offloaded it (TP_STATUS_CSUMNOTREADY): complete it
+    FRAME_CSUM_FULL = 2     # complete (or at least not ours to fix): leave it
+
     FWD_NONE = 0
     FWD_DR = 1
     FWD_NAT = 2
@@ -51,12 +55,21 @@ cdef enum:
     C_OVERSIZE = 15
     C_CONNS_CREATED = 16
     C_CONNS_EXPIRED = 17
-    C_LAST = 18
+    C_TTL_EXCEEDED = 18     # arrived with TTL <= 1: not forwarded, ICMP time exceeded sent
+    C_CSUM_COMPLETED = 19   # a partial (offload) TCP/UDP checksum completed before sending
+    C_LAST = 20
 
     MAX_SERVICES = 65536
     MAX_VIPS = 65536
     VIP_INDEX_SIZE = 131072   # open-addressed index over the interned VIPs, power of 2
-    NEIGH_SIZE = 4096         # open-addressed (client ip -> mac) table, power of 2
+    NEIGH_WAYS = 8            # client-MAC table: entries per set (the whole probe window)
+    NEIGH_MIN_SLOTS = 64
+    NEIGH_MAX_SLOTS = 1 << 24
+    NEIGH_TICK_SHIFT = 30     # entry ages in ticks of 2**30 ns (about 1.07 s)
+    NEIGH_LEARNED_TICKS = 838 # a learned entry unused this long (about 900 s) has aged out
+    NEIGH_MAX_SUBNETS = 16    # on-link client subnets of the learning interface
+    NF_USED = 1
+    NF_KERNEL = 2             # from the kernel's neighbour table (set_neighbor): never aged
     MAX_BATCH = 256
     PREFETCH_AHEAD = 6        # frames handled between an entry's prefetch and its lookup
 
@@ -91,7 +104,8 @@ cdef struct fl_frame:
     int32_t out_adj         # output starts at data + out_adj (-20 for TUN, -28 for ICMP)
     uint8_t verdict
     uint8_t reason          # the C_* counter that decided a DROP/PASS (diagnostics)
-    uint16_t _pad
+    uint8_t csum            # FRAME_CSUM_*: what the receiving side knows of the L4 checksum
+    uint8_t _pad
 
 
 cdef struct fl_pkt:
@@ -178,10 +192,13 @@ cdef struct fl_vip:
 
 
 cdef struct fl_neigh:
+    # One client's next hop for NAT replies: 20 bytes, NEIGH_WAYS to a set.
     uint32_t ip
     uint32_t ifindex
+    uint32_t seen           # tick of the last use (reply sent, conn opened, set by Python)
     uint8_t mac[6]
-    uint8_t used
+    uint8_t flags           # NF_*
+    uint8_t _pad
 
 
 cdef struct fl_parked:
@@ -213,6 +230,12 @@ cdef struct fl_engine:
     uint16_t *vip_index
     uint32_t nvips
     fl_neigh *neigh
+    uint32_t neigh_set_mask # sets - 1 (a power of two); a set is NEIGH_WAYS entries
+    uint64_t neigh_k0       # random hsiphash key: nobody outside can aim at one set
+    uint64_t neigh_k1
+    uint32_t subnet_addr[NEIGH_MAX_SUBNETS]
+    uint32_t subnet_mask[NEIGH_MAX_SUBNETS]
+    uint32_t nsubnets       # 0: every client may be on-link (learn all, gateway fallback)
     uint8_t gw_mac[6]
     uint8_t has_gw
     uint8_t local_mac[6]

@@ -45,39 +45,6 @@ cdef int xmit_nat_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     return -1
 
 
-cdef inline fl_neigh *neigh_find(fl_engine *e, uint32_t ip) noexcept nogil:
-    cdef uint32_t s = (ip * <uint32_t>GOLDEN_RATIO_32) >> 20
-    cdef fl_neigh *nb
-    while True:
-        nb = &e.neigh[s]
-        if not nb.used:
-            return NULL
-        if nb.ip == ip:
-            return nb
-        s = (s + 1) & (NEIGH_SIZE - 1)
-
-
-cdef inline void neigh_learn(fl_engine *e, uint32_t ip, const uint8_t *mac,
-                             uint32_t ifindex) noexcept nogil:
-    # Remember where a NAT client's frame came from (the client, or the router in front of
-    # it): its reply goes back there even before the kernel's neighbour news reaches the
-    # control plane. Known entries are kept (the control plane's word wins); a crowded
-    # stretch of the table is left alone rather than probed far.
-    cdef uint32_t s = (ip * <uint32_t>GOLDEN_RATIO_32) >> 20
-    cdef int n
-    for n in range(16):
-        if e.neigh[s].used:
-            if e.neigh[s].ip == ip:
-                return
-        else:
-            e.neigh[s].ip = ip
-            e.neigh[s].ifindex = ifindex
-            memcpy(e.neigh[s].mac, mac, 6)
-            e.neigh[s].used = 1
-            return
-        s = (s + 1) & (NEIGH_SIZE - 1)
-
-
 cdef int xmit_nat_out_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
     # RS reply RIP:rport -> client becomes VIP:vport -> client, sent to the client's next hop
     cdef fl_vip *v = &e.vips[c.vip]
@@ -87,7 +54,9 @@ cdef int xmit_nat_out_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexc
     cdef uint8_t *ck = l4 + (6 if udp else 16)
     cdef uint32_t old = p.saddr[3]
     cdef uint32_t new = v.addr[3]
-    cdef fl_neigh *nb = neigh_find(e, p.daddr[3])
+    cdef fl_neigh *nb = NULL
+    if neigh_on_link(e, p.daddr[3]):
+        nb = neigh_find(e, p.daddr[3], neigh_tick(e.now))
     if nb != NULL:
         eth_set(f.data, nb.mac, e.local_mac)
         frame_tx(f, nb.ifindex, 0, p.l2len + p.tot_len)
@@ -105,11 +74,19 @@ cdef int xmit_nat_out_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexc
     return -1
 
 
-cdef int icmp_frag_needed_v4(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t mtu) noexcept nogil:
-    # ICMP dest unreachable / fragmentation needed back to the sender, from the address it
-    # wrote to (the VIP), quoting its IP header and 8 payload bytes. Built in the headroom:
-    # the quoted bytes stay where they are and the new headers go 28 bytes before them.
-    cdef uint32_t quote = p.ihl + 8
+cdef inline void ttl_dec_v4(uint8_t *ip) noexcept nogil:
+    # ip_decrease_ttl: the TTL/protocol word drops by 0x0100, so the checksum rises by as
+    # much, with the end-around carry; 0xFFFF (negative zero) becomes 0, as the kernel's
+    cdef uint32_t c = rd16(ip + 10) + 0x0100
+    wr16(ip + 10, <uint16_t>(c + (c >= 0xFFFF)))
+    ip[8] -= 1
+
+
+cdef int icmp_error_v4(fl_engine *e, fl_frame *f, fl_pkt *p, uint8_t type, uint8_t code,
+                       uint32_t info, uint32_t saddr, uint32_t quote) noexcept nogil:
+    # An ICMP error back to the frame's sender, from `saddr`, quoting `quote` bytes of its
+    # IP packet, out of the interface it came in by. Built in the headroom: the quoted
+    # bytes stay where they are and the new headers go 28 bytes before them.
     cdef uint8_t *o
     cdef uint8_t *ip
     cdef uint8_t *ic
@@ -136,18 +113,36 @@ cdef int icmp_frag_needed_v4(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t mtu)
     ip[8] = 64
     ip[9] = 1
     wr16(ip + 10, 0)
-    wr32(ip + 12, p.daddr[3])
+    wr32(ip + 12, saddr)
     wr32(ip + 16, p.saddr[3])
     wr16(ip + 10, csum_of(ip, 20))
-    ic[0] = 3
-    ic[1] = 4
+    ic[0] = type
+    ic[1] = code
     wr16(ic + 2, 0)
-    wr16(ic + 4, 0)
-    wr16(ic + 6, mtu)
+    wr32(ic + 4, info)
     wr16(ic + 2, csum_of(ic, 8 + quote))
     frame_tx(f, 0, -28, p.l2len + 28 + quote)
-    e.counters[C_FRAG_NEEDED_SENT] += 1
     return -1
+
+
+cdef int icmp_frag_needed_v4(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t mtu) noexcept nogil:
+    # dest unreachable / fragmentation needed, from the address the sender wrote to (the
+    # VIP), quoting its IP header and 8 payload bytes
+    cdef int r = icmp_error_v4(e, f, p, 3, 4, mtu, p.daddr[3], p.ihl + 8)
+    if r < 0:
+        e.counters[C_FRAG_NEEDED_SENT] += 1
+    return r
+
+
+cdef int icmp_time_exceeded_v4(fl_engine *e, fl_frame *f, fl_pkt *p,
+                               uint32_t saddr) noexcept nogil:
+    # A packet that arrived with TTL 1 (or 0) is not forwarded: time exceeded in transit
+    # back to its sender, quoting as much of it as fits in 576 bytes, as the kernel's
+    # icmp_send does (recorded: tests/fixtures/kernel/ttl.json). Counted either way.
+    if saddr == 0:
+        return C_TTL_EXCEEDED           # no address to answer from: the drop counts it
+    e.counters[C_TTL_EXCEEDED] += 1
+    return icmp_error_v4(e, f, p, 11, 0, 0, saddr, 576 - 28)
 
 
 cdef int xmit_tun_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:

@@ -117,6 +117,8 @@ cdef extern from "<linux/if_packet.h>" nogil:
     int TP_STATUS_AVAILABLE
     int TP_STATUS_VLAN_VALID
     int TP_STATUS_VLAN_TPID_VALID
+    int TP_STATUS_CSUMNOTREADY
+    int TP_STATUS_CSUM_VALID
 
     struct tpacket_req:
         unsigned int tp_block_size
