@@ -9,10 +9,11 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "core"))
 
 import fastlvs.engine._core as core  # noqa: E402
+from fastlvs.engine._testing import Loaded  # noqa: E402
 import packets as P  # noqa: E402
 
 S = 1_000_000_000
-FIRST_SRC = 0x0B000002          # the first source process_loaded(new_flows=True) writes
+FIRST_SRC = 0x0B000002          # the first source Loaded.process(new_flows=True) writes
 
 
 def ip_csum(b: bytearray, l2: int = 14) -> None:
@@ -48,12 +49,12 @@ def establish(e: core.Engine, nconns: int, ndest: int = 8) -> None:
     e.set_hash_table(1, [1 + (i % ndest) for i in range(256)], "sh", 0)
     syn = P.tcp("S", payload=b"")
     chunk = min(nconns, 4096)
-    e.load_batch([syn] * chunk)
+    loaded = Loaded(e, [syn] * chunk)
     made = 0
     while made < nconns:
         if nconns - made < chunk:
-            e.load_batch([syn] * (nconns - made))
-        made += e.process_loaded(1 * S, new_flows=True)
+            loaded.load([syn] * (nconns - made))
+        made += loaded.process(1 * S, new_flows=True)
     e.set_hash_table(1, None, 0)
 
 

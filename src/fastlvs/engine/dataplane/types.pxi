@@ -2,25 +2,11 @@
 # services, interned virtual addresses and the engine state that owns them all. No Python
 # object lives in here, so every function over these structs can run without the GIL.
 
+# The contract's constants (FWD_*, SCHED_*, VERDICT_*, the C_* counter indices in
+# COUNTER_NAMES order, limits), generated from contract.py by setup.py.
+include "contract.pxi"
+
 cdef enum:
-    VERDICT_DROP = 0        # consumed: malformed, no dest, table full, ...
-    VERDICT_TX = 1          # transmit data[out_adj : out_adj + out_len] on out_ifindex
-    VERDICT_PENDING = 2     # parked until the Python scheduler has decided (internal)
-    VERDICT_PASS = 3        # not ours (not IPv4, no virtual service): leave it to the host
-
-    FWD_NONE = 0
-    FWD_DR = 1
-    FWD_NAT = 2
-    FWD_TUN = 3
-    FWD_NAT_OUT = 4         # xmit table slot for NAT replies (RS -> client)
-
-    SCHED_CALLBACK = 0
-    SCHED_SH = 1
-    SCHED_DH = 2
-    SCHED_MH = 3
-    SCHED_F_FALLBACK = 1
-    SCHED_F_PORT = 2
-
     # conn flags (IPVS's IP_VS_CONN_F_* meanings, our own bits: the entry has only 8)
     CF_TEMPLATE = 1
     CF_INACTIVE = 2
@@ -32,32 +18,12 @@ cdef enum:
     DF_AVAILABLE = 2        # IP_VS_DEST_F_AVAILABLE: linked to its service
     DF_OVERLOAD = 4         # IP_VS_DEST_F_OVERLOAD
 
-    # global counters
-    C_RX = 0
-    C_TX = 1
-    C_PASS = 2
-    C_MALFORMED = 3
-    C_NOT_IP = 4
-    C_NO_SERVICE = 5
-    C_TABLE_FULL = 6
-    C_TCP_NOT_SYN = 7
-    C_NO_DEST = 8
-    C_FRAGMENT = 9
-    C_BAD_CHECKSUM = 10
-    C_FRAG_NEEDED_SENT = 11
-    C_NO_HEADROOM = 12
-    C_CALLBACK_ERROR = 13
-    C_NO_ROUTE = 14
-    C_OVERSIZE = 15
-    C_CONNS_CREATED = 16
-    C_CONNS_EXPIRED = 17
-    C_LAST = 18
+    C_PASS = C_PASSED       # the counter of frames left to the host
 
-    MAX_SERVICES = 65536
-    MAX_VIPS = 65536
+    SVC_SLOTS = MAX_SERVICES + 1   # svcs[] is indexed by service id (0 = none)
     VIP_INDEX_SIZE = 131072   # open-addressed index over the interned VIPs, power of 2
     NEIGH_SIZE = 4096         # open-addressed (client ip -> mac) table, power of 2
-    MAX_BATCH = 256
+    MAX_BATCH = BATCH_MAX
     PREFETCH_AHEAD = 6        # frames handled between an entry's prefetch and its lookup
 
     # TCP states, numbered as ip_vs.h numbers them
