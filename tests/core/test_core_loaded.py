@@ -2,6 +2,8 @@
 fallback would make every fast-path figure meaningless."""
 import importlib.machinery
 
+import pytest
+
 import fastlvs.engine._core as core
 import fastlvs.engine._testing as testing
 
@@ -31,5 +33,12 @@ def test_c_hash_32_matches_the_kernel_definition():
 def test_the_product_extension_carries_no_test_tools():
     for name in ("load_batch", "process_loaded", "baseline_loaded"):
         assert not hasattr(core.Engine, name)
-    for name in ("py_hash_32", "py_hsiphash_u32", "Loaded"):
+    for name in ("py_hash_32", "py_hsiphash_u32", "Loaded", "PassThrough", "transmit"):
         assert not hasattr(core, name)
+
+
+def test_bare_forwarders_come_from_the_test_tools():
+    # the ring loop's hook is only a base class; PassThrough (tests/netns polls it) builds on it
+    with pytest.raises(TypeError):
+        core.Bare()
+    assert isinstance(testing.PassThrough().add(1, 2), core.Bare)

@@ -1,7 +1,8 @@
 # The C side of the extension that other Cython modules of fastlvs may cimport (uvloop's
 # shape): the engine's plain C types and constants (dataplane/types.pxi, which includes the
 # contract's generated constants), the frame slots, and cdef class Engine's attributes and
-# C methods. _testing.pyx, the test and benchmark tools, is its one user.
+# C methods, the hook for bare forwarders and the ring's send operations. _testing.pyx, the
+# test and benchmark tools, is its one user.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 
@@ -26,3 +27,18 @@ cdef class Engine:
     cdef int run_frames(self, fl_frame *frames, int n) except -1
     cdef int _run(self, int n) except -1
     cdef int _load(self, chunk, ts) except -1
+
+
+# The ring loop (dataplane/ring_loop.pxi) runs a Bare forwarder's fn in place of an Engine.
+ctypedef void (*fl_bare_fn)(void *ctx, uint32_t in_ifindex, fl_frame *frames,
+                            int n) noexcept nogil
+
+cdef class Bare:
+    cdef fl_bare_fn fn
+    cdef void *ctx
+
+# Sending on a port from outside the ring loop: `ring` is what port_ring(port) returns.
+cdef void *port_ring(object port) except NULL
+cdef void ring_tx_copy(void *ring, const uint8_t *data, uint32_t len) noexcept nogil
+cdef void ring_tx_flush(void *ring) noexcept nogil
+cdef uint64_t ring_tx_full(void *ring) noexcept nogil

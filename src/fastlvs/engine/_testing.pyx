@@ -3,20 +3,23 @@
 
 `Loaded` keeps frames in C memory and replays them through an Engine's batch entry (the
 engine benchmarks' loop, and beside it the bare baseline loop they are measured against);
-`py_hash_32` and `py_hsiphash_u32` expose the C hashes to the differential tests. It reaches
-the engine through the C side that _core.pxd declares, and compiles the same dataplane
-fragments (csum.pxi, hash.pxi) the engine is built from.
+`PassThrough` is the bare forwarder the ring tests poll in place of an Engine, `transmit`
+injects frames into a port's TX ring; `py_hash_32` and `py_hsiphash_u32` expose the C hashes
+to the differential tests. It reaches the engine through the C side that _core.pxd declares,
+and compiles the same dataplane fragments (csum.pxi, hash.pxi) the engine is built from.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from compat cimport fl_prefetch, fl_prefetch_w, fl_likely, fl_unlikely
 
 from fastlvs.engine._core cimport *
 
 include "dataplane/csum.pxi"
 include "dataplane/hash.pxi"
+
+from fastlvs.engine._core import _mac_bytes
 
 
 def py_hash_32(uint32_t val, unsigned int bits):
@@ -148,3 +151,128 @@ cdef class Loaded:
                 baseline_touch(&e.st, e.frames, n)
                 start += n
         return self.nloaded
+
+
+# -- the bare forwarder and frame injection for the ring tests ---------------------------------
+
+cdef enum:
+    PT_MAX_RULES = 64           # one rule per input port: as many ports as poll() takes
+
+
+cdef struct fl_l2fwd_rule:
+    uint32_t in_ifindex
+    uint32_t out_ifindex
+    uint8_t src[6]
+    uint8_t dst[6]
+    uint8_t set_src
+    uint8_t set_dst
+    uint8_t swap
+    uint8_t used
+
+
+cdef class PassThrough(Bare):
+    """The bare forwarder (no engine): what arrives on `in_ifindex` leaves on `out_ifindex`
+    with its MACs rewritten. add(in_port, out_port=None, src_mac=None, dst_mac=None):
+    out_port None = back out of the same port with the MACs swapped. The yardstick of the
+    ring code, and its test without the engine: poll(PassThrough().add(...), ports)."""
+    cdef fl_l2fwd_rule rules[PT_MAX_RULES]
+    cdef int n
+
+    def __cinit__(self, *args, **kwargs):
+        self.fn = l2fwd_batch
+        self.ctx = <void *>self.rules
+
+    def add(self, in_port, out_port=None, src_mac=None, dst_mac=None):
+        cdef fl_l2fwd_rule *r
+        if self.n >= PT_MAX_RULES:
+            raise ValueError("too many rules")
+        r = &self.rules[self.n]
+        memset(r, 0, sizeof(fl_l2fwd_rule))
+        r.in_ifindex = in_port if isinstance(in_port, int) else in_port.ifindex
+        if out_port is None:
+            r.out_ifindex = r.in_ifindex
+            r.swap = 1
+        else:
+            r.out_ifindex = out_port if isinstance(out_port, int) else out_port.ifindex
+        cdef bytes b
+        if src_mac is not None:
+            b = _mac_bytes(src_mac)
+            memcpy(r.src, <const char *>b, 6)
+            r.set_src = 1
+        if dst_mac is not None:
+            b = _mac_bytes(dst_mac)
+            memcpy(r.dst, <const char *>b, 6)
+            r.set_dst = 1
+        r.used = 1
+        self.n += 1
+        return self
+
+
+cdef void l2fwd_batch(void *ctx, uint32_t in_ifindex, fl_frame *frames, int n) noexcept nogil:
+    cdef fl_l2fwd_rule *rules = <fl_l2fwd_rule *>ctx
+    cdef fl_l2fwd_rule *r = NULL
+    cdef int i
+    cdef fl_frame *f
+    cdef uint8_t tmp[6]
+    for i in range(PT_MAX_RULES):
+        if not rules[i].used:
+            break
+        if rules[i].in_ifindex == in_ifindex:
+            r = &rules[i]
+            break
+    for i in range(n):
+        f = &frames[i]
+        f.out_adj = 0
+        f.out_len = f.len
+        if r == NULL or f.len < 14:
+            f.verdict = VERDICT_DROP
+            continue
+        if r.swap:
+            memcpy(tmp, f.data, 6)
+            memcpy(f.data, f.data + 6, 6)
+            memcpy(f.data + 6, tmp, 6)
+        if r.set_dst:
+            memcpy(f.data, r.dst, 6)
+        if r.set_src:
+            memcpy(f.data + 6, r.src, 6)
+        f.out_ifindex = r.out_ifindex
+        f.verdict = VERDICT_TX
+
+
+def transmit(port, frames, count=0):
+    """Send `frames` (bytes-likes) out of `port`, `count` frames in total cycling through
+    them (0 = each once), copied into the TX ring without the GIL and flushed every 64.
+    Returns the number accepted by the ring (the rest found it full). For tests and
+    traffic generators; the forwarding path is poll()."""
+    cdef void *ring = port_ring(port)
+    cdef int nf = len(frames), i
+    cdef uint64_t total = count if count else nf
+    cdef uint64_t k, before, full
+    cdef uint8_t **ptrs
+    cdef uint32_t *lens
+    cdef const uint8_t[::1] view
+    if nf == 0:
+        return 0
+    keep = [bytes(f) for f in frames]
+    ptrs = <uint8_t **>malloc(nf * sizeof(uint8_t *))
+    lens = <uint32_t *>malloc(nf * sizeof(uint32_t))
+    if ptrs == NULL or lens == NULL:
+        free(ptrs)
+        free(lens)
+        raise MemoryError()
+    for i in range(nf):
+        view = keep[i]
+        ptrs[i] = <uint8_t *>&view[0]
+        lens[i] = view.shape[0]
+    before = ring_tx_full(ring)
+    try:
+        with nogil:
+            for k in range(total):
+                i = <int>(k % nf)
+                ring_tx_copy(ring, ptrs[i], lens[i])
+            ring_tx_flush(ring)
+    finally:
+        free(ptrs)
+        free(lens)
+    full = ring_tx_full(ring) - before
+    return total - full
