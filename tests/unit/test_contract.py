@@ -2,10 +2,12 @@
 what reads it (model, director, lab) takes its facts from it. No build needed."""
 import ast
 import pathlib
+import re
 
 from fastlvs.engine import contract as K
 
 SRC = pathlib.Path(K.__file__)
+_CY_IMPORT = re.compile(r"^\s*(from\s+\S*_testing\s+c?import|c?import\s+\S*_testing)", re.M)
 
 
 def test_contract_imports_nothing():
@@ -54,3 +56,24 @@ def test_the_control_plane_reads_the_contract():
         assert director._FWD[m] == K.fwd_id(m.value)
     assert testbed.MODES == K.FWD_NAMES
     assert testbed.FWD_FLAG == {n: m[1] for n, m in K.FWD_METHODS.items()}
+
+
+def test_the_product_never_imports_the_test_tools():
+    # fastlvs.engine._testing (Loaded, PassThrough, transmit, the C hashes) is for tests and
+    # benchmarks only: no module of the package names it, Python or Cython
+    root = SRC.parent.parent
+    users = []
+    for path in root.rglob("*"):
+        if path.suffix not in (".py", ".pyx", ".pxi", ".pxd") or path.stem == "_testing":
+            continue
+        text = path.read_text()
+        if path.suffix == ".py":
+            names = [a.name for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Import)
+                     for a in n.names]
+            names += [f"{n.module}.{a.name}" for n in ast.walk(ast.parse(text))
+                      if isinstance(n, ast.ImportFrom) and n.module for a in n.names]
+            if any("_testing" in name for name in names):
+                users.append(path)
+        elif _CY_IMPORT.search(text):
+            users.append(path)
+    assert users == []
