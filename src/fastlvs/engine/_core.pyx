@@ -58,6 +58,8 @@ if len(COUNTER_NAMES) != C_LAST:
 _FWD_IDS = {name: m[0] for name, m in FWD_METHODS.items()}
 _FWD_IDS.update(FWD_ALIASES)
 _FWD_TEXT = {m[0]: name for name, m in FWD_METHODS.items()}
+_HASH_IDS = tuple(HASH_KINDS.values())
+_PROTO_NUMS = tuple(PROTOCOLS.values())
 _PROTO_TEXT = {num: name.upper() for name, num in PROTOCOLS.items()}
 
 

@@ -101,11 +101,15 @@ cdef class Loaded:
         return self.nloaded
 
     cdef void _restore(self, int start, int n, uint64_t now_ns) noexcept nogil:
+        # the engine's pointers read once: memcpy may alias them, so the compiler would
+        # reload them through self.engine on every frame
+        cdef fl_frame *frames = self.engine.frames
+        cdef uint8_t *slots = self.engine.slots
         cdef int j
         cdef fl_frame *f
         for j in range(n):
-            f = &self.engine.frames[j]
-            f.data = self.engine.slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
+            f = &frames[j]
+            f.data = slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
             f.headroom = SLOT_HEADROOM
             f.len = self.saved_len[start + j]
             f.ts_ns = now_ns

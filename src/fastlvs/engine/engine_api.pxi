@@ -33,7 +33,7 @@ cdef _set_mac(uint8_t *dst, mac):
 def _proto_num(proto):
     if isinstance(proto, str):
         proto = PROTOCOLS.get(proto.lower(), proto)
-    if proto not in (6, 17):
+    if proto not in _PROTO_NUMS:
         raise ValueError(f"protocol must be 6 (tcp) or 17 (udp), got {proto!r}")
     return proto
 
@@ -244,7 +244,7 @@ cdef class Engine:
         p = _proto_num(proto)
         if isinstance(sched, str):
             sched = HASH_KINDS[sched]
-        if sched not in (0, 1, 2, 3):
+        if sched != SCHED_CALLBACK and sched not in _HASH_IDS:
             raise ValueError(f"sched must be 0..3, got {sched}")
         if netmask is None:
             mask = 0xFFFFFFFF
@@ -310,7 +310,7 @@ cdef class Engine:
             return
         if isinstance(kind, str):
             kind = HASH_KINDS[kind]
-        if kind not in (1, 2, 3):
+        if kind not in _HASH_IDS:
             raise ValueError(f"kind must be sh, dh or mh, got {kind!r}")
         vals = [int(x) for x in table]
         n = len(vals)
