@@ -5,8 +5,8 @@ import pytest
 
 import fastlvs.engine._core as core
 from fastlvs.engine import contract as K
-import packets as P
-from helpers import S, engine
+from tests.core import packets as P
+from tests.core.helpers import S, engine
 
 
 def test_counter_names_in_the_engines_index_order():
