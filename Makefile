@@ -67,4 +67,4 @@ bench-peers: build bench-deps
 	$(PY) benchmarks/peers.py
 
 clean:
-	rm -rf build $(VENV) src/*.egg-info src/fastlvs/engine/_core.c src/fastlvs/engine/_core*.so
+	rm -rf build $(VENV) src/*.egg-info src/fastlvs/engine/_core.c src/fastlvs/engine/_testing.c src/fastlvs/engine/dataplane/contract.pxi src/fastlvs/engine/_core*.so src/fastlvs/engine/_testing*.so

@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 
 import fastlvs.engine._core as core
+from fastlvs.engine._testing import Loaded
 from tests.core import packets as P
 
 S = 1_000_000_000
-FIRST_SRC = 0x0B000002          # the first source process_loaded(new_flows=True) writes
+FIRST_SRC = 0x0B000002          # the first source Loaded.process(new_flows=True) writes
 
 
 def ip_csum(b: bytearray, l2: int = 14) -> None:
@@ -44,12 +45,12 @@ def establish(e: core.Engine, nconns: int, ndest: int = 8) -> None:
     e.set_hash_table(1, [1 + (i % ndest) for i in range(256)], "sh", 0)
     syn = P.tcp("S", payload=b"")
     chunk = min(nconns, 4096)
-    e.load_batch([syn] * chunk)
+    loaded = Loaded(e, [syn] * chunk)
     made = 0
     while made < nconns:
         if nconns - made < chunk:
-            e.load_batch([syn] * (nconns - made))
-        made += e.process_loaded(1 * S, new_flows=True)
+            loaded.load([syn] * (nconns - made))
+        made += loaded.process(1 * S, new_flows=True)
     e.set_hash_table(1, None, 0)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.bench_engine_common import (S, FIRST_SRC, engine, establish,
                                             established_frames, with_l4_csum)
+from fastlvs.engine._testing import Loaded
 from tests.core import packets as P
 from fastlvs.schedulers import Flow, RealServer, create
 
@@ -27,21 +28,19 @@ def _report(benchmark, frames, **extra):
 def dr_1k():
     e = engine("dr", 1 << 12)
     establish(e, 1000)
-    e.load_batch(established_frames(1000, FRAMES))
-    return e
+    return Loaded(e, established_frames(1000, FRAMES))
 
 
 @pytest.fixture(scope="module")
 def dr_1m():
     e = engine("dr", 1 << 21)
     establish(e, 1_000_000)
-    e.load_batch(established_frames(1_000_000, FRAMES))
-    return e
+    return Loaded(e, established_frames(1_000_000, FRAMES))
 
 
 @pytest.mark.benchmark(group="established")
 def test_baseline_loop(benchmark, dr_1k):
-    n = benchmark(dr_1k.baseline_loaded)
+    n = benchmark(dr_1k.baseline)
     assert n == FRAMES
     _report(benchmark, FRAMES, mode="baseline")
 
@@ -49,10 +48,10 @@ def test_baseline_loop(benchmark, dr_1k):
 @pytest.mark.benchmark(group="established")
 @pytest.mark.parametrize("which", ["dr_1k", "dr_1m"])
 def test_dr_established(benchmark, which, request):
-    e = request.getfixturevalue(which)
-    tx = benchmark(e.process_loaded, 2 * S)
+    loaded = request.getfixturevalue(which)
+    tx = benchmark(loaded.process, 2 * S)
     assert tx == FRAMES
-    _report(benchmark, FRAMES, mode=which, conns=e.conn_count())
+    _report(benchmark, FRAMES, mode=which, conns=loaded.engine.conn_count())
 
 
 @pytest.mark.benchmark(group="established")
@@ -60,8 +59,8 @@ def test_dr_established(benchmark, which, request):
 def test_nat_tun_established(benchmark, fwd):
     e = engine(fwd, 1 << 12)
     establish(e, 1000)
-    e.load_batch(established_frames(1000, FRAMES))
-    tx = benchmark(e.process_loaded, 2 * S)
+    loaded = Loaded(e, established_frames(1000, FRAMES))
+    tx = benchmark(loaded.process, 2 * S)
     assert tx == FRAMES
     _report(benchmark, FRAMES, mode=f"{fwd}_1k")
 
@@ -76,9 +75,9 @@ def test_checksum_completion(benchmark, csum, payload):
     establish(e, 1000)
     frames = [with_l4_csum(f, csum == "partial")
               for f in established_frames(1000, FRAMES // 4, payload=payload)]
-    e.load_batch(frames)
+    loaded = Loaded(e, frames)
     before = e.stats()["csum_completed"]
-    tx = benchmark(e.process_loaded, 2 * S)
+    tx = benchmark(loaded.process, 2 * S)
     assert tx == len(frames)
     done = e.stats()["csum_completed"] - before
     assert (done > 0) == (csum == "partial")
@@ -94,8 +93,8 @@ def test_new_conns_c_hash(benchmark, kind):
     e = engine("dr", 1 << 21)
     size = 256 if kind == "sh" else 4093
     e.set_hash_table(1, [1 + (i % 8) for i in range(size)], kind, 0)
-    e.load_batch([P.tcp("S")] * NEW)
-    tx = benchmark.pedantic(e.process_loaded, args=(S, True), rounds=20, iterations=1)
+    loaded = Loaded(e, [P.tcp("S")] * NEW)
+    tx = benchmark.pedantic(loaded.process, args=(S, True), rounds=20, iterations=1)
     assert tx == NEW
     _report(benchmark, NEW, mode=kind)
 
@@ -117,8 +116,8 @@ def test_new_conns_python_callback(benchmark, name):
         return out
 
     e.set_scheduler_callback(cb)
-    e.load_batch([P.tcp("S")] * NEW)
-    tx = benchmark.pedantic(e.process_loaded, args=(S, True), rounds=20, iterations=1)
+    loaded = Loaded(e, [P.tcp("S")] * NEW)
+    tx = benchmark.pedantic(loaded.process, args=(S, True), rounds=20, iterations=1)
     assert tx == NEW
     _report(benchmark, NEW, mode=name)
 

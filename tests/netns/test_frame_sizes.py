@@ -10,6 +10,7 @@ from tests.netns.netns_support import collect, drain, in_ns, raw_socket, run
 
 core = pytest.importorskip("fastlvs.engine._core")
 from fastlvs.engine import contract  # noqa: E402
+import fastlvs.engine._testing as testing  # noqa: E402
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
@@ -47,7 +48,7 @@ def test_packet_port_carries_jumbo_frames(topo):
     with in_ns(topo.director):
         p0, p1 = core.PacketPort("d0"), core.PacketPort("d1")
     try:
-        fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        fwd = testing.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
         sent = [bytes(Ether(src=topo.mac["c0"], dst=topo.mac["d0"])
                       / IP(src=topo.c0_ip, dst=VIP) / UDP(sport=20000 + i, dport=VPORT)
                       / (b"jb" + struct.pack("!I", i) + bytes([i]) * size))

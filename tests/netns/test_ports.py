@@ -14,6 +14,7 @@ from tests.netns.netns_support import collect, drain, in_ns, raw_socket
 
 core = pytest.importorskip("fastlvs.engine._core")
 from fastlvs.system.ports import Steering, rx_queue_count, xdp_ports  # noqa: E402
+testing = pytest.importorskip("fastlvs.engine._testing")
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
@@ -77,7 +78,7 @@ def test_xdp_port_forwards_service_traffic(topo, mode):
         assert p0.backend == "xdp" and p0.mode.startswith(mode)
         assert topo.xdp_attached(topo.director, "d0")
         p0.add_service("udp", VIP, VPORT)
-        fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        fwd = testing.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
         sent = frames(topo, tag=b"flx")
         got = forward_and_collect(topo, [p0, p1], fwd, sent, b"flx")
         check_forwarded(topo, got, sent)
@@ -106,7 +107,7 @@ def test_xdp_port_reflects_on_same_port(topo):
         p0 = core.XdpPort("d0", ring_size=256)
     try:
         p0.add_service(17, VIP, VPORT)
-        fwd = core.PassThrough().add(p0)
+        fwd = testing.PassThrough().add(p0)
         tx = raw_socket(topo.client, "c0")
         try:
             drain(tx)
@@ -136,7 +137,7 @@ def test_packet_port_forwards_and_drops_at_ingress(topo):
         steer.add("service", "udp", VIP, VPORT)
         table = steer.nft_table
         assert table in topo.nft_tables(topo.director)
-        fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        fwd = testing.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
         sent = frames(topo, tag=b"flp")
         got = forward_and_collect(topo, [p0, p1], fwd, sent, b"flp")
         check_forwarded(topo, got, sent)
@@ -156,7 +157,7 @@ def test_closed_port_refuses(topo):
     p.close()
     x.close()
     with pytest.raises(ValueError):
-        core.poll(core.PassThrough(), [p])
+        core.poll(testing.PassThrough(), [p])
     with pytest.raises(ValueError):
         x.add_service("udp", VIP, VPORT)
 
@@ -179,7 +180,7 @@ def test_transmit_reaches_the_peer(topo, backend):
         drain(rx)
         fr = bytes(Ether(src=topo.mac["d1"], dst=topo.mac["s0"]) / IP(src=topo.d1_ip,
                    dst=topo.s0_ip) / UDP(sport=5, dport=6) / b"fltransmit")
-        assert core.transmit(p, [fr], 25) == 25
+        assert testing.transmit(p, [fr], 25) == 25
         s0 = bytes.fromhex(topo.mac["s0"].replace(":", ""))
         # (the sink's own ICMP port-unreachable quotes the payload too: incoming only)
         got = collect(rx, lambda f: f[:6] == s0 and f.endswith(b"fltransmit"), timeout=2)
@@ -240,7 +241,7 @@ def test_vlan_tagged_service_traffic(topo, backend):
         steer = Steering(p0)
     try:
         steer.add("service", "udp", VIP, VPORT)
-        fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        fwd = testing.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
         sent = [bytes(Ether(src=topo.mac["c0"], dst=topo.mac["d0"]) / Dot1Q(vlan=42)
                       / IP(src=topo.c0_ip, dst=VIP) / UDP(sport=4000 + i, dport=VPORT)
                       / (b"flv" + bytes([i]))) for i in range(5)]
@@ -292,7 +293,7 @@ def test_steering_past_the_in_place_set(topo):
         p0 = core.XdpPort("d0", ring_size=1024, umem=umem)
         p1 = core.XdpPort("d1", ring_size=1024, umem=umem)
     try:
-        fwd = core.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        fwd = testing.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
 
         def steered(tag):
             sent = frames(topo, tag=tag)

@@ -22,9 +22,9 @@ from fastlvs.control.rules import dump_rules, iter_rules
 from fastlvs.engine import contract
 from fastlvs.schedulers import Flow
 
-# The engine serves these from their exported table, in C, without calling Python.
-_HASH_KINDS = {"sh": 1, "dh": 2, "mh": 3}
-_FWD = {FwdMethod.DR: "dr", FwdMethod.NAT: "nat", FwdMethod.TUN: "tun"}
+# The engine serves contract.HASH_KINDS from their exported table, in C, without calling
+# Python; a dest's forwarding method goes to the engine as its contract id.
+_FWD = {m: contract.fwd_id(m.value) for m in FwdMethod}
 
 # ip_vs_est.c: one estimation step every 2 s; cps/pps averages are kept scaled by 2**10 and
 # bps by 2**5, and a 2 s delta shifted by 9 (resp. 4) is the per-second rate so scaled.
@@ -437,9 +437,8 @@ class Director:
         else:
             hops = {id(d): self.nexthop(d.addr) for d in svc.dests
                     if id(d) not in self._dest_by_obj or dests_changed}
-        kind = _HASH_KINDS.get(svc.sched_name, 0)
-        flag_bits = (1 if svc.flags & {"sh-fallback", "mh-fallback"} else 0) | \
-                    (2 if svc.flags & {"sh-port", "mh-port"} else 0)
+        kind = contract.HASH_KINDS.get(svc.sched_name, contract.SCHED_CALLBACK)
+        flag_bits = contract.sched_flag_bits(svc.flags)
         self.engine.set_service(sid, svc.proto.number, svc.vaddr, svc.vport,
                                 persist_timeout=svc.timeout,
                                 netmask=svc.netmask if svc.af == 4 else None,

@@ -14,6 +14,7 @@ import os
 from typing import Iterable, Iterator, NamedTuple
 
 from fastlvs import schedulers as _schedulers
+from fastlvs.engine import contract as _contract
 from fastlvs.schedulers import RealServer
 
 DEFAULT_SCHEDULER = "wlc"
@@ -123,8 +124,8 @@ class FwdMethod(enum.Enum):
                            f"forwarding method {value!r} is not one of dr, nat, tun")
 
 
-_FWD_OPTION = {FwdMethod.DR: "-g", FwdMethod.NAT: "-m", FwdMethod.TUN: "-i"}
-_FWD_LABEL = {FwdMethod.DR: "Route", FwdMethod.NAT: "Masq", FwdMethod.TUN: "Tunnel"}
+_FWD_OPTION = {m: _contract.FWD_METHODS[m.value][1] for m in FwdMethod}
+_FWD_LABEL = {m: _contract.FWD_METHODS[m.value][2] for m in FwdMethod}
 
 
 class ServiceKey(NamedTuple):

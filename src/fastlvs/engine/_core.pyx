@@ -4,8 +4,11 @@
 Frames go through `engine_rx_batch` (C, no GIL) as fl_frame descriptors and are rewritten in
 place; new flows of Python-scheduled services are parked and bound in `engine_bind_parked`
 after one scheduler callback per batch (`Engine.run_frames` strings the three together for
-ring code). The included dataplane/*.pxi fragments hold the parsing, checksums, connection
-table, TCP states, hash schedulers and transmit functions.
+ring code). This file is an index: dataplane/*.pxi hold the parsing, checksums, connection
+table, TCP states, hash schedulers, transmit functions, the batch loop (batch.pxi), rings;
+engine_api.pxi holds cdef class Engine; _core.pxd declares the C types and Engine's C side;
+the constants come from contract.py (generated dataplane/contract.pxi). Test and benchmark
+tools live in _testing.pyx, which the product never imports.
 
 Choices worth knowing:
 - Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
@@ -15,7 +18,7 @@ Choices worth knowing:
   its real server by dest id, so conns outlive the deletion of their service or dest.
 - A dest id deleted while conns reference it stays reserved: re-adding the same service +
   address revives it (IPVS's trash); any other use raises ValueError until they expire.
-- fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
+- fwd ints are the contract's (contract.py): 1 dr, 2 nat, 3 tun (their names are accepted too).
 - Expiry is lazy on lookup plus a sweep after each batch that walks the used part of the
   table once per second of frame time (at most `sweep_budget` entries per batch); a full
   table first sweeps for expired entries, then drops the new flow (table_full).
@@ -39,7 +42,6 @@ import ipaddress as _ipaddress
 import os as _os
 import time as _time
 
-include "dataplane/types.pxi"
 include "dataplane/csum.pxi"
 include "dataplane/hash.pxi"
 include "dataplane/parse.pxi"
@@ -48,29 +50,19 @@ include "dataplane/conn.pxi"
 include "dataplane/neigh.pxi"
 include "dataplane/xmit.pxi"
 
+# The contract's names at the Python level; the C constants come from the same module through
+# the generated dataplane/contract.pxi (a stale build fails the check below).
+from fastlvs.engine.contract import COUNTER_NAMES, FWD_METHODS, FWD_ALIASES, HASH_KINDS, PROTOCOLS
 
-def py_hash_32(uint32_t val, unsigned int bits):
-    """hash_32(val, bits) computed in C, for differential tests against the Python version."""
-    if bits < 1 or bits > 32:
-        raise ValueError(f"bits must be 1..32, got {bits}")
-    return hash_32(val, bits)
+if len(COUNTER_NAMES) != C_LAST:
+    raise ImportError("fastlvs.engine._core was built from another contract.py: rebuild it")
+_FWD_IDS = {name: m[0] for name, m in FWD_METHODS.items()}
+_FWD_IDS.update(FWD_ALIASES)
+_FWD_TEXT = {m[0]: name for name, m in FWD_METHODS.items()}
+_HASH_IDS = tuple(HASH_KINDS.values())
+_PROTO_NUMS = tuple(PROTOCOLS.values())
+_PROTO_TEXT = {num: name.upper() for name, num in PROTOCOLS.items()}
 
-
-def py_hsiphash_u32(uint32_t val, uint64_t k0, uint64_t k1):
-    """hsiphash of the native u32 `val` with key (k0, k1), computed in C (64-bit kernel)."""
-    return hsiphash_1u32(val, k0, k1)
-
-
-COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "table_full",
-                 "tcp_not_syn", "no_dest", "fragment", "bad_checksum", "frag_needed_sent",
-                 "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
-                 "conns_expired", "ttl_exceeded", "csum_completed")
-
-FWD_NAMES = {"dr": FWD_DR, "route": FWD_DR, "g": FWD_DR, "nat": FWD_NAT, "masq": FWD_NAT,
-             "m": FWD_NAT, "tun": FWD_TUN, "ipip": FWD_TUN, "i": FWD_TUN}
-SCHED_KINDS = {"sh": SCHED_SH, "dh": SCHED_DH, "mh": SCHED_MH}
-_FWD_TEXT = {FWD_DR: "dr", FWD_NAT: "nat", FWD_TUN: "tun"}
-_PROTO_TEXT = {6: "TCP", 17: "UDP"}
 
 include "dataplane/batch.pxi"
 include "engine_api.pxi"

@@ -18,6 +18,9 @@ FWD_METHODS = {
     "tun": (FWD_TUN, "-i", "Tunnel"),  # IPIP-encapsulate to the dest
 }
 FWD_NAMES = tuple(FWD_METHODS)         # ("dr", "nat", "tun"): what --mode and `fwd =` take
+# further names the engine's set_dest(fwd=...) accepts: ipvsadm's option letters and words
+FWD_ALIASES = {"route": FWD_DR, "g": FWD_DR, "masq": FWD_NAT, "m": FWD_NAT,
+               "ipip": FWD_TUN, "i": FWD_TUN}
 
 # -- schedulers served in C from an exported table (0: the Python callback decides) -----------
 SCHED_CALLBACK = 0
@@ -53,6 +56,7 @@ CAPACITY_MIN = 16
 CAPACITY_MAX = 1 << 31
 MTU_MIN = 68                       # RFC 791's minimum; --mtu's range
 MTU_MAX = 65535
+MTU_DEFAULT = 1500                 # the engine's MTU towards the real servers unless told
 BATCH_DEFAULT = 64                 # frames per pass of the batch loop
 BATCH_MAX = 256
 MAX_SERVICES = 65535               # service ids 1..65535 (0 = none)

@@ -32,8 +32,8 @@ cdef _set_mac(uint8_t *dst, mac):
 
 def _proto_num(proto):
     if isinstance(proto, str):
-        proto = {"tcp": 6, "udp": 17}.get(proto.lower(), proto)
-    if proto not in (6, 17):
+        proto = PROTOCOLS.get(proto.lower(), proto)
+    if proto not in _PROTO_NUMS:
         raise ValueError(f"protocol must be 6 (tcp) or 17 (udp), got {proto!r}")
     return proto
 
@@ -42,31 +42,17 @@ def _ip_text(uint32_t v):
     return str(_ipaddress.IPv4Address(v))
 
 
-cdef enum:
-    SLOT_HEADROOM = 128
-    SLOT_SIZE = 128 + 9216 + 64
-
-
 cdef class Engine:
     """One data-plane instance: conn table, services, dests, counters.
 
     Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500). `capacity`
     entries (conns + persistence templates) are allocated once; the table never grows.
-    All configuration methods are control-plane calls, never made per packet.
+    All configuration methods are control-plane calls, never made per packet. Its C
+    attributes are declared in _core.pxd (for the test tools in _testing.pyx).
     """
-    cdef fl_engine st
-    cdef fl_frame *frames
-    cdef uint8_t *slots
-    cdef uint8_t *saved
-    cdef uint32_t *saved_len
-    cdef size_t *saved_off
-    cdef int nloaded
-    cdef readonly int batch
-    cdef object callback
-    cdef object error
-    cdef readonly uint32_t new_flow_src   # last source process_loaded(new_flows) wrote
 
-    def __cinit__(self, capacity=1 << 20, batch=64, local_ip="", local_mac="", mtu=1500):
+    def __cinit__(self, capacity=CAPACITY_DEFAULT, batch=BATCH_DEFAULT, local_ip="", local_mac="",
+                  mtu=MTU_DEFAULT):
         cdef uint32_t cap = capacity
         cdef uint32_t i
         cdef uint32_t bits = 4
@@ -74,8 +60,8 @@ cdef class Engine:
             raise ValueError(f"capacity must be 1..{0xFFFFFFF0}, got {capacity}")
         if batch < 1 or batch > MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH}, got {batch}")
-        if mtu < 68 or mtu > 65535:
-            raise ValueError(f"mtu must be 68..65535, got {mtu}")
+        if mtu < MTU_MIN or mtu > MTU_MAX:
+            raise ValueError(f"mtu must be {MTU_MIN}..{MTU_MAX}, got {mtu}")
         memset(&self.st, 0, sizeof(fl_engine))
         while (<uint64_t>1 << bits) < cap:
             bits += 1
@@ -84,7 +70,7 @@ cdef class Engine:
         self.st.bucket_mask = (1u << bits) - 1 if bits < 32 else 0xFFFFFFFF
         self.st.conns = <fl_conn *>fl_alloc_table(<size_t>cap * sizeof(fl_conn))
         self.st.buckets = <uint32_t *>fl_alloc_table((<size_t>1 << bits) * sizeof(uint32_t))
-        self.st.svcs = <fl_svc *>calloc(MAX_SERVICES, sizeof(fl_svc))
+        self.st.svcs = <fl_svc *>calloc(SVC_SLOTS, sizeof(fl_svc))
         self.st.vips = <fl_vip *>calloc(MAX_VIPS, sizeof(fl_vip))
         self.st.vip_index = <uint16_t *>calloc(VIP_INDEX_SIZE, sizeof(uint16_t))
         # the client-MAC table: a slot per conn entry (a client per conn at worst), 20 bytes
@@ -118,7 +104,6 @@ cdef class Engine:
         self.batch = batch
         self.callback = None
         self.error = None
-        self.new_flow_src = 0x0B000001
         if local_ip:
             self.st.local_ip = int(_ipaddress.IPv4Address(local_ip))
         _set_mac(self.st.local_mac, local_mac)
@@ -126,7 +111,7 @@ cdef class Engine:
     def __dealloc__(self):
         cdef int i
         if self.st.svcs != NULL:
-            for i in range(MAX_SERVICES):
+            for i in range(SVC_SLOTS):
                 free(self.st.svcs[i].table)
         free(self.st.conns)
         free(self.st.buckets)
@@ -137,9 +122,6 @@ cdef class Engine:
         free(self.st.dests)
         free(self.frames)
         free(self.slots)
-        free(self.saved)
-        free(self.saved_len)
-        free(self.saved_off)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -169,8 +151,8 @@ cdef class Engine:
         if local_mac is not None:
             _set_mac(self.st.local_mac, local_mac)
         if mtu is not None:
-            if mtu < 68 or mtu > 65535:
-                raise ValueError(f"mtu must be 68..65535, got {mtu}")
+            if mtu < MTU_MIN or mtu > MTU_MAX:
+                raise ValueError(f"mtu must be {MTU_MIN}..{MTU_MAX}, got {mtu}")
             self.st.mtu = mtu
 
     def set_neighbor(self, ip, mac, ifindex=0):
@@ -297,16 +279,16 @@ cdef class Engine:
         cdef uint32_t a[4]
         cdef fl_svc *s
         cdef uint16_t v
-        if svc_id < 1 or svc_id >= MAX_SERVICES:
-            raise ValueError(f"svc_id must be 1..{MAX_SERVICES - 1}, got {svc_id}")
+        if svc_id < 1 or svc_id > MAX_SERVICES:
+            raise ValueError(f"svc_id must be 1..{MAX_SERVICES}, got {svc_id}")
         if vport < 0 or vport > 65535:
             raise ValueError(f"vport out of range: {vport}")
         if persist_timeout < 0 or persist_timeout > 0xFFFFFFFF:
             raise ValueError(f"persist_timeout out of range: {persist_timeout}")
         p = _proto_num(proto)
         if isinstance(sched, str):
-            sched = SCHED_KINDS[sched]
-        if sched not in (0, 1, 2, 3):
+            sched = HASH_KINDS[sched]
+        if sched != SCHED_CALLBACK and sched not in _HASH_IDS:
             raise ValueError(f"sched must be 0..3, got {sched}")
         if netmask is None:
             mask = 0xFFFFFFFF
@@ -348,7 +330,7 @@ cdef class Engine:
         expire. Removing an absent service is a no-op."""
         cdef fl_svc *s
         cdef uint32_t d
-        if svc_id < 1 or svc_id >= MAX_SERVICES or not self.st.svcs[svc_id].in_use:
+        if svc_id < 1 or svc_id > MAX_SERVICES or not self.st.svcs[svc_id].in_use:
             return
         s = &self.st.svcs[svc_id]
         for d in range(1, self.st.ndests):
@@ -367,7 +349,7 @@ cdef class Engine:
         cdef fl_svc *s
         cdef uint32_t *t
         cdef uint32_t i, n
-        if svc_id < 1 or svc_id >= MAX_SERVICES or not self.st.svcs[svc_id].in_use:
+        if svc_id < 1 or svc_id > MAX_SERVICES or not self.st.svcs[svc_id].in_use:
             raise ValueError(f"no service {svc_id}")
         s = &self.st.svcs[svc_id]
         if table is None:
@@ -377,8 +359,8 @@ cdef class Engine:
             s.sched = SCHED_CALLBACK
             return
         if isinstance(kind, str):
-            kind = SCHED_KINDS[kind]
-        if kind not in (1, 2, 3):
+            kind = HASH_KINDS[kind]
+        if kind not in _HASH_IDS:
             raise ValueError(f"kind must be sh, dh or mh, got {kind!r}")
         vals = [int(x) for x in table]
         n = len(vals)
@@ -426,14 +408,14 @@ cdef class Engine:
         cdef uint32_t a[4]
         if dest_id < 1 or dest_id > (1 << 24):
             raise ValueError(f"dest_id must be 1..{1 << 24}, got {dest_id}")
-        if svc_id < 1 or svc_id >= MAX_SERVICES or not self.st.svcs[svc_id].in_use:
+        if svc_id < 1 or svc_id > MAX_SERVICES or not self.st.svcs[svc_id].in_use:
             raise ValueError(f"no service {svc_id}")
         if rport < 0 or rport > 65535:
             raise ValueError(f"rport out of range: {rport}")
         if isinstance(fwd, str):
-            if fwd.lower() not in FWD_NAMES:
+            if fwd.lower() not in _FWD_IDS:
                 raise ValueError(f"fwd must be dr, nat or tun, got {fwd!r}")
-            fwd = FWD_NAMES[fwd.lower()]
+            fwd = _FWD_IDS[fwd.lower()]
         if fwd not in (FWD_DR, FWD_NAT, FWD_TUN):
             raise ValueError(f"fwd must be 1 (dr), 2 (nat) or 3 (tun), got {fwd!r}")
         if weight < 0 or weight > 0x7FFFFFFF:
@@ -646,85 +628,6 @@ cdef class Engine:
                 memcpy(f.data, &view[0], f.len)
         return 0
 
-    # -- benchmark helpers ------------------------------------------------------------------------
-    def load_batch(self, frames):
-        """Keep copies of `frames` (any count) in engine memory for process_loaded() and
-        baseline_loaded(), which run them in batches of `batch`."""
-        cdef size_t total = 0, off = 0
-        cdef int j, n = len(frames)
-        cdef const uint8_t[::1] view
-        for fr in frames:
-            if len(fr) > SLOT_SIZE - SLOT_HEADROOM:
-                raise ValueError("frame too large")
-            total += len(fr)
-        free(self.saved)
-        free(self.saved_len)
-        free(self.saved_off)
-        self.saved = <uint8_t *>malloc(total + 1)
-        self.saved_len = <uint32_t *>calloc(n + 1, sizeof(uint32_t))
-        self.saved_off = <size_t *>calloc(n + 1, sizeof(size_t))
-        if self.saved == NULL or self.saved_len == NULL or self.saved_off == NULL:
-            raise MemoryError()
-        for j in range(n):
-            view = frames[j]
-            self.saved_len[j] = view.shape[0]
-            self.saved_off[j] = off
-            if view.shape[0]:
-                memcpy(self.saved + off, &view[0], view.shape[0])
-            off += view.shape[0]
-        self.nloaded = n
-
-    cdef void _restore(self, int start, int n, uint64_t now_ns) noexcept nogil:
-        cdef int j
-        cdef fl_frame *f
-        for j in range(n):
-            f = &self.frames[j]
-            f.data = self.slots + <size_t>j * SLOT_SIZE + SLOT_HEADROOM
-            f.headroom = SLOT_HEADROOM
-            f.csum = FRAME_CSUM_UNKNOWN
-            f.len = self.saved_len[start + j]
-            f.ts_ns = now_ns
-            memcpy(f.data, self.saved + self.saved_off[start + j], f.len)
-
-    def process_loaded(self, uint64_t now_ns, bint new_flows=False):
-        """Restore the loaded frames (memcpy) batch by batch and run them; returns how many
-        were sent. new_flows=True gives every frame a fresh IPv4 source address first (valid
-        header checksum; the next one is new_flow_src + 1), so each run opens new conns."""
-        cdef int j, n, start = 0, tx = 0
-        cdef uint8_t *ip
-        cdef uint32_t l2
-        while start < self.nloaded:
-            n = min(self.batch, self.nloaded - start)
-            self._restore(start, n, now_ns)
-            if new_flows:
-                for j in range(n):
-                    l2 = 18 if rd16(self.frames[j].data + 12) == 0x8100 else 14
-                    ip = self.frames[j].data + l2
-                    self.new_flow_src += 1
-                    wr32(ip + 12, self.new_flow_src)
-                    wr16(ip + 10, 0)
-                    wr16(ip + 10, csum_of(ip, (ip[0] & 0x0F) * 4))
-            self._run(n)
-            for j in range(n):
-                if self.frames[j].verdict == VERDICT_TX:
-                    tx += 1
-            start += n
-            if self.error is not None:
-                break
-        self._raise_pending()
-        return tx
-
-    def baseline_loaded(self):
-        """The same restores plus a minimal header touch per frame: the benchmarks' yardstick."""
-        cdef int start = 0, n
-        with nogil:
-            while start < self.nloaded:
-                n = self.batch if self.nloaded - start > self.batch else self.nloaded - start
-                self._restore(start, n, 0)
-                baseline_touch(&self.st, self.frames, n)
-                start += n
-        return self.nloaded
-
     # -- timers ---------------------------------------------------------------------------------
     def run_timers(self, now_ns=None, budget=None):
         """Expire entries whose timeout passed by `now_ns` (default: the latest frame time),
@@ -747,7 +650,7 @@ cdef class Engine:
     def service_stats(self, int svc_id):
         """conns, inpkts, outpkts, inbytes, outbytes of a service (bytes = IP lengths)."""
         cdef fl_svc *s
-        if svc_id < 1 or svc_id >= MAX_SERVICES or not self.st.svcs[svc_id].in_use:
+        if svc_id < 1 or svc_id > MAX_SERVICES or not self.st.svcs[svc_id].in_use:
             raise KeyError(svc_id)
         s = &self.st.svcs[svc_id]
         return {"conns": s.conns, "inpkts": s.inpkts, "outpkts": s.outpkts,

@@ -34,6 +34,8 @@ import tempfile
 import threading
 import time
 
+from fastlvs.engine import contract
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 _seq = itertools.count()
@@ -46,8 +48,8 @@ DIRECTOR_RS_IP = f"{RSNET}.2"
 VIP = f"{LAN}.100"
 HTTP_PORT = 80
 UDP_PORT = 53
-MODES = ("dr", "nat", "tun")
-FWD_FLAG = {"dr": "-g", "nat": "-m", "tun": "-i"}
+MODES = contract.FWD_NAMES
+FWD_FLAG = {name: m[1] for name, m in contract.FWD_METHODS.items()}
 
 
 def run(*cmd, check=True, timeout=20, input=None):

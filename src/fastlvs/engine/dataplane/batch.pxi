@@ -339,19 +339,3 @@ cdef void engine_bind_parked(fl_engine *e, fl_frame *frames) noexcept nogil:
         if f.verdict == VERDICT_TX:
             e.counters[C_TX] += 1
     e.nparked = 0
-
-
-cdef void baseline_touch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
-    # The reference loop for benchmarks: read what any forwarder must read (ethertype,
-    # addresses, ports) and write the MACs, nothing else.
-    cdef int i
-    cdef uint8_t *d
-    cdef uint32_t acc = 0
-    for i in range(n):
-        d = frames[i].data
-        if rd16(d + 12) == 0x0800:
-            acc += rd32(d + 26) ^ rd32(d + 30) ^ rd32(d + 34)
-            memcpy(d, e.local_mac, 6)
-            memcpy(d + 6, e.local_mac, 6)
-            frames[i].verdict = VERDICT_TX
-            frames[i].out_len = frames[i].len + (acc & 0)

@@ -125,7 +125,6 @@ def _close_open_ports():
 _atexit.register(_close_open_ports)
 
 
-L2_MAX = 18                 # == contract.L2_MAX: Ethernet + one 802.1Q tag
 
 
 def _if_mtu(ifname):

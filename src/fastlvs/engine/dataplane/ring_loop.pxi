@@ -4,91 +4,26 @@
 # UMEM, else one copy), recycle the rest, then flush TX and refill the fill rings once per pass.
 # poll() returns after a pass that found nothing, so the daemon can look at signals/requests.
 
-cdef struct fl_l2fwd_rule:
-    uint32_t in_ifindex
-    uint32_t out_ifindex
-    uint8_t src[6]
-    uint8_t dst[6]
-    uint8_t set_src
-    uint8_t set_dst
-    uint8_t swap
-    uint8_t used
-
-
 cdef struct fl_loop:
     fl_port **ports
     int nports
     fl_frame *frames
     uint64_t *cookies
-    fl_engine *est               # NULL: pass-through
+    fl_engine *est               # NULL: a Bare forwarder's fn(ctx, ...) decides
     PyObject *engine
-    fl_l2fwd_rule *rules
+    fl_bare_fn bare
+    void *bare_ctx
     uint64_t no_port             # TX verdicts naming an interface that is not one of the ports
 
 
-cdef class PassThrough:
-    """The bare forwarder (no engine): what arrives on `in_ifindex` leaves on `out_ifindex`
-    with its MACs rewritten. add(in_port, out_port=None, src_mac=None, dst_mac=None):
-    out_port None = back out of the same port with the MACs swapped. The yardstick of the
-    ring code, and its test without the engine."""
-    cdef fl_l2fwd_rule rules[RING_MAX_PORTS]
-    cdef int n
+cdef class Bare:
+    """A forwarder the ring loop runs in place of an Engine, through its C function `fn`
+    (declared in _core.pxd). The only ones are test tools (_testing.PassThrough, the bare
+    yardstick of the ring code): the product always polls with an Engine."""
 
-    def add(self, in_port, out_port=None, src_mac=None, dst_mac=None):
-        cdef fl_l2fwd_rule *r
-        if self.n >= RING_MAX_PORTS:
-            raise ValueError("too many rules")
-        r = &self.rules[self.n]
-        memset(r, 0, sizeof(fl_l2fwd_rule))
-        r.in_ifindex = in_port if isinstance(in_port, int) else in_port.ifindex
-        if out_port is None:
-            r.out_ifindex = r.in_ifindex
-            r.swap = 1
-        else:
-            r.out_ifindex = out_port if isinstance(out_port, int) else out_port.ifindex
-        cdef bytes b
-        if src_mac is not None:
-            b = _mac_bytes(src_mac)
-            memcpy(r.src, <const char *>b, 6)
-            r.set_src = 1
-        if dst_mac is not None:
-            b = _mac_bytes(dst_mac)
-            memcpy(r.dst, <const char *>b, 6)
-            r.set_dst = 1
-        r.used = 1
-        self.n += 1
-        return self
-
-
-cdef inline void l2fwd_batch(fl_l2fwd_rule *rules, uint32_t in_ifindex, fl_frame *frames,
-                             int n) noexcept nogil:
-    cdef fl_l2fwd_rule *r = NULL
-    cdef int i
-    cdef fl_frame *f
-    cdef uint8_t tmp[6]
-    for i in range(RING_MAX_PORTS):
-        if not rules[i].used:
-            break
-        if rules[i].in_ifindex == in_ifindex:
-            r = &rules[i]
-            break
-    for i in range(n):
-        f = &frames[i]
-        f.out_adj = 0
-        f.out_len = f.len
-        if r == NULL or f.len < 14:
-            f.verdict = VERDICT_DROP
-            continue
-        if r.swap:
-            memcpy(tmp, f.data, 6)
-            memcpy(f.data, f.data + 6, 6)
-            memcpy(f.data + 6, tmp, 6)
-        if r.set_dst:
-            memcpy(f.data, r.dst, 6)
-        if r.set_src:
-            memcpy(f.data + 6, r.src, 6)
-        f.out_ifindex = r.out_ifindex
-        f.verdict = VERDICT_TX
+    def __cinit__(self, *args, **kwargs):
+        if type(self) is Bare:
+            raise TypeError("Bare is a base class; use a forwarder built on it")
 
 
 cdef inline fl_port *ring_port_of(fl_loop *L, uint32_t ifindex, fl_port *src) noexcept nogil:
@@ -135,7 +70,7 @@ cdef inline void ring_dispatch(fl_loop *L, fl_port *src, int n) noexcept nogil:
 cdef inline void ring_process(fl_loop *L, fl_port *src, int n) noexcept nogil:
     cdef int parked
     if L.est == NULL:
-        l2fwd_batch(L.rules, src.ifindex, L.frames, n)
+        L.bare(L.bare_ctx, src.ifindex, L.frames, n)
         return
     parked = engine_rx_batch(L.est, L.frames, n)
     if parked:
@@ -239,8 +174,8 @@ def poll(engine, ports, int timeout_ms=0, max_frames=1 << 20, int stay_ms=0):
     timeout_ms for frames (0 = do not wait). Stops after max_frames. With stay_ms > 0 it
     returns only once stay_ms have passed (or max_frames came), sleeping in poll() whenever
     the rings are empty: the daemon's loop, which has bookkeeping to do between calls, uses
-    that. engine: an Engine (its verdicts decide) or a PassThrough. A scheduler callback
-    error is raised after the pass."""
+    that. engine: an Engine (its verdicts decide) or a Bare forwarder (test tools). A
+    scheduler callback error is raised after the pass."""
     cdef fl_port *pp[RING_MAX_PORTS]
     cdef uint64_t cookies[MAX_BATCH]
     cdef fl_frame own[RING_BATCH]
@@ -248,7 +183,7 @@ def poll(engine, ports, int timeout_ms=0, max_frames=1 << 20, int stay_ms=0):
     cdef uint64_t total
     cdef uint64_t mf = max_frames
     cdef Engine eng
-    cdef PassThrough pt
+    cdef Bare bare
     cdef int i
     ports = list(ports)
     if not ports:
@@ -271,12 +206,13 @@ def poll(engine, ports, int timeout_ms=0, max_frames=1 << 20, int stay_ms=0):
         L.est = &eng.st
         L.frames = own
         L.engine = <PyObject *>engine
-    elif isinstance(engine, PassThrough):
-        pt = engine
-        L.rules = pt.rules
+    elif isinstance(engine, Bare) and (<Bare>engine).fn != NULL:
+        bare = engine
+        L.bare = bare.fn
+        L.bare_ctx = bare.ctx
         L.frames = own
     else:
-        raise TypeError(f"engine must be an Engine or a PassThrough, not {type(engine).__name__}")
+        raise TypeError(f"engine must be an Engine or a Bare forwarder, not {type(engine).__name__}")
     with nogil:
         total = ring_run(&L, timeout_ms, mf, stay_ms)
     if L.est != NULL:
@@ -284,52 +220,37 @@ def poll(engine, ports, int timeout_ms=0, max_frames=1 << 20, int stay_ms=0):
     return total
 
 
-def transmit(port, frames, count=0):
-    """Send `frames` (bytes-likes) out of `port`, `count` frames in total cycling through
-    them (0 = each once), copied into the TX ring without the GIL and flushed every 64.
-    Returns the number accepted by the ring (the rest found it full). For tests and
-    traffic generators; the forwarding path is poll()."""
+# The ring's send operations for code outside this module (declared in _core.pxd; the one
+# user is _testing.transmit, the traffic injector of the ring tests). `ring` is an open
+# Port's fl_port, as port_ring() returns it.
+
+cdef void *port_ring(object port) except NULL:
     cdef Port pt = port
-    cdef fl_port *p = pt.p
-    cdef int nf = len(frames), i
-    cdef uint64_t total = count if count else nf
-    cdef uint64_t k, before, full
-    cdef uint8_t **ptrs
-    cdef uint32_t *lens
-    cdef const uint8_t[::1] view
-    if p.kind == 0:
+    if pt.p.kind == 0:
         raise ValueError(f"{port!r} is closed")
-    if nf == 0:
-        return 0
-    keep = [bytes(f) for f in frames]
-    ptrs = <uint8_t **>malloc(nf * sizeof(uint8_t *))
-    lens = <uint32_t *>malloc(nf * sizeof(uint32_t))
-    if ptrs == NULL or lens == NULL:
-        free(ptrs)
-        free(lens)
-        raise MemoryError()
-    for i in range(nf):
-        view = keep[i]
-        ptrs[i] = <uint8_t *>&view[0]
-        lens[i] = view.shape[0]
-    before = p.tx_ring_full
-    try:
-        with nogil:
-            for k in range(total):
-                i = <int>(k % nf)
-                if p.kind == PORT_XDP:
-                    xdp_complete(p)
-                    xdp_tx_copy(p, ptrs[i], lens[i])
-                    if p.tx_reserved >= RING_BATCH:
-                        xdp_tx_flush(p)
-                else:
-                    pkt_tx_copy(p, ptrs[i], lens[i])
-            if p.kind == PORT_XDP:
-                xdp_tx_flush(p)
-            else:
-                pkt_tx_flush(p)
-    finally:
-        free(ptrs)
-        free(lens)
-    full = p.tx_ring_full - before
-    return total - full
+    return pt.p
+
+
+cdef void ring_tx_copy(void *ring, const uint8_t *data, uint32_t len) noexcept nogil:
+    # one frame copied into the TX ring (a full ring counts it in tx_ring_full); AF_XDP
+    # reaps completions first and submits every RING_BATCH descriptors
+    cdef fl_port *p = <fl_port *>ring
+    if p.kind == PORT_XDP:
+        xdp_complete(p)
+        xdp_tx_copy(p, data, len)
+        if p.tx_reserved >= RING_BATCH:
+            xdp_tx_flush(p)
+    else:
+        pkt_tx_copy(p, data, len)
+
+
+cdef void ring_tx_flush(void *ring) noexcept nogil:
+    cdef fl_port *p = <fl_port *>ring
+    if p.kind == PORT_XDP:
+        xdp_tx_flush(p)
+    else:
+        pkt_tx_flush(p)
+
+
+cdef uint64_t ring_tx_full(void *ring) noexcept nogil:
+    return (<fl_port *>ring).tx_ring_full

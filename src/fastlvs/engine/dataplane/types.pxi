@@ -2,28 +2,14 @@
 # services, interned virtual addresses and the engine state that owns them all. No Python
 # object lives in here, so every function over these structs can run without the GIL.
 
-cdef enum:
-    VERDICT_DROP = 0        # consumed: malformed, no dest, table full, ...
-    VERDICT_TX = 1          # transmit data[out_adj : out_adj + out_len] on out_ifindex
-    VERDICT_PENDING = 2     # parked until the Python scheduler has decided (internal)
-    VERDICT_PASS = 3        # not ours (not IPv4, no virtual service): leave it to the host
+# The contract's constants (FWD_*, SCHED_*, VERDICT_*, the C_* counter indices in
+# COUNTER_NAMES order, limits), generated from contract.py by setup.py.
+include "contract.pxi"
 
+cdef enum:
     FRAME_CSUM_UNKNOWN = 0  # no metadata (AF_XDP copy mode, process()): detect a partial one
     FRAME_CSUM_PARTIAL = 1  # the sender offloaded it (TP_STATUS_CSUMNOTREADY): complete it
     FRAME_CSUM_FULL = 2     # complete (or at least not ours to fix): leave it
-
-    FWD_NONE = 0
-    FWD_DR = 1
-    FWD_NAT = 2
-    FWD_TUN = 3
-    FWD_NAT_OUT = 4         # xmit table slot for NAT replies (RS -> client)
-
-    SCHED_CALLBACK = 0
-    SCHED_SH = 1
-    SCHED_DH = 2
-    SCHED_MH = 3
-    SCHED_F_FALLBACK = 1
-    SCHED_F_PORT = 2
 
     # conn flags (IPVS's IP_VS_CONN_F_* meanings, our own bits: the entry has only 8)
     CF_TEMPLATE = 1
@@ -36,31 +22,9 @@ cdef enum:
     DF_AVAILABLE = 2        # IP_VS_DEST_F_AVAILABLE: linked to its service
     DF_OVERLOAD = 4         # IP_VS_DEST_F_OVERLOAD
 
-    # global counters
-    C_RX = 0
-    C_TX = 1
-    C_PASS = 2
-    C_MALFORMED = 3
-    C_NOT_IP = 4
-    C_NO_SERVICE = 5
-    C_TABLE_FULL = 6
-    C_TCP_NOT_SYN = 7
-    C_NO_DEST = 8
-    C_FRAGMENT = 9
-    C_BAD_CHECKSUM = 10
-    C_FRAG_NEEDED_SENT = 11
-    C_NO_HEADROOM = 12
-    C_CALLBACK_ERROR = 13
-    C_NO_ROUTE = 14
-    C_OVERSIZE = 15
-    C_CONNS_CREATED = 16
-    C_CONNS_EXPIRED = 17
-    C_TTL_EXCEEDED = 18     # arrived with TTL <= 1: not forwarded, ICMP time exceeded sent
-    C_CSUM_COMPLETED = 19   # a partial (offload) TCP/UDP checksum completed before sending
-    C_LAST = 20
+    C_PASS = C_PASSED       # the counter of frames left to the host
 
-    MAX_SERVICES = 65536
-    MAX_VIPS = 65536
+    SVC_SLOTS = MAX_SERVICES + 1   # svcs[] is indexed by service id (0 = none)
     VIP_INDEX_SIZE = 131072   # open-addressed index over the interned VIPs, power of 2
     NEIGH_WAYS = 8            # client-MAC table: entries per set (the whole probe window)
     NEIGH_MIN_SLOTS = 64
@@ -70,7 +34,7 @@ cdef enum:
     NEIGH_MAX_SUBNETS = 16    # on-link client subnets of the learning interface
     NF_USED = 1
     NF_KERNEL = 2             # from the kernel's neighbour table (set_neighbor): never aged
-    MAX_BATCH = 256
+    MAX_BATCH = BATCH_MAX
     PREFETCH_AHEAD = 6        # frames handled between an entry's prefetch and its lookup
 
     # TCP states, numbered as ip_vs.h numbers them
