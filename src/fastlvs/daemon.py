@@ -81,6 +81,7 @@ class Daemon:
         self.neigh: NeighbourMonitor | None = None
         self.ports: Ports | None = None
         self._hop_ips: set[str] = set()              # next-hop addresses of the real servers
+        self._gateway: str | None = None             # the default gateway (NAT replies off-link)
         self._cif = 0                                # the client-side interface's ifindex
         self._retired_steered = False                # steering kept for deleted NAT dests
         self._stop = False
@@ -189,7 +190,7 @@ class Daemon:
         self.director.load(table)
         self._sync_ports()
         self._learn_neighbours()
-        self.director.learn_clients(self._cif)
+        self.director.learn_clients(self._cif, self._client_subnets(cif))
         self.control = ControlServer(self.director, self.cfg.socket_path, reload=self._do_reload)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
@@ -256,12 +257,18 @@ class Daemon:
                                     for _, _, _, fwd, _ in self.director.retired_dests())
         return self.ports.sync(want)
 
+    @staticmethod
+    def _client_subnets(cif) -> list[str]:
+        """The on-link prefixes of the client-side interface: VIPs held as /32 are not
+        networks, and the engine keeps at most 16."""
+        return [a for a in cif.addresses if not a.endswith("/32")][:16]
+
     def _learn_neighbours(self) -> None:
         # NAT replies go back to clients: the engine needs their MACs. The kernel learns them
         # (a client ARPs for the VIP, which the kernel owns), so copy its table and follow it.
         for ip, mac in self.nl.neighbours(self._cif):
             self.director.set_neighbor(ip, mac, self._cif)
-        gw = self.nl.default_gateway()
+        gw = self._gateway = self.nl.default_gateway()
         if gw:
             try:
                 mac, oif = self.nl.nexthop(gw, RESOLVE_TIMEOUT)
@@ -280,9 +287,13 @@ class Daemon:
                 self._sync_ports()
         hops_moved = False
         for ip, mac, ifindex in news:
-            if mac is None or ":" in ip:
+            if ":" in ip:
                 continue
+            # a gone entry is forgotten too: the client's replies fall back to what the
+            # engine learned from its frames, or to the gateway
             self.director.set_neighbor(ip, mac, ifindex)
+            if ip == self._gateway and mac is not None:
+                self.director.set_gateway(mac, ifindex)     # a replaced router is followed
             hops_moved |= ip in self._hop_ips
         if hops_moved:
             n = self.director.refresh_nexthops(self._nexthop_now)

@@ -16,6 +16,8 @@ class FakeDirector:
         self.table = []
         self.polls = 0
         self.refreshes = []
+        self.neighbours = []
+        self.gateways = []
 
     def poll(self, ports, stay_ms=0):
         self.polls += 1
@@ -30,7 +32,11 @@ class FakeDirector:
         return 0
 
     def set_neighbor(self, ip, mac, ifindex):
+        self.neighbours.append((ip, mac, ifindex))
         return True
+
+    def set_gateway(self, mac, ifindex=0):
+        self.gateways.append((mac, ifindex))
 
     def refresh_nexthops(self, nexthop=None):
         # as the real director: the resolver given, else the one it was built with
@@ -113,6 +119,26 @@ def test_a_neighbour_event_refreshes_next_hops_without_waiting():
     d.neigh.news = [("192.0.2.254", b"\x02\x00\x00\x00\x00\xfe", 3)]
     d._neighbour_changes()
     assert d.nl.timeouts == [0, 0]
+
+
+def test_a_new_gateway_mac_is_followed_and_gone_neighbours_are_forgotten():
+    gw_mac = b"\x02\x00\x00\x00\x00\xfe"
+    d = daemon_with_fakes([("198.51.100.1", gw_mac, 3), ("192.0.2.50", None, 3),
+                           ("192.0.2.51", b"\x02\x00\x00\x00\x00\x51", 3)])
+    d._gateway = "198.51.100.1"
+    d._neighbour_changes()
+    # the router was replaced: NAT replies to off-link clients follow its new MAC
+    assert d.director.gateways == [(gw_mac, 3)]
+    # a client whose entry went away is forgotten, not kept at its old MAC
+    assert ("192.0.2.50", None, 3) in d.director.neighbours
+    assert ("192.0.2.51", b"\x02\x00\x00\x00\x00\x51", 3) in d.director.neighbours
+
+
+def test_client_subnets_leave_out_vips_held_as_host_addresses():
+    from fastlvs.system.netlink import Interface
+    cif = Interface("d0", 3, b"\x02" * 6, 1500,
+                    ("192.0.2.2/24", "203.0.113.10/32", "198.51.100.2/25"), True)
+    assert Daemon._client_subnets(cif) == ["192.0.2.2/24", "198.51.100.2/25"]
 
 
 @pytest.fixture

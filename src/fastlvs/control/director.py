@@ -201,7 +201,8 @@ class Director:
     # -- what the daemon feeds the engine --------------------------------------------------------
     def set_neighbor(self, ip: str, mac, ifindex: int) -> bool:
         """The MAC (and interface) NAT replies to client `ip` go to; setting it again
-        replaces it. An IPv6 `ip` is ignored (the engine forwards IPv4) and returns False;
+        replaces it, mac=None forgets it (its replies then go by a MAC learned from its
+        frames, or the gateway). An IPv6 `ip` is ignored (the engine forwards IPv4) and returns False;
         so does a full neighbour table: the client's replies then go by its learned MAC or
         the gateway, and nothing else changes. ValueError for an `ip` that is no address."""
         if ipaddress.ip_address(ip).version != 4:
@@ -218,11 +219,16 @@ class Director:
         and counted as no_route."""
         self.engine.set_gateway_mac(mac, ifindex)
 
-    def learn_clients(self, ifindex: int) -> None:
+    def learn_clients(self, ifindex: int, subnets=None) -> None:
         """NAT: remember a new connection's client MAC (the client or its router) as the
         next hop of its replies, sent out of `ifindex`; 0 turns learning off. A client with
-        a neighbour entry keeps it."""
+        a neighbour entry keeps it. `subnets` (prefixes such as "192.0.2.0/24", at most 16)
+        are the clients on-link there: replies to any other client go to the gateway's MAC
+        and take no entry, so a flood of spoofed sources cannot fill the table. None leaves
+        the engine's list as it is."""
         self.engine.set_learn_ifindex(ifindex)
+        if subnets is not None:
+            self.engine.set_client_subnets(list(subnets))
 
     def expire(self, now_ns: int, budget: int | None = None) -> int:
         """Expire connection entries whose timeout passed by `now_ns` (monotonic ns),
