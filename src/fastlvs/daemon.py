@@ -349,6 +349,7 @@ class Daemon:
         if self.control.handle_ready():
             self._sync_ports()
         self._neighbour_changes()
+        self.ports.follow()             # the director's own addresses, as they change
         now = time.monotonic()
         self.director.tick(now)
         if now - self._last_sweep >= SWEEP_EVERY:

@@ -223,6 +223,47 @@ def test_xdp_ports_on_every_queue(topo):
     assert not topo.xdp_attached(topo.director, "m0")
 
 
+@pytest.mark.parametrize("others", [0, 20], ids=["in-place", "hash-map"])
+def test_xdp_leaves_replies_to_local_addresses_to_the_kernel(topo, others):
+    # A NAT real server's frame is redirected when it goes to a client and passed when it
+    # goes to one of the director's own addresses (its own connection's reply); with more
+    # than 8 local addresses the program looks them up in fl_locals instead of in place.
+    rip, rport, client = topo.c0_ip, 8080, "10.200.1.77"
+
+    def from_rs(dst, tag):
+        return [bytes(Ether(src=topo.mac["c0"], dst=topo.mac["d0"])
+                      / IP(src=rip, dst=dst) / UDP(sport=rport, dport=30000 + i)
+                      / (tag + b"x" * 20)) for i in range(10)]
+
+    with in_ns(topo.director):
+        umem = core.XdpUmem(frames=1024)
+        p0 = core.XdpPort("d0", ring_size=128, umem=umem)
+        p1 = core.XdpPort("d1", ring_size=128, umem=umem)
+    try:
+        p0.add_rserver("udp", rip, rport)
+        for i in range(others):
+            p0.add_local(f"10.99.0.{i + 1}")
+        p0.add_local(topo.d0_ip)
+        p0.add_local(topo.d0_ip)                           # twice: a no-op
+        fwd = testing.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        to_client = from_rs(client, b"flc")
+        got = forward_and_collect(topo, [p0, p1], fwd, to_client, b"flc")
+        assert len(got) == 10 and p0.stats()["rx"] == 10
+        passed = p0.steer_stats()["passed"]
+        to_me = from_rs(topo.d0_ip, b"flm")
+        assert forward_and_collect(topo, [p0, p1], fwd, to_me, b"flm", timeout=0.5) == []
+        assert p0.stats()["rx"] == 10
+        assert p0.steer_stats()["passed"] - passed >= 10
+        # no longer local: taken again
+        p0.del_local(topo.d0_ip)
+        p0.del_local(topo.d0_ip)                           # absent: a no-op
+        assert len(forward_and_collect(topo, [p0, p1], fwd, to_me, b"flm")) == 10
+    finally:
+        p0.close()
+        p1.close()
+        umem.close()
+
+
 @pytest.mark.parametrize("backend", ["xdp", "packet"])
 def test_vlan_tagged_service_traffic(topo, backend):
     # one 802.1Q tag: the program looks past it (XDP); AF_PACKET gets the tag back into the

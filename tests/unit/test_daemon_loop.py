@@ -87,6 +87,9 @@ class NoPorts:
     def list(self):
         return []
 
+    def follow(self):
+        pass
+
 
 def daemon_with_fakes(news=()):
     d = Daemon(Options(mode="dr", interface="d0", vip="203.0.113.10:80",

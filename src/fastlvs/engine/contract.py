@@ -66,6 +66,7 @@ MAX_VIPS = 65536
 L2_MAX = 18                        # Ethernet header + one 802.1Q tag
 XDP_HEADROOM = 256                 # the kernel's XDP_PACKET_HEADROOM in front of an AF_XDP frame
 UMEM_FRAME_SIZES = (2048, 4096)    # AF_XDP chunk sizes (no multi-buffer: one frame, one chunk)
+RING_MAX_PORTS = 64                # ring sockets one loop polls (every queue of every interface)
 BACKENDS = ("xdp", "packet")
 
 

@@ -175,16 +175,19 @@ class Testbed:
     """One cluster for one forwarding mode. `build()` makes it (and starts the servers),
     `destroy()` removes every namespace it made and stops every process it started; both
     are safe after a partial build. `decap_src` is the TUN decapsulator's C source (needed
-    in TUN mode only; compiled once per real server with clang)."""
+    in TUN mode only; compiled once per real server with clang). `queues`: RX/TX queues of
+    the director's veths (both ends); a veth delivers a frame on the RX queue of the TX
+    queue its sender hashed the flow to, so with several queues flows spread over them."""
 
     def __init__(self, mode: str, n_rs: int = 3, decap_src: str | None = None,
-                 prefix: str = "fl"):
+                 prefix: str = "fl", queues: int = 1):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         if mode == "tun" and not decap_src:
             raise ValueError("TUN mode needs decap_src (the real servers' XDP decapsulator)")
         self.mode = mode
         self.decap_src = decap_src
+        self.queues = queues
         tag = f"{prefix}{os.getpid() % 100000}x{next(_seq)}"
         self.tag = tag
         self.switch, self.client, self.director = f"{tag}sw", f"{tag}c", f"{tag}d"
@@ -219,8 +222,8 @@ class Testbed:
             raise
         return self
 
-    def _veth(self, sw_name, ns, dev, bridge):
-        q = ("numtxqueues", "1", "numrxqueues", "1")    # the XSK sits on queue 0
+    def _veth(self, sw_name, ns, dev, bridge, queues=1):
+        q = ("numtxqueues", str(queues), "numrxqueues", str(queues))
         run("ip", "-n", self.switch, "link", "add", sw_name, *q, "type", "veth", "peer",
             "name", dev, *q, "netns", ns)
         run("ip", "-n", self.switch, "link", "set", sw_name, "master", bridge, "up")
@@ -238,9 +241,9 @@ class Testbed:
                 "forward_delay", "0", "stp_state", "0")
             run("ip", "-n", self.switch, "link", "set", br, "up")
         self._veth("pc", self.client, "eth0", "br0")
-        self._veth("pd", self.director, self.lan_if, "br0")
+        self._veth("pd", self.director, self.lan_if, "br0", self.queues)
         if self.mode == "nat":
-            self._veth("pdn", self.director, self.rs_if, "br1")
+            self._veth("pdn", self.director, self.rs_if, "br1", self.queues)
         rs_bridge = "br1" if self.mode == "nat" else "br0"
         for i, ns in enumerate(self.rs):
             self._veth(f"pr{i + 1}", ns, "eth0", rs_bridge)

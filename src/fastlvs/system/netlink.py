@@ -1,8 +1,9 @@
 """What the daemon asks the kernel over rtnetlink (pyroute2), in the kernel's own words:
 interfaces (ifindex, MAC, MTU, addresses), `ip route get`, neighbours (looked up, and
-resolved by the kernel on request), whether an address is local, and a monitor of neighbour
-changes. Everything is read-only except the resolution request (NTF_USE), which only makes
-the kernel do what it would do for a packet of its own.
+resolved by the kernel on request), whether an address is local, this namespace's own
+addresses, and monitors of neighbour and address changes. Everything is read-only except
+the resolution request (NTF_USE), which only makes the kernel do what it would do for a packet
+of its own.
 
 The VIP rule (`vip_problem`): a virtual service's address must be local to this host (or
 network namespace) in every forwarding mode, as IPVS requires for non-fwmark services. The
@@ -38,6 +39,8 @@ NTF_USE = 0x01
 RTN_UNICAST = 1
 RTN_LOCAL = 2
 RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
 
 _POLL = 0.01          # seconds between neighbour-table reads while the kernel resolves
 
@@ -171,6 +174,13 @@ class Netlink:
             return self.route_get(ip).local
         except NetlinkError:
             return False
+
+    def local_addresses(self) -> set[str]:
+        """Every address of every interface of this namespace, IPv4 and IPv6, as `ip addr`
+        lists them (without prefix lengths): the addresses the director's own connections
+        are answered to."""
+        return {a.get("IFA_ADDRESS") for a in self._ipr.get_addr()
+                if a.get("IFA_ADDRESS") and a["family"] in (socket.AF_INET, socket.AF_INET6)}
 
     # -- neighbours ----------------------------------------------------------------------------
     def neighbour(self, ip: str, ifindex: int) -> bytes | None:
@@ -356,5 +366,37 @@ class NeighbourMonitor:
         self.close()
 
 
-__all__ = ["Interface", "NeighbourMonitor", "NetlinkError", "Netlink", "Route", "dr_problem",
-           "vip_problem"]
+class AddressMonitor:
+    """Whether this namespace's addresses changed (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR):
+    `changed()` reads all news without blocking and says whether any address was added or
+    removed since the last call (also when the kernel dropped news): then re-read them all.
+    Create it before the first read, so that no change falls between the two."""
+
+    def __init__(self, netns: str | None = None):
+        from pyroute2 import IPRoute
+
+        groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+        self._ipr = IPRoute(groups=groups, netns=netns)
+        self._ipr.bind(groups=groups)
+
+    def fileno(self) -> int:
+        return self._ipr.fileno()
+
+    def changed(self) -> bool:
+        news = False
+        while select.select([self._ipr], [], [], 0)[0]:
+            try:
+                msgs = self._ipr.get()
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    return True             # news lost: the caller re-reads everything
+                raise
+            news |= any(m.get("event") in ("RTM_NEWADDR", "RTM_DELADDR") for m in msgs)
+        return news
+
+    def close(self) -> None:
+        self._ipr.close()
+
+
+__all__ = ["AddressMonitor", "Interface", "NeighbourMonitor", "NetlinkError", "Netlink", "Route",
+           "dr_problem", "vip_problem"]

@@ -2,7 +2,9 @@
 
 An AF_PACKET socket sees a frame before the netdev ingress hook, so dropping virtual-service
 traffic (and NAT replies from real servers) there leaves it to fastlvs alone: the kernel
-neither answers it (RST, port unreachable) nor forwards it. One table per instance, named
+neither answers it (RST, port unreachable) nor forwards it. A real server's frame addressed to
+one of the director's own addresses (the `local` sets) answers the director's own connection
+(a health check, SSH) and is not dropped. One table per instance, named
 fastlvs_<pid>_<n> so that a later fastlvs can remove the tables of a process that died
 (remove_stale). Every change set goes to the kernel as one transaction: one `nft -f -`
 process with the whole script (commit()), not one process per set element.
@@ -54,11 +56,13 @@ def _this_netns_fd() -> int:
 class NftIngressDrop:
     """NftIngressDrop(devices): a netdev table with one ingress chain per device that drops
     frames whose (proto, daddr, dport) is a service or whose (proto, saddr, sport) is a NAT
-    real server, in the network namespace of the calling thread at construction (kept for
-    every later change, as a ring keeps its namespace). The table is created by the first
-    commit. add()/discard() change set elements now (one transaction each); commit() applies
-    the changes of several tables in one. Adding a present key or discarding an absent one
-    is a no-op. close() deletes the table and is idempotent; so does interpreter exit."""
+    real server and whose daddr is not a "local" key (kind "local", proto "", port 0: one of
+    the director's own addresses), in the network namespace of the calling thread at
+    construction (kept for every later change, as a ring keeps its namespace). The table is
+    created by the first commit. add()/discard() change set elements now (one transaction
+    each); commit() applies the changes of several tables in one. Adding a present key or
+    discarding an absent one is a no-op. close() deletes the table and is idempotent; so
+    does interpreter exit."""
 
     def __init__(self, devices, table: str | None = None):
         self.devices = list(devices)
@@ -77,22 +81,31 @@ class NftIngressDrop:
         for kind in ("service", "rserver"):
             for fam, typ in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
                 lines.append(f"  set {kind}{fam} {{ type inet_proto . {typ} . inet_service; }}")
+        lines.append("  set local4 { type ipv4_addr; }")
+        lines.append("  set local6 { type ipv6_addr; }")
         for i, dev in enumerate(self.devices):
             lines.append(f"  chain in{i} {{")
             lines.append(f'    type filter hook ingress device "{dev}" priority -500; '
                          "policy accept;")
             lines.append("    meta l4proto . ip daddr . th dport @service4 drop")
-            lines.append("    meta l4proto . ip saddr . th sport @rserver4 drop")
+            # the director's own connections to a real server are answered to its own
+            # address: those replies are the kernel's (tested only after the set matched)
+            lines.append("    meta l4proto . ip saddr . th sport @rserver4 ip daddr != @local4 "
+                         "drop")
             lines.append("    meta l4proto . ip6 daddr . th dport @service6 drop")
-            lines.append("    meta l4proto . ip6 saddr . th sport @rserver6 drop")
+            lines.append("    meta l4proto . ip6 saddr . th sport @rserver6 ip6 daddr != "
+                         "@local6 drop")
             lines.append("  }")
         lines.append("}")
         return lines
 
     @staticmethod
     def _elem(kind, proto, addr, port):
+        if kind == "local":
+            a = ipaddress.ip_address(addr)
+            return (kind, "", str(a), 0, a.version)
         if kind not in ("service", "rserver"):
-            raise ValueError(f"kind must be service or rserver, got {kind!r}")
+            raise ValueError(f"kind must be service, rserver or local, got {kind!r}")
         p = _PROTOS.get(proto.lower() if isinstance(proto, str) else proto)
         if p is None:
             raise ValueError(f"protocol must be tcp or udp, got {proto!r}")
@@ -110,14 +123,15 @@ class NftIngressDrop:
             kind, p, a, port, ver = self._elem(*key)
             if (kind, p, a, port) in self.keys or (kind, p, a, port) in added:
                 continue
-            lines.append(f"add element netdev {self.table} {kind}{ver} {{ {p} . {a} . {port} }}")
+            lines.append(f"add element netdev {self.table} {kind}{ver} "
+                         f"{{ {_value(p, a, port)} }}")
             added.add((kind, p, a, port))
         for key in discard:
             kind, p, a, port, ver = self._elem(*key)
             if (kind, p, a, port) not in self.keys or (kind, p, a, port) in removed:
                 continue
             lines.append(f"delete element netdev {self.table} {kind}{ver} "
-                         f"{{ {p} . {a} . {port} }}")
+                         f"{{ {_value(p, a, port)} }}")
             removed.add((kind, p, a, port))
         return lines, added, removed
 
@@ -149,6 +163,11 @@ class NftIngressDrop:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _value(proto: str, addr: str, port: int) -> str:
+    # a local address is the address alone; the other sets are proto . addr . port
+    return f"{proto} . {addr} . {port}" if proto else addr
 
 
 def commit(changes) -> None:

@@ -1,11 +1,14 @@
-"""The daemon's rings and what steers traffic into them: one port per interface (AF_XDP with
-our steering program, or AF_PACKET with an nftables ingress drop), opened when the wanted
-steering first names its interface; the steering keys kept equal to the wanted ones; NAPI
-placement and busy-poll sysfs settings of each interface opened; queue discovery.
+"""The daemon's rings and what steers traffic into them: per interface, an AF_XDP socket on
+every RX queue (our steering program redirects by queue) or one AF_PACKET socket (it sees all
+queues) with an nftables ingress drop, opened when the wanted steering first names the
+interface; the steering keys kept equal to the wanted ones plus the director's own addresses,
+followed as they change; NAPI placement and busy-poll sysfs settings of each interface opened;
+queue discovery.
 
 Keys are plain tuples (kind, proto, addr, port), kind "service" (proto, VIP, vport: frames to
-it) or "rserver" (proto, RIP, rport: NAT replies from it); this module knows nothing of
-services or the director.
+it), "rserver" (proto, RIP, rport: NAT replies from it) or "local" ("", address, 0: a NAT
+real server's frame to it answers the director's own connection and stays the kernel's); this
+module knows nothing of services or the director.
 """
 from __future__ import annotations
 
@@ -15,14 +18,18 @@ import logging
 import socket
 import struct
 
+from fastlvs.engine.contract import RING_MAX_PORTS as MAX_PORTS
 from fastlvs.system import nft
 from fastlvs.system.napi import NapiPlacement, SysfsTuning
+from fastlvs.system.netlink import AddressMonitor
 
 log = logging.getLogger("fastlvs")
 
 Key = tuple  # (kind, proto, addr, port)
 
 UMEM_FRAMES = 4 * 4096 * 2
+RING_SLOTS = 4096           # an interface's RX (and fill) ring slots, shared by its queues
+MIN_QUEUE_RING = 512
 
 
 class PortError(Exception):
@@ -59,13 +66,24 @@ def rx_queue_count(ifname: str) -> int:
     return int(n or 1)
 
 
-def xdp_ports(ifname: str, umem=None, **kwargs) -> list:
-    """An XdpPort on every RX queue of `ifname` sharing one XdpUmem (made when None, sized
-    for all queues); kwargs go to XdpPort. On error, the ports made so far are closed."""
+def queue_ring_size(n: int) -> int:
+    """Ring size of each of `n` queues: the interface's RING_SLOTS shared out (a power of
+    two, at least MIN_QUEUE_RING), so that the fill rings of a many-queue interface do not
+    hold the whole shared UMEM while most queues idle."""
+    ring = RING_SLOTS
+    while ring > MIN_QUEUE_RING and ring * n > RING_SLOTS:
+        ring //= 2
+    return ring
+
+
+def xdp_ports(ifname: str, umem=None, queues: int | None = None, **kwargs) -> list:
+    """An XdpPort on every RX queue of `ifname` (`queues`, else rx_queue_count) sharing one
+    XdpUmem (made when None, sized for all queues); kwargs go to XdpPort, ring_size defaulting
+    to queue_ring_size. On error, the ports made so far are closed."""
     from fastlvs.engine import _core
 
-    n = rx_queue_count(ifname)
-    ring = kwargs.get("ring_size", 4096)
+    n = queues or rx_queue_count(ifname)
+    ring = kwargs.setdefault("ring_size", queue_ring_size(n))
     if umem is None:
         umem = _core.XdpUmem(frames=4 * ring * n, frame_size=kwargs.pop("frame_size", 4096))
     ports = []
@@ -93,9 +111,15 @@ class Steering:
         if self.nft is not None:
             return [(self.nft, list(add), list(discard))]
         for kind, proto, addr, port in add:
-            getattr(self.port, f"add_{kind}")(proto, addr, port)
+            if kind == "local":
+                self.port.add_local(addr)
+            else:
+                getattr(self.port, f"add_{kind}")(proto, addr, port)
         for kind, proto, addr, port in discard:
-            getattr(self.port, f"del_{kind}")(proto, addr, port)
+            if kind == "local":
+                self.port.del_local(addr)
+            else:
+                getattr(self.port, f"del_{kind}")(proto, addr, port)
         return []
 
     def add(self, kind, proto, addr, port) -> None:
@@ -118,9 +142,11 @@ class Steering:
 class Ports:
     """The rings of one daemon. `backend` is "auto" (AF_XDP, falling back to AF_PACKET for
     good at the first interface where it does not attach), "xdp" (PortError instead) or
-    "packet". `sync(wanted)` opens a port for every interface `wanted` names that has none
-    and makes each port's steering keys equal to wanted[ifindex], nft changes of the whole
-    set in one transaction. close() leaves nothing attached and is safe to call twice."""
+    "packet". `sync(wanted)` opens the ports of every interface `wanted` names that has none
+    and makes each interface's steering keys equal to wanted[ifindex] plus a "local" key per
+    address of this namespace, nft changes of the whole set in one transaction; `follow()`
+    (once per loop pass) keeps the local keys in step with address changes. close() leaves
+    nothing attached and is safe to call twice."""
 
     def __init__(self, nl, backend: str, *, busy_poll: int = 0, cpu: int | None = None,
                  mtu: int | None = None, state=None):
@@ -129,32 +155,48 @@ class Ports:
         self.backend = backend
         self.busy_poll = busy_poll
         self.mtu = mtu
-        self.ports: dict[int, object] = {}           # ifindex -> XdpPort | PacketPort
+        self.ports: dict[int, object] = {}           # ifindex -> XdpPort (queue 0) | PacketPort
+        self.queues: dict[int, list] = {}            # ifindex -> its ports, one per RX queue
         self.steering: dict[int, Steering] = {}
         self.steered: dict[int, set] = {}            # ifindex -> installed keys
+        self.wanted: dict[int, set] = {}             # ifindex -> keys sync() was given
+        self.local: set = set()                      # ("local", "", addr, 0) per own address
+        self.addresses: AddressMonitor | None = None
         self.umem = None
         self.napi = NapiPlacement(cpu) if cpu is not None else None
         self.sysfs = SysfsTuning()
 
     def list(self) -> list:
-        """The open ports, in the order they were opened (what the ring loop polls)."""
-        return list(self.ports.values())
+        """The open ports, interfaces in the order they were opened, each interface's queues
+        in order (what the ring loop polls)."""
+        return [p for queues in self.queues.values() for p in queues]
 
     def open(self, ifindex: int):
-        """The port of `ifindex`, opened now if it has none."""
+        """The port of `ifindex` (queue 0's; the steering goes through it), opened now with
+        the ports of its other queues if it has none."""
         from fastlvs.engine import _core
 
         if ifindex in self.ports:
             return self.ports[ifindex]
         name = self.nl.interface_by_index(ifindex).name
+        queues = None
         if self.backend in ("xdp", "auto"):
             try:
+                # A queue without a socket would give its share of the VIP traffic to the
+                # kernel (which answers RST) and NAT replies would leave untranslated.
+                n = rx_queue_count(name)
+                have = len(self.list())
+                if have + n > MAX_PORTS:
+                    raise RuntimeError(f"{n} RX queues: with the {have} rings open, more than "
+                                       f"the {MAX_PORTS} one loop polls (fewer queues: "
+                                       f"ethtool -L {name})")
                 if self.umem is None:
                     # One UMEM for every port: a frame received on one interface is sent on
                     # another by descriptor, without a copy.
                     self.umem = _core.XdpUmem(frames=UMEM_FRAMES, frame_size=self.frame_size())
-                port = _core.XdpPort(name, queue=0, mode="auto", umem=self.umem,
-                                     busy_poll=bool(self.busy_poll))
+                queues = xdp_ports(name, umem=self.umem, queues=n, mode="auto",
+                                   busy_poll=bool(self.busy_poll))
+                port = queues[0]
             except (OSError, RuntimeError) as e:
                 if self.backend == "xdp":
                     raise PortError(f"{name}: cannot attach AF_XDP: {e}") from None
@@ -169,9 +211,11 @@ class Ports:
         else:
             port = _core.PacketPort(name)
         self.ports[ifindex] = port
+        self.queues[ifindex] = queues or [port]      # AF_PACKET: one socket sees every queue
         self.steering[ifindex] = Steering(port)
         self.steered[ifindex] = set()
-        log.info("%s: %s backend, %s", name, port.backend, port.mode)
+        log.info("%s: %s backend, %s, %d RX queue(s)", name, port.backend, port.mode,
+                 len(self.queues[ifindex]))
         if self.napi is not None:
             self.napi.place(name)
         self._record()
@@ -194,19 +238,41 @@ class Ports:
         opened = []
         for ifindex in wanted:
             if ifindex not in self.ports:
-                opened.append(self.open(ifindex))
-        batch = []
+                self.open(ifindex)
+                opened += self.queues[ifindex]
         for ifindex, keys in wanted.items():
+            self.wanted[ifindex] = set(keys)
+        if self.addresses is None:
+            # the monitor before the first read: no change falls between the two
+            self.addresses = AddressMonitor()
+            self.local = self._local_keys()
+        self._steer(list(wanted))
+        return opened
+
+    def follow(self) -> None:
+        """Bring the local-address keys of every interface up to date after an address of
+        this namespace was added or removed (reads the news without blocking)."""
+        if self.addresses is None or not self.addresses.changed():
+            return
+        self.local = self._local_keys()
+        self._steer(list(self.wanted))
+
+    def _local_keys(self) -> set:
+        return {("local", "", addr, 0) for addr in self.nl.local_addresses()}
+
+    def _steer(self, ifindexes) -> None:
+        # installed keys := wanted + local, for these interfaces, nft in one transaction
+        batch, full = [], {}
+        for ifindex in ifindexes:
+            keys = full[ifindex] = self.wanted[ifindex] | self.local
             have = self.steered[ifindex]
             add, discard = keys - have, have - keys
             if add or discard:
                 batch += self.steering[ifindex].changes(sorted(add), sorted(discard))
         nft.commit(batch)
-        for ifindex, keys in wanted.items():
-            self.steered[ifindex] = set(keys)
+        self.steered.update(full)
         if batch:
             self._record()
-        return opened
 
     def frame_size(self) -> int:
         """UMEM chunk size: 2048 when every interface's largest frame fits one with the
@@ -217,31 +283,47 @@ class Ports:
         return 2048 if worst <= 2048 - 256 else 4096
 
     def stats(self) -> dict:
-        """{ifname: counters} of every ring: ours (rx, tx, drops, wake-ups), and for AF_XDP
-        the steering program's and the kernel's socket counters (rx_ring_full: frames the
-        kernel dropped because we were behind)."""
+        """{ifname: counters} of every interface's rings: ours (rx, tx, drops, wake-ups),
+        and for AF_XDP the steering program's and the kernel's socket counters (rx_ring_full:
+        frames the kernel dropped because we were behind), summed over its RX queues, with
+        each queue's own under "queues" ({queue number: counters})."""
         out = {}
-        for port in self.ports.values():
-            st = {"backend": port.backend, **port.stats()}
-            if port.backend == "xdp":
-                st["umem_frame_size"] = port.umem.frame_size
-            for extra in ("steer_stats", "xsk_stats"):
-                if hasattr(port, extra):
+        for ifindex, port in self.ports.items():
+            per = {}
+            for q in self.queues[ifindex]:
+                st = dict(q.stats())
+                if hasattr(q, "xsk_stats"):
                     try:
-                        st.update(getattr(port, extra)())
+                        st.update(q.xsk_stats())
                     except OSError as e:
-                        st[extra] = f"unavailable: {e}"
-            out[port.ifname] = st
+                        st["xsk_stats"] = f"unavailable: {e}"
+                per[getattr(q, "queue", 0)] = st
+            total = {"backend": port.backend}
+            for st in per.values():
+                for k, v in st.items():
+                    total[k] = total.get(k, 0) + v if isinstance(v, int) else v
+            if port.backend == "xdp":
+                total["umem_frame_size"] = port.umem.frame_size
+                total["queues"] = per
+            if hasattr(port, "steer_stats"):
+                try:
+                    total.update(port.steer_stats())
+                except OSError as e:
+                    total["steer_stats"] = f"unavailable: {e}"
+            out[port.ifname] = total
         return out
 
     def describe(self) -> str:
-        return ", ".join(f"{p.ifname} ({p.backend} {p.mode})" for p in self.ports.values())
+        return ", ".join(f"{p.ifname} ({p.backend} {p.mode}"
+                         + (f", {len(self.queues[i])} queues)" if len(self.queues[i]) > 1
+                            else ")")
+                         for i, p in self.ports.items())
 
     def close(self) -> None:
         # the NAPI placement before the ports: a veth without its XDP program may have no
         # NAPI left, and then its threaded setting can no longer be written back
-        closers = [self.napi, *self.steering.values(), *self.ports.values(), self.sysfs,
-                   self.umem]
+        closers = [self.napi, *self.steering.values(), *self.list(), self.sysfs,
+                   self.umem, self.addresses]
         for closer in closers:
             if closer is None:
                 continue
@@ -249,13 +331,16 @@ class Ports:
                 closer.close()
             except Exception as e:          # teardown goes on: leave nothing else behind
                 log.warning("cleanup: %s", e)
-        self.napi = self.umem = None
+        self.napi = self.umem = self.addresses = None
         self.ports = {}
+        self.queues = {}
         self.steering = {}
         self.steered = {}
+        self.wanted = {}
         if self.state is not None:
             self.state.close()
             self.state = None
 
 
-__all__ = ["PortError", "Ports", "Steering", "rx_queue_count", "xdp_missing", "xdp_ports"]
+__all__ = ["PortError", "Ports", "Steering", "queue_ring_size", "rx_queue_count", "xdp_missing",
+           "xdp_ports"]

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* fastlvs's XDP steering program: owns the decision which frames leave the kernel for the
  * AF_XDP socket. Only frames for a configured virtual service (proto, VIP, vport) and, in NAT
- * mode, replies from a real server (proto, RIP, rport) are redirected to the XSK bound to the
- * receiving queue; everything else (ARP, ICMP to the director, SSH, health checks) is XDP_PASS.
+ * mode, replies from a real server (proto, RIP, rport) not addressed to the director itself are
+ * redirected to the XSK bound to the receiving queue; everything else (ARP, ICMP to the
+ * director, SSH, the director's own connections to a real server) is XDP_PASS.
  * Maps are filled at run time from user space (ring_xdp.pxi). One 802.1Q tag; IPv4 and IPv6.
  */
 #include <linux/bpf.h>
@@ -15,6 +16,7 @@
 
 #define FL_MAX_KEYS 65536
 #define FL_MAX_QUEUES 256
+#define FL_MAX_LOCALS 16384
 #define FL_FAST_KEYS 8
 #define FL_FAST_OFF 0xFFFFFFFFu
 
@@ -50,7 +52,17 @@ struct {
 	__type(value, __u32);
 } fl_rservers SEC(".maps");
 
-/* The same keys as fl_services/fl_rservers while there are at most FL_FAST_KEYS of a kind:
+/* (family, address) -> 1, proto and port zero: the director's own addresses. A frame from a
+ * NAT real server addressed to one of them answers a connection the director opened itself (a
+ * health check, a probe, SSH), not a client's: it goes to the kernel. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FL_MAX_LOCALS);
+	__type(key, struct fl_steer_key);
+	__type(value, __u32);
+} fl_locals SEC(".maps");
+
+/* The same keys as fl_services/fl_rservers/fl_locals while there are at most FL_FAST_KEYS of a kind:
  * compared in place, a handful of words, where a hash lookup costs ~40 ns per frame. n is
  * FL_FAST_OFF when there are more (then the hash maps answer). Two copies: user space writes
  * the one not in use and then switches fl_fast_sel to it (a 4-byte store), so a frame never
@@ -60,6 +72,8 @@ struct fl_fast {
 	__u32 nrs;
 	struct fl_steer_key svc[FL_FAST_KEYS];
 	struct fl_steer_key rs[FL_FAST_KEYS];
+	__u32 nlocal;
+	struct fl_steer_key local[FL_FAST_KEYS];
 };
 
 struct {
@@ -130,12 +144,21 @@ static __always_inline int steer(struct xdp_md *ctx, struct fl_steer_key *dst,
 	f = bpf_map_lookup_elem(&fl_fast, sel);
 	if (!f)
 		return XDP_PASS;
-	if (in_set(f->svc, f->nsvc, dst, &fl_services) || in_set(f->rs, f->nrs, src, &fl_rservers)) {
-		count(0, 0);
-		/* XDP_PASS in the flags: no socket on this queue -> the kernel gets the frame */
-		return bpf_redirect_map(&fl_xsks, ctx->rx_queue_index, XDP_PASS);
+	if (in_set(f->svc, f->nsvc, dst, &fl_services))
+		goto redirect;
+	if (in_set(f->rs, f->nrs, src, &fl_rservers)) {
+		/* a NAT reply goes to a client; one to our own address answers our own connection.
+		 * Only a NAT reply costs this second look-up. */
+		dst->proto = 0;
+		dst->port = 0;
+		if (!in_set(f->local, f->nlocal, dst, &fl_locals))
+			goto redirect;
 	}
 	return count(1, XDP_PASS);
+redirect:
+	count(0, 0);
+	/* XDP_PASS in the flags: no socket on this queue -> the kernel gets the frame */
+	return bpf_redirect_map(&fl_xsks, ctx->rx_queue_index, XDP_PASS);
 }
 
 SEC("xdp")

@@ -7,7 +7,6 @@ cdef enum:
     PORT_XDP = 1
     PORT_PACKET = 2
     RING_BATCH = 64             # frames taken from one port per engine batch
-    RING_MAX_PORTS = 64
 
 
 cdef struct fl_umem:

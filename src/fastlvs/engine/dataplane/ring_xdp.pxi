@@ -1,6 +1,6 @@
 # The AF_XDP backend: one shared UMEM (XdpUmem), one XSK per (interface, queue) (XdpPort), and
 # our XDP steering program (bpf/steer.bpf.o) loaded through libxdp, which redirects only
-# virtual-service traffic (and NAT replies) to the sockets. Hot ring operations are small
+# virtual-service traffic (and NAT replies not addressed to the director) to the sockets. Hot ring operations are small
 # inline functions on fl_port in libxdp's reserve/submit, peek/release style; setup and
 # teardown live in the classes below.
 
@@ -29,6 +29,8 @@ cdef struct fl_fast:
     uint32_t nrs
     fl_steer_key svc[FL_FAST_KEYS]
     fl_steer_key rs[FL_FAST_KEYS]
+    uint32_t nlocal
+    fl_steer_key local[FL_FAST_KEYS]
 
 
 XDP_BUILT = bool(FL_XDP_BUILT)
@@ -243,19 +245,20 @@ cdef class _SteerProg:
     cdef xdp_program *prog
     cdef int ifindex
     cdef xdp_attach_mode amode
-    cdef int xsks_fd, svc_fd, rs_fd, stats_fd, fast_fd, sel_fd
+    cdef int xsks_fd, svc_fd, rs_fd, stats_fd, fast_fd, sel_fd, local_fd
     cdef int refs
     cdef object key
     cdef readonly str mode
-    cdef object svc_keys, rs_keys     # the keys in the hash maps, as bytes
+    cdef object svc_keys, rs_keys, local_keys     # the keys in the hash maps, as bytes
     cdef uint32_t fast_active         # the fl_fast copy the program reads
 
     def __cinit__(self):
         self.prog = NULL
         self.xsks_fd = self.svc_fd = self.rs_fd = self.stats_fd = -1
-        self.fast_fd = self.sel_fd = -1
+        self.fast_fd = self.sel_fd = self.local_fd = -1
         self.svc_keys = set()
         self.rs_keys = set()
+        self.local_keys = set()
         self.fast_active = 0
 
     cdef int publish(self) except -1:
@@ -267,12 +270,16 @@ cdef class _SteerProg:
         memset(&f, 0, sizeof(fl_fast))
         f.nsvc = len(self.svc_keys) if len(self.svc_keys) <= FL_FAST_KEYS else 0xFFFFFFFF
         f.nrs = len(self.rs_keys) if len(self.rs_keys) <= FL_FAST_KEYS else 0xFFFFFFFF
+        f.nlocal = len(self.local_keys) if len(self.local_keys) <= FL_FAST_KEYS else 0xFFFFFFFF
         if f.nsvc != 0xFFFFFFFF:
             for i, b in enumerate(sorted(self.svc_keys)):
                 memcpy(&f.svc[i], <const char *>b, sizeof(fl_steer_key))
         if f.nrs != 0xFFFFFFFF:
             for i, b in enumerate(sorted(self.rs_keys)):
                 memcpy(&f.rs[i], <const char *>b, sizeof(fl_steer_key))
+        if f.nlocal != 0xFFFFFFFF:
+            for i, b in enumerate(sorted(self.local_keys)):
+                memcpy(&f.local[i], <const char *>b, sizeof(fl_steer_key))
         r = bpf_map_update_elem(self.fast_fd, &slot, &f, 0)
         if r == 0:
             r = bpf_map_update_elem(self.sel_fd, &zero, &slot, 0)
@@ -281,17 +288,18 @@ cdef class _SteerProg:
         self.fast_active = slot
         return 0
 
-    cdef int set_key(self, bint rserver, fl_steer_key *k, bint add) except -1:
+    cdef int set_key(self, int which, fl_steer_key *k, bint add) except -1:
         # The hash map first, then the in-place copy: both always hold the same keys.
+        # which: 0 services, 1 NAT real servers, 2 local addresses.
         cdef uint32_t one = 1
-        cdef int fd = self.rs_fd if rserver else self.svc_fd
-        keys = self.rs_keys if rserver else self.svc_keys
+        cdef int fd = (self.svc_fd, self.rs_fd, self.local_fd)[which]
+        keys = (self.svc_keys, self.rs_keys, self.local_keys)[which]
         b = (<char *>k)[:sizeof(fl_steer_key)]
         if add:
             r = bpf_map_update_elem(fd, k, &one, 0)
             if r:
-                raise OSError(-r, f"{'fl_rservers' if rserver else 'fl_services'} update: "
-                                  f"{_os.strerror(-r)}")
+                raise OSError(-r, f"{('fl_services', 'fl_rservers', 'fl_locals')[which]} "
+                                  f"update: {_os.strerror(-r)}")
             if b in keys:
                 return 0
             keys.add(b)
@@ -343,10 +351,12 @@ cdef class _SteerProg:
         self.stats_fd = bpf_object__find_map_fd_by_name(obj, b"fl_stats")
         self.fast_fd = bpf_object__find_map_fd_by_name(obj, b"fl_fast")
         self.sel_fd = bpf_object__find_map_fd_by_name(obj, b"fl_fast_sel")
-        if min(self.xsks_fd, self.svc_fd, self.rs_fd, self.stats_fd, self.fast_fd, self.sel_fd) < 0:
+        self.local_fd = bpf_object__find_map_fd_by_name(obj, b"fl_locals")
+        if min(self.xsks_fd, self.svc_fd, self.rs_fd, self.stats_fd, self.fast_fd, self.sel_fd,
+               self.local_fd) < 0:
             self.detach()
             raise RuntimeError(f"{path} lacks the fl_xsks/fl_services/fl_rservers/fl_stats/"
-                               "fl_fast/fl_fast_sel maps")
+                               "fl_fast/fl_fast_sel/fl_locals maps")
         return 0
 
     cdef void detach(self):
@@ -366,7 +376,7 @@ cdef int _steer_key(fl_steer_key *k, proto, addr, int port) except -1:
     a = _ipaddress.ip_address(addr)
     memset(k, 0, sizeof(fl_steer_key))
     k.family = a.version
-    k.proto = _proto_num(proto)
+    k.proto = _proto_num(proto) if proto else 0        # 0: a local address (fl_locals)
     if port < 0 or port > 65535:
         raise ValueError(f"port out of range: {port}")
     k.port = pk.htons(port)
@@ -508,28 +518,44 @@ cdef class XdpPort(Port):
         cdef fl_steer_key k
         self._check_open()
         _steer_key(&k, proto, addr, port)
-        self.prog.set_key(False, &k, True)
+        self.prog.set_key(0, &k, True)
 
     def del_service(self, proto, addr, int port):
         """Stop steering (proto, VIP, vport). Removing an absent key is a no-op."""
         cdef fl_steer_key k
         self._check_open()
         _steer_key(&k, proto, addr, port)
-        self.prog.set_key(False, &k, False)
+        self.prog.set_key(0, &k, False)
 
     def add_rserver(self, proto, addr, int port):
         """Steer replies from the NAT real server (proto, RIP, rport). Idempotent."""
         cdef fl_steer_key k
         self._check_open()
         _steer_key(&k, proto, addr, port)
-        self.prog.set_key(True, &k, True)
+        self.prog.set_key(1, &k, True)
 
     def del_rserver(self, proto, addr, int port):
         """Stop steering replies of (proto, RIP, rport). Removing an absent key is a no-op."""
         cdef fl_steer_key k
         self._check_open()
         _steer_key(&k, proto, addr, port)
-        self.prog.set_key(True, &k, False)
+        self.prog.set_key(1, &k, False)
+
+    def add_local(self, addr):
+        """Mark `addr` as one of the director's own addresses: a NAT real server's frame
+        addressed to it answers the director's own connection and goes to the kernel.
+        Adding twice is a no-op."""
+        cdef fl_steer_key k
+        self._check_open()
+        _steer_key(&k, 0, addr, 0)
+        self.prog.set_key(2, &k, True)
+
+    def del_local(self, addr):
+        """Forget a local address. Removing an absent one is a no-op."""
+        cdef fl_steer_key k
+        self._check_open()
+        _steer_key(&k, 0, addr, 0)
+        self.prog.set_key(2, &k, False)
 
     def steer_stats(self):
         """{"redirected": n, "passed": n}: the program's per-CPU counters, summed."""
