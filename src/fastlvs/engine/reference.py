@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import operator
+import os
 import time
 
 from fastlvs.engine import contract as K
@@ -18,8 +19,15 @@ from fastlvs.engine import contract as K
 ENTRY_SIZE = 48                    # bytes per conn entry in the extension (entry_size)
 SLOT_HEADROOM = 128                # bytes writable in front of a frame (TUN, ICMP grow there)
 SLOT_DATA = 9216 + 64              # longest frame a slot holds; longer ones parse as empty
-NEIGH_SIZE = 4096                  # the open-addressed client-MAC table
-NEIGH_LEARN_PROBES = 16            # learning leaves a crowded stretch of it alone
+NEIGH_WAYS = 8                     # client-MAC table: entries per set (a lookup's whole window)
+NEIGH_MIN_SLOTS = 64               # the table has a slot per conn entry, within these bounds
+NEIGH_MAX_SLOTS = 1 << 24
+NEIGH_TICK_SHIFT = 30              # entries age in ticks of 2**30 ns (about 1.07 s)
+NEIGH_LEARNED_TICKS = 838          # a learned entry unused this long (about 900 s) is gone
+NEIGH_MAX_SUBNETS = 16             # on-link client subnets of the learning interface
+NF_USED, NF_KERNEL = 1, 2          # neighbour entry flags; KERNEL: from set_neighbor, no ageing
+TTL_QUOTE = 576 - 28               # time exceeded quotes what fits in 576 bytes, as icmp_send
+FRAME_CSUM_UNKNOWN, FRAME_CSUM_PARTIAL, FRAME_CSUM_FULL = 0, 1, 2
 DESTS_INITIAL = 64                 # dest slots allocated at start; doubled on demand
 DEST_ID_MAX = 1 << 24
 FULL_TABLE_SWEEP = 4096            # entries inspected for expired ones when the table is full
@@ -125,6 +133,44 @@ def csum_replace4(b, field, old, new):
     wr16(b, field, ~csum_fold(s) & 0xFFFF)
 
 
+def ttl_decrease(b, ip):
+    # ip_decrease_ttl: the TTL/protocol word drops by 0x0100, the checksum rises by as much
+    # with the end-around carry (0xFFFF becomes 0, as the kernel's)
+    c = rd16(b, ip + 10) + 0x0100
+    wr16(b, ip + 10, c + (c >= 0xFFFF))
+    b[ip + 8] -= 1
+
+
+def l4_csum_field(b, ip, ihl, proto):
+    """(offset of the TCP/UDP checksum field, the length it covers)."""
+    l4 = ip + ihl
+    if proto == 17:
+        return l4 + 6, rd16(b, l4 + 4)
+    return l4 + 16, rd16(b, ip + 2) - ihl
+
+
+def l4_csum_looks_partial(b, ip, ihl, proto):
+    # a sender with checksum offload leaves the pseudo-header sum (folded, not
+    # complemented) for the NIC to finish; a UDP checksum of 0 is no checksum at all
+    field, l4len = l4_csum_field(b, ip, ihl, proto)
+    if proto == 17 and rd16(b, field) == 0:
+        return False
+    ps = rd32(b, ip + 12) + rd32(b, ip + 16) + proto + l4len
+    for _ in range(3):
+        ps = (ps & 0xFFFF) + (ps >> 16)
+    return rd16(b, field) == ps
+
+
+def l4_csum_complete(b, ip, ihl, proto):
+    # field = ~sum(L4 bytes, the field included); a complete checksum that only looked
+    # partial comes out the same
+    field, l4len = l4_csum_field(b, ip, ihl, proto)
+    v = ~csum_fold(csum_sum(b, ip + ihl, l4len)) & 0xFFFF
+    if proto == 17 and v == 0:
+        v = 0xFFFF
+    wr16(b, field, v)
+
+
 def l4_csum_replace(b, field, old, new, udp, width):
     # A UDP checksum of 0 means "none" and stays 0; a computed 0 is sent as 0xFFFF.
     if udp and rd16(b, field) == 0:
@@ -190,6 +236,7 @@ class Frame:
         self.data = SLOT_HEADROOM             # offset of the frame in buf
         self.headroom = SLOT_HEADROOM
         self.ts = ts_ns
+        self.csum = FRAME_CSUM_UNKNOWN        # frames from Python carry no checksum metadata
         self.verdict = K.VERDICT_DROP
         self.reason = 0
         self.out_ifindex = 0
@@ -265,6 +312,98 @@ class Parked:
         self.svc = svc
         self.leader = leader      # -1, or the parked entry whose flow this frame shares
         self.dest = 0             # the scheduler's answer
+
+
+class Neigh:
+    """One client's next hop for NAT replies (an entry of a set of the client-MAC table)."""
+    __slots__ = ("ip", "ifindex", "seen", "mac", "flags")
+
+    def __init__(self):
+        self.ip = self.ifindex = self.seen = self.flags = 0
+        self.mac = bytes(6)
+
+    def live(self, tick):
+        # kernel entries stay until the control plane replaces them; learned ones age out
+        if not self.flags & NF_USED:
+            return False
+        return bool(self.flags & NF_KERNEL) or (tick - self.seen) & M32 < NEIGH_LEARNED_TICKS
+
+    def put(self, ip, mac, ifindex, tick, flags):
+        self.ip, self.mac, self.ifindex, self.seen, self.flags = ip, bytes(mac), ifindex, tick, flags
+
+
+class NeighTable:
+    """The client-MAC table: sets of NEIGH_WAYS entries, a client's set chosen by hsiphash
+    under `key` (random, as the extension's; a test may copy the extension's key to get the
+    same sets), a slot per conn entry. Sets are made when first touched."""
+
+    def __init__(self, capacity):
+        nslots = NEIGH_MIN_SLOTS
+        while nslots < capacity and nslots < NEIGH_MAX_SLOTS:
+            nslots *= 2
+        self.slots = nslots
+        self.set_mask = nslots // NEIGH_WAYS - 1
+        self.key = (int.from_bytes(os.urandom(8), "little"),
+                    int.from_bytes(os.urandom(8), "little"))
+        self.sets = {}                # set index -> [Neigh] * NEIGH_WAYS
+        self.subnets = []             # (addr, mask); none: every client may be on-link
+
+    def set_of(self, ip):
+        i = hsiphash_1u32(ip, *self.key) & self.set_mask
+        if i not in self.sets:
+            self.sets[i] = [Neigh() for _ in range(NEIGH_WAYS)]
+        return self.sets[i]
+
+    def entries(self):
+        return [nb for s in self.sets.values() for nb in s]
+
+    def on_link(self, ip):
+        return not self.subnets or any(ip & m == a for a, m in self.subnets)
+
+    def find(self, ip, tick):
+        """The live entry of `ip`, marked used now, or None."""
+        for nb in self.set_of(ip):
+            if nb.ip == ip and nb.live(tick):
+                nb.seen = tick
+                return nb
+        return None
+
+    def slot(self, ip, tick, kernel):
+        """Where an entry for `ip` goes: its own, else the first free or aged-out one, else
+        the set's oldest learned one; a kernel entry may also take the oldest kernel one.
+        None when a learned entry would have to push out a kernel one."""
+        free = old = old_k = None
+        for nb in self.set_of(ip):
+            if nb.flags & NF_USED and nb.ip == ip:
+                return nb
+            if not nb.live(tick):
+                if free is None:
+                    free = nb
+            elif nb.flags & NF_KERNEL:
+                if old_k is None or (tick - nb.seen) & M32 > (tick - old_k.seen) & M32:
+                    old_k = nb
+            elif old is None or (tick - nb.seen) & M32 > (tick - old.seen) & M32:
+                old = nb
+        if free is not None:
+            return free
+        if old is not None:
+            return old
+        return old_k if kernel else None
+
+    def learn(self, ip, mac, ifindex, tick):
+        # a new NAT conn's client: its frame's source MAC is the replies' next hop, unless
+        # the client is off-link or already has a live entry (one spoofed SYN must not
+        # redirect a known client's replies; kernel entries are never touched)
+        if not self.on_link(ip):
+            return
+        nb = self.slot(ip, tick, False)
+        if nb is None:
+            return
+        if nb.flags & NF_USED and nb.ip == ip and nb.live(tick):
+            if nb.mac == bytes(mac):
+                nb.seen = tick
+            return
+        nb.put(ip, mac, ifindex, tick, NF_USED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,8 +572,7 @@ class Engine:
         self.svcs = {}                # id -> Service
         self.vips = [None]            # index -> Vip, 0 = none
         self.vip_index = {}           # (proto, addr, port) -> index
-        self.neigh = {}               # slot -> [ip, ifindex, mac]
-        self.neigh_slot = {}          # ip -> slot
+        self.neigh = NeighTable(self._capacity)
         self.gw = None                # (mac, ifindex) for NAT replies without a neighbour
         self.learn_ifindex = 0
         self.local_ip = int(ipaddress.IPv4Address(local_ip)) if local_ip else 0
@@ -478,38 +616,52 @@ class Engine:
             _check_mtu(mtu)
             self.mtu = mtu
 
-    @staticmethod
-    def _neigh_home(ip):
-        return ((ip * GOLDEN_RATIO_32) & M32) >> 20
+    def _tick(self):
+        return (self.now >> NEIGH_TICK_SHIFT) & M32
 
     def set_neighbor(self, ip, mac, ifindex=0):
-        """Next-hop MAC (and interface) for NAT replies to client `ip`; replaces an entry."""
+        """Next-hop MAC (and interface) for NAT replies to client `ip`, from the kernel's
+        neighbour table: replaces a learned entry, never ages; mac=None removes it."""
         a = int(ipaddress.IPv4Address(ip))
+        tick = self._tick()
+        if mac is None:
+            nb = self.neigh.find(a, tick)
+            if nb is not None:
+                nb.flags = 0
+            return
         mac = _mac_bytes(mac)
-        s = self._neigh_slot_for(a, NEIGH_SIZE - 1)
-        if s is None:
-            raise ValueError("neighbour table full")
-        self.neigh[s] = [a, ifindex, mac]
-        self.neigh_slot[a] = s
+        self.neigh.slot(a, tick, True).put(a, mac, ifindex, tick, NF_USED | NF_KERNEL)
 
-    def _neigh_slot_for(self, ip, probes):
-        """The slot holding `ip`, else the first free one within `probes` (None: crowded)."""
-        if ip in self.neigh_slot:
-            return self.neigh_slot[ip]
-        s = self._neigh_home(ip)
-        for _ in range(probes):
-            if s not in self.neigh:
-                return s
-            s = (s + 1) & (NEIGH_SIZE - 1)
-        return None
+    @property
+    def neighbor_slots(self):
+        """Entries of the client-MAC table (one per conn entry, within bounds)."""
+        return self.neigh.slots
 
     def set_gateway_mac(self, mac, ifindex=0):
-        """Next-hop MAC for NAT replies to clients without a neighbour entry (None: none)."""
-        self.gw = None if mac is None else (_mac_bytes(mac), ifindex)
+        """Next-hop MAC for NAT replies to off-link clients and clients without a neighbour
+        entry (None: none); learned entries that had the old gateway's MAC follow it."""
+        old = None if self.gw is None else self.gw[0]
+        if mac is None:
+            self.gw = None
+            return
+        new = _mac_bytes(mac)
+        if old is not None and old != new:
+            for nb in self.neigh.entries():
+                if nb.flags & (NF_USED | NF_KERNEL) == NF_USED and nb.mac == old:
+                    nb.mac, nb.ifindex = new, ifindex
+        self.gw = (new, ifindex)
 
     def set_learn_ifindex(self, ifindex):
         """NAT: learn a new conn's client MAC as its replies' next hop, out of `ifindex`."""
         self.learn_ifindex = _c_int(ifindex)
+
+    def set_client_subnets(self, subnets):
+        """The on-link subnets of the learning interface, at most 16: replies to clients
+        outside them go to the gateway MAC and their frames teach nothing ([]: all on-link)."""
+        nets = [ipaddress.IPv4Network(n, strict=False) for n in subnets]
+        if len(nets) > NEIGH_MAX_SUBNETS:
+            raise ValueError(f"at most {NEIGH_MAX_SUBNETS} client subnets, got {len(nets)}")
+        self.neigh.subnets = [(int(n.network_address), int(n.netmask)) for n in nets]
 
     def set_timeouts(self, tcp=0, tcpfin=0, udp=0):
         """ipvsadm --set: tcp ESTABLISHED, tcp FIN_WAIT and udp timeouts; 0 keeps a value."""
@@ -959,9 +1111,11 @@ class Engine:
         l4 = ip + p.ihl
         udp = p.proto == 17
         ck = l4 + (6 if udp else 16)
-        s = self.neigh_slot.get(p.daddr)
-        if s is not None:
-            _, ifindex, mac = self.neigh[s]
+        nb = None
+        if self.neigh.on_link(p.daddr):
+            nb = self.neigh.find(p.daddr, self._tick())
+        if nb is not None:
+            mac, ifindex = nb.mac, nb.ifindex
         elif self.gw is not None:
             mac, ifindex = self.gw
         else:
@@ -979,10 +1133,11 @@ class Engine:
         self.ip_id = (self.ip_id + 1) & 0xFFFF
         return self.ip_id
 
-    def icmp_frag_needed(self, f, p, mtu):
-        # ICMP unreachable / frag needed back to the sender from the VIP, quoting its IP
-        # header and 8 bytes; the new headers go 28 bytes in front of the quoted bytes
-        quote = min(p.ihl + 8, p.tot_len)
+    def icmp_error(self, f, p, typ, code, info, saddr, quote):
+        # an ICMP error back to the frame's sender from `saddr`, quoting `quote` bytes of its
+        # IP packet, out of the interface it came by; the new headers go 28 bytes in front
+        # of the quoted bytes
+        quote = min(quote, p.tot_len)
         if f.headroom < 28:
             return "no_headroom"
         b, d = f.buf, f.data
@@ -997,15 +1152,30 @@ class Engine:
         wr16(hdr, 4, self._next_ip_id())
         hdr[8] = 64
         hdr[9] = 1
-        wr32(hdr, 12, p.daddr)
+        wr32(hdr, 12, saddr)
         wr32(hdr, 16, p.saddr)
         wr16(hdr, 10, csum_of(hdr, 0, 20))
-        icmp = bytearray([3, 4, 0, 0, 0, 0]) + mtu.to_bytes(2, "big")
+        icmp = bytearray([typ, code, 0, 0]) + info.to_bytes(4, "big")
         quoted = b[d + p.l2len:d + p.l2len + quote]
         wr16(icmp, 2, csum_of(icmp + quoted, 0, 8 + quote))
         b[o:o + p.l2len + 28] = l2 + hdr + icmp
         self._tx(f, 0, -28, p.l2len + 28 + quote)
-        self._count("frag_needed_sent")
+        return None
+
+    def icmp_frag_needed(self, f, p, mtu):
+        # unreachable / fragmentation needed from the VIP, quoting the header and 8 bytes
+        reason = self.icmp_error(f, p, 3, 4, mtu, p.daddr, p.ihl + 8)
+        if reason is None:
+            self._count("frag_needed_sent")
+        return reason
+
+    def icmp_time_exceeded(self, f, p, saddr):
+        # a packet that arrived with TTL <= 1 is answered, not forwarded: time exceeded in
+        # transit, quoting what fits in 576 bytes (as the 6.1 kernel); counted either way
+        if saddr == 0:
+            return "ttl_exceeded"           # no address to answer from: the drop counts it
+        self._count("ttl_exceeded")
+        return self.icmp_error(f, p, 11, 0, 0, saddr, TTL_QUOTE)
 
     def xmit_tun(self, f, p, c):
         # IPIP: an outer header (local IP -> RIP, TOS/TTL/DF copied from the inner one; id 0
@@ -1056,7 +1226,13 @@ class Engine:
             self._tcp_set_state(c, False, p.tcpflags)
         else:
             c.timeout = self.udp_timeout
-        reason = self._xmit(c.fwd)(f, p, c)
+        # as IPVS's decrement_ttl: at TTL 1 the packet is answered, not forwarded (its conn
+        # stands, counted and stated as any other)
+        if f.buf[f.data + p.l2len + 8] <= 1:
+            reason = self.icmp_time_exceeded(f, p, p.daddr)
+        else:
+            ttl_decrease(f.buf, f.data + p.l2len)
+            reason = self._xmit(c.fwd)(f, p, c)
         if reason is not None:
             self._drop(f, reason)
         c.expires = now + c.timeout * NS
@@ -1066,6 +1242,14 @@ class Engine:
         c = self.conn_table[ci]
         d = self.dests[c.dest]
         s = self.svcs[d.svc]
+        if f.buf[f.data + p.l2len + 8] <= 1:
+            # the kernel's ip_forward drops it before IPVS sees it: no stats, no state
+            # change; the real server hears from the director's own address
+            reason = self.icmp_time_exceeded(f, p, self.local_ip)
+            if reason is not None:
+                self._drop(f, reason)
+            return
+        ttl_decrease(f.buf, f.data + p.l2len)
         d.outpkts += 1
         d.outbytes += p.tot_len
         s.outpkts += 1
@@ -1083,15 +1267,6 @@ class Engine:
     @staticmethod
     def _persist_net(s, p):
         return p.saddr & s.netmask
-
-    def _neigh_learn(self, ip, mac, ifindex):
-        # remember where a NAT client's frame came from; known entries are kept (the
-        # control plane's word wins), a crowded stretch of the table is left alone
-        s = self._neigh_slot_for(ip, NEIGH_LEARN_PROBES)
-        if s is None or s in self.neigh:
-            return
-        self.neigh[s] = [ip, ifindex, bytes(mac)]
-        self.neigh_slot[ip] = s
 
     def _create_forward(self, f, p, svc_id, dest, ti, now):
         # make the conn (and, for a persistent service without a usable template, the
@@ -1121,7 +1296,8 @@ class Engine:
         self.svcs[d.svc].conns += 1
         self._count("conns_created")
         if self.learn_ifindex != 0 and d.fwd == K.FWD_NAT:
-            self._neigh_learn(p.saddr, f.buf[f.data + 6:f.data + 12], self.learn_ifindex)
+            self.neigh.learn(p.saddr, f.buf[f.data + 6:f.data + 12], self.learn_ifindex,
+                             self._tick())
         self._forward_in(f, p, ci, now)
 
     def _sched_hash(self, s, p):
@@ -1225,6 +1401,15 @@ class Engine:
             return
         self._pass(f, "no_service")
 
+    def _csum_complete(self, f, p):
+        # a partial (offloaded) TCP/UDP checksum, known from the ring or detected, finished
+        ip = f.data + p.l2len
+        if f.csum != FRAME_CSUM_FULL and (
+                f.csum == FRAME_CSUM_PARTIAL
+                or l4_csum_looks_partial(f.buf, ip, p.ihl, p.proto)):
+            l4_csum_complete(f.buf, ip, p.ihl, p.proto)
+            self._count("csum_completed")
+
     def _rx_batch(self, frames):
         """Parse and handle a batch; new flows of callback services are left parked."""
         self.parked = []
@@ -1237,6 +1422,7 @@ class Engine:
                 (self._pass if p in ("not_ip", "no_service") else self._drop)(f, p)
                 p = None
             else:
+                self._csum_complete(f, p)
                 p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
             self.pkts.append(p)
         self._count("rx", len(frames))
