@@ -3,7 +3,9 @@
 times; every answer (verdicts, output bytes and interfaces, errors), and after each step the
 global counters, per-service and per-dest stats, dest counters and the conn listing must be
 identical. The packet cases of packets.py, whole connections per forwarding method, NAT
-replies, persistence, hash schedulers, timeouts, batches, and the fuzzer's frames."""
+replies, persistence, hash schedulers, timeouts, batches, TTL, partial checksums, the
+client-MAC table (the reference is given the extension's hsiphash key, so both place clients
+in the same sets), and the fuzzer's frames."""
 from __future__ import annotations
 
 import random
@@ -12,6 +14,7 @@ import struct
 import pytest
 
 import fastlvs.engine._core as core
+import fastlvs.engine._testing as testing
 from fastlvs.engine import reference
 from tests.core import packets as P
 from tests.core.helpers import S, checksums_ok
@@ -38,6 +41,8 @@ class Twin:
     def __init__(self, **kw):
         self.core = core.Engine(**kw)
         self.ref = reference.Engine(**kw)
+        # the same client-MAC table sets in both (the extension draws its key at random)
+        self.ref.neigh.key = testing.neigh_key(self.core)
         self.sent = 0
 
     def __getattr__(self, name):
@@ -459,6 +464,217 @@ def test_deleted_dest_and_service_live_on():
     t.run([P.tcp("S", sport=99, dst="203.0.113.11")], 10_001 * S)
 
 
+# -- TTL, partial checksums, the client-MAC table ----------------------------------------------
+
+def _set_ttl(frame: bytes, ttl: int, l2=14) -> bytes:
+    """The frame with its IP TTL set and its IP header checksum made right again."""
+    b = bytearray(frame)
+    b[l2 + 8] = ttl
+    ihl = (b[l2] & 0xF) * 4
+    b[l2 + 10:l2 + 12] = b"\0\0"
+    s = sum(int.from_bytes(b[l2 + i:l2 + i + 2], "big") for i in range(0, ihl, 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    b[l2 + 10:l2 + 12] = (~s & 0xFFFF).to_bytes(2, "big")
+    return bytes(b)
+
+
+def _icmp_type(frame: bytes):
+    ip = 14
+    return frame[ip + 20] if frame[ip + 9] == 1 else None
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+@pytest.mark.parametrize("ttl", [0, 1, 2, 64])
+def test_ttl(fwd, ttl):
+    """Requests (a new flow's first packet, a known conn's, one longer than the quote, one
+    VLAN-tagged) and NAT replies at TTL 0, 1, 2, 64: decremented and forwarded, or answered
+    with time exceeded (from the VIP, or the director's address for a reply)."""
+    t = twin(fwd)
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    reqs = [_set_ttl(P.tcp("S", sport=1), ttl), _set_ttl(P.udp(sport=1), ttl),
+            _set_ttl(P.tcp("PA", sport=1, payload=b"L" * 1200), ttl),
+            _set_ttl(P.udp(sport=2, payload=b"u" * 700), ttl),
+            _set_ttl(P.tcp("S", sport=3, vlan=7), ttl, l2=18)]
+    out = t.run(reqs, 1 * S)
+    out += t.run([_set_ttl(P.tcp("S", sport=4), 64)], 2 * S)
+    replies = [_set_ttl(reply(f, c, rs=r), ttl) for c in (1, 4) for r in range(3)
+               for f in ("SA", "A")]
+    replies += [_set_ttl(P.reply_udp(rs=P.RS[r], cport=c), ttl) for c in (1, 2)
+                for r in range(3)]
+    out += t.run(replies, 3 * S)
+    sent = [v[3] for v in out if v[0] == "tx"]
+    assert sent and all(checksums_ok(f) for f in sent)
+    untagged = [f for f in sent if f[12:14] == b"\x08\x00"]
+    if ttl <= 1:
+        assert any(_icmp_type(f) == 11 for f in untagged)
+        assert t.core.stats()["ttl_exceeded"] > 0
+    else:
+        # (the flow opened at TTL 64 is forwarded at 63)
+        assert all(f[22] in (ttl - 1, 63) or f[14 + 9] == 4 for f in untagged)
+        assert any(f[22] == ttl - 1 for f in untagged)
+
+
+def test_ttl_expired_reply_without_a_local_address():
+    t = Twin(capacity=64, local_ip="", local_mac=P.LOCAL_MAC)
+    t.ref.neigh.key = testing.neigh_key(t.core)
+    topology(t, "nat")
+    t.set_callback(round_robin)
+    t.run([P.tcp("S", sport=1), P.tcp("S", sport=2)], 1 * S)
+    out = t.run([_set_ttl(reply("SA", c, rs=r), 1) for c in (1, 2) for r in range(3)], 2 * S)
+    assert any(v[:2] == ("drop", "ttl_exceeded") for v in out)
+
+
+def _partial(frame: bytes, l2=14) -> bytes:
+    """The frame as a sender with checksum offload hands it over: the L4 checksum field
+    holds the pseudo-header sum, folded, not complemented."""
+    b = bytearray(frame)
+    ip = b[l2:]
+    ihl = (ip[0] & 0xF) * 4
+    proto = ip[9]
+    if proto == 17:
+        l4len = int.from_bytes(ip[ihl + 4:ihl + 6], "big")
+    else:
+        l4len = int.from_bytes(ip[2:4], "big") - ihl
+    ps = sum(int.from_bytes(ip[i:i + 2], "big") for i in range(12, 20, 2)) + proto + l4len
+    while ps >> 16:
+        ps = (ps & 0xFFFF) + (ps >> 16)
+    off = l2 + ihl + (16 if proto == 6 else 6)
+    b[off:off + 2] = ps.to_bytes(2, "big")
+    return bytes(b)
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+def test_partial_checksums(fwd):
+    """Requests and NAT replies with partial checksums (TCP, UDP, odd lengths, a VLAN tag),
+    beside complete ones and a UDP datagram without a checksum."""
+    t = twin(fwd)
+    frames = [_partial(P.tcp("S", sport=1, payload=b"x" * 1001)),
+              _partial(P.udp(sport=1, payload=b"q" * 333)),
+              _partial(P.tcp("S", sport=2, payload=b"v" * 64, vlan=12), l2=18),
+              P.tcp("S", sport=3, payload=b"c" * 10), P.udp(sport=3, zero_csum=True),
+              _partial(P.udp(sport=4, payload=b""))]
+    out = t.run(frames, 1 * S)
+    out += t.run([_partial(reply("SA", c, rs=r, payload=b"r" * 77)) for c in (1, 2, 3)
+                  for r in range(3)]
+                 + [_partial(P.reply_udp(rs=P.RS[r], cport=c)) for c in (1, 4) for r in range(3)],
+                 2 * S)
+    sent = [v[3] for v in out if v[0] == "tx"]
+    assert sent and all(checksums_ok(f) for f in sent)
+    assert t.core.stats()["csum_completed"] >= 4
+
+
+@pytest.mark.parametrize("capacity", [1, 64, 65, 1000, 4096])
+def test_neighbor_slots(capacity):
+    t = Twin(capacity=capacity)
+    assert t.core.neighbor_slots == t.ref.neighbor_slots
+
+
+def _client_mac(k: int) -> str:
+    return "02:00:00:%02x:%02x:%02x" % (k >> 16 & 0xFF, k >> 8 & 0xFF, k & 0xFF)
+
+
+def _ask_and_reply(t: Twin, clients, mac_of, ts, cport=7):
+    """Each client opens a UDP flow from its MAC, then every RS answers it: where the
+    replies went shows what the client-MAC table holds."""
+    t.run([_from_mac(P.udp(sport=cport, src=c), mac_of(c)) for c in clients], ts)
+    return t.run([P.reply_udp(rs=P.RS[r], cport=cport, client=c)
+                  for c in clients for r in range(3)], ts)
+
+
+def _client(k: int) -> str:
+    return "198.51.%d.%d" % (100 + k // 250, 1 + k % 250)
+
+
+def test_many_clients_beyond_the_table():
+    """320 clients through a 64-slot table in rounds (sets overflow, the oldest learned
+    entries make room), then each client again from a new MAC: those still known keep
+    their first MAC; kernel entries fill sets and are never pushed out by learning."""
+    t = twin("nat", capacity=64)
+    t.set_learn_ifindex(7)
+    t.set_timeouts(udp=5)
+    clients = [_client(k) for k in range(320)]
+    first = {c: _client_mac(k) for k, c in enumerate(clients)}
+    second = {c: _client_mac(k + 0x10000) for k, c in enumerate(clients)}
+    for r in range(8):
+        _ask_and_reply(t, clients[r * 40:(r + 1) * 40], first.get, (1 + r * 10) * S)
+    for r in range(8):
+        out = _ask_and_reply(t, clients[r * 40:(r + 1) * 40], second.get, (100 + r * 10) * S)
+        assert [v for v in out if v[0] == "tx"]
+    for k in range(0, 200, 3):
+        t.set_neighbor(clients[k], _client_mac(k + 0x20000), 9)
+    for k in range(0, 60, 9):
+        t.set_neighbor(clients[k], None)
+    for r in range(8):
+        _ask_and_reply(t, clients[r * 40:(r + 1) * 40], first.get, (200 + r * 10) * S)
+    # past the learned entries' age: all learned again, kernel entries stay
+    for r in range(8):
+        _ask_and_reply(t, clients[r * 40:(r + 1) * 40], second.get, (1300 + r * 10) * S)
+    assert t.core.neighbor_slots == 64
+
+
+def test_learned_entries_age_unless_used():
+    """A learned entry used by a reply within ~900 s lives on; one left alone ages out and
+    the client's next conn teaches its new MAC."""
+    t = twin("nat")
+    t.set_learn_ifindex(7)
+    t.set_timeouts(udp=2000)
+    a, b = "198.51.100.1", "198.51.100.2"
+    t.run([_from_mac(P.udp(sport=1, src=c), _client_mac(i)) for i, c in enumerate((a, b))],
+          1 * S)
+    t.run([P.reply_udp(rs=P.RS[r], cport=1, client=a) for r in range(3)], 800 * S)
+    t.run([_from_mac(P.udp(sport=2, src=c), _client_mac(9 + i)) for i, c in enumerate((a, b))],
+          1000 * S)
+    out = t.run([P.reply_udp(rs=P.RS[r], cport=2, client=c) for c in (a, b)
+                 for r in range(3)], 1001 * S)
+    macs = {v[3][:6] for v in out if v[0] == "tx"}
+    assert len(macs) == 2
+
+
+def test_off_link_clients_with_subnets():
+    """With the learning interface's subnets set, replies to clients outside them go to the
+    gateway MAC (even with a neighbour entry) and their frames teach nothing."""
+    t = twin("nat")
+    t.set_learn_ifindex(7)
+    with pytest.raises(ValueError):
+        t.set_client_subnets(["10.%d.0.0/16" % i for i in range(17)])
+    with pytest.raises(ValueError):
+        t.set_client_subnets(["198.51.100.0/33"])
+    t.set_client_subnets(["198.51.100.0/24", "192.0.2.128/25"])
+    on = ["198.51.100.%d" % i for i in range(1, 6)] + ["192.0.2.200"]
+    off = ["100.64.0.%d" % i for i in range(1, 6)] + ["192.0.2.100"]
+    t.set_neighbor(off[0], "02:00:00:00:0e:01", 4)
+    t.set_neighbor(on[0], "02:00:00:00:0e:02", 4)
+    mac = {c: _client_mac(k) for k, c in enumerate(on + off)}
+    out = _ask_and_reply(t, on + off, mac.get, 1 * S)
+    gw = bytes.fromhex(P.GW_MAC.replace(":", ""))
+    sent = [v for v in out if v[0] == "tx"]
+    assert sum(1 for v in sent if v[3][:6] == gw) == len(off)
+    t.set_client_subnets([])
+    _ask_and_reply(t, on + off, mac.get, 2 * S, cport=8)
+
+
+def test_gateway_change():
+    """Entries learned from frames that came through the gateway follow its new MAC (and
+    interface); entries learned from clients and kernel entries stay."""
+    t = twin("nat")
+    t.set_learn_ifindex(7)
+    clients = ["198.51.100.%d" % i for i in range(1, 9)]
+    via_gw = set(clients[::2])
+    t.set_neighbor(clients[1], P.GW_MAC, 5)              # a kernel entry with that MAC too
+    mac = {c: (P.GW_MAC if c in via_gw else _client_mac(k)) for k, c in enumerate(clients)}
+    _ask_and_reply(t, clients, mac.get, 1 * S)
+    t.set_gateway_mac("02:00:00:00:00:fd", 6)
+    out = _ask_and_reply(t, clients, mac.get, 2 * S, cport=8)
+    new_gw = bytes.fromhex("0200000000fd")
+    assert sum(1 for v in out if v[0] == "tx" and v[3][:6] == new_gw) == len(via_gw)
+    t.set_gateway_mac(None)
+    t.set_gateway_mac(P.GW_MAC, 2)                      # from none: nothing to follow
+    _ask_and_reply(t, clients, mac.get, 3 * S, cport=9)
+    t.set_gateway_mac(P.GW_MAC, 3)                      # the same MAC: nothing to follow
+    _ask_and_reply(t, clients, mac.get, 4 * S, cport=10)
+
+
 # -- the fuzzer's frames and random configuration changes ---------------------------------------
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -468,6 +684,7 @@ def test_fuzz_frames(seed):
     b = fuzz_engine.make_engine(engine_cls=reference.Engine)
     t = Twin.__new__(Twin)
     t.core, t.ref, t.sent = a, b, 0
+    b.neigh.key = testing.neigh_key(a)
     pool = fuzz_engine.seeds(rng)
     ts = S
     for _ in range(40):
