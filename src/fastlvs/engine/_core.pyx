@@ -63,7 +63,8 @@ def py_hsiphash_u32(uint32_t val, uint64_t k0, uint64_t k1):
 COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "table_full",
                  "tcp_not_syn", "no_dest", "fragment", "bad_checksum", "frag_needed_sent",
                  "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
-                 "conns_expired")
+                 "conns_expired", "frag_held", "frag_reasm", "frag_timeout", "frag_bad",
+                 "frag_no_room", "frag_out")
 
 FWD_NAMES = {"dr": FWD_DR, "route": FWD_DR, "g": FWD_DR, "nat": FWD_NAT, "masq": FWD_NAT,
              "m": FWD_NAT, "tun": FWD_TUN, "ipip": FWD_TUN, "i": FWD_TUN}
@@ -71,6 +72,7 @@ SCHED_KINDS = {"sh": SCHED_SH, "dh": SCHED_DH, "mh": SCHED_MH}
 _FWD_TEXT = {FWD_DR: "dr", FWD_NAT: "nat", FWD_TUN: "tun"}
 _PROTO_TEXT = {6: "TCP", 17: "UDP"}
 
+include "dataplane/frag.pxi"
 include "dataplane/batch.pxi"
 include "engine_api.pxi"
 
