@@ -126,7 +126,7 @@ cdef class Engine:
         # hold a quarter of either (and always one whole 64 KiB datagram when the area can),
         # plus the per-batch output arena for rebuilt datagrams and their fragments.
         cdef fl_frag *F = &self.st.frag
-        cdef uint32_t i, nb = <uint32_t>(mem >> FRAG_BLOCK_BITS)
+        cdef uint32_t i, nb = <uint32_t>min(mem >> FRAG_BLOCK_BITS, 65535)   # 16-bit 1 + index
         cdef uint32_t nq = nb // 4 if nb >= 64 else 16
         cdef uint32_t bits = 4
         while (1u << bits) < nq:
@@ -789,8 +789,8 @@ cdef class Engine:
     # -- timers ---------------------------------------------------------------------------------
     def run_timers(self, now_ns=None, budget=None):
         """Expire entries whose timeout passed by `now_ns` (default: the latest frame time),
-        inspecting `budget` entries from the sweep cursor (default: the whole table).
-        Returns the number freed."""
+        inspecting `budget` entries from the sweep cursor (default: the whole table), and
+        every reassembly queue past ipfrag_time. Returns the number of entries freed."""
         cdef uint64_t now = self.st.now if now_ns is None else now_ns
         cdef uint32_t b = self.st.capacity if budget is None else budget
         cdef uint32_t freed
@@ -798,6 +798,7 @@ cdef class Engine:
             self.st.now = now
         with nogil:
             freed = conn_sweep(&self.st, now, b)
+            frag_expire(&self.st, now, 0xFFFFFFFF)
         return freed
 
     # -- counters and listings --------------------------------------------------------------------

@@ -324,10 +324,13 @@ cdef bint frag_cut(fl_engine *e, fl_frame *f) noexcept nogil:
     if mtu < hlen + 8:
         mtu = hlen + 8
     room = (mtu - hlen) & ~(<uint32_t>7)
-    if payload <= mtu - hlen:
-        nseg = 1
-    else:
-        nseg = (payload + room - 1) // room
+    # every piece but the last is `room` bytes; the last takes what is left once that fits
+    # in mtu - hlen (which may be up to 7 bytes more than room)
+    nseg = 1
+    left = payload
+    while left > mtu - hlen:
+        left -= room
+        nseg += 1
     if F.nxseg + nseg > F.xseg_max:
         frag_drop(e, f)
         return False
