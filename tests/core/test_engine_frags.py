@@ -15,7 +15,7 @@ from scapy.packet import Raw
 
 import fastlvs.engine._core as core
 from tests.core import packets as P
-from tests.core.helpers import S, checksums_ok, engine
+from tests.core.helpers import S, engine
 
 ORACLE = json.loads((pathlib.Path(__file__).parents[1] / "fixtures" / "kernel"
                      / "frags.json").read_text())
@@ -207,7 +207,8 @@ def test_as_the_kernel(case):
 def test_nat_reply_as_the_kernel():
     """A real server's fragmented NAT reply is reassembled, rewritten (VIP:vport as source,
     the UDP checksum of the whole datagram) and cut again, as recorded."""
-    opener = next(c for c in ORACLE["cases"] if c["mode"] == "nat" and c["name"] == "in_order_small")
+    opener = next(c for c in ORACLE["cases"]
+                  if c["mode"] == "nat" and c["name"] == "in_order_small")
     reply = next(c for c in ORACLE["cases"] if c["name"] == "nat_reply_fragmented")
     e = oracle_engine("nat", 1500)
     e.process([bytes.fromhex(d["hex"]) for d in opener["sent"]], 1 * S)
