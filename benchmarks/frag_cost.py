@@ -10,10 +10,9 @@ import json
 import sys
 import time
 
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
-from scapy.layers.inet import fragment
 
 import fastlvs.engine._core as core
 from benchmarks.bench_engine_common import S, engine, establish, established_frames

@@ -76,6 +76,7 @@ cdef inline void l2fwd_batch(fl_l2fwd_rule *rules, uint32_t in_ifindex, fl_frame
         f = &frames[i]
         f.out_adj = 0
         f.out_len = f.len
+        f.xrec = 0
         if r == NULL or f.len < 14:
             f.verdict = VERDICT_DROP
             continue
