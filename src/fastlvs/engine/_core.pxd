@@ -27,6 +27,10 @@ cdef class Engine:
     cdef int run_frames(self, fl_frame *frames, int n) except -1
     cdef int _run(self, int n) except -1
     cdef int _load(self, chunk, ts) except -1
+    cdef int _frag_alloc(self, size_t mem) except -1
+    cdef int _frag_addrs(self) except -1
+    cdef int _addr_set(self, uint32_t **tab, uint32_t *mask, addrs) except -1
+    cdef list _outputs(self, fl_frame *f)
 
 
 # The ring loop (dataplane/ring_loop.pxi) runs a Bare forwarder's fn in place of an Engine.

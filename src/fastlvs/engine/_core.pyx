@@ -25,6 +25,9 @@ Choices worth knowing:
 - The scheduler is asked once per new flow per batch; if two new flows of a persistent
   service from one client net arrive in the same batch, the second follows the template the
   first made (as in sequence) even if the scheduler answered otherwise for it.
+- Fragments to a VIP address (and NAT replies) are reassembled in an area allocated at
+  creation (dataplane/frag.pxi); the completing frame then carries the whole datagram in
+  engine memory (fl_frame.xrec) and leaves as the fragments frag_cut makes of its output.
 - Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
   services, ICMP errors for existing conns, FTP's template special case, fragmentation of
   TUN packets over the MTU without DF (they are sent as they are and counted oversize).
@@ -64,6 +67,8 @@ _PROTO_NUMS = tuple(PROTOCOLS.values())
 _PROTO_TEXT = {num: name.upper() for name, num in PROTOCOLS.items()}
 
 
+
+include "dataplane/frag.pxi"
 include "dataplane/batch.pxi"
 include "engine_api.pxi"
 

@@ -236,6 +236,7 @@ cdef void l2fwd_batch(void *ctx, uint32_t in_ifindex, fl_frame *frames, int n) n
         f = &frames[i]
         f.out_adj = 0
         f.out_len = f.len
+        f.xrec = 0              # a ring frame, never a reassembled datagram
         if r == NULL or f.len < 14:
             f.verdict = VERDICT_DROP
             continue

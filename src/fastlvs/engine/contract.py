@@ -48,7 +48,8 @@ VERDICT_PASS = 3           # not ours (not IPv4, no virtual service): leave it t
 COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "table_full",
                  "tcp_not_syn", "no_dest", "fragment", "bad_checksum", "frag_needed_sent",
                  "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
-                 "conns_expired", "ttl_exceeded", "csum_completed")
+                 "conns_expired", "ttl_exceeded", "csum_completed", "frag_held", "frag_reasm",
+                 "frag_timeout", "frag_bad", "frag_no_room", "frag_out")
 
 # -- limits ----------------------------------------------------------------------------------
 CAPACITY_DEFAULT = 1 << 20         # connection entries allocated at start
@@ -61,6 +62,10 @@ BATCH_DEFAULT = 64                 # frames per pass of the batch loop
 BATCH_MAX = 256
 MAX_SERVICES = 65535               # service ids 1..65535 (0 = none)
 MAX_VIPS = 65536
+FRAG_MEM_DEFAULT = 4 << 20         # bytes of fragment payload held for reassembly (ipfrag_high_thresh)
+FRAG_MEM_MIN = 64 << 10
+FRAG_MEM_MAX = 64 << 20            # the area's block indices are 16 bits
+FRAG_TIMEOUT = 30                  # seconds an incomplete datagram is kept (ipfrag_time)
 
 # -- ring limits: the largest frame each backend carries -------------------------------------
 L2_MAX = 18                        # Ethernet header + one 802.1Q tag

@@ -45,14 +45,16 @@ def _ip_text(uint32_t v):
 cdef class Engine:
     """One data-plane instance: conn table, services, dests, counters.
 
-    Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500). `capacity`
-    entries (conns + persistence templates) are allocated once; the table never grows.
+    Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500,
+    frag_mem=4 MiB). `capacity` entries (conns + persistence templates) are allocated once;
+    the table never grows. `frag_mem` bytes of fragment payload (1 KiB blocks, one queue per
+    4 KiB) are allocated for reassembling fragmented datagrams to the virtual services.
     All configuration methods are control-plane calls, never made per packet. Its C
     attributes are declared in _core.pxd (for the test tools in _testing.pyx).
     """
 
     def __cinit__(self, capacity=CAPACITY_DEFAULT, batch=BATCH_DEFAULT, local_ip="", local_mac="",
-                  mtu=MTU_DEFAULT):
+                  mtu=MTU_DEFAULT, frag_mem=FRAG_MEM_DEFAULT):
         cdef uint32_t cap = capacity
         cdef uint32_t i
         cdef uint32_t bits = 4
@@ -62,6 +64,8 @@ cdef class Engine:
             raise ValueError(f"batch must be 1..{MAX_BATCH}, got {batch}")
         if mtu < MTU_MIN or mtu > MTU_MAX:
             raise ValueError(f"mtu must be {MTU_MIN}..{MTU_MAX}, got {mtu}")
+        if frag_mem < FRAG_MEM_MIN or frag_mem > FRAG_MEM_MAX:
+            raise ValueError(f"frag_mem must be {FRAG_MEM_MIN}..{FRAG_MEM_MAX}, got {frag_mem}")
         memset(&self.st, 0, sizeof(fl_engine))
         while (<uint64_t>1 << bits) < cap:
             bits += 1
@@ -107,6 +111,98 @@ cdef class Engine:
         if local_ip:
             self.st.local_ip = int(_ipaddress.IPv4Address(local_ip))
         _set_mac(self.st.local_mac, local_mac)
+        self._frag_alloc(frag_mem)
+
+    cdef int _frag_alloc(self, size_t mem) except -1:
+        # The reassembly area, all of it now: 1 KiB blocks, a queue per 4 KiB, a source may
+        # hold a quarter of either (and always one whole 64 KiB datagram when the area can),
+        # plus the per-batch output arena for rebuilt datagrams and their fragments.
+        cdef fl_frag *F = &self.st.frag
+        cdef uint32_t i, nb = <uint32_t>min(mem >> FRAG_BLOCK_BITS, 65535)   # 16-bit 1 + index
+        cdef uint32_t nq = nb // 4 if nb >= 64 else 16
+        cdef uint32_t bits = 4
+        while (1u << bits) < nq:
+            bits += 1
+        F.nblocks = nb
+        F.nq = nq
+        F.bmask = (1u << bits) - 1
+        F.q = <fl_fragq *>calloc(nq, sizeof(fl_fragq))
+        F.buckets = <uint32_t *>calloc(1u << bits, sizeof(uint32_t))
+        F.blocks = <uint8_t *>malloc(<size_t>nb << FRAG_BLOCK_BITS)
+        F.free_blocks = <uint16_t *>malloc(nb * sizeof(uint16_t))
+        F.xsize = <uint32_t>max(mem // 2, 256 * 1024)
+        F.xbuf = <uint8_t *>malloc(F.xsize)
+        F.xseg_max = 4096
+        F.xseg = <fl_xseg *>calloc(F.xseg_max, sizeof(fl_xseg))
+        if (F.q == NULL or F.buckets == NULL or F.blocks == NULL or F.free_blocks == NULL
+                or F.xbuf == NULL or F.xseg == NULL):
+            raise MemoryError("cannot allocate the fragment reassembly area")
+        for i in range(nq):
+            F.q[i].next = i + 2 if i + 1 < nq else 0
+        F.free_q = 1
+        for i in range(nb):
+            F.free_blocks[i] = <uint16_t>(nb - 1 - i)
+        F.nfree = nb
+        F.src_block_limit = max(nb // 4, min(nb, FRAG_MAX_BLOCKS))
+        F.src_queue_limit = max(nq // 4, 1)
+        F.timeout_ns = secs(FRAG_TIMEOUT)
+        return 0
+
+    cdef int _frag_addrs(self) except -1:
+        # Which fragments the engine takes: those to a virtual address (any port: only the
+        # first fragment has one) and those from a NAT real server. Rebuilt on every service
+        # or dest change, half full at most so that lookups stay short.
+        cdef fl_frag *F = &self.st.frag
+        cdef uint32_t i
+        vaddrs = {self.st.vips[i].addr[3] for i in range(1, self.st.nvips)
+                  if self.st.vips[i].used}
+        raddrs = {self.st.dests[i].raddr[3] for i in range(1, self.st.ndests)
+                  if (self.st.dests[i].flags & DF_AVAILABLE) and self.st.dests[i].fwd == FWD_NAT}
+        vaddrs.discard(0)
+        raddrs.discard(0)
+        self._addr_set(&F.vset, &F.vmask, vaddrs)
+        self._addr_set(&F.rset, &F.rmask, raddrs)
+        return 0
+
+    cdef int _addr_set(self, uint32_t **tab, uint32_t *mask, addrs) except -1:
+        cdef uint32_t size = 16, s, a
+        cdef uint32_t *t
+        while size < 2 * len(addrs):
+            size *= 2
+        t = <uint32_t *>calloc(size, sizeof(uint32_t))
+        if t == NULL:
+            raise MemoryError()
+        for a in addrs:
+            s = <uint32_t>((<uint64_t>a * 0x9E3779B97F4A7C15ULL) >> 40) & (size - 1)
+            while t[s] != 0:
+                s = (s + 1) & (size - 1)
+            t[s] = a
+        free(tab[0])
+        tab[0] = t
+        mask[0] = size - 1
+        return 0
+
+    def frag_stats(self):
+        """The reassembly area: queues and blocks in use and in all, the per-source shares."""
+        cdef fl_frag *F = &self.st.frag
+        return {"queues": F.nqueued, "queues_max": F.nq, "blocks": F.nblocks - F.nfree,
+                "blocks_max": F.nblocks, "block_size": FRAG_BLOCK,
+                "src_queue_limit": F.src_queue_limit, "src_block_limit": F.src_block_limit,
+                "timeout": FRAG_TIMEOUT}
+
+    cdef list _outputs(self, fl_frame *f):
+        # the bytes a TX verdict sends: the frame itself, or a rebuilt datagram's fragments
+        cdef fl_xrec *rec
+        cdef uint32_t k
+        cdef fl_xseg *sg
+        if f.xrec == 0:
+            return [(f.data + f.out_adj)[:f.out_len]]
+        rec = &self.st.frag.xrec[f.xrec - 1]
+        out = []
+        for k in range(rec.nseg):
+            sg = &self.st.frag.xseg[rec.seg0 + k]
+            out.append(sg.data[:sg.len])
+        return out
 
     def __dealloc__(self):
         cdef int i
@@ -122,6 +218,14 @@ cdef class Engine:
         free(self.st.dests)
         free(self.frames)
         free(self.slots)
+        free(self.st.frag.q)
+        free(self.st.frag.buckets)
+        free(self.st.frag.blocks)
+        free(self.st.frag.free_blocks)
+        free(self.st.frag.xbuf)
+        free(self.st.frag.xseg)
+        free(self.st.frag.vset)
+        free(self.st.frag.rset)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -324,6 +428,7 @@ cdef class Engine:
             s.table = NULL
             s.table_len = 0
         self.st.vips[v].svc = svc_id
+        self._frag_addrs()
 
     def del_service(self, int svc_id):
         """Remove a service and (like IPVS) all its dests; their conns continue until they
@@ -341,6 +446,7 @@ cdef class Engine:
         s.table = NULL
         s.table_len = 0
         s.in_use = 0
+        self._frag_addrs()
 
     def set_hash_table(self, int svc_id, table, kind, int flags=0):
         """Hand the service a sh/dh/mh bucket table of dest ids (0 = empty bucket) so new
@@ -454,6 +560,7 @@ cdef class Engine:
             d.flags &= ~DF_OVERLOAD
         d.u_threshold = u_threshold
         d.l_threshold = l_threshold
+        self._frag_addrs()
 
     def del_dest(self, int dest_id):
         """Unlink a dest: never chosen again, its conns keep being forwarded until they
@@ -467,6 +574,7 @@ cdef class Engine:
         d.flags &= ~DF_AVAILABLE
         if d.refcnt == 0:
             memset(d, 0, sizeof(fl_dest))
+        self._frag_addrs()
 
     # -- scheduler callback ---------------------------------------------------------------------
     def set_scheduler_callback(self, fn):
@@ -574,8 +682,8 @@ cdef class Engine:
             for j in range(n):
                 f = &self.frames[j]
                 if f.verdict == VERDICT_TX:
-                    out.append((start + j, f.out_ifindex,
-                                (f.data + f.out_adj)[:f.out_len]))
+                    for data in self._outputs(f):
+                        out.append((start + j, f.out_ifindex, data))
             start += n
             if self.error is not None:
                 break
@@ -584,7 +692,9 @@ cdef class Engine:
 
     def process_verdicts(self, frames, timestamps=None):
         """Like process() but returns one (verdict, reason, out_ifindex, bytes|None) per frame:
-        verdict "tx" | "drop" | "pass", reason the counter name that decided a drop/pass."""
+        verdict "tx" | "drop" | "pass", reason the counter name that decided a drop/pass.
+        The fragment completing a datagram carries what the datagram became: a list of
+        bytes (its fragments) instead of bytes."""
         res = [None] * len(frames)
         cdef int start = 0, n, j, total = len(frames)
         cdef fl_frame *f
@@ -601,7 +711,10 @@ cdef class Engine:
             self._run(n)
             for j in range(n):
                 f = &self.frames[j]
-                data = (f.data + f.out_adj)[:f.out_len] if f.verdict == VERDICT_TX else None
+                data = None
+                if f.verdict == VERDICT_TX:
+                    data = self._outputs(f)
+                    data = data if f.xrec else data[0]
                 res[start + j] = (names[f.verdict],
                                   COUNTER_NAMES[f.reason] if f.verdict != VERDICT_TX else "",
                                   f.out_ifindex, data)
@@ -631,8 +744,8 @@ cdef class Engine:
     # -- timers ---------------------------------------------------------------------------------
     def run_timers(self, now_ns=None, budget=None):
         """Expire entries whose timeout passed by `now_ns` (default: the latest frame time),
-        inspecting `budget` entries from the sweep cursor (default: the whole table).
-        Returns the number freed."""
+        inspecting `budget` entries from the sweep cursor (default: the whole table), and
+        every reassembly queue past ipfrag_time. Returns the number of entries freed."""
         cdef uint64_t now = self.st.now if now_ns is None else now_ns
         cdef uint32_t b = self.st.capacity if budget is None else budget
         cdef uint32_t freed
@@ -640,6 +753,7 @@ cdef class Engine:
             self.st.now = now
         with nogil:
             freed = conn_sweep(&self.st, now, b)
+            frag_expire(&self.st, now, 0xFFFFFFFF)
         return freed
 
     # -- counters and listings --------------------------------------------------------------------

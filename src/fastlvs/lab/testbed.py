@@ -155,7 +155,7 @@ def serve(name: str, udp_addrs: list[str], http_port=HTTP_PORT, udp_port=UDP_POR
 
     def echo(sock):
         while True:
-            data, peer = sock.recvfrom(2048)
+            data, peer = sock.recvfrom(65535)      # datagrams larger than the MTU too
             sock.sendto(name.encode() + b" " + data, peer)
 
     for addr in udp_addrs:
@@ -444,7 +444,7 @@ class Testbed:
         in the answer."""
         sock.settimeout(timeout)
         sock.sendto(payload, (ip or self.vip, port))
-        data, peer = sock.recvfrom(2048)
+        data, peer = sock.recvfrom(65535)
         if peer[0] != (ip or self.vip):
             raise RuntimeError(f"answer from {peer}, expected {(ip or self.vip)}")
         name, _, echoed = data.partition(b" ")

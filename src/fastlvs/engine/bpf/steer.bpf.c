@@ -192,17 +192,25 @@ int fl_steer(struct xdp_md *ctx)
 			return XDP_PASS;
 		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 			return count(1, XDP_PASS);
-		/* a non-first fragment has no ports: the kernel reassembles/answers it */
-		if (ip->frag_off & bpf_htons(0x1FFF))
-			return count(1, XDP_PASS);
-		ports = (void *)ip + ip->ihl * 4;
-		if ((void *)(ports + 2) > end)
-			return XDP_PASS;
 		dst.family = src.family = 4;
 		dst.proto = src.proto = ip->protocol;
 		dst.addr[0] = ip->daddr;
-		dst.port = ports[1];
 		src.addr[0] = ip->saddr;
+		/* A non-first fragment has no ports: the engine reassembles the datagrams of its
+		 * services' addresses and its NAT real servers' (keys with port 0, in the hash
+		 * maps only: fragments are rare), the kernel gets the rest. */
+		if (ip->frag_off & bpf_htons(0x1FFF)) {
+			if (bpf_map_lookup_elem(&fl_services, &dst) ||
+			    bpf_map_lookup_elem(&fl_rservers, &src)) {
+				count(0, 0);
+				return bpf_redirect_map(&fl_xsks, ctx->rx_queue_index, XDP_PASS);
+			}
+			return count(1, XDP_PASS);
+		}
+		ports = (void *)ip + ip->ihl * 4;
+		if ((void *)(ports + 2) > end)
+			return XDP_PASS;
+		dst.port = ports[1];
 		src.port = ports[0];
 		return steer(ctx, &dst, &src);
 	}

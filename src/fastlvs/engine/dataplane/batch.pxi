@@ -228,6 +228,7 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
     if n > MAX_BATCH:
         n = MAX_BATCH
     e.nparked = 0
+    frag_batch_start(e)
     # pass 0: every frame's headers at once; the kernel copied them in a while ago (on a NIC,
     # DMA never put them in this core's cache), and one miss at a time is what the parse
     # loop would otherwise wait for
@@ -241,17 +242,22 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
         f.out_len = 0
         f.out_ifindex = 0
         f.reason = 0
+        f.xrec = 0
         f.verdict = VERDICT_DROP
         if f.ts_ns > now:
             now = f.ts_ns
         r = parse_frame(f, p)
         if fl_unlikely(r != PARSE_OK):
-            p.ok = 0
-            if r == C_NOT_IP or r == C_NO_SERVICE:
-                frame_pass(e, f, r)
-            else:
-                frame_drop(e, f, r)
-            continue
+            if r == C_FRAGMENT:
+                # held, or the datagram it completes now stands in for the frame
+                r = frag_input(e, f, p, now)
+            if r != PARSE_OK:
+                p.ok = 0
+                if r == C_NOT_IP or r == C_NO_SERVICE or r == C_FRAGMENT:
+                    frame_pass(e, f, r)
+                else:
+                    frame_drop(e, f, r)
+                continue
         p.ok = 1
         if f.csum != FRAME_CSUM_FULL and (
                 f.csum == FRAME_CSUM_PARTIAL
@@ -284,8 +290,12 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
         if j >= 0 and e.pkts[j].ok:
             handle_pkt(e, &frames[j], &e.pkts[j], j)
             if frames[j].verdict == VERDICT_TX:
+                if fl_unlikely(frames[j].xrec != 0) and not frag_cut(e, &frames[j]):
+                    continue
                 e.counters[C_TX] += 1
     conn_sweep_batch(e, now)
+    if e.frag.oldest != 0:
+        frag_expire(e, now, FRAG_EXPIRE_BUDGET)
     return e.nparked
 
 
@@ -337,5 +347,7 @@ cdef void engine_bind_parked(fl_engine *e, fl_frame *frames) noexcept nogil:
             else:
                 conn_create_forward(e, f, p, pk.svc, dest, ti, f.ts_ns)
         if f.verdict == VERDICT_TX:
+            if fl_unlikely(f.xrec != 0) and not frag_cut(e, f):
+                continue
             e.counters[C_TX] += 1
     e.nparked = 0

@@ -38,7 +38,11 @@ cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
         return C_MALFORMED
     if not csum_ip_ok(ip, ihl):
         return C_BAD_CHECKSUM
-    if (rd16(ip + 6) & 0x3FFF) != 0:          # MF set or a fragment offset
+    if (rd16(ip + 6) & 0x3FFF) != 0:          # MF set or an offset: frag_input takes
+        # it from here with these three
+        p.l2len = <uint16_t>l2
+        p.ihl = <uint16_t>ihl
+        p.tot_len = <uint16_t>tot
         return C_FRAGMENT
     p.proto = ip[9]
     l4 = ip + ihl

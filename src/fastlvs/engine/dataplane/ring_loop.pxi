@@ -36,6 +36,19 @@ cdef inline fl_port *ring_port_of(fl_loop *L, uint32_t ifindex, fl_port *src) no
     return NULL
 
 
+cdef void ring_tx_xrec(fl_engine *e, fl_port *dst, fl_frame *f) noexcept nogil:
+    # a reassembled datagram lives in engine memory and may leave as several fragments
+    cdef fl_xrec *rec = &e.frag.xrec[f.xrec - 1]
+    cdef fl_xseg *sg
+    cdef uint32_t k
+    for k in range(rec.nseg):
+        sg = &e.frag.xseg[rec.seg0 + k]
+        if dst.kind == PORT_XDP:
+            xdp_tx_copy(dst, sg.data, sg.len)
+        else:
+            pkt_tx_copy(dst, sg.data, sg.len)
+
+
 cdef inline void ring_dispatch(fl_loop *L, fl_port *src, int n) noexcept nogil:
     # Transmit the TX verdicts, give every other frame back.
     cdef int j
@@ -48,6 +61,8 @@ cdef inline void ring_dispatch(fl_loop *L, fl_port *src, int n) noexcept nogil:
             dst = ring_port_of(L, f.out_ifindex, src)
             if dst == NULL:
                 L.no_port += 1
+            elif fl_unlikely(f.xrec != 0):
+                ring_tx_xrec(L.est, dst, f)
             elif src.kind == PORT_XDP and dst.kind == PORT_XDP and dst.umem == src.umem:
                 # same UMEM: the TX descriptor points at the received frame, no copy
                 addr = <uint64_t>(f.data - src.umem.area) + <int64_t>f.out_adj

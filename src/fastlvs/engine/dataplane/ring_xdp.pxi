@@ -250,6 +250,7 @@ cdef class _SteerProg:
     cdef object key
     cdef readonly str mode
     cdef object svc_keys, rs_keys, local_keys     # the keys in the hash maps, as bytes
+    cdef object addr_refs             # (rserver, port-0 key) -> keys of that address
     cdef uint32_t fast_active         # the fl_fast copy the program reads
 
     def __cinit__(self):
@@ -259,6 +260,7 @@ cdef class _SteerProg:
         self.svc_keys = set()
         self.rs_keys = set()
         self.local_keys = set()
+        self.addr_refs = {}
         self.fast_active = 0
 
     cdef int publish(self) except -1:
@@ -288,6 +290,31 @@ cdef class _SteerProg:
         self.fast_active = slot
         return 0
 
+    cdef int set_addr_key(self, bint rserver, fl_steer_key *k, bint add) except -1:
+        # (proto, address, port 0) in the hash map while some key of that address is there:
+        # later fragments of its datagrams carry no ports (the fast copy never holds these).
+        # Called once per key really added or removed, so the count is of distinct keys.
+        cdef fl_steer_key a
+        cdef uint32_t one = 1
+        cdef int fd = self.rs_fd if rserver else self.svc_fd
+        memcpy(&a, k, sizeof(fl_steer_key))
+        a.port = 0
+        b = (rserver, (<char *>&a)[:sizeof(fl_steer_key)])
+        n = self.addr_refs.get(b, 0)
+        if add:
+            if n == 0:
+                r = bpf_map_update_elem(fd, &a, &one, 0)
+                if r:
+                    raise OSError(-r, f"{'fl_rservers' if rserver else 'fl_services'} "
+                                      f"update: {_os.strerror(-r)}")
+            self.addr_refs[b] = n + 1
+        elif n <= 1:
+            self.addr_refs.pop(b, None)
+            bpf_map_delete_elem(fd, &a)
+        else:
+            self.addr_refs[b] = n - 1
+        return 0
+
     cdef int set_key(self, int which, fl_steer_key *k, bint add) except -1:
         # The hash map first, then the in-place copy: both always hold the same keys.
         # which: 0 services, 1 NAT real servers, 2 local addresses.
@@ -303,11 +330,15 @@ cdef class _SteerProg:
             if b in keys:
                 return 0
             keys.add(b)
+            if which < 2:
+                self.set_addr_key(which == 1, k, True)
         else:
             bpf_map_delete_elem(fd, k)
             if b not in keys:
                 return 0
             keys.discard(b)
+            if which < 2:
+                self.set_addr_key(which == 1, k, False)
         self.publish()
         return 0
 

@@ -69,7 +69,8 @@ cdef struct fl_frame:
     uint8_t verdict
     uint8_t reason          # the C_* counter that decided a DROP/PASS (diagnostics)
     uint8_t csum            # FRAME_CSUM_*: what the receiving side knows of the L4 checksum
-    uint8_t _pad
+    uint16_t xrec           # 1 + record of a reassembled datagram (data is then engine
+                            # memory and a TX leaves as e.frag.xseg[...]); 0 = ring frame
 
 
 cdef struct fl_pkt:
@@ -173,6 +174,87 @@ cdef struct fl_parked:
     uint16_t _pad
 
 
+cdef enum:
+    FRAG_BLOCK = 1024         # payload is held in blocks of this size ...
+    FRAG_BLOCK_BITS = 10
+    FRAG_MAX_BLOCKS = 64      # ... up to 64 KiB per datagram
+    FRAG_MAX_PIECES = 64      # distinct fragments of one datagram
+    FRAG_SRC_BUCKETS = 64     # per-source shares, by keyed hash of the source address
+    FRAG_HDR_MAX = 40         # L2 (14/18) + IPv4 header (20: fragments with options refused)
+
+
+cdef struct fl_fragq:
+    # One datagram being reassembled: key, age, the pieces received (sorted, disjoint) and
+    # the blocks holding their bytes; the first fragment's L2 + IP header once it came.
+    uint64_t expires
+    uint32_t saddr
+    uint32_t daddr
+    uint32_t next           # 1 + index: hash chain, or free list
+    uint32_t older          # 1 + index: arrival order (all share one timeout, so the
+    uint32_t newer          #   oldest expires first)
+    uint32_t received       # payload bytes held
+    uint32_t total          # payload length, known once the last fragment came
+    uint16_t ipid
+    uint16_t frag_max       # largest fragment (IP total length): the kernel cuts to it
+    uint8_t proto
+    uint8_t used
+    uint8_t flags           # FQ_FIRST | FQ_LAST
+    uint8_t npieces
+    uint8_t src             # source share bucket
+    uint8_t l2len
+    uint8_t nblocks
+    uint8_t _pad
+    uint8_t hdr[FRAG_HDR_MAX]
+    uint16_t poff[FRAG_MAX_PIECES]
+    uint16_t pend[FRAG_MAX_PIECES]
+    uint16_t blocks[FRAG_MAX_BLOCKS]   # 1 + block index, 0 = none
+
+
+cdef struct fl_xseg:
+    uint8_t *data
+    uint32_t len
+
+
+cdef struct fl_xrec:
+    uint32_t seg0           # first of nseg output frames in xseg
+    uint32_t nseg
+    uint16_t frag_max
+    uint8_t l2len
+    uint8_t _pad
+
+
+cdef struct fl_frag:
+    fl_fragq *q
+    uint32_t *buckets       # 1 + index of the chain head
+    uint8_t *blocks
+    uint16_t *free_blocks   # stack of free block indices
+    uint32_t *vset          # VIP addresses (open addressing, 0 = empty): fragments to them
+    uint32_t *rset          # NAT real servers' addresses: their reply fragments
+    uint8_t *xbuf           # per-batch output arena: rebuilt datagrams and their fragments
+    fl_xseg *xseg
+    uint32_t nq
+    uint32_t bmask
+    uint32_t free_q
+    uint32_t oldest
+    uint32_t newest
+    uint32_t nqueued
+    uint32_t nblocks
+    uint32_t nfree
+    uint32_t vmask
+    uint32_t rmask
+    uint32_t src_block_limit
+    uint32_t src_queue_limit
+    uint32_t xsize
+    uint32_t xused
+    uint32_t xseg_max
+    uint32_t nxseg
+    uint32_t nxrec
+    uint64_t timeout_ns
+    uint32_t src_blocks[FRAG_SRC_BUCKETS]
+    uint32_t src_queues[FRAG_SRC_BUCKETS]
+    fl_xrec xrec[MAX_BATCH]
+
+
 cdef struct fl_engine:
     fl_conn *conns
     uint32_t *buckets       # 1 + index of the chain head, 0 = empty
@@ -214,3 +296,4 @@ cdef struct fl_engine:
     fl_pkt pkts[MAX_BATCH]
     fl_parked parked[MAX_BATCH]
     int nparked
+    fl_frag frag

@@ -153,7 +153,7 @@ cdef int xmit_tun_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     cdef bint df = (inner[6] & 0x40) != 0
     cdef uint8_t *o
     cdef uint8_t *ip
-    if <uint32_t>p.tot_len + 20 > e.mtu:
+    if <uint32_t>p.tot_len + 20 > e.mtu and f.xrec == 0:   # a reassembled one is cut later
         if df:
             return icmp_frag_needed_v4(e, f, p, <uint16_t>(e.mtu - 20))
         e.counters[C_OVERSIZE] += 1
