@@ -24,6 +24,13 @@ DEST_IDS = range(0, 70)          # past the 64 dest slots allocated at start
 SVC_IDS = range(0, 6)
 
 
+def same_keys(c, r):
+    """The reference gets the extension's random keys: the same client-MAC table sets, the
+    same per-source shares of the reassembly area."""
+    r.neigh.key = testing.neigh_key(c)
+    r.seed = testing.engine_seed(c)
+
+
 def _call(fn, args, kw):
     try:
         return fn(*args, **kw), None
@@ -41,8 +48,7 @@ class Twin:
     def __init__(self, **kw):
         self.core = core.Engine(**kw)
         self.ref = reference.Engine(**kw)
-        # the same client-MAC table sets in both (the extension draws its key at random)
-        self.ref.neigh.key = testing.neigh_key(self.core)
+        same_keys(self.core, self.ref)
         self.sent = 0
 
     def __getattr__(self, name):
@@ -517,7 +523,7 @@ def test_ttl(fwd, ttl):
 
 def test_ttl_expired_reply_without_a_local_address():
     t = Twin(capacity=64, local_ip="", local_mac=P.LOCAL_MAC)
-    t.ref.neigh.key = testing.neigh_key(t.core)
+    same_keys(t.core, t.ref)
     topology(t, "nat")
     t.set_callback(round_robin)
     t.run([P.tcp("S", sport=1), P.tcp("S", sport=2)], 1 * S)
@@ -684,7 +690,7 @@ def test_fuzz_frames(seed):
     b = fuzz_engine.make_engine(engine_cls=reference.Engine)
     t = Twin.__new__(Twin)
     t.core, t.ref, t.sent = a, b, 0
-    b.neigh.key = testing.neigh_key(a)
+    same_keys(a, b)
     pool = fuzz_engine.seeds(rng)
     ts = S
     for _ in range(40):

@@ -28,6 +28,12 @@ NEIGH_MAX_SUBNETS = 16             # on-link client subnets of the learning inte
 NF_USED, NF_KERNEL = 1, 2          # neighbour entry flags; KERNEL: from set_neighbor, no ageing
 TTL_QUOTE = 576 - 28               # time exceeded quotes what fits in 576 bytes, as icmp_send
 FRAME_CSUM_UNKNOWN, FRAME_CSUM_PARTIAL, FRAME_CSUM_FULL = 0, 1, 2
+FRAG_BLOCK_BITS = 10               # reassembly holds payload in 1 KiB blocks ...
+FRAG_MAX_BLOCKS = 64               # ... up to 64 KiB a datagram
+FRAG_MAX_PIECES = 64               # distinct fragments of one datagram
+XBUF_HEADROOM = 64                 # in front of a rebuilt datagram (TUN, ICMP grow there)
+XSEG_MAX = 4096                    # output fragments of one batch
+FRAG_EXPIRE_BUDGET = 64            # queues expired after one batch at most
 DESTS_INITIAL = 64                 # dest slots allocated at start; doubled on demand
 DEST_ID_MAX = 1 << 24
 FULL_TABLE_SWEEP = 4096            # entries inspected for expired ones when the table is full
@@ -237,6 +243,7 @@ class Frame:
         self.headroom = SLOT_HEADROOM
         self.ts = ts_ns
         self.csum = FRAME_CSUM_UNKNOWN        # frames from Python carry no checksum metadata
+        self.xrec = None                      # XRec once the frame completed a datagram
         self.verdict = K.VERDICT_DROP
         self.reason = 0
         self.out_ifindex = 0
@@ -246,6 +253,10 @@ class Frame:
     def output(self):
         start = self.data + self.out_adj
         return bytes(self.buf[start:start + self.out_len])
+
+    def outputs(self):
+        """What a TX sends: the frame, or a rebuilt datagram's fragments."""
+        return [self.output()] if self.xrec is None else list(self.xrec.segs)
 
 
 class Pkt:
@@ -406,6 +417,67 @@ class NeighTable:
         nb.put(ip, mac, ifindex, tick, NF_USED)
 
 
+class FragQueue:
+    """One datagram being reassembled: its pieces (sorted, disjoint), their bytes, the
+    blocks they occupy, and the first fragment's L2 + IP header once it came."""
+
+    def __init__(self, src, expires):
+        self.src = src
+        self.expires = expires
+        self.poff, self.pend = [], []
+        self.data = bytearray()
+        self.blocks = set()           # indices of the 1 KiB blocks of the datagram held
+        self.received = self.total = self.frag_max = 0
+        self.first = self.last = False
+        self.hdr = b""
+        self.l2len = 0
+
+
+class FragArea:
+    """The reassembly area sized from frag_mem, as the extension allocates it; queues in
+    arrival order (all share one timeout, so the first is the oldest)."""
+
+    def __init__(self, mem):
+        self.nblocks = min(mem >> FRAG_BLOCK_BITS, 65535)
+        self.nq = self.nblocks // 4 if self.nblocks >= 64 else 16
+        self.nfree = self.nblocks
+        self.src_block_limit = max(self.nblocks // 4, min(self.nblocks, FRAG_MAX_BLOCKS))
+        self.src_queue_limit = max(self.nq // 4, 1)
+        self.xsize = max(mem // 2, 256 * 1024)
+        self.queues = {}              # (saddr, daddr, ipid, proto) -> FragQueue
+        self.src_blocks = [0] * 64
+        self.src_queues = [0] * 64
+        self.vset = set()             # VIP addresses: fragments to them are ours
+        self.rset = set()             # NAT real servers: their reply fragments are ours
+        self.batch_start()
+
+    def batch_start(self):
+        self.xused = 0                # the batch's output arena: rebuilt datagrams, pieces
+        self.nxseg = 0
+        self.nxrec = 0
+
+    def xalloc(self, n):
+        n = (n + 63) & ~63
+        if self.xused + n > self.xsize:
+            return False
+        self.xused += n
+        return True
+
+    def free(self, key):
+        q = self.queues.pop(key)
+        self.nfree += len(q.blocks)
+        self.src_blocks[q.src] -= len(q.blocks)
+        self.src_queues[q.src] -= 1
+
+
+class XRec:
+    """A reassembled datagram standing in for the frame that completed it."""
+
+    def __init__(self, l2len, frag_max):
+        self.l2len, self.frag_max = l2len, frag_max
+        self.segs = []
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------------
@@ -540,18 +612,26 @@ def _check_mtu(mtu):
 class Engine:
     """One data-plane instance: conn table, services, dests, counters (reference version).
 
-    Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500), as the extension.
+    Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500, frag_mem=4 MiB),
+    as the extension.
     Entries are allocated from a free list of `capacity` slots (lowest index first, freed
     ones reused first), so listings come in the extension's order.
     """
 
     def __init__(self, capacity=K.CAPACITY_DEFAULT, batch=K.BATCH_DEFAULT, local_ip="",
-                 local_mac="", mtu=1500):
+                 local_mac="", mtu=1500, frag_mem=K.FRAG_MEM_DEFAULT):
         if capacity < 1 or capacity > 0xFFFFFFF0:
             raise ValueError(f"capacity must be 1..{0xFFFFFFF0}, got {capacity}")
         if batch < 1 or batch > K.BATCH_MAX:
             raise ValueError(f"batch must be 1..{K.BATCH_MAX}, got {batch}")
         _check_mtu(mtu)
+        if frag_mem < K.FRAG_MEM_MIN or frag_mem > K.FRAG_MEM_MAX:
+            raise ValueError(f"frag_mem must be {K.FRAG_MEM_MIN}..{K.FRAG_MEM_MAX}, "
+                             f"got {frag_mem}")
+        self.frag = FragArea(frag_mem)
+        # keys the per-source shares of the reassembly area, as the extension's seed does (a
+        # test may copy the extension's to get the same shares)
+        self.seed = int.from_bytes(os.urandom(8), "little")
         self._capacity = int(capacity)
         self.batch = int(batch)
         bits = 4
@@ -744,6 +824,7 @@ class Engine:
         if sched == K.SCHED_CALLBACK:
             s.table = None          # back to the Python scheduler: no stale table
         self.vips[v].svc = svc_id
+        self._frag_addrs()
 
     def del_service(self, svc_id):
         """Remove a service and its dests; their conns continue until they expire."""
@@ -757,6 +838,7 @@ class Engine:
         self.vips[s.vip].svc = 0
         s.table = None
         s.in_use = False
+        self._frag_addrs()
 
     def set_hash_table(self, svc_id, table, kind, flags=0):
         """Hand the service a sh/dh/mh bucket table of dest ids (0 = empty bucket); None
@@ -829,6 +911,7 @@ class Engine:
             d.overload = False                 # __ip_vs_update_dest
         d.u_threshold = u_threshold
         d.l_threshold = l_threshold
+        self._frag_addrs()
 
     def del_dest(self, dest_id):
         """Unlink a dest: never chosen again, its conns go on until they expire, its id
@@ -842,6 +925,22 @@ class Engine:
         d.available = False
         if d.refcnt == 0:
             self.dests[dest_id] = Dest()
+        self._frag_addrs()
+
+    def _frag_addrs(self):
+        # which fragments are ours: to a virtual address (any port: only the first fragment
+        # has one) or from a NAT real server; kept as the configuration changes
+        F = self.frag
+        F.vset = {v.addr for v in self.vips[1:]} - {0}
+        F.rset = {d.raddr for d in self.dests if d.available and d.fwd == K.FWD_NAT} - {0}
+
+    def frag_stats(self):
+        """The reassembly area: queues and blocks in use and in all, the per-source shares."""
+        F = self.frag
+        return {"queues": len(F.queues), "queues_max": F.nq,
+                "blocks": F.nblocks - F.nfree, "blocks_max": F.nblocks,
+                "block_size": 1 << FRAG_BLOCK_BITS, "src_queue_limit": F.src_queue_limit,
+                "src_block_limit": F.src_block_limit, "timeout": K.FRAG_TIMEOUT}
 
     def _dest_valid_for(self, dest, svc_id):
         return (0 < dest < len(self.dests) and self.dests[dest].available
@@ -1184,7 +1283,7 @@ class Engine:
         b = f.buf
         inner = f.data + p.l2len
         df = bool(b[inner + 6] & 0x40)
-        if p.tot_len + 20 > self.mtu:
+        if p.tot_len + 20 > self.mtu and f.xrec is None:     # a reassembled one is cut later
             if df:
                 return self.icmp_frag_needed(f, p, self.mtu - 20)
             self._count("oversize")      # sent as it is: no fragmentation yet
@@ -1369,6 +1468,190 @@ class Engine:
                     return True
         return False
 
+    # -- fragments: reassembly as ip_defrag before IPVS, and cutting the result again --------
+    def _frag_src(self, saddr):
+        # the per-source share a source address counts against (keyed by the seed)
+        return (((saddr ^ (self.seed >> 17)) * 0x9E3779B97F4A7C15) & M64) >> 58
+
+    def _frag_expire(self, now, budget):
+        """Expire queues whose time is up, oldest first; how many."""
+        F, n = self.frag, 0
+        while n < budget and F.queues:
+            key = next(iter(F.queues))
+            if F.queues[key].expires > now:
+                break
+            F.free(key)
+            self._count("frag_timeout")
+            n += 1
+        return n
+
+    def _frag_queue(self, key, saddr, now):
+        """The queue of `key`, a new one, or the counter name saying why there is none."""
+        F = self.frag
+        q = F.queues.get(key)
+        if q is not None and q.expires <= now:
+            F.free(key)
+            self._count("frag_timeout")
+            q = None
+        if q is not None:
+            return q
+        if len(F.queues) >= F.nq:
+            self._frag_expire(now, 1)
+        src = self._frag_src(saddr)
+        if len(F.queues) >= F.nq or F.src_queues[src] >= F.src_queue_limit:
+            return "frag_no_room"
+        q = F.queues[key] = FragQueue(src, now + K.FRAG_TIMEOUT * NS)
+        F.src_queues[src] += 1
+        return q
+
+    def _frag_input(self, f, now):
+        """A fragment: "fragment" (not ours: to the host), "frag_held", another counter name
+        (dropped), or the Pkt of the datagram it completed (now in the frame)."""
+        F = self.frag
+        b = f.buf
+        l2 = 18 if rd16(b, f.data + 12) == 0x8100 else 14
+        ip = f.data + l2
+        ihl = (b[ip] & 0x0F) * 4
+        tot = rd16(b, ip + 2)
+        proto = b[ip + 9]
+        saddr, daddr = rd32(b, ip + 12), rd32(b, ip + 16)
+        fo = rd16(b, ip + 6)
+        off, mf = (fo & 0x1FFF) * 8, bool(fo & 0x2000)
+        if proto not in (6, 17):
+            return "fragment"
+        if daddr not in F.vset and saddr not in F.rset:
+            return "fragment"
+        ln = tot - ihl
+        end = off + ln
+        # no options (they would be split between fragments), whole 8-byte units before
+        # the last piece, and the datagram within 64 KiB
+        if ihl != 20 or ln == 0 or (mf and ln & 7) or end + 20 > 65535:
+            return "frag_bad"
+        key = (saddr, daddr, rd16(b, ip + 4), proto)
+        q = self._frag_queue(key, saddr, now)
+        if isinstance(q, str):
+            return q
+        # lo: first piece ending after off; hi: first starting at or after end
+        lo = 0
+        while lo < len(q.poff) and q.pend[lo] <= off:
+            lo += 1
+        hi = lo
+        while hi < len(q.poff) and q.poff[hi] < end:
+            hi += 1
+        if hi > lo:
+            # inside one contiguous run of what is held: a duplicate, ignored; any other
+            # overlap discards the datagram (as ip_frag_queue)
+            if q.poff[lo] <= off and q.pend[hi - 1] >= end:
+                i = lo
+                while i + 1 < hi and q.pend[i] == q.poff[i + 1]:
+                    i += 1
+                if i + 1 == hi:
+                    return "frag_bad"
+            F.free(key)
+            return "frag_bad"
+        if not mf:
+            if (q.last and end != q.total) or (q.poff and q.pend[-1] > end):
+                F.free(key)
+                return "frag_bad"
+        elif q.last and end > q.total:
+            F.free(key)
+            return "frag_bad"
+        if len(q.poff) >= FRAG_MAX_PIECES:
+            F.free(key)
+            return "frag_no_room"
+        blocks = set(range(off >> FRAG_BLOCK_BITS, ((end - 1) >> FRAG_BLOCK_BITS) + 1))
+        need = len(blocks - q.blocks)
+        if need > F.nfree or F.src_blocks[q.src] + need > F.src_block_limit:
+            return "frag_no_room"
+        q.blocks |= blocks
+        F.nfree -= need
+        F.src_blocks[q.src] += need
+        if len(q.data) < end:
+            q.data.extend(bytes(end - len(q.data)))
+        q.data[off:end] = b[ip + 20:ip + 20 + ln]
+        q.poff.insert(lo, off)
+        q.pend.insert(lo, end)
+        q.received += ln
+        q.frag_max = max(q.frag_max, tot)
+        if off == 0:
+            q.first = True
+            q.l2len = l2
+            q.hdr = bytes(b[f.data:f.data + l2 + 20])
+        if not mf:
+            q.last = True
+            q.total = end
+        if q.first and q.last and q.received == q.total:
+            return self._frag_complete(f, key, q)
+        return "frag_held"
+
+    def _frag_complete(self, f, key, q):
+        # the datagram rebuilt in the batch's arena stands in for the frame, parsed again
+        F = self.frag
+        n = q.l2len + 20 + q.total
+        if F.nxrec >= K.BATCH_MAX or not F.xalloc(XBUF_HEADROOM + n):
+            F.free(key)
+            return "frag_no_room"
+        hdr = bytearray(q.hdr)
+        ip = q.l2len
+        wr16(hdr, ip + 2, 20 + q.total)
+        wr16(hdr, ip + 6, 0)
+        wr16(hdr, ip + 10, 0)
+        wr16(hdr, ip + 10, csum_of(hdr, ip, 20))
+        F.nxrec += 1
+        F.free(key)
+        self._count("frag_reasm")
+        f.buf = bytearray(XBUF_HEADROOM) + hdr + q.data[:q.total]
+        f.data = f.headroom = XBUF_HEADROOM
+        f.len = n
+        f.xrec = XRec(q.l2len, q.frag_max)
+        return parse_frame(f)
+
+    def _frag_cut(self, f):
+        """Cut a reassembled datagram's output into fragments of at most min(mtu, largest
+        fragment received) bytes, as ip_do_fragment; False: no room, the frame dropped."""
+        F, rec = self.frag, f.xrec
+        out = f.output()
+        l2 = rec.l2len
+        hlen = (out[l2] & 0x0F) * 4
+        payload = f.out_len - l2 - hlen
+        mtu = self.mtu
+        if rec.frag_max != 0 and rec.frag_max < mtu:
+            mtu = rec.frag_max
+        mtu = max(mtu, hlen + 8)
+        room = (mtu - hlen) & ~7
+        # every piece but the last is `room` bytes; the last takes what is left once that
+        # fits in mtu - hlen
+        nseg, left = 1, payload
+        while left > mtu - hlen:
+            left -= room
+            nseg += 1
+        if F.nxseg + nseg > XSEG_MAX:
+            self._drop(f, "frag_no_room")
+            return False
+        if nseg == 1:
+            F.nxseg += 1
+            rec.segs = [out]          # fits whole: sent as it is
+            return True
+        if F.xused + payload + nseg * (l2 + hlen + 63) > F.xsize:
+            self._drop(f, "frag_no_room")
+            return False
+        fo = rd16(out, l2 + 6) & 0x4000
+        off, left = 0, payload
+        while left > 0:
+            ln = room if left > mtu - hlen else left
+            F.xalloc(l2 + hlen + ln)
+            piece = bytearray(out[:l2 + hlen])
+            wr16(piece, l2 + 2, hlen + ln)
+            wr16(piece, l2 + 6, fo | (off >> 3) | (0x2000 if ln < left else 0))
+            wr16(piece, l2 + 10, 0)
+            wr16(piece, l2 + 10, csum_of(piece, l2, hlen))
+            rec.segs.append(bytes(piece + out[l2 + hlen + off:l2 + hlen + off + ln]))
+            F.nxseg += 1
+            off += ln
+            left -= ln
+        self._count("frag_out", nseg)
+        return True
+
     # -- one frame, one batch --------------------------------------------------------------------
     def _handle(self, f, p, idx):
         now = f.ts
@@ -1414,12 +1697,17 @@ class Engine:
         """Parse and handle a batch; new flows of callback services are left parked."""
         self.parked = []
         self.pkts = []
+        self.frag.batch_start()
         now = self.now
         for f in frames:
             now = max(now, f.ts)
             p = parse_frame(f)
+            if p == "fragment":
+                # held, or the datagram it completes now stands in for the frame
+                p = self._frag_input(f, now)
             if isinstance(p, str):
-                (self._pass if p in ("not_ip", "no_service") else self._drop)(f, p)
+                (self._pass if p in ("not_ip", "no_service", "fragment")
+                 else self._drop)(f, p)
                 p = None
             else:
                 self._csum_complete(f, p)
@@ -1432,8 +1720,12 @@ class Engine:
             if p is not None:
                 self._handle(f, p, idx)
                 if f.verdict == K.VERDICT_TX:
+                    if f.xrec is not None and not self._frag_cut(f):
+                        continue
                     self._count("tx")
         self._conn_sweep_batch(now)
+        if self.frag.queues:
+            self._frag_expire(now, FRAG_EXPIRE_BUDGET)
 
     def _schedule_parked(self, frames):
         # one callback for the batch's new flows; an error is kept for after the batch and
@@ -1485,6 +1777,8 @@ class Engine:
             else:
                 self._bind_leader(f, p, pk)
             if f.verdict == K.VERDICT_TX:
+                if f.xrec is not None and not self._frag_cut(f):
+                    continue
                 self._count("tx")
         self.parked = []
 
@@ -1537,8 +1831,9 @@ class Engine:
         (monotonic clock)."""
         out = []
         for start, batch in self._batches(frames, timestamps):
-            out.extend((start + j, f.out_ifindex, f.output())
-                       for j, f in enumerate(batch) if f.verdict == K.VERDICT_TX)
+            out.extend((start + j, f.out_ifindex, data)
+                       for j, f in enumerate(batch) if f.verdict == K.VERDICT_TX
+                       for data in f.outputs())
         self._raise_pending()
         return out
 
@@ -1549,9 +1844,12 @@ class Engine:
         for start, batch in self._batches(frames, timestamps):
             for j, f in enumerate(batch):
                 tx = f.verdict == K.VERDICT_TX
+                data = None
+                if tx:
+                    data = f.output() if f.xrec is None else f.outputs()
                 res[start + j] = (_VERDICT_TEXT[f.verdict],
                                   "" if tx else K.COUNTER_NAMES[f.reason],
-                                  f.out_ifindex, f.output() if tx else None)
+                                  f.out_ifindex, data)
         self._raise_pending()
         return res
 
@@ -1563,7 +1861,9 @@ class Engine:
         b = self._capacity if budget is None else _u32(budget)
         if now > self.now:
             self.now = now
-        return self._conn_sweep(now, b)
+        freed = self._conn_sweep(now, b)
+        self._frag_expire(now, M32)
+        return freed
 
     # -- counters and listings -----------------------------------------------------------------
     def stats(self):
