@@ -98,6 +98,7 @@ class Twin:
             except KeyError:
                 return "KeyError"
         return {"stats": eng.stats(), "conn_count": eng.conn_count(),
+                "frag": eng.frag_stats(),
                 "timeouts": eng.get_timeouts(), "conns": eng.conns(now),
                 "svcs": [get(eng.service_stats, s) for s in SVC_IDS],
                 "dests": [(get(eng.dest_stats, d), get(eng.dest_counters, d))
@@ -679,6 +680,140 @@ def test_gateway_change():
     _ask_and_reply(t, clients, mac.get, 3 * S, cport=9)
     t.set_gateway_mac(P.GW_MAC, 3)                      # the same MAC: nothing to follow
     _ask_and_reply(t, clients, mac.get, 4 * S, cport=10)
+
+
+# -- fragments ----------------------------------------------------------------------------------
+
+def _cut(frame: bytes, pieces, ipid=1, l2=14, options=b""):
+    """Fragments of `frame`'s IP packet: one per (start, end) range of its payload, in the
+    order given (overlaps, gaps and odd sizes as asked), with IP id `ipid`."""
+    ihl = (frame[l2] & 0xF) * 4
+    payload = frame[l2 + ihl:l2 + int.from_bytes(frame[l2 + 2:l2 + 4], "big")]
+    hdr = bytearray(frame[l2:l2 + 20])
+    out = []
+    for a, e in pieces:
+        h = bytearray(hdr) + options
+        h[0] = 0x40 | len(h) // 4
+        h[2:4] = (len(h) + e - a).to_bytes(2, "big")
+        h[4:6] = ipid.to_bytes(2, "big")
+        h[6:8] = ((a >> 3) | (0x2000 if e < len(payload) else 0)
+                  | (0x4000 if hdr[6] & 0x40 else 0)).to_bytes(2, "big")
+        out.append(_set_ttl(frame[:l2] + bytes(h) + payload[a:e], h[8], l2))
+    return out
+
+
+def _joined(pieces, l2=14) -> bytes:
+    """The packet that `pieces` (fragments, each with a good IP checksum) were cut from."""
+    body = bytearray()
+    for x in pieces:
+        h = x[l2:l2 + 20]
+        assert _set_ttl(x, x[l2 + 8], l2) == x           # the IP checksum is right
+        a = (int.from_bytes(h[6:8], "big") & 0x1FFF) * 8
+        n = int.from_bytes(h[2:4], "big") - 20
+        body[a:a + n] = x[l2 + 20:l2 + 20 + n]
+    h = bytearray(pieces[0][l2:l2 + 20])
+    h[2:4] = (20 + len(body)).to_bytes(2, "big")
+    h[6:8] = (int.from_bytes(h[6:8], "big") & 0x4000).to_bytes(2, "big")
+    return _set_ttl(pieces[0][:l2] + bytes(h) + bytes(body), h[8], l2)
+
+
+def _even(n: int, size: int):
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+def test_fragmented_requests(fwd):
+    """Datagrams to the VIP in fragments: in order, reversed, spread over batches, with a
+    duplicate, an overlap, the last first, too many pieces, a bad size, options, a TTL of 1,
+    a VLAN tag; beside fragments that are not ours (another address, another protocol)."""
+    t = twin(fwd, mtu=900 if fwd == "tun" else 1500)
+    big_udp = P.udp(sport=1, payload=b"U" * 2992)           # 3000 bytes of UDP
+    big_tcp = P.tcp("S", sport=2, payload=b"T" * 2980)      # 3000 bytes of TCP
+    frames = _cut(big_udp, _even(3000, 1480), ipid=1)
+    frames += _cut(big_tcp, _even(3000, 800)[::-1], ipid=2)
+    frames += _cut(P.udp(sport=3, payload=b"d" * 1992), [(0, 1000), (1000, 2000), (0, 1000)],
+                   ipid=3)
+    frames += _cut(P.udp(sport=4, payload=b"o" * 1992), [(0, 1000), (992, 2000)], ipid=4)
+    frames += _cut(P.udp(sport=5, payload=b"l" * 1992), [(1000, 2000), (0, 1000)], ipid=5)
+    frames += _cut(P.udp(sport=6, payload=b"m" * 792), _even(800, 8), ipid=6)
+    frames += _cut(P.udp(sport=7, payload=b"b" * 992), [(0, 500), (500, 1000)], ipid=7)
+    frames += _cut(P.udp(sport=8, payload=b"p" * 992), [(0, 496), (496, 1000)], ipid=8,
+                   options=b"\x01\x01\x01\x00")
+    frames += _cut(_set_ttl(P.udp(sport=9, payload=b"t" * 1192), 1), _even(1200, 400),
+                   ipid=9)
+    frames += _cut(P.udp(sport=10, payload=b"v" * 1592, vlan=5), _even(1600, 600), ipid=10,
+                   l2=18)
+    frames += _cut(P.udp(sport=11, dst="203.0.113.99", payload=b"x" * 992), _even(1000, 504),
+                   ipid=11)
+    frames += _cut(P.tcp("S", sport=12, payload=b"s" * 980), _even(1000, 504), ipid=12)[:1]
+    out = t.run(frames[:23], 1 * S)
+    out += t.run(frames[23:], 2 * S)
+    out += t.run(_cut(big_udp, _even(3000, 1000), ipid=20)[:2], 3 * S)
+    out += t.run(_cut(big_udp, _even(3000, 1000), ipid=20)[2:], 4 * S)
+    sent = [v for v in out if v[0] == "tx"]
+    for v in sent:
+        pieces = v[3] if isinstance(v[3], list) else [v[3]]
+        l2 = 18 if pieces[0][12:14] == b"\x81\x00" else 14
+        assert checksums_ok(_joined(pieces, l2))
+    assert any(isinstance(v[3], list) and len(v[3]) > 1 for v in sent)
+    st = t.core.stats()
+    assert st["frag_reasm"] >= 5 and st["frag_bad"] >= 2 and st["frag_held"] > 0
+
+
+def test_fragmented_nat_replies():
+    t = twin("nat")
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    t.run([P.udp(sport=k) for k in range(1, 4)], 1 * S)
+    frames = []
+    for k in range(1, 4):
+        for r in range(3):
+            rep = P.reply_udp(rs=P.RS[r], cport=k, payload=b"R" * 2500)
+            frames += _cut(rep, _even(2508, 1200), ipid=100 + 3 * k + r)
+    out = t.run(frames, 2 * S)
+    assert any(v[0] == "tx" and isinstance(v[3], list) and len(v[3]) == 3 for v in out)
+
+
+def test_fragments_out_of_room_and_time():
+    """The smallest area: per-source shares and the queue limit fill, incomplete datagrams
+    expire after ipfrag_time (by later frames' time and by run_timers)."""
+    t = Twin(capacity=256, local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC, frag_mem=64 << 10)
+    topology(t, "dr")
+    t.set_callback(round_robin)
+    clients = ["198.51.100.%d" % i for i in range(1, 41)]
+    # one source past its share of the queues (a quarter of them), then of the blocks
+    t.run([_cut(P.udp(sport=1, src=clients[0], payload=b"q" * 2992), [(0, 1000)],
+                ipid=900 + k)[0] for k in range(6)], S // 2)
+    t.run(_cut(P.udp(sport=1, src=clients[1], payload=b"w" * 60000), _even(60008, 1480)[:-1],
+               ipid=1), S // 2)
+    for r in range(3):
+        frames = []
+        for k, c in enumerate(clients):
+            for d in range(3):
+                frames += _cut(P.udp(sport=k + 1, src=c, payload=b"z" * 2992),
+                               [(0, 1000), (2000, 3000)], ipid=r * 10 + d)
+        t.run(frames[:200], (1 + r * 12) * S)
+        t.run(frames[200:], (2 + r * 12) * S)
+    t.run(_cut(P.udp(sport=1, src=clients[0], payload=b"z" * 2992), [(1000, 2000)],
+               ipid=0), 20 * S)
+    t.run_timers(100 * S)
+    t.run(_cut(P.udp(sport=1, src=clients[0], payload=b"z" * 2992), _even(3000, 1000),
+               ipid=0), 101 * S)
+    assert t.core.stats()["frag_no_room"] > 0 and t.core.stats()["frag_timeout"] > 0
+    with pytest.raises(ValueError):
+        Twin(frag_mem=1000)
+
+
+def test_fragments_past_a_sources_share_of_blocks():
+    """1 MiB of blocks, a quarter of them a source's share: the fifth 60 KB datagram of one
+    client finds no room, another client's does."""
+    t = Twin(capacity=256, local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC, frag_mem=1 << 20)
+    topology(t, "dr")
+    t.set_callback(round_robin)
+    big = [P.udp(sport=1, src=c, payload=b"w" * 60000) for c in (P.CLIENT, "198.51.100.99")]
+    for k in range(6):
+        t.run(_cut(big[0], _even(60008, 1480)[:-1], ipid=k), 1 * S)
+    out = t.run(_cut(big[1], _even(60008, 1480), ipid=1), 2 * S)
+    assert out[-1][0] == "tx" and t.core.stats()["frag_no_room"] > 0
 
 
 # -- the fuzzer's frames and random configuration changes ---------------------------------------
