@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastlvs.control import ctl
+from fastlvs.control import ctl, sysctl
 from fastlvs.control.ipvsadm import (MAX_RULE_THRESHOLD, MAX_RULE_WEIGHT, CommandError,
                                      parse_addrport)
 from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT,
@@ -174,7 +174,7 @@ _DIRECTOR_KEYS = ("mode", "interface", "rs_interface", "backend", "socket", "cap
 _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
-_TOP_KEYS = ("director", "service", "timeouts")
+_TOP_KEYS = ("director", "service", "timeouts", "sysctl")
 
 
 def _director(ctx: _Ctx, data) -> DirectorConfig:
@@ -319,6 +319,8 @@ def parse_config(text: str, filename: str = "fastlvs.toml") -> Config:
         _service(ctx, i, s, table, director.fwd)
     if "timeouts" in data:
         _timeouts(ctx, data["timeouts"], table)
+    table.sysctls = sysctl.parse_table(data.get("sysctl", {}),
+                                       lambda key, what: ctx.fail("sysctl", key, what))
     return Config(director=director, table=table, path=filename, services=len(services))
 
 

@@ -63,12 +63,21 @@ def py_hsiphash_u32(uint32_t val, uint64_t k0, uint64_t k1):
 COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "table_full",
                  "tcp_not_syn", "no_dest", "fragment", "bad_checksum", "frag_needed_sent",
                  "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
-                 "conns_expired")
+                 "conns_expired", "dest_unavailable", "drop_packet", "drop_entry")
 
 FWD_NAMES = {"dr": FWD_DR, "route": FWD_DR, "g": FWD_DR, "nat": FWD_NAT, "masq": FWD_NAT,
              "m": FWD_NAT, "tun": FWD_TUN, "ipip": FWD_TUN, "i": FWD_TUN}
 SCHED_KINDS = {"sh": SCHED_SH, "dh": SCHED_DH, "mh": SCHED_MH}
 _FWD_TEXT = {FWD_DR: "dr", FWD_NAT: "nat", FWD_TUN: "tun"}
+# The IPVS sysctls the engine applies, with the kernel's defaults and ranges (amemthresh
+# counts free conn entries here, pages there). control/sysctl.py declares them for users.
+SYSCTL_DEFAULTS = {"expire_nodest_conn": 0, "expire_quiescent_template": 0,
+                   "conn_reuse_mode": 1, "sloppy_tcp": 0, "drop_entry": 0, "drop_packet": 0,
+                   "secure_tcp": 0, "amemthresh": 1024, "am_droprate": 10}
+_SYSCTL_RANGE = {"expire_nodest_conn": (0, 1), "expire_quiescent_template": (0, 1),
+                 "conn_reuse_mode": (0, 3), "sloppy_tcp": (0, 1), "drop_entry": (0, 3),
+                 "drop_packet": (0, 3), "secure_tcp": (0, 3), "amemthresh": (0, 0xFFFFFFFF),
+                 "am_droprate": (1, 0xFFFFFFFF)}
 _PROTO_TEXT = {6: "TCP", 17: "UDP"}
 
 # ---------------------------------------------------------------------------------------------
@@ -136,11 +145,13 @@ cdef inline void persist_net(fl_svc *s, fl_pkt *p, uint32_t *snet) noexcept nogi
 
 
 cdef inline bint template_usable(fl_engine *e, uint32_t ti) noexcept nogil:
-    # ip_vs_check_template with expire_quiescent_template = 0: the template's dest must still
-    # be linked to its service (weight 0 and overload do not matter). An unusable template
-    # is invalidated: it stops matching and lives on only until its timer fires.
+    # ip_vs_check_template: the template's dest must still be linked to its service, and
+    # with expire_quiescent_template also have a weight (overload does not matter). An
+    # unusable template is invalidated: it stops matching and lives on only until its
+    # timer fires.
     cdef fl_conn *t = &e.conns[ti - 1]
-    if t.dest != 0 and (e.dests[t.dest].flags & DF_AVAILABLE):
+    if (t.dest != 0 and (e.dests[t.dest].flags & DF_AVAILABLE)
+            and not (e.expire_quiescent_template and e.dests[t.dest].weight == 0)):
         return True
     t.flags |= CF_INVALID
     return False
@@ -185,6 +196,12 @@ cdef void conn_create_forward(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t svc
     if e.learn_ifindex != 0 and e.dests[dest].fwd == FWD_NAT:
         neigh_learn(e, p.saddr[3], f.data + 6, e.learn_ifindex)
     conn_forward_in(e, f, p, c, now)
+    if p.proto == 6:
+        if c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK:
+            embryo_push(e, ci - 1)
+    elif s.flags & SVC_F_ONEPACKET:
+        # -o: the entry served this one datagram; the next is scheduled afresh
+        conn_free(e, ci - 1)
 
 
 cdef void new_flow(fl_engine *e, fl_frame *f, fl_pkt *p, int idx, uint16_t svc_id,
@@ -197,6 +214,11 @@ cdef void new_flow(fl_engine *e, fl_frame *f, fl_pkt *p, int idx, uint16_t svc_i
     cdef uint32_t dest
     cdef int k
     cdef fl_pkt *q
+    if defense_todrop(e):
+        # drop_packet (tcp/udp_conn_schedule): a share of new conns is refused while
+        # the table runs out
+        frame_drop(e, f, C_DROP_PACKET)
+        return
     if s.persist_timeout != 0:
         persist_net(s, p, snet)
         ti = tmpl_lookup(e, snet, p.vip, p.proto, now)
@@ -226,7 +248,7 @@ cdef bint park_follower(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept 
     cdef int j, k = e.nparked
     cdef fl_pkt *q
     for j in range(k):
-        if e.parked[j].leader < 0:
+        if e.parked[j].leader < 0 and not (e.svcs[e.parked[j].svc].flags & SVC_F_ONEPACKET):
             q = &e.pkts[e.parked[j].frame]
             if (q.sport == p.sport and q.vip == p.vip and q.proto == p.proto
                     and addr_eq(q.saddr, p.saddr)):
@@ -240,21 +262,55 @@ cdef bint park_follower(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept 
     return False
 
 
+cdef inline bint conn_reuse_expected(fl_engine *e, fl_conn *c) noexcept nogil:
+    # is_new_conn_expected (Linux 6.1): a SYN may open a new conn over an entry in
+    # TIME_WAIT or CLOSE, and with bit 2 over one in FIN_WAIT that never saw a reply
+    # (DR/TUN), unless a persistence template controls the entry.
+    if c.ctl != 0 or c.proto != 6:
+        return False
+    return (c.state == TCP_S_TIME_WAIT or c.state == TCP_S_CLOSE
+            or ((e.conn_reuse_mode & 2) and c.state == TCP_S_FIN_WAIT
+                and (c.flags & CF_NOOUTPUT)))
+
+
+cdef inline int conn_check_in(fl_engine *e, fl_frame *f, fl_pkt *p, uint32_t ci) noexcept nogil:
+    # ip_vs_in between the lookup and the transmit (Linux 6.1). Returns 1: forward on the
+    # entry; 0: the entry was ended, schedule the packet as a new one; -1: dropped.
+    cdef fl_conn *c = &e.conns[ci - 1]
+    cdef fl_dest *d = &e.dests[c.dest]
+    if e.conn_reuse_mode != 0 and p.proto == 6 and (p.tcpflags & TH_SYN):
+        # port reuse: a SYN over an entry that is closing, or whose server was quiesced
+        # while expire_nodest_conn is set, ends the entry and is scheduled afresh (only
+        # templates have n_control here, so the entry always goes at once)
+        if ((e.expire_nodest_conn and c.dest != 0 and d.weight == 0)
+                or conn_reuse_expected(e, c)):
+            conn_free(e, ci - 1)
+            return 0
+    if c.dest != 0 and not (d.flags & DF_AVAILABLE):
+        # the real server was deleted: its conns' packets are dropped and the entry is
+        # left to time out (the timer is not re-armed), or with expire_nodest_conn the
+        # entry ends and the packet is handled as if there had been none
+        if e.expire_nodest_conn:
+            conn_free(e, ci - 1)
+            return 0
+        frame_drop(e, f, C_DEST_UNAVAILABLE)
+        return -1
+    return 1
+
+
 cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept nogil:
     cdef uint64_t now = f.ts_ns
     cdef uint32_t ci
-    cdef fl_conn *c
+    cdef int r
     cdef uint16_t svc_id
     if p.vip != 0:
         ci = conn_lookup_in(e, p, now)
         if ci != 0:
-            c = &e.conns[ci - 1]
-            # conn_reuse_mode 1: a SYN for a conn in TIME_WAIT expires it and reschedules
-            if (p.proto == 6 and c.state == TCP_S_TIME_WAIT
-                    and (p.tcpflags & (TH_SYN | TH_RST | TH_ACK)) == TH_SYN):
-                conn_free(e, ci - 1)
-            else:
-                conn_forward_in(e, f, p, c, now)
+            r = conn_check_in(e, f, p, ci)
+            if r > 0:
+                conn_forward_in(e, f, p, &e.conns[ci - 1], now)
+                return
+            if r < 0:
                 return
         if e.nparked != 0 and park_follower(e, f, p, idx):
             return
@@ -262,8 +318,10 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
         if svc_id == 0:
             frame_pass(e, f, C_NO_SERVICE)
             return
-        if p.proto == 6 and (p.tcpflags & (TH_SYN | TH_RST)) != TH_SYN:
-            # tcp_conn_schedule only schedules on a SYN without RST; the rest is not ours
+        if p.proto == 6 and ((p.tcpflags & TH_RST)
+                             or not (p.tcpflags & TH_SYN or e.sloppy_tcp)):
+            # tcp_conn_schedule schedules on a SYN without RST (any packet without RST
+            # with sloppy_tcp); the rest is not ours
             frame_pass(e, f, C_TCP_NOT_SYN)
             return
         new_flow(e, f, p, idx, svc_id, now)
@@ -499,19 +557,24 @@ cdef class Engine:
         self.st.vips = <fl_vip *>calloc(MAX_VIPS, sizeof(fl_vip))
         self.st.vip_index = <uint16_t *>calloc(VIP_INDEX_SIZE, sizeof(uint16_t))
         self.st.neigh = <fl_neigh *>calloc(NEIGH_SIZE, sizeof(fl_neigh))
+        self.st.embryo = <uint64_t *>fl_alloc_table((<size_t>1 << bits) * sizeof(uint64_t))
         self.st.ndests = 64
         self.st.dests = <fl_dest *>calloc(self.st.ndests, sizeof(fl_dest))
         self.frames = <fl_frame *>calloc(MAX_BATCH, sizeof(fl_frame))
         self.slots = <uint8_t *>malloc(<size_t>MAX_BATCH * SLOT_SIZE)
         if (self.st.conns == NULL or self.st.buckets == NULL or self.st.svcs == NULL
                 or self.st.vips == NULL or self.st.vip_index == NULL or self.st.neigh == NULL
-                or self.st.dests == NULL or self.frames == NULL or self.slots == NULL):
+                or self.st.dests == NULL or self.frames == NULL or self.slots == NULL
+                or self.st.embryo == NULL):
             raise MemoryError("cannot allocate the engine's tables")
         # every entry starts on the free list, lowest index first
         for i in range(cap):
             self.st.conns[i].next = i + 2 if i + 1 < cap else 0
         self.st.free_head = 1
         self.st.seed = int.from_bytes(_os.urandom(8), "little")
+        self.st.rnd = int.from_bytes(_os.urandom(8), "little") | 1
+        for name, value in SYSCTL_DEFAULTS.items():
+            self.set_sysctl(name, value)
         self.st.sweep_budget = 64
         self.st.mtu = mtu
         self.st.nvips = 1
@@ -537,6 +600,7 @@ cdef class Engine:
         free(self.st.vips)
         free(self.st.vip_index)
         free(self.st.neigh)
+        free(self.st.embryo)
         free(self.st.dests)
         free(self.frames)
         free(self.slots)
@@ -627,6 +691,55 @@ cdef class Engine:
         return (self.st.tcp_timeouts[TCP_S_ESTABLISHED], self.st.tcp_timeouts[TCP_S_FIN_WAIT],
                 self.st.udp_timeout)
 
+    def set_sysctl(self, name, value):
+        """Set one of SYSCTL_DEFAULTS by its kernel name (ValueError for another name or a
+        value out of its range). The flood defences are re-evaluated at once, as writing
+        the kernel's sysctl does; the booleans take any int, stored as 0/1."""
+        if name not in _SYSCTL_RANGE:
+            raise ValueError(f"unknown sysctl {name!r}")
+        lo, hi = _SYSCTL_RANGE[name]
+        v = int(value)
+        if name in ("expire_nodest_conn", "expire_quiescent_template", "sloppy_tcp"):
+            v = 1 if v else 0
+        if not lo <= v <= hi:
+            raise ValueError(f"{name} must be {lo}..{hi}, got {value!r}")
+        if name == "expire_nodest_conn":
+            self.st.expire_nodest_conn = v
+        elif name == "expire_quiescent_template":
+            self.st.expire_quiescent_template = v
+        elif name == "conn_reuse_mode":
+            self.st.conn_reuse_mode = v
+        elif name == "sloppy_tcp":
+            self.st.sloppy_tcp = v
+        elif name == "drop_entry":
+            self.st.drop_entry = v
+        elif name == "drop_packet":
+            self.st.drop_packet = v
+        elif name == "secure_tcp":
+            self.st.secure_tcp = v
+        elif name == "amemthresh":
+            self.st.amemthresh = v
+        elif name == "am_droprate":
+            self.st.am_droprate = v
+        defense_update(&self.st)
+
+    def sysctls(self):
+        """{name: value} of the sysctls the engine applies, as they read now (an automatic
+        defence reads 2 while in force, 1 while not)."""
+        st = &self.st
+        return {"expire_nodest_conn": st.expire_nodest_conn,
+                "expire_quiescent_template": st.expire_quiescent_template,
+                "conn_reuse_mode": st.conn_reuse_mode, "sloppy_tcp": st.sloppy_tcp,
+                "drop_entry": st.drop_entry, "drop_packet": st.drop_packet,
+                "secure_tcp": st.secure_tcp, "amemthresh": st.amemthresh,
+                "am_droprate": st.am_droprate}
+
+    def defense_state(self):
+        """The flood defences in force now: drop_entry (bool), drop_rate (drop_packet drops
+        1 of every drop_rate new conns, 0 = none), secure_tcp (bool)."""
+        return {"drop_entry": bool(self.st.dropentry_on), "drop_rate": self.st.drop_rate,
+                "secure_tcp": bool(self.st.secure_tcp_on)}
+
     def set_sweep_budget(self, uint32_t entries):
         """Most entries the incremental expiry inspects after one batch (default 64); it
         paces itself to walk the used part of the table once per second of frame time."""
@@ -653,13 +766,15 @@ cdef class Engine:
         return v
 
     def set_service(self, int svc_id, proto, vaddr, int vport, persist_timeout=0,
-                    netmask=None, sched=0, sched_flags=0):
+                    netmask=None, sched=0, sched_flags=0, ops=False):
         """Add or edit service `svc_id` (1..65535) = proto (6|17|"tcp"|"udp") vaddr:vport.
 
         persist_timeout > 0 makes it persistent (-p) with client netmask `netmask` (-M:
         dotted mask or prefix length; default /32). sched: 0 = Python callback, 1 sh, 2 dh,
         3 mh (the table comes with set_hash_table); sched_flags bit0 fallback, bit1 port.
         Editing may move the service to another address: conns of the old one live on.
+        ops (-o, UDP only as ipvsadm allows): every datagram is scheduled on its own and
+        leaves no conn entry (a persistence template is still made and followed).
         """
         cdef uint32_t a[4]
         cdef fl_svc *s
@@ -702,6 +817,7 @@ cdef class Engine:
         s.netmask = mask
         s.sched = sched
         s.sched_flags = sched_flags
+        s.flags = SVC_F_ONEPACKET if ops and p == 17 else 0
         self.st.vips[v].svc = svc_id
 
     def del_service(self, int svc_id):
@@ -835,8 +951,11 @@ cdef class Engine:
         d.l_threshold = l_threshold
 
     def del_dest(self, int dest_id):
-        """Unlink a dest: never chosen again, its conns keep being forwarded until they
-        expire, its id stays reserved while they exist. Removing an absent dest is a no-op."""
+        """Unlink a dest: never chosen again; as in IPVS its conns' packets are dropped
+        (counted dest_unavailable) and the entries left to time out, or, with
+        expire_nodest_conn, ended at once. NAT replies of its remaining conns are still
+        translated. Its id stays reserved while entries reference it (re-adding the same
+        service + address brings them back). Removing an absent dest is a no-op."""
         cdef fl_dest *d
         if dest_id < 1 or <uint32_t>dest_id >= self.st.ndests:
             return
@@ -844,6 +963,8 @@ cdef class Engine:
         if not (d.flags & DF_IN_USE):
             return
         d.flags &= ~DF_AVAILABLE
+        if self.st.expire_nodest_conn and d.refcnt != 0:
+            conn_flush_nodest(&self.st, dest_id)
         if d.refcnt == 0:
             memset(d, 0, sizeof(fl_dest))
 

@@ -45,7 +45,7 @@ VERDICT_PASS = 3           # not ours (not IPv4, no virtual service): leave it t
 COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "table_full",
                  "tcp_not_syn", "no_dest", "fragment", "bad_checksum", "frag_needed_sent",
                  "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
-                 "conns_expired")
+                 "conns_expired", "dest_unavailable", "drop_packet", "drop_entry")
 
 # -- limits ----------------------------------------------------------------------------------
 CAPACITY_DEFAULT = 1 << 20         # connection entries allocated at start

@@ -1,7 +1,9 @@
 # The connection table: `capacity` 48-byte entries allocated once, chained from a power-of-two
 # bucket array by 32-bit indices (stable, so conns can name their template), a free list,
 # lazy expiry on lookup plus an incremental sweep of a bounded number of entries per batch.
-# Also the interned virtual addresses (VIPs) and the dest bind/unbind counters of IPVS.
+# Also the interned virtual addresses (VIPs), the dest bind/unbind counters of IPVS, and the
+# flood defences of ip_vs_ctl.c (drop_entry, drop_packet, secure_tcp) with free entries as
+# the measure of memory that amemthresh is in the kernel.
 
 cdef enum:
     NS_PER_S = 1000000000
@@ -148,12 +150,98 @@ cdef uint32_t conn_sweep(fl_engine *e, uint64_t now, uint32_t budget) noexcept n
     return freed
 
 
+cdef inline uint64_t rnd_next(fl_engine *e) noexcept nogil:
+    # xorshift64: drop_entry's random picks need no quality, only no cost
+    cdef uint64_t x = e.rnd
+    x ^= x << 13
+    x ^= x >> 7
+    x ^= x << 17
+    e.rnd = x
+    return x
+
+
+cdef void dropentry_random(fl_engine *e, uint32_t budget) noexcept nogil:
+    # ip_vs_random_dropentry, once a second while drop_entry is in force: look at random
+    # entries and drop those in SYN_RECV/SYNACK. Established entries are kept: the kernel
+    # drops an old one only by its packet count, which entries here do not keep.
+    cdef uint32_t i
+    cdef fl_conn *c
+    if e.used_end == 0:
+        return
+    while budget > 0:
+        budget -= 1
+        i = <uint32_t>(rnd_next(e) % e.used_end)
+        c = &e.conns[i]
+        if (c.vip != 0 and c.proto == 6 and not (c.flags & CF_TEMPLATE)
+                and (c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK)):
+            conn_free(e, i)
+            e.counters[C_DROP_ENTRY] += 1
+
+
+cdef void defense_update(fl_engine *e) noexcept nogil:
+    # update_defense_level: `nomem` is fewer free entries than amemthresh. Automatic modes
+    # read 2 while in force and 1 while not, as the kernel rewrites its sysctls.
+    cdef uint32_t avail = e.capacity - e.conn_count
+    cdef bint nomem = avail < e.amemthresh
+    if e.drop_entry == DEF_OFF:
+        e.dropentry_on = 0
+    elif e.drop_entry == DEF_ALWAYS:
+        e.dropentry_on = 1
+    else:
+        e.dropentry_on = nomem
+        e.drop_entry = DEF_AUTO_ON if nomem else DEF_AUTO
+    if e.drop_packet == DEF_OFF:
+        e.drop_rate = 0
+    elif e.drop_packet == DEF_ALWAYS:
+        e.drop_rate = e.am_droprate
+        e.drop_counter = e.am_droprate
+    else:
+        if nomem:
+            # rate = amemthresh / (amemthresh - free): 1 (drop all) as the table runs out
+            e.drop_rate = e.amemthresh // (e.amemthresh - avail)
+            e.drop_counter = e.drop_rate
+        else:
+            e.drop_rate = 0
+        e.drop_packet = DEF_AUTO_ON if nomem else DEF_AUTO
+    if e.secure_tcp == DEF_OFF:
+        e.secure_tcp_on = 0
+    elif e.secure_tcp == DEF_ALWAYS:
+        e.secure_tcp_on = 1
+    else:
+        e.secure_tcp_on = nomem
+        e.secure_tcp = DEF_AUTO_ON if nomem else DEF_AUTO
+
+
+cdef inline bint defense_todrop(fl_engine *e) noexcept nogil:
+    # ip_vs_todrop: drop_packet lets drop_rate - 1 new conns through, then drops one.
+    if e.drop_rate == 0:
+        return False
+    if e.drop_counter > 1:
+        e.drop_counter -= 1
+        return False
+    e.drop_counter = e.drop_rate
+    return True
+
+
+cdef inline void defense_tick(fl_engine *e, uint64_t now) noexcept nogil:
+    # defense_work, once a second of frame time.
+    cdef uint32_t budget
+    if now < e.defense_clock + NS_PER_S:
+        return
+    e.defense_clock = now
+    defense_update(e)
+    if e.dropentry_on:
+        budget = e.used_end >> 5
+        dropentry_random(e, budget if budget < 1024 else 1024)
+
+
 cdef inline void conn_sweep_batch(fl_engine *e, uint64_t now) noexcept nogil:
     # The sweep after a batch, paced by frame time: the used part of the table once a second,
     # at most sweep_budget entries per batch. Pacing by batches instead would sweep the table
     # many times a second under a flood, for nothing (lookups expire what they meet), and
     # the walk costs cache lines the forwarding needs.
     cdef uint64_t dt, due
+    defense_tick(e, now)
     if e.used_end == 0 or now <= e.sweep_clock:
         return
     dt = now - e.sweep_clock
@@ -222,12 +310,59 @@ cdef inline uint32_t tmpl_lookup(fl_engine *e, const uint32_t *snet, uint16_t vi
     return 0
 
 
+cdef inline void embryo_push(fl_engine *e, uint32_t idx) noexcept nogil:
+    # Remember a TCP entry opened in SYN_RECV/SYNACK, oldest first; a full ring forgets its
+    # oldest. The expiry stamp tells, at eviction, whether the entry moved on since (a later
+    # packet re-armed it, or it was freed and reused): such a reference is stale.
+    cdef uint32_t size = e.bucket_mask + 1
+    if e.emb_tail - e.emb_head >= size:
+        e.emb_head += 1
+    e.embryo[e.emb_tail & e.bucket_mask] = (<uint64_t>idx << 32) | <uint32_t>e.conns[idx].expires
+    e.emb_tail += 1
+
+
+cdef inline bint conn_reclaim(fl_engine *e, uint64_t now) noexcept nogil:
+    # The table is full: free the oldest entry still in SYN_RECV/SYNACK since its first
+    # packet if it has expired or the drop_entry defence is on (a spoofed SYN's entry; a
+    # real client has answered by then and moved on), else a few expired entries from the
+    # sweep cursor. Bounded work, so a full table costs what one with room costs.
+    cdef int tries = 8
+    cdef uint64_t r
+    cdef uint32_t i
+    cdef fl_conn *c
+    while e.emb_head != e.emb_tail and tries > 0:
+        tries -= 1
+        r = e.embryo[e.emb_head & e.bucket_mask]
+        i = <uint32_t>(r >> 32)
+        c = &e.conns[i]
+        if (c.vip == 0 or <uint32_t>c.expires != <uint32_t>r or c.proto != 6
+                or (c.flags & CF_TEMPLATE)
+                or (c.state != TCP_S_SYN_RECV and c.state != TCP_S_SYNACK)):
+            e.emb_head += 1
+            continue
+        if c.expires <= now:
+            e.emb_head += 1
+            conn_free(e, i)
+            return True
+        if e.dropentry_on:
+            e.emb_head += 1
+            conn_free(e, i)
+            e.counters[C_DROP_ENTRY] += 1
+            return True
+        break
+    conn_sweep(e, now, 16)
+    return e.free_head != 0
+
+
 cdef inline uint32_t conn_alloc(fl_engine *e, uint64_t now) noexcept nogil:
-    # 1 + index of a free entry, reclaiming expired ones first; 0 when the table is full.
+    # 1 + index of a free entry, reclaiming one first when the table is full; 0 = none.
     cdef uint32_t i
     if e.free_head == 0:
-        conn_sweep(e, now, 4096 if e.capacity > 4096 else e.capacity)
-        if e.free_head == 0:
+        if (e.drop_entry == DEF_AUTO or e.drop_packet == DEF_AUTO
+                or e.secure_tcp == DEF_AUTO):
+            # no free entry is certainly below amemthresh: engage now, not at the next tick
+            defense_update(e)
+        if not conn_reclaim(e, now):
             return 0
     i = e.free_head
     e.free_head = e.conns[i - 1].next
@@ -235,6 +370,23 @@ cdef inline uint32_t conn_alloc(fl_engine *e, uint64_t now) noexcept nogil:
     if i > e.used_end:
         e.used_end = i
     return i
+
+
+cdef void conn_flush_nodest(fl_engine *e, uint32_t dest) noexcept nogil:
+    # ip_vs_expire_nodest_conn_flush (expire_nodest_conn=1, a dest deleted): free the
+    # dest's conns at once; a template goes with the last conn it controls.
+    cdef uint32_t i, t
+    cdef fl_conn *c
+    for i in range(e.used_end):
+        c = &e.conns[i]
+        if c.vip == 0 or c.dest != dest:
+            continue
+        if (c.flags & CF_TEMPLATE) and c.ctl > 0:
+            continue
+        t = c.ctl if not (c.flags & CF_TEMPLATE) else 0
+        conn_free(e, i)
+        if t != 0 and e.conns[t - 1].vip != 0 and e.conns[t - 1].ctl == 0:
+            conn_free(e, t - 1)
 
 
 cdef uint32_t conn_new(fl_engine *e, const uint32_t *caddr, uint16_t cport, uint16_t vip,

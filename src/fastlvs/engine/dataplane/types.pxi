@@ -51,7 +51,19 @@ cdef enum:
     C_OVERSIZE = 15
     C_CONNS_CREATED = 16
     C_CONNS_EXPIRED = 17
-    C_LAST = 18
+    C_DEST_UNAVAILABLE = 18  # a conn's packet dropped: its dest was deleted (expire_nodest_conn=0)
+    C_DROP_PACKET = 19       # a new conn's packet dropped by the drop_packet defence
+    C_DROP_ENTRY = 20        # an entry dropped by the drop_entry defence
+    C_LAST = 21
+
+    # service flags
+    SVC_F_ONEPACKET = 1     # -o: every UDP datagram scheduled alone, no entry kept
+
+    # flood defence modes (drop_entry, drop_packet, secure_tcp), as the kernel's sysctls
+    DEF_OFF = 0
+    DEF_AUTO = 1            # on while free entries < amemthresh (reads 2 while on)
+    DEF_AUTO_ON = 2
+    DEF_ALWAYS = 3
 
     MAX_SERVICES = 65536
     MAX_VIPS = 65536
@@ -167,6 +179,7 @@ cdef struct fl_svc:
     uint8_t proto
     uint8_t sched
     uint8_t sched_flags
+    uint8_t flags           # SVC_F_*
 
 
 cdef struct fl_vip:
@@ -224,6 +237,25 @@ cdef struct fl_engine:
     uint32_t tcp_timeouts[TCP_S_LAST + 1]
     uint32_t udp_timeout
     uint64_t counters[C_LAST]
+    # the IPVS sysctls that change forwarding (control/sysctl.py declares them)
+    uint8_t expire_nodest_conn
+    uint8_t expire_quiescent_template
+    uint8_t conn_reuse_mode
+    uint8_t sloppy_tcp
+    uint8_t drop_entry      # 0..3, as the sysctl reads (1 <-> 2 follow the table's room)
+    uint8_t drop_packet
+    uint8_t secure_tcp
+    uint8_t dropentry_on    # the defences in force now (defense_update)
+    uint8_t secure_tcp_on
+    uint32_t amemthresh     # free entries below which the automatic defences engage
+    uint32_t am_droprate
+    uint32_t drop_rate      # drop_packet: 1 of every drop_rate new conns, 0 = none
+    uint32_t drop_counter
+    uint64_t defense_clock  # frame time of the last defense_update (ns)
+    uint64_t rnd            # xorshift state for drop_entry's random choices
+    uint64_t *embryo        # FIFO of TCP entries opened in SYN_RECV/SYNACK: index << 32 | expires
+    uint32_t emb_head       # free-running; slot = counter & bucket_mask (as many as buckets)
+    uint32_t emb_tail
     fl_pkt pkts[MAX_BATCH]
     fl_parked parked[MAX_BATCH]
     int nparked
