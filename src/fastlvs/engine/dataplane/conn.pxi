@@ -193,8 +193,9 @@ cdef void defense_update(fl_engine *e) noexcept nogil:
     if e.drop_packet == DEF_OFF:
         e.drop_rate = 0
     elif e.drop_packet == DEF_ALWAYS:
+        # the rate only: the count runs on (from 0 when first set, so the first new conn
+        # is dropped, as recorded on 6.1)
         e.drop_rate = e.am_droprate
-        e.drop_counter = e.am_droprate
     else:
         if nomem:
             # rate = amemthresh / (amemthresh - free): 1 (drop all) as the table runs out
@@ -325,8 +326,10 @@ cdef inline bint conn_reclaim(fl_engine *e, uint64_t now) noexcept nogil:
     # The table is full: free the oldest entry still in SYN_RECV/SYNACK since its first
     # packet if it has expired or the drop_entry defence is on (a spoofed SYN's entry; a
     # real client has answered by then and moved on), else a few expired entries from the
-    # sweep cursor. Bounded work, so a full table costs what one with room costs.
-    cdef int tries = 8
+    # sweep cursor. Bounded work, so a full table costs what one with room costs: each
+    # reference is passed over once (the ring only moves on), so the skips are paid for by
+    # the pushes, and `tries` only bounds one packet's share.
+    cdef int tries = 32
     cdef uint64_t r
     cdef uint32_t i
     cdef fl_conn *c
