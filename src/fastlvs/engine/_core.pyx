@@ -198,7 +198,7 @@ cdef void conn_create_forward(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t svc
     conn_forward_in(e, f, p, c, now)
     if p.proto == 6:
         if c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK:
-            embryo_push(e, ci - 1)
+            embryo_push(e, ci - 1, p.bucket)
     elif s.flags & SVC_F_ONEPACKET:
         # -o: the entry served this one datagram; the next is scheduled afresh
         conn_free(e, ci - 1)

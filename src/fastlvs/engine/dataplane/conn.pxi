@@ -82,25 +82,32 @@ cdef inline uint32_t conn_bucket_of(fl_engine *e, fl_conn *c) noexcept nogil:
 
 
 cdef inline void conn_link(fl_engine *e, uint32_t idx, uint32_t bucket) noexcept nogil:
-    e.conns[idx].next = e.buckets[bucket]
-    e.buckets[bucket] = idx + 1
+    # At the chain's end, so a chain runs oldest first: the lookup that preceded every
+    # insert has just walked it (no miss), and drop_entry's victim, the oldest embryonic
+    # entry, is then found at the front, where its prefetch reached.
+    cdef uint32_t *link = &e.buckets[bucket]
+    while link[0] != 0:
+        link = &e.conns[link[0] - 1].next
+    e.conns[idx].next = 0
+    link[0] = idx + 1
 
 
-cdef void conn_unlink(fl_engine *e, uint32_t idx) noexcept nogil:
-    cdef uint32_t b = conn_bucket_of(e, &e.conns[idx])
+cdef bint conn_unlink(fl_engine *e, uint32_t idx, uint32_t b) noexcept nogil:
+    # Take entry idx out of bucket b's chain; False when it is not in that chain.
     cdef uint32_t *link = &e.buckets[b]
     while link[0] != 0:
         if link[0] == idx + 1:
             link[0] = e.conns[idx].next
-            return
+            return True
         link = &e.conns[link[0] - 1].next
+    return False
 
 
-cdef void conn_free(fl_engine *e, uint32_t idx) noexcept nogil:
-    # Unhash, release the template's control (ip_vs_control_del), unbind, return to the pool.
+cdef void conn_release(fl_engine *e, uint32_t idx) noexcept nogil:
+    # An unhashed entry: release the template's control (ip_vs_control_del), unbind,
+    # return it to the pool.
     cdef fl_conn *c = &e.conns[idx]
     cdef uint32_t t
-    conn_unlink(e, idx)
     if not (c.flags & CF_TEMPLATE) and c.ctl != 0:
         t = c.ctl - 1
         if e.conns[t].ctl > 0:
@@ -114,6 +121,11 @@ cdef void conn_free(fl_engine *e, uint32_t idx) noexcept nogil:
     e.free_head = idx + 1
     e.conn_count -= 1
     e.counters[C_CONNS_EXPIRED] += 1
+
+
+cdef inline void conn_free(fl_engine *e, uint32_t idx) noexcept nogil:
+    conn_unlink(e, idx, conn_bucket_of(e, &e.conns[idx]))
+    conn_release(e, idx)
 
 
 cdef inline bint conn_expire(fl_engine *e, uint32_t idx, uint64_t now) noexcept nogil:
@@ -236,6 +248,52 @@ cdef inline void defense_tick(fl_engine *e, uint64_t now) noexcept nogil:
         dropentry_random(e, budget if budget < 1024 else 1024)
 
 
+cdef inline bint embryo_evict(fl_engine *e, uint64_t r, uint64_t now) noexcept nogil:
+    # Drop the entry ring reference r names (index << 32 | bucket) if it is still a TCP
+    # entry in SYN_RECV/SYNACK in that bucket (else the reference is stale: the entry moved
+    # on, or was freed and reused elsewhere). Counted drop_entry unless it had expired.
+    cdef uint32_t i = <uint32_t>(r >> 32)
+    cdef fl_conn *c = &e.conns[i]
+    if (c.vip == 0 or c.proto != 6 or (c.flags & CF_TEMPLATE)
+            or (c.state != TCP_S_SYN_RECV and c.state != TCP_S_SYNACK)):
+        return False
+    if not conn_unlink(e, i, <uint32_t>r):
+        return False
+    if c.expires > now:
+        e.counters[C_DROP_ENTRY] += 1
+    conn_release(e, i)
+    return True
+
+
+cdef void embryo_reserve(fl_engine *e, uint64_t now) noexcept nogil:
+    # While drop_entry is in force, keep EMBRYO_RESERVE entries free (an eighth of a small
+    # table) by dropping the oldest entries still in SYN_RECV/SYNACK, a batch behind: after
+    # each batch the victims chosen after the previous one go (their entries and buckets
+    # were prefetched then, so this costs no cache miss), and the next ones are chosen and
+    # prefetched. The next batch's new conns then take entries the cache has just seen.
+    # Established entries are never touched.
+    cdef uint32_t want = EMBRYO_RESERVE
+    cdef uint32_t j, need
+    cdef uint64_t r
+    for j in range(e.nvict):
+        embryo_evict(e, e.vict[j], now)
+    e.nvict = 0
+    if e.capacity < 8 * EMBRYO_RESERVE:
+        want = e.capacity >> 3
+    if e.capacity - e.conn_count >= want:
+        return
+    need = want - (e.capacity - e.conn_count)
+    if need > MAX_BATCH:
+        need = MAX_BATCH
+    while e.nvict < need and e.emb_head != e.emb_tail:
+        r = e.embryo[e.emb_head & e.bucket_mask]
+        e.emb_head += 1
+        e.vict[e.nvict] = r
+        e.nvict += 1
+        fl_prefetch_w(&e.conns[<uint32_t>(r >> 32)])
+        fl_prefetch_w(&e.buckets[<uint32_t>r])
+
+
 cdef inline void conn_sweep_batch(fl_engine *e, uint64_t now) noexcept nogil:
     # The sweep after a batch, paced by frame time: the used part of the table once a second,
     # at most sweep_budget entries per batch. Pacing by batches instead would sweep the table
@@ -243,6 +301,8 @@ cdef inline void conn_sweep_batch(fl_engine *e, uint64_t now) noexcept nogil:
     # the walk costs cache lines the forwarding needs.
     cdef uint64_t dt, due
     defense_tick(e, now)
+    if e.dropentry_on:
+        embryo_reserve(e, now)
     if e.used_end == 0 or now <= e.sweep_clock:
         return
     dt = now - e.sweep_clock
@@ -311,49 +371,37 @@ cdef inline uint32_t tmpl_lookup(fl_engine *e, const uint32_t *snet, uint16_t vi
     return 0
 
 
-cdef inline void embryo_push(fl_engine *e, uint32_t idx) noexcept nogil:
-    # Remember a TCP entry opened in SYN_RECV/SYNACK, oldest first; a full ring forgets its
-    # oldest. The expiry stamp tells, at eviction, whether the entry moved on since (a later
-    # packet re-armed it, or it was freed and reused): such a reference is stale.
+cdef inline void embryo_push(fl_engine *e, uint32_t idx, uint32_t bucket) noexcept nogil:
+    # Remember a TCP entry opened in SYN_RECV/SYNACK, oldest first, with its bucket (so that
+    # dropping it needs no hash); a full ring forgets its oldest.
     cdef uint32_t size = e.bucket_mask + 1
     if e.emb_tail - e.emb_head >= size:
         e.emb_head += 1
-    e.embryo[e.emb_tail & e.bucket_mask] = (<uint64_t>idx << 32) | <uint32_t>e.conns[idx].expires
+    e.embryo[e.emb_tail & e.bucket_mask] = (<uint64_t>idx << 32) | bucket
     e.emb_tail += 1
 
 
 cdef inline bint conn_reclaim(fl_engine *e, uint64_t now) noexcept nogil:
     # The table is full: free the oldest entry still in SYN_RECV/SYNACK since its first
-    # packet if it has expired or the drop_entry defence is on (a spoofed SYN's entry; a
-    # real client has answered by then and moved on), else a few expired entries from the
+    # packet if it has expired or the drop_entry defence is on (a spoofed SYN's; a real
+    # client has answered by then and moved on), else a few expired entries from the
     # sweep cursor. Bounded work, so a full table costs what one with room costs: each
     # reference is passed over once (the ring only moves on), so the skips are paid for by
     # the pushes, and `tries` only bounds one packet's share.
     cdef int tries = 32
     cdef uint64_t r
-    cdef uint32_t i
     cdef fl_conn *c
     while e.emb_head != e.emb_tail and tries > 0:
         tries -= 1
         r = e.embryo[e.emb_head & e.bucket_mask]
-        i = <uint32_t>(r >> 32)
-        c = &e.conns[i]
-        if (c.vip == 0 or <uint32_t>c.expires != <uint32_t>r or c.proto != 6
-                or (c.flags & CF_TEMPLATE)
-                or (c.state != TCP_S_SYN_RECV and c.state != TCP_S_SYNACK)):
-            e.emb_head += 1
-            continue
-        if c.expires <= now:
-            e.emb_head += 1
-            conn_free(e, i)
+        c = &e.conns[<uint32_t>(r >> 32)]
+        if not e.dropentry_on and c.vip != 0 and c.expires > now and (
+                c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK):
+            break               # the oldest embryo is alive and no defence: nothing to take
+        e.emb_head += 1
+        if embryo_evict(e, r, now):
             return True
-        if e.dropentry_on:
-            e.emb_head += 1
-            conn_free(e, i)
-            e.counters[C_DROP_ENTRY] += 1
-            return True
-        break
-    conn_sweep(e, now, 16)
+    conn_sweep(e, now, 4)
     return e.free_head != 0
 
 

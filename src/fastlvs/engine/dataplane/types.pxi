@@ -70,6 +70,7 @@ cdef enum:
     VIP_INDEX_SIZE = 131072   # open-addressed index over the interned VIPs, power of 2
     NEIGH_SIZE = 4096         # open-addressed (client ip -> mac) table, power of 2
     MAX_BATCH = 256
+    EMBRYO_RESERVE = 512      # free entries drop_entry keeps (2 per frame of a full batch)
     PREFETCH_AHEAD = 6        # frames handled between an entry's prefetch and its lookup
 
     # TCP states, numbered as ip_vs.h numbers them
@@ -253,9 +254,11 @@ cdef struct fl_engine:
     uint32_t drop_counter
     uint64_t defense_clock  # frame time of the last defense_update (ns)
     uint64_t rnd            # xorshift state for drop_entry's random choices
-    uint64_t *embryo        # FIFO of TCP entries opened in SYN_RECV/SYNACK: index << 32 | expires
+    uint64_t *embryo        # FIFO of TCP entries opened in SYN_RECV/SYNACK: index << 32 | bucket
     uint32_t emb_head       # free-running; slot = counter & bucket_mask (as many as buckets)
     uint32_t emb_tail
+    uint32_t nvict          # drop_entry's next victims (ring references), prefetched
+    uint64_t vict[MAX_BATCH]
     fl_pkt pkts[MAX_BATCH]
     fl_parked parked[MAX_BATCH]
     int nparked
