@@ -74,9 +74,8 @@ class Director:
         # The rate estimator: (kind, id) -> [model object, last raw counters, scaled averages].
         self._est: dict[tuple[str, int], list] = {}
         self._est_time: float | None = None
-        self._sysctls = _sysctl.defaults()
+        self._sysctls = _sysctl.defaults()     # the engine starts with the same defaults
         engine.set_scheduler_callback(self._schedule_batch)
-        self.apply_sysctls(self._sysctls)
 
     # -- the control API ------------------------------------------------------------------------
     def execute(self, cmd: Command):
