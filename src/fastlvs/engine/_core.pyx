@@ -18,7 +18,12 @@ Choices worth knowing:
 - fwd ints are ours: 1 dr, 2 nat, 3 tun (strings "dr"/"nat"/"tun" are accepted too).
 - Expiry is lazy on lookup plus a sweep after each batch that walks the used part of the
   table once per second of frame time (at most `sweep_budget` entries per batch); a full
-  table first sweeps for expired entries, then drops the new flow (table_full).
+  table takes the oldest expired SYN_RECV entry (with drop_entry, the oldest live one:
+  spoofed SYNs make room for real clients), else drops the new flow (table_full); bounded
+  work either way.
+- A conn whose dest was deleted is dropped until it expires, or ended at once with
+  expire_nodest_conn; conn_reuse_mode and the flood defences follow Linux 6.1 (the
+  sysctls are set by name: set_sysctl).
 - The scheduler is asked once per new flow per batch; if two new flows of a persistent
   service from one client net arrive in the same batch, the second follows the template the
   first made (as in sequence) even if the scheduler answered otherwise for it.
@@ -274,8 +279,10 @@ cdef inline bint conn_reuse_expected(fl_engine *e, fl_conn *c) noexcept nogil:
 
 
 cdef inline int conn_check_in(fl_engine *e, fl_frame *f, fl_pkt *p, uint32_t ci) noexcept nogil:
-    # ip_vs_in between the lookup and the transmit (Linux 6.1). Returns 1: forward on the
-    # entry; 0: the entry was ended, schedule the packet as a new one; -1: dropped.
+    # ip_vs_in between the lookup and the transmit (Linux 6.1, recorded). Returns 1: forward
+    # on the entry; 0: the entry was ended, schedule the packet as a new one; -1: dropped.
+    # Later mainline sources also end a weight-0 dest's entry for a SYN (expire_nodest_conn)
+    # when conn_reuse_mode is 0; 6.1 needs conn_reuse_mode on for that, and so does this.
     cdef fl_conn *c = &e.conns[ci - 1]
     cdef fl_dest *d = &e.dests[c.dest]
     if e.conn_reuse_mode != 0 and p.proto == 6 and (p.tcpflags & TH_SYN):
@@ -619,9 +626,10 @@ cdef class Engine:
         return self.st.capacity
 
     def memory_bytes(self):
-        """Bytes allocated for the conn table and its buckets."""
+        """Bytes allocated for the conn table, its buckets and drop_entry's ring of
+        embryonic entries (8 bytes a bucket)."""
         return (<uint64_t>self.st.capacity * sizeof(fl_conn)
-                + (<uint64_t>1 << self.st.bucket_bits) * 4)
+                + (<uint64_t>1 << self.st.bucket_bits) * 12)
 
     def conn_count(self):
         """Entries in use (conns and persistence templates), expired-but-unswept included."""
