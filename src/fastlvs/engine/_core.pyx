@@ -564,15 +564,13 @@ cdef class Engine:
         self.st.vips = <fl_vip *>calloc(MAX_VIPS, sizeof(fl_vip))
         self.st.vip_index = <uint16_t *>calloc(VIP_INDEX_SIZE, sizeof(uint16_t))
         self.st.neigh = <fl_neigh *>calloc(NEIGH_SIZE, sizeof(fl_neigh))
-        self.st.embryo = <uint64_t *>fl_alloc_table((<size_t>1 << bits) * sizeof(uint64_t))
         self.st.ndests = 64
         self.st.dests = <fl_dest *>calloc(self.st.ndests, sizeof(fl_dest))
         self.frames = <fl_frame *>calloc(MAX_BATCH, sizeof(fl_frame))
         self.slots = <uint8_t *>malloc(<size_t>MAX_BATCH * SLOT_SIZE)
         if (self.st.conns == NULL or self.st.buckets == NULL or self.st.svcs == NULL
                 or self.st.vips == NULL or self.st.vip_index == NULL or self.st.neigh == NULL
-                or self.st.dests == NULL or self.frames == NULL or self.slots == NULL
-                or self.st.embryo == NULL):
+                or self.st.dests == NULL or self.frames == NULL or self.slots == NULL):
             raise MemoryError("cannot allocate the engine's tables")
         # every entry starts on the free list, lowest index first
         for i in range(cap):
@@ -626,10 +624,10 @@ cdef class Engine:
         return self.st.capacity
 
     def memory_bytes(self):
-        """Bytes allocated for the conn table, its buckets and drop_entry's ring of
-        embryonic entries (8 bytes a bucket)."""
+        """Bytes allocated for the conn table, its buckets and, once drop_entry has been
+        set, its ring of embryonic entries (8 bytes a bucket)."""
         return (<uint64_t>self.st.capacity * sizeof(fl_conn)
-                + (<uint64_t>1 << self.st.bucket_bits) * 12)
+                + (<uint64_t>1 << self.st.bucket_bits) * (12 if self.st.embryo != NULL else 4))
 
     def conn_count(self):
         """Entries in use (conns and persistence templates), expired-but-unswept included."""
@@ -720,6 +718,13 @@ cdef class Engine:
         elif name == "sloppy_tcp":
             self.st.sloppy_tcp = v
         elif name == "drop_entry":
+            if v and self.st.embryo == NULL:
+                # the ring of SYN_RECV entries drop_entry takes from; an engine that never
+                # uses the defence neither holds nor fills it
+                self.st.embryo = <uint64_t *>fl_alloc_table(
+                    (<size_t>self.st.bucket_mask + 1) * sizeof(uint64_t))
+                if self.st.embryo == NULL:
+                    raise MemoryError("cannot allocate drop_entry's ring")
             self.st.drop_entry = v
         elif name == "drop_packet":
             self.st.drop_packet = v

@@ -373,8 +373,11 @@ cdef inline uint32_t tmpl_lookup(fl_engine *e, const uint32_t *snet, uint16_t vi
 
 cdef inline void embryo_push(fl_engine *e, uint32_t idx, uint32_t bucket) noexcept nogil:
     # Remember a TCP entry opened in SYN_RECV/SYNACK, oldest first, with its bucket (so that
-    # dropping it needs no hash); a full ring forgets its oldest.
+    # dropping it needs no hash); a full ring forgets its oldest. No ring until drop_entry
+    # is first set: then the entries opened before it are left to the random drops.
     cdef uint32_t size = e.bucket_mask + 1
+    if e.embryo == NULL:
+        return
     if e.emb_tail - e.emb_head >= size:
         e.emb_head += 1
     e.embryo[e.emb_tail & e.bucket_mask] = (<uint64_t>idx << 32) | bucket

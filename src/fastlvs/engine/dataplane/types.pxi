@@ -255,6 +255,7 @@ cdef struct fl_engine:
     uint64_t defense_clock  # frame time of the last defense_update (ns)
     uint64_t rnd            # xorshift state for drop_entry's random choices
     uint64_t *embryo        # FIFO of TCP entries opened in SYN_RECV/SYNACK: index << 32 | bucket
+                            # (allocated when drop_entry is first set, else NULL)
     uint32_t emb_head       # free-running; slot = counter & bucket_mask (as many as buckets)
     uint32_t emb_tail
     uint32_t nvict          # drop_entry's next victims (ring references), prefetched
