@@ -13,7 +13,7 @@ import json
 import sys
 
 from fastlvs import __version__
-from fastlvs.control import ctl
+from fastlvs.control import ctl, sysctl
 from fastlvs.control.listing import IPVS_VERSION
 from fastlvs.control.ipvsadm import CommandError, parse_command
 from fastlvs.control.rules import RulesError, iter_rules
@@ -35,6 +35,7 @@ Usage:
   {PROG} -Z [-t|u service-address]
   {PROG} --set tcp tcpfin udp
   {PROG} --counters            (fastlvs's own: every counter as one JSON object)
+  {PROG} --sysctl [NAME=VALUE ...]  (IPVS sysctls: set these, or list them all)
   {PROG} -h | -v
 
 The socket is --socket PATH, else ${ctl.SOCKET_ENV}, else {ctl.DEFAULT_SOCKET}.
@@ -79,8 +80,11 @@ def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
             if argv != ["--counters"]:
                 raise CommandError("--counters takes no other options")
             return _counters(path, stdout, stderr)
+        if argv[0] == "--sysctl":        # ours too: /proc/sys/net/ipv4/vs as IPVS has it
+            values = dict(sysctl.parse_assignment(a) for a in argv[1:] if a != "--sysctl")
+            return _sysctl(path, values, stdout, stderr)
         cmd = parse_command(argv)
-    except CommandError as e:
+    except (CommandError, sysctl.SysctlError) as e:
         print(e, file=stderr)
         return ctl.EXIT_SYNTAX
     if cmd.name == "help":
@@ -127,6 +131,21 @@ def _counters(path, stdout, stderr) -> int:
         print(answer.get("error", "unknown error"), file=stderr)
         return ctl.EXIT_REFUSED
     stdout.write(json.dumps(answer["result"], indent=2, sort_keys=True) + "\n")
+    return ctl.EXIT_OK
+
+
+def _sysctl(path, values, stdout, stderr) -> int:
+    # Set `values` (already checked here) or, without any, list every sysctl.
+    try:
+        answer = ctl.call("sysctl", path, **({"set": values} if values else {}))
+    except ctl.Unreachable as e:
+        print(f"{PROG}: {e}", file=stderr)
+        return ctl.EXIT_SYNTAX
+    if not answer["ok"]:
+        print(answer.get("error", "unknown error"), file=stderr)
+        return ctl.EXIT_REFUSED
+    if not values:
+        stdout.write(sysctl.format_values(answer["result"]))
     return ctl.EXIT_OK
 
 

@@ -125,8 +125,20 @@ def test_persistence_uses_quiescent_dest_but_not_deleted():
     e.del_dest(1)
     out = e.process([P.tcp("S", sport=3)], 3 * S)
     assert out[0][1] == 11          # template invalid: rescheduled, new template
-    out = e.process([P.tcp("A", sport=1)], 4 * S)
-    assert out[0][1] == 10          # conns to the deleted dest still flow
+    v = e.process_verdicts([P.tcp("A", sport=1)], 4 * S)
+    assert v[0][:2] == ("drop", "dest_unavailable")   # a deleted dest's conns: dropped (6.1)
+
+
+def test_expire_quiescent_template_reschedules_persistent_clients():
+    e = engine("dr", ndest=2, persist=300, sched=lambda s, f: [1] * len(f))
+    e.set_sysctl("expire_quiescent_template", 1)
+    e.process([P.tcp("S", sport=1)], 1 * S)
+    e.set_dest(1, 1, P.RS[0], 80, "dr", P.RS_MAC[0], ifindex=10, weight=0)
+    e.set_scheduler_callback(lambda s, f: [2] * len(f))
+    out = e.process([P.tcp("S", sport=2)], 2 * S)
+    assert out[0][1] == 11          # the template of a weight-0 dest is not followed
+    out = e.process([P.tcp("A", sport=1)], 3 * S)
+    assert out[0][1] == 10          # its existing conns still flow
 
 
 def test_deleted_dest_id_reserved_while_referenced():
@@ -228,12 +240,14 @@ def test_callback_no_dest():
     assert v[0][:2] == ("drop", "no_dest") and e.stats()["no_dest"] == 1
 
 
-def test_deleted_service_conns_continue():
+def test_deleted_service_conns_dropped_until_they_expire():
+    # -D unlinks the service's dests: their conns are dropped as after -d (IPVS 6.1)
     e = engine("dr")
     e.process([P.tcp("S")], 1 * S)
     e.del_service(1)
     v = e.process_verdicts([P.tcp("A"), P.tcp("S", sport=9)], 2 * S)
-    assert v[0][0] == "tx" and v[1][:2] == ("pass", "no_service")
+    assert v[0][:2] == ("drop", "dest_unavailable") and v[1][:2] == ("pass", "no_service")
+    assert e.conn_count() == 1
 
 
 def test_entry_size_and_config_checks():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 from fastlvs import settings
-from fastlvs.control import ctl
+from fastlvs.control import ctl, sysctl
 from fastlvs.control.ipvsadm import (MAX_RULE_THRESHOLD, MAX_RULE_WEIGHT, CommandError,
                                      parse_addrport)
 from fastlvs.engine import contract
@@ -159,7 +159,7 @@ _DIRECTOR_KEYS = settings.DIRECTOR_KEYS
 _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
-_TOP_KEYS = ("director", "service", "timeouts")
+_TOP_KEYS = ("director", "service", "timeouts", "sysctl")
 
 
 def _director(ctx: _Ctx, data) -> DirectorConfig:
@@ -304,6 +304,8 @@ def parse_config(text: str, filename: str = "fastlvs.toml") -> Config:
         _service(ctx, i, s, table, director.fwd)
     if "timeouts" in data:
         _timeouts(ctx, data["timeouts"], table)
+    table.sysctls = sysctl.parse_table(data.get("sysctl", {}),
+                                       lambda key, what: ctx.fail("sysctl", key, what))
     return Config(director=director, table=table, path=filename, services=len(services))
 
 

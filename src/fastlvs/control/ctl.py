@@ -23,7 +23,9 @@ MAX_LINE = 1 << 20            # bytes in one request line, newline excluded
 #   counters -> result: Director.counters() (JSON object)
 #   reload   -> result: what the daemon's reload hook returns (a one-line summary)
 #   ping     -> result: {"pid": int, "version": str}
-OPS = ("command", "counters", "reload", "ping")
+#   sysctl   set: {name: int, ...} (optional; all checked before any is applied)
+#            -> result: {name: value} of every IPVS sysctl (control/sysctl.py), after the set
+OPS = ("command", "counters", "reload", "ping", "sysctl")
 
 # Exit statuses, as ipvsadm 1.31 returns them: fail(2, ...) for what it refuses itself,
 # exit(1) when a listing cannot be read (list_service of an absent service), and main()'s
@@ -92,6 +94,11 @@ def check_request(obj: dict) -> tuple[str, dict]:
             raise ProtocolError('"command" needs "argv": a list of strings')
         if "stdin" in args and not isinstance(args["stdin"], str):
             raise ProtocolError('"stdin" must be a string')
+    if op == "sysctl" and "set" in args:
+        values = args["set"]
+        if not isinstance(values, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
+            raise ProtocolError('"set" must be an object of integers')
     return op, args
 
 

@@ -19,6 +19,7 @@ from fastlvs.control.model import (RATE_FIELDS, STAT_FIELDS, ControlError, FwdMe
                            NoRoute, ServiceKey, ServiceTable, addrport)
 from fastlvs.control.ipvsadm import Command, apply_command, describe
 from fastlvs.control.rules import dump_rules, iter_rules
+from fastlvs.control import sysctl as _sysctl
 from fastlvs.engine import contract
 from fastlvs.schedulers import Flow
 
@@ -77,6 +78,7 @@ class Director:
         # The rate estimator: (kind, id) -> [model object, last raw counters, scaled averages].
         self._est: dict[tuple[str, int], list] = {}
         self._est_time: float | None = None
+        self._sysctls = _sysctl.defaults()     # the engine starts with the same defaults
         engine.set_scheduler_callback(self._schedule_batch)
 
     # -- the control API ------------------------------------------------------------------------
@@ -133,6 +135,8 @@ class Director:
         self.table = table
         self.engine.set_timeouts(table.timeouts["tcp"], table.timeouts["tcpfin"],
                                  table.timeouts["udp"])
+        if table.sysctls is not None:
+            self.apply_sysctls({**_sysctl.defaults(), **table.sysctls})
         for svc in table:
             self._live.pop(self._svc_ids.get(svc.key, 0), None)
             self._sync_service(svc, True, None, resolved)
@@ -175,6 +179,31 @@ class Director:
             self._check_service(cmd.service)
         if cmd.name in ("add-server", "edit-server") and cmd.dest_addr is not None:
             self._check_dest(cmd.dest_addr)
+
+    # -- sysctls ------------------------------------------------------------------------------------
+    def set_sysctl(self, name: str, value) -> int:
+        """Set one IPVS sysctl (control/sysctl.py: the kernel's name, range and meaning);
+        SysctlError names an unknown sysctl or a value out of range or not implemented,
+        and changes nothing. Returns the value set. Takes effect from the next packet;
+        deleting a server later follows the expire_nodest_conn in force then."""
+        v = _sysctl.check(name, value)
+        if _sysctl.SYSCTLS[name].engine:
+            self.engine.set_sysctl(name, v)
+        self._sysctls[name] = v
+        return v
+
+    def apply_sysctls(self, values: dict) -> None:
+        """Set several sysctls; every value is checked first, so a refusal changes none."""
+        checked = {n: _sysctl.check(n, v) for n, v in values.items()}
+        for n, v in checked.items():
+            self.set_sysctl(n, v)
+
+    def sysctls(self) -> dict[str, int]:
+        """{name: value} of every declared sysctl as it reads now (an automatic flood
+        defence reads 2 while in force, as the kernel's do)."""
+        out = dict(self._sysctls)
+        out.update(self.engine.sysctls())
+        return out
 
     def refresh_nexthops(self, nexthop: NextHop | None = None) -> int:
         """Resolve every dest's next hop again and re-push the dests whose MAC or interface
@@ -448,7 +477,7 @@ class Director:
         self.engine.set_service(sid, svc.proto.number, svc.vaddr, svc.vport,
                                 persist_timeout=svc.timeout,
                                 netmask=svc.netmask if svc.af == 4 else None,
-                                sched=kind, sched_flags=flag_bits)
+                                sched=kind, sched_flags=flag_bits, ops=svc.ops)
         present = set()
         for d in svc.dests:
             did = self._dest_id(svc.key, d)
@@ -558,7 +587,7 @@ class Director:
             # SYN_RECV (active), a UDP conn stays inactive; u_threshold marks overload.
             if ft[5] == "tcp":
                 dest.activeconns += 1
-            else:
+            elif not svc.ops:                 # a -o datagram leaves no entry behind
                 dest.inactconns += 1
             if dest.u_threshold and dest.activeconns + dest.inactconns >= dest.u_threshold:
                 dest.overloaded = True

@@ -332,6 +332,8 @@ class ServiceTable:
     def __init__(self):
         self._services: dict[ServiceKey, Service] = {}
         self.timeouts = dict(DEFAULT_TIMEOUTS)
+        # IPVS sysctls (control/sysctl.py) a loaded file sets; None: leave them as they are
+        self.sysctls: dict[str, int] | None = None
 
     # -- looking things up -------------------------------------------------------------------
     def __iter__(self) -> Iterator[Service]:

@@ -22,6 +22,7 @@ from fastlvs.control.listing import format_timeout
 from fastlvs.control.model import ControlError
 from fastlvs.control.ipvsadm import CommandError, parse_command
 from fastlvs.control.rules import RulesError
+from fastlvs.control.sysctl import SysctlError
 
 log = logging.getLogger("fastlvs.control")
 
@@ -353,6 +354,13 @@ class ControlServer:
                 return ctl.ok(self.director.counters())
             if op == "ping":
                 return ctl.ok({"pid": os.getpid(), "version": __version__})
+            if op == "sysctl":
+                try:
+                    if "set" in args:
+                        self.director.apply_sysctls(args["set"])
+                except SysctlError as e:
+                    return ctl.error(str(e), ctl.EXIT_REFUSED)
+                return ctl.ok(self.director.sysctls())
             if op == "reload":
                 if self.reload is None:
                     return ctl.error("reload: this daemon has no configuration to reload",

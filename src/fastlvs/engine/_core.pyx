@@ -21,7 +21,12 @@ Choices worth knowing:
 - fwd ints are the contract's (contract.py): 1 dr, 2 nat, 3 tun (their names are accepted too).
 - Expiry is lazy on lookup plus a sweep after each batch that walks the used part of the
   table once per second of frame time (at most `sweep_budget` entries per batch); a full
-  table first sweeps for expired entries, then drops the new flow (table_full).
+  table takes the oldest expired SYN_RECV entry (with drop_entry, the oldest live one:
+  spoofed SYNs make room for real clients), else drops the new flow (table_full); bounded
+  work either way.
+- A conn whose dest was deleted is dropped until it expires, or ended at once with
+  expire_nodest_conn; conn_reuse_mode and the flood defences follow Linux 6.1 (the
+  sysctls are set by name: set_sysctl).
 - The scheduler is asked once per new flow per batch; if two new flows of a persistent
   service from one client net arrive in the same batch, the second follows the template the
   first made (as in sequence) even if the scheduler answered otherwise for it.
@@ -65,6 +70,15 @@ _FWD_TEXT = {m[0]: name for name, m in FWD_METHODS.items()}
 _HASH_IDS = tuple(HASH_KINDS.values())
 _PROTO_NUMS = tuple(PROTOCOLS.values())
 _PROTO_TEXT = {num: name.upper() for name, num in PROTOCOLS.items()}
+# The IPVS sysctls the engine applies, with the kernel's defaults and ranges (amemthresh
+# counts free conn entries here, pages there). control/sysctl.py declares them for users.
+SYSCTL_DEFAULTS = {"expire_nodest_conn": 0, "expire_quiescent_template": 0,
+                   "conn_reuse_mode": 1, "sloppy_tcp": 0, "drop_entry": 0, "drop_packet": 0,
+                   "secure_tcp": 0, "amemthresh": 1024, "am_droprate": 10}
+_SYSCTL_RANGE = {"expire_nodest_conn": (0, 1), "expire_quiescent_template": (0, 1),
+                 "conn_reuse_mode": (0, 3), "sloppy_tcp": (0, 1), "drop_entry": (0, 3),
+                 "drop_packet": (0, 3), "secure_tcp": (0, 3), "amemthresh": (0, 0xFFFFFFFF),
+                 "am_droprate": (1, 0xFFFFFFFF)}
 
 
 

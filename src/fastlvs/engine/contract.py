@@ -49,7 +49,8 @@ COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "tab
                  "tcp_not_syn", "no_dest", "fragment", "bad_checksum", "frag_needed_sent",
                  "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
                  "conns_expired", "ttl_exceeded", "csum_completed", "frag_held", "frag_reasm",
-                 "frag_timeout", "frag_bad", "frag_no_room", "frag_out")
+                 "frag_timeout", "frag_bad", "frag_no_room", "frag_out",
+                 "dest_unavailable", "drop_packet", "drop_entry")
 
 # -- limits ----------------------------------------------------------------------------------
 CAPACITY_DEFAULT = 1 << 20         # connection entries allocated at start

@@ -97,6 +97,9 @@ cdef class Engine:
             self.st.conns[i].next = i + 2 if i + 1 < cap else 0
         self.st.free_head = 1
         self.st.seed = int.from_bytes(_os.urandom(8), "little")
+        self.st.rnd = int.from_bytes(_os.urandom(8), "little") | 1
+        for name, value in SYSCTL_DEFAULTS.items():
+            self.set_sysctl(name, value)
         self.st.neigh_k0 = int.from_bytes(_os.urandom(8), "little")
         self.st.neigh_k1 = int.from_bytes(_os.urandom(8), "little")
         self.st.sweep_budget = 64
@@ -215,6 +218,7 @@ cdef class Engine:
         free(self.st.vips)
         free(self.st.vip_index)
         free(self.st.neigh)
+        free(self.st.embryo)
         free(self.st.dests)
         free(self.frames)
         free(self.slots)
@@ -238,9 +242,10 @@ cdef class Engine:
         return self.st.capacity
 
     def memory_bytes(self):
-        """Bytes allocated for the conn table and its buckets."""
+        """Bytes allocated for the conn table, its buckets and, once drop_entry has been
+        set, its ring of embryonic entries (8 bytes a bucket)."""
         return (<uint64_t>self.st.capacity * sizeof(fl_conn)
-                + (<uint64_t>1 << self.st.bucket_bits) * 4)
+                + (<uint64_t>1 << self.st.bucket_bits) * (12 if self.st.embryo != NULL else 4))
 
     def conn_count(self):
         """Entries in use (conns and persistence templates), expired-but-unswept included."""
@@ -346,6 +351,62 @@ cdef class Engine:
         return (self.st.tcp_timeouts[TCP_S_ESTABLISHED], self.st.tcp_timeouts[TCP_S_FIN_WAIT],
                 self.st.udp_timeout)
 
+    def set_sysctl(self, name, value):
+        """Set one of SYSCTL_DEFAULTS by its kernel name (ValueError for another name or a
+        value out of its range). The flood defences are re-evaluated at once, as writing
+        the kernel's sysctl does; the booleans take any int, stored as 0/1."""
+        if name not in _SYSCTL_RANGE:
+            raise ValueError(f"unknown sysctl {name!r}")
+        lo, hi = _SYSCTL_RANGE[name]
+        v = int(value)
+        if name in ("expire_nodest_conn", "expire_quiescent_template", "sloppy_tcp"):
+            v = 1 if v else 0
+        if not lo <= v <= hi:
+            raise ValueError(f"{name} must be {lo}..{hi}, got {value!r}")
+        if name == "expire_nodest_conn":
+            self.st.expire_nodest_conn = v
+        elif name == "expire_quiescent_template":
+            self.st.expire_quiescent_template = v
+        elif name == "conn_reuse_mode":
+            self.st.conn_reuse_mode = v
+        elif name == "sloppy_tcp":
+            self.st.sloppy_tcp = v
+        elif name == "drop_entry":
+            if v and self.st.embryo == NULL:
+                # the ring of SYN_RECV entries drop_entry takes from; an engine that never
+                # uses the defence neither holds nor fills it
+                self.st.embryo = <uint64_t *>fl_alloc_table(
+                    (<size_t>self.st.bucket_mask + 1) * sizeof(uint64_t))
+                if self.st.embryo == NULL:
+                    raise MemoryError("cannot allocate drop_entry's ring")
+            self.st.drop_entry = v
+        elif name == "drop_packet":
+            self.st.drop_packet = v
+        elif name == "secure_tcp":
+            self.st.secure_tcp = v
+        elif name == "amemthresh":
+            self.st.amemthresh = v
+        elif name == "am_droprate":
+            self.st.am_droprate = v
+        defense_update(&self.st)
+
+    def sysctls(self):
+        """{name: value} of the sysctls the engine applies, as they read now (an automatic
+        defence reads 2 while in force, 1 while not)."""
+        st = &self.st
+        return {"expire_nodest_conn": st.expire_nodest_conn,
+                "expire_quiescent_template": st.expire_quiescent_template,
+                "conn_reuse_mode": st.conn_reuse_mode, "sloppy_tcp": st.sloppy_tcp,
+                "drop_entry": st.drop_entry, "drop_packet": st.drop_packet,
+                "secure_tcp": st.secure_tcp, "amemthresh": st.amemthresh,
+                "am_droprate": st.am_droprate}
+
+    def defense_state(self):
+        """The flood defences in force now: drop_entry (bool), drop_rate (drop_packet drops
+        1 of every drop_rate new conns, 0 = none), secure_tcp (bool)."""
+        return {"drop_entry": bool(self.st.dropentry_on), "drop_rate": self.st.drop_rate,
+                "secure_tcp": bool(self.st.secure_tcp_on)}
+
     def set_sweep_budget(self, uint32_t entries):
         """Most entries the incremental expiry inspects after one batch (default 64); it
         paces itself to walk the used part of the table once per second of frame time."""
@@ -372,13 +433,15 @@ cdef class Engine:
         return v
 
     def set_service(self, int svc_id, proto, vaddr, int vport, persist_timeout=0,
-                    netmask=None, sched=0, sched_flags=0):
+                    netmask=None, sched=0, sched_flags=0, ops=False):
         """Add or edit service `svc_id` (1..65535) = proto (6|17|"tcp"|"udp") vaddr:vport.
 
         persist_timeout > 0 makes it persistent (-p) with client netmask `netmask` (-M:
         dotted mask or prefix length; default /32). sched: 0 = Python callback, 1 sh, 2 dh,
         3 mh (the table comes with set_hash_table); sched_flags bit0 fallback, bit1 port.
         Editing may move the service to another address: conns of the old one live on.
+        ops (-o, UDP only as ipvsadm allows): every datagram is scheduled on its own and
+        leaves no conn entry (a persistence template is still made and followed).
         """
         cdef uint32_t a[4]
         cdef fl_svc *s
@@ -421,6 +484,7 @@ cdef class Engine:
         s.netmask = mask
         s.sched = sched
         s.sched_flags = sched_flags
+        s.flags = SVC_F_ONEPACKET if ops and p == 17 else 0
         if sched == SCHED_CALLBACK:
             # back to the Python scheduler (ipvsadm -E -s rr on an sh service): a table
             # left from before would go on choosing new flows' dests in C
@@ -563,8 +627,11 @@ cdef class Engine:
         self._frag_addrs()
 
     def del_dest(self, int dest_id):
-        """Unlink a dest: never chosen again, its conns keep being forwarded until they
-        expire, its id stays reserved while they exist. Removing an absent dest is a no-op."""
+        """Unlink a dest: never chosen again; as in IPVS its conns' packets are dropped
+        (counted dest_unavailable) and the entries left to time out, or, with
+        expire_nodest_conn, ended at once. NAT replies of its remaining conns are still
+        translated. Its id stays reserved while entries reference it (re-adding the same
+        service + address brings them back). Removing an absent dest is a no-op."""
         cdef fl_dest *d
         if dest_id < 1 or <uint32_t>dest_id >= self.st.ndests:
             return
@@ -572,6 +639,8 @@ cdef class Engine:
         if not (d.flags & DF_IN_USE):
             return
         d.flags &= ~DF_AVAILABLE
+        if self.st.expire_nodest_conn and d.refcnt != 0:
+            conn_flush_nodest(&self.st, dest_id)
         if d.refcnt == 0:
             memset(d, 0, sizeof(fl_dest))
         self._frag_addrs()

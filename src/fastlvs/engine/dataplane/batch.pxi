@@ -77,11 +77,13 @@ cdef inline void persist_net(fl_svc *s, fl_pkt *p, uint32_t *snet) noexcept nogi
 
 
 cdef inline bint template_usable(fl_engine *e, uint32_t ti) noexcept nogil:
-    # ip_vs_check_template with expire_quiescent_template = 0: the template's dest must still
-    # be linked to its service (weight 0 and overload do not matter). An unusable template
-    # is invalidated: it stops matching and lives on only until its timer fires.
+    # ip_vs_check_template: the template's dest must still be linked to its service, and
+    # with expire_quiescent_template also have a weight (overload does not matter). An
+    # unusable template is invalidated: it stops matching and lives on only until its
+    # timer fires.
     cdef fl_conn *t = &e.conns[ti - 1]
-    if t.dest != 0 and (e.dests[t.dest].flags & DF_AVAILABLE):
+    if (t.dest != 0 and (e.dests[t.dest].flags & DF_AVAILABLE)
+            and not (e.expire_quiescent_template and e.dests[t.dest].weight == 0)):
         return True
     t.flags |= CF_INVALID
     return False
@@ -126,6 +128,12 @@ cdef void conn_create_forward(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t svc
     if e.learn_ifindex != 0 and e.dests[dest].fwd == FWD_NAT:
         neigh_learn(e, p.saddr[3], f.data + 6, e.learn_ifindex)
     conn_forward_in(e, f, p, c, now)
+    if p.proto == 6:
+        if c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK:
+            embryo_push(e, ci - 1, p.bucket)
+    elif s.flags & SVC_F_ONEPACKET:
+        # -o: the entry served this one datagram; the next is scheduled afresh
+        conn_free(e, ci - 1)
 
 
 cdef void new_flow(fl_engine *e, fl_frame *f, fl_pkt *p, int idx, uint16_t svc_id,
@@ -138,6 +146,11 @@ cdef void new_flow(fl_engine *e, fl_frame *f, fl_pkt *p, int idx, uint16_t svc_i
     cdef uint32_t dest
     cdef int k
     cdef fl_pkt *q
+    if defense_todrop(e):
+        # drop_packet (tcp/udp_conn_schedule): a share of new conns is refused while
+        # the table runs out
+        frame_drop(e, f, C_DROP_PACKET)
+        return
     if s.persist_timeout != 0:
         persist_net(s, p, snet)
         ti = tmpl_lookup(e, snet, p.vip, p.proto, now)
@@ -167,7 +180,7 @@ cdef bint park_follower(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept 
     cdef int j, k = e.nparked
     cdef fl_pkt *q
     for j in range(k):
-        if e.parked[j].leader < 0:
+        if e.parked[j].leader < 0 and not (e.svcs[e.parked[j].svc].flags & SVC_F_ONEPACKET):
             q = &e.pkts[e.parked[j].frame]
             if (q.sport == p.sport and q.vip == p.vip and q.proto == p.proto
                     and addr_eq(q.saddr, p.saddr)):
@@ -181,21 +194,57 @@ cdef bint park_follower(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept 
     return False
 
 
+cdef inline bint conn_reuse_expected(fl_engine *e, fl_conn *c) noexcept nogil:
+    # is_new_conn_expected (Linux 6.1): a SYN may open a new conn over an entry in
+    # TIME_WAIT or CLOSE, and with bit 2 over one in FIN_WAIT that never saw a reply
+    # (DR/TUN), unless a persistence template controls the entry.
+    if c.ctl != 0 or c.proto != 6:
+        return False
+    return (c.state == TCP_S_TIME_WAIT or c.state == TCP_S_CLOSE
+            or ((e.conn_reuse_mode & 2) and c.state == TCP_S_FIN_WAIT
+                and (c.flags & CF_NOOUTPUT)))
+
+
+cdef inline int conn_check_in(fl_engine *e, fl_frame *f, fl_pkt *p, uint32_t ci) noexcept nogil:
+    # ip_vs_in between the lookup and the transmit (Linux 6.1, recorded). Returns 1: forward
+    # on the entry; 0: the entry was ended, schedule the packet as a new one; -1: dropped.
+    # Later mainline sources also end a weight-0 dest's entry for a SYN (expire_nodest_conn)
+    # when conn_reuse_mode is 0; 6.1 needs conn_reuse_mode on for that, and so does this.
+    cdef fl_conn *c = &e.conns[ci - 1]
+    cdef fl_dest *d = &e.dests[c.dest]
+    if e.conn_reuse_mode != 0 and p.proto == 6 and (p.tcpflags & TH_SYN):
+        # port reuse: a SYN over an entry that is closing, or whose server was quiesced
+        # while expire_nodest_conn is set, ends the entry and is scheduled afresh (only
+        # templates have n_control here, so the entry always goes at once)
+        if ((e.expire_nodest_conn and c.dest != 0 and d.weight == 0)
+                or conn_reuse_expected(e, c)):
+            conn_free(e, ci - 1)
+            return 0
+    if c.dest != 0 and not (d.flags & DF_AVAILABLE):
+        # the real server was deleted: its conns' packets are dropped and the entry is
+        # left to time out (the timer is not re-armed), or with expire_nodest_conn the
+        # entry ends and the packet is handled as if there had been none
+        if e.expire_nodest_conn:
+            conn_free(e, ci - 1)
+            return 0
+        frame_drop(e, f, C_DEST_UNAVAILABLE)
+        return -1
+    return 1
+
+
 cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept nogil:
     cdef uint64_t now = f.ts_ns
     cdef uint32_t ci
-    cdef fl_conn *c
+    cdef int r
     cdef uint16_t svc_id
     if p.vip != 0:
         ci = conn_lookup_in(e, p, now)
         if ci != 0:
-            c = &e.conns[ci - 1]
-            # conn_reuse_mode 1: a SYN for a conn in TIME_WAIT expires it and reschedules
-            if (p.proto == 6 and c.state == TCP_S_TIME_WAIT
-                    and (p.tcpflags & (TH_SYN | TH_RST | TH_ACK)) == TH_SYN):
-                conn_free(e, ci - 1)
-            else:
-                conn_forward_in(e, f, p, c, now)
+            r = conn_check_in(e, f, p, ci)
+            if r > 0:
+                conn_forward_in(e, f, p, &e.conns[ci - 1], now)
+                return
+            if r < 0:
                 return
         if e.nparked != 0 and park_follower(e, f, p, idx):
             return
@@ -203,8 +252,10 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
         if svc_id == 0:
             frame_pass(e, f, C_NO_SERVICE)
             return
-        if p.proto == 6 and (p.tcpflags & (TH_SYN | TH_RST)) != TH_SYN:
-            # tcp_conn_schedule only schedules on a SYN without RST; the rest is not ours
+        if p.proto == 6 and ((p.tcpflags & TH_RST)
+                             or not (p.tcpflags & TH_SYN or e.sloppy_tcp)):
+            # tcp_conn_schedule schedules on a SYN without RST (any packet without RST
+            # with sloppy_tcp); the rest is not ours
             frame_pass(e, f, C_TCP_NOT_SYN)
             return
         new_flow(e, f, p, idx, svc_id, now)

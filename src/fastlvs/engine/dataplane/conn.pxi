@@ -1,7 +1,9 @@
 # The connection table: `capacity` 48-byte entries allocated once, chained from a power-of-two
 # bucket array by 32-bit indices (stable, so conns can name their template), a free list,
 # lazy expiry on lookup plus an incremental sweep of a bounded number of entries per batch.
-# Also the interned virtual addresses (VIPs) and the dest bind/unbind counters of IPVS.
+# Also the interned virtual addresses (VIPs), the dest bind/unbind counters of IPVS, and the
+# flood defences of ip_vs_ctl.c (drop_entry, drop_packet, secure_tcp) with free entries as
+# the measure of memory that amemthresh is in the kernel.
 
 cdef enum:
     NS_PER_S = 1000000000
@@ -84,25 +86,32 @@ cdef inline uint32_t conn_bucket_of(fl_engine *e, fl_conn *c) noexcept nogil:
 
 
 cdef inline void conn_link(fl_engine *e, uint32_t idx, uint32_t bucket) noexcept nogil:
-    e.conns[idx].next = e.buckets[bucket]
-    e.buckets[bucket] = idx + 1
+    # At the chain's end, so a chain runs oldest first: the lookup that preceded every
+    # insert has just walked it (no miss), and drop_entry's victim, the oldest embryonic
+    # entry, is then found at the front, where its prefetch reached.
+    cdef uint32_t *link = &e.buckets[bucket]
+    while link[0] != 0:
+        link = &e.conns[link[0] - 1].next
+    e.conns[idx].next = 0
+    link[0] = idx + 1
 
 
-cdef void conn_unlink(fl_engine *e, uint32_t idx) noexcept nogil:
-    cdef uint32_t b = conn_bucket_of(e, &e.conns[idx])
+cdef bint conn_unlink(fl_engine *e, uint32_t idx, uint32_t b) noexcept nogil:
+    # Take entry idx out of bucket b's chain; False when it is not in that chain.
     cdef uint32_t *link = &e.buckets[b]
     while link[0] != 0:
         if link[0] == idx + 1:
             link[0] = e.conns[idx].next
-            return
+            return True
         link = &e.conns[link[0] - 1].next
+    return False
 
 
-cdef void conn_free(fl_engine *e, uint32_t idx) noexcept nogil:
-    # Unhash, release the template's control (ip_vs_control_del), unbind, return to the pool.
+cdef void conn_release(fl_engine *e, uint32_t idx) noexcept nogil:
+    # An unhashed entry: release the template's control (ip_vs_control_del), unbind,
+    # return it to the pool.
     cdef fl_conn *c = &e.conns[idx]
     cdef uint32_t t
-    conn_unlink(e, idx)
     if not (c.flags & CF_TEMPLATE) and c.ctl != 0:
         t = c.ctl - 1
         if e.conns[t].ctl > 0:
@@ -116,6 +125,11 @@ cdef void conn_free(fl_engine *e, uint32_t idx) noexcept nogil:
     e.free_head = idx + 1
     e.conn_count -= 1
     e.counters[C_CONNS_EXPIRED] += 1
+
+
+cdef inline void conn_free(fl_engine *e, uint32_t idx) noexcept nogil:
+    conn_unlink(e, idx, conn_bucket_of(e, &e.conns[idx]))
+    conn_release(e, idx)
 
 
 cdef inline bint conn_expire(fl_engine *e, uint32_t idx, uint64_t now) noexcept nogil:
@@ -152,12 +166,147 @@ cdef uint32_t conn_sweep(fl_engine *e, uint64_t now, uint32_t budget) noexcept n
     return freed
 
 
+cdef inline uint64_t rnd_next(fl_engine *e) noexcept nogil:
+    # xorshift64: drop_entry's random picks need no quality, only no cost
+    cdef uint64_t x = e.rnd
+    x ^= x << 13
+    x ^= x >> 7
+    x ^= x << 17
+    e.rnd = x
+    return x
+
+
+cdef void dropentry_random(fl_engine *e, uint32_t budget) noexcept nogil:
+    # ip_vs_random_dropentry, once a second while drop_entry is in force: look at random
+    # entries and drop those in SYN_RECV/SYNACK. Established entries are kept: the kernel
+    # drops an old one only by its packet count, which entries here do not keep.
+    cdef uint32_t i
+    cdef fl_conn *c
+    if e.used_end == 0:
+        return
+    while budget > 0:
+        budget -= 1
+        i = <uint32_t>(rnd_next(e) % e.used_end)
+        c = &e.conns[i]
+        if (c.vip != 0 and c.proto == 6 and not (c.flags & CF_TEMPLATE)
+                and (c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK)):
+            conn_free(e, i)
+            e.counters[C_DROP_ENTRY] += 1
+
+
+cdef void defense_update(fl_engine *e) noexcept nogil:
+    # update_defense_level: `nomem` is fewer free entries than amemthresh. Automatic modes
+    # read 2 while in force and 1 while not, as the kernel rewrites its sysctls.
+    cdef uint32_t avail = e.capacity - e.conn_count
+    cdef bint nomem = avail < e.amemthresh
+    if e.drop_entry == DEF_OFF:
+        e.dropentry_on = 0
+    elif e.drop_entry == DEF_ALWAYS:
+        e.dropentry_on = 1
+    else:
+        e.dropentry_on = nomem
+        e.drop_entry = DEF_AUTO_ON if nomem else DEF_AUTO
+    if e.drop_packet == DEF_OFF:
+        e.drop_rate = 0
+    elif e.drop_packet == DEF_ALWAYS:
+        # the rate only: the count runs on (from 0 when first set, so the first new conn
+        # is dropped, as recorded on 6.1)
+        e.drop_rate = e.am_droprate
+    else:
+        if nomem:
+            # rate = amemthresh / (amemthresh - free): 1 (drop all) as the table runs out
+            e.drop_rate = e.amemthresh // (e.amemthresh - avail)
+            e.drop_counter = e.drop_rate
+        else:
+            e.drop_rate = 0
+        e.drop_packet = DEF_AUTO_ON if nomem else DEF_AUTO
+    if e.secure_tcp == DEF_OFF:
+        e.secure_tcp_on = 0
+    elif e.secure_tcp == DEF_ALWAYS:
+        e.secure_tcp_on = 1
+    else:
+        e.secure_tcp_on = nomem
+        e.secure_tcp = DEF_AUTO_ON if nomem else DEF_AUTO
+
+
+cdef inline bint defense_todrop(fl_engine *e) noexcept nogil:
+    # ip_vs_todrop: drop_packet lets drop_rate - 1 new conns through, then drops one.
+    if e.drop_rate == 0:
+        return False
+    if e.drop_counter > 1:
+        e.drop_counter -= 1
+        return False
+    e.drop_counter = e.drop_rate
+    return True
+
+
+cdef inline void defense_tick(fl_engine *e, uint64_t now) noexcept nogil:
+    # defense_work, once a second of frame time.
+    cdef uint32_t budget
+    if now < e.defense_clock + NS_PER_S:
+        return
+    e.defense_clock = now
+    defense_update(e)
+    if e.dropentry_on:
+        budget = e.used_end >> 5
+        dropentry_random(e, budget if budget < 1024 else 1024)
+
+
+cdef inline bint embryo_evict(fl_engine *e, uint64_t r, uint64_t now) noexcept nogil:
+    # Drop the entry ring reference r names (index << 32 | bucket) if it is still a TCP
+    # entry in SYN_RECV/SYNACK in that bucket (else the reference is stale: the entry moved
+    # on, or was freed and reused elsewhere). Counted drop_entry unless it had expired.
+    cdef uint32_t i = <uint32_t>(r >> 32)
+    cdef fl_conn *c = &e.conns[i]
+    if (c.vip == 0 or c.proto != 6 or (c.flags & CF_TEMPLATE)
+            or (c.state != TCP_S_SYN_RECV and c.state != TCP_S_SYNACK)):
+        return False
+    if not conn_unlink(e, i, <uint32_t>r):
+        return False
+    if c.expires > now:
+        e.counters[C_DROP_ENTRY] += 1
+    conn_release(e, i)
+    return True
+
+
+cdef void embryo_reserve(fl_engine *e, uint64_t now) noexcept nogil:
+    # While drop_entry is in force, keep EMBRYO_RESERVE entries free (an eighth of a small
+    # table) by dropping the oldest entries still in SYN_RECV/SYNACK, a batch behind: after
+    # each batch the victims chosen after the previous one go (their entries and buckets
+    # were prefetched then, so this costs no cache miss), and the next ones are chosen and
+    # prefetched. The next batch's new conns then take entries the cache has just seen.
+    # Established entries are never touched.
+    cdef uint32_t want = EMBRYO_RESERVE
+    cdef uint32_t j, need
+    cdef uint64_t r
+    for j in range(e.nvict):
+        embryo_evict(e, e.vict[j], now)
+    e.nvict = 0
+    if e.capacity < 8 * EMBRYO_RESERVE:
+        want = e.capacity >> 3
+    if e.capacity - e.conn_count >= want:
+        return
+    need = want - (e.capacity - e.conn_count)
+    if need > MAX_BATCH:
+        need = MAX_BATCH
+    while e.nvict < need and e.emb_head != e.emb_tail:
+        r = e.embryo[e.emb_head & e.bucket_mask]
+        e.emb_head += 1
+        e.vict[e.nvict] = r
+        e.nvict += 1
+        fl_prefetch_w(&e.conns[<uint32_t>(r >> 32)])
+        fl_prefetch_w(&e.buckets[<uint32_t>r])
+
+
 cdef inline void conn_sweep_batch(fl_engine *e, uint64_t now) noexcept nogil:
     # The sweep after a batch, paced by frame time: the used part of the table once a second,
     # at most sweep_budget entries per batch. Pacing by batches instead would sweep the table
     # many times a second under a flood, for nothing (lookups expire what they meet), and
     # the walk costs cache lines the forwarding needs.
     cdef uint64_t dt, due
+    defense_tick(e, now)
+    if e.dropentry_on:
+        embryo_reserve(e, now)
     if e.used_end == 0 or now <= e.sweep_clock:
         return
     dt = now - e.sweep_clock
@@ -226,12 +375,52 @@ cdef inline uint32_t tmpl_lookup(fl_engine *e, const uint32_t *snet, uint16_t vi
     return 0
 
 
+cdef inline void embryo_push(fl_engine *e, uint32_t idx, uint32_t bucket) noexcept nogil:
+    # Remember a TCP entry opened in SYN_RECV/SYNACK, oldest first, with its bucket (so that
+    # dropping it needs no hash); a full ring forgets its oldest. No ring until drop_entry
+    # is first set: then the entries opened before it are left to the random drops.
+    cdef uint32_t size = e.bucket_mask + 1
+    if e.embryo == NULL:
+        return
+    if e.emb_tail - e.emb_head >= size:
+        e.emb_head += 1
+    e.embryo[e.emb_tail & e.bucket_mask] = (<uint64_t>idx << 32) | bucket
+    e.emb_tail += 1
+
+
+cdef inline bint conn_reclaim(fl_engine *e, uint64_t now) noexcept nogil:
+    # The table is full: free the oldest entry still in SYN_RECV/SYNACK since its first
+    # packet if it has expired or the drop_entry defence is on (a spoofed SYN's; a real
+    # client has answered by then and moved on), else a few expired entries from the
+    # sweep cursor. Bounded work, so a full table costs what one with room costs: each
+    # reference is passed over once (the ring only moves on), so the skips are paid for by
+    # the pushes, and `tries` only bounds one packet's share.
+    cdef int tries = 32
+    cdef uint64_t r
+    cdef fl_conn *c
+    while e.emb_head != e.emb_tail and tries > 0:
+        tries -= 1
+        r = e.embryo[e.emb_head & e.bucket_mask]
+        c = &e.conns[<uint32_t>(r >> 32)]
+        if not e.dropentry_on and c.vip != 0 and c.expires > now and (
+                c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK):
+            break               # the oldest embryo is alive and no defence: nothing to take
+        e.emb_head += 1
+        if embryo_evict(e, r, now):
+            return True
+    conn_sweep(e, now, 4)
+    return e.free_head != 0
+
+
 cdef inline uint32_t conn_alloc(fl_engine *e, uint64_t now) noexcept nogil:
-    # 1 + index of a free entry, reclaiming expired ones first; 0 when the table is full.
+    # 1 + index of a free entry, reclaiming one first when the table is full; 0 = none.
     cdef uint32_t i
     if e.free_head == 0:
-        conn_sweep(e, now, 4096 if e.capacity > 4096 else e.capacity)
-        if e.free_head == 0:
+        if (e.drop_entry == DEF_AUTO or e.drop_packet == DEF_AUTO
+                or e.secure_tcp == DEF_AUTO):
+            # no free entry is certainly below amemthresh: engage now, not at the next tick
+            defense_update(e)
+        if not conn_reclaim(e, now):
             return 0
     i = e.free_head
     e.free_head = e.conns[i - 1].next
@@ -239,6 +428,23 @@ cdef inline uint32_t conn_alloc(fl_engine *e, uint64_t now) noexcept nogil:
     if i > e.used_end:
         e.used_end = i
     return i
+
+
+cdef void conn_flush_nodest(fl_engine *e, uint32_t dest) noexcept nogil:
+    # ip_vs_expire_nodest_conn_flush (expire_nodest_conn=1, a dest deleted): free the
+    # dest's conns at once; a template goes with the last conn it controls.
+    cdef uint32_t i, t
+    cdef fl_conn *c
+    for i in range(e.used_end):
+        c = &e.conns[i]
+        if c.vip == 0 or c.dest != dest:
+            continue
+        if (c.flags & CF_TEMPLATE) and c.ctl > 0:
+            continue
+        t = c.ctl if not (c.flags & CF_TEMPLATE) else 0
+        conn_free(e, i)
+        if t != 0 and e.conns[t - 1].vip != 0 and e.conns[t - 1].ctl == 0:
+            conn_free(e, t - 1)
 
 
 cdef uint32_t conn_new(fl_engine *e, const uint32_t *caddr, uint16_t cport, uint16_t vip,

@@ -1,6 +1,7 @@
 # TCP connection states as ip_vs_proto_tcp.c tracks them: three next-state tables (input,
 # output, input-only for DR/TUN where replies bypass us), the event chosen from the flags
 # with rst > syn > fin > ack priority, and activeconns/inactconns moved on every change.
+# While the secure_tcp defence is in force the kernel's tcp_states_dos tables replace them.
 
 cdef enum:
     TCP_DIR_INPUT = 0
@@ -22,6 +23,26 @@ cdef uint8_t[12][11] TCP_NEXT = [
     [6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6],
     # input only
     [3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3],
+    [6, 4, 2, 5, 4, 5, 6, 7, 8, 9, 5],
+    [1, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],
+    [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6],
+]
+
+# tcp_states_dos, same layout: a NAT conn reaches ESTABLISHED only once the server's SYN-ACK
+# was seen (SYN_RECV, then SYNACK); an input-only (DR/TUN) conn opens in SYNACK.
+cdef uint8_t[12][11] TCP_NEXT_DOS = [
+    # input
+    [3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 10],
+    [6, 7, 2, 5, 5, 5, 6, 7, 8, 9, 10],
+    [1, 1, 2, 3, 4, 5, 6, 7, 6, 9, 10],
+    [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6],
+    # output
+    [2, 1, 2, 10, 2, 2, 2, 2, 2, 9, 10],
+    [5, 4, 2, 5, 4, 5, 6, 5, 8, 9, 5],
+    [1, 1, 2, 1, 4, 5, 6, 7, 8, 1, 1],
+    [6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6],
+    # input only
+    [10, 1, 1, 3, 10, 10, 10, 10, 10, 10, 10],
     [6, 4, 2, 5, 4, 5, 6, 7, 8, 9, 5],
     [1, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],
     [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6],
@@ -60,7 +81,10 @@ cdef inline void tcp_set_state(fl_engine *e, fl_conn *c, bint output, uint8_t fl
             off = TCP_DIR_INPUT_ONLY
     idx = tcp_state_idx(fl)
     if idx >= 0:
-        new_state = TCP_NEXT[off + idx][c.state]
+        if e.secure_tcp_on:
+            new_state = TCP_NEXT_DOS[off + idx][c.state]
+        else:
+            new_state = TCP_NEXT[off + idx][c.state]
     if new_state != c.state and c.dest != 0:
         d = &e.dests[c.dest]
         if not (c.flags & CF_INACTIVE) and not TCP_ACTIVE[new_state]:

@@ -23,6 +23,14 @@ cdef enum:
     DF_OVERLOAD = 4         # IP_VS_DEST_F_OVERLOAD
 
     C_PASS = C_PASSED       # the counter of frames left to the host
+    # service flags
+    SVC_F_ONEPACKET = 1     # -o: every UDP datagram scheduled alone, no entry kept
+
+    # flood defence modes (drop_entry, drop_packet, secure_tcp), as the kernel's sysctls
+    DEF_OFF = 0
+    DEF_AUTO = 1            # on while free entries < amemthresh (reads 2 while on)
+    DEF_AUTO_ON = 2
+    DEF_ALWAYS = 3
 
     SVC_SLOTS = MAX_SERVICES + 1   # svcs[] is indexed by service id (0 = none)
     VIP_INDEX_SIZE = 131072   # open-addressed index over the interned VIPs, power of 2
@@ -35,6 +43,7 @@ cdef enum:
     NF_USED = 1
     NF_KERNEL = 2             # from the kernel's neighbour table (set_neighbor): never aged
     MAX_BATCH = BATCH_MAX
+    EMBRYO_RESERVE = 512      # free entries drop_entry keeps (2 per frame of a full batch)
     PREFETCH_AHEAD = 6        # frames handled between an entry's prefetch and its lookup
 
     # TCP states, numbered as ip_vs.h numbers them
@@ -146,6 +155,7 @@ cdef struct fl_svc:
     uint8_t proto
     uint8_t sched
     uint8_t sched_flags
+    uint8_t flags           # SVC_F_*
 
 
 cdef struct fl_vip:
@@ -293,6 +303,28 @@ cdef struct fl_engine:
     uint32_t tcp_timeouts[TCP_S_LAST + 1]
     uint32_t udp_timeout
     uint64_t counters[C_LAST]
+    # the IPVS sysctls that change forwarding (control/sysctl.py declares them)
+    uint8_t expire_nodest_conn
+    uint8_t expire_quiescent_template
+    uint8_t conn_reuse_mode
+    uint8_t sloppy_tcp
+    uint8_t drop_entry      # 0..3, as the sysctl reads (1 <-> 2 follow the table's room)
+    uint8_t drop_packet
+    uint8_t secure_tcp
+    uint8_t dropentry_on    # the defences in force now (defense_update)
+    uint8_t secure_tcp_on
+    uint32_t amemthresh     # free entries below which the automatic defences engage
+    uint32_t am_droprate
+    uint32_t drop_rate      # drop_packet: 1 of every drop_rate new conns, 0 = none
+    uint32_t drop_counter
+    uint64_t defense_clock  # frame time of the last defense_update (ns)
+    uint64_t rnd            # xorshift state for drop_entry's random choices
+    uint64_t *embryo        # FIFO of TCP entries opened in SYN_RECV/SYNACK: index << 32 | bucket
+                            # (allocated when drop_entry is first set, else NULL)
+    uint32_t emb_head       # free-running; slot = counter & bucket_mask (as many as buckets)
+    uint32_t emb_tail
+    uint32_t nvict          # drop_entry's next victims (ring references), prefetched
+    uint64_t vict[MAX_BATCH]
     fl_pkt pkts[MAX_BATCH]
     fl_parked parked[MAX_BATCH]
     int nparked

@@ -1,0 +1,150 @@
+"""The IPVS sysctls that change forwarding, declared once: the kernel's names
+(/proc/sys/net/ipv4/vs/NAME), value ranges, defaults and meanings as Linux 6.1 has them,
+with what differs in fastlvs said in `meaning`. The director applies them to the engine; the
+TOML `[sysctl]` table, `fastlvs admin --sysctl` and the control socket's "sysctl" op all
+check values here. A name not declared here is refused by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SysctlError(ValueError):
+    """A sysctl name or value fastlvs does not take; str() is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    """One sysctl: `kind` "bool" (0/1) or "int" (lo..hi); `supported` lists the values
+    fastlvs implements when that is not the whole range (None: all of it)."""
+
+    name: str
+    kind: str
+    lo: int
+    hi: int
+    default: int
+    meaning: str
+    supported: tuple[int, ...] | None = None
+    engine: bool = True            # applied by the engine (else kept by the director only)
+
+
+_DEFENCE_MODES = ("0 off; 1 automatic: in force while fewer than amemthresh conn entries are "
+                  "free (then reads 2, back to 1 when not); 3 always")
+
+SYSCTLS: dict[str, Sysctl] = {s.name: s for s in (
+    Sysctl("expire_nodest_conn", "bool", 0, 1, 0,
+           "0: packets of a connection whose real server was deleted are dropped and the "
+           "entry is left to time out (re-adding the server revives it); 1: such entries "
+           "end at once (when the server is deleted, or on their next packet, which is then "
+           "handled as a new connection), and with conn_reuse_mode a SYN over a connection "
+           "of a weight-0 server is scheduled afresh"),
+    Sysctl("expire_quiescent_template", "bool", 0, 1, 0,
+           "1: a persistence template whose real server has weight 0 is not followed; the "
+           "client is scheduled afresh (0: persistent clients keep a quiesced server)"),
+    Sysctl("conn_reuse_mode", "int", 0, 3, 1,
+           "port reuse: bit 1, a SYN over an entry in TIME_WAIT or CLOSE is scheduled as a "
+           "new connection (not over one a persistence template controls); bit 2, also over "
+           "FIN_WAIT when no reply was seen (DR/TUN); 0, the SYN follows the old entry"),
+    Sysctl("sloppy_tcp", "bool", 0, 1, 0,
+           "1: any TCP packet without RST may open a connection, not only a SYN"),
+    Sysctl("nat_icmp_send", "bool", 0, 1, 0,
+           "1: answer a NAT real server's packet that has no connection with ICMP port "
+           "unreachable (not implemented: only 0 is taken)", supported=(0,), engine=False),
+    Sysctl("pmtu_disc", "bool", 0, 1, 1,
+           "1: refuse DF packets larger than the path MTU with ICMP fragmentation needed, "
+           "whatever the method (0, fragment TUN packets, is not implemented: only 1 is "
+           "taken)", supported=(1,), engine=False),
+    Sysctl("drop_entry", "int", 0, 3, 0,
+           "flood defence: drop connection entries still in SYN_RECV/SYNACK (a spoofed "
+           "SYN's): when the table is full the oldest such entry makes room for a new "
+           "connection, and every second a random 1/32 of the table (at most 1024 entries) "
+           "is looked at; established entries are never dropped. " + _DEFENCE_MODES),
+    Sysctl("drop_packet", "int", 0, 3, 0,
+           "flood defence: drop 1 of every `rate` packets that would open a connection; "
+           "automatic rate amemthresh / (amemthresh - free entries), so all of them when "
+           "the table is full; always mode uses am_droprate. " + _DEFENCE_MODES),
+    Sysctl("secure_tcp", "int", 0, 3, 0,
+           "flood defence: the kernel's stricter TCP state table (a NAT connection becomes "
+           "ESTABLISHED only after the server's SYN-ACK; DR/TUN ones open in SYNACK). "
+           + _DEFENCE_MODES),
+    Sysctl("amemthresh", "int", 0, 2**32 - 1, 1024,
+           "free connection entries below which the automatic defences engage (the "
+           "kernel counts free memory pages; fastlvs's table is allocated once)"),
+    Sysctl("am_droprate", "int", 1, 2**32 - 1, 10,
+           "drop_packet's rate in always mode (3): 1 of every am_droprate"),
+)}
+
+
+def check(name: str, value) -> int:
+    """The value `name` is set to by `value` (an int, or its decimal text); SysctlError
+    naming the sysctl for an unknown name, a value outside its range or one not
+    implemented. Booleans take 0 or 1, as the kernel's do."""
+    s = SYSCTLS.get(name)
+    if s is None:
+        raise SysctlError(f"sysctl {name!r} is not supported (supported: "
+                          f"{', '.join(SYSCTLS)})")
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip(), 10)
+        except ValueError:
+            raise SysctlError(f"sysctl {name}: {value!r} is not an integer") from None
+    if not isinstance(value, int):
+        raise SysctlError(f"sysctl {name}: {value!r} is not an integer")
+    if not s.lo <= value <= s.hi:
+        raise SysctlError(f"sysctl {name}: {value} is outside {s.lo}..{s.hi}")
+    if s.supported is not None and value not in s.supported:
+        raise SysctlError(f"sysctl {name}={value} is not supported by fastlvs (only "
+                          f"{', '.join(map(str, s.supported))})")
+    return value
+
+
+def parse_assignment(text: str) -> tuple[str, int]:
+    """`NAME=VALUE` (as `sysctl -w` takes it; a `net.ipv4.vs.` prefix is allowed) ->
+    (name, value); SysctlError otherwise."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise SysctlError(f"sysctl: {text!r} is not NAME=VALUE")
+    if name.startswith("net.ipv4.vs."):
+        name = name[len("net.ipv4.vs."):]
+    return name, check(name, value)
+
+
+def parse_table(data, fail=None) -> dict[str, int]:
+    """The `[sysctl]` table of a TOML file -> {name: value}, every name checked.
+    `fail(key, what)` builds the exception to raise (config.py's, naming file and line);
+    without it SysctlError is raised."""
+    def _fail(key, what):
+        return fail(key, what) if fail is not None else SysctlError(
+            f"sysctl.{key}: {what}" if key else f"sysctl: {what}")
+    if not isinstance(data, dict):
+        raise _fail(None, "must be a table ([sysctl])")
+    out = {}
+    for key, value in data.items():
+        if key not in SYSCTLS:
+            raise _fail(key, f"not supported (supported: {', '.join(SYSCTLS)})")
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, int):
+            raise _fail(key, f"{value!r} is not an integer")
+        try:
+            out[key] = check(key, value)
+        except SysctlError as e:
+            raise _fail(key, str(e).split(": ", 1)[-1]) from None
+    return out
+
+
+def defaults() -> dict[str, int]:
+    """{name: default} of every declared sysctl."""
+    return {s.name: s.default for s in SYSCTLS.values()}
+
+
+def format_values(values: dict[str, int]) -> str:
+    """`NAME = VALUE` lines, in declaration order (what `admin --sysctl` prints)."""
+    return "".join(f"{n} = {values[n]}\n" for n in SYSCTLS if n in values)
+
+
+__all__ = ["SYSCTLS", "Sysctl", "SysctlError", "check", "defaults", "format_values",
+           "parse_assignment", "parse_table"]
