@@ -26,9 +26,10 @@ SVC_IDS = range(0, 6)
 
 def same_keys(c, r):
     """The reference gets the extension's random keys: the same client-MAC table sets, the
-    same per-source shares of the reassembly area."""
+    same per-source shares of the reassembly area, the same drop_entry picks."""
     r.neigh.key = testing.neigh_key(c)
     r.seed = testing.engine_seed(c)
+    r.rnd = testing.engine_rnd(c)
 
 
 def _call(fn, args, kw):

@@ -5,9 +5,9 @@
 engine benchmarks' loop, and beside it the bare baseline loop they are measured against);
 `PassThrough` is the bare forwarder the ring tests poll in place of an Engine, `transmit`
 injects frames into a port's TX ring; `py_hash_32` and `py_hsiphash_u32` expose the C hashes
-to the differential tests, `neigh_key` and `engine_seed` the keys of its tables. It reaches
-the engine through the C side that _core.pxd declares, and compiles the same dataplane
-fragments (csum.pxi, hash.pxi) the engine is built from.
+to the differential tests, `neigh_key`, `engine_seed` and `engine_rnd` the keys of its
+tables. It reaches the engine through the C side that _core.pxd declares, and compiles the
+same dataplane fragments (csum.pxi, hash.pxi) the engine is built from.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
@@ -45,6 +45,11 @@ def engine_seed(Engine engine):
     """The random seed of `engine`'s keyed hashes (conn chains, reassembly shares), for a
     reference engine that is to count fragments against the same per-source shares."""
     return engine.st.seed
+
+
+def engine_rnd(Engine engine):
+    """The state of `engine`'s xorshift generator (drop_entry's random picks)."""
+    return engine.st.rnd
 
 
 cdef void baseline_touch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:

@@ -8,6 +8,7 @@ so a change to the extension is mirrored here in one place. Standard library onl
 """
 from __future__ import annotations
 
+import collections
 import ipaddress
 import operator
 import os
@@ -36,7 +37,20 @@ XSEG_MAX = 4096                    # output fragments of one batch
 FRAG_EXPIRE_BUDGET = 64            # queues expired after one batch at most
 DESTS_INITIAL = 64                 # dest slots allocated at start; doubled on demand
 DEST_ID_MAX = 1 << 24
-FULL_TABLE_SWEEP = 4096            # entries inspected for expired ones when the table is full
+FULL_TABLE_SWEEP = 4               # entries inspected for expired ones when the table is full
+EMBRYO_RESERVE = 512               # free entries drop_entry keeps (2 per frame of a full batch)
+DEF_OFF, DEF_AUTO, DEF_AUTO_ON, DEF_ALWAYS = range(4)   # flood defence modes, as the sysctls
+SVC_F_ONEPACKET = 1                # -o: every UDP datagram scheduled alone, no entry kept
+# the IPVS sysctls the engine applies, with the kernel's defaults and ranges (amemthresh
+# counts free conn entries here)
+SYSCTL_DEFAULTS = {"expire_nodest_conn": 0, "expire_quiescent_template": 0,
+                   "conn_reuse_mode": 1, "sloppy_tcp": 0, "drop_entry": 0, "drop_packet": 0,
+                   "secure_tcp": 0, "amemthresh": 1024, "am_droprate": 10}
+SYSCTL_RANGE = {"expire_nodest_conn": (0, 1), "expire_quiescent_template": (0, 1),
+                "conn_reuse_mode": (0, 3), "sloppy_tcp": (0, 1), "drop_entry": (0, 3),
+                "drop_packet": (0, 3), "secure_tcp": (0, 3), "amemthresh": (0, 0xFFFFFFFF),
+                "am_droprate": (1, 0xFFFFFFFF)}
+SYSCTL_BOOLS = ("expire_nodest_conn", "expire_quiescent_template", "sloppy_tcp")
 NS = 1_000_000_000
 GOLDEN_RATIO_32 = 0x61C88647
 M32 = 0xFFFFFFFF
@@ -64,6 +78,22 @@ TCP_NEXT = {
                [6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6]),
     # DR/TUN: replies bypass the director, so the input side alone drives the state
     "input_only": ([3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3],
+                   [6, 4, 2, 5, 4, 5, 6, 7, 8, 9, 5],
+                   [1, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],
+                   [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6]),
+}
+# tcp_states_dos, in force with the secure_tcp defence: a NAT conn reaches ESTABLISHED only
+# once the server's SYN-ACK was seen; an input-only (DR/TUN) conn opens in SYNACK
+TCP_NEXT_DOS = {
+    "input": ([3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 10],
+              [6, 7, 2, 5, 5, 5, 6, 7, 8, 9, 10],
+              [1, 1, 2, 3, 4, 5, 6, 7, 6, 9, 10],
+              [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6]),
+    "output": ([2, 1, 2, 10, 2, 2, 2, 2, 2, 9, 10],
+               [5, 4, 2, 5, 4, 5, 6, 5, 8, 9, 5],
+               [1, 1, 2, 1, 4, 5, 6, 7, 8, 1, 1],
+               [6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6]),
+    "input_only": ([10, 1, 1, 3, 10, 10, 10, 10, 10, 10, 10],
                    [6, 4, 2, 5, 4, 5, 6, 7, 8, 9, 5],
                    [1, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],
                    [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6]),
@@ -305,6 +335,7 @@ class Service:
         self.netmask = M32
         self.sched = K.SCHED_CALLBACK
         self.sched_flags = 0
+        self.flags = 0            # SVC_F_*
         self.table = None         # sh/dh/mh bucket table of dest ids, None = callback
         self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
 
@@ -632,6 +663,7 @@ class Engine:
         # keys the per-source shares of the reassembly area, as the extension's seed does (a
         # test may copy the extension's to get the same shares)
         self.seed = int.from_bytes(os.urandom(8), "little")
+        self.rnd = int.from_bytes(os.urandom(8), "little") | 1   # drop_entry's random picks
         self._capacity = int(capacity)
         self.batch = int(batch)
         bits = 4
@@ -666,6 +698,15 @@ class Engine:
         self.error = None
         self.parked = []              # this batch's frames waiting for the scheduler
         self.pkts = []                # this batch's parsed packets (None: not handled)
+        # the flood defences: in force now, drop_packet's rate and count, the clock
+        self.dropentry_on = self.secure_tcp_on = False
+        self.drop_rate = self.drop_counter = 0
+        self.defense_clock = 0
+        self.embryo = None            # (index, key) of TCP entries opened embryonic, oldest
+        self.vict = []                # first; made when drop_entry is first set
+        self.sysctl = {}
+        for name, value in SYSCTL_DEFAULTS.items():
+            self.set_sysctl(name, value)
 
     # -- sizes --------------------------------------------------------------------------------
     @property
@@ -679,7 +720,8 @@ class Engine:
 
     def memory_bytes(self):
         """Bytes the extension allocates for the conn table and its buckets."""
-        return self._capacity * ENTRY_SIZE + (1 << self._bucket_bits) * 4
+        per_bucket = 4 if self.embryo is None else 12
+        return self._capacity * ENTRY_SIZE + (1 << self._bucket_bits) * per_bucket
 
     def conn_count(self):
         """Entries in use (conns and persistence templates), expired-but-unswept included."""
@@ -764,6 +806,160 @@ class Engine:
         """Most entries the incremental expiry inspects after one batch (default 64)."""
         self.sweep_budget = _u32(entries)
 
+    # -- sysctls and flood defences ----------------------------------------------------------
+    def set_sysctl(self, name, value):
+        """Set an IPVS sysctl by its kernel name (ValueError for another name or a value out
+        of range); the flood defences are re-evaluated at once."""
+        if name not in SYSCTL_RANGE:
+            raise ValueError(f"unknown sysctl {name!r}")
+        lo, hi = SYSCTL_RANGE[name]
+        v = int(value)
+        if name in SYSCTL_BOOLS:
+            v = 1 if v else 0
+        if not lo <= v <= hi:
+            raise ValueError(f"{name} must be {lo}..{hi}, got {value!r}")
+        if name == "drop_entry" and v and self.embryo is None:
+            self.embryo = collections.deque(maxlen=1 << self._bucket_bits)
+        self.sysctl[name] = v
+        self._defense_update()
+
+    def sysctls(self):
+        """{name: value} of the sysctls, as they read now (an automatic defence reads 2
+        while in force, 1 while not)."""
+        return dict(self.sysctl)
+
+    def defense_state(self):
+        """The flood defences in force now."""
+        return {"drop_entry": self.dropentry_on, "drop_rate": self.drop_rate,
+                "secure_tcp": self.secure_tcp_on}
+
+    def _defense_mode(self, name, nomem):
+        # an automatic mode is in force while memory is short and reads 2 then, 1 otherwise
+        v = self.sysctl.get(name, DEF_OFF)
+        if v in (DEF_OFF, DEF_ALWAYS):
+            return v == DEF_ALWAYS
+        self.sysctl[name] = DEF_AUTO_ON if nomem else DEF_AUTO
+        return nomem
+
+    def _defense_update(self):
+        # update_defense_level: short of memory = fewer free entries than amemthresh
+        if len(self.sysctl) < len(SYSCTL_DEFAULTS):
+            return                          # still being set up
+        thresh = self.sysctl["amemthresh"]
+        avail = self._capacity - len(self.conn_table)
+        nomem = avail < thresh
+        self.dropentry_on = self._defense_mode("drop_entry", nomem)
+        dp = self.sysctl["drop_packet"]
+        if dp == DEF_OFF:
+            self.drop_rate = 0
+        elif dp == DEF_ALWAYS:
+            self.drop_rate = self.sysctl["am_droprate"]   # the count runs on
+        else:
+            if nomem:
+                # amemthresh / (amemthresh - free): 1 (drop all) as the table runs out
+                self.drop_rate = self.drop_counter = thresh // (thresh - avail)
+            else:
+                self.drop_rate = 0
+            self.sysctl["drop_packet"] = DEF_AUTO_ON if nomem else DEF_AUTO
+        self.secure_tcp_on = self._defense_mode("secure_tcp", nomem)
+
+    def _defense_todrop(self):
+        # ip_vs_todrop: drop_rate - 1 new conns through, then one dropped
+        if self.drop_rate == 0:
+            return False
+        if self.drop_counter > 1:
+            self.drop_counter -= 1
+            return False
+        self.drop_counter = self.drop_rate
+        return True
+
+    def _rnd_next(self):
+        x = self.rnd
+        x ^= (x << 13) & M64
+        x ^= x >> 7
+        x ^= (x << 17) & M64
+        self.rnd = x
+        return x
+
+    def _dropentry_random(self, budget):
+        # ip_vs_random_dropentry: random entries in SYN_RECV/SYNACK are dropped
+        if self.used_end == 0:
+            return
+        for _ in range(budget):
+            i = self._rnd_next() % self.used_end
+            c = self.conn_table.get(i)
+            if c is not None and self._embryonic(c):
+                self._conn_free(i)
+                self._count("drop_entry")
+
+    @staticmethod
+    def _embryonic(c):
+        return (c.proto == 6 and not c.flags & CF_TEMPLATE
+                and c.state in (S_SYN_RECV, S_SYNACK))
+
+    def _defense_tick(self, now):
+        # defense_work, once a second of frame time
+        if now < self.defense_clock + NS:
+            return
+        self.defense_clock = now
+        self._defense_update()
+        if self.dropentry_on:
+            self._dropentry_random(min(self.used_end >> 5, 1024))
+
+    def _embryo_evict(self, ref, now):
+        # drop the entry `ref` names if it is still that embryonic entry; counted unless
+        # it had expired
+        i, key = ref
+        c = self.conn_table.get(i)
+        if c is None or not self._embryonic(c) or c.key() != key:
+            return False
+        if c.expires > now:
+            self._count("drop_entry")
+        self._conn_free(i)
+        return True
+
+    def _embryo_reserve(self, now):
+        # while drop_entry is in force keep EMBRYO_RESERVE entries free (an eighth of a
+        # small table): the victims chosen after the last batch go, the next are chosen
+        for ref in self.vict:
+            self._embryo_evict(ref, now)
+        self.vict = []
+        want = EMBRYO_RESERVE if self._capacity >= 8 * EMBRYO_RESERVE else self._capacity >> 3
+        avail = self._capacity - len(self.conn_table)
+        if avail >= want:
+            return
+        need = min(want - avail, K.BATCH_MAX)
+        while len(self.vict) < need and self.embryo:
+            self.vict.append(self.embryo.popleft())
+
+    def _conn_reclaim(self, now):
+        # the table is full: the oldest entry still embryonic since its first packet goes
+        # if it has expired or drop_entry is on, else a few expired ones from the sweep
+        tries = 32
+        while self.embryo and tries > 0:
+            tries -= 1
+            i, _ = self.embryo[0]
+            c = self.conn_table.get(i)
+            if (not self.dropentry_on and c is not None and c.expires > now
+                    and c.state in (S_SYN_RECV, S_SYNACK)):
+                break
+            if self._embryo_evict(self.embryo.popleft(), now):
+                return True
+        self._conn_sweep(now, FULL_TABLE_SWEEP)
+        return bool(self.free)
+
+    def _conn_flush_nodest(self, dest):
+        # expire_nodest_conn: a deleted dest's entries end at once; a template goes with
+        # the last conn it controls
+        for i in range(self.used_end):
+            c = self.conn_table.get(i)
+            if c is None or c.dest != dest or (c.flags & CF_TEMPLATE and c.ctl > 0):
+                continue
+            t = 0 if c.flags & CF_TEMPLATE else c.ctl
+            self._conn_free(i)
+            if t != 0 and (t - 1) in self.conn_table and self.conn_table[t - 1].ctl == 0:
+                self._conn_free(t - 1)
+
     # -- services ------------------------------------------------------------------------------
     def _vip_intern(self, proto, addr, port):
         v = self.vip_index.get((proto, addr, port))
@@ -782,7 +978,7 @@ class Engine:
         return s if s is not None and s.in_use else None
 
     def set_service(self, svc_id, proto, vaddr, vport, persist_timeout=0, netmask=None,
-                    sched=0, sched_flags=0):
+                    sched=0, sched_flags=0, ops=False):
         """Add or edit service `svc_id` = proto vaddr:vport (see the extension's docstring)."""
         svc_id, vport = _c_int(svc_id), _c_int(vport)
         if svc_id < 1 or svc_id > K.MAX_SERVICES:
@@ -821,6 +1017,7 @@ class Engine:
         s.netmask = mask
         s.sched = sched
         s.sched_flags = sched_flags & 0xFF
+        s.flags = SVC_F_ONEPACKET if ops and p == 17 else 0
         if sched == K.SCHED_CALLBACK:
             s.table = None          # back to the Python scheduler: no stale table
         self.vips[v].svc = svc_id
@@ -923,6 +1120,8 @@ class Engine:
         if not d.in_use:
             return
         d.available = False
+        if self.sysctl["expire_nodest_conn"] and d.refcnt != 0:
+            self._conn_flush_nodest(dest_id)
         if d.refcnt == 0:
             self.dests[dest_id] = Dest()
         self._frag_addrs()
@@ -970,7 +1169,7 @@ class Engine:
     # -- the conn table ------------------------------------------------------------------------
     def _link(self, i, c):
         self.conn_table[i] = c
-        self.chains.setdefault(c.key(), []).insert(0, i)
+        self.chains.setdefault(c.key(), []).append(i)     # a chain runs oldest first
 
     def _unlink(self, i):
         c = self.conn_table.pop(i)
@@ -983,8 +1182,10 @@ class Engine:
     def _conn_alloc(self, now):
         """A free index, reclaiming expired entries first; None when the table is full."""
         if not self.free and self.used_end >= self._capacity:
-            self._conn_sweep(now, min(FULL_TABLE_SWEEP, self._capacity))
-            if not self.free:
+            if DEF_AUTO in (self.sysctl["drop_entry"], self.sysctl["drop_packet"],
+                            self.sysctl["secure_tcp"]):
+                self._defense_update()      # no free entry: engage now, not at the tick
+            if not self._conn_reclaim(now):
                 return None
         if self.free:
             return self.free.pop()
@@ -1088,6 +1289,9 @@ class Engine:
     def _conn_sweep_batch(self, now):
         # paced by frame time: the used part of the table once a second, at most
         # sweep_budget entries per batch; what is not paid for is owed to the next batch
+        self._defense_tick(now)
+        if self.dropentry_on:
+            self._embryo_reserve(now)
         if self.used_end == 0 or now <= self.sweep_clock:
             return
         dt = now - self.sweep_clock
@@ -1142,7 +1346,9 @@ class Engine:
         # ip_vs_check_template (expire_quiescent_template = 0): its dest must still be
         # linked; an unusable template stops matching and lives until its timer fires
         t = self.conn_table[ti]
-        if t.dest != 0 and self.dests[t.dest].available:
+        d = self.dests[t.dest]
+        if (t.dest != 0 and d.available
+                and not (self.sysctl["expire_quiescent_template"] and d.weight == 0)):
             return True
         t.flags |= CF_INVALID
         return False
@@ -1158,7 +1364,8 @@ class Engine:
         # the event, by priority rst > syn > fin > ack; no such flag closes
         event = (3 if flags & TH_RST else 0 if flags & TH_SYN else 1 if flags & TH_FIN
                  else 2 if flags & TH_ACK else None)
-        new = S_CLOSE if event is None else TCP_NEXT[table][event][c.state]
+        tables = TCP_NEXT_DOS if self.secure_tcp_on else TCP_NEXT
+        new = S_CLOSE if event is None else tables[table][event][c.state]
         if new != c.state and c.dest != 0:
             d = self.dests[c.dest]
             if not c.flags & CF_INACTIVE and new not in TCP_ACTIVE:
@@ -1398,6 +1605,11 @@ class Engine:
             self.neigh.learn(p.saddr, f.buf[f.data + 6:f.data + 12], self.learn_ifindex,
                              self._tick())
         self._forward_in(f, p, ci, now)
+        if p.proto == 6:
+            if c.state in (S_SYN_RECV, S_SYNACK) and self.embryo is not None:
+                self.embryo.append((ci, c.key()))
+        elif s.flags & SVC_F_ONEPACKET:
+            self._conn_free(ci)         # -o: the entry served this one datagram
 
     def _sched_hash(self, s, p):
         """The dest id the service's hash table gives this new flow, 0 = none."""
@@ -1441,6 +1653,10 @@ class Engine:
         # ip_vs_schedule: persistence template first, then the hash table, else park the
         # frame for the Python scheduler
         s = self.svcs[svc_id]
+        if self._defense_todrop():
+            # drop_packet: a share of new conns is refused while the table runs out
+            self._drop(f, "drop_packet")
+            return
         if s.persist_timeout != 0:
             ti = self._tmpl_lookup(self._persist_net(s, p), p.vip, p.proto, now)
             if ti is not None and self._template_usable(ti):
@@ -1460,7 +1676,7 @@ class Engine:
     def _park_follower(self, f, p, idx):
         # a later frame of a flow already parked in this batch waits behind it
         for j, pk in enumerate(self.parked):
-            if pk.leader < 0:
+            if pk.leader < 0 and not self.svcs[pk.svc].flags & SVC_F_ONEPACKET:
                 q = self.pkts[pk.frame]
                 if (q.sport, q.vip, q.proto, q.saddr) == (p.sport, p.vip, p.proto, p.saddr):
                     f.verdict = K.VERDICT_PENDING
@@ -1652,19 +1868,46 @@ class Engine:
         self._count("frag_out", nseg)
         return True
 
+    def _conn_reuse_expected(self, c):
+        # is_new_conn_expected (6.1): a SYN may open a new conn over an entry in TIME_WAIT
+        # or CLOSE, with bit 2 also FIN_WAIT without replies seen, unless a template rules it
+        if c.ctl != 0 or c.proto != 6:
+            return False
+        return (c.state in (S_TIME_WAIT, S_CLOSE)
+                or (self.sysctl["conn_reuse_mode"] & 2 and c.state == S_FIN_WAIT
+                    and c.flags & CF_NOOUTPUT))
+
+    def _conn_check_in(self, f, p, ci):
+        """ip_vs_in between lookup and transmit (6.1): 1 forward on the entry, 0 the entry
+        ended (schedule the packet afresh), -1 dropped."""
+        c = self.conn_table[ci]
+        d = self.dests[c.dest]
+        nodest = self.sysctl["expire_nodest_conn"]
+        if self.sysctl["conn_reuse_mode"] and p.proto == 6 and p.tcpflags & TH_SYN:
+            if (nodest and c.dest != 0 and d.weight == 0) or self._conn_reuse_expected(c):
+                self._conn_free(ci)
+                return 0
+        if c.dest != 0 and not d.available:
+            # the real server was deleted: dropped, the entry left to time out (or ended
+            # with expire_nodest_conn)
+            if nodest:
+                self._conn_free(ci)
+                return 0
+            self._drop(f, "dest_unavailable")
+            return -1
+        return 1
+
     # -- one frame, one batch --------------------------------------------------------------------
     def _handle(self, f, p, idx):
         now = f.ts
         if p.vip != 0:
             ci = self._lookup_in(p, now)
             if ci is not None:
-                c = self.conn_table[ci]
-                # conn_reuse_mode 1: a SYN for a conn in TIME_WAIT expires it, rescheduled
-                if (p.proto == 6 and c.state == S_TIME_WAIT
-                        and p.tcpflags & (TH_SYN | TH_RST | TH_ACK) == TH_SYN):
-                    self._conn_free(ci)
-                else:
+                r = self._conn_check_in(f, p, ci)
+                if r > 0:
                     self._forward_in(f, p, ci, now)
+                    return
+                if r < 0:
                     return
             if self.parked and self._park_follower(f, p, idx):
                 return
@@ -1672,8 +1915,10 @@ class Engine:
             if svc_id == 0:
                 self._pass(f, "no_service")
                 return
-            if p.proto == 6 and p.tcpflags & (TH_SYN | TH_RST) != TH_SYN:
-                # tcp_conn_schedule only schedules on a SYN without RST
+            if p.proto == 6 and (p.tcpflags & TH_RST
+                                 or not (p.tcpflags & TH_SYN or self.sysctl["sloppy_tcp"])):
+                # tcp_conn_schedule schedules on a SYN without RST (with sloppy_tcp, any
+                # packet without RST)
                 self._pass(f, "tcp_not_syn")
                 return
             self._new_flow(f, p, idx, svc_id, now)
