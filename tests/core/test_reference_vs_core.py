@@ -99,7 +99,8 @@ class Twin:
             except KeyError:
                 return "KeyError"
         return {"stats": eng.stats(), "conn_count": eng.conn_count(),
-                "frag": eng.frag_stats(),
+                "frag": eng.frag_stats(), "sysctls": eng.sysctls(),
+                "defense": eng.defense_state(), "memory": eng.memory_bytes(),
                 "timeouts": eng.get_timeouts(), "conns": eng.conns(now),
                 "svcs": [get(eng.service_stats, s) for s in SVC_IDS],
                 "dests": [(get(eng.dest_stats, d), get(eng.dest_counters, d))
@@ -815,6 +816,99 @@ def test_fragments_past_a_sources_share_of_blocks():
         t.run(_cut(big[0], _even(60008, 1480)[:-1], ipid=k), 1 * S)
     out = t.run(_cut(big[1], _even(60008, 1480), ipid=1), 2 * S)
     assert out[-1][0] == "tx" and t.core.stats()["frag_no_room"] > 0
+
+
+# -- IPVS sysctls, flood defences, deleted dests, -o --------------------------------------------
+
+def test_sysctls_alike():
+    t = twin("dr")
+    for name, value in [("conn_reuse_mode", 4), ("drop_entry", -1), ("am_droprate", 0),
+                        ("bogus", 1), ("amemthresh", 1 << 33)]:
+        with pytest.raises(ValueError):
+            t.set_sysctl(name, value)
+    for name, value in [("sloppy_tcp", 7), ("expire_nodest_conn", True), ("amemthresh", 0),
+                        ("drop_packet", 3), ("drop_packet", 0), ("conn_reuse_mode", 3)]:
+        t.set_sysctl(name, value)
+        t.check()
+
+
+@pytest.mark.parametrize("fwd", ["dr", "nat"])
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+@pytest.mark.parametrize("nodest", [0, 1])
+def test_conn_reuse_and_deleted_dests(fwd, mode, nodest):
+    """SYNs over entries in TIME_WAIT, CLOSE, FIN_WAIT and of a quiesced or deleted real
+    server, per conn_reuse_mode and expire_nodest_conn; sloppy_tcp picks up a mid-stream
+    ACK."""
+    t = twin(fwd)
+    t.set_sysctl("conn_reuse_mode", mode)
+    t.set_sysctl("expire_nodest_conn", nodest)
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    rport = 8080 if fwd == "nat" else 80
+    ports = range(1, 10)
+    t.run([P.tcp("S", sport=c) for c in ports], 1 * S)
+    closing = [P.tcp("FA", sport=1), P.tcp("A", sport=1), P.tcp("R", sport=2),
+               P.tcp("FA", sport=3)]
+    if fwd == "nat":
+        closing += [P.reply_tcp("FA", rs=P.RS[r], rport=rport, cport=1) for r in range(3)]
+    t.run(closing, 2 * S)
+    t.set_dest(2, 1, P.RS[1], rport, fwd, P.RS_MAC[1], ifindex=11, weight=0)
+    t.run([P.tcp("S", sport=c) for c in ports], 3 * S)
+    t.del_dest(3)
+    t.run([P.tcp("A", sport=c) for c in ports] + [P.tcp("S", sport=c) for c in ports], 4 * S)
+    t.set_sysctl("sloppy_tcp", 1)
+    t.run([P.tcp("A", sport=50 + c) for c in ports], 5 * S)
+    t.run_timers(200 * S)
+    t.check()
+
+
+def test_expire_quiescent_template():
+    t = twin("dr", persist=60, netmask=24)
+    t.set_sysctl("expire_quiescent_template", 1)
+    clients = ["198.51.100.%d" % i for i in range(1, 6)]
+    t.run([P.tcp("S", src=c, sport=1) for c in clients], 1 * S)
+    for d in (1, 2, 3):
+        t.set_dest(d, 1, P.RS[d - 1], 80, "dr", P.RS_MAC[d - 1], ifindex=9 + d, weight=0)
+    t.set_dest(1, 1, P.RS[0], 80, "dr", P.RS_MAC[0], ifindex=10, weight=1)
+    t.run([P.tcp("S", src=c, sport=2) for c in clients], 2 * S)
+
+
+def test_one_packet_scheduling():
+    """-o: each UDP datagram scheduled alone, no entry kept (TCP services ignore it)."""
+    t = twin("nat")
+    t.set_service(2, 17, P.VIP, 53, ops=True)
+    t.set_service(1, 6, P.VIP, 80, ops=True)
+    out = t.run([P.udp(sport=5), P.udp(sport=5), P.udp(sport=6), P.tcp("S", sport=5)], 1 * S)
+    assert sum(1 for v in out if v[0] == "tx") == 4
+    assert len(t.asked["core"][0][0]) == 4
+    t.set_service(2, 17, P.VIP, 53, persist_timeout=30, ops=True)
+    t.run([P.udp(sport=k) for k in range(8)], 2 * S)
+
+
+@pytest.mark.parametrize("defence", ["drop_entry", "drop_packet", "secure_tcp"])
+@pytest.mark.parametrize("level", [1, 3])
+@pytest.mark.parametrize("fwd", ["dr", "nat"])
+def test_flood_defences(defence, level, fwd):
+    """A SYN flood from many sources into a small table with a defence on (automatic or
+    always), real clients completing handshakes among it, seconds of frame time passing."""
+    t = twin(fwd, capacity=64)
+    t.set_sysctl("amemthresh", 40)
+    t.set_sysctl(defence, level)
+    t.set_sysctl("am_droprate", 4)
+    rport = 8080 if fwd == "nat" else 80
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    for sec in range(12):
+        frames = [P.tcp("S", src="10.%d.%d.%d" % (sec, k // 200, k % 200 + 1), sport=k + 1)
+                  for k in range(30)]
+        frames += [P.tcp("S", sport=1000 + sec)]
+        t.run(frames, (1 + sec) * S)
+        follow = [P.tcp("A", sport=1000 + sec)]
+        if fwd == "nat":
+            follow = [P.reply_tcp("SA", rs=P.RS[r], rport=rport, cport=1000 + sec)
+                      for r in range(3)] + follow
+        t.run(follow, (1 + sec) * S + S // 2)
+    t.run_timers(100 * S)
+    st = t.core.stats()
+    assert st["table_full"] + st["drop_entry"] + st["drop_packet"] > 0
 
 
 # -- the fuzzer's frames and random configuration changes ---------------------------------------

@@ -702,7 +702,7 @@ class Engine:
         self.dropentry_on = self.secure_tcp_on = False
         self.drop_rate = self.drop_counter = 0
         self.defense_clock = 0
-        self.embryo = None            # (index, key) of TCP entries opened embryonic, oldest
+        self.embryo = None            # (index, bucket) of TCP entries opened embryonic, oldest
         self.vict = []                # first; made when drop_entry is first set
         self.sysctl = {}
         for name, value in SYSCTL_DEFAULTS.items():
@@ -906,12 +906,23 @@ class Engine:
         if self.dropentry_on:
             self._dropentry_random(min(self.used_end >> 5, 1024))
 
+    def _conn_bucket(self, key):
+        # the extension's bucket of a (caddr, cport, proto) key: its chains are per bucket,
+        # and a drop_entry reference names an entry by index and bucket
+        caddr, cport, proto = key
+        x = ((caddr << 32) | (cport << 8) | proto) ^ self.seed
+        x = (x * 0x9E3779B97F4A7C15) & M64
+        x ^= x >> 29
+        x = (x * 0xBF58476D1CE4E5B9) & M64
+        return (x >> 32) & ((1 << self._bucket_bits) - 1)
+
     def _embryo_evict(self, ref, now):
-        # drop the entry `ref` names if it is still that embryonic entry; counted unless
-        # it had expired
-        i, key = ref
+        # drop the entry `ref` (index, bucket) names if it is still embryonic in that
+        # bucket (else it moved on, or was freed and reused elsewhere); counted unless it
+        # had expired
+        i, bucket = ref
         c = self.conn_table.get(i)
-        if c is None or not self._embryonic(c) or c.key() != key:
+        if c is None or not self._embryonic(c) or self._conn_bucket(c.key()) != bucket:
             return False
         if c.expires > now:
             self._count("drop_entry")
@@ -1607,7 +1618,7 @@ class Engine:
         self._forward_in(f, p, ci, now)
         if p.proto == 6:
             if c.state in (S_SYN_RECV, S_SYNACK) and self.embryo is not None:
-                self.embryo.append((ci, c.key()))
+                self.embryo.append((ci, self._conn_bucket(c.key())))
         elif s.flags & SVC_F_ONEPACKET:
             self._conn_free(ci)         # -o: the entry served this one datagram
 
