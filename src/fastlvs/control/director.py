@@ -489,7 +489,17 @@ class Director:
             self.engine.del_dest(did)
         self._engine_dests[sid] = present
         live = self._live.get(sid)
-        if live is None or live[0] is not svc or old_sched != (svc.sched_name, svc.flags):
+        if live is None:
+            # A service new to the engine, even one that arrives whole (a rules file, TOML,
+            # --vip/--rs, a reload): built as `ipvsadm -R` builds it in the kernel, the
+            # service first (init_service on an empty list), then each -a in turn, oldest
+            # first, each at the head of the list. wrr's first round depends on it.
+            sched = schedulers.create(svc.sched_name, [], flags=svc.flags)
+            for n in range(len(svc.dests) - 1, -1, -1):
+                sched.update(svc.dests[n:])
+            self._live[sid] = (svc, sched)
+        elif live[0] is not svc or old_sched != (svc.sched_name, svc.flags):
+            # ipvsadm -E with another scheduler: the kernel binds it to the whole list
             sched = schedulers.create(svc.sched_name, svc.dests, flags=svc.flags)
             self._live[sid] = (svc, sched)
         elif dests_changed:
