@@ -5,6 +5,9 @@ outputs, verdicts, counters, listings and errors. It is written to be read, not 
 tests run the control plane over it without a build and check the extension against it.
 One function per step (parse, lookup, state transition, one transmit function per method),
 so a change to the extension is mirrored here in one place. Standard library only.
+Where the extension draws random keys (the client-MAC table's sets, the conn buckets that
+drop_entry's ring names, the reassembly area's per-source shares, drop_entry's random picks)
+this draws its own: `neigh.key`, `seed` and `rnd`, which a test sets to the extension's.
 """
 from __future__ import annotations
 
@@ -371,7 +374,8 @@ class Neigh:
         return bool(self.flags & NF_KERNEL) or (tick - self.seen) & M32 < NEIGH_LEARNED_TICKS
 
     def put(self, ip, mac, ifindex, tick, flags):
-        self.ip, self.mac, self.ifindex, self.seen, self.flags = ip, bytes(mac), ifindex, tick, flags
+        self.ip, self.mac, self.ifindex = ip, bytes(mac), ifindex
+        self.seen, self.flags = tick, flags
 
 
 class NeighTable:
