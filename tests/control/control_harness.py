@@ -24,10 +24,11 @@ def nexthop(ip):
 
 
 class Daemon:
-    def __init__(self, path):
+    def __init__(self, path, capacity=4096):
         from fastlvs.engine._core import Engine
 
-        self.engine = Engine(capacity=4096, batch=64, local_ip=LOCAL_IP, local_mac=LOCAL_MAC)
+        self.engine = Engine(capacity=capacity, batch=64, local_ip=LOCAL_IP,
+                             local_mac=LOCAL_MAC)
         self.director = Director(self.engine, nexthop)
         self.server = ControlServer(self.director, str(path))
         self.path = str(path)
