@@ -34,7 +34,7 @@ _RECV = 1 << 16
 # and a client that does not read stops the listing instead of growing its queue.
 STREAM_TURN_SLOTS = 4096
 STREAM_TURN_SECONDS = 0.001
-STREAM_PIECE_SLOTS = 256
+STREAM_PIECE_SLOTS = 128
 STREAM_LOW_WATER = 1 << 20
 
 
