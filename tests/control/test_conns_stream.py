@@ -151,11 +151,13 @@ def test_requests_behind_a_listing_wait_for_it_in_order(served):
               + ctl.encode({"op": "command", "argv": ["-Ln", "--timeout"]}))
     s.setblocking(False)
     got = bytearray()
+    answered = 0
     for _ in range(TURNS):
-        srv.poll_once(0.05)
+        answered += srv.poll_once(0.05)
         _drain(s, got)
         if b'"Timeout' in got and got.endswith(b"\n"):
             break
+    assert answered == 2        # what the daemon's loop counts to resync after changes
     answers = _lines(got)
     assert answers[-2] == {"ok": True, "done": True}
     assert answers[-1]["result"].startswith("Timeout (tcp tcpfin udp): ")

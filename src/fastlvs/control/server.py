@@ -221,7 +221,7 @@ class ControlServer:
             if fd in self._conns:
                 self._write(conn)
             if fd in self._conns and conn.stream is not None:
-                self._advance(conn)
+                answered += self._advance(conn)
         return answered
 
     @property
@@ -359,19 +359,22 @@ class ControlServer:
                 | (select.EPOLLOUT if conn.wbuf or conn.stream else 0))
         self._ep.modify(conn.sock.fileno(), want)
 
-    def _advance(self, conn: _Conn) -> None:
+    def _advance(self, conn: _Conn) -> int:
         # One slice of a listing, when its client has taken most of the last one: the turn's
         # budget is shared by the listings in progress, so each gets a share every turn.
+        # Returns the number of requests answered that waited behind the listing.
+        answered = 0
         if len(conn.wbuf) >= STREAM_LOW_WATER:
-            return
+            return 0
         share = max(1, sum(1 for c in self._conns.values() if c.stream is not None))
         data, finished = conn.stream.advance(max(STREAM_PIECE_SLOTS, STREAM_TURN_SLOTS // share),
                                              STREAM_TURN_SECONDS / share)
         conn.wbuf += data
         if finished:
             conn.stream = None
-            self._lines(conn)            # requests that came behind the listing
+            answered = self._lines(conn)     # requests that came behind the listing
         self._write(conn)
+        return answered
 
     def _drop(self, conn: _Conn) -> None:
         conn.stream = None
