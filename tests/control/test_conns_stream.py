@@ -225,3 +225,25 @@ def test_admin_prints_the_streamed_listing(tmp_path):
         assert d.ok("-L", "-c", "--persistent-conn").splitlines()[2:] == want.splitlines()[2:]
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_a_listing_that_fails_midway_ends_with_an_error_answer(chunked):
+    from fastlvs.control.server import _ConnStream
+
+    def pieces():
+        yield "IPVS connection entries\n"
+        yield 'a line with "quotes"\n'
+        raise RuntimeError("engine gone")
+
+    stream, out = _ConnStream(pieces(), chunked), b""
+    for _ in range(10):
+        data, finished = stream.advance(server_mod.STREAM_TURN_SLOTS, 1.0)
+        out += data
+        if finished:
+            break
+    answers = _lines(bytearray(out))
+    assert answers[-1]["ok"] is False and "engine gone" in answers[-1]["error"]
+    assert answers[-1]["code"] == ctl.EXIT_LIST
+    text = "".join(a.get("chunk", "") for a in answers) if chunked else answers[0]["result"]
+    assert text == 'IPVS connection entries\na line with "quotes"\n'
