@@ -108,7 +108,10 @@ def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
             return ctl.EXIT_SYNTAX
         args["stdin"] = text
     try:
-        answer = ctl.call("command", path, **args)
+        if cmd.name == "list" and cmd.connection:
+            answer = _stream(path, args, stdout)
+        else:
+            answer = ctl.call("command", path, **args)
     except ctl.Unreachable as e:
         print(f"{PROG}: {e}", file=stderr)
         return ctl.EXIT_SYNTAX
@@ -119,6 +122,16 @@ def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
         print(line, file=stderr)
     code = answer.get("code")
     return code if isinstance(code, int) and 0 < code < 256 else ctl.EXIT_REFUSED
+
+
+def _stream(path, args, stdout) -> dict:
+    # -Lc can be a million lines: print each chunk as it comes, keep none of it
+    with ctl.Client(path) as client:
+        for answer in client.stream("command", **args):
+            if "chunk" in answer:
+                stdout.write(answer["chunk"])
+                stdout.flush()
+    return answer
 
 
 def _counters(path, stdout, stderr) -> int:
