@@ -134,32 +134,32 @@ def _stream(path, args, stdout) -> dict:
     return answer
 
 
-def _counters(path, stdout, stderr) -> int:
+def _ask(op, path, stderr, **args):
+    """The daemon's result for `op`, or the exit status after printing why there is none."""
     try:
-        answer = ctl.call("counters", path)
+        answer = ctl.call(op, path, **args)
     except ctl.Unreachable as e:
         print(f"{PROG}: {e}", file=stderr)
-        return ctl.EXIT_SYNTAX
+        return None, ctl.EXIT_SYNTAX
     if not answer["ok"]:
         print(answer.get("error", "unknown error"), file=stderr)
-        return ctl.EXIT_REFUSED
-    stdout.write(json.dumps(answer["result"], indent=2, sort_keys=True) + "\n")
-    return ctl.EXIT_OK
+        return None, ctl.EXIT_REFUSED
+    return answer, ctl.EXIT_OK
+
+
+def _counters(path, stdout, stderr) -> int:
+    answer, status = _ask("counters", path, stderr)
+    if answer is not None:
+        stdout.write(json.dumps(answer["result"], indent=2, sort_keys=True) + "\n")
+    return status
 
 
 def _sysctl(path, values, stdout, stderr) -> int:
     # Set `values` (already checked here) or, without any, list every sysctl.
-    try:
-        answer = ctl.call("sysctl", path, **({"set": values} if values else {}))
-    except ctl.Unreachable as e:
-        print(f"{PROG}: {e}", file=stderr)
-        return ctl.EXIT_SYNTAX
-    if not answer["ok"]:
-        print(answer.get("error", "unknown error"), file=stderr)
-        return ctl.EXIT_REFUSED
-    if not values:
+    answer, status = _ask("sysctl", path, stderr, **({"set": values} if values else {}))
+    if answer is not None and not values:
         stdout.write(sysctl.format_values(answer["result"]))
-    return ctl.EXIT_OK
+    return status
 
 
 __all__ = ["USAGE", "main"]
