@@ -108,7 +108,10 @@ def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
             return ctl.EXIT_SYNTAX
         args["stdin"] = text
     try:
-        answer = ctl.call("command", path, **args)
+        if cmd.name == "list" and cmd.connection:
+            answer = _stream(path, args, stdout)
+        else:
+            answer = ctl.call("command", path, **args)
     except ctl.Unreachable as e:
         print(f"{PROG}: {e}", file=stderr)
         return ctl.EXIT_SYNTAX
@@ -121,32 +124,42 @@ def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
     return code if isinstance(code, int) and 0 < code < 256 else ctl.EXIT_REFUSED
 
 
-def _counters(path, stdout, stderr) -> int:
+def _stream(path, args, stdout) -> dict:
+    # -Lc can be a million lines: print each chunk as it comes, keep none of it
+    with ctl.Client(path) as client:
+        for answer in client.stream("command", **args):
+            if "chunk" in answer:
+                stdout.write(answer["chunk"])
+                stdout.flush()
+    return answer
+
+
+def _ask(op, path, stderr, **args):
+    """The daemon's result for `op`, or the exit status after printing why there is none."""
     try:
-        answer = ctl.call("counters", path)
+        answer = ctl.call(op, path, **args)
     except ctl.Unreachable as e:
         print(f"{PROG}: {e}", file=stderr)
-        return ctl.EXIT_SYNTAX
+        return None, ctl.EXIT_SYNTAX
     if not answer["ok"]:
         print(answer.get("error", "unknown error"), file=stderr)
-        return ctl.EXIT_REFUSED
-    stdout.write(json.dumps(answer["result"], indent=2, sort_keys=True) + "\n")
-    return ctl.EXIT_OK
+        return None, ctl.EXIT_REFUSED
+    return answer, ctl.EXIT_OK
+
+
+def _counters(path, stdout, stderr) -> int:
+    answer, status = _ask("counters", path, stderr)
+    if answer is not None:
+        stdout.write(json.dumps(answer["result"], indent=2, sort_keys=True) + "\n")
+    return status
 
 
 def _sysctl(path, values, stdout, stderr) -> int:
     # Set `values` (already checked here) or, without any, list every sysctl.
-    try:
-        answer = ctl.call("sysctl", path, **({"set": values} if values else {}))
-    except ctl.Unreachable as e:
-        print(f"{PROG}: {e}", file=stderr)
-        return ctl.EXIT_SYNTAX
-    if not answer["ok"]:
-        print(answer.get("error", "unknown error"), file=stderr)
-        return ctl.EXIT_REFUSED
-    if not values:
+    answer, status = _ask("sysctl", path, stderr, **({"set": values} if values else {}))
+    if answer is not None and not values:
         stdout.write(sysctl.format_values(answer["result"]))
-    return ctl.EXIT_OK
+    return status
 
 
 __all__ = ["USAGE", "main"]

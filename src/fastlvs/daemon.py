@@ -343,7 +343,9 @@ class Daemon:
     def _pass(self) -> None:
         self._watchdog.feed(time.monotonic())
         try:
-            self.director.poll(self.ports.list(), stay_ms=POLL_MS)
+            # while a listing streams, come back for its next slice after 1 ms, not 10
+            stay = 1 if getattr(self.control, "streaming", False) else POLL_MS
+            self.director.poll(self.ports.list(), stay_ms=stay)
         except Exception as e:          # a scheduler error: the batch was dropped and counted
             log.error("scheduler error, batch dropped: %s", e)
         if self.control.handle_ready():

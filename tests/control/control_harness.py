@@ -43,9 +43,10 @@ def engine_class(kind: str):
 
 
 class Daemon:
-    def __init__(self, path, engine_kind="core"):
+    def __init__(self, path, engine_kind="core", capacity=4096):
         Engine = engine_class(engine_kind)
-        self.engine = Engine(capacity=4096, batch=64, local_ip=LOCAL_IP, local_mac=LOCAL_MAC)
+        self.engine = Engine(capacity=capacity, batch=64, local_ip=LOCAL_IP,
+                             local_mac=LOCAL_MAC)
         self.director = Director(self.engine, nexthop)
         self.server = ControlServer(self.director, str(path))
         self.path = str(path)

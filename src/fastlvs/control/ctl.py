@@ -6,6 +6,13 @@ on one line; the answer is one line, `{"ok": true, "result": ...}` or
 `{"ok": false, "error": "<one line, ipvsadm's wording>", "code": <exit status>}` (with
 `"errors": [...]` when one request failed in several places, e.g. -R). A connection may carry
 any number of requests; answers come back in request order.
+
+Streaming form: a "command" request with `"stream": true` may be answered in several lines,
+`{"ok": true, "chunk": "<text>"}` any number of times (the text to print, in order), ended
+by `{"ok": true, "done": true}`, or by an error answer when it failed midway (the chunks
+before it stand). The daemon answers a connection listing (-Lc) so, made and sent a slice at
+a time; any other request, and any request without "stream", gets the one-line answer.
+Without "stream" a connection listing is still one line, written as it is made.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ MAX_LINE = 1 << 20            # bytes in one request line, newline excluded
 # The ops the server knows, with the arguments each takes:
 #   command  argv: [str, ...]  (one ipvsadm command line), stdin: str (-R's rules text)
 #            -> result: str, exactly what ipvsadm would print on stdout ("" for a change)
+#            stream: true (optional): the answer may come in the streaming form
 #   counters -> result: Director.counters() (JSON object)
 #   reload   -> result: what the daemon's reload hook returns (a one-line summary)
 #   ping     -> result: {"pid": int, "version": str}
@@ -71,6 +79,16 @@ def ok(result=None) -> dict:
     return {"ok": True, "result": result}
 
 
+def chunk(text: str) -> dict:
+    """A piece of a streamed answer: text to print after the pieces before it."""
+    return {"ok": True, "chunk": text}
+
+
+def done() -> dict:
+    """The end of a streamed answer that succeeded."""
+    return {"ok": True, "done": True}
+
+
 def error(message: str, code: int = EXIT_REFUSED, errors: list[str] | None = None) -> dict:
     """A failure answer. `message` is flattened to one line; `errors` lists every failure
     when there were several (the first is also `message`)."""
@@ -94,6 +112,8 @@ def check_request(obj: dict) -> tuple[str, dict]:
             raise ProtocolError('"command" needs "argv": a list of strings')
         if "stdin" in args and not isinstance(args["stdin"], str):
             raise ProtocolError('"stdin" must be a string')
+        if "stream" in args and not isinstance(args["stream"], bool):
+            raise ProtocolError('"stream" must be true or false')
     if op == "sysctl" and "set" in args:
         values = args["set"]
         if not isinstance(values, dict) or not all(
@@ -133,23 +153,52 @@ class Client:
 
     def call(self, op: str, **args) -> dict:
         """Send `{"op": op, **args}` and return the daemon's answer."""
+        self._send(op, args)
+        return self._answer()
+
+    def stream(self, op: str, **args):
+        """Send `{"op": op, "stream": true, **args}` and yield the answer's lines as they
+        come: the chunks (`{"ok": true, "chunk": text}`), then the last one (done, an error,
+        or the one-line answer of a request the daemon does not stream)."""
+        self._send(op, {**args, "stream": True})
+        while True:
+            answer = self._answer()
+            yield answer
+            if "chunk" not in answer or not answer["ok"]:
+                return
+
+    def _send(self, op: str, args: dict) -> None:
         try:
-            try:
-                self._sock.sendall(encode({"op": op, **args}))
-            except BrokenPipeError:
-                pass     # a refused peer is answered and dropped at once: read the answer
-            while b"\n" not in self._buf:
+            self._sock.sendall(encode({"op": op, **args}))
+        except BrokenPipeError:
+            pass         # a refused peer is answered and dropped at once: read the answer
+        except socket.timeout:
+            raise Unreachable(self.path, "no answer (timed out)") from None
+        except OSError as e:
+            raise Unreachable(self.path, e.strerror or str(e)) from None
+
+    def _answer(self) -> dict:
+        buf = self._buf
+        try:
+            # look for the newline in what came last only: an answer may be megabytes long
+            nl = buf.find(b"\n")
+            parts = [buf]
+            while nl < 0:
                 chunk = self._sock.recv(1 << 16)
                 if not chunk:
                     raise Unreachable(self.path, "the daemon closed the connection")
-                self._buf += chunk
+                parts.append(chunk)
+                nl = chunk.find(b"\n")
+                if nl >= 0:
+                    nl += sum(map(len, parts)) - len(chunk)
+            buf = b"".join(parts)
         except socket.timeout:
             raise Unreachable(self.path, "no answer (timed out)") from None
         except Unreachable:
             raise
         except OSError as e:
             raise Unreachable(self.path, e.strerror or str(e)) from None
-        line, _, self._buf = self._buf.partition(b"\n")
+        line, self._buf = buf[:nl], buf[nl + 1:]
         try:
             answer = decode(line)
         except ProtocolError as e:
@@ -176,4 +225,4 @@ def call(op: str, path: str | None = None, timeout: float | None = 30.0, **args)
 
 __all__ = ["Client", "DEFAULT_SOCKET", "EXIT_LIST", "EXIT_OK", "EXIT_REFUSED", "EXIT_SYNTAX",
            "MAX_LINE", "OPS", "ProtocolError", "SOCKET_ENV", "Unreachable", "call",
-           "check_request", "decode", "encode", "error", "ok", "socket_path"]
+           "check_request", "chunk", "decode", "done", "encode", "error", "ok", "socket_path"]

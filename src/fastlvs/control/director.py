@@ -14,7 +14,7 @@ import os
 from typing import Callable
 
 from fastlvs import schedulers
-from fastlvs.control.listing import ConnEntry, format_conns, format_list
+from fastlvs.control.listing import conn_header, conn_lines, format_list
 from fastlvs.control.model import (RATE_FIELDS, STAT_FIELDS, ControlError, FwdMethod, Service,
                            NoRoute, ServiceKey, ServiceTable, addrport)
 from fastlvs.control.ipvsadm import Command, apply_command, describe
@@ -35,6 +35,8 @@ _EST_ROUND = (0x1FF, 0x1FF, 0x1FF, 0xF, 0xF)        # ip_vs_read_estimator's rou
 _EST_SCALE = (10, 10, 10, 5, 5)
 
 NextHop = Callable[[str], "tuple[bytes | str, int]"]
+
+CONN_SLICE = 512        # engine slots behind one piece of iter_conns(): a fraction of a ms
 
 
 def describe_noroute(cmd: Command, err: NoRoute) -> str:
@@ -329,12 +331,30 @@ class Director:
 
     def list_conns(self, numeric: bool = True, persistent_conn: bool = False) -> str:
         """`ipvsadm -Lc [--persistent-conn]` text of the engine's connection entries (no
-        entry has a persistence engine, so --persistent-conn only changes the title)."""
-        entries = [ConnEntry(c["proto"] if not c["template"] or c["vport"] else "IP",
-                             c["caddr"], c["cport"], c["vaddr"], c["vport"], c["raddr"],
-                             c["rport"], c["state"], c["expires"])
-                   for c in self.engine.conns()]
-        return format_conns(entries, numeric=numeric, persistent_conn=persistent_conn)
+        entry has a persistence engine, so --persistent-conn only changes the title), made
+        in one go: the control socket streams iter_conns() instead."""
+        del numeric                      # numbers either way, as listing.format_conns
+        return "".join(self.iter_conns(persistent_conn))
+
+    def iter_conns(self, persistent_conn: bool = False, slice_size: int = CONN_SLICE):
+        """`ipvsadm -Lc [--persistent-conn]` text in pieces, made as they are asked for: the
+        title, then the lines of each `slice_size` engine slots (Engine.conns_slice; a
+        piece may be "" where the table is sparse). The caller may forward packets and
+        change the table between two pieces: an entry that lives through the whole walk
+        is listed exactly once, one made or expired meanwhile may or may not be.
+
+        Entries come in the engine's slot order, not sorted. ipvsadm prints what the
+        kernel's /proc/net/ip_vs_conn gives, in the order given, and the kernel walks its
+        connection hash table bucket by bucket: its order is no more sorted than ours."""
+        engine = self.engine             # a walk stays on the engine it started on
+        yield conn_header(persistent_conn)
+        cursor = 0
+        while cursor is not None:
+            part, cursor = engine.conns_slice(cursor, slice_size)
+            yield conn_lines([(c["proto"] if not c["template"] or c["vport"] else "IP",
+                               c["caddr"], c["cport"], c["vaddr"], c["vport"], c["raddr"],
+                               c["rport"], c["state"], c["expires"]) for c in part],
+                             persistent_conn)
 
     def counters(self) -> dict:
         """Everything countable as one JSON-ready dict: the engine's global counters, per

@@ -290,33 +290,60 @@ class ConnEntry(NamedTuple):
 
 def format_conns(conns: Iterable, numeric: bool = True, persistent_conn: bool = False) -> str:
     """What `ipvsadm -L -c -n [--persistent-conn]` prints for `conns` (ConnEntry records
-    or objects with the same attributes), in the order given.
+    or objects with the same attributes), in the order given: conn_header(), then
+    conn_lines() of the entries as conn_row() puts them.
 
     Addresses and ports are numbers whatever `numeric` says (no DNS look-ups, same columns).
     """
     del numeric
-    out = ["IPVS connection entries\n"]
+    return conn_header(persistent_conn) + conn_lines(map(conn_row, conns), persistent_conn)
+
+
+def conn_header(persistent_conn: bool = False) -> str:
+    """The title lines of the connection listing; what it prints for no entries."""
     if persistent_conn:
-        out.append(f"pro expire {'state':<11} {'source':<18} {'virtual':<18} "
-                   f"{'destination':<18} {'pe name':<16} pe_data\n")
-    else:
-        out.append(f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination\n")
-    for c in conns:
-        proto = c.protocol.label if isinstance(c.protocol, Proto) else str(c.protocol).upper()
-        minutes, seconds = divmod(int(c.expires), 60)
+        return ("IPVS connection entries\n"
+                f"pro expire {'state':<11} {'source':<18} {'virtual':<18} "
+                f"{'destination':<18} {'pe name':<16} pe_data\n")
+    return ("IPVS connection entries\n"
+            f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination\n")
+
+
+def conn_row(c) -> tuple:
+    """A ConnEntry (or an object with its attributes) as the row conn_lines() prints: the
+    protocol as its label, every address in canonical text."""
+    proto = c.protocol.label if isinstance(c.protocol, Proto) else str(c.protocol).upper()
+    return (proto, str(ipaddress.ip_address(c.caddr)), c.cport,
+            str(ipaddress.ip_address(c.vaddr)), c.vport, str(ipaddress.ip_address(c.daddr)),
+            c.dport, c.state, int(c.expires), getattr(c, "pe_name", None),
+            getattr(c, "pe_data", None))
+
+
+def conn_lines(rows: Iterable, persistent_conn: bool = False) -> str:
+    """The entry lines of the connection listing, without the title, in the order given: a
+    listing made in slices is conn_header() followed by the conn_lines() of each slice.
+
+    A row is a tuple (protocol label, caddr, cport, vaddr, vport, daddr, dport, state,
+    expires seconds[, pe_name, pe_data]) with the addresses in canonical text, as the
+    engine gives them (conn_row() makes one of a ConnEntry). Tuples and no re-parsing of
+    addresses because a million entries go through here: this loop is the listing's cost.
+    """
+    out = []
+    for row in rows:
+        proto, caddr, cport, vaddr, vport, daddr, dport, state, expires = row[:9]
+        minutes, seconds = divmod(expires, 60)
         expire = f"{minutes:02d}:{seconds:02d}"
-        src = addrport(str(ipaddress.ip_address(c.caddr)), c.cport)
-        virt = addrport(str(ipaddress.ip_address(c.vaddr)), c.vport)
-        dst = addrport(str(ipaddress.ip_address(c.daddr)), c.dport)
-        pe_name = getattr(c, "pe_name", None)
-        if persistent_conn and pe_name:
-            out.append(f"{proto:<3} {expire:<6} {c.state:<11} {src:<18} {virt:<18} {dst:<16} "
-                       f"{pe_name:<18} {getattr(c, 'pe_data', None) or ''}\n")
+        src = addrport(caddr, cport)
+        virt = addrport(vaddr, vport)
+        dst = addrport(daddr, dport)
+        if persistent_conn and len(row) > 9 and row[9]:
+            out.append(f"{proto:<3} {expire:<6} {state:<11} {src:<18} {virt:<18} {dst:<16} "
+                       f"{row[9]:<18} {row[10] or ''}\n")
         else:
-            out.append(f"{proto:<3} {expire:<6} {c.state:<11} {src:<18} {virt:<18} {dst}\n")
+            out.append(f"{proto:<3} {expire:<6} {state:<11} {src:<18} {virt:<18} {dst}\n")
     return "".join(out)
 
 
-__all__ = ["ConnEntry", "DEFAULT_CONN_TABLE_SIZE", "IPVS_VERSION", "format_conns",
-           "format_list", "format_timeout", "sched_flags_text", "sorted_dests",
-           "sorted_services"]
+__all__ = ["ConnEntry", "DEFAULT_CONN_TABLE_SIZE", "IPVS_VERSION", "conn_header", "conn_lines",
+           "conn_row", "format_conns", "format_list", "format_timeout", "sched_flags_text",
+           "sorted_dests", "sorted_services"]

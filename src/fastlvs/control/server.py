@@ -12,7 +12,8 @@ import select
 import socket
 import stat
 import struct
-from typing import Callable
+import time
+from typing import Callable, Iterator
 
 from fastlvs import __version__
 from fastlvs.control import ctl
@@ -28,6 +29,14 @@ log = logging.getLogger("fastlvs.control")
 
 MAX_PENDING_OUTPUT = 64 << 20   # answers queued for a client that does not read them
 _RECV = 1 << 16
+# A -Lc listing is made a slice per loop turn (_ConnStream): at most this many engine slots
+# and about this long per turn, shared by every listing in progress, and only while less
+# than STREAM_LOW_WATER bytes wait for the client, so forwarding goes on between two slices
+# and a client that does not read stops the listing instead of growing its queue.
+STREAM_TURN_SLOTS = 4096
+STREAM_TURN_SECONDS = 0.001
+STREAM_PIECE_SLOTS = 128
+STREAM_LOW_WATER = 1 << 20
 
 
 class CommandFailed(Exception):
@@ -102,7 +111,7 @@ def run_command(director, argv: list[str], stdin: str | None = None) -> str:
 
 
 class _Conn:
-    __slots__ = ("sock", "rbuf", "wbuf", "closing", "eof", "skipping", "uid")
+    __slots__ = ("sock", "rbuf", "wbuf", "closing", "eof", "skipping", "uid", "stream")
 
     def __init__(self, sock: socket.socket, uid: int):
         self.sock = sock
@@ -112,6 +121,7 @@ class _Conn:
         self.eof = False         # the client has shut down its sending side
         self.skipping = False    # inside a line already refused as too long
         self.uid = uid
+        self.stream = None       # a _ConnStream being answered; later requests wait for it
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -211,7 +221,15 @@ class ControlServer:
                 answered += self._read(conn)
             if fd in self._conns:
                 self._write(conn)
+            if fd in self._conns and conn.stream is not None:
+                answered += self._advance(conn)
         return answered
+
+    @property
+    def streaming(self) -> bool:
+        """True while a connection listing is being answered (the loop may then come
+        back sooner: each turn adds one slice)."""
+        return any(c.stream is not None for c in self._conns.values())
 
     def close(self) -> None:
         """Disconnect every client, stop listening and remove the socket file."""
@@ -273,7 +291,11 @@ class ControlServer:
         if conn.closing:
             return 0                     # a client we are hanging up on: ignore the rest
         conn.rbuf += data
-        while not conn.closing:
+        return self._lines(conn)
+
+    def _lines(self, conn: _Conn) -> int:
+        answered = 0
+        while not conn.closing and conn.stream is None:
             nl = conn.rbuf.find(b"\n")
             if conn.skipping:
                 # The rest of an over-long line: discard up to its newline, then resume.
@@ -296,7 +318,7 @@ class ControlServer:
             line = bytes(conn.rbuf[:nl])
             del conn.rbuf[:nl + 1]
             answered += self._answer(conn, line)
-        if conn.eof:
+        if conn.eof and conn.stream is None:
             if conn.rbuf.strip() and not conn.closing and not conn.skipping:
                 answered += self._answer(conn, bytes(conn.rbuf))   # last line without "\n"
             conn.rbuf.clear()
@@ -306,6 +328,10 @@ class ControlServer:
     def _answer(self, conn: _Conn, line: bytes) -> int:
         if not line.strip():
             return 0
+        stream = _ConnStream.of(self.director, line)
+        if stream is not None:
+            conn.stream = stream         # answered a slice per turn by _advance
+            return 1
         answer = self.handle_request(line)
         conn.wbuf += ctl.encode(answer)
         if len(conn.wbuf) > MAX_PENDING_OUTPUT:
@@ -324,14 +350,35 @@ class ControlServer:
                 self._drop(conn)
                 return
             del conn.wbuf[:n]
-        if not conn.wbuf and conn.closing:
+        if not conn.wbuf and conn.closing and conn.stream is None:
             self._drop(conn)
             return
         # After the client's EOF, EPOLLIN would fire for ever: wait for writability only.
-        want = (0 if conn.eof else select.EPOLLIN) | (select.EPOLLOUT if conn.wbuf else 0)
+        # During a listing, its next slice waits for writability and later requests wait in
+        # the socket, unread.
+        want = ((0 if conn.eof or conn.stream else select.EPOLLIN)
+                | (select.EPOLLOUT if conn.wbuf or conn.stream else 0))
         self._ep.modify(conn.sock.fileno(), want)
 
+    def _advance(self, conn: _Conn) -> int:
+        # One slice of a listing, when its client has taken most of the last one: the turn's
+        # budget is shared by the listings in progress, so each gets a share every turn.
+        # Returns the number of requests answered that waited behind the listing.
+        answered = 0
+        if len(conn.wbuf) >= STREAM_LOW_WATER:
+            return 0
+        share = max(1, sum(1 for c in self._conns.values() if c.stream is not None))
+        data, finished = conn.stream.advance(max(STREAM_PIECE_SLOTS, STREAM_TURN_SLOTS // share),
+                                             STREAM_TURN_SECONDS / share)
+        conn.wbuf += data
+        if finished:
+            conn.stream = None
+            answered = self._lines(conn)     # requests that came behind the listing
+        self._write(conn)
+        return answered
+
     def _drop(self, conn: _Conn) -> None:
+        conn.stream = None
         fd = conn.sock.fileno()
         if self._conns.pop(fd, None) is not None:
             self._ep.unregister(fd)
@@ -375,6 +422,75 @@ class ControlServer:
             log.exception("control socket: %s request failed", op)
             return ctl.error(f"internal error: {type(e).__name__}: {e}", ctl.EXIT_LIST)
         return ctl.error(f"unknown op {op!r}", ctl.EXIT_SYNTAX)   # pragma: no cover
+
+
+class _ConnStream:
+    """One `-Lc` answer in the making (Director.iter_conns), a slice per loop turn.
+
+    A request with `"stream": true` is answered in the streaming form of ctl (chunk lines,
+    then a done line); any other gets the one answer line of old clients, written as it is
+    made: `{"result":"` then the JSON-escaped text slice by slice, then `","ok":true}`. An
+    error midway ends either with ok false and the error (the text so far stays with
+    the client, who is told it is incomplete).
+    """
+
+    __slots__ = ("pieces", "chunked", "started")
+
+    def __init__(self, pieces: Iterator[str], chunked: bool):
+        self.pieces = pieces
+        self.chunked = chunked
+        self.started = False
+
+    @classmethod
+    def of(cls, director, line: bytes) -> "_ConnStream | None":
+        """The stream answering `line` if it is a well-formed -Lc command, else None (the
+        request then takes the usual path, which also answers what is wrong with it)."""
+        try:
+            op, args = ctl.check_request(ctl.decode(line))
+            if op != "command":
+                return None
+            cmd = parse_command(args["argv"])
+        except (ctl.ProtocolError, CommandError):
+            return None
+        if cmd.name != "list" or not cmd.connection:
+            return None
+        return cls(director.iter_conns(persistent_conn=cmd.persistent_conn,
+                                       slice_size=STREAM_PIECE_SLOTS),
+                   args.get("stream") is True)
+
+    def advance(self, slots: int, seconds: float) -> tuple[bytes, bool]:
+        """(wire bytes, finished) for up to `slots` engine slots or about `seconds`."""
+        text = []
+        finished = False
+        error = None
+        deadline = time.monotonic() + seconds
+        try:
+            for _ in range(max(1, slots // STREAM_PIECE_SLOTS) + (0 if self.started else 1)):
+                text.append(next(self.pieces))
+                if time.monotonic() >= deadline:
+                    break
+        except StopIteration:
+            finished = True
+        except Exception as e:           # a bug must not take the daemon down
+            log.exception("control socket: connection listing failed")
+            finished = True
+            error = f"internal error: {type(e).__name__}: {e} (the listing is incomplete)"
+        body = "".join(text)
+        out = []
+        if self.chunked:
+            if body:
+                out.append(ctl.encode(ctl.chunk(body)))
+            if finished:
+                out.append(ctl.encode(ctl.error(error, ctl.EXIT_LIST) if error else ctl.done()))
+        else:
+            if not self.started:
+                out.append(b'{"result":"')
+            out.append(ctl.encode(body)[1:-2])     # the string's JSON escape, no quotes
+            if finished:
+                tail = ctl.error(error, ctl.EXIT_LIST) if error else {"ok": True}
+                out.append(b'",' + ctl.encode(tail)[1:])   # joined to the open object
+        self.started = True
+        return b"".join(out), finished
 
 
 __all__ = ["CommandFailed", "ControlServer", "run_command"]

@@ -39,7 +39,9 @@ def _proto_num(proto):
 
 
 def _ip_text(uint32_t v):
-    return str(_ipaddress.IPv4Address(v))
+    # dotted quad from the integer: the connection listing makes three per entry, and
+    # going through ipaddress cost more than everything else in it
+    return f"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}"
 
 
 cdef class Engine:
@@ -864,14 +866,41 @@ cdef class Engine:
 
     def conns(self, now_ns=None):
         """Entries for ipvsadm -Lnc: dicts with proto, state, expires (s), caddr, cport,
-        vaddr, vport, raddr, rport, template. Entries already expired are left out."""
+        vaddr, vport, raddr, rport, template. Entries already expired are left out.
+        All of them at once: conns_slice() walks the table a bounded part at a time."""
+        return self.conns_slice(0, None, now_ns)[0]
+
+    def conns_slice(self, start=0, limit=None, now_ns=None):
+        """One slice of the connection listing: (entries, next_start).
+
+        Inspects the entry slots start .. start+limit-1 of the part of the table ever
+        handed out (limit=None: to its end) and returns the live entries among them, as
+        conns() describes them, with the slot to start the next slice at, or None once the
+        walk has reached the end. So the C work and the Python objects made per call are
+        bounded by `limit` (a slice of a sparse table may hold few or no entries).
+
+        Entries keep their slot for their whole life: a walk in slices lists each entry
+        that lives through the walk exactly once, and one made or freed meanwhile may or
+        may not appear, as with a read of the kernel's /proc/net/ip_vs_conn. The order is
+        slot order, not sorted (the kernel's is its hash-chain order, not sorted either).
+        """
         cdef uint64_t now = self.st.now if now_ns is None else now_ns
-        cdef uint32_t i
+        cdef uint32_t i, first, end
         cdef fl_conn *c
         cdef fl_vip *v
         cdef fl_dest *d
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        end = self.st.used_end
+        if start >= end:
+            return [], None
+        first = start
+        if limit is not None and limit < end - first:
+            end = first + limit
         out = []
-        for i in range(self.st.used_end):
+        for i in range(first, end):
             c = &self.st.conns[i]
             if c.vip == 0 or c.expires <= now and not (c.flags & CF_TEMPLATE and c.ctl):
                 continue
@@ -890,4 +919,4 @@ cdef class Engine:
                         "vaddr": _ip_text(v.addr[3]), "vport": v.port,
                         "raddr": _ip_text(d.raddr[3]), "rport": d.rport,
                         "template": tmpl, "fwd": _FWD_TEXT.get(c.fwd, "")})
-        return out
+        return out, (end if end < self.st.used_end else None)
