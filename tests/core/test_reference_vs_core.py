@@ -911,6 +911,22 @@ def test_flood_defences(defence, level, fwd):
     assert st["table_full"] + st["drop_entry"] + st["drop_packet"] > 0
 
 
+def test_conns_in_slices():
+    """The listing walked in slices (sparse after expiries and frees) and its errors."""
+    t = twin("nat", capacity=64, persist=30, netmask=24)
+    t.run([P.tcp("S", src="198.51.100.%d" % (k % 7 + 1), sport=k) for k in range(40)], 1 * S)
+    t.run([P.tcp("R", src="198.51.100.%d" % (k % 7 + 1), sport=k) for k in range(0, 40, 3)],
+          2 * S)
+    t.run_timers(20 * S)
+    for limit in (None, 1, 5, 64, 1000):
+        for start in (0, 3, 39, 40, 200):
+            t.conns_slice(start, limit)
+            t.conns_slice(start, limit, 25 * S)
+    for bad in ((-1, None), (0, 0), (0, -4)):
+        with pytest.raises(ValueError):
+            t.conns_slice(*bad)
+
+
 # -- the fuzzer's frames and random configuration changes ---------------------------------------
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

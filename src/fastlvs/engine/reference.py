@@ -2162,10 +2162,27 @@ class Engine:
     def conns(self, now_ns=None):
         """Entries for ipvsadm -Lnc, in table order; entries already expired are left out
         (a template still controlling conns is kept)."""
+        return self.conns_slice(0, None, now_ns)[0]
+
+    def conns_slice(self, start=0, limit=None, now_ns=None):
+        """(entries, next_start): the live entries among slots start .. start+limit-1 of
+        the part of the table ever handed out (limit=None: to its end), as conns()
+        describes them; next_start is None once the walk reached the end."""
         now = self.now if now_ns is None else now_ns
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        end = self.used_end
+        if start >= end:
+            return [], None
+        if limit is not None and limit < end - start:
+            end = start + limit
         out = []
-        for i in sorted(self.conn_table):
-            c = self.conn_table[i]
+        for i in range(start, end):
+            c = self.conn_table.get(i)
+            if c is None:
+                continue
             tmpl = bool(c.flags & CF_TEMPLATE)
             if c.expires <= now and not (tmpl and c.ctl):
                 continue
@@ -2183,4 +2200,4 @@ class Engine:
                         "vaddr": _ip_text(v.addr), "vport": v.port,
                         "raddr": _ip_text(d.raddr), "rport": d.rport,
                         "template": tmpl, "fwd": _FWD_TEXT.get(c.fwd, "")})
-        return out
+        return out, (end if end < self.used_end else None)
