@@ -3,7 +3,9 @@
 times; every answer (verdicts, output bytes and interfaces, errors), and after each step the
 global counters, per-service and per-dest stats, dest counters and the conn listing must be
 identical. The packet cases of packets.py, whole connections per forwarding method, NAT
-replies, persistence, hash schedulers, timeouts, batches, and the fuzzer's frames."""
+replies, persistence, hash schedulers, timeouts, batches, TTL, partial checksums, the
+client-MAC table (the reference is given the extension's hsiphash key, so both place clients
+in the same sets), and the fuzzer's frames."""
 from __future__ import annotations
 
 import random
@@ -12,6 +14,7 @@ import struct
 import pytest
 
 import fastlvs.engine._core as core
+import fastlvs.engine._testing as testing
 from fastlvs.engine import reference
 from tests.core import packets as P
 from tests.core.helpers import S, checksums_ok
@@ -19,6 +22,14 @@ from tests.fuzz import fuzz_engine
 
 DEST_IDS = range(0, 70)          # past the 64 dest slots allocated at start
 SVC_IDS = range(0, 6)
+
+
+def same_keys(c, r):
+    """The reference gets the extension's random keys: the same client-MAC table sets, the
+    same per-source shares of the reassembly area, the same drop_entry picks."""
+    r.neigh.key = testing.neigh_key(c)
+    r.seed = testing.engine_seed(c)
+    r.rnd = testing.engine_rnd(c)
 
 
 def _call(fn, args, kw):
@@ -38,6 +49,7 @@ class Twin:
     def __init__(self, **kw):
         self.core = core.Engine(**kw)
         self.ref = reference.Engine(**kw)
+        same_keys(self.core, self.ref)
         self.sent = 0
 
     def __getattr__(self, name):
@@ -87,6 +99,8 @@ class Twin:
             except KeyError:
                 return "KeyError"
         return {"stats": eng.stats(), "conn_count": eng.conn_count(),
+                "frag": eng.frag_stats(), "sysctls": eng.sysctls(),
+                "defense": eng.defense_state(), "memory": eng.memory_bytes(),
                 "timeouts": eng.get_timeouts(), "conns": eng.conns(now),
                 "svcs": [get(eng.service_stats, s) for s in SVC_IDS],
                 "dests": [(get(eng.dest_stats, d), get(eng.dest_counters, d))
@@ -459,6 +473,460 @@ def test_deleted_dest_and_service_live_on():
     t.run([P.tcp("S", sport=99, dst="203.0.113.11")], 10_001 * S)
 
 
+# -- TTL, partial checksums, the client-MAC table ----------------------------------------------
+
+def _set_ttl(frame: bytes, ttl: int, l2=14) -> bytes:
+    """The frame with its IP TTL set and its IP header checksum made right again."""
+    b = bytearray(frame)
+    b[l2 + 8] = ttl
+    ihl = (b[l2] & 0xF) * 4
+    b[l2 + 10:l2 + 12] = b"\0\0"
+    s = sum(int.from_bytes(b[l2 + i:l2 + i + 2], "big") for i in range(0, ihl, 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    b[l2 + 10:l2 + 12] = (~s & 0xFFFF).to_bytes(2, "big")
+    return bytes(b)
+
+
+def _icmp_type(frame: bytes):
+    ip = 14
+    return frame[ip + 20] if frame[ip + 9] == 1 else None
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+@pytest.mark.parametrize("ttl", [0, 1, 2, 64])
+def test_ttl(fwd, ttl):
+    """Requests (a new flow's first packet, a known conn's, one longer than the quote, one
+    VLAN-tagged) and NAT replies at TTL 0, 1, 2, 64: decremented and forwarded, or answered
+    with time exceeded (from the VIP, or the director's address for a reply)."""
+    t = twin(fwd)
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    reqs = [_set_ttl(P.tcp("S", sport=1), ttl), _set_ttl(P.udp(sport=1), ttl),
+            _set_ttl(P.tcp("PA", sport=1, payload=b"L" * 1200), ttl),
+            _set_ttl(P.udp(sport=2, payload=b"u" * 700), ttl),
+            _set_ttl(P.tcp("S", sport=3, vlan=7), ttl, l2=18)]
+    out = t.run(reqs, 1 * S)
+    out += t.run([_set_ttl(P.tcp("S", sport=4), 64)], 2 * S)
+    replies = [_set_ttl(reply(f, c, rs=r), ttl) for c in (1, 4) for r in range(3)
+               for f in ("SA", "A")]
+    replies += [_set_ttl(P.reply_udp(rs=P.RS[r], cport=c), ttl) for c in (1, 2)
+                for r in range(3)]
+    out += t.run(replies, 3 * S)
+    sent = [v[3] for v in out if v[0] == "tx"]
+    assert sent and all(checksums_ok(f) for f in sent)
+    untagged = [f for f in sent if f[12:14] == b"\x08\x00"]
+    if ttl <= 1:
+        assert any(_icmp_type(f) == 11 for f in untagged)
+        assert t.core.stats()["ttl_exceeded"] > 0
+    else:
+        # (the flow opened at TTL 64 is forwarded at 63)
+        assert all(f[22] in (ttl - 1, 63) or f[14 + 9] == 4 for f in untagged)
+        assert any(f[22] == ttl - 1 for f in untagged)
+
+
+def test_ttl_expired_reply_without_a_local_address():
+    t = Twin(capacity=64, local_ip="", local_mac=P.LOCAL_MAC)
+    same_keys(t.core, t.ref)
+    topology(t, "nat")
+    t.set_callback(round_robin)
+    t.run([P.tcp("S", sport=1), P.tcp("S", sport=2)], 1 * S)
+    out = t.run([_set_ttl(reply("SA", c, rs=r), 1) for c in (1, 2) for r in range(3)], 2 * S)
+    assert any(v[:2] == ("drop", "ttl_exceeded") for v in out)
+
+
+def _partial(frame: bytes, l2=14) -> bytes:
+    """The frame as a sender with checksum offload hands it over: the L4 checksum field
+    holds the pseudo-header sum, folded, not complemented."""
+    b = bytearray(frame)
+    ip = b[l2:]
+    ihl = (ip[0] & 0xF) * 4
+    proto = ip[9]
+    if proto == 17:
+        l4len = int.from_bytes(ip[ihl + 4:ihl + 6], "big")
+    else:
+        l4len = int.from_bytes(ip[2:4], "big") - ihl
+    ps = sum(int.from_bytes(ip[i:i + 2], "big") for i in range(12, 20, 2)) + proto + l4len
+    while ps >> 16:
+        ps = (ps & 0xFFFF) + (ps >> 16)
+    off = l2 + ihl + (16 if proto == 6 else 6)
+    b[off:off + 2] = ps.to_bytes(2, "big")
+    return bytes(b)
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+def test_partial_checksums(fwd):
+    """Requests and NAT replies with partial checksums (TCP, UDP, odd lengths, a VLAN tag),
+    beside complete ones and a UDP datagram without a checksum."""
+    t = twin(fwd)
+    frames = [_partial(P.tcp("S", sport=1, payload=b"x" * 1001)),
+              _partial(P.udp(sport=1, payload=b"q" * 333)),
+              _partial(P.tcp("S", sport=2, payload=b"v" * 64, vlan=12), l2=18),
+              P.tcp("S", sport=3, payload=b"c" * 10), P.udp(sport=3, zero_csum=True),
+              _partial(P.udp(sport=4, payload=b""))]
+    out = t.run(frames, 1 * S)
+    out += t.run([_partial(reply("SA", c, rs=r, payload=b"r" * 77)) for c in (1, 2, 3)
+                  for r in range(3)]
+                 + [_partial(P.reply_udp(rs=P.RS[r], cport=c)) for c in (1, 4) for r in range(3)],
+                 2 * S)
+    sent = [v[3] for v in out if v[0] == "tx"]
+    assert sent and all(checksums_ok(f) for f in sent)
+    assert t.core.stats()["csum_completed"] >= 4
+
+
+@pytest.mark.parametrize("capacity", [1, 64, 65, 1000, 4096])
+def test_neighbor_slots(capacity):
+    t = Twin(capacity=capacity)
+    assert t.core.neighbor_slots == t.ref.neighbor_slots
+
+
+def _client_mac(k: int) -> str:
+    return "02:00:00:%02x:%02x:%02x" % (k >> 16 & 0xFF, k >> 8 & 0xFF, k & 0xFF)
+
+
+def _ask_and_reply(t: Twin, clients, mac_of, ts, cport=7):
+    """Each client opens a UDP flow from its MAC, then every RS answers it: where the
+    replies went shows what the client-MAC table holds."""
+    t.run([_from_mac(P.udp(sport=cport, src=c), mac_of(c)) for c in clients], ts)
+    return t.run([P.reply_udp(rs=P.RS[r], cport=cport, client=c)
+                  for c in clients for r in range(3)], ts)
+
+
+def _client(k: int) -> str:
+    return "198.51.%d.%d" % (100 + k // 250, 1 + k % 250)
+
+
+def test_many_clients_beyond_the_table():
+    """320 clients through a 64-slot table in rounds (sets overflow, the oldest learned
+    entries make room), then each client again from a new MAC: those still known keep
+    their first MAC; kernel entries fill sets and are never pushed out by learning."""
+    t = twin("nat", capacity=64)
+    t.set_learn_ifindex(7)
+    t.set_timeouts(udp=5)
+    clients = [_client(k) for k in range(320)]
+    first = {c: _client_mac(k) for k, c in enumerate(clients)}
+    second = {c: _client_mac(k + 0x10000) for k, c in enumerate(clients)}
+    for r in range(8):
+        _ask_and_reply(t, clients[r * 40:(r + 1) * 40], first.get, (1 + r * 10) * S)
+    for r in range(8):
+        out = _ask_and_reply(t, clients[r * 40:(r + 1) * 40], second.get, (100 + r * 10) * S)
+        assert [v for v in out if v[0] == "tx"]
+    for k in range(0, 200, 3):
+        t.set_neighbor(clients[k], _client_mac(k + 0x20000), 9)
+    for k in range(0, 60, 9):
+        t.set_neighbor(clients[k], None)
+    for r in range(8):
+        _ask_and_reply(t, clients[r * 40:(r + 1) * 40], first.get, (200 + r * 10) * S)
+    # past the learned entries' age: all learned again, kernel entries stay
+    for r in range(8):
+        _ask_and_reply(t, clients[r * 40:(r + 1) * 40], second.get, (1300 + r * 10) * S)
+    assert t.core.neighbor_slots == 64
+
+
+def test_learned_entries_age_unless_used():
+    """A learned entry used by a reply within ~900 s lives on; one left alone ages out and
+    the client's next conn teaches its new MAC."""
+    t = twin("nat")
+    t.set_learn_ifindex(7)
+    t.set_timeouts(udp=2000)
+    a, b = "198.51.100.1", "198.51.100.2"
+    t.run([_from_mac(P.udp(sport=1, src=c), _client_mac(i)) for i, c in enumerate((a, b))],
+          1 * S)
+    t.run([P.reply_udp(rs=P.RS[r], cport=1, client=a) for r in range(3)], 800 * S)
+    t.run([_from_mac(P.udp(sport=2, src=c), _client_mac(9 + i)) for i, c in enumerate((a, b))],
+          1000 * S)
+    out = t.run([P.reply_udp(rs=P.RS[r], cport=2, client=c) for c in (a, b)
+                 for r in range(3)], 1001 * S)
+    macs = {v[3][:6] for v in out if v[0] == "tx"}
+    assert len(macs) == 2
+
+
+def test_off_link_clients_with_subnets():
+    """With the learning interface's subnets set, replies to clients outside them go to the
+    gateway MAC (even with a neighbour entry) and their frames teach nothing."""
+    t = twin("nat")
+    t.set_learn_ifindex(7)
+    with pytest.raises(ValueError):
+        t.set_client_subnets(["10.%d.0.0/16" % i for i in range(17)])
+    with pytest.raises(ValueError):
+        t.set_client_subnets(["198.51.100.0/33"])
+    t.set_client_subnets(["198.51.100.0/24", "192.0.2.128/25"])
+    on = ["198.51.100.%d" % i for i in range(1, 6)] + ["192.0.2.200"]
+    off = ["100.64.0.%d" % i for i in range(1, 6)] + ["192.0.2.100"]
+    t.set_neighbor(off[0], "02:00:00:00:0e:01", 4)
+    t.set_neighbor(on[0], "02:00:00:00:0e:02", 4)
+    mac = {c: _client_mac(k) for k, c in enumerate(on + off)}
+    out = _ask_and_reply(t, on + off, mac.get, 1 * S)
+    gw = bytes.fromhex(P.GW_MAC.replace(":", ""))
+    sent = [v for v in out if v[0] == "tx"]
+    assert sum(1 for v in sent if v[3][:6] == gw) == len(off)
+    t.set_client_subnets([])
+    _ask_and_reply(t, on + off, mac.get, 2 * S, cport=8)
+
+
+def test_gateway_change():
+    """Entries learned from frames that came through the gateway follow its new MAC (and
+    interface); entries learned from clients and kernel entries stay."""
+    t = twin("nat")
+    t.set_learn_ifindex(7)
+    clients = ["198.51.100.%d" % i for i in range(1, 9)]
+    via_gw = set(clients[::2])
+    t.set_neighbor(clients[1], P.GW_MAC, 5)              # a kernel entry with that MAC too
+    mac = {c: (P.GW_MAC if c in via_gw else _client_mac(k)) for k, c in enumerate(clients)}
+    _ask_and_reply(t, clients, mac.get, 1 * S)
+    t.set_gateway_mac("02:00:00:00:00:fd", 6)
+    out = _ask_and_reply(t, clients, mac.get, 2 * S, cport=8)
+    new_gw = bytes.fromhex("0200000000fd")
+    assert sum(1 for v in out if v[0] == "tx" and v[3][:6] == new_gw) == len(via_gw)
+    t.set_gateway_mac(None)
+    t.set_gateway_mac(P.GW_MAC, 2)                      # from none: nothing to follow
+    _ask_and_reply(t, clients, mac.get, 3 * S, cport=9)
+    t.set_gateway_mac(P.GW_MAC, 3)                      # the same MAC: nothing to follow
+    _ask_and_reply(t, clients, mac.get, 4 * S, cport=10)
+
+
+# -- fragments ----------------------------------------------------------------------------------
+
+def _cut(frame: bytes, pieces, ipid=1, l2=14, options=b""):
+    """Fragments of `frame`'s IP packet: one per (start, end) range of its payload, in the
+    order given (overlaps, gaps and odd sizes as asked), with IP id `ipid`."""
+    ihl = (frame[l2] & 0xF) * 4
+    payload = frame[l2 + ihl:l2 + int.from_bytes(frame[l2 + 2:l2 + 4], "big")]
+    hdr = bytearray(frame[l2:l2 + 20])
+    out = []
+    for a, e in pieces:
+        h = bytearray(hdr) + options
+        h[0] = 0x40 | len(h) // 4
+        h[2:4] = (len(h) + e - a).to_bytes(2, "big")
+        h[4:6] = ipid.to_bytes(2, "big")
+        h[6:8] = ((a >> 3) | (0x2000 if e < len(payload) else 0)
+                  | (0x4000 if hdr[6] & 0x40 else 0)).to_bytes(2, "big")
+        out.append(_set_ttl(frame[:l2] + bytes(h) + payload[a:e], h[8], l2))
+    return out
+
+
+def _joined(pieces, l2=14) -> bytes:
+    """The packet that `pieces` (fragments, each with a good IP checksum) were cut from."""
+    body = bytearray()
+    for x in pieces:
+        h = x[l2:l2 + 20]
+        assert _set_ttl(x, x[l2 + 8], l2) == x           # the IP checksum is right
+        a = (int.from_bytes(h[6:8], "big") & 0x1FFF) * 8
+        n = int.from_bytes(h[2:4], "big") - 20
+        body[a:a + n] = x[l2 + 20:l2 + 20 + n]
+    h = bytearray(pieces[0][l2:l2 + 20])
+    h[2:4] = (20 + len(body)).to_bytes(2, "big")
+    h[6:8] = (int.from_bytes(h[6:8], "big") & 0x4000).to_bytes(2, "big")
+    return _set_ttl(pieces[0][:l2] + bytes(h) + bytes(body), h[8], l2)
+
+
+def _even(n: int, size: int):
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+def test_fragmented_requests(fwd):
+    """Datagrams to the VIP in fragments: in order, reversed, spread over batches, with a
+    duplicate, an overlap, the last first, too many pieces, a bad size, options, a TTL of 1,
+    a VLAN tag; beside fragments that are not ours (another address, another protocol)."""
+    t = twin(fwd, mtu=900 if fwd == "tun" else 1500)
+    big_udp = P.udp(sport=1, payload=b"U" * 2992)           # 3000 bytes of UDP
+    big_tcp = P.tcp("S", sport=2, payload=b"T" * 2980)      # 3000 bytes of TCP
+    frames = _cut(big_udp, _even(3000, 1480), ipid=1)
+    frames += _cut(big_tcp, _even(3000, 800)[::-1], ipid=2)
+    frames += _cut(P.udp(sport=3, payload=b"d" * 1992), [(0, 1000), (1000, 2000), (0, 1000)],
+                   ipid=3)
+    frames += _cut(P.udp(sport=4, payload=b"o" * 1992), [(0, 1000), (992, 2000)], ipid=4)
+    frames += _cut(P.udp(sport=5, payload=b"l" * 1992), [(1000, 2000), (0, 1000)], ipid=5)
+    frames += _cut(P.udp(sport=6, payload=b"m" * 792), _even(800, 8), ipid=6)
+    frames += _cut(P.udp(sport=7, payload=b"b" * 992), [(0, 500), (500, 1000)], ipid=7)
+    frames += _cut(P.udp(sport=8, payload=b"p" * 992), [(0, 496), (496, 1000)], ipid=8,
+                   options=b"\x01\x01\x01\x00")
+    frames += _cut(_set_ttl(P.udp(sport=9, payload=b"t" * 1192), 1), _even(1200, 400),
+                   ipid=9)
+    frames += _cut(P.udp(sport=10, payload=b"v" * 1592, vlan=5), _even(1600, 600), ipid=10,
+                   l2=18)
+    frames += _cut(P.udp(sport=11, dst="203.0.113.99", payload=b"x" * 992), _even(1000, 504),
+                   ipid=11)
+    frames += _cut(P.tcp("S", sport=12, payload=b"s" * 980), _even(1000, 504), ipid=12)[:1]
+    out = t.run(frames[:23], 1 * S)
+    out += t.run(frames[23:], 2 * S)
+    out += t.run(_cut(big_udp, _even(3000, 1000), ipid=20)[:2], 3 * S)
+    out += t.run(_cut(big_udp, _even(3000, 1000), ipid=20)[2:], 4 * S)
+    sent = [v for v in out if v[0] == "tx"]
+    for v in sent:
+        pieces = v[3] if isinstance(v[3], list) else [v[3]]
+        l2 = 18 if pieces[0][12:14] == b"\x81\x00" else 14
+        assert checksums_ok(_joined(pieces, l2))
+    assert any(isinstance(v[3], list) and len(v[3]) > 1 for v in sent)
+    st = t.core.stats()
+    assert st["frag_reasm"] >= 5 and st["frag_bad"] >= 2 and st["frag_held"] > 0
+
+
+def test_fragmented_nat_replies():
+    t = twin("nat")
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    t.run([P.udp(sport=k) for k in range(1, 4)], 1 * S)
+    frames = []
+    for k in range(1, 4):
+        for r in range(3):
+            rep = P.reply_udp(rs=P.RS[r], cport=k, payload=b"R" * 2500)
+            frames += _cut(rep, _even(2508, 1200), ipid=100 + 3 * k + r)
+    out = t.run(frames, 2 * S)
+    assert any(v[0] == "tx" and isinstance(v[3], list) and len(v[3]) == 3 for v in out)
+
+
+def test_fragments_out_of_room_and_time():
+    """The smallest area: per-source shares and the queue limit fill, incomplete datagrams
+    expire after ipfrag_time (by later frames' time and by run_timers)."""
+    t = Twin(capacity=256, local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC, frag_mem=64 << 10)
+    topology(t, "dr")
+    t.set_callback(round_robin)
+    clients = ["198.51.100.%d" % i for i in range(1, 41)]
+    # one source past its share of the queues (a quarter of them), then of the blocks
+    t.run([_cut(P.udp(sport=1, src=clients[0], payload=b"q" * 2992), [(0, 1000)],
+                ipid=900 + k)[0] for k in range(6)], S // 2)
+    t.run(_cut(P.udp(sport=1, src=clients[1], payload=b"w" * 60000), _even(60008, 1480)[:-1],
+               ipid=1), S // 2)
+    for r in range(3):
+        frames = []
+        for k, c in enumerate(clients):
+            for d in range(3):
+                frames += _cut(P.udp(sport=k + 1, src=c, payload=b"z" * 2992),
+                               [(0, 1000), (2000, 3000)], ipid=r * 10 + d)
+        t.run(frames[:200], (1 + r * 12) * S)
+        t.run(frames[200:], (2 + r * 12) * S)
+    t.run(_cut(P.udp(sport=1, src=clients[0], payload=b"z" * 2992), [(1000, 2000)],
+               ipid=0), 20 * S)
+    t.run_timers(100 * S)
+    t.run(_cut(P.udp(sport=1, src=clients[0], payload=b"z" * 2992), _even(3000, 1000),
+               ipid=0), 101 * S)
+    assert t.core.stats()["frag_no_room"] > 0 and t.core.stats()["frag_timeout"] > 0
+    with pytest.raises(ValueError):
+        Twin(frag_mem=1000)
+
+
+def test_fragments_past_a_sources_share_of_blocks():
+    """1 MiB of blocks, a quarter of them a source's share: the fifth 60 KB datagram of one
+    client finds no room, another client's does."""
+    t = Twin(capacity=256, local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC, frag_mem=1 << 20)
+    topology(t, "dr")
+    t.set_callback(round_robin)
+    big = [P.udp(sport=1, src=c, payload=b"w" * 60000) for c in (P.CLIENT, "198.51.100.99")]
+    for k in range(6):
+        t.run(_cut(big[0], _even(60008, 1480)[:-1], ipid=k), 1 * S)
+    out = t.run(_cut(big[1], _even(60008, 1480), ipid=1), 2 * S)
+    assert out[-1][0] == "tx" and t.core.stats()["frag_no_room"] > 0
+
+
+# -- IPVS sysctls, flood defences, deleted dests, -o --------------------------------------------
+
+def test_sysctls_alike():
+    t = twin("dr")
+    for name, value in [("conn_reuse_mode", 4), ("drop_entry", -1), ("am_droprate", 0),
+                        ("bogus", 1), ("amemthresh", 1 << 33)]:
+        with pytest.raises(ValueError):
+            t.set_sysctl(name, value)
+    for name, value in [("sloppy_tcp", 7), ("expire_nodest_conn", True), ("amemthresh", 0),
+                        ("drop_packet", 3), ("drop_packet", 0), ("conn_reuse_mode", 3)]:
+        t.set_sysctl(name, value)
+        t.check()
+
+
+@pytest.mark.parametrize("fwd", ["dr", "nat"])
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+@pytest.mark.parametrize("nodest", [0, 1])
+def test_conn_reuse_and_deleted_dests(fwd, mode, nodest):
+    """SYNs over entries in TIME_WAIT, CLOSE, FIN_WAIT and of a quiesced or deleted real
+    server, per conn_reuse_mode and expire_nodest_conn; sloppy_tcp picks up a mid-stream
+    ACK."""
+    t = twin(fwd)
+    t.set_sysctl("conn_reuse_mode", mode)
+    t.set_sysctl("expire_nodest_conn", nodest)
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    rport = 8080 if fwd == "nat" else 80
+    ports = range(1, 10)
+    t.run([P.tcp("S", sport=c) for c in ports], 1 * S)
+    closing = [P.tcp("FA", sport=1), P.tcp("A", sport=1), P.tcp("R", sport=2),
+               P.tcp("FA", sport=3)]
+    if fwd == "nat":
+        closing += [P.reply_tcp("FA", rs=P.RS[r], rport=rport, cport=1) for r in range(3)]
+    t.run(closing, 2 * S)
+    t.set_dest(2, 1, P.RS[1], rport, fwd, P.RS_MAC[1], ifindex=11, weight=0)
+    t.run([P.tcp("S", sport=c) for c in ports], 3 * S)
+    t.del_dest(3)
+    t.run([P.tcp("A", sport=c) for c in ports] + [P.tcp("S", sport=c) for c in ports], 4 * S)
+    t.set_sysctl("sloppy_tcp", 1)
+    t.run([P.tcp("A", sport=50 + c) for c in ports], 5 * S)
+    t.run_timers(200 * S)
+    t.check()
+
+
+def test_expire_quiescent_template():
+    t = twin("dr", persist=60, netmask=24)
+    t.set_sysctl("expire_quiescent_template", 1)
+    clients = ["198.51.100.%d" % i for i in range(1, 6)]
+    t.run([P.tcp("S", src=c, sport=1) for c in clients], 1 * S)
+    for d in (1, 2, 3):
+        t.set_dest(d, 1, P.RS[d - 1], 80, "dr", P.RS_MAC[d - 1], ifindex=9 + d, weight=0)
+    t.set_dest(1, 1, P.RS[0], 80, "dr", P.RS_MAC[0], ifindex=10, weight=1)
+    t.run([P.tcp("S", src=c, sport=2) for c in clients], 2 * S)
+
+
+def test_one_packet_scheduling():
+    """-o: each UDP datagram scheduled alone, no entry kept (TCP services ignore it)."""
+    t = twin("nat")
+    t.set_service(2, 17, P.VIP, 53, ops=True)
+    t.set_service(1, 6, P.VIP, 80, ops=True)
+    out = t.run([P.udp(sport=5), P.udp(sport=5), P.udp(sport=6), P.tcp("S", sport=5)], 1 * S)
+    assert sum(1 for v in out if v[0] == "tx") == 4
+    assert len(t.asked["core"][0][0]) == 4
+    t.set_service(2, 17, P.VIP, 53, persist_timeout=30, ops=True)
+    t.run([P.udp(sport=k) for k in range(8)], 2 * S)
+
+
+@pytest.mark.parametrize("defence", ["drop_entry", "drop_packet", "secure_tcp"])
+@pytest.mark.parametrize("level", [1, 3])
+@pytest.mark.parametrize("fwd", ["dr", "nat"])
+def test_flood_defences(defence, level, fwd):
+    """A SYN flood from many sources into a small table with a defence on (automatic or
+    always), real clients completing handshakes among it, seconds of frame time passing."""
+    t = twin(fwd, capacity=64)
+    t.set_sysctl("amemthresh", 40)
+    t.set_sysctl(defence, level)
+    t.set_sysctl("am_droprate", 4)
+    rport = 8080 if fwd == "nat" else 80
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    for sec in range(12):
+        frames = [P.tcp("S", src="10.%d.%d.%d" % (sec, k // 200, k % 200 + 1), sport=k + 1)
+                  for k in range(30)]
+        frames += [P.tcp("S", sport=1000 + sec)]
+        t.run(frames, (1 + sec) * S)
+        follow = [P.tcp("A", sport=1000 + sec)]
+        if fwd == "nat":
+            follow = [P.reply_tcp("SA", rs=P.RS[r], rport=rport, cport=1000 + sec)
+                      for r in range(3)] + follow
+        t.run(follow, (1 + sec) * S + S // 2)
+    t.run_timers(100 * S)
+    st = t.core.stats()
+    assert st["table_full"] + st["drop_entry"] + st["drop_packet"] > 0
+
+
+def test_conns_in_slices():
+    """The listing walked in slices (sparse after expiries and frees) and its errors."""
+    t = twin("nat", capacity=64, persist=30, netmask=24)
+    t.run([P.tcp("S", src="198.51.100.%d" % (k % 7 + 1), sport=k) for k in range(40)], 1 * S)
+    t.run([P.tcp("R", src="198.51.100.%d" % (k % 7 + 1), sport=k) for k in range(0, 40, 3)],
+          2 * S)
+    t.run_timers(20 * S)
+    for limit in (None, 1, 5, 64, 1000):
+        for start in (0, 3, 39, 40, 200):
+            t.conns_slice(start, limit)
+            t.conns_slice(start, limit, 25 * S)
+    for bad in ((-1, None), (0, 0), (0, -4)):
+        with pytest.raises(ValueError):
+            t.conns_slice(*bad)
+
+
 # -- the fuzzer's frames and random configuration changes ---------------------------------------
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -468,6 +936,7 @@ def test_fuzz_frames(seed):
     b = fuzz_engine.make_engine(engine_cls=reference.Engine)
     t = Twin.__new__(Twin)
     t.core, t.ref, t.sent = a, b, 0
+    same_keys(a, b)
     pool = fuzz_engine.seeds(rng)
     ts = S
     for _ in range(40):

@@ -5,8 +5,9 @@
 engine benchmarks' loop, and beside it the bare baseline loop they are measured against);
 `PassThrough` is the bare forwarder the ring tests poll in place of an Engine, `transmit`
 injects frames into a port's TX ring; `py_hash_32` and `py_hsiphash_u32` expose the C hashes
-to the differential tests. It reaches the engine through the C side that _core.pxd declares,
-and compiles the same dataplane fragments (csum.pxi, hash.pxi) the engine is built from.
+to the differential tests, `neigh_key`, `engine_seed` and `engine_rnd` the keys of its
+tables. It reaches the engine through the C side that _core.pxd declares, and compiles the
+same dataplane fragments (csum.pxi, hash.pxi) the engine is built from.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
@@ -32,6 +33,23 @@ def py_hash_32(uint32_t val, unsigned int bits):
 def py_hsiphash_u32(uint32_t val, uint64_t k0, uint64_t k1):
     """hsiphash of the native u32 `val` with key (k0, k1), computed in C (64-bit kernel)."""
     return hsiphash_1u32(val, k0, k1)
+
+
+def neigh_key(Engine engine):
+    """(k0, k1): the random hsiphash key that places clients in `engine`'s client-MAC table,
+    for a reference engine that is to choose the same sets."""
+    return (engine.st.neigh_k0, engine.st.neigh_k1)
+
+
+def engine_seed(Engine engine):
+    """The random seed of `engine`'s keyed hashes (conn chains, reassembly shares), for a
+    reference engine that is to count fragments against the same per-source shares."""
+    return engine.st.seed
+
+
+def engine_rnd(Engine engine):
+    """The state of `engine`'s xorshift generator (drop_entry's random picks)."""
+    return engine.st.rnd
 
 
 cdef void baseline_touch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:

@@ -5,11 +5,16 @@ outputs, verdicts, counters, listings and errors. It is written to be read, not 
 tests run the control plane over it without a build and check the extension against it.
 One function per step (parse, lookup, state transition, one transmit function per method),
 so a change to the extension is mirrored here in one place. Standard library only.
+Where the extension draws random keys (the client-MAC table's sets, the conn buckets that
+drop_entry's ring names, the reassembly area's per-source shares, drop_entry's random picks)
+this draws its own: `neigh.key`, `seed` and `rnd`, which a test sets to the extension's.
 """
 from __future__ import annotations
 
+import collections
 import ipaddress
 import operator
+import os
 import time
 
 from fastlvs.engine import contract as K
@@ -18,11 +23,37 @@ from fastlvs.engine import contract as K
 ENTRY_SIZE = 48                    # bytes per conn entry in the extension (entry_size)
 SLOT_HEADROOM = 128                # bytes writable in front of a frame (TUN, ICMP grow there)
 SLOT_DATA = 9216 + 64              # longest frame a slot holds; longer ones parse as empty
-NEIGH_SIZE = 4096                  # the open-addressed client-MAC table
-NEIGH_LEARN_PROBES = 16            # learning leaves a crowded stretch of it alone
+NEIGH_WAYS = 8                     # client-MAC table: entries per set (a lookup's whole window)
+NEIGH_MIN_SLOTS = 64               # the table has a slot per conn entry, within these bounds
+NEIGH_MAX_SLOTS = 1 << 24
+NEIGH_TICK_SHIFT = 30              # entries age in ticks of 2**30 ns (about 1.07 s)
+NEIGH_LEARNED_TICKS = 838          # a learned entry unused this long (about 900 s) is gone
+NEIGH_MAX_SUBNETS = 16             # on-link client subnets of the learning interface
+NF_USED, NF_KERNEL = 1, 2          # neighbour entry flags; KERNEL: from set_neighbor, no ageing
+TTL_QUOTE = 576 - 28               # time exceeded quotes what fits in 576 bytes, as icmp_send
+FRAME_CSUM_UNKNOWN, FRAME_CSUM_PARTIAL, FRAME_CSUM_FULL = 0, 1, 2
+FRAG_BLOCK_BITS = 10               # reassembly holds payload in 1 KiB blocks ...
+FRAG_MAX_BLOCKS = 64               # ... up to 64 KiB a datagram
+FRAG_MAX_PIECES = 64               # distinct fragments of one datagram
+XBUF_HEADROOM = 64                 # in front of a rebuilt datagram (TUN, ICMP grow there)
+XSEG_MAX = 4096                    # output fragments of one batch
+FRAG_EXPIRE_BUDGET = 64            # queues expired after one batch at most
 DESTS_INITIAL = 64                 # dest slots allocated at start; doubled on demand
 DEST_ID_MAX = 1 << 24
-FULL_TABLE_SWEEP = 4096            # entries inspected for expired ones when the table is full
+FULL_TABLE_SWEEP = 4               # entries inspected for expired ones when the table is full
+EMBRYO_RESERVE = 512               # free entries drop_entry keeps (2 per frame of a full batch)
+DEF_OFF, DEF_AUTO, DEF_AUTO_ON, DEF_ALWAYS = range(4)   # flood defence modes, as the sysctls
+SVC_F_ONEPACKET = 1                # -o: every UDP datagram scheduled alone, no entry kept
+# the IPVS sysctls the engine applies, with the kernel's defaults and ranges (amemthresh
+# counts free conn entries here)
+SYSCTL_DEFAULTS = {"expire_nodest_conn": 0, "expire_quiescent_template": 0,
+                   "conn_reuse_mode": 1, "sloppy_tcp": 0, "drop_entry": 0, "drop_packet": 0,
+                   "secure_tcp": 0, "amemthresh": 1024, "am_droprate": 10}
+SYSCTL_RANGE = {"expire_nodest_conn": (0, 1), "expire_quiescent_template": (0, 1),
+                "conn_reuse_mode": (0, 3), "sloppy_tcp": (0, 1), "drop_entry": (0, 3),
+                "drop_packet": (0, 3), "secure_tcp": (0, 3), "amemthresh": (0, 0xFFFFFFFF),
+                "am_droprate": (1, 0xFFFFFFFF)}
+SYSCTL_BOOLS = ("expire_nodest_conn", "expire_quiescent_template", "sloppy_tcp")
 NS = 1_000_000_000
 GOLDEN_RATIO_32 = 0x61C88647
 M32 = 0xFFFFFFFF
@@ -50,6 +81,22 @@ TCP_NEXT = {
                [6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6]),
     # DR/TUN: replies bypass the director, so the input side alone drives the state
     "input_only": ([3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3],
+                   [6, 4, 2, 5, 4, 5, 6, 7, 8, 9, 5],
+                   [1, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],
+                   [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6]),
+}
+# tcp_states_dos, in force with the secure_tcp defence: a NAT conn reaches ESTABLISHED only
+# once the server's SYN-ACK was seen; an input-only (DR/TUN) conn opens in SYNACK
+TCP_NEXT_DOS = {
+    "input": ([3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 10],
+              [6, 7, 2, 5, 5, 5, 6, 7, 8, 9, 10],
+              [1, 1, 2, 3, 4, 5, 6, 7, 6, 9, 10],
+              [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6]),
+    "output": ([2, 1, 2, 10, 2, 2, 2, 2, 2, 9, 10],
+               [5, 4, 2, 5, 4, 5, 6, 5, 8, 9, 5],
+               [1, 1, 2, 1, 4, 5, 6, 7, 8, 1, 1],
+               [6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6]),
+    "input_only": ([10, 1, 1, 3, 10, 10, 10, 10, 10, 10, 10],
                    [6, 4, 2, 5, 4, 5, 6, 7, 8, 9, 5],
                    [1, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],
                    [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 6]),
@@ -125,6 +172,44 @@ def csum_replace4(b, field, old, new):
     wr16(b, field, ~csum_fold(s) & 0xFFFF)
 
 
+def ttl_decrease(b, ip):
+    # ip_decrease_ttl: the TTL/protocol word drops by 0x0100, the checksum rises by as much
+    # with the end-around carry (0xFFFF becomes 0, as the kernel's)
+    c = rd16(b, ip + 10) + 0x0100
+    wr16(b, ip + 10, c + (c >= 0xFFFF))
+    b[ip + 8] -= 1
+
+
+def l4_csum_field(b, ip, ihl, proto):
+    """(offset of the TCP/UDP checksum field, the length it covers)."""
+    l4 = ip + ihl
+    if proto == 17:
+        return l4 + 6, rd16(b, l4 + 4)
+    return l4 + 16, rd16(b, ip + 2) - ihl
+
+
+def l4_csum_looks_partial(b, ip, ihl, proto):
+    # a sender with checksum offload leaves the pseudo-header sum (folded, not
+    # complemented) for the NIC to finish; a UDP checksum of 0 is no checksum at all
+    field, l4len = l4_csum_field(b, ip, ihl, proto)
+    if proto == 17 and rd16(b, field) == 0:
+        return False
+    ps = rd32(b, ip + 12) + rd32(b, ip + 16) + proto + l4len
+    for _ in range(3):
+        ps = (ps & 0xFFFF) + (ps >> 16)
+    return rd16(b, field) == ps
+
+
+def l4_csum_complete(b, ip, ihl, proto):
+    # field = ~sum(L4 bytes, the field included); a complete checksum that only looked
+    # partial comes out the same
+    field, l4len = l4_csum_field(b, ip, ihl, proto)
+    v = ~csum_fold(csum_sum(b, ip + ihl, l4len)) & 0xFFFF
+    if proto == 17 and v == 0:
+        v = 0xFFFF
+    wr16(b, field, v)
+
+
 def l4_csum_replace(b, field, old, new, udp, width):
     # A UDP checksum of 0 means "none" and stays 0; a computed 0 is sent as 0xFFFF.
     if udp and rd16(b, field) == 0:
@@ -190,6 +275,8 @@ class Frame:
         self.data = SLOT_HEADROOM             # offset of the frame in buf
         self.headroom = SLOT_HEADROOM
         self.ts = ts_ns
+        self.csum = FRAME_CSUM_UNKNOWN        # frames from Python carry no checksum metadata
+        self.xrec = None                      # XRec once the frame completed a datagram
         self.verdict = K.VERDICT_DROP
         self.reason = 0
         self.out_ifindex = 0
@@ -199,6 +286,10 @@ class Frame:
     def output(self):
         start = self.data + self.out_adj
         return bytes(self.buf[start:start + self.out_len])
+
+    def outputs(self):
+        """What a TX sends: the frame, or a rebuilt datagram's fragments."""
+        return [self.output()] if self.xrec is None else list(self.xrec.segs)
 
 
 class Pkt:
@@ -247,6 +338,7 @@ class Service:
         self.netmask = M32
         self.sched = K.SCHED_CALLBACK
         self.sched_flags = 0
+        self.flags = 0            # SVC_F_*
         self.table = None         # sh/dh/mh bucket table of dest ids, None = callback
         self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
 
@@ -265,6 +357,160 @@ class Parked:
         self.svc = svc
         self.leader = leader      # -1, or the parked entry whose flow this frame shares
         self.dest = 0             # the scheduler's answer
+
+
+class Neigh:
+    """One client's next hop for NAT replies (an entry of a set of the client-MAC table)."""
+    __slots__ = ("ip", "ifindex", "seen", "mac", "flags")
+
+    def __init__(self):
+        self.ip = self.ifindex = self.seen = self.flags = 0
+        self.mac = bytes(6)
+
+    def live(self, tick):
+        # kernel entries stay until the control plane replaces them; learned ones age out
+        if not self.flags & NF_USED:
+            return False
+        return bool(self.flags & NF_KERNEL) or (tick - self.seen) & M32 < NEIGH_LEARNED_TICKS
+
+    def put(self, ip, mac, ifindex, tick, flags):
+        self.ip, self.mac, self.ifindex = ip, bytes(mac), ifindex
+        self.seen, self.flags = tick, flags
+
+
+class NeighTable:
+    """The client-MAC table: sets of NEIGH_WAYS entries, a client's set chosen by hsiphash
+    under `key` (random, as the extension's; a test may copy the extension's key to get the
+    same sets), a slot per conn entry. Sets are made when first touched."""
+
+    def __init__(self, capacity):
+        nslots = NEIGH_MIN_SLOTS
+        while nslots < capacity and nslots < NEIGH_MAX_SLOTS:
+            nslots *= 2
+        self.slots = nslots
+        self.set_mask = nslots // NEIGH_WAYS - 1
+        self.key = (int.from_bytes(os.urandom(8), "little"),
+                    int.from_bytes(os.urandom(8), "little"))
+        self.sets = {}                # set index -> [Neigh] * NEIGH_WAYS
+        self.subnets = []             # (addr, mask); none: every client may be on-link
+
+    def set_of(self, ip):
+        i = hsiphash_1u32(ip, *self.key) & self.set_mask
+        if i not in self.sets:
+            self.sets[i] = [Neigh() for _ in range(NEIGH_WAYS)]
+        return self.sets[i]
+
+    def entries(self):
+        return [nb for s in self.sets.values() for nb in s]
+
+    def on_link(self, ip):
+        return not self.subnets or any(ip & m == a for a, m in self.subnets)
+
+    def find(self, ip, tick):
+        """The live entry of `ip`, marked used now, or None."""
+        for nb in self.set_of(ip):
+            if nb.ip == ip and nb.live(tick):
+                nb.seen = tick
+                return nb
+        return None
+
+    def slot(self, ip, tick, kernel):
+        """Where an entry for `ip` goes: its own, else the first free or aged-out one, else
+        the set's oldest learned one; a kernel entry may also take the oldest kernel one.
+        None when a learned entry would have to push out a kernel one."""
+        free = old = old_k = None
+        for nb in self.set_of(ip):
+            if nb.flags & NF_USED and nb.ip == ip:
+                return nb
+            if not nb.live(tick):
+                if free is None:
+                    free = nb
+            elif nb.flags & NF_KERNEL:
+                if old_k is None or (tick - nb.seen) & M32 > (tick - old_k.seen) & M32:
+                    old_k = nb
+            elif old is None or (tick - nb.seen) & M32 > (tick - old.seen) & M32:
+                old = nb
+        if free is not None:
+            return free
+        if old is not None:
+            return old
+        return old_k if kernel else None
+
+    def learn(self, ip, mac, ifindex, tick):
+        # a new NAT conn's client: its frame's source MAC is the replies' next hop, unless
+        # the client is off-link or already has a live entry (one spoofed SYN must not
+        # redirect a known client's replies; kernel entries are never touched)
+        if not self.on_link(ip):
+            return
+        nb = self.slot(ip, tick, False)
+        if nb is None:
+            return
+        if nb.flags & NF_USED and nb.ip == ip and nb.live(tick):
+            if nb.mac == bytes(mac):
+                nb.seen = tick
+            return
+        nb.put(ip, mac, ifindex, tick, NF_USED)
+
+
+class FragQueue:
+    """One datagram being reassembled: its pieces (sorted, disjoint), their bytes, the
+    blocks they occupy, and the first fragment's L2 + IP header once it came."""
+
+    def __init__(self, src, expires):
+        self.src = src
+        self.expires = expires
+        self.poff, self.pend = [], []
+        self.data = bytearray()
+        self.blocks = set()           # indices of the 1 KiB blocks of the datagram held
+        self.received = self.total = self.frag_max = 0
+        self.first = self.last = False
+        self.hdr = b""
+        self.l2len = 0
+
+
+class FragArea:
+    """The reassembly area sized from frag_mem, as the extension allocates it; queues in
+    arrival order (all share one timeout, so the first is the oldest)."""
+
+    def __init__(self, mem):
+        self.nblocks = min(mem >> FRAG_BLOCK_BITS, 65535)
+        self.nq = self.nblocks // 4 if self.nblocks >= 64 else 16
+        self.nfree = self.nblocks
+        self.src_block_limit = max(self.nblocks // 4, min(self.nblocks, FRAG_MAX_BLOCKS))
+        self.src_queue_limit = max(self.nq // 4, 1)
+        self.xsize = max(mem // 2, 256 * 1024)
+        self.queues = {}              # (saddr, daddr, ipid, proto) -> FragQueue
+        self.src_blocks = [0] * 64
+        self.src_queues = [0] * 64
+        self.vset = set()             # VIP addresses: fragments to them are ours
+        self.rset = set()             # NAT real servers: their reply fragments are ours
+        self.batch_start()
+
+    def batch_start(self):
+        self.xused = 0                # the batch's output arena: rebuilt datagrams, pieces
+        self.nxseg = 0
+        self.nxrec = 0
+
+    def xalloc(self, n):
+        n = (n + 63) & ~63
+        if self.xused + n > self.xsize:
+            return False
+        self.xused += n
+        return True
+
+    def free(self, key):
+        q = self.queues.pop(key)
+        self.nfree += len(q.blocks)
+        self.src_blocks[q.src] -= len(q.blocks)
+        self.src_queues[q.src] -= 1
+
+
+class XRec:
+    """A reassembled datagram standing in for the frame that completed it."""
+
+    def __init__(self, l2len, frag_max):
+        self.l2len, self.frag_max = l2len, frag_max
+        self.segs = []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,18 +647,27 @@ def _check_mtu(mtu):
 class Engine:
     """One data-plane instance: conn table, services, dests, counters (reference version).
 
-    Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500), as the extension.
+    Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500, frag_mem=4 MiB),
+    as the extension.
     Entries are allocated from a free list of `capacity` slots (lowest index first, freed
     ones reused first), so listings come in the extension's order.
     """
 
     def __init__(self, capacity=K.CAPACITY_DEFAULT, batch=K.BATCH_DEFAULT, local_ip="",
-                 local_mac="", mtu=1500):
+                 local_mac="", mtu=1500, frag_mem=K.FRAG_MEM_DEFAULT):
         if capacity < 1 or capacity > 0xFFFFFFF0:
             raise ValueError(f"capacity must be 1..{0xFFFFFFF0}, got {capacity}")
         if batch < 1 or batch > K.BATCH_MAX:
             raise ValueError(f"batch must be 1..{K.BATCH_MAX}, got {batch}")
         _check_mtu(mtu)
+        if frag_mem < K.FRAG_MEM_MIN or frag_mem > K.FRAG_MEM_MAX:
+            raise ValueError(f"frag_mem must be {K.FRAG_MEM_MIN}..{K.FRAG_MEM_MAX}, "
+                             f"got {frag_mem}")
+        self.frag = FragArea(frag_mem)
+        # keys the per-source shares of the reassembly area, as the extension's seed does (a
+        # test may copy the extension's to get the same shares)
+        self.seed = int.from_bytes(os.urandom(8), "little")
+        self.rnd = int.from_bytes(os.urandom(8), "little") | 1   # drop_entry's random picks
         self._capacity = int(capacity)
         self.batch = int(batch)
         bits = 4
@@ -433,8 +688,7 @@ class Engine:
         self.svcs = {}                # id -> Service
         self.vips = [None]            # index -> Vip, 0 = none
         self.vip_index = {}           # (proto, addr, port) -> index
-        self.neigh = {}               # slot -> [ip, ifindex, mac]
-        self.neigh_slot = {}          # ip -> slot
+        self.neigh = NeighTable(self._capacity)
         self.gw = None                # (mac, ifindex) for NAT replies without a neighbour
         self.learn_ifindex = 0
         self.local_ip = int(ipaddress.IPv4Address(local_ip)) if local_ip else 0
@@ -448,6 +702,15 @@ class Engine:
         self.error = None
         self.parked = []              # this batch's frames waiting for the scheduler
         self.pkts = []                # this batch's parsed packets (None: not handled)
+        # the flood defences: in force now, drop_packet's rate and count, the clock
+        self.dropentry_on = self.secure_tcp_on = False
+        self.drop_rate = self.drop_counter = 0
+        self.defense_clock = 0
+        self.embryo = None            # (index, bucket) of TCP entries opened embryonic, oldest
+        self.vict = []                # first; made when drop_entry is first set
+        self.sysctl = {}
+        for name, value in SYSCTL_DEFAULTS.items():
+            self.set_sysctl(name, value)
 
     # -- sizes --------------------------------------------------------------------------------
     @property
@@ -461,7 +724,8 @@ class Engine:
 
     def memory_bytes(self):
         """Bytes the extension allocates for the conn table and its buckets."""
-        return self._capacity * ENTRY_SIZE + (1 << self._bucket_bits) * 4
+        per_bucket = 4 if self.embryo is None else 12
+        return self._capacity * ENTRY_SIZE + (1 << self._bucket_bits) * per_bucket
 
     def conn_count(self):
         """Entries in use (conns and persistence templates), expired-but-unswept included."""
@@ -478,38 +742,52 @@ class Engine:
             _check_mtu(mtu)
             self.mtu = mtu
 
-    @staticmethod
-    def _neigh_home(ip):
-        return ((ip * GOLDEN_RATIO_32) & M32) >> 20
+    def _tick(self):
+        return (self.now >> NEIGH_TICK_SHIFT) & M32
 
     def set_neighbor(self, ip, mac, ifindex=0):
-        """Next-hop MAC (and interface) for NAT replies to client `ip`; replaces an entry."""
+        """Next-hop MAC (and interface) for NAT replies to client `ip`, from the kernel's
+        neighbour table: replaces a learned entry, never ages; mac=None removes it."""
         a = int(ipaddress.IPv4Address(ip))
+        tick = self._tick()
+        if mac is None:
+            nb = self.neigh.find(a, tick)
+            if nb is not None:
+                nb.flags = 0
+            return
         mac = _mac_bytes(mac)
-        s = self._neigh_slot_for(a, NEIGH_SIZE - 1)
-        if s is None:
-            raise ValueError("neighbour table full")
-        self.neigh[s] = [a, ifindex, mac]
-        self.neigh_slot[a] = s
+        self.neigh.slot(a, tick, True).put(a, mac, ifindex, tick, NF_USED | NF_KERNEL)
 
-    def _neigh_slot_for(self, ip, probes):
-        """The slot holding `ip`, else the first free one within `probes` (None: crowded)."""
-        if ip in self.neigh_slot:
-            return self.neigh_slot[ip]
-        s = self._neigh_home(ip)
-        for _ in range(probes):
-            if s not in self.neigh:
-                return s
-            s = (s + 1) & (NEIGH_SIZE - 1)
-        return None
+    @property
+    def neighbor_slots(self):
+        """Entries of the client-MAC table (one per conn entry, within bounds)."""
+        return self.neigh.slots
 
     def set_gateway_mac(self, mac, ifindex=0):
-        """Next-hop MAC for NAT replies to clients without a neighbour entry (None: none)."""
-        self.gw = None if mac is None else (_mac_bytes(mac), ifindex)
+        """Next-hop MAC for NAT replies to off-link clients and clients without a neighbour
+        entry (None: none); learned entries that had the old gateway's MAC follow it."""
+        old = None if self.gw is None else self.gw[0]
+        if mac is None:
+            self.gw = None
+            return
+        new = _mac_bytes(mac)
+        if old is not None and old != new:
+            for nb in self.neigh.entries():
+                if nb.flags & (NF_USED | NF_KERNEL) == NF_USED and nb.mac == old:
+                    nb.mac, nb.ifindex = new, ifindex
+        self.gw = (new, ifindex)
 
     def set_learn_ifindex(self, ifindex):
         """NAT: learn a new conn's client MAC as its replies' next hop, out of `ifindex`."""
         self.learn_ifindex = _c_int(ifindex)
+
+    def set_client_subnets(self, subnets):
+        """The on-link subnets of the learning interface, at most 16: replies to clients
+        outside them go to the gateway MAC and their frames teach nothing ([]: all on-link)."""
+        nets = [ipaddress.IPv4Network(n, strict=False) for n in subnets]
+        if len(nets) > NEIGH_MAX_SUBNETS:
+            raise ValueError(f"at most {NEIGH_MAX_SUBNETS} client subnets, got {len(nets)}")
+        self.neigh.subnets = [(int(n.network_address), int(n.netmask)) for n in nets]
 
     def set_timeouts(self, tcp=0, tcpfin=0, udp=0):
         """ipvsadm --set: tcp ESTABLISHED, tcp FIN_WAIT and udp timeouts; 0 keeps a value."""
@@ -532,6 +810,171 @@ class Engine:
         """Most entries the incremental expiry inspects after one batch (default 64)."""
         self.sweep_budget = _u32(entries)
 
+    # -- sysctls and flood defences ----------------------------------------------------------
+    def set_sysctl(self, name, value):
+        """Set an IPVS sysctl by its kernel name (ValueError for another name or a value out
+        of range); the flood defences are re-evaluated at once."""
+        if name not in SYSCTL_RANGE:
+            raise ValueError(f"unknown sysctl {name!r}")
+        lo, hi = SYSCTL_RANGE[name]
+        v = int(value)
+        if name in SYSCTL_BOOLS:
+            v = 1 if v else 0
+        if not lo <= v <= hi:
+            raise ValueError(f"{name} must be {lo}..{hi}, got {value!r}")
+        if name == "drop_entry" and v and self.embryo is None:
+            self.embryo = collections.deque(maxlen=1 << self._bucket_bits)
+        self.sysctl[name] = v
+        self._defense_update()
+
+    def sysctls(self):
+        """{name: value} of the sysctls, as they read now (an automatic defence reads 2
+        while in force, 1 while not)."""
+        return dict(self.sysctl)
+
+    def defense_state(self):
+        """The flood defences in force now."""
+        return {"drop_entry": self.dropentry_on, "drop_rate": self.drop_rate,
+                "secure_tcp": self.secure_tcp_on}
+
+    def _defense_mode(self, name, nomem):
+        # an automatic mode is in force while memory is short and reads 2 then, 1 otherwise
+        v = self.sysctl.get(name, DEF_OFF)
+        if v in (DEF_OFF, DEF_ALWAYS):
+            return v == DEF_ALWAYS
+        self.sysctl[name] = DEF_AUTO_ON if nomem else DEF_AUTO
+        return nomem
+
+    def _defense_update(self):
+        # update_defense_level: short of memory = fewer free entries than amemthresh
+        if len(self.sysctl) < len(SYSCTL_DEFAULTS):
+            return                          # still being set up
+        thresh = self.sysctl["amemthresh"]
+        avail = self._capacity - len(self.conn_table)
+        nomem = avail < thresh
+        self.dropentry_on = self._defense_mode("drop_entry", nomem)
+        dp = self.sysctl["drop_packet"]
+        if dp == DEF_OFF:
+            self.drop_rate = 0
+        elif dp == DEF_ALWAYS:
+            self.drop_rate = self.sysctl["am_droprate"]   # the count runs on
+        else:
+            if nomem:
+                # amemthresh / (amemthresh - free): 1 (drop all) as the table runs out
+                self.drop_rate = self.drop_counter = thresh // (thresh - avail)
+            else:
+                self.drop_rate = 0
+            self.sysctl["drop_packet"] = DEF_AUTO_ON if nomem else DEF_AUTO
+        self.secure_tcp_on = self._defense_mode("secure_tcp", nomem)
+
+    def _defense_todrop(self):
+        # ip_vs_todrop: drop_rate - 1 new conns through, then one dropped
+        if self.drop_rate == 0:
+            return False
+        if self.drop_counter > 1:
+            self.drop_counter -= 1
+            return False
+        self.drop_counter = self.drop_rate
+        return True
+
+    def _rnd_next(self):
+        x = self.rnd
+        x ^= (x << 13) & M64
+        x ^= x >> 7
+        x ^= (x << 17) & M64
+        self.rnd = x
+        return x
+
+    def _dropentry_random(self, budget):
+        # ip_vs_random_dropentry: random entries in SYN_RECV/SYNACK are dropped
+        if self.used_end == 0:
+            return
+        for _ in range(budget):
+            i = self._rnd_next() % self.used_end
+            c = self.conn_table.get(i)
+            if c is not None and self._embryonic(c):
+                self._conn_free(i)
+                self._count("drop_entry")
+
+    @staticmethod
+    def _embryonic(c):
+        return (c.proto == 6 and not c.flags & CF_TEMPLATE
+                and c.state in (S_SYN_RECV, S_SYNACK))
+
+    def _defense_tick(self, now):
+        # defense_work, once a second of frame time
+        if now < self.defense_clock + NS:
+            return
+        self.defense_clock = now
+        self._defense_update()
+        if self.dropentry_on:
+            self._dropentry_random(min(self.used_end >> 5, 1024))
+
+    def _conn_bucket(self, key):
+        # the extension's bucket of a (caddr, cport, proto) key: its chains are per bucket,
+        # and a drop_entry reference names an entry by index and bucket
+        caddr, cport, proto = key
+        x = ((caddr << 32) | (cport << 8) | proto) ^ self.seed
+        x = (x * 0x9E3779B97F4A7C15) & M64
+        x ^= x >> 29
+        x = (x * 0xBF58476D1CE4E5B9) & M64
+        return (x >> 32) & ((1 << self._bucket_bits) - 1)
+
+    def _embryo_evict(self, ref, now):
+        # drop the entry `ref` (index, bucket) names if it is still embryonic in that
+        # bucket (else it moved on, or was freed and reused elsewhere); counted unless it
+        # had expired
+        i, bucket = ref
+        c = self.conn_table.get(i)
+        if c is None or not self._embryonic(c) or self._conn_bucket(c.key()) != bucket:
+            return False
+        if c.expires > now:
+            self._count("drop_entry")
+        self._conn_free(i)
+        return True
+
+    def _embryo_reserve(self, now):
+        # while drop_entry is in force keep EMBRYO_RESERVE entries free (an eighth of a
+        # small table): the victims chosen after the last batch go, the next are chosen
+        for ref in self.vict:
+            self._embryo_evict(ref, now)
+        self.vict = []
+        want = EMBRYO_RESERVE if self._capacity >= 8 * EMBRYO_RESERVE else self._capacity >> 3
+        avail = self._capacity - len(self.conn_table)
+        if avail >= want:
+            return
+        need = min(want - avail, K.BATCH_MAX)
+        while len(self.vict) < need and self.embryo:
+            self.vict.append(self.embryo.popleft())
+
+    def _conn_reclaim(self, now):
+        # the table is full: the oldest entry still embryonic since its first packet goes
+        # if it has expired or drop_entry is on, else a few expired ones from the sweep
+        tries = 32
+        while self.embryo and tries > 0:
+            tries -= 1
+            i, _ = self.embryo[0]
+            c = self.conn_table.get(i)
+            if (not self.dropentry_on and c is not None and c.expires > now
+                    and c.state in (S_SYN_RECV, S_SYNACK)):
+                break
+            if self._embryo_evict(self.embryo.popleft(), now):
+                return True
+        self._conn_sweep(now, FULL_TABLE_SWEEP)
+        return bool(self.free)
+
+    def _conn_flush_nodest(self, dest):
+        # expire_nodest_conn: a deleted dest's entries end at once; a template goes with
+        # the last conn it controls
+        for i in range(self.used_end):
+            c = self.conn_table.get(i)
+            if c is None or c.dest != dest or (c.flags & CF_TEMPLATE and c.ctl > 0):
+                continue
+            t = 0 if c.flags & CF_TEMPLATE else c.ctl
+            self._conn_free(i)
+            if t != 0 and (t - 1) in self.conn_table and self.conn_table[t - 1].ctl == 0:
+                self._conn_free(t - 1)
+
     # -- services ------------------------------------------------------------------------------
     def _vip_intern(self, proto, addr, port):
         v = self.vip_index.get((proto, addr, port))
@@ -550,7 +993,7 @@ class Engine:
         return s if s is not None and s.in_use else None
 
     def set_service(self, svc_id, proto, vaddr, vport, persist_timeout=0, netmask=None,
-                    sched=0, sched_flags=0):
+                    sched=0, sched_flags=0, ops=False):
         """Add or edit service `svc_id` = proto vaddr:vport (see the extension's docstring)."""
         svc_id, vport = _c_int(svc_id), _c_int(vport)
         if svc_id < 1 or svc_id > K.MAX_SERVICES:
@@ -589,9 +1032,11 @@ class Engine:
         s.netmask = mask
         s.sched = sched
         s.sched_flags = sched_flags & 0xFF
+        s.flags = SVC_F_ONEPACKET if ops and p == 17 else 0
         if sched == K.SCHED_CALLBACK:
             s.table = None          # back to the Python scheduler: no stale table
         self.vips[v].svc = svc_id
+        self._frag_addrs()
 
     def del_service(self, svc_id):
         """Remove a service and its dests; their conns continue until they expire."""
@@ -605,6 +1050,7 @@ class Engine:
         self.vips[s.vip].svc = 0
         s.table = None
         s.in_use = False
+        self._frag_addrs()
 
     def set_hash_table(self, svc_id, table, kind, flags=0):
         """Hand the service a sh/dh/mh bucket table of dest ids (0 = empty bucket); None
@@ -677,6 +1123,7 @@ class Engine:
             d.overload = False                 # __ip_vs_update_dest
         d.u_threshold = u_threshold
         d.l_threshold = l_threshold
+        self._frag_addrs()
 
     def del_dest(self, dest_id):
         """Unlink a dest: never chosen again, its conns go on until they expire, its id
@@ -688,8 +1135,26 @@ class Engine:
         if not d.in_use:
             return
         d.available = False
+        if self.sysctl["expire_nodest_conn"] and d.refcnt != 0:
+            self._conn_flush_nodest(dest_id)
         if d.refcnt == 0:
             self.dests[dest_id] = Dest()
+        self._frag_addrs()
+
+    def _frag_addrs(self):
+        # which fragments are ours: to a virtual address (any port: only the first fragment
+        # has one) or from a NAT real server; kept as the configuration changes
+        F = self.frag
+        F.vset = {v.addr for v in self.vips[1:]} - {0}
+        F.rset = {d.raddr for d in self.dests if d.available and d.fwd == K.FWD_NAT} - {0}
+
+    def frag_stats(self):
+        """The reassembly area: queues and blocks in use and in all, the per-source shares."""
+        F = self.frag
+        return {"queues": len(F.queues), "queues_max": F.nq,
+                "blocks": F.nblocks - F.nfree, "blocks_max": F.nblocks,
+                "block_size": 1 << FRAG_BLOCK_BITS, "src_queue_limit": F.src_queue_limit,
+                "src_block_limit": F.src_block_limit, "timeout": K.FRAG_TIMEOUT}
 
     def _dest_valid_for(self, dest, svc_id):
         return (0 < dest < len(self.dests) and self.dests[dest].available
@@ -719,7 +1184,7 @@ class Engine:
     # -- the conn table ------------------------------------------------------------------------
     def _link(self, i, c):
         self.conn_table[i] = c
-        self.chains.setdefault(c.key(), []).insert(0, i)
+        self.chains.setdefault(c.key(), []).append(i)     # a chain runs oldest first
 
     def _unlink(self, i):
         c = self.conn_table.pop(i)
@@ -732,8 +1197,10 @@ class Engine:
     def _conn_alloc(self, now):
         """A free index, reclaiming expired entries first; None when the table is full."""
         if not self.free and self.used_end >= self._capacity:
-            self._conn_sweep(now, min(FULL_TABLE_SWEEP, self._capacity))
-            if not self.free:
+            if DEF_AUTO in (self.sysctl["drop_entry"], self.sysctl["drop_packet"],
+                            self.sysctl["secure_tcp"]):
+                self._defense_update()      # no free entry: engage now, not at the tick
+            if not self._conn_reclaim(now):
                 return None
         if self.free:
             return self.free.pop()
@@ -837,6 +1304,9 @@ class Engine:
     def _conn_sweep_batch(self, now):
         # paced by frame time: the used part of the table once a second, at most
         # sweep_budget entries per batch; what is not paid for is owed to the next batch
+        self._defense_tick(now)
+        if self.dropentry_on:
+            self._embryo_reserve(now)
         if self.used_end == 0 or now <= self.sweep_clock:
             return
         dt = now - self.sweep_clock
@@ -891,7 +1361,9 @@ class Engine:
         # ip_vs_check_template (expire_quiescent_template = 0): its dest must still be
         # linked; an unusable template stops matching and lives until its timer fires
         t = self.conn_table[ti]
-        if t.dest != 0 and self.dests[t.dest].available:
+        d = self.dests[t.dest]
+        if (t.dest != 0 and d.available
+                and not (self.sysctl["expire_quiescent_template"] and d.weight == 0)):
             return True
         t.flags |= CF_INVALID
         return False
@@ -907,7 +1379,8 @@ class Engine:
         # the event, by priority rst > syn > fin > ack; no such flag closes
         event = (3 if flags & TH_RST else 0 if flags & TH_SYN else 1 if flags & TH_FIN
                  else 2 if flags & TH_ACK else None)
-        new = S_CLOSE if event is None else TCP_NEXT[table][event][c.state]
+        tables = TCP_NEXT_DOS if self.secure_tcp_on else TCP_NEXT
+        new = S_CLOSE if event is None else tables[table][event][c.state]
         if new != c.state and c.dest != 0:
             d = self.dests[c.dest]
             if not c.flags & CF_INACTIVE and new not in TCP_ACTIVE:
@@ -959,9 +1432,11 @@ class Engine:
         l4 = ip + p.ihl
         udp = p.proto == 17
         ck = l4 + (6 if udp else 16)
-        s = self.neigh_slot.get(p.daddr)
-        if s is not None:
-            _, ifindex, mac = self.neigh[s]
+        nb = None
+        if self.neigh.on_link(p.daddr):
+            nb = self.neigh.find(p.daddr, self._tick())
+        if nb is not None:
+            mac, ifindex = nb.mac, nb.ifindex
         elif self.gw is not None:
             mac, ifindex = self.gw
         else:
@@ -979,10 +1454,11 @@ class Engine:
         self.ip_id = (self.ip_id + 1) & 0xFFFF
         return self.ip_id
 
-    def icmp_frag_needed(self, f, p, mtu):
-        # ICMP unreachable / frag needed back to the sender from the VIP, quoting its IP
-        # header and 8 bytes; the new headers go 28 bytes in front of the quoted bytes
-        quote = min(p.ihl + 8, p.tot_len)
+    def icmp_error(self, f, p, typ, code, info, saddr, quote):
+        # an ICMP error back to the frame's sender from `saddr`, quoting `quote` bytes of its
+        # IP packet, out of the interface it came by; the new headers go 28 bytes in front
+        # of the quoted bytes
+        quote = min(quote, p.tot_len)
         if f.headroom < 28:
             return "no_headroom"
         b, d = f.buf, f.data
@@ -997,15 +1473,30 @@ class Engine:
         wr16(hdr, 4, self._next_ip_id())
         hdr[8] = 64
         hdr[9] = 1
-        wr32(hdr, 12, p.daddr)
+        wr32(hdr, 12, saddr)
         wr32(hdr, 16, p.saddr)
         wr16(hdr, 10, csum_of(hdr, 0, 20))
-        icmp = bytearray([3, 4, 0, 0, 0, 0]) + mtu.to_bytes(2, "big")
+        icmp = bytearray([typ, code, 0, 0]) + info.to_bytes(4, "big")
         quoted = b[d + p.l2len:d + p.l2len + quote]
         wr16(icmp, 2, csum_of(icmp + quoted, 0, 8 + quote))
         b[o:o + p.l2len + 28] = l2 + hdr + icmp
         self._tx(f, 0, -28, p.l2len + 28 + quote)
-        self._count("frag_needed_sent")
+        return None
+
+    def icmp_frag_needed(self, f, p, mtu):
+        # unreachable / fragmentation needed from the VIP, quoting the header and 8 bytes
+        reason = self.icmp_error(f, p, 3, 4, mtu, p.daddr, p.ihl + 8)
+        if reason is None:
+            self._count("frag_needed_sent")
+        return reason
+
+    def icmp_time_exceeded(self, f, p, saddr):
+        # a packet that arrived with TTL <= 1 is answered, not forwarded: time exceeded in
+        # transit, quoting what fits in 576 bytes (as the 6.1 kernel); counted either way
+        if saddr == 0:
+            return "ttl_exceeded"           # no address to answer from: the drop counts it
+        self._count("ttl_exceeded")
+        return self.icmp_error(f, p, 11, 0, 0, saddr, TTL_QUOTE)
 
     def xmit_tun(self, f, p, c):
         # IPIP: an outer header (local IP -> RIP, TOS/TTL/DF copied from the inner one; id 0
@@ -1014,7 +1505,7 @@ class Engine:
         b = f.buf
         inner = f.data + p.l2len
         df = bool(b[inner + 6] & 0x40)
-        if p.tot_len + 20 > self.mtu:
+        if p.tot_len + 20 > self.mtu and f.xrec is None:     # a reassembled one is cut later
             if df:
                 return self.icmp_frag_needed(f, p, self.mtu - 20)
             self._count("oversize")      # sent as it is: no fragmentation yet
@@ -1056,7 +1547,13 @@ class Engine:
             self._tcp_set_state(c, False, p.tcpflags)
         else:
             c.timeout = self.udp_timeout
-        reason = self._xmit(c.fwd)(f, p, c)
+        # as IPVS's decrement_ttl: at TTL 1 the packet is answered, not forwarded (its conn
+        # stands, counted and stated as any other)
+        if f.buf[f.data + p.l2len + 8] <= 1:
+            reason = self.icmp_time_exceeded(f, p, p.daddr)
+        else:
+            ttl_decrease(f.buf, f.data + p.l2len)
+            reason = self._xmit(c.fwd)(f, p, c)
         if reason is not None:
             self._drop(f, reason)
         c.expires = now + c.timeout * NS
@@ -1066,6 +1563,14 @@ class Engine:
         c = self.conn_table[ci]
         d = self.dests[c.dest]
         s = self.svcs[d.svc]
+        if f.buf[f.data + p.l2len + 8] <= 1:
+            # the kernel's ip_forward drops it before IPVS sees it: no stats, no state
+            # change; the real server hears from the director's own address
+            reason = self.icmp_time_exceeded(f, p, self.local_ip)
+            if reason is not None:
+                self._drop(f, reason)
+            return
+        ttl_decrease(f.buf, f.data + p.l2len)
         d.outpkts += 1
         d.outbytes += p.tot_len
         s.outpkts += 1
@@ -1083,15 +1588,6 @@ class Engine:
     @staticmethod
     def _persist_net(s, p):
         return p.saddr & s.netmask
-
-    def _neigh_learn(self, ip, mac, ifindex):
-        # remember where a NAT client's frame came from; known entries are kept (the
-        # control plane's word wins), a crowded stretch of the table is left alone
-        s = self._neigh_slot_for(ip, NEIGH_LEARN_PROBES)
-        if s is None or s in self.neigh:
-            return
-        self.neigh[s] = [ip, ifindex, bytes(mac)]
-        self.neigh_slot[ip] = s
 
     def _create_forward(self, f, p, svc_id, dest, ti, now):
         # make the conn (and, for a persistent service without a usable template, the
@@ -1121,8 +1617,14 @@ class Engine:
         self.svcs[d.svc].conns += 1
         self._count("conns_created")
         if self.learn_ifindex != 0 and d.fwd == K.FWD_NAT:
-            self._neigh_learn(p.saddr, f.buf[f.data + 6:f.data + 12], self.learn_ifindex)
+            self.neigh.learn(p.saddr, f.buf[f.data + 6:f.data + 12], self.learn_ifindex,
+                             self._tick())
         self._forward_in(f, p, ci, now)
+        if p.proto == 6:
+            if c.state in (S_SYN_RECV, S_SYNACK) and self.embryo is not None:
+                self.embryo.append((ci, self._conn_bucket(c.key())))
+        elif s.flags & SVC_F_ONEPACKET:
+            self._conn_free(ci)         # -o: the entry served this one datagram
 
     def _sched_hash(self, s, p):
         """The dest id the service's hash table gives this new flow, 0 = none."""
@@ -1166,6 +1668,10 @@ class Engine:
         # ip_vs_schedule: persistence template first, then the hash table, else park the
         # frame for the Python scheduler
         s = self.svcs[svc_id]
+        if self._defense_todrop():
+            # drop_packet: a share of new conns is refused while the table runs out
+            self._drop(f, "drop_packet")
+            return
         if s.persist_timeout != 0:
             ti = self._tmpl_lookup(self._persist_net(s, p), p.vip, p.proto, now)
             if ti is not None and self._template_usable(ti):
@@ -1185,7 +1691,7 @@ class Engine:
     def _park_follower(self, f, p, idx):
         # a later frame of a flow already parked in this batch waits behind it
         for j, pk in enumerate(self.parked):
-            if pk.leader < 0:
+            if pk.leader < 0 and not self.svcs[pk.svc].flags & SVC_F_ONEPACKET:
                 q = self.pkts[pk.frame]
                 if (q.sport, q.vip, q.proto, q.saddr) == (p.sport, p.vip, p.proto, p.saddr):
                     f.verdict = K.VERDICT_PENDING
@@ -1193,19 +1699,230 @@ class Engine:
                     return True
         return False
 
+    # -- fragments: reassembly as ip_defrag before IPVS, and cutting the result again --------
+    def _frag_src(self, saddr):
+        # the per-source share a source address counts against (keyed by the seed)
+        return (((saddr ^ (self.seed >> 17)) * 0x9E3779B97F4A7C15) & M64) >> 58
+
+    def _frag_expire(self, now, budget):
+        """Expire queues whose time is up, oldest first; how many."""
+        F, n = self.frag, 0
+        while n < budget and F.queues:
+            key = next(iter(F.queues))
+            if F.queues[key].expires > now:
+                break
+            F.free(key)
+            self._count("frag_timeout")
+            n += 1
+        return n
+
+    def _frag_queue(self, key, saddr, now):
+        """The queue of `key`, a new one, or the counter name saying why there is none."""
+        F = self.frag
+        q = F.queues.get(key)
+        if q is not None and q.expires <= now:
+            F.free(key)
+            self._count("frag_timeout")
+            q = None
+        if q is not None:
+            return q
+        if len(F.queues) >= F.nq:
+            self._frag_expire(now, 1)
+        src = self._frag_src(saddr)
+        if len(F.queues) >= F.nq or F.src_queues[src] >= F.src_queue_limit:
+            return "frag_no_room"
+        q = F.queues[key] = FragQueue(src, now + K.FRAG_TIMEOUT * NS)
+        F.src_queues[src] += 1
+        return q
+
+    def _frag_input(self, f, now):
+        """A fragment: "fragment" (not ours: to the host), "frag_held", another counter name
+        (dropped), or the Pkt of the datagram it completed (now in the frame)."""
+        F = self.frag
+        b = f.buf
+        l2 = 18 if rd16(b, f.data + 12) == 0x8100 else 14
+        ip = f.data + l2
+        ihl = (b[ip] & 0x0F) * 4
+        tot = rd16(b, ip + 2)
+        proto = b[ip + 9]
+        saddr, daddr = rd32(b, ip + 12), rd32(b, ip + 16)
+        fo = rd16(b, ip + 6)
+        off, mf = (fo & 0x1FFF) * 8, bool(fo & 0x2000)
+        if proto not in (6, 17):
+            return "fragment"
+        if daddr not in F.vset and saddr not in F.rset:
+            return "fragment"
+        ln = tot - ihl
+        end = off + ln
+        # no options (they would be split between fragments), whole 8-byte units before
+        # the last piece, and the datagram within 64 KiB
+        if ihl != 20 or ln == 0 or (mf and ln & 7) or end + 20 > 65535:
+            return "frag_bad"
+        key = (saddr, daddr, rd16(b, ip + 4), proto)
+        q = self._frag_queue(key, saddr, now)
+        if isinstance(q, str):
+            return q
+        # lo: first piece ending after off; hi: first starting at or after end
+        lo = 0
+        while lo < len(q.poff) and q.pend[lo] <= off:
+            lo += 1
+        hi = lo
+        while hi < len(q.poff) and q.poff[hi] < end:
+            hi += 1
+        if hi > lo:
+            # inside one contiguous run of what is held: a duplicate, ignored; any other
+            # overlap discards the datagram (as ip_frag_queue)
+            if q.poff[lo] <= off and q.pend[hi - 1] >= end:
+                i = lo
+                while i + 1 < hi and q.pend[i] == q.poff[i + 1]:
+                    i += 1
+                if i + 1 == hi:
+                    return "frag_bad"
+            F.free(key)
+            return "frag_bad"
+        if not mf:
+            if (q.last and end != q.total) or (q.poff and q.pend[-1] > end):
+                F.free(key)
+                return "frag_bad"
+        elif q.last and end > q.total:
+            F.free(key)
+            return "frag_bad"
+        if len(q.poff) >= FRAG_MAX_PIECES:
+            F.free(key)
+            return "frag_no_room"
+        blocks = set(range(off >> FRAG_BLOCK_BITS, ((end - 1) >> FRAG_BLOCK_BITS) + 1))
+        need = len(blocks - q.blocks)
+        if need > F.nfree or F.src_blocks[q.src] + need > F.src_block_limit:
+            return "frag_no_room"
+        q.blocks |= blocks
+        F.nfree -= need
+        F.src_blocks[q.src] += need
+        if len(q.data) < end:
+            q.data.extend(bytes(end - len(q.data)))
+        q.data[off:end] = b[ip + 20:ip + 20 + ln]
+        q.poff.insert(lo, off)
+        q.pend.insert(lo, end)
+        q.received += ln
+        q.frag_max = max(q.frag_max, tot)
+        if off == 0:
+            q.first = True
+            q.l2len = l2
+            q.hdr = bytes(b[f.data:f.data + l2 + 20])
+        if not mf:
+            q.last = True
+            q.total = end
+        if q.first and q.last and q.received == q.total:
+            return self._frag_complete(f, key, q)
+        return "frag_held"
+
+    def _frag_complete(self, f, key, q):
+        # the datagram rebuilt in the batch's arena stands in for the frame, parsed again
+        F = self.frag
+        n = q.l2len + 20 + q.total
+        if F.nxrec >= K.BATCH_MAX or not F.xalloc(XBUF_HEADROOM + n):
+            F.free(key)
+            return "frag_no_room"
+        hdr = bytearray(q.hdr)
+        ip = q.l2len
+        wr16(hdr, ip + 2, 20 + q.total)
+        wr16(hdr, ip + 6, 0)
+        wr16(hdr, ip + 10, 0)
+        wr16(hdr, ip + 10, csum_of(hdr, ip, 20))
+        F.nxrec += 1
+        F.free(key)
+        self._count("frag_reasm")
+        f.buf = bytearray(XBUF_HEADROOM) + hdr + q.data[:q.total]
+        f.data = f.headroom = XBUF_HEADROOM
+        f.len = n
+        f.xrec = XRec(q.l2len, q.frag_max)
+        return parse_frame(f)
+
+    def _frag_cut(self, f):
+        """Cut a reassembled datagram's output into fragments of at most min(mtu, largest
+        fragment received) bytes, as ip_do_fragment; False: no room, the frame dropped."""
+        F, rec = self.frag, f.xrec
+        out = f.output()
+        l2 = rec.l2len
+        hlen = (out[l2] & 0x0F) * 4
+        payload = f.out_len - l2 - hlen
+        mtu = self.mtu
+        if rec.frag_max != 0 and rec.frag_max < mtu:
+            mtu = rec.frag_max
+        mtu = max(mtu, hlen + 8)
+        room = (mtu - hlen) & ~7
+        # every piece but the last is `room` bytes; the last takes what is left once that
+        # fits in mtu - hlen
+        nseg, left = 1, payload
+        while left > mtu - hlen:
+            left -= room
+            nseg += 1
+        if F.nxseg + nseg > XSEG_MAX:
+            self._drop(f, "frag_no_room")
+            return False
+        if nseg == 1:
+            F.nxseg += 1
+            rec.segs = [out]          # fits whole: sent as it is
+            return True
+        if F.xused + payload + nseg * (l2 + hlen + 63) > F.xsize:
+            self._drop(f, "frag_no_room")
+            return False
+        fo = rd16(out, l2 + 6) & 0x4000
+        off, left = 0, payload
+        while left > 0:
+            ln = room if left > mtu - hlen else left
+            F.xalloc(l2 + hlen + ln)
+            piece = bytearray(out[:l2 + hlen])
+            wr16(piece, l2 + 2, hlen + ln)
+            wr16(piece, l2 + 6, fo | (off >> 3) | (0x2000 if ln < left else 0))
+            wr16(piece, l2 + 10, 0)
+            wr16(piece, l2 + 10, csum_of(piece, l2, hlen))
+            rec.segs.append(bytes(piece + out[l2 + hlen + off:l2 + hlen + off + ln]))
+            F.nxseg += 1
+            off += ln
+            left -= ln
+        self._count("frag_out", nseg)
+        return True
+
+    def _conn_reuse_expected(self, c):
+        # is_new_conn_expected (6.1): a SYN may open a new conn over an entry in TIME_WAIT
+        # or CLOSE, with bit 2 also FIN_WAIT without replies seen, unless a template rules it
+        if c.ctl != 0 or c.proto != 6:
+            return False
+        return (c.state in (S_TIME_WAIT, S_CLOSE)
+                or (self.sysctl["conn_reuse_mode"] & 2 and c.state == S_FIN_WAIT
+                    and c.flags & CF_NOOUTPUT))
+
+    def _conn_check_in(self, f, p, ci):
+        """ip_vs_in between lookup and transmit (6.1): 1 forward on the entry, 0 the entry
+        ended (schedule the packet afresh), -1 dropped."""
+        c = self.conn_table[ci]
+        d = self.dests[c.dest]
+        nodest = self.sysctl["expire_nodest_conn"]
+        if self.sysctl["conn_reuse_mode"] and p.proto == 6 and p.tcpflags & TH_SYN:
+            if (nodest and c.dest != 0 and d.weight == 0) or self._conn_reuse_expected(c):
+                self._conn_free(ci)
+                return 0
+        if c.dest != 0 and not d.available:
+            # the real server was deleted: dropped, the entry left to time out (or ended
+            # with expire_nodest_conn)
+            if nodest:
+                self._conn_free(ci)
+                return 0
+            self._drop(f, "dest_unavailable")
+            return -1
+        return 1
+
     # -- one frame, one batch --------------------------------------------------------------------
     def _handle(self, f, p, idx):
         now = f.ts
         if p.vip != 0:
             ci = self._lookup_in(p, now)
             if ci is not None:
-                c = self.conn_table[ci]
-                # conn_reuse_mode 1: a SYN for a conn in TIME_WAIT expires it, rescheduled
-                if (p.proto == 6 and c.state == S_TIME_WAIT
-                        and p.tcpflags & (TH_SYN | TH_RST | TH_ACK) == TH_SYN):
-                    self._conn_free(ci)
-                else:
+                r = self._conn_check_in(f, p, ci)
+                if r > 0:
                     self._forward_in(f, p, ci, now)
+                    return
+                if r < 0:
                     return
             if self.parked and self._park_follower(f, p, idx):
                 return
@@ -1213,8 +1930,10 @@ class Engine:
             if svc_id == 0:
                 self._pass(f, "no_service")
                 return
-            if p.proto == 6 and p.tcpflags & (TH_SYN | TH_RST) != TH_SYN:
-                # tcp_conn_schedule only schedules on a SYN without RST
+            if p.proto == 6 and (p.tcpflags & TH_RST
+                                 or not (p.tcpflags & TH_SYN or self.sysctl["sloppy_tcp"])):
+                # tcp_conn_schedule schedules on a SYN without RST (with sloppy_tcp, any
+                # packet without RST)
                 self._pass(f, "tcp_not_syn")
                 return
             self._new_flow(f, p, idx, svc_id, now)
@@ -1225,18 +1944,33 @@ class Engine:
             return
         self._pass(f, "no_service")
 
+    def _csum_complete(self, f, p):
+        # a partial (offloaded) TCP/UDP checksum, known from the ring or detected, finished
+        ip = f.data + p.l2len
+        if f.csum != FRAME_CSUM_FULL and (
+                f.csum == FRAME_CSUM_PARTIAL
+                or l4_csum_looks_partial(f.buf, ip, p.ihl, p.proto)):
+            l4_csum_complete(f.buf, ip, p.ihl, p.proto)
+            self._count("csum_completed")
+
     def _rx_batch(self, frames):
         """Parse and handle a batch; new flows of callback services are left parked."""
         self.parked = []
         self.pkts = []
+        self.frag.batch_start()
         now = self.now
         for f in frames:
             now = max(now, f.ts)
             p = parse_frame(f)
+            if p == "fragment":
+                # held, or the datagram it completes now stands in for the frame
+                p = self._frag_input(f, now)
             if isinstance(p, str):
-                (self._pass if p in ("not_ip", "no_service") else self._drop)(f, p)
+                (self._pass if p in ("not_ip", "no_service", "fragment")
+                 else self._drop)(f, p)
                 p = None
             else:
+                self._csum_complete(f, p)
                 p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
             self.pkts.append(p)
         self._count("rx", len(frames))
@@ -1246,8 +1980,12 @@ class Engine:
             if p is not None:
                 self._handle(f, p, idx)
                 if f.verdict == K.VERDICT_TX:
+                    if f.xrec is not None and not self._frag_cut(f):
+                        continue
                     self._count("tx")
         self._conn_sweep_batch(now)
+        if self.frag.queues:
+            self._frag_expire(now, FRAG_EXPIRE_BUDGET)
 
     def _schedule_parked(self, frames):
         # one callback for the batch's new flows; an error is kept for after the batch and
@@ -1299,6 +2037,8 @@ class Engine:
             else:
                 self._bind_leader(f, p, pk)
             if f.verdict == K.VERDICT_TX:
+                if f.xrec is not None and not self._frag_cut(f):
+                    continue
                 self._count("tx")
         self.parked = []
 
@@ -1351,8 +2091,9 @@ class Engine:
         (monotonic clock)."""
         out = []
         for start, batch in self._batches(frames, timestamps):
-            out.extend((start + j, f.out_ifindex, f.output())
-                       for j, f in enumerate(batch) if f.verdict == K.VERDICT_TX)
+            out.extend((start + j, f.out_ifindex, data)
+                       for j, f in enumerate(batch) if f.verdict == K.VERDICT_TX
+                       for data in f.outputs())
         self._raise_pending()
         return out
 
@@ -1363,9 +2104,12 @@ class Engine:
         for start, batch in self._batches(frames, timestamps):
             for j, f in enumerate(batch):
                 tx = f.verdict == K.VERDICT_TX
+                data = None
+                if tx:
+                    data = f.output() if f.xrec is None else f.outputs()
                 res[start + j] = (_VERDICT_TEXT[f.verdict],
                                   "" if tx else K.COUNTER_NAMES[f.reason],
-                                  f.out_ifindex, f.output() if tx else None)
+                                  f.out_ifindex, data)
         self._raise_pending()
         return res
 
@@ -1377,7 +2121,9 @@ class Engine:
         b = self._capacity if budget is None else _u32(budget)
         if now > self.now:
             self.now = now
-        return self._conn_sweep(now, b)
+        freed = self._conn_sweep(now, b)
+        self._frag_expire(now, M32)
+        return freed
 
     # -- counters and listings -----------------------------------------------------------------
     def stats(self):
@@ -1416,10 +2162,27 @@ class Engine:
     def conns(self, now_ns=None):
         """Entries for ipvsadm -Lnc, in table order; entries already expired are left out
         (a template still controlling conns is kept)."""
+        return self.conns_slice(0, None, now_ns)[0]
+
+    def conns_slice(self, start=0, limit=None, now_ns=None):
+        """(entries, next_start): the live entries among slots start .. start+limit-1 of
+        the part of the table ever handed out (limit=None: to its end), as conns()
+        describes them; next_start is None once the walk reached the end."""
         now = self.now if now_ns is None else now_ns
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        end = self.used_end
+        if start >= end:
+            return [], None
+        if limit is not None and limit < end - start:
+            end = start + limit
         out = []
-        for i in sorted(self.conn_table):
-            c = self.conn_table[i]
+        for i in range(start, end):
+            c = self.conn_table.get(i)
+            if c is None:
+                continue
             tmpl = bool(c.flags & CF_TEMPLATE)
             if c.expires <= now and not (tmpl and c.ctl):
                 continue
@@ -1437,4 +2200,4 @@ class Engine:
                         "vaddr": _ip_text(v.addr), "vport": v.port,
                         "raddr": _ip_text(d.raddr), "rport": d.rport,
                         "template": tmpl, "fwd": _FWD_TEXT.get(c.fwd, "")})
-        return out
+        return out, (end if end < self.used_end else None)
