@@ -85,8 +85,11 @@ def tcp_flow(bed, i):
 
 
 def udp_flow(bed, i):
-    s = bed.socket(socket.SOCK_DGRAM)         # a new source port: a new flow
+    s = bed.socket(socket.SOCK_DGRAM)
     try:
+        # a source port of its own: an ephemeral one may be handed out again after close,
+        # and the same 5-tuple is the same connection (UDP entries live 300 s)
+        s.bind(("", 21000 + i))
         return bed.udp_ask(s, b"flow%d" % i, timeout=2.0)
     except (OSError, RuntimeError) as e:
         return f"error: {e!r}"
