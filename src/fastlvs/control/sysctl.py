@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastlvs.engine import contract
+
 
 class SysctlError(ValueError):
     """A sysctl name or value fastlvs does not take; str() is the one line the user sees."""
@@ -28,25 +30,31 @@ class Sysctl:
     engine: bool = True            # applied by the engine (else kept by the director only)
 
 
+def _engine(name: str, kind: str, meaning: str) -> Sysctl:
+    """A sysctl the engine applies: its default and range are the engine contract's."""
+    default, lo, hi = contract.ENGINE_SYSCTLS[name]
+    return Sysctl(name, kind, lo, hi, default, meaning)
+
+
 _DEFENCE_MODES = ("0 off; 1 automatic: in force while fewer than amemthresh conn entries are "
                   "free (then reads 2, back to 1 when not); 3 always")
 
 SYSCTLS: dict[str, Sysctl] = {s.name: s for s in (
-    Sysctl("expire_nodest_conn", "bool", 0, 1, 0,
-           "0: packets of a connection whose real server was deleted are dropped and the "
-           "entry is left to time out (re-adding the server revives it); 1: such entries "
-           "end at once (when the server is deleted, or on their next packet, which is then "
-           "handled as a new connection), and with conn_reuse_mode a SYN over a connection "
-           "of a weight-0 server is scheduled afresh"),
-    Sysctl("expire_quiescent_template", "bool", 0, 1, 0,
-           "1: a persistence template whose real server has weight 0 is not followed; the "
-           "client is scheduled afresh (0: persistent clients keep a quiesced server)"),
-    Sysctl("conn_reuse_mode", "int", 0, 3, 1,
-           "port reuse: bit 1, a SYN over an entry in TIME_WAIT or CLOSE is scheduled as a "
-           "new connection (not over one a persistence template controls); bit 2, also over "
-           "FIN_WAIT when no reply was seen (DR/TUN); 0, the SYN follows the old entry"),
-    Sysctl("sloppy_tcp", "bool", 0, 1, 0,
-           "1: any TCP packet without RST may open a connection, not only a SYN"),
+    _engine("expire_nodest_conn", "bool",
+            "0: packets of a connection whose real server was deleted are dropped and the "
+            "entry is left to time out (re-adding the server revives it); 1: such entries "
+            "end at once (when the server is deleted, or on their next packet, which is then "
+            "handled as a new connection), and with conn_reuse_mode a SYN over a connection "
+            "of a weight-0 server is scheduled afresh"),
+    _engine("expire_quiescent_template", "bool",
+            "1: a persistence template whose real server has weight 0 is not followed; the "
+            "client is scheduled afresh (0: persistent clients keep a quiesced server)"),
+    _engine("conn_reuse_mode", "int",
+            "port reuse: bit 1, a SYN over an entry in TIME_WAIT or CLOSE is scheduled as a "
+            "new connection (not over one a persistence template controls); bit 2, also over "
+            "FIN_WAIT when no reply was seen (DR/TUN); 0, the SYN follows the old entry"),
+    _engine("sloppy_tcp", "bool",
+            "1: any TCP packet without RST may open a connection, not only a SYN"),
     Sysctl("nat_icmp_send", "bool", 0, 1, 0,
            "1: answer a NAT real server's packet that has no connection with ICMP port "
            "unreachable (not implemented: only 0 is taken)", supported=(0,), engine=False),
@@ -54,24 +62,24 @@ SYSCTLS: dict[str, Sysctl] = {s.name: s for s in (
            "1: refuse DF packets larger than the path MTU with ICMP fragmentation needed, "
            "whatever the method (0, fragment TUN packets, is not implemented: only 1 is "
            "taken)", supported=(1,), engine=False),
-    Sysctl("drop_entry", "int", 0, 3, 0,
-           "flood defence: drop connection entries still in SYN_RECV/SYNACK (a spoofed "
-           "SYN's): when the table is full the oldest such entry makes room for a new "
-           "connection, and every second a random 1/32 of the table (at most 1024 entries) "
-           "is looked at; established entries are never dropped. " + _DEFENCE_MODES),
-    Sysctl("drop_packet", "int", 0, 3, 0,
-           "flood defence: drop 1 of every `rate` packets that would open a connection; "
-           "automatic rate amemthresh / (amemthresh - free entries), so all of them when "
-           "the table is full; always mode uses am_droprate. " + _DEFENCE_MODES),
-    Sysctl("secure_tcp", "int", 0, 3, 0,
-           "flood defence: the kernel's stricter TCP state table (a NAT connection becomes "
-           "ESTABLISHED only after the server's SYN-ACK; DR/TUN ones open in SYNACK). "
-           + _DEFENCE_MODES),
-    Sysctl("amemthresh", "int", 0, 2**32 - 1, 1024,
-           "free connection entries below which the automatic defences engage (the "
-           "kernel counts free memory pages; fastlvs's table is allocated once)"),
-    Sysctl("am_droprate", "int", 1, 2**32 - 1, 10,
-           "drop_packet's rate in always mode (3): 1 of every am_droprate"),
+    _engine("drop_entry", "int",
+            "flood defence: drop connection entries still in SYN_RECV/SYNACK (a spoofed "
+            "SYN's): when the table is full the oldest such entry makes room for a new "
+            "connection, and every second a random 1/32 of the table (at most 1024 entries) "
+            "is looked at; established entries are never dropped. " + _DEFENCE_MODES),
+    _engine("drop_packet", "int",
+            "flood defence: drop 1 of every `rate` packets that would open a connection; "
+            "automatic rate amemthresh / (amemthresh - free entries), so all of them when "
+            "the table is full; always mode uses am_droprate. " + _DEFENCE_MODES),
+    _engine("secure_tcp", "int",
+            "flood defence: the kernel's stricter TCP state table (a NAT connection becomes "
+            "ESTABLISHED only after the server's SYN-ACK; DR/TUN ones open in SYNACK). "
+            + _DEFENCE_MODES),
+    _engine("amemthresh", "int",
+            "free connection entries below which the automatic defences engage (the "
+            "kernel counts free memory pages; fastlvs's table is allocated once)"),
+    _engine("am_droprate", "int",
+            "drop_packet's rate in always mode (3): 1 of every am_droprate"),
 )}
 
 

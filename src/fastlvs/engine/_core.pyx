@@ -60,7 +60,8 @@ include "dataplane/xmit.pxi"
 
 # The contract's names at the Python level; the C constants come from the same module through
 # the generated dataplane/contract.pxi (a stale build fails the check below).
-from fastlvs.engine.contract import COUNTER_NAMES, FWD_METHODS, FWD_ALIASES, HASH_KINDS, PROTOCOLS
+from fastlvs.engine.contract import (COUNTER_NAMES, ENGINE_SYSCTLS, FWD_METHODS, FWD_ALIASES,
+                                     HASH_KINDS, PROTOCOLS)
 
 if len(COUNTER_NAMES) != C_LAST:
     raise ImportError("fastlvs.engine._core was built from another contract.py: rebuild it")
@@ -70,15 +71,9 @@ _FWD_TEXT = {m[0]: name for name, m in FWD_METHODS.items()}
 _HASH_IDS = tuple(HASH_KINDS.values())
 _PROTO_NUMS = tuple(PROTOCOLS.values())
 _PROTO_TEXT = {num: name.upper() for name, num in PROTOCOLS.items()}
-# The IPVS sysctls the engine applies, with the kernel's defaults and ranges (amemthresh
-# counts free conn entries here, pages there). control/sysctl.py declares them for users.
-SYSCTL_DEFAULTS = {"expire_nodest_conn": 0, "expire_quiescent_template": 0,
-                   "conn_reuse_mode": 1, "sloppy_tcp": 0, "drop_entry": 0, "drop_packet": 0,
-                   "secure_tcp": 0, "amemthresh": 1024, "am_droprate": 10}
-_SYSCTL_RANGE = {"expire_nodest_conn": (0, 1), "expire_quiescent_template": (0, 1),
-                 "conn_reuse_mode": (0, 3), "sloppy_tcp": (0, 1), "drop_entry": (0, 3),
-                 "drop_packet": (0, 3), "secure_tcp": (0, 3), "amemthresh": (0, 0xFFFFFFFF),
-                 "am_droprate": (1, 0xFFFFFFFF)}
+# The IPVS sysctls the engine applies (the contract's ENGINE_SYSCTLS)
+SYSCTL_DEFAULTS = {name: v[0] for name, v in ENGINE_SYSCTLS.items()}
+_SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in ENGINE_SYSCTLS.items()}
 
 
 

@@ -52,6 +52,16 @@ COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "tab
                  "frag_timeout", "frag_bad", "frag_no_room", "frag_out",
                  "dest_unavailable", "drop_packet", "drop_entry")
 
+# -- the IPVS sysctls the engine applies: name -> (default, lo, hi), as Linux 6.1 has them
+# (amemthresh counts free conn entries here, free memory pages there). control/sysctl.py
+# gives them their meanings and adds the ones the director keeps alone.
+ENGINE_SYSCTLS = {
+    "expire_nodest_conn": (0, 0, 1), "expire_quiescent_template": (0, 0, 1),
+    "conn_reuse_mode": (1, 0, 3), "sloppy_tcp": (0, 0, 1),
+    "drop_entry": (0, 0, 3), "drop_packet": (0, 0, 3), "secure_tcp": (0, 0, 3),
+    "amemthresh": (1024, 0, 0xFFFFFFFF), "am_droprate": (10, 1, 0xFFFFFFFF),
+}
+
 # -- limits ----------------------------------------------------------------------------------
 CAPACITY_DEFAULT = 1 << 20         # connection entries allocated at start
 CAPACITY_MIN = 16

@@ -44,15 +44,9 @@ FULL_TABLE_SWEEP = 4               # entries inspected for expired ones when the
 EMBRYO_RESERVE = 512               # free entries drop_entry keeps (2 per frame of a full batch)
 DEF_OFF, DEF_AUTO, DEF_AUTO_ON, DEF_ALWAYS = range(4)   # flood defence modes, as the sysctls
 SVC_F_ONEPACKET = 1                # -o: every UDP datagram scheduled alone, no entry kept
-# the IPVS sysctls the engine applies, with the kernel's defaults and ranges (amemthresh
-# counts free conn entries here)
-SYSCTL_DEFAULTS = {"expire_nodest_conn": 0, "expire_quiescent_template": 0,
-                   "conn_reuse_mode": 1, "sloppy_tcp": 0, "drop_entry": 0, "drop_packet": 0,
-                   "secure_tcp": 0, "amemthresh": 1024, "am_droprate": 10}
-SYSCTL_RANGE = {"expire_nodest_conn": (0, 1), "expire_quiescent_template": (0, 1),
-                "conn_reuse_mode": (0, 3), "sloppy_tcp": (0, 1), "drop_entry": (0, 3),
-                "drop_packet": (0, 3), "secure_tcp": (0, 3), "amemthresh": (0, 0xFFFFFFFF),
-                "am_droprate": (1, 0xFFFFFFFF)}
+# the IPVS sysctls the engine applies (the contract's ENGINE_SYSCTLS)
+SYSCTL_DEFAULTS = {name: v[0] for name, v in K.ENGINE_SYSCTLS.items()}
+SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in K.ENGINE_SYSCTLS.items()}
 SYSCTL_BOOLS = ("expire_nodest_conn", "expire_quiescent_template", "sloppy_tcp")
 NS = 1_000_000_000
 GOLDEN_RATIO_32 = 0x61C88647
