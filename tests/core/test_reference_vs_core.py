@@ -477,15 +477,7 @@ def test_deleted_dest_and_service_live_on():
 
 def _set_ttl(frame: bytes, ttl: int, l2=14) -> bytes:
     """The frame with its IP TTL set and its IP header checksum made right again."""
-    b = bytearray(frame)
-    b[l2 + 8] = ttl
-    ihl = (b[l2] & 0xF) * 4
-    b[l2 + 10:l2 + 12] = b"\0\0"
-    s = sum(int.from_bytes(b[l2 + i:l2 + i + 2], "big") for i in range(0, ihl, 2))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    b[l2 + 10:l2 + 12] = (~s & 0xFFFF).to_bytes(2, "big")
-    return bytes(b)
+    return P._fix_ip_csum(P._patch(frame, l2 + 8, bytes([ttl])), l2)
 
 
 def _icmp_type(frame: bytes):
