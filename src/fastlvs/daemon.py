@@ -14,7 +14,7 @@ import time
 from fastlvs.control import ctl
 from fastlvs.settings import Options, merge as merge_settings
 from fastlvs.control.config import ConfigError, DirectorConfig, load_config
-from fastlvs.control.server import ControlServer
+from fastlvs.control.server import ControlServer, Later
 from fastlvs.control.director import Director
 from fastlvs.control.factory import build_director
 from fastlvs.control.model import ControlError, FwdMethod, NoRoute, ServiceTable
@@ -22,7 +22,8 @@ from fastlvs.system.napi import PlacementError, check_cpu
 from fastlvs.system import sdnotify
 from fastlvs.system.ports import PortError, Ports, xdp_missing
 from fastlvs.system.state import StateFile, recover
-from fastlvs.system.netlink import Netlink, NetlinkError, NeighbourMonitor, dr_problem, vip_problem
+from fastlvs.system.netlink import (Netlink, NetlinkError, NeighbourMonitor, NoAnswer, dr_problem,
+                                    vip_problem)
 from fastlvs.control.ipvsadm import CommandError, apply_command, parse_command
 from fastlvs.control.rules import RulesError, load_rules
 
@@ -86,6 +87,7 @@ class Daemon:
         self._retired_steered = False                # steering kept for deleted NAT dests
         self._stop = False
         self._reload = False
+        self._reload_until: float | None = None     # a SIGHUP reload waiting for ARP
         self._watchdog = sdnotify.Watchdog()
 
     # -- configuration --------------------------------------------------------------------------
@@ -191,7 +193,11 @@ class Daemon:
         self._sync_ports()
         self._learn_neighbours()
         self.director.learn_clients(self._cif, self._client_subnets(cif))
-        self.control = ControlServer(self.director, self.cfg.socket_path, reload=self._do_reload)
+        self.control = ControlServer(self.director, self.cfg.socket_path, reload=self._do_reload,
+                                     resolve_wait=RESOLVE_TIMEOUT)
+        # From now on the loop runs: a real server added by `fastlvs admin -a` is resolved
+        # without waiting (the control server parks the command while ARP goes on).
+        self.director.nexthop = self._nexthop_now
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -199,14 +205,21 @@ class Daemon:
                  len(table), self.cfg.mode, self.ports.describe(), self.control.path)
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(table)} service(s)\nMAINPID={os.getpid()}")
 
-    def _resolve_all(self, table: ServiceTable) -> None:
+    def _resolve_all(self, table: ServiceTable, final: bool = True) -> None:
         """StartupError naming the first real server of `table` without a next hop; the
-        kernel resolves them all at once, within RESOLVE_TIMEOUT in all."""
-        hops = self.nl.nexthops([d.addr for svc in table for d in svc.dests], RESOLVE_TIMEOUT)
+        kernel resolves them all at once, within RESOLVE_TIMEOUT in all. Not `final` (the
+        loop is running): nothing is waited for, and Later is raised while the kernel has
+        not answered for some of them, so the caller asks again on a later turn."""
+        wait = RESOLVE_TIMEOUT if final and self.control is None else 0
+        hops = self.nl.nexthops([d.addr for svc in table for d in svc.dests], wait,
+                                waited=RESOLVE_TIMEOUT)
         for svc in table:
             for d in svc.dests:
-                if isinstance(hops[d.addr], NetlinkError):
-                    raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {hops[d.addr]}")
+                err = hops[d.addr]
+                if isinstance(err, NoAnswer) and not final:
+                    raise Later()
+                if isinstance(err, NetlinkError):
+                    raise StartupError(f"{svc.key.option_text()} -r {d.addr}: {err}")
 
     def _choose_backend(self) -> str:
         want = self.cfg.backend
@@ -229,12 +242,15 @@ class Daemon:
 
     def _nexthop_now(self, ip: str):
         """_nexthop without waiting: a next hop the kernel has no answer for yet is asked
-        for (NTF_USE) and NoRoute raised at once; its neighbour event brings the refresh
-        back. The loop's refreshes use this, so forwarding never waits for ARP."""
+        for (NTF_USE) and NoRoute(pending=True) raised at once; its neighbour event brings
+        the refresh back, and a parked admin command asks again. The running loop uses only
+        this, so forwarding never waits for ARP."""
         try:
             # a route that moved to a new gateway: its answer is the event to wait for
             self._hop_ips.add(self.nl.route_get(ip).nexthop)
             mac, ifindex = self.nl.nexthop(ip, 0)
+        except NoAnswer as e:
+            raise NoRoute(str(e), pending=True) from None
         except NetlinkError as e:
             raise NoRoute(str(e)) from None
         return mac, ifindex, self.nl.interface_by_index(ifindex).mac
@@ -308,10 +324,12 @@ class Daemon:
     def _on_hup(self, signum, frame) -> None:
         self._reload = True
 
-    def _do_reload(self) -> str:
+    def _do_reload(self, final: bool = True) -> str:
         """Re-read --rules/--config; services and dests that stay keep their connections.
         All or nothing: a file that does not parse, check or resolve raises ControlError
-        ("reload refused: ...", one line) and the running state is untouched."""
+        ("reload refused: ...", one line) and the running state is untouched. Not `final`:
+        Later while the kernel is still resolving a real server of the new file (the
+        caller asks again on a later turn; the last attempt is final)."""
         if not (self.opts.rules or self.opts.config):
             raise ControlError("reload: started with --vip/--rs, there is no file to re-read")
         try:
@@ -321,7 +339,7 @@ class Daemon:
             # Everything the new table needs is resolved before the running one changes; the
             # kernel is asked about every unknown next hop at once, so an unresolvable real
             # server costs one resolution timeout, not one per server.
-            self._resolve_all(table)
+            self._resolve_all(table, final)
             self.director.load(table)
         except (StartupError, ControlError, NoRoute) as e:
             raise ControlError(f"reload refused: {e}") from None
@@ -344,7 +362,7 @@ class Daemon:
         self._watchdog.feed(time.monotonic())
         try:
             # while a listing streams, come back for its next slice after 1 ms, not 10
-            stay = 1 if getattr(self.control, "streaming", False) else POLL_MS
+            stay = 1 if self.control.streaming or self.control.waiting else POLL_MS
             self.director.poll(self.ports.list(), stay_ms=stay)
         except Exception as e:          # a scheduler error: the batch was dropped and counted
             log.error("scheduler error, batch dropped: %s", e)
@@ -365,10 +383,15 @@ class Daemon:
                 self._sync_ports()
         if self._reload:
             self._reload = False
+            self._reload_until = now + RESOLVE_TIMEOUT
+        if self._reload_until is not None:
             try:
-                log.info("%s", self._do_reload())
+                log.info("%s", self._do_reload(final=now >= self._reload_until))
+            except Later:
+                return                  # the kernel is resolving: next turn
             except ControlError as e:
                 log.error("%s", e)
+            self._reload_until = None
 
     def close(self) -> None:
         if self.control is not None:

@@ -111,10 +111,10 @@ def test_counters_ping_reload(daemon):
     assert c["services"][0]["service"] == "-t 203.0.113.1:80" and "engine" in c
     assert ctl.call("reload", daemon.path) == {
         "ok": False, "code": 2, "error": "reload: this daemon has no configuration to reload"}
-    daemon.server.reload = lambda: "reloaded 3 services"
+    daemon.server.reload = lambda final=True: "reloaded 3 services"
     assert ctl.call("reload", daemon.path) == {"ok": True, "result": "reloaded 3 services"}
 
-    def bad():
+    def bad(final=True):
         raise ValueError("fastlvs.toml:3: bad")
     daemon.server.reload = bad
     assert ctl.call("reload", daemon.path) == {

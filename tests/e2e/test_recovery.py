@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -80,6 +81,44 @@ def test_reload_with_an_unresolvable_real_server_keeps_the_old_state(bed, daemon
     assert d.proc.poll() is None
     assert d.admin("-Ln").stdout == before
     assert set(requests(bed, 6)) == {"rs1", "rs2"}
+    d.stop(signal.SIGTERM)
+    assert_clean(bed, d)
+
+
+def test_waiting_for_arp_never_stalls_forwarding(bed, daemons):
+    """`fastlvs admin -a` of a real server nobody answers ARP for, and a SIGHUP reload that
+    adds one, wait for the kernel's answer (3 s) while the loop goes on forwarding: every
+    request made meanwhile is answered, then the refusal comes as one line."""
+    vip = f"{bed.vip}:{HTTP_PORT}"
+    r1 = f"{bed.rip_of('rs1')}:{HTTP_PORT}"
+    path = bed.write_rules(f"-A -t {vip} -s rr\n-a -t {vip} -r {r1} -g\n")
+    d = bed.start_daemon("--rules", path)
+    daemons.append(d)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        a=d.admin("-a", "-t", vip, "-r", "10.201.0.78", "-g", check=False)))
+    t0 = time.monotonic()
+    t.start()
+    got = collections.Counter()
+    while t.is_alive() and time.monotonic() - t0 < 10:
+        got[bed.http_get(timeout=1.0)] += 1
+    t.join(10)
+    assert result["a"].returncode == 255
+    assert "No route to host" in result["a"].stderr and "10.201.0.78" in result["a"].stderr
+    assert time.monotonic() - t0 >= 2.5           # it did wait for the kernel's answer
+    assert got["rs1"] >= 5 and set(got) == {"rs1"}, got     # and forwarding went on
+    bed.write_rules(f"-A -t {vip} -s rr\n-a -t {vip} -r {r1} -g\n"
+                    f"-a -t {vip} -r 10.201.0.79:{HTTP_PORT} -g\n")
+    n = len(d.lines)
+    d.send(signal.SIGHUP)
+    got.clear()
+    t0 = time.monotonic()
+    while not [ln for ln in d.lines[n:] if "reload refused" in ln] and \
+            time.monotonic() - t0 < 10:
+        got[bed.http_get(timeout=1.0)] += 1
+    assert got["rs1"] >= 5 and set(got) == {"rs1"}, got
+    (line,) = wait_line(d, n, "reload refused")
+    assert "10.201.0.79" in line and "within 3 s" in line
     d.stop(signal.SIGTERM)
     assert_clean(bed, d)
 

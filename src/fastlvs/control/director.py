@@ -385,7 +385,7 @@ class Director:
         sorts, thresholds not written). Numbers either way: fastlvs looks up no names."""
         return dump_rules(self.table, numeric)
 
-    def restore(self, text: str, filename: str = "-") -> list[str]:
+    def restore(self, text: str, filename: str = "-", final: bool = True) -> list[str]:
         """`ipvsadm -R`: apply the commands of a rules text, in order, ON TOP of the current
         table (it adds; it does not replace: write -C first to replace).
 
@@ -394,8 +394,18 @@ class Director:
         nothing. A line the table refuses ("Service already exists", a real server without
         a next hop) is skipped and the rest applied, as ipvsadm -R carries on past refused
         lines; the refusals are returned, one `FILE:LINE: what` string each ([] if none).
+        Not `final`: NoRoute(pending=True), before anything is applied, while the kernel is
+        still resolving a real server of the text (the caller asks again later).
         """
         commands = list(iter_rules(text, filename))
+        if not final:
+            for _, cmd in commands:
+                if cmd.name == "add-server":
+                    try:
+                        self.nexthop(cmd.dest_addr)
+                    except NoRoute as e:
+                        if e.pending:
+                            raise
         errors = []
         for lineno, cmd in commands:
             try:

@@ -48,7 +48,13 @@ class ControlError(Exception):
 
 
 class NoRoute(Exception):
-    """No next hop is known for a real server's address (the Director's `nexthop` raises it)."""
+    """No next hop is known for a real server's address (the Director's `nexthop` raises it).
+    `pending`: the kernel has been asked and has not answered yet (ARP under way), so the
+    same request may succeed a moment later; otherwise the refusal is final."""
+
+    def __init__(self, message: str = "", pending: bool = False):
+        super().__init__(message)
+        self.pending = pending
 
 
 class Proto(enum.Enum):

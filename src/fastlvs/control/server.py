@@ -39,6 +39,12 @@ STREAM_PIECE_SLOTS = 128
 STREAM_LOW_WATER = 1 << 20
 
 
+class Later(Exception):
+    """Not answerable yet: a new real server's next hop is being resolved by the kernel.
+    The server parks the request and asks again each turn of the loop, until it is
+    answered or its wait is over, so forwarding never waits for ARP."""
+
+
 class CommandFailed(Exception):
     """A command the daemon refused: `message` (one line, ipvsadm's wording), `code` (the
     exit status ipvsadm would give: ctl.EXIT_SYNTAX, EXIT_LIST or EXIT_REFUSED) and
@@ -51,7 +57,8 @@ class CommandFailed(Exception):
         super().__init__(message)
 
 
-def run_command(director, argv: list[str], stdin: str | None = None) -> str:
+def run_command(director, argv: list[str], stdin: str | None = None,
+                final: bool = True) -> str:
     """Carry out one ipvsadm command line on `director`; return what ipvsadm prints on
     stdout for it ("" for a table change). Raises CommandFailed.
 
@@ -65,6 +72,8 @@ def run_command(director, argv: list[str], stdin: str | None = None) -> str:
       (ipvsadm -R does not clear first); a syntax error anywhere applies nothing (exit 2);
       refused lines are skipped and reported, the others applied (exit 255).
     - -h/-v are the admin command's own business: refused here.
+    - `final=False`: a real server whose next hop the kernel is still resolving raises
+      Later (nothing changed) instead of the refusal; the caller asks again.
     The argv is parsed again here whatever the client checked: the daemon trusts no client.
     """
     try:
@@ -95,9 +104,11 @@ def run_command(director, argv: list[str], stdin: str | None = None) -> str:
         return director.save(cmd.numeric)
     if cmd.name == "restore":
         try:
-            errors = director.restore(stdin or "", "-")
+            errors = director.restore(stdin or "", "-", final)
         except RulesError as e:
             raise CommandFailed(str(e), ctl.EXIT_SYNTAX) from None
+        except NoRoute:
+            raise Later() from None
         if errors:
             raise CommandFailed(errors[0], ctl.EXIT_REFUSED, errors)
         return ""
@@ -106,12 +117,15 @@ def run_command(director, argv: list[str], stdin: str | None = None) -> str:
     except ControlError as e:
         raise CommandFailed(str(e), ctl.EXIT_REFUSED) from None
     except NoRoute as e:
+        if e.pending and not final:
+            raise Later() from None
         raise CommandFailed(describe_noroute(cmd, e), ctl.EXIT_REFUSED) from None
     return ""
 
 
 class _Conn:
-    __slots__ = ("sock", "rbuf", "wbuf", "closing", "eof", "skipping", "uid", "stream")
+    __slots__ = ("sock", "rbuf", "wbuf", "closing", "eof", "skipping", "uid", "stream",
+                 "parked")
 
     def __init__(self, sock: socket.socket, uid: int):
         self.sock = sock
@@ -122,6 +136,7 @@ class _Conn:
         self.skipping = False    # inside a line already refused as too long
         self.uid = uid
         self.stream = None       # a _ConnStream being answered; later requests wait for it
+        self.parked = None       # (request line, deadline) waiting for ARP; later ones wait
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -146,16 +161,22 @@ class ControlServer:
     readable when any client needs service; the loop then calls `handle_ready()`, or calls
     `poll_once(timeout)` itself. Requests are answered in order, each completely, between
     two packet batches. `reload` (settable later as `.reload`) is the "reload" op's hook:
-    called with no argument, it returns a one-line summary or raises to refuse.
+    called as `reload(final)`, it returns a one-line summary, raises to refuse, or raises
+    Later when not `final` and the kernel is still resolving a real server.
+    A request that raises Later is parked and asked again each turn (later requests of the
+    same client wait behind it) until it is answered or `resolve_wait` seconds have passed;
+    the last attempt is final.
     `close()` disconnects every client and removes the socket file (only if it is still
     the one this server made).
     """
 
     def __init__(self, director, path: str | None = None,
-                 reload: Callable[[], str | None] | None = None):
+                 reload: Callable[[bool], str | None] | None = None,
+                 resolve_wait: float = 3.0):
         self.director = director
         self.path = ctl.socket_path(path)
         self.reload = reload
+        self.resolve_wait = resolve_wait
         self._allowed = {0, os.geteuid()}
         self._conns: dict[int, _Conn] = {}
         self._listen = self._bind(self.path)
@@ -223,7 +244,14 @@ class ControlServer:
                 self._write(conn)
             if fd in self._conns and conn.stream is not None:
                 answered += self._advance(conn)
+        for conn in [c for c in self._conns.values() if c.parked is not None]:
+            answered += self._unpark(conn)
         return answered
+
+    @property
+    def waiting(self) -> bool:
+        """True while a request waits for the kernel (the loop then comes back soon)."""
+        return any(c.parked is not None for c in self._conns.values())
 
     @property
     def streaming(self) -> bool:
@@ -295,7 +323,7 @@ class ControlServer:
 
     def _lines(self, conn: _Conn) -> int:
         answered = 0
-        while not conn.closing and conn.stream is None:
+        while not conn.closing and conn.stream is None and conn.parked is None:
             nl = conn.rbuf.find(b"\n")
             if conn.skipping:
                 # The rest of an over-long line: discard up to its newline, then resume.
@@ -318,7 +346,7 @@ class ControlServer:
             line = bytes(conn.rbuf[:nl])
             del conn.rbuf[:nl + 1]
             answered += self._answer(conn, line)
-        if conn.eof and conn.stream is None:
+        if conn.eof and conn.stream is None and conn.parked is None:
             if conn.rbuf.strip() and not conn.closing and not conn.skipping:
                 answered += self._answer(conn, bytes(conn.rbuf))   # last line without "\n"
             conn.rbuf.clear()
@@ -332,7 +360,11 @@ class ControlServer:
         if stream is not None:
             conn.stream = stream         # answered a slice per turn by _advance
             return 1
-        answer = self.handle_request(line)
+        try:
+            answer = self.handle_request(line, final=False)
+        except Later:
+            conn.parked = (line, time.monotonic() + self.resolve_wait)
+            return 0
         conn.wbuf += ctl.encode(answer)
         if len(conn.wbuf) > MAX_PENDING_OUTPUT:
             log.warning("control socket: dropping a client that does not read its answers")
@@ -356,7 +388,7 @@ class ControlServer:
         # After the client's EOF, EPOLLIN would fire for ever: wait for writability only.
         # During a listing, its next slice waits for writability and later requests wait in
         # the socket, unread.
-        want = ((0 if conn.eof or conn.stream else select.EPOLLIN)
+        want = ((0 if conn.eof or conn.stream or conn.parked else select.EPOLLIN)
                 | (select.EPOLLOUT if conn.wbuf or conn.stream else 0))
         self._ep.modify(conn.sock.fileno(), want)
 
@@ -377,6 +409,18 @@ class ControlServer:
         self._write(conn)
         return answered
 
+    def _unpark(self, conn: _Conn) -> int:
+        line, deadline = conn.parked
+        try:
+            answer = self.handle_request(line, final=time.monotonic() >= deadline)
+        except Later:
+            return 0
+        conn.parked = None
+        conn.wbuf += ctl.encode(answer)
+        answered = 1 + self._lines(conn)     # requests that came behind it
+        self._write(conn)
+        return answered
+
     def _drop(self, conn: _Conn) -> None:
         conn.stream = None
         fd = conn.sock.fileno()
@@ -385,9 +429,10 @@ class ControlServer:
         conn.sock.close()
 
     # -- requests ----------------------------------------------------------------------------
-    def handle_request(self, line: bytes) -> dict:
-        """The answer (a ctl response dict) to one request line. Never raises: a malformed
-        request, an unknown op or a failure inside the director is an error answer."""
+    def handle_request(self, line: bytes, final: bool = True) -> dict:
+        """The answer (a ctl response dict) to one request line. Never raises, but Later
+        when not `final` (see the class): a malformed request, an unknown op or a failure
+        inside the director is an error answer."""
         try:
             op, args = ctl.check_request(ctl.decode(line))
         except ctl.ProtocolError as e:
@@ -396,7 +441,8 @@ class ControlServer:
             return ctl.error("not a JSON line: nested too deeply", ctl.EXIT_SYNTAX)
         try:
             if op == "command":
-                return ctl.ok(run_command(self.director, args["argv"], args.get("stdin")))
+                return ctl.ok(run_command(self.director, args["argv"], args.get("stdin"),
+                                          final))
             if op == "counters":
                 return ctl.ok(self.director.counters())
             if op == "ping":
@@ -413,11 +459,15 @@ class ControlServer:
                     return ctl.error("reload: this daemon has no configuration to reload",
                                      ctl.EXIT_SYNTAX)
                 try:
-                    return ctl.ok(self.reload())
+                    return ctl.ok(self.reload(final))
+                except Later:
+                    raise
                 except Exception as e:   # the hook's refusal, shown to the admin as is
                     return ctl.error(f"reload: {e}", ctl.EXIT_LIST)
         except CommandFailed as e:
             return ctl.error(e.message, e.code, e.errors if len(e.errors) > 1 else None)
+        except Later:
+            raise
         except Exception as e:           # a bug must not take the daemon down
             log.exception("control socket: %s request failed", op)
             return ctl.error(f"internal error: {type(e).__name__}: {e}", ctl.EXIT_LIST)

@@ -49,6 +49,11 @@ class NetlinkError(Exception):
     """The kernel cannot give what was asked; str() is one line naming the object."""
 
 
+class NoAnswer(NetlinkError):
+    """A neighbour the kernel was asked to resolve has not answered (yet): asking again
+    later may succeed, unlike the other NetlinkErrors."""
+
+
 @dataclass(frozen=True)
 class Interface:
     """A link as `ip addr show NAME` describes it: `addresses` are the IPv4 ones as
@@ -238,7 +243,7 @@ class Netlink:
                 break
             time.sleep(_POLL)
         name = self._ifname(ifindex)
-        raise NetlinkError(f"{ip}: no ARP/ND answer on {name} within {timeout:g} s")
+        raise NoAnswer(f"{ip}: no ARP/ND answer on {name} within {timeout:g} s")
 
     def _ifname(self, ifindex: int) -> str:
         try:
@@ -256,10 +261,12 @@ class Netlink:
             raise NetlinkError(f"{ip} is an address of this host")
         return self.resolve(route.nexthop, route.oif, timeout), route.oif
 
-    def nexthops(self, ips, timeout: float = 3.0) -> dict:
+    def nexthops(self, ips, timeout: float = 3.0, waited: float | None = None) -> dict:
         """nexthop() of many addresses at once: {ip: (MAC, ifindex) or NetlinkError}. The
         kernel is asked to resolve every missing neighbour first and the answers are awaited
-        together, so the whole call waits at most `timeout` seconds, not one per address."""
+        together, so the whole call waits at most `timeout` seconds, not one per address.
+        An unanswered one is NoAnswer, whose message names `waited` seconds when the caller
+        has been asking for that long already (default: `timeout`)."""
         out: dict = {}
         pending: dict[str, tuple[str, int]] = {}
         for ip in dict.fromkeys(ips):
@@ -268,11 +275,10 @@ class Netlink:
                 if route.local:
                     raise NetlinkError(f"{ip} is an address of this host")
                 out[ip] = (self.resolve(route.nexthop, route.oif, 0), route.oif)
-            except NetlinkError as e:
-                if "no ARP/ND answer" not in str(e):
-                    out[ip] = e
-                    continue
+            except NoAnswer:
                 pending[ip] = (route.nexthop, route.oif)
+            except NetlinkError as e:
+                out[ip] = e
         deadline = time.monotonic() + timeout
         while pending:
             for ip, (hop, oif) in list(pending.items()):
@@ -284,8 +290,8 @@ class Netlink:
                 break
             time.sleep(_POLL)
         for ip, (hop, oif) in pending.items():
-            out[ip] = NetlinkError(f"{hop}: no ARP/ND answer on {self._ifname(oif)} within "
-                                   f"{timeout:g} s")
+            out[ip] = NoAnswer(f"{hop}: no ARP/ND answer on {self._ifname(oif)} within "
+                               f"{max(timeout, waited or 0):g} s")
         return out
 
 
@@ -398,5 +404,5 @@ class AddressMonitor:
         self._ipr.close()
 
 
-__all__ = ["AddressMonitor", "Interface", "NeighbourMonitor", "NetlinkError", "Netlink", "Route",
-           "dr_problem", "vip_problem"]
+__all__ = ["AddressMonitor", "Interface", "NeighbourMonitor", "NetlinkError", "Netlink", "NoAnswer",
+           "Route", "dr_problem", "vip_problem"]
