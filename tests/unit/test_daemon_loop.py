@@ -73,6 +73,8 @@ class FakeNeigh:
 
 
 class Boom:
+    streaming = waiting = False
+
     def __init__(self):
         self.calls = 0
 
