@@ -146,16 +146,20 @@ class ControlServer:
     readable when any client needs service; the loop then calls `handle_ready()`, or calls
     `poll_once(timeout)` itself. Requests are answered in order, each completely, between
     two packet batches. `reload` (settable later as `.reload`) is the "reload" op's hook:
-    called with no argument, it returns a one-line summary or raises to refuse.
+    called with no argument, it returns a one-line summary or raises to refuse. `health`
+    (settable later as `.health`) answers the "health" op: called with no argument, it
+    returns the health listing (HealthPolicy.status); None: this daemon checks nothing.
     `close()` disconnects every client and removes the socket file (only if it is still
     the one this server made).
     """
 
     def __init__(self, director, path: str | None = None,
-                 reload: Callable[[], str | None] | None = None):
+                 reload: Callable[[], str | None] | None = None,
+                 health: Callable[[], dict] | None = None):
         self.director = director
         self.path = ctl.socket_path(path)
         self.reload = reload
+        self.health = health
         self._allowed = {0, os.geteuid()}
         self._conns: dict[int, _Conn] = {}
         self._listen = self._bind(self.path)
@@ -408,6 +412,11 @@ class ControlServer:
                 except SysctlError as e:
                     return ctl.error(str(e), ctl.EXIT_REFUSED)
                 return ctl.ok(self.director.sysctls())
+            if op == "health":
+                if self.health is None:
+                    return ctl.error("health: this daemon runs no health checks (no "
+                                     "keepalived.conf)", ctl.EXIT_SYNTAX)
+                return ctl.ok(self.health())
             if op == "reload":
                 if self.reload is None:
                     return ctl.error("reload: this daemon has no configuration to reload",
