@@ -369,8 +369,8 @@ class HealthPolicy:
                 (init and not v.quorum_up and sorry is not None and not sorry.alive):
             v.quorum_up = False
             text = (f"{'starting with quorum down' if fresh else 'quorum lost'} for {svc}: live "
-                    f"weight {total} < {threshold} (quorum {v.quorum} - hysteresis "
-                    f"{v.hysteresis})")
+                    f"weight {total} < {threshold} (quorum {v.quorum} {'-' if sign < 0 else '+'} "
+                    f"hysteresis {v.hysteresis})")
             if sorry is not None and not sorry.alive:
                 self._pool(v, add=False)
                 self._ipvs(v, sorry, "add")
