@@ -281,7 +281,7 @@ def test_quorum_already_lost_at_start_puts_the_sorry_server_in(director, caplog)
     p = start(director, {WEB: vh}, [(WEB, "rr", [(a, 1) for a in RS[1:5]])],
               run_script=scripts)
     assert ln(director) == listing((WEB, "rr", [(RS[9], 1)]))
-    assert f"starting with quorum down for TCP {VIP}:80: live weight 2 < 4 (quorum 3 - " \
+    assert f"starting with quorum down for TCP {VIP}:80: live weight 2 < 4 (quorum 3 + " \
         f"hysteresis 1); sorry server {RS[9]}:80 in, alive real servers out" in caplog.messages
     assert scripts.calls == ["echo down"]
     p.on_event(Event(checks[0], True))
