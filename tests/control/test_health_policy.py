@@ -479,6 +479,30 @@ def test_reload_keeps_the_quorum_state_and_the_sorry_server(director):
     assert ln(director) == listing((WEB, "rr", [(a, 1) for a in RS[1:5]]))
 
 
+def test_reload_forgets_what_went_running_its_down_scripts(director):
+    """A server that goes while up runs notify_down, a service that goes with its quorum
+    runs quorum_down (keepalived's clear_diff_services); what stays runs nothing."""
+    c1, c2, c3 = tcp(RS[1]), tcp(RS[2]), tcp(RS[3], 443)
+    web = vhealth(WEB, [(RS[1], 1, ServerHealth((c1,), notify_down="down 1")),
+                        (RS[2], 1, ServerHealth((c2,), notify_down="down 2"))],
+                  quorum_down="qdown web")
+    tls = vhealth(TLS, [(RS[3], 1, ServerHealth((c3,), notify_down="down 3"))],
+                  quorum_down="qdown tls")
+    scripts = Scripts()
+    p = start(director, {WEB: web, TLS: tls},
+              [(WEB, "rr", [(RS[1], 1), (RS[2], 1)]), (TLS, "rr", [(RS[3], 1)])],
+              run_script=scripts)
+    new_web = vhealth(WEB, [(RS[1], 1, ServerHealth((c1,), notify_down="down 1"))],
+                      quorum_down="qdown web")
+    p.reload(HealthConfig({WEB: new_web}), rules((WEB, "rr", [(RS[1], 1)])))
+    assert sorted(scripts.calls) == ["down 2", "down 3", "qdown tls"]
+    assert ln(director) == listing((WEB, "rr", [(RS[1], 1)]))
+    scripts.calls.clear()
+    p.on_event(Event(c2, False))
+    p.on_event(Event(c3, False))
+    assert scripts.calls == [] and ln(director) == listing((WEB, "rr", [(RS[1], 1)]))
+
+
 def test_a_refused_reload_changes_nothing(director):
     c1 = tcp(RS[1])
     cfg = HealthConfig({WEB: vhealth(WEB, [(RS[1], 1, ServerHealth((c1,))),
