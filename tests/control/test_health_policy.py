@@ -434,7 +434,7 @@ def test_omega_runs_notify_down_and_quorum_down_at_shutdown(director):
     assert scripts.calls == ["down 1", "qdown web"]    # not TLS: no omega there
 
 
-# -- reload -----------------------------------------------------------------------------------------
+# -- reload ----------------------------------------------------------------------------------
 def test_reload_keeps_a_failed_server_out_and_starts_new_ones_as_their_spec_says(director):
     c1, c2, c3 = tcp(RS[1]), tcp(RS[2]), tcp(RS[3])
     cfg = {WEB: vhealth(WEB, [(RS[1], 1, ServerHealth((c1,))),
@@ -566,3 +566,22 @@ def test_admin_health_lists_quorum_servers_and_checkers(daemon):
     assert daemon.ok("-Ln") == listing((WEB, "rr", [(RS[2], 0), (RS[9], 1)]))
     rc, _, err = daemon.admin("--health", "-n")
     assert rc == 2 and err == "--health takes no other options\n"
+
+
+def test_a_change_the_director_refuses_is_logged_not_raised(director, caplog):
+    """A sorry server with no next hop, a service the operator deleted: one warning each
+    (keepalived logs a failed ipvs_cmd and goes on), and the policy keeps following."""
+    c1 = tcp(RS[1])
+    p = start(director, {WEB: vhealth(WEB, [(RS[1], 1, ServerHealth((c1,)))],
+                                      sorry_server=SorryServer("198.51.100.99", 80))},
+              [(WEB, "rr", [(RS[1], 1)])], run_script=Scripts())
+    caplog.set_level(logging.WARNING, logger="fastlvs")
+    p.on_event(Event(c1, False))
+    assert ln(director) == listing((WEB, "rr", []))
+    assert [m for m in caplog.messages if m.startswith("health: -a")] == [
+        f"health: -a -t {VIP}:80 -r 198.51.100.99:80: No route to host "
+        f"(198.51.100.99 is not a neighbour)"]
+    director.execute(parse_command(["-D", "-t", f"{VIP}:80"]))
+    p.on_event(Event(c1, True))
+    assert ln(director) == listing()
+    assert any("for a service that was not added" in m for m in caplog.messages)

@@ -7,7 +7,6 @@ Every change goes to the Director as one ipvsadm command, so the operator's own 
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -15,7 +14,8 @@ import subprocess
 import time
 from typing import Callable, Iterable
 
-from fastlvs.control.ipvsadm import Command
+from fastlvs.control.director import describe_noroute
+from fastlvs.control.ipvsadm import Command, describe
 from fastlvs.control.model import (MAX_WEIGHT, ControlError, FwdMethod, NoRoute, ServiceKey,
                                    ServiceTable, addrport)
 from fastlvs.health.spec import CheckSpec, HealthConfig, ServerHealth, VirtualHealth
@@ -443,11 +443,9 @@ class HealthPolicy:
         except ControlError as e:
             if tolerate and e.message == tolerate:
                 return False
-            where = f"{cmd.flag} {cmd.service.option_text()} -r {addrport(cmd.dest_addr, cmd.dest_port)}"
-            log.warning("health: %s: %s", where, e)
+            log.warning("health: %s", describe(cmd, e))
         except NoRoute as e:
-            where = f"{cmd.flag} {cmd.service.option_text()} -r {addrport(cmd.dest_addr, cmd.dest_port)}"
-            log.warning("health: %s: %s (%s)", where, os.strerror(errno.EHOSTUNREACH), e)
+            log.warning("health: %s", describe_noroute(cmd, e))
         return False
 
     # -- reload ---------------------------------------------------------------------------------
