@@ -144,11 +144,11 @@ class _Server:
                  "checkers", "alive", "set")
 
     def __init__(self, addr, port, health: ServerHealth, weight: int, fwd: FwdMethod,
-                 u: int, l: int, checkers: list):
+                 upper: int, lower: int, checkers: list):
         self.addr, self.port = addr, port
         self.health = health
         self.weight = weight                 # configured (keepalived's iweight)
-        self.fwd, self.u_threshold, self.l_threshold = fwd, u, l
+        self.fwd, self.u_threshold, self.l_threshold = fwd, upper, lower
         self.checkers: list[_Checker] = checkers
         self.alive = False
         self.set = False                     # in the director's table (keepalived's rs->set)
