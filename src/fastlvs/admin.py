@@ -14,6 +14,7 @@ import sys
 
 from fastlvs import __version__
 from fastlvs.control import ctl, sysctl
+from fastlvs.control.health import format_status
 from fastlvs.control.listing import IPVS_VERSION
 from fastlvs.control.ipvsadm import CommandError, parse_command
 from fastlvs.control.rules import RulesError, iter_rules
@@ -35,6 +36,7 @@ Usage:
   {PROG} -Z [-t|u service-address]
   {PROG} --set tcp tcpfin udp
   {PROG} --counters            (fastlvs's own: every counter as one JSON object)
+  {PROG} --health              (fastlvs's own: quorum, real servers and their checkers)
   {PROG} --sysctl [NAME=VALUE ...]  (IPVS sysctls: set these, or list them all)
   {PROG} -h | -v
 
@@ -80,6 +82,10 @@ def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
             if argv != ["--counters"]:
                 raise CommandError("--counters takes no other options")
             return _counters(path, stdout, stderr)
+        if "--health" in argv:           # ours as well: the health checks' state
+            if argv != ["--health"]:
+                raise CommandError("--health takes no other options")
+            return _health(path, stdout, stderr)
         if argv[0] == "--sysctl":        # ours too: /proc/sys/net/ipv4/vs as IPVS has it
             values = dict(sysctl.parse_assignment(a) for a in argv[1:] if a != "--sysctl")
             return _sysctl(path, values, stdout, stderr)
@@ -151,6 +157,13 @@ def _counters(path, stdout, stderr) -> int:
     answer, status = _ask("counters", path, stderr)
     if answer is not None:
         stdout.write(json.dumps(answer["result"], indent=2, sort_keys=True) + "\n")
+    return status
+
+
+def _health(path, stdout, stderr) -> int:
+    answer, status = _ask("health", path, stderr)
+    if answer is not None:
+        stdout.write(format_status(answer["result"]))
     return status
 
 

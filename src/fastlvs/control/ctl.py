@@ -33,7 +33,9 @@ MAX_LINE = 1 << 20            # bytes in one request line, newline excluded
 #   ping     -> result: {"pid": int, "version": str}
 #   sysctl   set: {name: int, ...} (optional; all checked before any is applied)
 #            -> result: {name: value} of every IPVS sysctl (control/sysctl.py), after the set
-OPS = ("command", "counters", "reload", "ping", "sysctl")
+#   health   -> result: HealthPolicy.status() (control/health.py): per virtual server its
+#            quorum, per real server its state and checkers; an error when no health checks run
+OPS = ("command", "counters", "reload", "ping", "sysctl", "health")
 
 # Exit statuses, as ipvsadm 1.31 returns them: fail(2, ...) for what it refuses itself,
 # exit(1) when a listing cannot be read (list_service of an absent service), and main()'s

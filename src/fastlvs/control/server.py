@@ -165,17 +165,20 @@ class ControlServer:
     Later when not `final` and the kernel is still resolving a real server.
     A request that raises Later is parked and asked again each turn (later requests of the
     same client wait behind it) until it is answered or `resolve_wait` seconds have passed;
-    the last attempt is final.
+    the last attempt is final. `health` (settable later as `.health`) answers the "health"
+    op: called with no argument, it returns the health listing (HealthPolicy.status);
+    None: this daemon checks nothing.
     `close()` disconnects every client and removes the socket file (only if it is still
     the one this server made).
     """
 
     def __init__(self, director, path: str | None = None,
                  reload: Callable[[bool], str | None] | None = None,
-                 resolve_wait: float = 3.0):
+                 health: Callable[[], dict] | None = None, resolve_wait: float = 3.0):
         self.director = director
         self.path = ctl.socket_path(path)
         self.reload = reload
+        self.health = health
         self.resolve_wait = resolve_wait
         self._allowed = {0, os.geteuid()}
         self._conns: dict[int, _Conn] = {}
@@ -454,6 +457,11 @@ class ControlServer:
                 except SysctlError as e:
                     return ctl.error(str(e), ctl.EXIT_REFUSED)
                 return ctl.ok(self.director.sysctls())
+            if op == "health":
+                if self.health is None:
+                    return ctl.error("health: this daemon runs no health checks (no "
+                                     "keepalived.conf)", ctl.EXIT_SYNTAX)
+                return ctl.ok(self.health())
             if op == "reload":
                 if self.reload is None:
                     return ctl.error("reload: this daemon has no configuration to reload",
