@@ -1750,7 +1750,7 @@ class Engine:
         saddr, daddr = rd32(b, ip + 12), rd32(b, ip + 16)
         fo = rd16(b, ip + 6)
         off, mf = (fo & 0x1FFF) * 8, bool(fo & 0x2000)
-        if proto not in (6, 17):
+        if proto not in (6, 17, 1):             # ICMP: an error may quote a conn's
             return "fragment"
         if daddr not in F.vset and saddr not in F.rset:
             return "fragment"
@@ -1916,9 +1916,10 @@ class Engine:
 
     # -- ICMP errors about a conn (ip_vs_in_icmp, ip_vs_out_icmp) ------------------------------
     def _icmp_parse(self, f, p):
-        """p as the in-direction lookup key of the packet an ICMP error quotes (saddr:sport
-        its destination, the client; daddr:dport its source), or the counter name of a drop
-        (malformed) or a pass (not an error, or not one that can name a conn)."""
+        """p as the reverse of the packet an ICMP error quotes (saddr:sport its destination,
+        daddr:dport its source): the key of both lookups, as a client -> VIP packet and as a
+        NAT server's reply; or the counter name of a drop (malformed) or a pass (not an
+        error, or not one that can name a conn)."""
         b = f.buf
         ic = f.data + p.l2len + p.ihl
         n = p.tot_len - p.ihl
@@ -1934,13 +1935,41 @@ class Engine:
         qihl = (b[q] & 0x0F) * 4
         if qihl < 20 or n < qihl + 4 or rd16(b, q + 6) & 0x1FFF:
             return "icmp_no_conn"
+        if b[q + 9] == 4:
+            return self._icmp_parse_tun(f, p, q, qihl, n)
         if b[q + 9] not in (6, 17):
             return "icmp_no_conn"
         p.proto = b[q + 9]
         p.tcpflags = 0
+        p.icmp = "icmp"
         p.saddr, p.sport = rd32(b, q + 16), rd16(b, q + qihl + 2)
         p.daddr, p.dport = rd32(b, q + 12), rd16(b, q + qihl)
         p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
+        return p
+
+    def _icmp_parse_tun(self, f, p, q, qihl, n):
+        # ip_vs_in_icmp's tunnel case: the quoted IPIP packet must be addressed to the
+        # director (only ours are), and the client's request inside it is looked up as sent
+        b = f.buf
+        t = q + qihl
+        if self.local_ip == 0 or rd32(b, f.data + p.l2len + 16) != self.local_ip:
+            return "icmp_no_conn"
+        n -= qihl
+        if n < 20 or b[t] >> 4 != 4:
+            return "icmp_no_conn"
+        tihl = (b[t] & 0x0F) * 4
+        if tihl < 20 or n < tihl + 4 or rd16(b, t + 6) & 0x1FFF:
+            return "icmp_no_conn"
+        if b[t + 9] not in (6, 17):
+            return "icmp_no_conn"
+        p.proto = b[t + 9]
+        p.tcpflags = 0
+        p.saddr, p.sport = rd32(b, t + 12), rd16(b, t + tihl)
+        p.daddr, p.dport = rd32(b, t + 16), rd16(b, t + tihl + 2)
+        p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
+        if p.vip == 0:
+            return "icmp_no_conn"
+        p.icmp = "tun"
         return p
 
     @staticmethod
@@ -2037,19 +2066,86 @@ class Engine:
         s.outbytes += p.tot_len
         self._count("icmp_related")
 
+    def _icmp_answer_tun(self, f, p, c):
+        # the error about our IPIP packet goes to the client as icmp_send makes it: same
+        # type and code, from the VIP, TTL 64, quoting the request as far as it was quoted
+        # (576 bytes in all at most); frag-needed says the MTU towards the server less
+        # IPIP's 20 bytes, and is not sent for a request without DF
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        b = f.buf
+        ip = f.data + p.l2len
+        ic = ip + p.ihl
+        q = ic + 8
+        t = q + (b[q] & 0x0F) * 4
+        tlen = p.tot_len - (t - ip)
+        quote = min(tlen, 576 - 28)
+        info = rd32(b, ic + 4)
+        typ, code, tos = b[ic], b[ic + 1], b[t + 1]
+        client = p.saddr
+        if not self._icmp_csum_ok(f, p):
+            self._drop(f, "icmp_bad_checksum")
+            return
+        if typ == 3 and code == 4:
+            if not b[t + 6] & 0x40:
+                self._drop(f, "icmp_related")   # consumed: no PMTU discovery there
+                return
+            info = self.mtu - 20 if self.mtu > 68 + 20 else self.mtu
+        nb = None
+        if self.neigh.on_link(client):
+            nb = self.neigh.find(client, self._tick())
+        if nb is not None:
+            mac, ifindex = nb.mac, nb.ifindex
+        elif self.gw is not None:
+            mac, ifindex = self.gw
+        else:
+            self._drop(f, "no_route")
+            return
+        b[f.data:f.data + 12] = mac + self.local_mac
+        self._tx(f, ifindex, 0, p.l2len + 28 + quote)
+        quoted = bytes(b[t:t + quote])
+        hdr = bytearray(20)
+        hdr[0] = 0x45
+        hdr[1] = (tos & 0x1E) | 0xC0
+        wr16(hdr, 2, 28 + quote)
+        wr16(hdr, 4, self._next_ip_id())
+        hdr[8] = 64
+        hdr[9] = 1
+        wr32(hdr, 12, p.daddr)
+        wr32(hdr, 16, client)
+        wr16(hdr, 10, csum_of(hdr, 0, 20))
+        icmp = bytearray([typ, code, 0, 0]) + info.to_bytes(4, "big")
+        wr16(icmp, 2, csum_of(icmp + quoted, 0, 8 + quote))
+        b[ip:ip + 28 + quote] = hdr + icmp + quoted
+        # out stats on the request as quoted, and on the error made of it, which passes
+        # IPVS's output hook and matches the conn there (a DR/TUN conn's VIP side)
+        d.outpkts += 2
+        d.outbytes += tlen + 28 + quote
+        s.outpkts += 2
+        s.outbytes += tlen + 28 + quote
+        self._count("icmp_related")
+
     def _icmp_handle(self, f, p, idx):
         # the quoted packet's conn: as sent to a client (VIP:vport -> client), else as a
         # request sent to a NAT server (client -> RIP:rport); neither: the host's
         now = f.ts
+        if p.icmp == "tun":
+            ci = self._lookup_in(p, now)
+            if ci is not None:
+                # ip_vs_find_tunnel: the IPIP packet went to this conn's TUN server
+                c = self.conn_table[ci]
+                q = f.data + p.l2len + p.ihl + 8
+                if c.fwd == K.FWD_TUN and self.dests[c.dest].raddr == rd32(f.buf, q + 16):
+                    self._icmp_answer_tun(f, p, c)
+                    return
+            self._pass(f, "icmp_no_conn")
+            return
         if p.vip != 0:
             ci = self._lookup_in(p, now)
             if ci is not None:
                 self._icmp_forward_in(f, p, self.conn_table[ci])
                 return
-        q = Pkt()
-        q.proto = p.proto
-        q.saddr, q.sport, q.daddr, q.dport = p.daddr, p.dport, p.saddr, p.sport
-        ci = self._lookup_out(q, now)
+        ci = self._lookup_out(p, now)
         if ci is not None:
             self._icmp_forward_out(f, p, self.conn_table[ci])
             return

@@ -304,9 +304,9 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 r = frag_input(e, f, p, now)
             if r == PARSE_ICMP:
                 r = icmp_parse(e, f, p)
-                if r == ICMP_OK:
+                if r == ICMP_OK or r == ICMP_TUN_OK:
                     # handled in order with the others; its conn's bucket is prefetched
-                    p.ok = PKT_ICMP
+                    p.ok = PKT_ICMP if r == ICMP_OK else PKT_ICMP_TUN
                     fl_prefetch(&e.buckets[p.bucket])
                     continue
             if r != PARSE_OK:

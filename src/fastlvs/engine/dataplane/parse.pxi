@@ -64,7 +64,13 @@ cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
             return C_MALFORMED
         p.tcpflags = 0
     elif p.proto == 1:
+        p.saddr[0] = 0
+        p.saddr[1] = 0
+        p.saddr[2] = 0
         p.saddr[3] = rd32(ip + 12)
+        p.daddr[0] = 0
+        p.daddr[1] = 0
+        p.daddr[2] = 0
         p.daddr[3] = rd32(ip + 16)
         p.l2len = <uint16_t>l2
         p.ihl = <uint16_t>ihl
