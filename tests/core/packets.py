@@ -138,13 +138,13 @@ def _icmp(src, dst, typ, code, info, quoted: bytes, ttl=64, src_mac=CLIENT_MAC, 
 
 
 def icmp_about_reply(typ=3, code=4, info=1400, quote=28, proto=6, vport=VPORT, cport=40000,
-                     src=CLIENT, payload=b"", **kw) -> bytes:
+                     src=CLIENT, payload=b"", client=CLIENT, **kw) -> bytes:
     """An ICMP error from the client side (the client, or a router on its way) to the VIP,
     about what the director's service sent it: VIP:vport -> client:cport, quoting `quote`
     bytes of that packet."""
     l4 = (TCP(sport=vport, dport=cport, flags="SA", seq=5000, ack=1001) if proto == 6
           else UDP(sport=vport, dport=cport) / (b"a" * 20))
-    q = bytes(IP(src=VIP, dst=CLIENT, flags="DF", ttl=60) / l4 / payload)
+    q = bytes(IP(src=VIP, dst=client, flags="DF", ttl=60) / l4 / payload)
     return _icmp(src, VIP, typ, code, info, q[:quote], **kw)
 
 
