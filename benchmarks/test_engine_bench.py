@@ -1,6 +1,7 @@
 """Engine throughput: established flows (DR at 1k and 1M conns, NAT, TUN) with the baseline
 loop (restore + touch headers) measured in the same run, new connections per second with
-sh/mh tables in C and with rr/wlc through the Python callback, the cost of completing
+sh/mh tables in C and with rr/wlc through the Python callback, ICMP errors about established
+conns (DR forwarded, NAT rewritten), the cost of completing
 partial checksums (frames from senders with checksum offload) against complete ones of the
 same size, and bytes per entry.
 
@@ -63,6 +64,27 @@ def test_nat_tun_established(benchmark, fwd):
     tx = benchmark(loaded.process, 2 * S)
     assert tx == FRAMES
     _report(benchmark, FRAMES, mode=f"{fwd}_1k")
+
+
+@pytest.mark.benchmark(group="icmp")
+@pytest.mark.parametrize("quote", [28, 548])
+@pytest.mark.parametrize("fwd", ["dr", "nat"])
+def test_icmp_errors_established(benchmark, fwd, quote):
+    """Frag-needed from clients about what 1000 established conns sent them: forwarded
+    (DR) or rewritten for the server (NAT, the ICMP checksum computed afresh)."""
+    import random
+    from ipaddress import IPv4Address
+    e = engine(fwd, 1 << 12)
+    establish(e, 1000)
+    per_client = [P.icmp_about_reply(3, 4, 1400, quote=quote, payload=b"e" * 600,
+                                     src=str(IPv4Address(FIRST_SRC + k)),
+                                     client=str(IPv4Address(FIRST_SRC + k)))
+                  for k in range(1000)]
+    rng = random.Random(1)
+    loaded = Loaded(e, [rng.choice(per_client) for _ in range(FRAMES)])
+    tx = benchmark(loaded.process, 2 * S)
+    assert tx == FRAMES
+    _report(benchmark, FRAMES, mode=f"{fwd}_icmp_{quote}")
 
 
 @pytest.mark.benchmark(group="checksum")

@@ -121,3 +121,50 @@ BAD = [
 ]
 
 CASES = GOOD + BAD
+
+
+# -- ICMP errors about a conn's packets (tests/core/test_engine_icmp.py, the differential test)
+
+def _icmp(src, dst, typ, code, info, quoted: bytes, ttl=64, src_mac=CLIENT_MAC, vlan=None,
+          bad_csum=False) -> bytes:
+    ic = ICMP(type=typ, code=code)
+    if typ == 3 and code == 4:
+        ic.nexthopmtu = info
+    b = bytearray(bytes(eth(vlan, src=src_mac) / IP(src=src, dst=dst, ttl=ttl) / ic / quoted))
+    if bad_csum:
+        at = (18 if vlan is not None else 14) + 20 + 2
+        b[at + 1] ^= 0x01
+    return bytes(b)
+
+
+def icmp_about_reply(typ=3, code=4, info=1400, quote=28, proto=6, vport=VPORT, cport=40000,
+                     src=CLIENT, payload=b"", client=CLIENT, **kw) -> bytes:
+    """An ICMP error from the client side (the client, or a router on its way) to the VIP,
+    about what the director's service sent it: VIP:vport -> client:cport, quoting `quote`
+    bytes of that packet."""
+    l4 = (TCP(sport=vport, dport=cport, flags="SA", seq=5000, ack=1001) if proto == 6
+          else UDP(sport=vport, dport=cport) / (b"a" * 20))
+    q = bytes(IP(src=VIP, dst=client, flags="DF", ttl=60) / l4 / payload)
+    return _icmp(src, VIP, typ, code, info, q[:quote], **kw)
+
+
+def icmp_about_request(typ=3, code=4, info=1300, quote=28, proto=6, rs=RS[0], rport=8080,
+                       cport=40000, src=None, **kw) -> bytes:
+    """An ICMP error from a NAT real server's side (the server, or `src`, a router before
+    it) to the client, about the request the server got: client:cport -> RIP:rport."""
+    l4 = (TCP(sport=cport, dport=rport, flags="A", seq=1001, ack=5001) if proto == 6
+          else UDP(sport=cport, dport=rport) / (b"q" * 20))
+    q = bytes(IP(src=CLIENT, dst=rs, flags="DF", ttl=63) / l4)
+    kw.setdefault("src_mac", RS_MAC[0])
+    return _icmp(src or rs, CLIENT, typ, code, info, q[:quote], **kw)
+
+
+def icmp_about_ipip(typ=3, code=4, info=1300, quote=68, rs=RS[0], cport=40000, df=True,
+                    **kw) -> bytes:
+    """An ICMP error from a TUN real server's side to the director's own address, about the
+    IPIP packet the director sent it around a client's request (client:cport -> VIP:80)."""
+    inner = IP(src=CLIENT, dst=VIP, flags="DF" if df else 0, ttl=63) / TCP(
+        sport=cport, dport=VPORT, flags="A", seq=1001, ack=5001)
+    q = bytes(IP(src=LOCAL_IP, dst=rs, flags="DF", ttl=63, proto=4) / inner / (b"x" * 40))
+    kw.setdefault("src_mac", RS_MAC[0])
+    return _icmp(rs, LOCAL_IP, typ, code, info, q[:quote], **kw)

@@ -3,15 +3,16 @@
 times; every answer (verdicts, output bytes and interfaces, errors), and after each step the
 global counters, per-service and per-dest stats, dest counters and the conn listing must be
 identical. The packet cases of packets.py, whole connections per forwarding method, NAT
-replies, persistence, hash schedulers, timeouts, batches, TTL, partial checksums, the
-client-MAC table (the reference is given the extension's hsiphash key, so both place clients
-in the same sets), and the fuzzer's frames."""
+replies, ICMP errors about conns, persistence, hash schedulers, timeouts, batches, TTL,
+partial checksums, the client-MAC table (the reference is given the extension's hsiphash
+key, so both place clients in the same sets), and the fuzzer's frames."""
 from __future__ import annotations
 
 import random
 import struct
 
 import pytest
+from scapy.layers.inet import IP
 
 import fastlvs.engine._core as core
 import fastlvs.engine._testing as testing
@@ -752,6 +753,65 @@ def test_fragmented_requests(fwd):
     assert any(isinstance(v[3], list) and len(v[3]) > 1 for v in sent)
     st = t.core.stats()
     assert st["frag_reasm"] >= 5 and st["frag_bad"] >= 2 and st["frag_held"] > 0
+
+
+def _icmp_errors():
+    """ICMP errors about the conns of client port 40000 (and of none): from the client side
+    about what it was sent, from each server's side about what it got, about TUN's IPIP
+    packets; every error type, quotes cut anywhere, bad checksums, TTL 1 and 2, a VLAN tag,
+    a router's address, a cut ICMP header, and errors in fragments."""
+    f = []
+    for q in (0, 8, 19, 20, 23, 24, 28, 48, 560):
+        f.append(P.icmp_about_reply(3, 4, quote=q, payload=b"e" * 600))
+        f.append(P.icmp_about_reply(3, 3, quote=q, proto=17, vport=53))
+        for r in range(3):
+            f.append(P.icmp_about_request(3, 4, quote=q, rs=P.RS[r]))
+            f.append(P.icmp_about_request(3, 3, quote=q, rs=P.RS[r], proto=17, rport=5353))
+            f.append(P.icmp_about_ipip(quote=q + 20, rs=P.RS[r]))
+    for typ, code in ((3, 0), (3, 1), (3, 2), (3, 13), (4, 0), (11, 0), (11, 1), (12, 0),
+                      (0, 0), (8, 0), (5, 1)):
+        f.append(P.icmp_about_reply(typ, code, quote=28))
+        f.append(P.icmp_about_request(typ, code, quote=28, rs=P.RS[1]))
+        f.append(P.icmp_about_ipip(typ, code, rs=P.RS[2]))
+    for r in range(3):
+        f += [P.icmp_about_reply(bad_csum=True), P.icmp_about_request(rs=P.RS[r], ttl=1),
+              P.icmp_about_request(rs=P.RS[r], bad_csum=True), P.icmp_about_ipip(df=False),
+              P.icmp_about_request(rs=P.RS[r], src="192.0.2.99", ttl=2),
+              P.icmp_about_ipip(rs=P.RS[r], bad_csum=True)]
+    f += [P.icmp_about_reply(ttl=1), P.icmp_about_reply(ttl=2), P.icmp_about_reply(vlan=9),
+          P.icmp_about_reply(cport=40001), P.icmp_about_reply(src="198.51.100.1"),
+          bytes(P.eth() / IP(src=P.CLIENT, dst=P.VIP, proto=1) / b"\x03\x04\x00\x00")]
+    big = P.icmp_about_reply(3, 4, quote=548, payload=b"f" * 600)
+    f += _cut(big, _even(556, 304), ipid=77)
+    f += _cut(P.icmp_about_request(3, 3, quote=300, rs=P.RS[1]), _even(308, 160), ipid=78)
+    return f
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+@pytest.mark.parametrize("split", [False, True], ids=["one_batch", "one_per_batch"])
+def test_icmp_errors(fwd, split):
+    """ICMP errors about conns (ip_vs_in_icmp, ip_vs_out_icmp): forwarded, translated,
+    answered or left alone alike, with the same counters, byte for byte."""
+    t = twin(fwd, mtu=600 if fwd == "tun" else 1500)
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    openers = [P.tcp("S", sport=40000), P.udp(sport=40000)]
+    errors = _icmp_errors()
+    if split:
+        out = t.run(openers, 1 * S)
+        for i, fr in enumerate(errors):
+            out += t.run([fr], 2 * S + i)
+    else:
+        out = t.run(openers + errors, 1 * S)
+    sent = [v for v in out if v[0] == "tx"]
+    for v in sent:
+        for fr in (v[3] if isinstance(v[3], list) else [v[3]]):
+            ip = fuzz_engine.l3(fr)
+            assert fuzz_engine.ip_ok(ip)
+        ip = fuzz_engine.l3(_joined(v[3]) if isinstance(v[3], list) else v[3])
+        assert fuzz_engine.l4_ok(ip)
+    st = t.core.stats()
+    assert st["icmp_related"] >= 10 and st["icmp_no_conn"] > 0
+    assert st["icmp_bad_checksum"] > 0
 
 
 def test_fragmented_nat_replies():

@@ -97,6 +97,18 @@ def seeds(rng: random.Random) -> list[bytes]:
     for rport, mk in ((8080, P.reply_tcp), (5353, P.reply_udp)):
         for i in range(3):
             base.append(mk(rs=P.RS[i], rport=rport))
+    # ICMP errors about the conns of client port 40000 (both ways, and TUN's IPIP), whole
+    # or cut anywhere in what they quote
+    base += [P.tcp("S", sport=40000), P.udp(sport=40000, dport=53)]
+    for q in (20, 24, 28, 48, 300):
+        base.append(P.icmp_about_reply(rng.choice((3, 4, 11, 12)), rng.randint(0, 5),
+                                       quote=q, payload=b"e" * 300))
+        base.append(P.icmp_about_reply(3, 3, quote=q, proto=17, vport=53))
+        for i in range(3):
+            base.append(P.icmp_about_request(3, 4, quote=q, rs=P.RS[i],
+                                             proto=rng.choice((6, 17)),
+                                             rport=rng.choice((8080, 5353))))
+            base.append(P.icmp_about_ipip(quote=q + 20, rs=P.RS[i]))
     return base
 
 

@@ -359,3 +359,62 @@ def test_steering_past_the_in_place_set(topo):
         p0.close()
         p1.close()
         umem.close()
+
+
+def test_xdp_steers_icmp_errors_by_the_packet_they_quote(topo):
+    # An ICMP error is redirected when what it quotes is a service's packet to a client
+    # (VIP:vport -> client) or a request a NAT real server got from a client (client ->
+    # RIP:rport); other ICMP (an echo, an error about anything else, or about the director's
+    # own connection to the server) stays the kernel's.
+    from scapy.layers.inet import ICMP
+    rip, rport, client = "10.200.1.50", 8080, topo.c0_ip
+
+    def error(quoted, tag, dst=VIP, typ=3, code=4):
+        return bytes(Ether(src=topo.mac["c0"], dst=topo.mac["d0"])
+                     / IP(src=topo.c0_ip, dst=dst) / ICMP(type=typ, code=code)
+                     / bytes(quoted / tag))
+
+    def steered(sent, tag, timeout=1.0):
+        tx = raw_socket(topo.client, "c0")
+        rx = raw_socket(topo.sink, "s0")
+        try:
+            drain(rx)
+            for fr in sent:
+                tx.send(fr)
+            return collect(rx, lambda fr: fr[12:14] == b"\x08\x00" and tag in fr,
+                           timeout=timeout, pump=lambda: core.poll(fwd, [p0, p1], timeout_ms=5))
+        finally:
+            tx.close()
+            rx.close()
+
+    with in_ns(topo.director):
+        umem = core.XdpUmem(frames=1024)
+        p0 = core.XdpPort("d0", ring_size=128, umem=umem)
+        p1 = core.XdpPort("d1", ring_size=128, umem=umem)
+    try:
+        p0.add_service("udp", VIP, VPORT)
+        p0.add_rserver("udp", rip, rport)
+        p0.add_local(topo.d0_ip)
+        fwd = testing.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+        about_reply = [error(IP(src=VIP, dst=client) / UDP(sport=VPORT, dport=20000 + i),
+                             b"fle%d" % i, typ=t) for i, t in enumerate((3, 4, 11))]
+        assert len(steered(about_reply, b"fle")) == 3
+        about_request = [error(IP(src=client, dst=rip) / UDP(sport=20000, dport=rport), b"flq",
+                               dst=client)]
+        assert len(steered(about_request, b"flq")) == 1
+        redirected = p0.steer_stats()["redirected"]
+        not_ours = [
+            error(IP(src=VIP, dst=client) / UDP(sport=VPORT + 1, dport=20000), b"fln"),
+            error(IP(src=VIP, dst=client) / UDP(sport=VPORT, dport=20000), b"fln", typ=12),
+            error(IP(src=topo.d0_ip, dst=rip) / UDP(sport=20000, dport=rport), b"fln",
+                  dst=topo.d0_ip),
+            bytes(Ether(src=topo.mac["c0"], dst=topo.mac["d0"]) / IP(src=topo.c0_ip, dst=VIP)
+                  / ICMP() / b"fln"),
+        ]
+        assert steered(not_ours, b"fln", timeout=0.5) == []
+        assert p0.steer_stats()["redirected"] == redirected
+        assert p0.stats()["rx"] == 4
+    finally:
+        p0.close()
+        p1.close()
+        umem.close()

@@ -33,8 +33,10 @@ Choices worth knowing:
 - Fragments to a VIP address (and NAT replies) are reassembled in an area allocated at
   creation (dataplane/frag.pxi); the completing frame then carries the whole datagram in
   engine memory (fl_frame.xrec) and leaves as the fragments frag_cut makes of its output.
+- ICMP errors quoting a conn's packet are forwarded to its real server, or translated back
+  to the client for NAT (dataplane/icmp.pxi), as ip_vs_in_icmp / ip_vs_out_icmp.
 - Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, ICMP errors for existing conns, FTP's template special case, fragmentation of
+  services, FTP's template special case, fragmentation of
   TUN packets over the MTU without DF (they are sent as they are and counted oversize).
 """
 
@@ -78,6 +80,7 @@ _SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in ENGINE_SYSCTLS.items()}
 
 
 include "dataplane/frag.pxi"
+include "dataplane/icmp.pxi"
 include "dataplane/batch.pxi"
 include "engine_api.pxi"
 

@@ -50,7 +50,11 @@ COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "tab
                  "no_headroom", "callback_error", "no_route", "oversize", "conns_created",
                  "conns_expired", "ttl_exceeded", "csum_completed", "frag_held", "frag_reasm",
                  "frag_timeout", "frag_bad", "frag_no_room", "frag_out",
-                 "dest_unavailable", "drop_packet", "drop_entry")
+                 "dest_unavailable", "drop_packet", "drop_entry",
+                 # ICMP errors (dest unreachable, source quench, time exceeded) quoting a
+                 # packet of a conn: forwarded or translated / quoting none (to the host) /
+                 # dropped for a bad ICMP checksum
+                 "icmp_related", "icmp_no_conn", "icmp_bad_checksum")
 
 # -- the IPVS sysctls the engine applies: name -> (default, lo, hi), as Linux 6.1 has them
 # (amemthresh counts free conn entries here, free memory pages there). control/sysctl.py

@@ -289,7 +289,7 @@ class Frame:
 class Pkt:
     """What parsing learned about a frame (addresses as 32-bit ints)."""
     __slots__ = ("saddr", "daddr", "sport", "dport", "l2len", "ihl", "tot_len", "proto",
-                 "tcpflags", "vip")
+                 "tcpflags", "vip", "icmp")
 
 
 class Conn:
@@ -558,6 +558,13 @@ def parse_frame(f):
         if ulen < 8 or ulen > l4len:
             return "malformed"
         p.tcpflags = 0
+    elif p.proto == 1:
+        # ICMP: what it quotes is read by Engine._icmp_parse
+        p.icmp = True
+        p.saddr = rd32(b, ip + 12)
+        p.daddr = rd32(b, ip + 16)
+        p.l2len, p.ihl, p.tot_len = l2, ihl, tot
+        return p
     else:
         return "no_service"
     p.sport = rd16(b, l4)
@@ -566,6 +573,7 @@ def parse_frame(f):
     p.daddr = rd32(b, ip + 16)
     p.l2len, p.ihl, p.tot_len = l2, ihl, tot
     p.vip = 0
+    p.icmp = False
     return p
 
 
@@ -1500,7 +1508,7 @@ class Engine:
         inner = f.data + p.l2len
         df = bool(b[inner + 6] & 0x40)
         if p.tot_len + 20 > self.mtu and f.xrec is None:     # a reassembled one is cut later
-            if df:
+            if df and b[inner + 9] != 1:     # never for an ICMP error (ensure_mtu_is_adequate)
                 return self.icmp_frag_needed(f, p, self.mtu - 20)
             self._count("oversize")      # sent as it is: no fragmentation yet
         if f.headroom < 20:
@@ -1742,7 +1750,7 @@ class Engine:
         saddr, daddr = rd32(b, ip + 12), rd32(b, ip + 16)
         fo = rd16(b, ip + 6)
         off, mf = (fo & 0x1FFF) * 8, bool(fo & 0x2000)
-        if proto not in (6, 17):
+        if proto not in (6, 17, 1):             # ICMP: an error may quote a conn's
             return "fragment"
         if daddr not in F.vset and saddr not in F.rset:
             return "fragment"
@@ -1906,6 +1914,243 @@ class Engine:
             return -1
         return 1
 
+    # -- ICMP errors about a conn (ip_vs_in_icmp, ip_vs_out_icmp) ------------------------------
+    def _icmp_parse(self, f, p):
+        """p as the reverse of the packet an ICMP error quotes (saddr:sport its destination,
+        daddr:dport its source): the key of both lookups, as a client -> VIP packet and as a
+        NAT server's reply; or the counter name of a drop (malformed) or a pass (not an
+        error, or not one that can name a conn)."""
+        b = f.buf
+        ic = f.data + p.l2len + p.ihl
+        n = p.tot_len - p.ihl
+        if n < 8:
+            return "malformed"          # the kernel drops a truncated ICMP header
+        if b[ic] not in (3, 4, 11):
+            return "no_service"         # not an error IPVS relates to a conn
+        q = ic + 8
+        n -= 8
+        # the quoted header and its ports are needed; a later fragment has no ports
+        if n < 20 or b[q] >> 4 != 4:
+            return "icmp_no_conn"
+        qihl = (b[q] & 0x0F) * 4
+        if qihl < 20 or n < qihl + 4 or rd16(b, q + 6) & 0x1FFF:
+            return "icmp_no_conn"
+        if b[q + 9] == 4:
+            return self._icmp_parse_tun(f, p, q, qihl, n)
+        if b[q + 9] not in (6, 17):
+            return "icmp_no_conn"
+        p.proto = b[q + 9]
+        p.tcpflags = 0
+        p.icmp = "icmp"
+        p.saddr, p.sport = rd32(b, q + 16), rd16(b, q + qihl + 2)
+        p.daddr, p.dport = rd32(b, q + 12), rd16(b, q + qihl)
+        p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
+        return p
+
+    def _icmp_parse_tun(self, f, p, q, qihl, n):
+        # ip_vs_in_icmp's tunnel case: the quoted IPIP packet must be addressed to the
+        # director (only ours are), and the client's request inside it is looked up as sent
+        b = f.buf
+        t = q + qihl
+        if self.local_ip == 0 or rd32(b, f.data + p.l2len + 16) != self.local_ip:
+            return "icmp_no_conn"
+        n -= qihl
+        if n < 20 or b[t] >> 4 != 4:
+            return "icmp_no_conn"
+        tihl = (b[t] & 0x0F) * 4
+        if tihl < 20 or n < tihl + 4 or rd16(b, t + 6) & 0x1FFF:
+            return "icmp_no_conn"
+        if b[t + 9] not in (6, 17):
+            return "icmp_no_conn"
+        p.proto = b[t + 9]
+        p.tcpflags = 0
+        p.saddr, p.sport = rd32(b, t + 12), rd16(b, t + tihl)
+        p.daddr, p.dport = rd32(b, t + 16), rd16(b, t + tihl + 2)
+        p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
+        if p.vip == 0:
+            return "icmp_no_conn"
+        p.icmp = "tun"
+        return p
+
+    @staticmethod
+    def _icmp_csum_ok(f, p):
+        ic = f.data + p.l2len + p.ihl
+        return csum_fold(csum_sum(f.buf, ic, p.tot_len - p.ihl)) == 0xFFFF
+
+    @staticmethod
+    def _icmp_nat_rewrite(b, ip, ihl, tot, addr, inout, port):
+        # ip_vs_nat_icmp: out -> in the outer destination and the quoted source address and
+        # port become the real server's; in -> out the outer source and the quoted
+        # destination become the VIP's. The quoted IP checksum is recomputed, its TCP/UDP
+        # checksum left alone (as the kernel); the ICMP checksum is computed afresh.
+        ic = ip + ihl
+        q = ic + 8
+        qihl = (b[q] & 0x0F) * 4
+        if inout:
+            old = rd32(b, ip + 12)
+            wr32(b, ip + 12, addr)
+            wr32(b, q + 16, addr)
+            wr16(b, q + qihl + 2, port)
+        else:
+            old = rd32(b, ip + 16)
+            wr32(b, ip + 16, addr)
+            wr32(b, q + 12, addr)
+            wr16(b, q + qihl, port)
+        csum_replace4(b, ip + 10, old, addr)
+        wr16(b, q + 10, 0)
+        wr16(b, q + 10, csum_of(b, q, qihl))
+        wr16(b, ic + 2, 0)
+        wr16(b, ic + 2, csum_of(b, ic, tot - ihl))
+
+    def _icmp_forward_in(self, f, p, c):
+        # an error quoting what a client was sent goes to the conn's real server; the conn's
+        # state and timer stay, the error counts as an incoming packet
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        ip = f.data + p.l2len
+        if not self._icmp_csum_ok(f, p):
+            self._drop(f, "icmp_bad_checksum")
+            return
+        d.inpkts += 1
+        d.inbytes += p.tot_len
+        s.inpkts += 1
+        s.inbytes += p.tot_len
+        if f.buf[ip + 8] <= 1:
+            self._drop(f, "ttl_exceeded")   # no ICMP is sent about an ICMP error
+            return
+        ttl_decrease(f.buf, ip)
+        if c.fwd == K.FWD_NAT:
+            self._icmp_nat_rewrite(f.buf, ip, p.ihl, p.tot_len, d.raddr, False, d.rport)
+            f.buf[f.data:f.data + 12] = d.mac + d.smac
+            self._tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+            reason = None
+        else:
+            reason = self._xmit(c.fwd)(f, p, c)
+        if reason is not None:
+            self._drop(f, reason)
+        else:
+            self._count("icmp_related")
+
+    def _icmp_forward_out(self, f, p, c):
+        # an error quoting a request a NAT server got, on its way to the client, leaves from
+        # the VIP and about a packet sent to VIP:vport
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        v = self.vips[c.vip]
+        b = f.buf
+        ip = f.data + p.l2len
+        dst = rd32(b, ip + 16)
+        if b[ip + 8] <= 1:
+            self._drop(f, "ttl_exceeded")   # ip_forward drops it first, silently
+            return
+        if not self._icmp_csum_ok(f, p):
+            self._drop(f, "icmp_bad_checksum")
+            return
+        nb = None
+        if self.neigh.on_link(dst):
+            nb = self.neigh.find(dst, self._tick())
+        if nb is not None:
+            mac, ifindex = nb.mac, nb.ifindex
+        elif self.gw is not None:
+            mac, ifindex = self.gw
+        else:
+            self._drop(f, "no_route")
+            return
+        b[f.data:f.data + 12] = mac + self.local_mac
+        self._tx(f, ifindex, 0, p.l2len + p.tot_len)
+        ttl_decrease(b, ip)
+        self._icmp_nat_rewrite(b, ip, p.ihl, p.tot_len, v.addr, True, v.port)
+        d.outpkts += 1
+        d.outbytes += p.tot_len
+        s.outpkts += 1
+        s.outbytes += p.tot_len
+        self._count("icmp_related")
+
+    def _icmp_answer_tun(self, f, p, c):
+        # the error about our IPIP packet goes to the client as icmp_send makes it: same
+        # type and code, from the VIP, TTL 64, quoting the request as far as it was quoted
+        # (576 bytes in all at most); frag-needed says the MTU towards the server less
+        # IPIP's 20 bytes, and is not sent for a request without DF
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        b = f.buf
+        ip = f.data + p.l2len
+        ic = ip + p.ihl
+        q = ic + 8
+        t = q + (b[q] & 0x0F) * 4
+        tlen = p.tot_len - (t - ip)
+        quote = min(tlen, 576 - 28)
+        info = rd32(b, ic + 4)
+        typ, code, tos = b[ic], b[ic + 1], b[t + 1]
+        client = p.saddr
+        if not self._icmp_csum_ok(f, p):
+            self._drop(f, "icmp_bad_checksum")
+            return
+        if typ == 3 and code == 4:
+            if not b[t + 6] & 0x40:
+                self._drop(f, "icmp_related")   # consumed: no PMTU discovery there
+                return
+            info = self.mtu - 20 if self.mtu > 68 + 20 else self.mtu
+        nb = None
+        if self.neigh.on_link(client):
+            nb = self.neigh.find(client, self._tick())
+        if nb is not None:
+            mac, ifindex = nb.mac, nb.ifindex
+        elif self.gw is not None:
+            mac, ifindex = self.gw
+        else:
+            self._drop(f, "no_route")
+            return
+        b[f.data:f.data + 12] = mac + self.local_mac
+        self._tx(f, ifindex, 0, p.l2len + 28 + quote)
+        quoted = bytes(b[t:t + quote])
+        hdr = bytearray(20)
+        hdr[0] = 0x45
+        hdr[1] = (tos & 0x1E) | 0xC0
+        wr16(hdr, 2, 28 + quote)
+        wr16(hdr, 4, self._next_ip_id())
+        hdr[8] = 64
+        hdr[9] = 1
+        wr32(hdr, 12, p.daddr)
+        wr32(hdr, 16, client)
+        wr16(hdr, 10, csum_of(hdr, 0, 20))
+        icmp = bytearray([typ, code, 0, 0]) + info.to_bytes(4, "big")
+        wr16(icmp, 2, csum_of(icmp + quoted, 0, 8 + quote))
+        b[ip:ip + 28 + quote] = hdr + icmp + quoted
+        # out stats on the request as quoted, and on the error made of it, which passes
+        # IPVS's output hook and matches the conn there (a DR/TUN conn's VIP side)
+        d.outpkts += 2
+        d.outbytes += tlen + 28 + quote
+        s.outpkts += 2
+        s.outbytes += tlen + 28 + quote
+        self._count("icmp_related")
+
+    def _icmp_handle(self, f, p, idx):
+        # the quoted packet's conn: as sent to a client (VIP:vport -> client), else as a
+        # request sent to a NAT server (client -> RIP:rport); neither: the host's
+        now = f.ts
+        if p.icmp == "tun":
+            ci = self._lookup_in(p, now)
+            if ci is not None:
+                # ip_vs_find_tunnel: the IPIP packet went to this conn's TUN server
+                c = self.conn_table[ci]
+                q = f.data + p.l2len + p.ihl + 8
+                if c.fwd == K.FWD_TUN and self.dests[c.dest].raddr == rd32(f.buf, q + 16):
+                    self._icmp_answer_tun(f, p, c)
+                    return
+            self._pass(f, "icmp_no_conn")
+            return
+        if p.vip != 0:
+            ci = self._lookup_in(p, now)
+            if ci is not None:
+                self._icmp_forward_in(f, p, self.conn_table[ci])
+                return
+        ci = self._lookup_out(p, now)
+        if ci is not None:
+            self._icmp_forward_out(f, p, self.conn_table[ci])
+            return
+        self._pass(f, "icmp_no_conn")
+
     # -- one frame, one batch --------------------------------------------------------------------
     def _handle(self, f, p, idx):
         now = f.ts
@@ -1959,10 +2204,14 @@ class Engine:
             if p == "fragment":
                 # held, or the datagram it completes now stands in for the frame
                 p = self._frag_input(f, now)
+            if not isinstance(p, str) and p.icmp:
+                p = self._icmp_parse(f, p)
             if isinstance(p, str):
-                (self._pass if p in ("not_ip", "no_service", "fragment")
+                (self._pass if p in ("not_ip", "no_service", "fragment", "icmp_no_conn")
                  else self._drop)(f, p)
                 p = None
+            elif p.icmp:
+                pass                # its lookup key is set; handled in order below
             else:
                 self._csum_complete(f, p)
                 p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
@@ -1972,7 +2221,7 @@ class Engine:
         for idx, f in enumerate(frames):
             p = self.pkts[idx]
             if p is not None:
-                self._handle(f, p, idx)
+                (self._icmp_handle if p.icmp else self._handle)(f, p, idx)
                 if f.verdict == K.VERDICT_TX:
                     if f.xrec is not None and not self._frag_cut(f):
                         continue

@@ -2,8 +2,9 @@
 /* fastlvs's XDP steering program: owns the decision which frames leave the kernel for the
  * AF_XDP socket. Only frames for a configured virtual service (proto, VIP, vport) and, in NAT
  * mode, replies from a real server (proto, RIP, rport) not addressed to the director itself are
- * redirected to the XSK bound to the receiving queue; everything else (ARP, ICMP to the
- * director, SSH, the director's own connections to a real server) is XDP_PASS.
+ * redirected to the XSK bound to the receiving queue, and so are the ICMP errors about either
+ * (by the packet they quote); everything else (ARP, other ICMP, SSH, the director's own
+ * connections to a real server) is XDP_PASS.
  * Maps are filled at run time from user space (ring_xdp.pxi). One 802.1Q tag; IPv4 and IPv6.
  */
 #include <linux/bpf.h>
@@ -161,6 +162,41 @@ redirect:
 	return bpf_redirect_map(&fl_xsks, ctx->rx_queue_index, XDP_PASS);
 }
 
+/* An ICMP error (unreachable, source quench, time exceeded) goes where the packet it quotes
+ * would, read backwards: one a service sent a client (VIP:vport -> client) as that service's
+ * frame, a request a NAT real server got (client -> RIP:rport) as that server's reply (to a
+ * client, not to us). TUN's errors about our IPIP packets come to our own address: the
+ * kernel's. A fragmented error (rare: they are short) is the kernel's too. */
+static __always_inline int steer_icmp(struct xdp_md *ctx, struct iphdr *ip, void *end,
+				      struct fl_steer_key *dst, struct fl_steer_key *src)
+{
+	__u8 *ic = (__u8 *)ip + ip->ihl * 4;
+	struct iphdr *q;
+	__be16 *qp;
+
+	if (ip->frag_off & bpf_htons(0x3FFF))
+		return count(1, XDP_PASS);
+	if ((void *)(ic + 8) > end)
+		return count(1, XDP_PASS);
+	if (ic[0] != 3 && ic[0] != 4 && ic[0] != 11)
+		return count(1, XDP_PASS);
+	q = (void *)(ic + 8);
+	if ((void *)(q + 1) > end || q->version != 4 || q->ihl < 5)
+		return count(1, XDP_PASS);
+	if (q->protocol != IPPROTO_TCP && q->protocol != IPPROTO_UDP)
+		return count(1, XDP_PASS);
+	qp = (void *)q + q->ihl * 4;
+	if ((void *)(qp + 2) > end)
+		return count(1, XDP_PASS);
+	dst->family = src->family = 4;
+	dst->proto = src->proto = q->protocol;
+	dst->addr[0] = q->saddr;
+	dst->port = qp[0];
+	src->addr[0] = q->daddr;
+	src->port = qp[1];
+	return steer(ctx, dst, src);
+}
+
 SEC("xdp")
 int fl_steer(struct xdp_md *ctx)
 {
@@ -190,6 +226,8 @@ int fl_steer(struct xdp_md *ctx)
 
 		if ((void *)(ip + 1) > end || ip->ihl < 5)
 			return XDP_PASS;
+		if (ip->protocol == IPPROTO_ICMP)
+			return steer_icmp(ctx, ip, end, &dst, &src);
 		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 			return count(1, XDP_PASS);
 		dst.family = src.family = 4;

@@ -302,9 +302,17 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
             if r == C_FRAGMENT:
                 # held, or the datagram it completes now stands in for the frame
                 r = frag_input(e, f, p, now)
+            if r == PARSE_ICMP:
+                r = icmp_parse(e, f, p)
+                if r == ICMP_OK or r == ICMP_TUN_OK:
+                    # handled in order with the others; its conn's bucket is prefetched
+                    p.ok = PKT_ICMP if r == ICMP_OK else PKT_ICMP_TUN
+                    fl_prefetch(&e.buckets[p.bucket])
+                    continue
             if r != PARSE_OK:
                 p.ok = 0
-                if r == C_NOT_IP or r == C_NO_SERVICE or r == C_FRAGMENT:
+                if (r == C_NOT_IP or r == C_NO_SERVICE or r == C_FRAGMENT
+                        or r == C_ICMP_NO_CONN):
                     frame_pass(e, f, r)
                 else:
                     frame_drop(e, f, r)
@@ -339,7 +347,10 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 fl_prefetch_w(<char *>c + sizeof(fl_conn) - 1)
         j = i - PREFETCH_AHEAD
         if j >= 0 and e.pkts[j].ok:
-            handle_pkt(e, &frames[j], &e.pkts[j], j)
+            if fl_likely(e.pkts[j].ok == 1):
+                handle_pkt(e, &frames[j], &e.pkts[j], j)
+            else:
+                icmp_handle(e, &frames[j], &e.pkts[j], frames[j].ts_ns)
             if frames[j].verdict == VERDICT_TX:
                 if fl_unlikely(frames[j].xrec != 0) and not frag_cut(e, &frames[j]):
                     continue

@@ -170,7 +170,7 @@ cdef int frag_input(fl_engine *e, fl_frame *f, fl_pkt *p, uint64_t now) noexcept
     cdef fl_fragq *q
     cdef int i, lo, hi
     cdef uint8_t sb
-    if proto != 6 and proto != 17:
+    if proto != 6 and proto != 17 and proto != 1:   # ICMP: an error may quote a conn's
         return C_FRAGMENT
     if not (addr_set_has(F.vset, F.vmask, daddr) or addr_set_has(F.rset, F.rmask, saddr)):
         return C_FRAGMENT

@@ -1,9 +1,11 @@
 # Parsing one Ethernet frame (optionally one 802.1Q tag) carrying IPv4 + TCP/UDP into an
-# fl_pkt. Every length is checked before it is read; the IP total length, not the frame
-# length, bounds the packet (Ethernet padding is ignored).
+# fl_pkt (ICMP is only recognised here: icmp.pxi reads the error and what it quotes). Every
+# length is checked before it is read; the IP total length, not the frame length, bounds
+# the packet (Ethernet padding is ignored).
 
 cdef enum:
     PARSE_OK = -1
+    PARSE_ICMP = -2         # an ICMP message, l2len/ihl/tot_len/addresses filled: icmp.pxi
 
 
 cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
@@ -61,6 +63,19 @@ cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
         if ulen < 8 or ulen > l4len:
             return C_MALFORMED
         p.tcpflags = 0
+    elif p.proto == 1:
+        p.saddr[0] = 0
+        p.saddr[1] = 0
+        p.saddr[2] = 0
+        p.saddr[3] = rd32(ip + 12)
+        p.daddr[0] = 0
+        p.daddr[1] = 0
+        p.daddr[2] = 0
+        p.daddr[3] = rd32(ip + 16)
+        p.l2len = <uint16_t>l2
+        p.ihl = <uint16_t>ihl
+        p.tot_len = <uint16_t>tot
+        return PARSE_ICMP
     else:
         return C_NO_SERVICE
     p.sport = rd16(l4)

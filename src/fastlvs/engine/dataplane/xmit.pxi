@@ -154,7 +154,7 @@ cdef int xmit_tun_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     cdef uint8_t *o
     cdef uint8_t *ip
     if <uint32_t>p.tot_len + 20 > e.mtu and f.xrec == 0:   # a reassembled one is cut later
-        if df:
+        if df and inner[9] != 1:        # never for an ICMP error (ensure_mtu_is_adequate)
             return icmp_frag_needed_v4(e, f, p, <uint16_t>(e.mtu - 20))
         e.counters[C_OVERSIZE] += 1
     if f.headroom < 20:
