@@ -458,6 +458,14 @@ class _Reader:
                 b = ipaddress.ip_address((int(a) & ~step) | end)
             if int(b) < int(a):
                 raise KeepalivedError(e.where, f"{text}: the range end is below its start")
+            # keepalived 2.2.7 steps through a range by adding 1 to the last byte (IPv6: the
+            # last 16 bits) without carrying, so a range across that boundary wraps around
+            # and never reaches its end: refused rather than guessed
+            bits = 8 if a.version == 4 else 16
+            if int(a) >> bits != int(b) >> bits:
+                raise KeepalivedError(e.where, f"{text}: the range crosses a "
+                                      f"{'/24' if a.version == 4 else '/112'} boundary, "
+                                      "which keepalived does not step across; split it")
             if int(b) - int(a) >= limit:
                 raise KeepalivedError(e.where, f"{text}: more than {limit} addresses")
             return [str(ipaddress.ip_address(i)) for i in range(int(a), int(b) + 1)]
