@@ -107,10 +107,6 @@ SETTINGS: tuple[Setting, ...] = (
             help="services in ipvsadm-save format (SIGHUP re-reads)"),
     Setting("config", str, None, flags=("--config",), toml=False, metavar="FILE",
             help="TOML configuration (examples/fastlvs.toml)"),
-    Setting("keepalived_conf", str, None, flags=("--keepalived-conf",), metavar="FILE",
-            help="services from a keepalived.conf (virtual_server blocks; SIGHUP re-reads)",
-            doc="a keepalived.conf whose virtual servers are the services (relative: to "
-                "the TOML file)"),
     Setting("socket", str, None, flags=("--socket",),
             help="control socket (default $FASTLVS_SOCKET or /run/fastlvs/fastlvs.sock)",
             doc="the control socket's path (None: $FASTLVS_SOCKET or the default)"),
@@ -131,6 +127,10 @@ SETTINGS: tuple[Setting, ...] = (
             help="run on CPU N, with the interfaces' NAPI as threads on N at nice 19 "
                  "(the fastest placement under load; restored at exit)",
             doc="run on this CPU, with the interfaces' NAPI threads there at nice 19 (napi.py)"),
+    Setting("keepalived_conf", str, None, flags=("--keepalived-conf",), metavar="FILE",
+            help="services from a keepalived.conf (virtual_server blocks; SIGHUP re-reads)",
+            doc="a keepalived.conf whose virtual servers are the services (relative: to "
+                "the TOML file)"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
