@@ -170,6 +170,13 @@ def test_quorum_and_sorry_servers():
     assert h[key("10.0.5.3", 8080)].quorum == 3
     assert h[key("10.0.5.3", 8080)].sorry_server.fwd == "nat"
     assert any("sorry_quorum.conf:38: quorum 10 exceeds" in w for w in cfg.warnings)
+    # 10.0.5.5: below quorum at start, the inhibited live server stays at weight 0
+    assert [(d.addr, d.weight) for d in cfg.table.get(key("10.0.5.5", 80)).dests] == \
+        [("10.1.5.104", 1), ("10.1.5.6", 0)]
+    # a virtual server without real servers is dropped, sorry server and all
+    assert key("10.0.5.6", 80) not in cfg.table and key("10.0.5.6", 80) not in h
+    assert any("sorry_quorum.conf:94: virtual server without real servers ignored" in w
+               for w in cfg.warnings)
 
 
 def test_globals_and_warnings():
@@ -265,7 +272,7 @@ def test_missing_include_file_is_an_error_and_an_empty_glob_is_not(tmp_path):
     with pytest.raises(KeepalivedError) as e:
         load_keepalived(p)
     assert str(e.value) == f"{p}:1: include nothere.conf: no such file"
-    p = write(tmp_path, "include none/*.conf\n" + VS % "")
+    p = write(tmp_path, "include none/*.conf\n" + VS % "  real_server 10.1.0.1 80 {\n  }\n")
     assert len(load_keepalived(p).table) == 1
 
 

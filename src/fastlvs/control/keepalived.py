@@ -311,9 +311,6 @@ def _script(s: _Stmt, warnings: list) -> str:
 
 
 # -- the configuration as keepalived keeps it ------------------------------------------------------
-_COMMON = ("connect_timeout", "delay_loop", "retry", "delay_before_retry", "warmup", "alpha")
-
-
 @dataclass
 class _Check:
     kind: str
@@ -761,6 +758,10 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
                             "address family; ignored, as keepalived does")
             continue
         reals.append(rs)
+    if not reals:
+        warnings.append(f"{where}: virtual server without real servers ignored, as keepalived "
+                        "does")
+        return
     weight_of = {id(rs): rs.own.get("weight", own.get("weight", 1)) for rs in reals}
     total = sum(weight_of.values())
     quorum = own.get("quorum", 1)
