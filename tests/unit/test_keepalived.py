@@ -295,3 +295,34 @@ def test_defaults_nat_wlc_weight_one(tmp_path):
         [("10.1.0.1", 80, FwdMethod.NAT, 1)]
     assert any("no lb_kind: NAT" in w for w in cfg.warnings)
     assert any("no lvs_sched: wlc" in w for w in cfg.warnings)
+
+
+def test_mangled_corpus_files_give_a_config_or_one_error_line(tmp_path):
+    """Bad input never escapes as anything but KeepalivedError: corpus files with words
+    replaced, dropped or inserted (seeded, bounded) either load or raise one line."""
+    import random
+    rnd = random.Random(7)
+    junk = ["{", "}", "0", "-1", "65536", "99999999999", "x", '"', "1.2.3", "::", "10.0.0.1-0",
+            "10.0.0.0/33", "TUN", "type", "gue", "alpha", "weight", "real_server", "include",
+            "*", "sh-port", "ops", "persistence_granularity", "ff", "\\", "!", "#", "nan", "-"]
+    loaded = refused = 0
+    for i in range(400):
+        name = rnd.choice(CONFS)
+        words = (CORPUS / f"{name}.conf").read_text().split(" ")
+        for _ in range(rnd.randint(1, 4)):
+            j = rnd.randrange(len(words))
+            op = rnd.random()
+            if op < 0.4:
+                words[j] = rnd.choice(junk)
+            elif op < 0.7:
+                del words[j]
+            else:
+                words.insert(j, rnd.choice(junk))
+        p = write(tmp_path, " ".join(words), f"m{i}.conf")
+        try:
+            load_keepalived(p)
+            loaded += 1
+        except KeepalivedError as e:
+            assert str(e).startswith(str(tmp_path)) and "\n" not in str(e), str(e)
+            refused += 1
+    assert loaded and refused
