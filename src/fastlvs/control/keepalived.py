@@ -140,8 +140,6 @@ def _tokens(path: str, stack: tuple, warnings: list):
     """Yield (kind, payload, where) for one file, includes expanded in place: kind "w" with a
     words list, or "{" / "}"."""
     real = os.path.realpath(path)
-    if real in stack:
-        raise KeepalivedError(path, "include loop: the file includes itself")
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -171,6 +169,9 @@ def _tokens(path: str, stack: tuple, warnings: list):
             for m in matches:
                 if os.path.isdir(m):
                     raise KeepalivedError(where, f"include {pattern}: {m} is a directory")
+                if os.path.realpath(m) in stack:
+                    raise KeepalivedError(where, f"include {pattern}: include loop ({m} is "
+                                          "already being read)")
                 try:
                     yield from _tokens(m, stack, warnings)
                 except OSError as e:
