@@ -26,6 +26,7 @@ from fastlvs.system.netlink import (Netlink, NetlinkError, NeighbourMonitor, NoA
                                     vip_problem)
 from fastlvs.control.ipvsadm import CommandError, apply_command, parse_command
 from fastlvs.control.rules import RulesError, load_rules
+from fastlvs.control.keepalived import KeepalivedConfig, KeepalivedError, load_keepalived
 
 log = logging.getLogger("fastlvs")
 
@@ -89,10 +90,13 @@ class Daemon:
         self._reload = False
         self._reload_until: float | None = None     # a SIGHUP reload waiting for ARP
         self._watchdog = sdnotify.Watchdog()
+        self.keepalived: KeepalivedConfig | None = None  # --keepalived-conf, as last loaded
 
     # -- configuration --------------------------------------------------------------------------
     def _load_table(self) -> ServiceTable:
         o = self.opts
+        if self.cfg.keepalived_conf:
+            return self._load_keepalived()
         try:
             if o.config:
                 return load_config(o.config).table
@@ -107,6 +111,30 @@ class Daemon:
         except RecursionError:
             raise StartupError(f"{o.config or o.rules}: nested too deeply") from None
         return quickstart_table(o)
+
+    def _load_keepalived(self) -> ServiceTable:
+        """The services of --keepalived-conf (or [director] keepalived_conf, relative to the
+        TOML file); its warnings are logged, the whole reading kept in self.keepalived."""
+        o = self.opts
+        path = self.cfg.keepalived_conf
+        if o.config and not o.keepalived_conf and not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(o.config), path)
+        try:
+            kc = load_keepalived(path)
+            if o.config:
+                extra = load_config(o.config)
+                if extra.services:
+                    raise StartupError(f"{o.config}: [[service]] cannot be combined with "
+                                       "keepalived_conf (it gives the services)")
+                kc.table.sysctls = extra.table.sysctls
+        except (KeepalivedError, ConfigError) as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"{e.filename or path}: {e.strerror}") from None
+        for line in kc.warnings:
+            log.warning("%s", line)
+        self.keepalived = kc
+        return kc.table
 
     def _settings(self) -> None:
         o = self.opts
@@ -128,8 +156,11 @@ class Daemon:
                 raise StartupError(str(e)) from None
         if c.interface is None:
             raise StartupError("no interface: give -i IFACE (or interface = in [director])")
-        if not (o.config or o.rules or o.vip):
-            raise StartupError("nothing to serve: give --vip/--rs, --rules FILE or --config FILE")
+        if not (o.config or o.rules or o.vip or o.keepalived_conf):
+            raise StartupError("nothing to serve: give --vip/--rs, --rules FILE, --config FILE "
+                               "or --keepalived-conf FILE")
+        if o.keepalived_conf and (o.vip or o.rules):
+            raise StartupError("--keepalived-conf cannot be combined with --rules or --vip")
         if o.vip and (o.config or o.rules):
             raise StartupError("--vip/--rs cannot be combined with --rules or --config")
         if o.vip and not o.rs:
@@ -330,7 +361,7 @@ class Daemon:
         ("reload refused: ...", one line) and the running state is untouched. Not `final`:
         Later while the kernel is still resolving a real server of the new file (the
         caller asks again on a later turn; the last attempt is final)."""
-        if not (self.opts.rules or self.opts.config):
+        if not (self.opts.rules or self.opts.config or self.opts.keepalived_conf):
             raise ControlError("reload: started with --vip/--rs, there is no file to re-read")
         try:
             table = self._load_table()
@@ -344,7 +375,8 @@ class Daemon:
         except (StartupError, ControlError, NoRoute) as e:
             raise ControlError(f"reload refused: {e}") from None
         self._sync_ports()
-        return f"reloaded {self.opts.rules or self.opts.config}: {len(table)} service(s)"
+        return (f"reloaded {self.opts.rules or self.opts.config or self.opts.keepalived_conf}: "
+                f"{len(table)} service(s)")
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:

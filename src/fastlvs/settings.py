@@ -127,6 +127,10 @@ SETTINGS: tuple[Setting, ...] = (
             help="run on CPU N, with the interfaces' NAPI as threads on N at nice 19 "
                  "(the fastest placement under load; restored at exit)",
             doc="run on this CPU, with the interfaces' NAPI threads there at nice 19 (napi.py)"),
+    Setting("keepalived_conf", str, None, flags=("--keepalived-conf",), metavar="FILE",
+            help="services from a keepalived.conf (virtual_server blocks; SIGHUP re-reads)",
+            doc="a keepalived.conf whose virtual servers are the services (relative: to "
+                "the TOML file)"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

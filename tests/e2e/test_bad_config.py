@@ -64,6 +64,11 @@ CASES = {
         ["--mode", "dr", "-i", tb.lan_if, "--rules",
          rules_file(tb, f"-A -t {tb.vip}:80 -s nosuchsched\n")],
         "nosuchsched"),
+    "malformed keepalived.conf": lambda tb: (
+        ["-i", tb.lan_if, "--keepalived-conf",
+         tb.write_rules(f"virtual_server {tb.vip} 80 {{\n    protocol TCP\n    lb_kind XX\n}}\n",
+                        name="bad-keepalived.conf")],
+        "bad-keepalived.conf:3: lb_kind XX: unknown forwarding method"),
 }
 
 
