@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 
-from fastlvs.health.checkers import Result, family, secs
+from fastlvs.health.checkers import Result, family, oserror, secs
 from fastlvs.health.spec import CheckSpec
 
 _FILL = b"keepalived check - "
@@ -75,7 +75,7 @@ class Pinger:
             try:
                 self.sock.sendto(hdr + PAYLOAD, (addr, 0))
             except OSError as e:
-                return Result(False, f"send: {(e.strerror or str(e)).lower()}")
+                return Result(False, oserror("send", e))
             try:
                 async with asyncio.timeout(timeout):
                     return await fut
@@ -149,5 +149,5 @@ async def probe(spec: CheckSpec) -> Result:
     try:
         p = pinger(family(spec.connect_ip))
     except OSError as e:
-        return Result(False, f"ICMP socket: {(e.strerror or str(e)).lower()}")
+        return Result(False, oserror("ICMP socket", e))
     return await p.ping(spec.connect_ip, spec.connect_timeout)
