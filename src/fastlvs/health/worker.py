@@ -55,16 +55,19 @@ class _Out:
         self._flush()
 
     def _flush(self) -> None:
-        if self.lost and len(self.buf) < OUT_LIMIT // 2:
-            self.buf += b'{"lost":%d}\n' % self.lost
-            self.lost = 0
-        while self.buf:
+        while True:
+            if self.lost and len(self.buf) < OUT_LIMIT // 2:
+                self.buf += b'{"lost":%d}\n' % self.lost
+                self.lost = 0
+            if not self.buf:
+                break
             try:
                 n = os.write(self.fd, self.buf[:1 << 16])
             except BlockingIOError:
                 break
             except BrokenPipeError:         # the parent is gone; stdin EOF ends us soon
                 self.buf.clear()
+                self.lost = 0
                 return
             del self.buf[:n]
         want = bool(self.buf)
