@@ -103,7 +103,11 @@ class _Worker:
         self.inbuf = bytearray(rest)
         for line in lines:
             if line.strip():
-                self._command(json.loads(line))
+                try:
+                    self._command(json.loads(line))
+                except Exception as e:      # a bad command costs that command only
+                    print(f"fastlvs health worker: bad command: {type(e).__name__}: {e}",
+                          file=sys.stderr, flush=True)
         self.out.send({"rd": len(data)})
 
     def _command(self, msg: dict) -> None:
