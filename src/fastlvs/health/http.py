@@ -125,11 +125,12 @@ async def _read(reader: asyncio.StreamReader, url: Url, t: float) -> Result:
                 chunk = await reader.read(READ_CHUNK)
         except TimeoutError:
             return Result(False, f"read timeout after {secs(t)}")
-        except (OSError, ssl.SSLError) as e:
+        except OSError as e:            # ssl.SSLError included
             if got:
                 break          # as keepalived: a read error after data ends the stream
-            return Result(False, oserror("read", e) if isinstance(e, OSError)
-                          and e.errno else f"read failed: {e}")
+            if isinstance(e, ssl.SSLError):
+                return Result(False, f"TLS read failed: {e.reason or e}")
+            return Result(False, oserror("read", e))
         if not chunk:
             break
         got += len(chunk)
