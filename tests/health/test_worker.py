@@ -182,6 +182,24 @@ def test_close_leaves_no_process_not_even_a_running_misc_check(tmp_path):
         time.sleep(0.05)
 
 
+def test_a_killed_worker_takes_its_misc_check_along(worker, tmp_path):
+    pidfile = tmp_path / "pid"
+    spec = CheckSpec("MISC_CHECK", "127.0.0.1", misc_path=f"sh -c 'echo $$ > {pidfile}; "
+                     "exec sleep 30'", delay_loop=60.0, warmup=0.0)
+    worker.set_probes([spec])
+    end = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < end, "the MISC_CHECK never started"
+        time.sleep(0.05)
+    script = int(pidfile.read_text())
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    wait_for(worker, lambda e: e.spec is None, 5)
+    end = time.monotonic() + 5
+    while alive(script):
+        assert time.monotonic() < end, "the MISC_CHECK's process outlived a killed worker"
+        time.sleep(0.05)
+
+
 def test_the_worker_runs_niced(worker):
     worker.status(timeout=10)                  # it is running its main loop
     with open(f"/proc/{worker.proc.pid}/stat") as f:

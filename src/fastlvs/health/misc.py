@@ -5,11 +5,13 @@ a line starting `<` (keepalived's "is this file readable" form) goes through /bi
 
 Exit 0 is up. With misc_dynamic, 2..255 is up too with weight = status - 2 (0..253), and 1
 is down; without it every non-zero status is down. After misc_timeout (0: delay_loop) the
-group gets SIGTERM, and SIGKILL 2 s later if it is still there: a timeout is a failure.
+group gets SIGTERM, and SIGKILL 2 s later if it is still there: a timeout is a failure. If
+the checker process dies, the program gets SIGTERM (PR_SET_PDEATHSIG), as keepalived does.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shlex
 import shutil
@@ -20,6 +22,13 @@ from fastlvs.health.checkers import Result, secs
 from fastlvs.health.spec import CheckSpec
 
 KILL_GRACE = 2.0      # keepalived: SIGTERM, then SIGKILL 2 s later
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _in_child() -> None:
+    # as keepalived: if the checker process dies, its script gets SIGTERM
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def argv(misc_path: str) -> list[str]:
@@ -60,7 +69,7 @@ async def probe(spec: CheckSpec) -> Result:
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, process_group=0)
+            stderr=subprocess.DEVNULL, process_group=0, preexec_fn=_in_child)
     except OSError as e:
         return Result(False, f"misc_path failed to start: {e.strerror or e}")
     try:
