@@ -148,6 +148,12 @@ def lab_offences(imps):
             and not within(i.importer, "fastlvs.lab")]
 
 
+def health_offences(imps):
+    return [i for i in imps if within(i.importer, "fastlvs.health")
+            and any(within(i.target, p) for p in ("fastlvs.control", "fastlvs.system",
+                                                  "fastlvs.engine", "fastlvs.daemon"))]
+
+
 def engine_offences(imps):
     return [i for i in imps if within(i.importer, "fastlvs.engine")
             and (within(i.target, "fastlvs.control") or within(i.target, "fastlvs.system"))]
@@ -225,6 +231,10 @@ def test_nothing_outside_lab_imports_lab(imps):
     _fail("the runtime package imports the test bench (lab/)", lab_offences(imps))
 
 
+def test_health_imports_nothing_of_control_system_engine_or_daemon(imps):
+    _fail("health/ imports control/, system/, engine/ or daemon.py", health_offences(imps))
+
+
 def test_engine_python_modules_import_neither_control_nor_system(imps):
     _fail("engine/ imports control/ or system/", engine_offences(imps))
 
@@ -252,6 +262,10 @@ PLANTED = {
                          "    from fastlvs.lab import testbed\n",
     "fastlvs/lab/__init__.py": "",
     "fastlvs/lab/testbed.py": "from fastlvs import daemon\n",
+    "fastlvs/health/__init__.py": "",
+    "fastlvs/health/spec.py": "import json\n",
+    "fastlvs/health/worker.py": "from . import spec\nfrom fastlvs import daemon\n"
+                                "def later():\n    from ..engine import helpers\n",
 }
 
 
@@ -274,5 +288,8 @@ def test_every_rule_catches_a_planted_offence(tmp_path):
         [("fastlvs.daemon", "fastlvs.lab.testbed")]
     assert [(i.importer, i.target) for i in engine_offences(imps)] == \
         [("fastlvs.engine.helpers", "fastlvs.system.nft")]
+    assert [(i.importer, i.target) for i in health_offences(imps)] == \
+        [("fastlvs.health.worker", "fastlvs.daemon"),
+         ("fastlvs.health.worker", "fastlvs.engine.helpers")]
     assert extension_offences(tmp_path) == \
         ["fastlvs/engine/_core.pyx:1 `from fastlvs.system.nft import X`"]

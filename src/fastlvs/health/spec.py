@@ -28,6 +28,9 @@ class Url:
     virtualhost: str | None = None
 
 
+_BYTES = ("payload", "require_reply", "reply_mask")     # CheckSpec's bytes fields
+
+
 @dataclass(frozen=True)
 class CheckSpec:
     """One checker of one real server, every inherited value already resolved (the
@@ -58,7 +61,10 @@ class CheckSpec:
     misc_dynamic: bool = False
     # UDP_CHECK
     payload: bytes | None = None
-    require_reply: bytes | None = None
+    require_reply: bytes | None = None   # None: no reply needed; b"": any reply
+    reply_mask: bytes | None = None      # 1-bits of require_reply not compared (hex `X`)
+    min_reply_length: int = 0
+    max_reply_length: int = 255
     # DNS_CHECK
     dns_type: str = "SOA"
     dns_name: str = "."
@@ -66,7 +72,7 @@ class CheckSpec:
     def to_json(self) -> dict:
         """A JSON-safe dict (bytes as hex), the checker process's wire form."""
         d = dataclasses.asdict(self)
-        for k in ("payload", "require_reply"):
+        for k in _BYTES:
             if d[k] is not None:
                 d[k] = d[k].hex()
         d["urls"] = [dataclasses.asdict(u) for u in self.urls]
@@ -76,7 +82,7 @@ class CheckSpec:
     def from_json(cls, d: dict) -> "CheckSpec":
         """The inverse of to_json."""
         d = dict(d)
-        for k in ("payload", "require_reply"):
+        for k in _BYTES:
             if d.get(k) is not None:
                 d[k] = bytes.fromhex(d[k])
         d["urls"] = tuple(Url(**{**u, "status_codes": tuple(u.get("status_codes", ()))})
