@@ -27,6 +27,8 @@ from fastlvs.system.netlink import (Netlink, NetlinkError, NeighbourMonitor, NoA
 from fastlvs.control.ipvsadm import CommandError, apply_command, parse_command
 from fastlvs.control.rules import RulesError, load_rules
 from fastlvs.control.keepalived import KeepalivedConfig, KeepalivedError, load_keepalived
+from fastlvs.control.health import HealthPolicy
+from fastlvs.health.worker import HealthWorker
 
 log = logging.getLogger("fastlvs")
 
@@ -34,6 +36,7 @@ POLL_MS = 10            # time in the C loop between looks at signals, requests,
 SWEEP_EVERY = 1.0       # seconds between expiry sweeps when traffic is idle
 SWEEP_BUDGET = 65536    # entries inspected per idle sweep
 RESOLVE_TIMEOUT = 3.0
+CHECKER_RESTART = 5.0   # seconds between two starts of a checker process that keeps dying
 
 
 class StartupError(Exception):
@@ -90,7 +93,11 @@ class Daemon:
         self._reload = False
         self._reload_until: float | None = None     # a SIGHUP reload waiting for ARP
         self._watchdog = sdnotify.Watchdog()
-        self.keepalived: KeepalivedConfig | None = None  # --keepalived-conf, as last loaded
+        self.keepalived: KeepalivedConfig | None = None  # --keepalived-conf, as served
+        self._read: KeepalivedConfig | None = None       # as last read (a reload may refuse it)
+        self.health: HealthPolicy | None = None          # what checker results do to the table
+        self.checker: HealthWorker | None = None         # the checker process
+        self._checker_started = 0.0
 
     # -- configuration --------------------------------------------------------------------------
     def _load_table(self) -> ServiceTable:
@@ -114,7 +121,8 @@ class Daemon:
 
     def _load_keepalived(self) -> ServiceTable:
         """The services of --keepalived-conf (or [director] keepalived_conf, relative to the
-        TOML file); its warnings are logged, the whole reading kept in self.keepalived."""
+        TOML file); its warnings are logged, the whole reading kept in self._read until
+        it is served (start, or a reload that succeeds)."""
         o = self.opts
         path = self.cfg.keepalived_conf
         if o.config and not o.keepalived_conf and not os.path.isabs(path):
@@ -133,7 +141,7 @@ class Daemon:
             raise StartupError(f"{e.filename or path}: {e.strerror}") from None
         for line in kc.warnings:
             log.warning("%s", line)
-        self.keepalived = kc
+        self._read = kc
         return kc.table
 
     def _settings(self) -> None:
@@ -221,11 +229,14 @@ class Daemon:
         except PortError as e:
             raise StartupError(str(e)) from None
         self.director.load(table)
+        if self._read is not None:
+            self._start_health()
         self._sync_ports()
         self._learn_neighbours()
         self.director.learn_clients(self._cif, self._client_subnets(cif))
         self.control = ControlServer(self.director, self.cfg.socket_path, reload=self._do_reload,
-                                     resolve_wait=RESOLVE_TIMEOUT)
+                                     resolve_wait=RESOLVE_TIMEOUT,
+                                     health=self.health.status if self.health else None)
         # From now on the loop runs: a real server added by `fastlvs admin -a` is resolved
         # without waiting (the control server parks the command while ARP goes on).
         self.director.nexthop = self._nexthop_now
@@ -235,6 +246,40 @@ class Daemon:
         log.info("ready: %d service(s), mode %s, ports %s, control socket %s",
                  len(table), self.cfg.mode, self.ports.describe(), self.control.path)
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(table)} service(s)\nMAINPID={os.getpid()}")
+
+    def _start_health(self) -> None:
+        """keepalived.conf's health checks: the policy puts the table in keepalived's
+        starting state (alpha servers out, sorry servers in where the quorum is not met),
+        and one checker process probes each distinct checker once."""
+        self.keepalived, health = self._read, self._read.health
+        self.health = HealthPolicy(self.director, health)
+        specs = list(health.probes())
+        if specs:
+            self.checker = HealthWorker()
+            self.checker.set_probes(specs)
+            self.health.status_source = self.checker.status
+        log.info("health checks: %d checker(s) over %d virtual server(s)", len(specs),
+                 len(health.services))
+
+    def _health_events(self, now: float) -> None:
+        """Apply what the checker process reported since the last turn. A dead checker
+        process is started again, at most once per CHECKER_RESTART seconds; its checkers
+        then report their first verdicts again."""
+        if self.checker is None:
+            return
+        events = self.checker.events()
+        for ev in events:
+            if ev.spec is None:             # about the process itself: died, events lost
+                log.error("health: %s", ev.reason)
+                continue
+            self.health.on_event(ev)
+        if events:
+            self._sync_ports()        # a sorry server or a returning server may be new
+        if not self.checker.alive and now - self._checker_started >= CHECKER_RESTART:
+            log.error("health: starting the checker process again")
+            self._checker_started = now
+            self.checker.restart()
+        self.health.tick()
 
     def _resolve_all(self, table: ServiceTable, final: bool = True) -> None:
         """StartupError naming the first real server of `table` without a next hop; the
@@ -371,9 +416,22 @@ class Daemon:
             # kernel is asked about every unknown next hop at once, so an unresolvable real
             # server costs one resolution timeout, not one per server.
             self._resolve_all(table, final)
-            self.director.load(table)
+            if self.health is not None:
+                # only the difference: checkers that stay keep their state, so a failed
+                # server stays out (keepalived's reload re-adds it)
+                self.health.reload(self._read.health, table)
+            else:
+                self.director.load(table)
         except (StartupError, ControlError, NoRoute) as e:
             raise ControlError(f"reload refused: {e}") from None
+        if self.health is not None:
+            self.keepalived = self._read
+            specs = list(self.keepalived.health.probes())
+            if specs and self.checker is None:
+                self.checker = HealthWorker()
+                self.health.status_source = self.checker.status
+            if self.checker is not None:
+                self.checker.set_probes(specs)
         self._sync_ports()
         return (f"reloaded {self.opts.rules or self.opts.config or self.opts.keepalived_conf}: "
                 f"{len(table)} service(s)")
@@ -404,6 +462,7 @@ class Daemon:
         self.ports.follow()             # the director's own addresses, as they change
         now = time.monotonic()
         self.director.tick(now)
+        self._health_events(now)
         if now - self._last_sweep >= SWEEP_EVERY:
             # Batches sweep as they go; an idle director must still expire conns so
             # that ActiveConn/InActConn come down as IPVS's timers bring them down.
@@ -428,14 +487,19 @@ class Daemon:
     def close(self) -> None:
         if self.control is not None:
             sdnotify.notify("STOPPING=1")
-        for closer in (self.control, self.neigh, self.ports, self.nl):
+        if self.health is not None:
+            try:
+                self.health.shutdown()      # omega's scripts, with keepalived's one second
+            except Exception as e:
+                log.warning("cleanup: health: %s", e)
+        for closer in (self.checker, self.control, self.neigh, self.ports, self.nl):
             if closer is None:
                 continue
             try:
                 closer.close()
             except Exception as e:          # teardown goes on: leave nothing else behind
                 log.warning("cleanup: %s", e)
-        self.control = self.neigh = self.ports = self.nl = None
+        self.control = self.neigh = self.ports = self.nl = self.checker = self.health = None
 
 
 def main(opts: Options) -> int:

@@ -41,8 +41,9 @@ def test_keepalived_conf_supplies_the_services_and_its_warnings_are_logged(tmp_p
     assert (svc.vaddr, svc.vport, svc.sched_name) == ("203.0.113.10", 80, "rr")
     assert [(x.addr, x.weight) for x in svc.dests] == [("192.0.2.11", 3)]
     assert table.timeouts["tcp"] == 600
-    assert d.keepalived is not None and d.keepalived.table is table
-    (spec,) = d.keepalived.health.probes()
+    # read, not yet served: start() (or a reload that succeeds) makes it d.keepalived
+    assert d._read is not None and d._read.table is table and d.keepalived is None
+    (spec,) = d._read.health.probes()
     assert spec.connect_timeout == 2.0
     assert f"{ka}:4: vrrp_instance ignored (VRRP stays with keepalived)" in caplog.messages
 

@@ -201,6 +201,7 @@ class Testbed:
         self.tmp = tempfile.mkdtemp(prefix=f"{tag}-")
         self.made: list[str] = []
         self.procs: list[subprocess.Popen] = []
+        self.servers: dict[str, subprocess.Popen] = {}     # real server name -> its process
         self.daemons: list[Daemon] = []
 
     # names as the tests read them
@@ -290,12 +291,25 @@ class Testbed:
             f"-DFL_RS_ADDR={be:#010x}", "-c", self.decap_src, "-o", obj)
         return obj
 
+    def stop_server(self, name: str) -> None:
+        """Kill real server `name`'s HTTP/UDP process (SIGKILL: a crash, its port closes)."""
+        p = self.servers.pop(name)
+        p.kill()
+        p.wait(5)
+
+    def start_server(self, name: str) -> None:
+        """Start real server `name`'s process again (after stop_server)."""
+        i = self.rs_names.index(name)
+        rip = self.rips[i]
+        self._start_server(self.rs[i], name, [rip] if self.mode == "nat" else [rip, self.vip])
+
     def _start_server(self, ns, name, addrs):
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "fastlvs.lab.testbed", "serve",
                name, *addrs]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env())
         self.procs.append(p)
+        self.servers[name] = p
         r, _, _ = select.select([p.stdout], [], [], 15)
         line = p.stdout.readline() if r else ""
         if "serving" not in line:
