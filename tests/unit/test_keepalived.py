@@ -329,3 +329,26 @@ def test_mangled_corpus_files_give_a_config_or_one_error_line(tmp_path):
             assert str(e).startswith(str(tmp_path)) and "\n" not in str(e), str(e)
             refused += 1
     assert loaded and refused
+
+
+def test_udp_check_wildcards_and_reply_lengths(tmp_path):
+    conf = tmp_path / "udp.conf"
+    conf.write_text("""virtual_server 10.0.9.1 53 {
+    protocol UDP
+    real_server 10.1.9.1 53 {
+        UDP_CHECK {
+            require_reply 01xX 2x
+            min_reply_length 4
+            max_reply_length 512
+        }
+    }
+}
+""")
+    (spec,) = load_keepalived(conf).health.services[key("10.0.9.1", 53, Proto.UDP)] \
+        .servers[("10.1.9.1", 53)].checks
+    assert spec.require_reply == b"\x01\x00\x20"
+    assert spec.reply_mask == b"\x00\xff\x0f"      # the x digits are not compared
+    assert (spec.min_reply_length, spec.max_reply_length) == (4, 512)
+    conf.write_text(conf.read_text().replace("require_reply 01xX 2x", "payload 0x"))
+    with pytest.raises(KeepalivedError, match=r"udp.conf:5: payload: wildcard digits"):
+        load_keepalived(conf)

@@ -289,19 +289,27 @@ def _no_block(s: _Stmt) -> None:
         raise KeepalivedError(s.where, f"{s.kw} takes no {{ }} block")
 
 
-def _hex(s: _Stmt, words: list) -> bytes:
+def _hex(s: _Stmt, words: list, wildcards: bool = False) -> bytes | tuple[bytes, bytes]:
     """keepalived's free-form hex: each word read two digits at a time, a last odd digit
-    standing for one byte (`Ab12f 3` is AB 12 0F 03)."""
-    out = bytearray()
+    standing for one byte (`Ab12f 3` is AB 12 0F 03). With `wildcards` (require_reply), an
+    `x` digit matches anything: (value, mask) is returned, the mask's 1-bits not compared."""
+    out, mask = bytearray(), bytearray()
     for w in words:
-        if any(c in "xX" for c in w):
-            raise KeepalivedError(s.where, f"{s.kw}: wildcard digits (x) are not supported")
+        if not wildcards and any(c in "xX" for c in w):
+            raise KeepalivedError(s.where, f"{s.kw}: wildcard digits (x) are only for "
+                                  "require_reply")
         try:
             for i in range(0, len(w), 2):
-                out.append(int(w[i:i + 2], 16))
+                pair = w[i:i + 2]
+                out.append(int(pair.replace("x", "0").replace("X", "0"), 16))
+                m = 0
+                for j, c in enumerate(reversed(pair)):
+                    if c in "xX":
+                        m |= 0xF << (4 * j)
+                mask.append(m)
         except ValueError:
             raise KeepalivedError(s.where, f"{s.kw}: bad hex {w!r}") from None
-    return bytes(out)
+    return (bytes(out), bytes(mask)) if wildcards else bytes(out)
 
 
 def _script(s: _Stmt, warnings: list) -> str:
@@ -628,7 +636,10 @@ class _Reader:
             elif s.kw == "UDP_CHECK" and kw == "payload":
                 own[kw] = _hex(t, t.words[1:])
             elif s.kw == "UDP_CHECK" and kw == "require_reply":
-                own[kw] = _hex(t, t.words[1:])
+                own[kw], mask = _hex(t, t.words[1:], wildcards=True)
+                own["reply_mask"] = mask if any(mask) else None
+            elif s.kw == "UDP_CHECK" and kw in ("min_reply_length", "max_reply_length"):
+                own[kw] = _int(t, 0, 65535)
             elif s.kw == "DNS_CHECK" and kw == "type":
                 v = _arg(t).upper()
                 if v not in DNS_TYPES:
@@ -906,6 +917,9 @@ def _spec(c: _Check, rs: _Real, vs: _Virtual, port: int) -> CheckSpec:
         misc_dynamic=o.get("misc_dynamic", False),
         payload=o.get("payload"),
         require_reply=o.get("require_reply"),
+        reply_mask=o.get("reply_mask"),
+        min_reply_length=o.get("min_reply_length", 0),
+        max_reply_length=o.get("max_reply_length", 255),
         dns_type=o.get("dns_type", "SOA"),
         dns_name=o.get("dns_name", "."),
     )
