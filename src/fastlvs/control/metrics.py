@@ -1,0 +1,540 @@
+"""`--metrics ADDR:PORT`: the director's state as Prometheus text on HTTP GET /metrics.
+
+`Metrics` is the registry of collectors a scrape asks, by name ("ipvs", "fastlvs", "process";
+later work adds its own: health-check states, sync lag, offloaded entries). `IpvsCollector`
+speaks node_exporter's ipvs collector (its names, types, help and labels, so IPVS dashboards
+work unchanged); `FastlvsCollector` adds the engine's own counters. `MetricsServer` serves them
+from the daemon's loop, non-blocking and bounded, like the control socket: no thread.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import time
+from typing import Callable, Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from fastlvs import __version__
+from fastlvs.engine import contract
+
+log = logging.getLogger("fastlvs.metrics")
+
+# -- node_exporter's ipvs collector (collector/ipvs_linux.go, node_exporter 1.12.1) ------------
+# Names, help and label order as it declares them. It reads /proc/net/ip_vs_stats (the totals)
+# and /proc/net/ip_vs (one row per real server): TCP/UDP services have local_mark "", an fwmark
+# service would have local_address "", local_port "0", proto "FWM" and local_mark the mark as
+# /proc/net/ip_vs prints it (%08X); fastlvs has no fwmark services yet.
+BACKEND_LABELS = ("local_address", "local_port", "remote_address", "remote_port", "proto",
+                  "local_mark")
+IPVS_TOTALS = (     # (metric, help, the Director.totals() field)
+    ("node_ipvs_connections_total", "The total number of connections made.", "conns"),
+    ("node_ipvs_incoming_packets_total", "The total number of incoming packets.", "inpkts"),
+    ("node_ipvs_outgoing_packets_total", "The total number of outgoing packets.", "outpkts"),
+    ("node_ipvs_incoming_bytes_total", "The total amount of incoming data.", "inbytes"),
+    ("node_ipvs_outgoing_bytes_total", "The total amount of outgoing data.", "outbytes"),
+)
+IPVS_BACKEND = (    # (metric, help, the Dest attribute)
+    ("node_ipvs_backend_connections_active",
+     "The current active connections by local and remote address.", "activeconns"),
+    ("node_ipvs_backend_connections_inactive",
+     "The current inactive connections by local and remote address.", "inactconns"),
+    ("node_ipvs_backend_weight",
+     "The current backend weight by local and remote address.", "weight"),
+)
+
+# -- fastlvs's own: the engine's counters (contract.COUNTER_NAMES) by what they count ----------
+ENGINE_FRAMES = ("rx", "tx", "passed")
+ENGINE_DROPS = ("malformed", "bad_checksum", "table_full", "tcp_not_syn", "no_dest",
+                "dest_unavailable", "no_route", "no_headroom", "oversize", "callback_error",
+                "ttl_exceeded", "frag_needed_sent", "frag_bad", "frag_no_room", "drop_packet")
+ENGINE_HOST = ("not_ip", "no_service", "fragment")
+# every other engine counter (conns_created, frag_reasm, ... and any added later) is an event
+PORT_FRAMES = ("rx", "tx")
+PORT_DROPS = ("tx_ring_full", "tx_oversize", "fill_empty", "rx_dropped", "rx_ring_full",
+              "rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs")
+_PORT_NOT_COUNTERS = ("backend", "queues", "umem_frame_size")
+# Names later work registers its collectors under (each exporting fastlvs_<name>_* metrics).
+RESERVED = ("health", "sync", "offload")
+
+
+def _counter(name, doc, labels=()):
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+def _gauge(name, doc, labels=()):
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def backend_labels(svc, dest) -> list[str]:
+    """node_exporter's label values of one real server of one service, in BACKEND_LABELS
+    order."""
+    return [svc.vaddr, str(svc.vport), dest.addr, str(dest.port), svc.proto.label, ""]
+
+
+class IpvsCollector:
+    """node_exporter's ipvs metrics from a Director: the totals of /proc/net/ip_vs_stats
+    (Director.totals(): deleted services included, zeroed by -Z of everything) and, per real
+    server of every service, active and inactive connections and weight."""
+
+    def __init__(self, director):
+        self.director = director
+
+    def collect(self) -> Iterable:
+        d = self.director
+        d.pull_counters()
+        totals = d.totals()
+        for name, doc, field in IPVS_TOTALS:
+            fam = _counter(name, doc)
+            fam.add_metric([], totals[field])
+            yield fam
+        fams = [(_gauge(name, doc, BACKEND_LABELS), attr) for name, doc, attr in IPVS_BACKEND]
+        for svc in d.table:
+            for dest in svc.dests:
+                labels = backend_labels(svc, dest)
+                for fam, attr in fams:
+                    fam.add_metric(labels, getattr(dest, attr))
+        for fam, _ in fams:
+            yield fam
+
+
+class FastlvsCollector:
+    """fastlvs's own metrics from a Director: every engine counter (frames, drops by reason,
+    frames left to the host, events), the per-ring counters of every interface the daemon
+    runs rings on, the connection table's entries and capacity, and per real server the
+    `ipvsadm -Ln --stats` counters under node_exporter's labels."""
+
+    def __init__(self, director):
+        self.director = director
+
+    def collect(self) -> Iterable:
+        c = self.director.counters()
+        yield from self._engine(c["engine"])
+        entries = _gauge("fastlvs_conn_entries",
+                         "Connection table entries in use (connections and persistence "
+                         "templates, expired but not yet swept included).")
+        entries.add_metric([], c["conn_entries"])
+        yield entries
+        cap = _gauge("fastlvs_conn_capacity", "Connection table entries allocated at start.")
+        cap.add_metric([], c["conn_capacity"])
+        yield cap
+        yield from self._backends()
+        yield from self._ports(c.get("ports") or {})
+        info = _gauge("fastlvs_build_info", "The running fastlvs's version.", ["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+    @staticmethod
+    def _engine(st: dict) -> Iterable:
+        frames = _counter("fastlvs_engine_frames_total",
+                          "Frames through the engine: rx read from the rings, tx sent, passed "
+                          "left to the host's stack.", ["counter"])
+        drops = _counter("fastlvs_engine_drops_total",
+                         "Packets the engine did not forward, by reason (its counter names, "
+                         "as `fastlvs admin --counters` prints them); ttl_exceeded and "
+                         "frag_needed_sent were answered with ICMP.", ["reason"])
+        host = _counter("fastlvs_engine_host_frames_total",
+                        "Frames left to the host's stack as not the director's to forward, "
+                        "by reason.", ["reason"])
+        events = _counter("fastlvs_engine_events_total",
+                          "The engine's other counters by name: conns_created, conns_expired, "
+                          "csum_completed, drop_entry (entries the flood defence dropped), "
+                          "frag_held, frag_reasm, frag_timeout, frag_out, ...", ["event"])
+        for name in contract.COUNTER_NAMES:
+            value = st.get(name, 0)
+            if name in ENGINE_FRAMES:
+                frames.add_metric([name], value)
+            elif name in ENGINE_DROPS:
+                drops.add_metric([name], value)
+            elif name in ENGINE_HOST:
+                host.add_metric([name], value)
+            else:
+                events.add_metric([name], value)
+        return frames, drops, host, events
+
+    def _backends(self) -> Iterable:
+        # the model's counters were pulled by counters(); as -Ln --stats shows them (-Z too)
+        fams = [(_counter(f"fastlvs_backend_{what}_total",
+                          f"{text} (ipvsadm -Ln --stats; -Z zeroes it).", BACKEND_LABELS), attr)
+                for what, text, attr in (
+                    ("connections", "Connections scheduled to a real server", "conns"),
+                    ("incoming_packets", "Packets from clients to a real server", "inpkts"),
+                    ("outgoing_packets", "Packets from a real server to clients (NAT)",
+                     "outpkts"),
+                    ("incoming_bytes", "Bytes (IP lengths) from clients to a real server",
+                     "inbytes"),
+                    ("outgoing_bytes", "Bytes (IP lengths) from a real server to clients "
+                     "(NAT)", "outbytes"))]
+        fams.append((_gauge("fastlvs_backend_persistent_connections",
+                            "Persistence templates pointing at a real server.",
+                            BACKEND_LABELS), "persistconns"))
+        fams.append((_gauge("fastlvs_backend_overloaded",
+                            "1 while a real server is overloaded (-x upper threshold reached, "
+                            "until -y).", BACKEND_LABELS), "overloaded"))
+        for svc in self.director.table:
+            for dest in svc.dests:
+                labels = backend_labels(svc, dest)
+                for fam, attr in fams:
+                    fam.add_metric(labels, int(getattr(dest, attr)))
+        return [fam for fam, _ in fams]
+
+    @staticmethod
+    def _ports(ports: dict) -> Iterable:
+        frames = _counter("fastlvs_port_frames_total",
+                          "Frames received (rx) and sent (tx) on an interface's rings, summed "
+                          "over its RX queues.", ["interface", "counter"])
+        drops = _counter("fastlvs_port_drops_total",
+                         "Frames lost at an interface's rings, by reason: ours (tx_ring_full, "
+                         "fill_empty, tx_oversize) and, for AF_XDP, the kernel's socket "
+                         "counters (rx_ring_full: the daemon was behind).",
+                         ["interface", "reason"])
+        events = _counter("fastlvs_port_events_total",
+                          "An interface's other ring counters: wakeups (syscalls to kick the "
+                          "kernel), tx_copies, and the XDP steering program's redirected and "
+                          "passed.", ["interface", "event"])
+        info = _gauge("fastlvs_port_info", "The rings the daemon runs on an interface.",
+                      ["interface", "backend"])
+        for ifname, st in sorted(ports.items()):
+            info.add_metric([ifname, str(st.get("backend", ""))], 1)
+            for key, value in st.items():
+                if key in _PORT_NOT_COUNTERS or isinstance(value, bool) \
+                        or not isinstance(value, int):
+                    continue
+                if key in PORT_FRAMES:
+                    frames.add_metric([ifname, key], value)
+                elif key in PORT_DROPS:
+                    drops.add_metric([ifname, key], value)
+                else:
+                    events.add_metric([ifname, key], value)
+        return frames, drops, events, info
+
+
+class Metrics:
+    """The collectors a scrape asks, by name, in the order registered. Each collector has
+    `collect()` yielding prometheus_client metric families and must only be called from
+    the thread that runs the engine (a scrape is answered in the daemon's loop).
+
+    A collector that raises costs only its own families: the scrape carries the others, and
+    `fastlvs_scrape_collector_success{collector}` (0) and
+    `fastlvs_scrape_collector_duration_seconds{collector}` say which, as node_exporter's
+    node_scrape_collector_* do; its traceback is logged when it starts failing."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self._collectors: dict[str, object] = {}
+        self._failing: set[str] = set()
+        self._clock = clock
+
+    def register(self, name: str, collector) -> None:
+        """Add `collector` under `name`; ValueError if the name is taken."""
+        if name in self._collectors:
+            raise ValueError(f"a metrics collector named {name!r} is already registered")
+        self._collectors[name] = collector
+
+    def unregister(self, name: str) -> None:
+        """Remove the collector `name` (absent: a no-op)."""
+        self._collectors.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self._collectors)
+
+    def collect(self) -> Iterable:
+        ok = _gauge("fastlvs_scrape_collector_success",
+                    "1 if the collector's part of this scrape succeeded.", ["collector"])
+        took = _gauge("fastlvs_scrape_collector_duration_seconds",
+                      "Time the collector's part of this scrape took.", ["collector"])
+        for name, collector in list(self._collectors.items()):
+            t0 = self._clock()
+            try:
+                families = list(collector.collect())
+            except Exception:
+                if name not in self._failing:
+                    log.exception("metrics: collector %s failed", name)
+                self._failing.add(name)
+                families = []
+                ok.add_metric([name], 0)
+            else:
+                self._failing.discard(name)
+                ok.add_metric([name], 1)
+            took.add_metric([name], self._clock() - t0)
+            yield from families
+        yield ok
+        yield took
+
+    def render(self) -> bytes:
+        """The text exposition (format 0.0.4) of every collector."""
+        return generate_latest(self)
+
+
+def director_metrics(director) -> Metrics:
+    """The registry of a director: node_exporter's ipvs metrics, fastlvs's own, and the
+    process's (CPU, memory, open files: prometheus_client's process collector)."""
+    m = Metrics()
+    m.register("ipvs", IpvsCollector(director))
+    m.register("fastlvs", FastlvsCollector(director))
+    m.register("process", ProcessCollector(registry=None))
+    return m
+
+
+# -- the HTTP side ---------------------------------------------------------------------------
+MAX_CLIENTS = 64            # connections held at once; past it the oldest idle one is dropped
+MAX_REQUEST = 8192          # bytes of request line and headers
+REQUEST_SECONDS = 5.0       # from accept to a complete request
+WRITE_SECONDS = 30.0        # to take the whole answer
+DRAIN_SECONDS = 2.0         # for the client to close once it has the whole answer
+ACCEPT_BURST = 16           # connections accepted per turn of the loop
+CACHE_SECONDS = 1.0         # a scrape within this long of the last one gets the same text
+_RECV = 4096
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
+_INDEX = b"fastlvs: metrics at /metrics\n"
+
+
+ASKING, WRITING, DRAINING = 0, 1, 2     # a connection's states, in the order they come
+
+
+class _Client:
+    __slots__ = ("sock", "rbuf", "wbuf", "deadline", "state", "since")
+
+    def __init__(self, sock: socket.socket, now: float):
+        self.sock = sock
+        self.rbuf = bytearray()
+        self.wbuf = bytearray()
+        self.since = now
+        self.deadline = now + REQUEST_SECONDS
+        self.state = ASKING
+
+
+class MetricsServer:
+    """HTTP/1.x on a TCP socket, serviced from the daemon's loop: `handle_ready()` accepts,
+    reads and writes whatever is ready without blocking, and returns. GET (or HEAD)
+    /metrics answers `render()` (bytes of text exposition), / a pointer to it, other paths
+    404, other methods 405, a malformed request 400; every answer closes its connection.
+
+    Bounded whatever clients do: a request must be complete within REQUEST_SECONDS and
+    MAX_REQUEST bytes (431 past it), an answer taken within WRITE_SECONDS; at most
+    MAX_CLIENTS connections are held (a new one pushes out the oldest of those that have
+    their whole answer, else of those still asking, else of those being answered), and
+    ACCEPT_BURST accepted per call; `render()` runs at most once per `cache_seconds`, so
+    clients asking in a loop cost the loop nothing more.
+
+    `MetricsServer(render, host, port)` binds at once: OSError (EADDRINUSE, EADDRNOTAVAIL)
+    with the address in its message. `render` may be set later (503 until then).
+    """
+
+    def __init__(self, render: Callable[[], bytes] | None, host: str, port: int, *,
+                 cache_seconds: float = CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.render = render
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._listen = self._bind(host, port)
+        self.address = self._listen.getsockname()[:2]
+        self._clients: dict[int, _Client] = {}
+        self._body: bytes | None = None
+        self._body_at = 0.0
+        self.scrapes = 0             # answers made by render() (not from the cache)
+        self._ep = select.epoll()
+        self._ep.register(self._listen.fileno(), select.EPOLLIN)
+
+    @staticmethod
+    def _bind(host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # a restarted daemon must not wait for its old connections' TIME_WAIT
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(64)
+        except OSError as e:
+            sock.close()
+            where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+            raise OSError(e.errno, f"{where}: {e.strerror}") from None
+        sock.setblocking(False)
+        return sock
+
+    def fileno(self) -> int:
+        """A descriptor that polls readable whenever handle_ready() has work."""
+        return self._ep.fileno()
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def handle_ready(self) -> int:
+        """Service every connection that is ready now, without blocking, and drop those
+        past their deadline; returns the number of requests answered."""
+        now = self._clock()
+        answered = 0
+        for fd, events in self._ep.poll(0):
+            if fd == self._listen.fileno():
+                self._accept(now)
+                continue
+            c = self._clients.get(fd)
+            if c is None:
+                continue
+            if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                answered += self._read(c, now)
+            if fd in self._clients and c.wbuf:
+                self._write(c, now)
+        if self._clients:
+            for c in [c for c in self._clients.values() if now >= c.deadline]:
+                self._drop(c)
+        return answered
+
+    def close(self) -> None:
+        """Disconnect every client and stop listening."""
+        for c in list(self._clients.values()):
+            self._drop(c)
+        if self._listen.fileno() >= 0:
+            self._ep.unregister(self._listen.fileno())
+            self._listen.close()
+        self._ep.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- connections -------------------------------------------------------------------------
+    def _accept(self, now: float) -> None:
+        for _ in range(ACCEPT_BURST):
+            try:
+                sock, _ = self._listen.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:         # EMFILE and the like: try again on the next turn
+                log.warning("metrics: accept: %s", e.strerror)
+                return
+            if len(self._clients) >= MAX_CLIENTS:
+                # a flood of connections may push out a slow scraper, never wedge the port
+                self._drop(min(self._clients.values(),
+                               key=lambda c: ((DRAINING, ASKING, WRITING).index(c.state),
+                                              c.since)))
+            sock.setblocking(False)
+            c = _Client(sock, now)
+            self._clients[sock.fileno()] = c
+            self._ep.register(sock.fileno(), select.EPOLLIN)
+
+    def _read(self, c: _Client, now: float) -> int:
+        try:
+            data = c.sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            self._drop(c)
+            return 0
+        if not data:                     # the client is gone (or done reading our answer)
+            self._drop(c)
+            return 0
+        if c.state != ASKING:
+            return 0                     # anything after the request is not read
+        c.rbuf += data
+        end = c.rbuf.find(b"\r\n\r\n")
+        if end < 0:
+            end = c.rbuf.find(b"\n\n")
+        if end < 0:
+            if len(c.rbuf) > MAX_REQUEST:
+                self._answer(c, now, 431, b"request too large\n")
+                return 1
+            return 0
+        if end > MAX_REQUEST:
+            self._answer(c, now, 431, b"request too large\n")
+            return 1
+        self._request(c, now, bytes(c.rbuf[:end]))
+        return 1
+
+    def _request(self, c: _Client, now: float, head: bytes) -> None:
+        line = head.split(b"\n", 1)[0].rstrip(b"\r")
+        parts = line.split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1.") or not parts[1]:
+            self._answer(c, now, 400, b"bad request\n")
+            return
+        method, target, _ = parts
+        if method not in (b"GET", b"HEAD"):
+            self._answer(c, now, 405, b"only GET\n", extra=b"Allow: GET, HEAD\r\n")
+            return
+        head_only = method == b"HEAD"
+        path = target.split(b"?", 1)[0]
+        if path == b"/metrics":
+            body = self._metrics(now)
+            if body is None:
+                self._answer(c, now, 503, b"not serving yet\n", head_only=head_only)
+            elif body is False:
+                self._answer(c, now, 500, b"metrics failed; see the daemon's log\n",
+                             head_only=head_only)
+            else:
+                self._answer(c, now, 200, body, CONTENT_TYPE_LATEST, head_only)
+        elif path == b"/":
+            self._answer(c, now, 200, _INDEX, head_only=head_only)
+        else:
+            self._answer(c, now, 404, b"not found: try /metrics\n", head_only=head_only)
+
+    def _metrics(self, now: float):
+        if self.render is None:
+            return None
+        if self._body is not None and now - self._body_at < self.cache_seconds:
+            return self._body
+        try:
+            body = self.render()
+        except Exception:                # a bug must not take the daemon down
+            log.exception("metrics: rendering failed")
+            return False
+        self.scrapes += 1
+        self._body, self._body_at = body, now
+        return body
+
+    def _answer(self, c: _Client, now: float, status: int, body: bytes,
+                ctype: str = "text/plain; charset=utf-8", head_only: bool = False,
+                extra: bytes = b"") -> None:
+        head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + extra
+        c.wbuf += head + b"\r\n" + (b"" if head_only else body)
+        c.rbuf.clear()
+        c.state = WRITING
+        c.deadline = now + WRITE_SECONDS
+        self._write(c, now)
+
+    def _write(self, c: _Client, now: float) -> None:
+        while c.wbuf:
+            try:
+                n = c.sock.send(c.wbuf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(c)
+                return
+            del c.wbuf[:n]
+        fd = c.sock.fileno()
+        if c.wbuf:
+            self._ep.modify(fd, select.EPOLLOUT)
+            return
+        # All of it is with the kernel. Closing now with unread bytes from the client would
+        # reset the connection and could lose the answer's tail: say we are done and wait
+        # (until the deadline) for the client to close its side.
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(c)
+            return
+        c.state = DRAINING
+        c.deadline = min(c.deadline, now + DRAIN_SECONDS)
+        self._ep.modify(fd, select.EPOLLIN)
+
+    def _drop(self, c: _Client) -> None:
+        fd = c.sock.fileno()
+        if self._clients.pop(fd, None) is not None:
+            try:
+                self._ep.unregister(fd)
+            except OSError as e:          # pragma: no cover - closed under us
+                if e.errno != errno.ENOENT:
+                    raise
+        c.sock.close()
+
+
+__all__ = ["BACKEND_LABELS", "FastlvsCollector", "IpvsCollector", "Metrics", "MetricsServer",
+           "backend_labels", "director_metrics"]
