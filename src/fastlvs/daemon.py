@@ -214,7 +214,7 @@ class Daemon:
         try:
             server = MetricsServer(None, host, port)
         except OSError as e:
-            raise StartupError(f"--metrics {self.cfg.metrics}: {e.strerror}") from None
+            raise StartupError(f"--metrics {self.cfg.metrics}: {os.strerror(e.errno)}") from None
         log.info("metrics: http://%s/metrics", self.cfg.metrics)
         return server
 

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Callable, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
+from prometheus_client import ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from fastlvs import __version__
@@ -291,6 +291,9 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
 _INDEX = b"fastlvs: metrics at /metrics\n"
+# The classic text format, which every Prometheus (and node_exporter's answer to a text
+# scrape) speaks; prometheus_client's newer default names version 1.0.0, unknown to older ones.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 ASKING, WRITING, DRAINING = 0, 1, 2     # a connection's states, in the order they come
@@ -468,7 +471,7 @@ class MetricsServer:
                 self._answer(c, now, 500, b"metrics failed; see the daemon's log\n",
                              head_only=head_only)
             else:
-                self._answer(c, now, 200, body, CONTENT_TYPE_LATEST, head_only)
+                self._answer(c, now, 200, body, CONTENT_TYPE, head_only)
         elif path == b"/":
             self._answer(c, now, 200, _INDEX, head_only=head_only)
         else:
