@@ -169,7 +169,7 @@ class Daemon:
                                        batch=self.cfg.batch, local_ip=local_ip,
                                        local_mac=cif.mac, mtu=mtu)
         if self.metrics is not None:
-            self.metrics.render = director_metrics(self.director).render
+            self.metrics.source = director_metrics(self.director)
         try:
             self.director.check_table(table)
         except ControlError as e:

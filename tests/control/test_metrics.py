@@ -33,9 +33,10 @@ def _iplen(frame: bytes) -> int:
 
 def scrape(daemon) -> dict:
     """One HTTP GET /metrics through a MetricsServer serviced by this thread under the
-    harness's lock (the director is never touched from two threads): {name: family}."""
+    harness's lock, as the daemon's loop does (the director is touched only there; the
+    server's worker thread makes the text from its snapshot): {name: family}."""
     with daemon.lock:
-        server = MetricsServer(director_metrics(daemon.director).render, "127.0.0.1", 0,
+        server = MetricsServer(director_metrics(daemon.director), "127.0.0.1", 0,
                                cache_seconds=0)
     got = {}
 

@@ -4,6 +4,7 @@ normal scrape from being answered, deadlines on an injected clock, the render ca
 errors, and the collector registry's isolation of a failing collector."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -27,24 +28,35 @@ class Clock:
         return self.now
 
 
-class Renders:
+class Source:
+    """A metrics source: snapshot() must run in the loop's thread, render(snap) in another."""
+
     def __init__(self, body=BODY):
         self.body = body
         self.calls = 0
+        self.snap_threads = set()
+        self.render_threads = set()
+        self.gate = threading.Event()
+        self.gate.set()
 
-    def __call__(self):
+    def snapshot(self):
+        self.snap_threads.add(threading.get_ident())
         self.calls += 1
+        return self.calls
+
+    def render(self, snap):
+        self.render_threads.add(threading.get_ident())
+        assert self.gate.wait(10)
+        if isinstance(self.body, Exception):
+            raise self.body
         return self.body
 
 
-@pytest.fixture
-def served():
-    """A server on 127.0.0.1 (any free port), serviced by a thread loop as the daemon's loop
-    would (bounded: it stops with the test)."""
-    render = Renders()
-    server = MetricsServer(render, "127.0.0.1", 0, cache_seconds=0)
+@contextlib.contextmanager
+def looping(server, lock=None):
+    """Service `server` from a thread as the daemon's loop would, until the block ends."""
     stop = threading.Event()
-    lock = threading.Lock()
+    lock = lock or threading.Lock()
 
     def loop():
         while not stop.is_set():
@@ -55,10 +67,23 @@ def served():
     t = threading.Thread(target=loop, daemon=True)
     t.start()
     try:
-        yield server, render, lock
+        yield
     finally:
         stop.set()
         t.join(5)
+
+
+@pytest.fixture
+def served():
+    """A server on 127.0.0.1 (any free port), serviced by a thread loop (bounded: it stops
+    with the test)."""
+    source = Source()
+    server = MetricsServer(source, "127.0.0.1", 0, cache_seconds=0)
+    lock = threading.Lock()
+    try:
+        with looping(server, lock):
+            yield server, source, lock
+    finally:
         server.close()
 
 
@@ -165,7 +190,7 @@ def test_abusive_clients_do_not_keep_a_normal_scrape_from_its_answer(served):
 
 def test_slow_clients_are_dropped_at_their_deadline():
     clock = Clock()
-    with MetricsServer(Renders(), "127.0.0.1", 0, clock=clock) as server:
+    with MetricsServer(Source(), "127.0.0.1", 0, clock=clock) as server:
         s = connect(server)
         s.sendall(b"GET /metrics HTTP/1.1\r\n")
         for _ in range(200):             # until the server has taken the connection
@@ -187,48 +212,72 @@ def test_slow_clients_are_dropped_at_their_deadline():
 
 def test_renders_at_most_once_per_cache_period():
     clock = Clock()
-    render = Renders()
+    render = Source()
     with MetricsServer(render, "127.0.0.1", 0, cache_seconds=1.0, clock=clock) as server:
-        stop = threading.Event()
-
-        def loop():
-            while not stop.is_set():
-                server.handle_ready()
-                stop.wait(0.002)
-
-        t = threading.Thread(target=loop, daemon=True)
-        t.start()
-        try:
+        with looping(server):
             for _ in range(5):
                 assert body_of(exchange(server, b"GET /metrics HTTP/1.1\r\n\r\n")) == BODY
             assert render.calls == 1
             clock.now += 1.0
             exchange(server, b"GET /metrics HTTP/1.1\r\n\r\n")
             assert render.calls == 2
-        finally:
-            stop.set()
-            t.join(5)
 
 
 def test_a_failing_render_is_a_500_and_the_next_scrape_is_served(served):
     server, render, lock = served
-    good = server.render
+    with lock:
+        render.body = RuntimeError("bug")
+    assert status_of(exchange(server, b"GET /metrics HTTP/1.1\r\n\r\n")) == 500
+    with lock:
+        render.body = BODY
+    assert status_of(exchange(server, b"GET /metrics HTTP/1.1\r\n\r\n")) == 200
+
+
+def test_a_failing_snapshot_is_a_500(served):
+    server, render, lock = served
 
     def boom():
         raise RuntimeError("bug")
 
     with lock:
-        server.render = boom
+        render.snapshot = boom
     assert status_of(exchange(server, b"GET /metrics HTTP/1.1\r\n\r\n")) == 500
-    with lock:
-        server.render = good
-    assert status_of(exchange(server, b"GET /metrics HTTP/1.1\r\n\r\n")) == 200
 
 
-def test_no_render_yet_is_503(served):
+def test_snapshot_in_the_loop_text_in_the_worker_and_a_slow_render_never_wedges_the_loop(
+        served):
+    """The render is held back: the loop keeps turning (the thread calling handle_ready
+    answers other requests meanwhile), and the held scrape gets its text once released."""
+    server, render, lock = served
+    render.gate.clear()
+    waiting = [connect(server) for _ in range(3)]
+    try:
+        for s in waiting:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        for _ in range(5):
+            assert status_of(exchange(server, b"GET / HTTP/1.1\r\n\r\n")) == 200
+        render.gate.set()
+        for s in waiting:
+            answer = b""
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                answer += data
+            assert status_of(answer) == 200 and body_of(answer) == BODY
+    finally:
+        for s in waiting:
+            s.close()
+    assert render.calls == 1                # the three waited for one snapshot
+    assert len(render.snap_threads) == 1 and len(render.render_threads) == 1
+    assert render.snap_threads.isdisjoint(render.render_threads)
+    assert threading.get_ident() not in render.render_threads
+
+
+def test_no_source_yet_is_503(served):
     server, _, lock = served
     with lock:
-        server.render = None
+        server.source = None
     assert status_of(exchange(server, b"GET /metrics HTTP/1.1\r\n\r\n")) == 503
 
 
@@ -254,26 +303,13 @@ def test_an_address_not_of_this_host_is_an_oserror():
 
 def test_ipv6_loopback_is_served():
     try:
-        server = MetricsServer(Renders(), "::1", 0)
+        server = MetricsServer(Source(), "::1", 0, cache_seconds=0)
     except OSError as e:
         pytest.skip(f"no IPv6 loopback: {e}")
-    with server:
-        s = socket.create_connection(("::1", server.address[1]), timeout=5)
-        s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
-        for _ in range(200):
-            server.handle_ready()
-            if not server.clients and _ > 0:
-                break
-            threading.Event().wait(0.005)
-        answer = b""
-        while True:
-            server.handle_ready()
-            data = s.recv(65536)
-            if not data:
-                break
-            answer += data
-        s.close()
-        assert status_of(answer) == 200 and body_of(answer) == BODY
+    with server, looping(server):
+        answer = exchange(server, b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert server.address[0] == "::1"
+    assert status_of(answer) == 200 and body_of(answer) == BODY
 
 
 class Fixed:

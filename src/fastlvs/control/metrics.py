@@ -3,8 +3,9 @@
 `Metrics` is the registry of collectors a scrape asks, by name ("ipvs", "fastlvs", "process";
 later work adds its own: health-check states, sync lag, offloaded entries). `IpvsCollector`
 speaks node_exporter's ipvs collector (its names, types, help and labels, so IPVS dashboards
-work unchanged); `FastlvsCollector` adds the engine's own counters. `MetricsServer` serves them
-from the daemon's loop, non-blocking and bounded, like the control socket: no thread.
+work unchanged); `FastlvsCollector` adds the engine's own counters. `MetricsServer` serves HTTP
+from the daemon's loop, non-blocking and bounded like the control socket; the loop only copies
+numbers (a snapshot), and one worker thread, which never sees the director, makes the text.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import errno
 import logging
 import select
 import socket
+import threading
 import time
 from typing import Callable, Iterable
 
@@ -69,63 +71,95 @@ def _gauge(name, doc, labels=()):
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
-def backend_labels(svc, dest) -> list[str]:
+def backend_labels(svc, dest) -> tuple[str, ...]:
     """node_exporter's label values of one real server of one service, in BACKEND_LABELS
     order."""
-    return [svc.vaddr, str(svc.vport), dest.addr, str(dest.port), svc.proto.label, ""]
+    return (svc.vaddr, str(svc.vport), dest.addr, str(dest.port), svc.proto.label, "")
 
 
-class IpvsCollector:
-    """node_exporter's ipvs metrics from a Director: the totals of /proc/net/ip_vs_stats
-    (Director.totals(): deleted services included, zeroed by -Z of everything) and, per real
-    server of every service, active and inactive connections and weight."""
+class DirectorCollector:
+    """A collector of a Director's state in two halves: `snapshot()` reads the director
+    (call it from the thread that runs the engine; it copies numbers, cheap) and
+    `families(snap)` makes the metric families from that copy alone (any thread).
+    `collect()` is both at once: prometheus_client's Collector protocol."""
 
     def __init__(self, director):
         self.director = director
 
+    def snapshot(self):
+        raise NotImplementedError
+
+    def families(self, snap) -> Iterable:
+        raise NotImplementedError
+
     def collect(self) -> Iterable:
+        return self.families(self.snapshot())
+
+
+class IpvsCollector(DirectorCollector):
+    """node_exporter's ipvs metrics: the totals of /proc/net/ip_vs_stats
+    (Director.totals(): deleted services included, zeroed by -Z of everything) and, per real
+    server of every service, active and inactive connections and weight."""
+
+    def snapshot(self):
         d = self.director
         d.pull_counters()
-        totals = d.totals()
+        return d.totals(), [(backend_labels(svc, dest), dest.activeconns, dest.inactconns,
+                             dest.weight) for svc in d.table for dest in svc.dests]
+
+    def families(self, snap) -> Iterable:
+        totals, rows = snap
         for name, doc, field in IPVS_TOTALS:
             fam = _counter(name, doc)
             fam.add_metric([], totals[field])
             yield fam
-        fams = [(_gauge(name, doc, BACKEND_LABELS), attr) for name, doc, attr in IPVS_BACKEND]
-        for svc in d.table:
-            for dest in svc.dests:
-                labels = backend_labels(svc, dest)
-                for fam, attr in fams:
-                    fam.add_metric(labels, getattr(dest, attr))
-        for fam, _ in fams:
-            yield fam
+        fams = [_gauge(name, doc, BACKEND_LABELS) for name, doc, _ in IPVS_BACKEND]
+        for labels, *values in rows:
+            for fam, v in zip(fams, values):
+                fam.add_metric(labels, v)
+        yield from fams
 
 
-class FastlvsCollector:
-    """fastlvs's own metrics from a Director: every engine counter (frames, drops by reason,
-    frames left to the host, events), the per-ring counters of every interface the daemon
-    runs rings on, the connection table's entries and capacity, and per real server the
+_BACKEND_COUNTERS = (   # fastlvs_backend_<what>_total, help, the Dest attribute
+    ("connections", "Connections scheduled to a real server", "conns"),
+    ("incoming_packets", "Packets from clients to a real server", "inpkts"),
+    ("outgoing_packets", "Packets from a real server to clients (NAT)", "outpkts"),
+    ("incoming_bytes", "Bytes (IP lengths) from clients to a real server", "inbytes"),
+    ("outgoing_bytes", "Bytes (IP lengths) from a real server to clients (NAT)", "outbytes"),
+)
+
+
+class FastlvsCollector(DirectorCollector):
+    """fastlvs's own metrics: every engine counter (frames, drops by reason, frames left to
+    the host, events), the per-ring counters of every interface the daemon runs rings on,
+    the connection table's entries and capacity, and per real server the
     `ipvsadm -Ln --stats` counters under node_exporter's labels."""
 
-    def __init__(self, director):
-        self.director = director
+    def snapshot(self):
+        c = self.director.counters()            # pulls the model's counters too
+        attrs = [a for _, _, a in _BACKEND_COUNTERS] + ["persistconns", "overloaded"]
+        rows = [(backend_labels(svc, dest), *(int(getattr(dest, a)) for a in attrs))
+                for svc in self.director.table for dest in svc.dests]
+        ports = {ifname: {k: v for k, v in st.items() if k != "queues"}
+                 for ifname, st in (c.get("ports") or {}).items()}
+        return dict(c["engine"]), c["conn_entries"], c["conn_capacity"], rows, ports
 
-    def collect(self) -> Iterable:
-        c = self.director.counters()
-        yield from self._engine(c["engine"])
-        entries = _gauge("fastlvs_conn_entries",
-                         "Connection table entries in use (connections and persistence "
-                         "templates, expired but not yet swept included).")
-        entries.add_metric([], c["conn_entries"])
-        yield entries
-        cap = _gauge("fastlvs_conn_capacity", "Connection table entries allocated at start.")
-        cap.add_metric([], c["conn_capacity"])
-        yield cap
-        yield from self._backends()
-        yield from self._ports(c.get("ports") or {})
-        info = _gauge("fastlvs_build_info", "The running fastlvs's version.", ["version"])
-        info.add_metric([__version__], 1)
-        yield info
+    def families(self, snap) -> Iterable:
+        engine, entries, capacity, rows, ports = snap
+        yield from self._engine(engine)
+        fam = _gauge("fastlvs_conn_entries",
+                     "Connection table entries in use (connections and persistence "
+                     "templates, expired but not yet swept included).")
+        fam.add_metric([], entries)
+        yield fam
+        fam = _gauge("fastlvs_conn_capacity", "Connection table entries allocated at start.")
+        fam.add_metric([], capacity)
+        yield fam
+        yield from self._backends(rows)
+        yield from self._ports(ports)
+        fam = _gauge("fastlvs_build_info", "The running fastlvs's version.", ["version"])
+        fam.add_metric([__version__], 1)
+        yield fam
 
     @staticmethod
     def _engine(st: dict) -> Iterable:
@@ -155,31 +189,21 @@ class FastlvsCollector:
                 events.add_metric([name], value)
         return frames, drops, host, events
 
-    def _backends(self) -> Iterable:
-        # the model's counters were pulled by counters(); as -Ln --stats shows them (-Z too)
-        fams = [(_counter(f"fastlvs_backend_{what}_total",
-                          f"{text} (ipvsadm -Ln --stats; -Z zeroes it).", BACKEND_LABELS), attr)
-                for what, text, attr in (
-                    ("connections", "Connections scheduled to a real server", "conns"),
-                    ("incoming_packets", "Packets from clients to a real server", "inpkts"),
-                    ("outgoing_packets", "Packets from a real server to clients (NAT)",
-                     "outpkts"),
-                    ("incoming_bytes", "Bytes (IP lengths) from clients to a real server",
-                     "inbytes"),
-                    ("outgoing_bytes", "Bytes (IP lengths) from a real server to clients "
-                     "(NAT)", "outbytes"))]
-        fams.append((_gauge("fastlvs_backend_persistent_connections",
-                            "Persistence templates pointing at a real server.",
-                            BACKEND_LABELS), "persistconns"))
-        fams.append((_gauge("fastlvs_backend_overloaded",
-                            "1 while a real server is overloaded (-x upper threshold reached, "
-                            "until -y).", BACKEND_LABELS), "overloaded"))
-        for svc in self.director.table:
-            for dest in svc.dests:
-                labels = backend_labels(svc, dest)
-                for fam, attr in fams:
-                    fam.add_metric(labels, int(getattr(dest, attr)))
-        return [fam for fam, _ in fams]
+    @staticmethod
+    def _backends(rows) -> Iterable:
+        # the model's counters as -Ln --stats shows them (-Z too)
+        fams = [_counter(f"fastlvs_backend_{what}_total",
+                         f"{text} (ipvsadm -Ln --stats; -Z zeroes it).", BACKEND_LABELS)
+                for what, text, _ in _BACKEND_COUNTERS]
+        fams.append(_gauge("fastlvs_backend_persistent_connections",
+                           "Persistence templates pointing at a real server.", BACKEND_LABELS))
+        fams.append(_gauge("fastlvs_backend_overloaded",
+                           "1 while a real server is overloaded (-x upper threshold reached, "
+                           "until -y).", BACKEND_LABELS))
+        for labels, *values in rows:
+            for fam, v in zip(fams, values):
+                fam.add_metric(labels, v)
+        return fams
 
     @staticmethod
     def _ports(ports: dict) -> Iterable:
@@ -213,9 +237,14 @@ class FastlvsCollector:
 
 
 class Metrics:
-    """The collectors a scrape asks, by name, in the order registered. Each collector has
-    `collect()` yielding prometheus_client metric families and must only be called from
-    the thread that runs the engine (a scrape is answered in the daemon's loop).
+    """The collectors a scrape asks, by name, in the order registered.
+
+    A scrape is two steps so that the daemon's loop pays only for copying numbers:
+    `snapshot()`, in the thread that runs the engine, asks each collector that has a
+    `snapshot()` method (a DirectorCollector) for its copy of the state; `render(snap)`,
+    in any thread, makes the text from those copies, calling `families(copy)` of those
+    collectors and `collect()` of plain prometheus_client collectors (which must then be
+    safe to call from another thread: the process collector reads /proc/self).
 
     A collector that raises costs only its own families: the scrape carries the others, and
     `fastlvs_scrape_collector_success{collector}` (0) and
@@ -240,15 +269,36 @@ class Metrics:
     def names(self) -> list[str]:
         return list(self._collectors)
 
-    def collect(self) -> Iterable:
+    def snapshot(self) -> dict:
+        """{name: (seconds taken, the collector's copy, or the exception it raised)} for
+        the collectors with a snapshot() (call from the thread that runs the engine)."""
+        out = {}
+        for name, collector in list(self._collectors.items()):
+            if hasattr(collector, "snapshot"):
+                t0 = self._clock()
+                try:
+                    copy = collector.snapshot()
+                except Exception as e:
+                    copy = e
+                out[name] = (self._clock() - t0, copy)
+        return out
+
+    def _families(self, snap: dict) -> Iterable:
         ok = _gauge("fastlvs_scrape_collector_success",
                     "1 if the collector's part of this scrape succeeded.", ["collector"])
         took = _gauge("fastlvs_scrape_collector_duration_seconds",
-                      "Time the collector's part of this scrape took.", ["collector"])
+                      "Time the collector's part of this scrape took (its copy of the "
+                      "state in the daemon's loop, and making its metrics).", ["collector"])
         for name, collector in list(self._collectors.items()):
             t0 = self._clock()
+            before, copy = snap.get(name, (0.0, None))
             try:
-                families = list(collector.collect())
+                if isinstance(copy, Exception):
+                    raise copy
+                if name in snap:
+                    families = list(collector.families(copy))
+                else:
+                    families = list(collector.collect())
             except Exception:
                 if name not in self._failing:
                     log.exception("metrics: collector %s failed", name)
@@ -258,14 +308,24 @@ class Metrics:
             else:
                 self._failing.discard(name)
                 ok.add_metric([name], 1)
-            took.add_metric([name], self._clock() - t0)
+            took.add_metric([name], before + self._clock() - t0)
             yield from families
         yield ok
         yield took
 
-    def render(self) -> bytes:
-        """The text exposition (format 0.0.4) of every collector."""
-        return generate_latest(self)
+    def render(self, snap: dict | None = None) -> bytes:
+        """The text exposition (format 0.0.4) of every collector, from `snap` (None: a
+        snapshot taken now, in this thread)."""
+        families = list(self._families(self.snapshot() if snap is None else snap))
+        return generate_latest(_Families(families))
+
+
+class _Families:
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return self._families
 
 
 def director_metrics(director) -> Metrics:
@@ -282,6 +342,7 @@ def director_metrics(director) -> Metrics:
 MAX_CLIENTS = 64            # connections held at once; past it the oldest idle one is dropped
 MAX_REQUEST = 8192          # bytes of request line and headers
 REQUEST_SECONDS = 5.0       # from accept to a complete request
+RENDER_SECONDS = 20.0       # for the worker to make the text, once the request is in
 WRITE_SECONDS = 30.0        # to take the whole answer
 DRAIN_SECONDS = 2.0         # for the client to close once it has the whole answer
 ACCEPT_BURST = 16           # connections accepted per turn of the loop
@@ -296,11 +357,11 @@ _INDEX = b"fastlvs: metrics at /metrics\n"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-ASKING, WRITING, DRAINING = 0, 1, 2     # a connection's states, in the order they come
+ASKING, WAITING, WRITING, DRAINING = 0, 1, 2, 3     # a connection's states, in order
 
 
 class _Client:
-    __slots__ = ("sock", "rbuf", "wbuf", "deadline", "state", "since")
+    __slots__ = ("sock", "rbuf", "wbuf", "deadline", "state", "since", "head_only")
 
     def __init__(self, sock: socket.socket, now: float):
         self.sock = sock
@@ -309,29 +370,84 @@ class _Client:
         self.since = now
         self.deadline = now + REQUEST_SECONDS
         self.state = ASKING
+        self.head_only = False
+
+
+class _Worker:
+    """One thread that makes the text of snapshots, one at a time. It is handed a snapshot
+    (plain numbers the loop copied) and the registry's render(); it never touches the
+    director, so the engine stays the loop's alone."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._job = None
+        self._result = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, render: Callable, snap) -> None:
+        with self._cv:
+            self._job, self._result = (render, snap), None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fastlvs-metrics",
+                                                daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def result(self):
+        """None while busy (or idle), else (True, body) or (False, the exception)."""
+        with self._cv:
+            r, self._result = self._result, None
+            return r
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._job is None and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                (render, snap), self._job = self._job, None
+            try:
+                out = (True, render(snap))
+            except Exception as e:       # a bug must not take the daemon down
+                log.exception("metrics: rendering failed")
+                out = (False, e)
+            with self._cv:
+                self._result = out
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(5)
 
 
 class MetricsServer:
     """HTTP/1.x on a TCP socket, serviced from the daemon's loop: `handle_ready()` accepts,
     reads and writes whatever is ready without blocking, and returns. GET (or HEAD)
-    /metrics answers `render()` (bytes of text exposition), / a pointer to it, other paths
-    404, other methods 405, a malformed request 400; every answer closes its connection.
+    /metrics answers the text of `source` (a Metrics: its snapshot() is taken in the loop,
+    its render(snapshot) made by a worker thread and sent on a later turn), / a pointer to
+    it, other paths 404, other methods 405, a malformed request 400; every answer closes
+    its connection.
 
     Bounded whatever clients do: a request must be complete within REQUEST_SECONDS and
     MAX_REQUEST bytes (431 past it), an answer taken within WRITE_SECONDS; at most
     MAX_CLIENTS connections are held (a new one pushes out the oldest of those that have
-    their whole answer, else of those still asking, else of those being answered), and
-    ACCEPT_BURST accepted per call; `render()` runs at most once per `cache_seconds`, so
-    clients asking in a loop cost the loop nothing more.
+    their whole answer, else of those still asking, else the oldest of all), and
+    ACCEPT_BURST accepted per call. One snapshot is taken per `cache_seconds` at most, and
+    clients asking meanwhile get the same text, so clients asking in a loop cost the loop
+    nothing more.
 
-    `MetricsServer(render, host, port)` binds at once: OSError (EADDRINUSE, EADDRNOTAVAIL)
-    with the address in its message. `render` may be set later (503 until then).
+    `MetricsServer(source, host, port)` binds at once: OSError (EADDRINUSE, EADDRNOTAVAIL)
+    with the address in its message. `source` may be set later (503 until then).
     """
 
-    def __init__(self, render: Callable[[], bytes] | None, host: str, port: int, *,
+    def __init__(self, source, host: str, port: int, *,
                  cache_seconds: float = CACHE_SECONDS,
                  clock: Callable[[], float] = time.monotonic):
-        self.render = render
+        self.source = source
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._listen = self._bind(host, port)
@@ -339,7 +455,9 @@ class MetricsServer:
         self._clients: dict[int, _Client] = {}
         self._body: bytes | None = None
         self._body_at = 0.0
-        self.scrapes = 0             # answers made by render() (not from the cache)
+        self._rendering_at: float | None = None     # when the snapshot being rendered was taken
+        self._worker = _Worker()
+        self.scrapes = 0             # snapshots taken (scrapes not answered from the cache)
         self._ep = select.epoll()
         self._ep.register(self._listen.fileno(), select.EPOLLIN)
 
@@ -368,10 +486,13 @@ class MetricsServer:
         return len(self._clients)
 
     def handle_ready(self) -> int:
-        """Service every connection that is ready now, without blocking, and drop those
-        past their deadline; returns the number of requests answered."""
+        """Service every connection that is ready now, without blocking, send the text the
+        worker finished, and drop connections past their deadline; returns the number of
+        requests taken in or answered."""
         now = self._clock()
         answered = 0
+        if self._rendering_at is not None:
+            answered += self._rendered(now)
         for fd, events in self._ep.poll(0):
             if fd == self._listen.fileno():
                 self._accept(now)
@@ -396,6 +517,7 @@ class MetricsServer:
             self._ep.unregister(self._listen.fileno())
             self._listen.close()
         self._ep.close()
+        self._worker.close()
 
     def __enter__(self):
         return self
@@ -416,8 +538,8 @@ class MetricsServer:
             if len(self._clients) >= MAX_CLIENTS:
                 # a flood of connections may push out a slow scraper, never wedge the port
                 self._drop(min(self._clients.values(),
-                               key=lambda c: ((DRAINING, ASKING, WRITING).index(c.state),
-                                              c.since)))
+                               key=lambda c: (c.state not in (DRAINING, ASKING),
+                                              c.state != DRAINING, c.since)))
             sock.setblocking(False)
             c = _Client(sock, now)
             self._clients[sock.fileno()] = c
@@ -464,32 +586,51 @@ class MetricsServer:
         head_only = method == b"HEAD"
         path = target.split(b"?", 1)[0]
         if path == b"/metrics":
-            body = self._metrics(now)
-            if body is None:
-                self._answer(c, now, 503, b"not serving yet\n", head_only=head_only)
-            elif body is False:
-                self._answer(c, now, 500, b"metrics failed; see the daemon's log\n",
-                             head_only=head_only)
-            else:
-                self._answer(c, now, 200, body, CONTENT_TYPE, head_only)
+            self._scrape(c, now, head_only)
         elif path == b"/":
             self._answer(c, now, 200, _INDEX, head_only=head_only)
         else:
             self._answer(c, now, 404, b"not found: try /metrics\n", head_only=head_only)
 
-    def _metrics(self, now: float):
-        if self.render is None:
-            return None
+    def _scrape(self, c: _Client, now: float, head_only: bool) -> None:
+        if self.source is None:
+            self._answer(c, now, 503, b"not serving yet\n", head_only=head_only)
+            return
         if self._body is not None and now - self._body_at < self.cache_seconds:
-            return self._body
-        try:
-            body = self.render()
-        except Exception:                # a bug must not take the daemon down
-            log.exception("metrics: rendering failed")
-            return False
-        self.scrapes += 1
-        self._body, self._body_at = body, now
-        return body
+            self._answer(c, now, 200, self._body, CONTENT_TYPE, head_only)
+            return
+        c.state = WAITING
+        c.head_only = head_only
+        c.deadline = now + RENDER_SECONDS
+        self._ep.modify(c.sock.fileno(), select.EPOLLIN)     # to see it hang up meanwhile
+        if self._rendering_at is None:
+            try:
+                snap = self.source.snapshot()
+            except Exception:            # a bug must not take the daemon down
+                log.exception("metrics: snapshot failed")
+                self._answer_waiting(now, 500, b"metrics failed; see the daemon's log\n")
+                return
+            self.scrapes += 1
+            self._rendering_at = now
+            self._worker.submit(self.source.render, snap)
+
+    def _rendered(self, now: float) -> int:
+        result = self._worker.result()
+        if result is None:
+            return 0
+        ok, body = result
+        at, self._rendering_at = self._rendering_at, None
+        if not ok:
+            return self._answer_waiting(now, 500, b"metrics failed; see the daemon's log\n")
+        self._body, self._body_at = body, at
+        return self._answer_waiting(now, 200, body, CONTENT_TYPE)
+
+    def _answer_waiting(self, now: float, status: int, body: bytes,
+                        ctype: str = "text/plain; charset=utf-8") -> int:
+        waiting = [c for c in self._clients.values() if c.state == WAITING]
+        for c in waiting:
+            self._answer(c, now, status, body, ctype, head_only=c.head_only)
+        return len(waiting)
 
     def _answer(self, c: _Client, now: float, status: int, body: bytes,
                 ctype: str = "text/plain; charset=utf-8", head_only: bool = False,
