@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import os
 import socket
 import threading
@@ -140,6 +141,23 @@ def test_get_metrics_is_the_rendered_exposition_with_prometheus_content_type(ser
 def test_each_request_gets_its_status_and_the_connection_closes(served, request_, status):
     server, _, _ = served
     assert status_of(exchange(server, request_)) == status
+
+
+@pytest.mark.parametrize("accept, packed", [
+    (b"Accept-Encoding: gzip\r\n", True),              # what Prometheus sends
+    (b"accept-encoding: br, gzip;q=0.5\r\n", True),
+    (b"Accept-Encoding: gzip;q=0\r\n", False),
+    (b"Accept-Encoding: br\r\n", False),
+    (b"", False),
+])
+def test_gzip_only_for_clients_that_take_it(served, accept, packed):
+    server, _, _ = served
+    answer = exchange(server, b"GET /metrics HTTP/1.1\r\n" + accept + b"\r\n")
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert status_of(answer) == 200
+    assert (b"Content-Encoding: gzip" in head) == packed
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert (gzip.decompress(body) if packed else body) == BODY
 
 
 def test_head_is_the_headers_without_the_body(served):

@@ -10,6 +10,7 @@ numbers (a snapshot), and one worker thread, which never sees the director, make
 from __future__ import annotations
 
 import errno
+import gzip
 import logging
 import select
 import socket
@@ -361,7 +362,7 @@ ASKING, WAITING, WRITING, DRAINING = 0, 1, 2, 3     # a connection's states, in 
 
 
 class _Client:
-    __slots__ = ("sock", "rbuf", "wbuf", "deadline", "state", "since", "head_only")
+    __slots__ = ("sock", "rbuf", "wbuf", "deadline", "state", "since", "head_only", "gzip")
 
     def __init__(self, sock: socket.socket, now: float):
         self.sock = sock
@@ -371,6 +372,26 @@ class _Client:
         self.deadline = now + REQUEST_SECONDS
         self.state = ASKING
         self.head_only = False
+        self.gzip = False           # the client takes gzip (Prometheus always does)
+
+
+def _takes_gzip(head: bytes) -> bool:
+    """Whether a request's Accept-Encoding takes gzip (not with q=0)."""
+    for line in head.split(b"\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() != b"accept-encoding":
+            continue
+        for item in value.lower().split(b","):
+            coding, _, params = item.partition(b";")
+            if coding.strip() in (b"gzip", b"*"):
+                q = params.strip().replace(b" ", b"")
+                if not q.startswith(b"q="):
+                    return True
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+    return False
 
 
 class _Worker:
@@ -584,6 +605,7 @@ class MetricsServer:
             self._answer(c, now, 405, b"only GET\n", extra=b"Allow: GET, HEAD\r\n")
             return
         head_only = method == b"HEAD"
+        c.gzip = _takes_gzip(head)
         path = target.split(b"?", 1)[0]
         if path == b"/metrics":
             self._scrape(c, now, head_only)
@@ -593,14 +615,14 @@ class MetricsServer:
             self._answer(c, now, 404, b"not found: try /metrics\n", head_only=head_only)
 
     def _scrape(self, c: _Client, now: float, head_only: bool) -> None:
+        c.head_only = head_only
         if self.source is None:
             self._answer(c, now, 503, b"not serving yet\n", head_only=head_only)
             return
         if self._body is not None and now - self._body_at < self.cache_seconds:
-            self._answer(c, now, 200, self._body, CONTENT_TYPE, head_only)
+            self._answer_text(c, now, self._body)
             return
         c.state = WAITING
-        c.head_only = head_only
         c.deadline = now + RENDER_SECONDS
         self._ep.modify(c.sock.fileno(), select.EPOLLIN)     # to see it hang up meanwhile
         if self._rendering_at is None:
@@ -612,7 +634,12 @@ class MetricsServer:
                 return
             self.scrapes += 1
             self._rendering_at = now
-            self._worker.submit(self.source.render, snap)
+            self._worker.submit(self._make, snap)
+
+    def _make(self, snap) -> tuple[bytes, bytes]:
+        # in the worker: the text, and its gzip for the clients that take it
+        text = self.source.render(snap)
+        return text, gzip.compress(text, compresslevel=6, mtime=0)
 
     def _rendered(self, now: float) -> int:
         result = self._worker.result()
@@ -623,14 +650,25 @@ class MetricsServer:
         if not ok:
             return self._answer_waiting(now, 500, b"metrics failed; see the daemon's log\n")
         self._body, self._body_at = body, at
-        return self._answer_waiting(now, 200, body, CONTENT_TYPE)
+        return self._answer_waiting(now, 200, body)
 
-    def _answer_waiting(self, now: float, status: int, body: bytes,
-                        ctype: str = "text/plain; charset=utf-8") -> int:
+    def _answer_waiting(self, now: float, status: int, body) -> int:
         waiting = [c for c in self._clients.values() if c.state == WAITING]
         for c in waiting:
-            self._answer(c, now, status, body, ctype, head_only=c.head_only)
+            if status == 200:
+                self._answer_text(c, now, body)
+            else:
+                self._answer(c, now, status, body, head_only=c.head_only)
         return len(waiting)
+
+    def _answer_text(self, c: _Client, now: float, body: tuple[bytes, bytes]) -> None:
+        text, packed = body
+        if c.gzip:
+            self._answer(c, now, 200, packed, CONTENT_TYPE, c.head_only,
+                         extra=b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n")
+        else:
+            self._answer(c, now, 200, text, CONTENT_TYPE, c.head_only,
+                         extra=b"Vary: Accept-Encoding\r\n")
 
     def _answer(self, c: _Client, now: float, status: int, body: bytes,
                 ctype: str = "text/plain; charset=utf-8", head_only: bool = False,
