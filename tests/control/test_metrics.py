@@ -218,3 +218,21 @@ def test_totals_outlive_a_deleted_service_and_zero_all_zeroes_them(daemon, traff
     f = scrape(daemon)
     assert value(f, "node_ipvs_incoming_packets_total") == 1
     assert value(f, "node_ipvs_incoming_bytes_total") == _iplen(frame)
+
+
+def test_a_service_zeroed_deleted_and_added_again_counts_from_zero(daemon, traffic):
+    """-Z, then -D and -A of the same service: the kernel makes a new service whose
+    counters start at 0; the listing and the totals must not go below what came after."""
+    daemon.ok("-Z")
+    daemon.ok("-D", "-u", f"{VIP}:53")
+    daemon.ok("-A", "-u", f"{VIP}:53", "-s", "rr")
+    daemon.ok("-a", "-u", f"{VIP}:53", "-r", "192.0.2.13:53", "-m")
+    frame = _eth(IP(src=CLIENT, dst=VIP) / UDP(sport=52000, dport=53) / b"again")
+    with daemon.lock:
+        daemon.engine.process([frame], 4 * S)
+    listing = daemon.ok("-Ln", "--stats", "--exact", "-u", f"{VIP}:53")
+    svc_line = next(line for line in listing.splitlines() if line.startswith("UDP"))
+    assert svc_line.split()[2:7] == ["1", "1", "0", str(_iplen(frame)), "0"], listing
+    f = scrape(daemon)
+    assert value(f, "node_ipvs_incoming_packets_total") == 1
+    assert value(f, "node_ipvs_connections_total") == 1

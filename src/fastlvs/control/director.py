@@ -594,6 +594,8 @@ class Director:
             st = self.engine.service_stats(sid)
             for f in STAT_FIELDS:
                 self._tot_retired[f] += st[f]
+        # the engine's counters of a service added again start from 0, as the kernel's do
+        self._zero_base.pop(("svc", sid), None)
         self.engine.del_service(sid)
         self._live.pop(sid, None)
         self._engine_dests.pop(sid, None)
