@@ -368,3 +368,31 @@ def test_registry_names_are_unique_and_removable():
     m.unregister("health")
     m.unregister("health")                  # absent: a no-op
     assert m.names() == []
+
+
+class Snapshotting(Fixed):
+    def __init__(self, name, value):
+        super().__init__(name, value)
+        self.snapshots = 0
+
+    def snapshot(self):
+        self.snapshots += 1
+        return self.value
+
+    def families(self, copy):
+        g = GaugeMetricFamily(self.name, "A test gauge.")
+        g.add_metric([], copy)
+        yield g
+
+
+def test_render_uses_the_snapshot_and_never_snapshots_itself():
+    m = Metrics()
+    early = Snapshotting("early_value", 1)
+    m.register("early", early)
+    snap = m.snapshot()
+    early.value = 99                        # changed after the snapshot: not in this text
+    late = Snapshotting("late_value", 2)
+    m.register("late", late)                # registered after it: waits for the next scrape
+    fams = {f.name: f for f in text_string_to_metric_families(m.render(snap).decode())}
+    assert fams["early_value"].samples[0].value == 1
+    assert "late_value" not in fams and late.snapshots == 0 and early.snapshots == 1

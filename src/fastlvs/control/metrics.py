@@ -60,8 +60,6 @@ PORT_FRAMES = ("rx", "tx")
 PORT_DROPS = ("tx_ring_full", "tx_oversize", "fill_empty", "rx_dropped", "rx_ring_full",
               "rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs")
 _PORT_NOT_COUNTERS = ("backend", "queues", "umem_frame_size")
-# Names later work registers its collectors under (each exporting fastlvs_<name>_* metrics).
-RESERVED = ("health", "sync", "offload")
 
 
 def _counter(name, doc, labels=()):
@@ -105,8 +103,9 @@ class IpvsCollector(DirectorCollector):
     def snapshot(self):
         d = self.director
         d.pull_counters()
-        return d.totals(), [(backend_labels(svc, dest), dest.activeconns, dest.inactconns,
-                             dest.weight) for svc in d.table for dest in svc.dests]
+        attrs = [a for _, _, a in IPVS_BACKEND]
+        return d.totals(), [(backend_labels(svc, dest), *(getattr(dest, a) for a in attrs))
+                            for svc in d.table for dest in svc.dests]
 
     def families(self, snap) -> Iterable:
         totals, rows = snap
@@ -238,7 +237,9 @@ class FastlvsCollector(DirectorCollector):
 
 
 class Metrics:
-    """The collectors a scrape asks, by name, in the order registered.
+    """The collectors a scrape asks, by name, in the order registered. Later work registers
+    its own under its name, exporting fastlvs_<name>_* ("health": checker states, "sync":
+    sync lag, "offload": offloaded entries).
 
     A scrape is two steps so that the daemon's loop pays only for copying numbers:
     `snapshot()`, in the thread that runs the engine, asks each collector that has a
@@ -291,6 +292,8 @@ class Metrics:
                       "Time the collector's part of this scrape took (its copy of the "
                       "state in the daemon's loop, and making its metrics).", ["collector"])
         for name, collector in list(self._collectors.items()):
+            if name not in snap and hasattr(collector, "snapshot"):
+                continue        # registered after the snapshot: its turn is the next scrape
             t0 = self._clock()
             before, copy = snap.get(name, (0.0, None))
             try:
