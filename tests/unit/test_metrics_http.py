@@ -396,3 +396,25 @@ def test_render_uses_the_snapshot_and_never_snapshots_itself():
     fams = {f.name: f for f in text_string_to_metric_families(m.render(snap).decode())}
     assert fams["early_value"].samples[0].value == 1
     assert "late_value" not in fams and late.snapshots == 0 and early.snapshots == 1
+
+
+def test_the_sliced_encoding_is_generate_latests_text():
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CounterMetricFamily
+
+    from fastlvs.control.metrics import ENCODE_SLICE, _Families, encode
+
+    g = GaugeMetricFamily("many_values", "Many.", labels=["i"])
+    for i in range(2 * ENCODE_SLICE + 7):
+        g.add_metric([str(i)], i * 0.5)
+    c = CounterMetricFamily("many_events_total", "Events, \"quoted\"\nand a newline.",
+                            labels=["k"])
+    for i in range(ENCODE_SLICE + 1):
+        c.add_metric([f'a"b\\{i}'], i)
+    empty = GaugeMetricFamily("nothing_yet", "No samples.", labels=["x"])
+    one = GaugeMetricFamily("just_one", "One.")
+    one.add_metric([], 1)
+    fams = [g, c, empty, one]
+    text = encode(fams)
+    assert text == generate_latest(_Families(fams))
+    assert text.count(b"# HELP many_values ") == 1

@@ -19,7 +19,7 @@ import time
 from typing import Callable, Iterable
 
 from prometheus_client import ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fastlvs import __version__
 from fastlvs.engine import contract
@@ -70,6 +70,15 @@ def _gauge(name, doc, labels=()):
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
+def _paced(rows, every: int = 64):
+    """`rows`, letting the interpreter lock go every `every` of them: families are made in
+    the worker thread, and the daemon's loop must not wait a whole table for the lock."""
+    for i, row in enumerate(rows):
+        if i and i % every == 0:
+            time.sleep(0)
+        yield row
+
+
 def backend_labels(svc, dest) -> tuple[str, ...]:
     """node_exporter's label values of one real server of one service, in BACKEND_LABELS
     order."""
@@ -114,7 +123,7 @@ class IpvsCollector(DirectorCollector):
             fam.add_metric([], totals[field])
             yield fam
         fams = [_gauge(name, doc, BACKEND_LABELS) for name, doc, _ in IPVS_BACKEND]
-        for labels, *values in rows:
+        for labels, *values in _paced(rows):
             for fam, v in zip(fams, values):
                 fam.add_metric(labels, v)
         yield from fams
@@ -200,7 +209,7 @@ class FastlvsCollector(DirectorCollector):
         fams.append(_gauge("fastlvs_backend_overloaded",
                            "1 while a real server is overloaded (-x upper threshold reached, "
                            "until -y).", BACKEND_LABELS))
-        for labels, *values in rows:
+        for labels, *values in _paced(rows, 16):
             for fam, v in zip(fams, values):
                 fam.add_metric(labels, v)
         return fams
@@ -319,9 +328,30 @@ class Metrics:
 
     def render(self, snap: dict | None = None) -> bytes:
         """The text exposition (format 0.0.4) of every collector, from `snap` (None: a
-        snapshot taken now, in this thread)."""
-        families = list(self._families(self.snapshot() if snap is None else snap))
-        return generate_latest(_Families(families))
+        snapshot taken now, in this thread). Made a slice of samples at a time, with the
+        interpreter lock let go between slices: the daemon's loop, in the other thread,
+        waits for it a slice at most, not the interpreter's 5 ms switch interval."""
+        return encode(self._families(self.snapshot() if snap is None else snap))
+
+
+ENCODE_SLICE = 128      # samples encoded between two yields of the interpreter lock
+
+
+def encode(families: Iterable) -> bytes:
+    """generate_latest's text of `families`, made ENCODE_SLICE samples at a time with the
+    interpreter lock let go in between (the same bytes as one generate_latest call)."""
+    out = []
+    for fam in families:
+        samples = fam.samples
+        for i in range(0, max(len(samples), 1), ENCODE_SLICE):
+            part = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            part.samples = samples[i:i + ENCODE_SLICE]
+            text = generate_latest(_Families([part]))
+            if i:
+                text = text.split(b"\n", 2)[2]      # HELP and TYPE are said once
+            out.append(text)
+            time.sleep(0)
+    return b"".join(out)
 
 
 class _Families:
