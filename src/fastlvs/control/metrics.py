@@ -10,6 +10,7 @@ numbers (a snapshot), and one worker thread, which never sees the director, make
 from __future__ import annotations
 
 import errno
+import gc
 import gzip
 import logging
 import select
@@ -331,7 +332,16 @@ class Metrics:
         snapshot taken now, in this thread). Made a slice of samples at a time, with the
         interpreter lock let go between slices: the daemon's loop, in the other thread,
         waits for it a slice at most, not the interpreter's 5 ms switch interval."""
-        return encode(self._families(self.snapshot() if snap is None else snap))
+        # The render's objects (a tuple and a dict per sample) die by reference count; left
+        # on, the cyclic collector ran full collections over them that held the lock for
+        # 90-110 ms at 10,000 backends (18-23 ms with it off). Renders are one at a time.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return encode(self._families(self.snapshot() if snap is None else snap))
+        finally:
+            if was_enabled:
+                gc.enable()
 
 
 ENCODE_SLICE = 128      # samples encoded between two yields of the interpreter lock
