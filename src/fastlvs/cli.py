@@ -5,8 +5,10 @@
     fastlvs replay    a pcap through the engine, as the director would forward it
     fastlvs admin     ipvsadm's syntax against the running daemon (over its control socket)
 
-Errors are one line on stderr and exit status 2. This module never imports the compiled
-engine itself; the subcommand modules it calls do, when they run.
+`fastlvs --help` shows the daemon's options and the subcommands, `fastlvs --version` the
+installed version; a bare `fastlvs` says how to start (exit 2). Errors are one line on
+stderr and exit status 2. This module never imports the compiled engine itself; the
+subcommand modules it calls do, when they run.
 """
 from __future__ import annotations
 
@@ -14,6 +16,37 @@ import argparse
 import sys
 
 from fastlvs import settings
+
+
+# The subcommands, each with its one-line help: build_parser() and the daemon's --help both
+# list them from here.
+SUBCOMMANDS = (
+    ("admin", "ipvsadm's syntax against the running daemon (fastlvs admin [--socket PATH] -h)"),
+    ("replay", "run a pcap through the engine, write what it transmits"),
+    ("demo", "run every scheduler over weighted servers and print the shares"),
+)
+_HELP = dict(SUBCOMMANDS)
+
+DAEMON_USAGE = ("fastlvs [--mode dr|nat|tun] -i IFACE (--vip VIP:PORT --rs RIP:PORT ... | "
+                "--rules FILE | --config FILE) [options]\n"
+                "       fastlvs admin|replay|demo ...")
+
+# What a bare `fastlvs` prints (exit 2): how to start, in two lines.
+START_HINT = ("fastlvs: nothing to do: start the director with `fastlvs -i IFACE --vip VIP:PORT "
+              "--rs RIP:PORT` (or --rules FILE, --config FILE)\n"
+              "fastlvs: or run a subcommand: admin, replay, demo; `fastlvs --help` lists every "
+              "option")
+
+
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("fastlvs")
+    except metadata.PackageNotFoundError:       # run from a checkout that was never installed
+        from fastlvs import __version__
+        return __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,12 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastlvs", description="Linux Virtual Server director in user space")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="run every scheduler over weighted servers and print the shares")
+    d = sub.add_parser("demo", help=_HELP["demo"])
     d.add_argument("--flows", type=int, default=10_000, help="flows per scheduler (default 10000)")
     d.add_argument("--seed", type=int, default=1, help="seed for the random flows (default 1)")
     d.set_defaults(func=_demo)
 
-    r = sub.add_parser("replay", help="run a pcap through the engine, write what it transmits")
+    r = sub.add_parser("replay", help=_HELP["replay"])
     r.add_argument("--rules", required=True, metavar="RULES", help="ipvsadm-save -n rules file")
     r.add_argument("--in", dest="input", required=True, metavar="IN.pcap",
                    help="frames as the director receives them (pcap or pcapng, Ethernet)")
@@ -79,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Shown in --help only: main() hands `admin`'s arguments to admin.main untouched, since
     # ipvsadm's options (-A, -t, --set ...) are not argparse's to interpret.
-    a = sub.add_parser("admin", help="ipvsadm's syntax against the running daemon "
-                                     "(fastlvs admin [--socket PATH] -h)")
+    a = sub.add_parser("admin", help=_HELP["admin"])
     a.add_argument("ipvsadm_args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="an ipvsadm command line: -A -E -D -C -a -e -d -L -Z -S -R --set")
     a.set_defaults(func=lambda args: _admin(args.ipvsadm_args))
@@ -88,9 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def daemon_parser() -> argparse.ArgumentParser:
-    """`fastlvs --mode dr|nat|tun ...`: the director itself (no subcommand word)."""
-    p = _Parser(prog="fastlvs", description=(
-        "Run the director in the foreground. Subcommands: fastlvs admin|replay|demo ..."))
+    """`fastlvs --mode dr|nat|tun ...`: the director itself (no subcommand word). Its --help
+    is `fastlvs --help`: the daemon's options, then the subcommands."""
+    epilog = "subcommands (fastlvs SUBCOMMAND -h for their options):\n" + "\n".join(
+        f"  {name:<8} {text}" for name, text in SUBCOMMANDS)
+    p = _Parser(prog="fastlvs", usage=DAEMON_USAGE, epilog=epilog,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Linux Virtual Server director in user space: without a "
+                            "subcommand, run the director in the foreground.")
+    p.add_argument("-V", "--version", action="version", version=f"fastlvs {version()}")
     for setting in settings.CLI_SETTINGS:
         setting.add_to(p)
     return p
@@ -115,7 +153,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "admin":
         return _admin(argv[1:])
-    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv:
+        print(START_HINT, file=sys.stderr)
+        return 2
+    if argv[0].startswith("-"):        # the daemon's options, --help and --version included
         return _daemon(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)

@@ -12,9 +12,10 @@ import signal
 import time
 
 from fastlvs.control import ctl
-from fastlvs.settings import Options, merge as merge_settings
+from fastlvs.settings import Options, merge as merge_settings, parse_listen
 from fastlvs.control.config import ConfigError, DirectorConfig, load_config
 from fastlvs.control.server import ControlServer, Later
+from fastlvs.control.metrics import MetricsServer, director_metrics
 from fastlvs.control.director import Director
 from fastlvs.control.factory import build_director
 from fastlvs.control.model import ControlError, FwdMethod, NoRoute, ServiceTable
@@ -83,6 +84,7 @@ class Daemon:
         self.nl: Netlink | None = None
         self.director: Director | None = None
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
         self.neigh: NeighbourMonitor | None = None
         self.ports: Ports | None = None
         self._hop_ips: set[str] = set()              # next-hop addresses of the real servers
@@ -197,6 +199,7 @@ class Daemon:
     def start(self) -> None:
         self._settings()
         table = self._load_table()
+        self.metrics = self._open_metrics()
         self.nl = Netlink()
         self._check(table)
         cif = self.nl.interface(self.cfg.interface)
@@ -206,6 +209,8 @@ class Daemon:
         self.director = build_director(self._nexthop, capacity=self.cfg.capacity,
                                        batch=self.cfg.batch, local_ip=local_ip,
                                        local_mac=cif.mac, mtu=mtu)
+        if self.metrics is not None:
+            self.metrics.source = director_metrics(self.director)
         try:
             self.director.check_table(table)
         except ControlError as e:
@@ -280,6 +285,20 @@ class Daemon:
             self._checker_started = now
             self.checker.restart()
         self.health.tick()
+
+    def _open_metrics(self) -> MetricsServer | None:
+        """The --metrics endpoint, bound before anything else is opened: an address that is
+        not ours or a port in use is a StartupError. Answers 503 until the director is
+        built."""
+        if self.cfg.metrics is None:
+            return None
+        host, port = parse_listen(self.cfg.metrics)      # checked by _settings already
+        try:
+            server = MetricsServer(None, host, port)
+        except OSError as e:
+            raise StartupError(f"--metrics {self.cfg.metrics}: {os.strerror(e.errno)}") from None
+        log.info("metrics: http://%s/metrics", self.cfg.metrics)
+        return server
 
     def _resolve_all(self, table: ServiceTable, final: bool = True) -> None:
         """StartupError naming the first real server of `table` without a next hop; the
@@ -458,6 +477,8 @@ class Daemon:
             log.error("scheduler error, batch dropped: %s", e)
         if self.control.handle_ready():
             self._sync_ports()
+        if self.metrics is not None:
+            self.metrics.handle_ready()
         self._neighbour_changes()
         self.ports.follow()             # the director's own addresses, as they change
         now = time.monotonic()
@@ -492,14 +513,15 @@ class Daemon:
                 self.health.shutdown()      # omega's scripts, with keepalived's one second
             except Exception as e:
                 log.warning("cleanup: health: %s", e)
-        for closer in (self.checker, self.control, self.neigh, self.ports, self.nl):
+        for closer in (self.checker, self.control, self.metrics, self.neigh, self.ports, self.nl):
             if closer is None:
                 continue
             try:
                 closer.close()
             except Exception as e:          # teardown goes on: leave nothing else behind
                 log.warning("cleanup: %s", e)
-        self.control = self.neigh = self.ports = self.nl = self.checker = self.health = None
+        self.control = self.metrics = self.neigh = self.ports = self.nl = None
+        self.checker = self.health = None
 
 
 def main(opts: Options) -> int:

@@ -8,7 +8,9 @@ fastlvs but the contract, so the CLI can build its parser without the extension.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
+from typing import Callable
 
 from fastlvs.engine import contract
 
@@ -37,6 +39,7 @@ class Setting:
     cli_action: str | None = None
     cli_value: object = None
     cli_range: bool = True          # the daemon checks the command line's value against range
+    parse: Callable | None = None   # text -> value, ValueError naming the problem (a str setting)
 
     @property
     def option(self) -> str:
@@ -53,6 +56,11 @@ class Setting:
     def check(self, value, label: str | None = None) -> str | None:
         """The one-line refusal of `value` ("--mtu: 20 is outside 68..65535"), or None."""
         problem = self.outside(value)
+        if self.parse is not None:
+            try:
+                self.parse(value)
+            except ValueError as e:
+                problem = str(e)
         return None if problem is None else f"{label or self.option}: {problem}"
 
     def add_to(self, parser, **override) -> None:
@@ -75,6 +83,30 @@ class Setting:
             kw["dest"] = self.name
         kw.update(override)
         parser.add_argument(*self.flags, **kw)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`ADDR:PORT` (`[ADDR]:PORT` for IPv6) -> (address, port), for a socket to listen on.
+    ValueError naming what is wrong; the address must be a literal one (0.0.0.0 or [::]
+    for all of them), the port 1..65535."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port:
+        raise ValueError(f"{text!r} is not ADDR:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"{text!r}: brackets are for IPv6 addresses")
+    elif ":" in host:
+        raise ValueError(f"{text!r}: an IPv6 address goes in brackets, [ADDR]:PORT")
+    if not host:
+        raise ValueError(f"{text!r}: the address is missing (0.0.0.0:PORT listens on all)")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: the port must be 1..65535, not {port!r}")
+    return str(addr), int(port)
 
 
 _CAP = (contract.CAPACITY_MIN, contract.CAPACITY_MAX)
@@ -131,6 +163,10 @@ SETTINGS: tuple[Setting, ...] = (
             help="services from a keepalived.conf (virtual_server blocks; SIGHUP re-reads)",
             doc="a keepalived.conf whose virtual servers are the services (relative: to "
                 "the TOML file)"),
+    Setting("metrics", str, None, flags=("--metrics",), metavar="ADDR:PORT", parse=parse_listen,
+            help="serve Prometheus metrics on http://ADDR:PORT/metrics (node_exporter's "
+                 "ipvs names, and fastlvs's own; off by default)",
+            doc='"ADDR:PORT" ("[ADDR]:PORT" for IPv6) of the /metrics endpoint (None: off)'),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -184,4 +220,4 @@ def merge(options, config) -> list[str]:
 
 
 __all__ = ["BACKENDS", "BY_NAME", "CLI_SETTINGS", "DIRECTOR_KEYS", "Options", "SETTINGS",
-           "Setting", "merge", "setting"]
+           "Setting", "merge", "parse_listen", "setting"]

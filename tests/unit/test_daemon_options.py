@@ -82,3 +82,53 @@ def test_a_rules_file_the_daemon_cannot_read_is_one_line(tmp_path, content, expe
         d._load_table()
     assert str(e.value).startswith(f"{rules}:") and expect in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("value,expect", [
+    ("9100", "--metrics: '9100' is not ADDR:PORT"),
+    ("localhost:9100", "--metrics: 'localhost:9100': 'localhost' is not an IP address"),
+    ("127.0.0.1:0", "--metrics: '127.0.0.1:0': the port must be 1..65535, not '0'"),
+    ("::1:9100", "--metrics: '::1:9100': an IPv6 address goes in brackets, [ADDR]:PORT"),
+])
+def test_a_bad_metrics_address_is_one_line_before_anything_opens(value, expect):
+    opts = Options(mode="dr", interface="eth0", vip="203.0.113.10:80", rs=["192.0.2.11:80"],
+                   metrics=value)
+    with pytest.raises(StartupError) as e:
+        Daemon(opts)._settings()
+    assert str(e.value) == expect
+
+
+def test_a_metrics_port_in_use_is_one_line():
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        d = Daemon(Options(mode="dr", interface="eth0", vip="203.0.113.10:80",
+                           rs=["192.0.2.11:80"], metrics=f"127.0.0.1:{port}"))
+        d._settings()
+        with pytest.raises(StartupError) as e:
+            d._open_metrics()
+        assert str(e.value) == f"--metrics 127.0.0.1:{port}: Address already in use"
+    finally:
+        holder.close()
+
+
+def test_metrics_from_the_config_file_is_checked_with_its_line(tmp_path):
+    from fastlvs.control.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as e:
+        parse_config('[director]\ninterface = "eth0"\nmetrics = "[::1]:99999"\n', "f.toml")
+    assert str(e.value) == ("f.toml:3: director.metrics: '[::1]:99999': the port must be "
+                            "1..65535, not '99999'")
+    cfg = parse_config('[director]\nmetrics = "[::1]:9100"\n', "f.toml").director
+    assert cfg.metrics == "[::1]:9100"
+
+
+def test_cli_bad_metrics_exits_2_with_one_line_before_needing_root():
+    r = subprocess.run([sys.executable, "-m", "fastlvs", "-i", "eth0", "--vip", "203.0.113.10:80",
+                        "--rs", "192.0.2.11:80", "--metrics", "nonsense"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--metrics" in r.stderr

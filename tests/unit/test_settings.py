@@ -12,7 +12,8 @@ from fastlvs.replay import ReplayError, ReplayOptions, run as replay_run
 
 
 def test_every_declared_option_is_on_the_daemon_command_line_with_its_help():
-    actions = {a.dest: a for a in cli.daemon_parser()._actions if a.dest != "help"}
+    actions = {a.dest: a for a in cli.daemon_parser()._actions
+               if a.dest not in ("help", "version")}
     assert set(actions) == {s.name for s in settings.CLI_SETTINGS}
     for s in settings.CLI_SETTINGS:
         assert tuple(actions[s.name].option_strings) == s.flags

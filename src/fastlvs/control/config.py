@@ -175,7 +175,13 @@ def _director(ctx: _Ctx, data) -> DirectorConfig:
             lo, hi = s.range
             setattr(d, s.name, _int(ctx, t, data, s.name, s.default, lo, hi))
         else:
-            setattr(d, s.name, _str(ctx, t, data, s.name, s.default, s.choices))
+            value = _str(ctx, t, data, s.name, s.default, s.choices)
+            if s.parse is not None and value is not None:
+                try:
+                    s.parse(value)
+                except ValueError as e:
+                    raise ctx.fail(t, s.name, str(e)) from None
+            setattr(d, s.name, value)
     return d
 
 

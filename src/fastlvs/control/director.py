@@ -77,6 +77,10 @@ class Director:
         # -Z zeroes the listing, not the engine: its counters only ever grow, so a reader of
         # them (a rate estimator, a test) never sees them go backwards.
         self._zero_base: dict[tuple[str, int], dict[str, int]] = {}
+        # IPVS's tot_stats (/proc/net/ip_vs_stats): deleted services' traffic stays in the
+        # total, and only -Z of everything zeroes it.
+        self._tot_retired = dict.fromkeys(STAT_FIELDS, 0)
+        self._tot_base = dict.fromkeys(STAT_FIELDS, 0)
         # The rate estimator: (kind, id) -> [model object, last raw counters, scaled averages].
         self._est: dict[tuple[str, int], list] = {}
         self._est_time: float | None = None
@@ -375,9 +379,25 @@ class Director:
                 } for d in svc.dests],
             })
         out = {"engine": self.engine.stats(), "conn_entries": self.engine.conn_count(),
-               "services": services}
+               "conn_capacity": self.engine.capacity, "services": services}
         if self.port_stats is not None:
             out["ports"] = self.port_stats()
+        return out
+
+    def totals(self) -> dict:
+        """IPVS's totals over every service (/proc/net/ip_vs_stats, what node_exporter
+        reads): conns, inpkts, outpkts, inbytes, outbytes since start or the last -Z of
+        the whole table. A deleted service's traffic stays counted; -Z of one service
+        does not change them."""
+        raw = self._raw_totals()
+        return {f: raw[f] - self._tot_base[f] for f in STAT_FIELDS}
+
+    def _raw_totals(self) -> dict:
+        out = dict(self._tot_retired)
+        for sid in self._live:
+            st = self.engine.service_stats(sid)
+            for f in STAT_FIELDS:
+                out[f] += st[f]
         return out
 
     def save(self, numeric: bool = True) -> str:
@@ -580,11 +600,19 @@ class Director:
         sid = self._svc_ids.get(key)
         if sid is None:
             return
+        if sid in self._live:
+            st = self.engine.service_stats(sid)
+            for f in STAT_FIELDS:
+                self._tot_retired[f] += st[f]
+        # the engine's counters of a service added again start from 0, as the kernel's do
+        self._zero_base.pop(("svc", sid), None)
         self.engine.del_service(sid)
         self._live.pop(sid, None)
         self._engine_dests.pop(sid, None)
 
     def _zero(self, key) -> None:
+        if key is None:
+            self._tot_base = self._raw_totals()     # ip_vs_zero_all zeroes tot_stats too
         sids = [self._svc_ids[key]] if key is not None else list(self._live)
         for sid in sids:
             st = self.engine.service_stats(sid)
