@@ -15,7 +15,7 @@ from fastlvs.control import ctl
 from fastlvs.settings import Options, merge as merge_settings, parse_listen
 from fastlvs.control.config import ConfigError, DirectorConfig, load_config
 from fastlvs.control.server import ControlServer, Later
-from fastlvs.control.metrics import MetricsServer, director_metrics
+from fastlvs.control.metrics import HealthCollector, MetricsServer, director_metrics
 from fastlvs.control.director import Director
 from fastlvs.control.factory import build_director
 from fastlvs.control.model import ControlError, FwdMethod, NoRoute, ServiceTable
@@ -263,6 +263,8 @@ class Daemon:
             self.checker = HealthWorker()
             self.checker.set_probes(specs)
             self.health.status_source = self.checker.status
+        if self.metrics is not None:
+            self.metrics.source.register("health", HealthCollector(self.health))
         log.info("health checks: %d checker(s) over %d virtual server(s)", len(specs),
                  len(health.services))
 

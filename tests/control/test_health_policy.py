@@ -614,3 +614,35 @@ def test_the_daemons_start_from_each_corpus_file_serves_what_keepalived_installe
     director.load(kc.table)
     HealthPolicy(director, kc.health, run_script=lambda line, what: None)
     assert format_list(director.table) == (CORPUS / "expected" / f"{name}.Ln").read_text()
+
+
+def test_health_metrics_follow_the_checkers(director):
+    """fastlvs_health_* (the --metrics endpoint's health collector) say what --health says,
+    without asking the checker process (a scrape must not wait for it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from fastlvs.control.metrics import HealthCollector, Metrics
+
+    c1, c2 = tcp(RS[1]), tcp(RS[2])
+    p = start(director, {WEB: vhealth(WEB, [(RS[1], 1, ServerHealth((c1,))),
+                                            (RS[2], 3, ServerHealth((c2,)))], quorum=2)},
+              [(WEB, "wrr", [(RS[1], 1), (RS[2], 3)])], run_script=Scripts())
+    p.status_source = lambda: pytest.fail("a scrape asked the checker process")
+    m = Metrics()
+    m.register("health", HealthCollector(p))
+
+    def scrape():
+        fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+        return {(f.name, tuple(sorted(s.labels.items()))): s.value
+                for f in fams.values() for s in f.samples}
+
+    svc = f"TCP {VIP}:80"
+    up2 = ("fastlvs_health_server_up", (("server", f"{RS[2]}:80"), ("service", svc)))
+    chk2 = ("fastlvs_health_checker_up", (("checker", "TCP_CHECK"), ("server", f"{RS[2]}:80"),
+                                          ("service", svc), ("target", f"{RS[2]}:80")))
+    quorum = ("fastlvs_health_quorum_up", (("service", svc),))
+    live = ("fastlvs_health_live_weight", (("service", svc),))
+    got = scrape()
+    assert (got[up2], got[chk2], got[quorum], got[live]) == (1, 1, 1, 4)
+    p.on_event(Event(c2, False, "connect refused"))
+    got = scrape()
+    assert (got[up2], got[chk2], got[quorum], got[live]) == (0, 0, 0, 1)

@@ -596,14 +596,15 @@ class HealthPolicy:
                 log.exception("health: reaping scripts failed")
 
     # -- the listing --------------------------------------------------------------------------
-    def status(self) -> dict:
+    def status(self, ask_checkers: bool = True) -> dict:
         """JSON-ready health state for `fastlvs admin --health`: per virtual server its quorum
         state and live weight, per real server whether it is up, what the table holds for it
         (its weight, or None when it is out) and each checker with its state, last result and
         time. With a status_source, the checker process's own last result, time and failure
-        count are shown; without, the last transition the policy saw."""
+        count are shown; without (or not `ask_checkers`: the metrics, which must not wait for
+        the checker process), the last transition the policy saw."""
         probes = {}
-        if self.status_source is not None:
+        if self.status_source is not None and ask_checkers:
             try:
                 probes = {p.spec: p for p in self.status_source()}
             except Exception as e:

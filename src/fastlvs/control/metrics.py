@@ -372,6 +372,41 @@ class _Families:
         return self._families
 
 
+class HealthCollector:
+    """fastlvs_health_*: the health checks of a keepalived.conf (`policy`, control/health.py's
+    HealthPolicy: what `fastlvs admin --health` lists): each checker's and each real
+    server's state, and each virtual server's quorum and live weight. Halves as in
+    DirectorCollector: snapshot() in the loop's thread, families() anywhere."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def snapshot(self):
+        return self.policy.status(ask_checkers=False)
+
+    def collect(self) -> Iterable:
+        return self.families(self.snapshot())
+
+    def families(self, snap) -> Iterable:
+        checker = _gauge("fastlvs_health_checker_up", "1 while a checker says its real "
+                         "server is up", ["service", "server", "checker", "target"])
+        server = _gauge("fastlvs_health_server_up", "1 while every checker of a real server "
+                        "says up", ["service", "server"])
+        quorum = _gauge("fastlvs_health_quorum_up", "1 while a virtual server has its quorum",
+                        ["service"])
+        live = _gauge("fastlvs_health_live_weight", "Sum of the weights of the real servers "
+                      "that are up (what the quorum is compared with)", ["service"])
+        for v in snap["services"]:
+            quorum.add_metric([v["service"]], int(v["quorum_up"]))
+            live.add_metric([v["service"]], v["live_weight"])
+            for s in v["servers"]:
+                server.add_metric([v["service"], s["server"]], int(s["up"]))
+                for c in s["checkers"]:
+                    checker.add_metric([v["service"], s["server"], c["checker"], c["target"]],
+                                       int(c["up"]))
+        yield from (checker, server, quorum, live)
+
+
 def director_metrics(director) -> Metrics:
     """The registry of a director: node_exporter's ipvs metrics, fastlvs's own, and the
     process's (CPU, memory, open files: prometheus_client's process collector)."""
@@ -761,5 +796,5 @@ class MetricsServer:
         c.sock.close()
 
 
-__all__ = ["BACKEND_LABELS", "FastlvsCollector", "IpvsCollector", "Metrics", "MetricsServer",
-           "backend_labels", "director_metrics"]
+__all__ = ["BACKEND_LABELS", "FastlvsCollector", "HealthCollector", "IpvsCollector", "Metrics",
+           "MetricsServer", "backend_labels", "director_metrics"]
