@@ -131,6 +131,11 @@ SETTINGS: tuple[Setting, ...] = (
             help="services from a keepalived.conf (virtual_server blocks; SIGHUP re-reads)",
             doc="a keepalived.conf whose virtual servers are the services (relative: to "
                 "the TOML file)"),
+    Setting("vrrp", bool, False, flags=("--vrrp",), cli_action="store_true",
+            cli_value=lambda on: True if on else None, cli_range=False,
+            help="run and supervise `keepalived --vrrp` on the keepalived.conf's VRRP part "
+                 "(needs --keepalived-conf)",
+            doc="true: run `keepalived --vrrp` on keepalived_conf's VRRP part"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
