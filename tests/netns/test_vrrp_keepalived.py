@@ -45,11 +45,12 @@ def _complaints(stderr: str) -> set[str]:
 
 @pytest.fixture
 def ns_eth0():
-    """A namespace holding a dummy eth0 (the interface the corpus names)."""
+    """A namespace holding an eth0 (the interface the corpus names): one end of a veth pair
+    whose other end stays there too."""
     ns = _tag() + "t"
     run("ip", "netns", "add", ns)
     try:
-        run("ip", "-n", ns, "link", "add", "eth0", "type", "dummy")
+        run("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
         run("ip", "-n", ns, "link", "set", "dev", "eth0", "up")
         yield ns
     finally:
@@ -244,8 +245,17 @@ def test_reload_rewrites_the_file_and_keepalived_follows(pair):
 def test_start_failure_is_one_line(tmp_path):
     sup = VrrpKeepalived(lambda: "vrrp_instance X {\n", run_dir=str(tmp_path),
                          command=("/nonexistent/keepalived",))
-    with pytest.raises(vrrpmod.VrrpError, match=r"^--vrrp: keepalived not found"):
+    with pytest.raises(vrrpmod.VrrpError, match=r"^--vrrp: /nonexistent/keepalived not found "
+                       r"\(install the keepalived package\)$"):
         sup.start()
+    sup.close()
+    # a keepalived that exits at once: its last line and status
+    sup = VrrpKeepalived(lambda: "", run_dir=str(tmp_path),
+                         command=("sh", "-c", "echo starting; echo cannot do it >&2; exit 3",
+                                  "keepalived"))
+    with pytest.raises(vrrpmod.VrrpError) as e:
+        sup.start()
+    assert str(e.value) == "--vrrp: keepalived exited at once (status 3): cannot do it"
     sup.close()
     bad = tmp_path / "k.conf"
     bad.write_text("vrrp_instance X {\n")
