@@ -94,8 +94,8 @@ def test_daemon_runs_keepalived_vrrp_reloads_it_and_stops_it(bed, start):
 
 
 @pytest.mark.parametrize("bed", ["dr"], indirect=True)
-def test_vrrp_without_keepalived_conf_is_one_line(bed, start):
-    d = start("--vip", f"{bed.vip}:80", "--rs", f"{bed.rip_of('rs1')}:80", "--vrrp",
+def test_vrrp_without_keepalived_conf_is_one_line(bed):
+    d = bed.start_daemon("--vip", f"{bed.vip}:80", "--rs", f"{bed.rip_of('rs1')}:80", "--vrrp",
               wait_ready=False)
     assert d.wait(20) == 2
     assert "--vrrp needs a keepalived.conf (--keepalived-conf FILE)" in d.stderr
