@@ -56,14 +56,17 @@ def _vrrp_conf(args) -> int:
     from fastlvs.control.keepalived import KeepalivedError
     from fastlvs.control.vrrp import vrrp_conf
 
+    warnings: list = []
     try:
-        text = vrrp_conf(args.file)
+        text = vrrp_conf(args.file, warnings)
     except KeepalivedError as e:
         print(e, file=sys.stderr)
         return 2
     except OSError as e:
         print(f"fastlvs vrrp-conf: {e.filename or args.file}: {e.strerror}", file=sys.stderr)
         return 2
+    for line in warnings:           # lines the derived file does not carry
+        print(line, file=sys.stderr)
     sys.stdout.write(text)
     return 0
 

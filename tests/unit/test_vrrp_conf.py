@@ -177,3 +177,13 @@ def test_vrrp_setting_from_the_command_line_and_toml(tmp_path):
     d = Daemon(Options(config=str(toml)))       # no --vrrp: the file's true stays
     d._settings()
     assert d.cfg.vrrp is True
+
+
+def test_vrrp_conf_command_warns_of_lines_it_does_not_carry(tmp_path, capsys):
+    src = tmp_path / "k.conf"
+    src.write_text("vrrp_instance A {\n@dir2 priority 90\n    priority 100\n}\n")
+    assert cli.main(["vrrp-conf", str(src)]) == 0
+    out = capsys.readouterr()
+    assert out.err == (f"{src}:2: conditional and parameter lines (@, $) are not read by "
+                       "fastlvs; ignored\n")
+    assert "priority 90" not in out.out and "    priority 100" in out.out.splitlines()

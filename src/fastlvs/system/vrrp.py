@@ -10,6 +10,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -22,6 +23,9 @@ RESTART_EVERY = 5.0      # seconds between two starts of a keepalived that keeps
 START_WATCH = 0.5        # a keepalived that exits this soon after the first start failed to start
 STOP_WAIT = 5.0          # SIGTERM, then this long for keepalived to drop its VIPs, then SIGKILL
 _PR_SET_PDEATHSIG = 1
+# --log-console lines start with keepalived's own clock ("Thu Dec  3 14:40:54 2026: "); our
+# log has its own
+_STAMP = re.compile(rb"^[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}: ")
 
 
 class VrrpError(Exception):
@@ -140,7 +144,8 @@ class VrrpKeepalived:
         if final and self._buf:
             lines.append(self._buf)
             self._buf = b""
-        return [ln.decode("utf-8", "replace").rstrip() for ln in lines if ln.strip()]
+        return [_STAMP.sub(b"", ln).decode("utf-8", "replace").rstrip()
+                for ln in lines if ln.strip()]
 
     def poll(self, now: float | None = None) -> None:
         """Log what keepalived said; after it died, start it again (not sooner than
