@@ -152,11 +152,11 @@ class VrrpKeepalived:
         RESTART_EVERY after its last start)."""
         if self.proc is None:
             return
-        for line in self._read_lines():
-            log.info("keepalived: %s", line)
-        if self.proc.poll() is None:
-            return
-        if self.proc.stdout is not None and not self.proc.stdout.closed:
+        if not self.proc.stdout.closed:          # closed: its death was seen already
+            for line in self._read_lines():
+                log.info("keepalived: %s", line)
+            if self.proc.poll() is None:
+                return
             for line in self._read_lines(final=True):
                 log.info("keepalived: %s", line)
             self.proc.stdout.close()
