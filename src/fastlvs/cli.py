@@ -4,6 +4,7 @@
     fastlvs demo      the scheduler library over weighted servers
     fastlvs replay    a pcap through the engine, as the director would forward it
     fastlvs admin     ipvsadm's syntax against the running daemon (over its control socket)
+    fastlvs vrrp-conf the VRRP part of a keepalived.conf, for `keepalived --vrrp`
 
 `fastlvs --help` shows the daemon's options and the subcommands, `fastlvs --version` the
 installed version; a bare `fastlvs` says how to start (exit 2). Errors are one line on
@@ -84,6 +85,25 @@ def _replay(args) -> int:
     return 0
 
 
+def _vrrp_conf(args) -> int:
+    from fastlvs.control.keepalived import KeepalivedError
+    from fastlvs.control.vrrp import vrrp_conf
+
+    warnings: list = []
+    try:
+        text = vrrp_conf(args.file, warnings)
+    except KeepalivedError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"fastlvs vrrp-conf: {e.filename or args.file}: {e.strerror}", file=sys.stderr)
+        return 2
+    for line in warnings:           # lines the derived file does not carry
+        print(line, file=sys.stderr)
+    sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastlvs", description="Linux Virtual Server director in user space")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -116,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("ipvsadm_args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="an ipvsadm command line: -A -E -D -C -a -e -d -L -Z -S -R --set")
     a.set_defaults(func=lambda args: _admin(args.ipvsadm_args))
+
+    v = sub.add_parser("vrrp-conf", help="print the VRRP part of a keepalived.conf, the file "
+                                         "for `keepalived --vrrp` beside fastlvs")
+    v.add_argument("file", metavar="KEEPALIVED.CONF")
+    v.set_defaults(func=_vrrp_conf)
     return p
 
 

@@ -23,12 +23,14 @@ from fastlvs.system.napi import PlacementError, check_cpu
 from fastlvs.system import sdnotify
 from fastlvs.system.ports import PortError, Ports, xdp_missing
 from fastlvs.system.state import StateFile, recover
+from fastlvs.system.vrrp import VrrpError, VrrpKeepalived
 from fastlvs.system.netlink import (Netlink, NetlinkError, NeighbourMonitor, NoAnswer, dr_problem,
                                     vip_problem)
 from fastlvs.control.ipvsadm import CommandError, apply_command, parse_command
 from fastlvs.control.rules import RulesError, load_rules
 from fastlvs.control.keepalived import KeepalivedConfig, KeepalivedError, load_keepalived
 from fastlvs.control.health import HealthPolicy
+from fastlvs.control.vrrp import vrrp_conf
 from fastlvs.health.worker import HealthWorker
 
 log = logging.getLogger("fastlvs")
@@ -100,6 +102,8 @@ class Daemon:
         self.health: HealthPolicy | None = None          # what checker results do to the table
         self.checker: HealthWorker | None = None         # the checker process
         self._checker_started = 0.0
+        self._kc_path: str | None = None                 # --keepalived-conf, resolved
+        self.vrrp: VrrpKeepalived | None = None          # --vrrp: keepalived for VRRP
 
     # -- configuration --------------------------------------------------------------------------
     def _load_table(self) -> ServiceTable:
@@ -129,6 +133,7 @@ class Daemon:
         path = self.cfg.keepalived_conf
         if o.config and not o.keepalived_conf and not os.path.isabs(path):
             path = os.path.join(os.path.dirname(o.config), path)
+        self._kc_path = path
         try:
             kc = load_keepalived(path)
             if o.config:
@@ -169,6 +174,8 @@ class Daemon:
         if not (o.config or o.rules or o.vip or o.keepalived_conf):
             raise StartupError("nothing to serve: give --vip/--rs, --rules FILE, --config FILE "
                                "or --keepalived-conf FILE")
+        if c.vrrp and not c.keepalived_conf:
+            raise StartupError("--vrrp needs a keepalived.conf (--keepalived-conf FILE)")
         if o.keepalived_conf and (o.vip or o.rules):
             raise StartupError("--keepalived-conf cannot be combined with --rules or --vip")
         if o.vip and (o.config or o.rules):
@@ -239,6 +246,13 @@ class Daemon:
         self._sync_ports()
         self._learn_neighbours()
         self.director.learn_clients(self._cif, self._client_subnets(cif))
+        if self.cfg.vrrp:
+            path = self._kc_path
+            self.vrrp = VrrpKeepalived(lambda: vrrp_conf(path))
+            try:
+                self.vrrp.start()
+            except VrrpError as e:
+                raise StartupError(str(e)) from None
         self.control = ControlServer(self.director, self.cfg.socket_path, reload=self._do_reload,
                                      resolve_wait=RESOLVE_TIMEOUT,
                                      health=self.health.status if self.health else None)
@@ -453,6 +467,8 @@ class Daemon:
                 self.health.status_source = self.checker.status
             if self.checker is not None:
                 self.checker.set_probes(specs)
+        if self.vrrp is not None:
+            self.vrrp.reload()
         self._sync_ports()
         return (f"reloaded {self.opts.rules or self.opts.config or self.opts.keepalived_conf}: "
                 f"{len(table)} service(s)")
@@ -486,6 +502,8 @@ class Daemon:
         now = time.monotonic()
         self.director.tick(now)
         self._health_events(now)
+        if self.vrrp is not None:
+            self.vrrp.poll(now)
         if now - self._last_sweep >= SWEEP_EVERY:
             # Batches sweep as they go; an idle director must still expire conns so
             # that ActiveConn/InActConn come down as IPVS's timers bring them down.
@@ -515,7 +533,9 @@ class Daemon:
                 self.health.shutdown()      # omega's scripts, with keepalived's one second
             except Exception as e:
                 log.warning("cleanup: health: %s", e)
-        for closer in (self.checker, self.control, self.metrics, self.neigh, self.ports, self.nl):
+        # keepalived first: it gives the VIPs up, so the peer takes them while we still serve
+        for closer in (self.vrrp, self.checker, self.control, self.metrics, self.neigh,
+                       self.ports, self.nl):
             if closer is None:
                 continue
             try:
@@ -523,7 +543,7 @@ class Daemon:
             except Exception as e:          # teardown goes on: leave nothing else behind
                 log.warning("cleanup: %s", e)
         self.control = self.metrics = self.neigh = self.ports = self.nl = None
-        self.checker = self.health = None
+        self.checker = self.health = self.vrrp = None
 
 
 def main(opts: Options) -> int:

@@ -167,6 +167,11 @@ SETTINGS: tuple[Setting, ...] = (
             help="serve Prometheus metrics on http://ADDR:PORT/metrics (node_exporter's "
                  "ipvs names, and fastlvs's own; off by default)",
             doc='"ADDR:PORT" ("[ADDR]:PORT" for IPv6) of the /metrics endpoint (None: off)'),
+    Setting("vrrp", bool, False, flags=("--vrrp",), cli_action="store_true",
+            cli_value=lambda on: True if on else None, cli_range=False,
+            help="run and supervise `keepalived --vrrp` on the keepalived.conf's VRRP part "
+                 "(needs --keepalived-conf)",
+            doc="true: run `keepalived --vrrp` on keepalived_conf's VRRP part"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

@@ -174,6 +174,11 @@ def _director(ctx: _Ctx, data) -> DirectorConfig:
         if s.type is int:
             lo, hi = s.range
             setattr(d, s.name, _int(ctx, t, data, s.name, s.default, lo, hi))
+        elif s.type is bool:
+            value = data.get(s.name, s.default)
+            if not isinstance(value, bool):
+                raise ctx.fail(t, s.name, "must be true or false")
+            setattr(d, s.name, value)
         else:
             value = _str(ctx, t, data, s.name, s.default, s.choices)
             if s.parse is not None and value is not None:

@@ -54,12 +54,18 @@ class KeepalivedConfig:
     shows before any checker has reported), with lvs_timeouts applied; `health` the
     checkers and health settings per service; `globals` the global_defs items that matter
     (lvs_timeouts, lvs_flush, lvs_flush_onstop, script_user, enable_script_security,
-    checker_log_all_failures, router_id); `warnings` one line per thing ignored."""
+    checker_log_all_failures, router_id, lvs_sync_daemon); `warnings` one line per thing
+    ignored."""
 
     table: ServiceTable
     health: HealthConfig
     globals: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+
+    @property
+    def sync_daemon(self) -> "SyncDaemon | None":
+        """global_defs' lvs_sync_daemon (read, not yet acted on), or None."""
+        return self.globals.get("lvs_sync_daemon")
 
 
 # -- reading the text: lines, comments, includes, quotes, braces ---------------------------------
@@ -68,6 +74,7 @@ class _Stmt:
     words: list
     where: str
     block: list | None = None
+    text: str = ""          # as written, quotes kept, comment gone (the VRRP file copies it)
 
     @property
     def kw(self) -> str:
@@ -137,8 +144,8 @@ def _words(text: str) -> list:
 
 
 def _tokens(path: str, stack: tuple, warnings: list):
-    """Yield (kind, payload, where) for one file, includes expanded in place: kind "w" with a
-    words list, or "{" / "}"."""
+    """Yield (kind, payload, where, text) for one file, includes expanded in place: kind "w"
+    with a words list and the text they came from, or "{" / "}"."""
     real = os.path.realpath(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -179,11 +186,11 @@ def _tokens(path: str, stack: tuple, warnings: list):
             continue
         for seg in _segments(line):
             if seg in ("{", "}"):
-                yield seg, None, where
+                yield seg, None, where, seg
             else:
                 words = _words(seg)
                 if words:
-                    yield "w", words, where
+                    yield "w", words, where, seg.strip()
 
 
 def _parse_tree(path: str, warnings: list) -> list:
@@ -191,9 +198,9 @@ def _parse_tree(path: str, warnings: list) -> list:
     root: list = []
     levels = [(root, None)]
     last = None
-    for kind, words, where in _tokens(path, (), warnings):
+    for kind, words, where, text in _tokens(path, (), warnings):
         if kind == "w":
-            last = _Stmt(words, where)
+            last = _Stmt(words, where, text=text)
             levels[-1][0].append(last)
         elif kind == "{":
             if last is None or last.block is not None:
@@ -312,6 +319,49 @@ def _hex(s: _Stmt, words: list, wildcards: bool = False) -> bytes | tuple[bytes,
     return (bytes(out), bytes(mask)) if wildcards else bytes(out)
 
 
+@dataclass(frozen=True)
+class SyncDaemon:
+    """global_defs' `lvs_sync_daemon IF [[inst] VRRP_INSTANCE] [id N] [maxlen N] [port N]
+    [ttl N] [group ADDR]`, as written; None: keepalived's default (syncid: the instance's
+    virtual_router_id; port 8848; group 224.0.0.81; maxlen and ttl the kernel's)."""
+
+    interface: str
+    instance: str | None = None
+    syncid: int | None = None
+    maxlen: int | None = None
+    port: int | None = None
+    ttl: int | None = None
+    group: str | None = None
+
+
+_SYNC_OPTS = {"id": ("syncid", 0, 255), "maxlen": ("maxlen", 1, 65507),
+              "port": ("port", 1, 65535), "ttl": ("ttl", 1, 255)}
+
+
+def _sync_daemon(s: _Stmt) -> SyncDaemon:
+    w = s.words
+    kw: dict = {"interface": _arg(s)}
+    i = 2
+    if i < len(w) and w[i] == "inst":
+        kw["instance"] = _arg(s, i + 1)
+        i += 2
+    elif i < len(w) and w[i] not in _SYNC_OPTS and w[i] != "group":
+        kw["instance"] = w[i]
+        i += 1
+    while i < len(w):
+        name = w[i]
+        if name == "group":
+            kw["group"] = str(_addr(s, _arg(s, i + 1), "group address"))
+        elif name in _SYNC_OPTS:
+            attr, lo, hi = _SYNC_OPTS[name]
+            kw[attr] = _int(s, lo, hi, i + 1)
+        else:
+            raise KeepalivedError(s.where, f"lvs_sync_daemon: unknown {name!r} (inst, id, "
+                                  "maxlen, port, ttl, group)")
+        i += 2
+    return SyncDaemon(**kw)
+
+
 def _script(s: _Stmt, warnings: list) -> str:
     if len(s.words) > 2:
         warnings.append(f"{s.where}: {s.kw}: the user/group after the script are not read by "
@@ -411,8 +461,11 @@ class _Reader:
                 g[kw] = _bool(s)
             elif kw == "router_id":
                 g[kw] = _arg(s)
-            elif kw.startswith("vrrp_") or kw == "lvs_sync_daemon":
-                self.ignore(s, "VRRP and the sync daemon stay with keepalived")
+            elif kw == "lvs_sync_daemon":
+                g[kw] = _sync_daemon(s)
+                self.ignore(s, "connection sync is not done yet")
+            elif kw.startswith("vrrp_"):
+                self.ignore(s, "VRRP stays with keepalived")
             else:
                 self.ignore(s)
 
@@ -941,4 +994,4 @@ def load_keepalived(path) -> KeepalivedConfig:
     return _build(r)
 
 
-__all__ = ["KeepalivedConfig", "KeepalivedError", "SCHEDULERS", "load_keepalived"]
+__all__ = ["KeepalivedConfig", "KeepalivedError", "SCHEDULERS", "SyncDaemon", "load_keepalived"]
