@@ -31,8 +31,12 @@ def test_admin_lists_sets_and_refuses(daemon):
     with daemon.lock:
         assert daemon.engine.sysctls()["expire_nodest_conn"] == 1
         assert daemon.engine.defense_state()["drop_entry"]
+    assert daemon.ok("--sysctl", "nat_icmp_send=1", "--sysctl", "pmtu_disc=0") == ""
+    with daemon.lock:
+        got = daemon.engine.sysctls()
+    assert (got["nat_icmp_send"], got["pmtu_disc"]) == (1, 0)
     for bad, word in (("sync_threshold=3", "sync_threshold"), ("drop_entry=7", "drop_entry"),
-                      ("drop_entry", "NAME=VALUE"), ("nat_icmp_send=1", "nat_icmp_send"),
+                      ("drop_entry", "NAME=VALUE"), ("nat_icmp_send=2", "nat_icmp_send"),
                       ("conn_reuse_mode=x", "conn_reuse_mode")):
         rc, out, err = daemon.admin("--sysctl", bad)
         assert rc == ctl.EXIT_SYNTAX and out == "" and word in err, (bad, err)
@@ -91,5 +95,6 @@ def test_director_load_applies_a_files_sysctls_and_keeps_them_otherwise(daemon):
 def test_parse_assignment():
     assert sysctl.parse_assignment("drop_entry=1") == ("drop_entry", 1)
     assert sysctl.parse_assignment("net.ipv4.vs.amemthresh = 20") == ("amemthresh", 20)
+    assert sysctl.parse_assignment("pmtu_disc=0") == ("pmtu_disc", 0)
     with pytest.raises(sysctl.SysctlError, match="pmtu_disc"):
-        sysctl.parse_assignment("pmtu_disc=0")
+        sysctl.parse_assignment("pmtu_disc=2")
