@@ -81,11 +81,17 @@ def test_director_load_applies_a_files_sysctls_and_keeps_them_otherwise(daemon):
     d = daemon.director
     with daemon.lock:
         d.set_sysctl("sloppy_tcp", 1)
-        table = parse_config("[sysctl]\nexpire_nodest_conn = 1\n", "f.toml").table
+        table = parse_config("[sysctl]\nexpire_nodest_conn = 1\nnat_icmp_send = 1\n"
+                             "pmtu_disc = 0\n", "f.toml").table
         d.load(table)
         # a configuration file is the whole truth: what it leaves out is the default
         assert d.sysctls()["expire_nodest_conn"] == 1 and d.sysctls()["sloppy_tcp"] == 0
         assert daemon.engine.sysctls()["sloppy_tcp"] == 0
+        got = daemon.engine.sysctls()
+        assert (got["nat_icmp_send"], got["pmtu_disc"]) == (1, 0)
+        d.load(parse_config("", "f.toml").table)
+        got = daemon.engine.sysctls()
+        assert (got["nat_icmp_send"], got["pmtu_disc"]) == (0, 1)
         d.set_sysctl("sloppy_tcp", 1)
         from fastlvs.control.model import ServiceTable
         d.load(ServiceTable())          # a rules file carries no sysctls: they stay
