@@ -1511,6 +1511,7 @@ class Engine:
         if p.tot_len + 20 > self.mtu and f.xrec is None:     # a reassembled one is cut later
             # too big: with DF (pmtu_disc) refused, never an ICMP error
             # (ensure_mtu_is_adequate); else the tunnel packet is cut as ip_fragment does
+            # (an ICMP error's with DF too: id 0, no piece with DF)
             if df and b[inner + 9] != 1:
                 return self.icmp_frag_needed(f, p, self.mtu - 20)
             if self.frag.nxrec >= K.BATCH_MAX:

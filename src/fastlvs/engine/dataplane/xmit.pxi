@@ -176,8 +176,8 @@ cdef int xmit_tun_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     cdef int r
     if <uint32_t>p.tot_len + 20 > e.mtu and f.xrec == 0:   # a reassembled one is cut later
         # too big for the tunnel: with DF (pmtu_disc) refused, but never an ICMP error
-        # (ensure_mtu_is_adequate); else the tunnel packet is fragmented (ip_fragment; its
-        # `ignore_df` lets an ICMP error's go too, DF kept in every piece)
+        # (ensure_mtu_is_adequate); else the tunnel packet is fragmented (ip_fragment;
+        # `ignore_df` lets an ICMP error's with DF go too: id 0, no piece with DF)
         if df and inner[9] != 1:
             return icmp_frag_needed_v4(e, f, p, <uint16_t>(e.mtu - 20))
         r = xmit_cut_later(e, f, p.l2len)
