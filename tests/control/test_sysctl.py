@@ -31,8 +31,12 @@ def test_admin_lists_sets_and_refuses(daemon):
     with daemon.lock:
         assert daemon.engine.sysctls()["expire_nodest_conn"] == 1
         assert daemon.engine.defense_state()["drop_entry"]
+    assert daemon.ok("--sysctl", "nat_icmp_send=1", "--sysctl", "pmtu_disc=0") == ""
+    with daemon.lock:
+        got = daemon.engine.sysctls()
+    assert (got["nat_icmp_send"], got["pmtu_disc"]) == (1, 0)
     for bad, word in (("sync_threshold=3", "sync_threshold"), ("drop_entry=7", "drop_entry"),
-                      ("drop_entry", "NAME=VALUE"), ("nat_icmp_send=1", "nat_icmp_send"),
+                      ("drop_entry", "NAME=VALUE"), ("nat_icmp_send=2", "nat_icmp_send"),
                       ("conn_reuse_mode=x", "conn_reuse_mode")):
         rc, out, err = daemon.admin("--sysctl", bad)
         assert rc == ctl.EXIT_SYNTAX and out == "" and word in err, (bad, err)
@@ -77,11 +81,17 @@ def test_director_load_applies_a_files_sysctls_and_keeps_them_otherwise(daemon):
     d = daemon.director
     with daemon.lock:
         d.set_sysctl("sloppy_tcp", 1)
-        table = parse_config("[sysctl]\nexpire_nodest_conn = 1\n", "f.toml").table
+        table = parse_config("[sysctl]\nexpire_nodest_conn = 1\nnat_icmp_send = 1\n"
+                             "pmtu_disc = 0\n", "f.toml").table
         d.load(table)
         # a configuration file is the whole truth: what it leaves out is the default
         assert d.sysctls()["expire_nodest_conn"] == 1 and d.sysctls()["sloppy_tcp"] == 0
         assert daemon.engine.sysctls()["sloppy_tcp"] == 0
+        got = daemon.engine.sysctls()
+        assert (got["nat_icmp_send"], got["pmtu_disc"]) == (1, 0)
+        d.load(parse_config("", "f.toml").table)
+        got = daemon.engine.sysctls()
+        assert (got["nat_icmp_send"], got["pmtu_disc"]) == (0, 1)
         d.set_sysctl("sloppy_tcp", 1)
         from fastlvs.control.model import ServiceTable
         d.load(ServiceTable())          # a rules file carries no sysctls: they stay
@@ -91,5 +101,6 @@ def test_director_load_applies_a_files_sysctls_and_keeps_them_otherwise(daemon):
 def test_parse_assignment():
     assert sysctl.parse_assignment("drop_entry=1") == ("drop_entry", 1)
     assert sysctl.parse_assignment("net.ipv4.vs.amemthresh = 20") == ("amemthresh", 20)
+    assert sysctl.parse_assignment("pmtu_disc=0") == ("pmtu_disc", 0)
     with pytest.raises(sysctl.SysctlError, match="pmtu_disc"):
-        sysctl.parse_assignment("pmtu_disc=0")
+        sysctl.parse_assignment("pmtu_disc=2")

@@ -114,16 +114,22 @@ def test_tun_too_big_with_df_answers_frag_needed():
     assert pkt.dst == P.CLIENT_MAC and pkt.src == P.LOCAL_MAC and pkt[Dot1Q].vlan == 9
     assert pkt[IP].src == P.VIP and pkt[IP].dst == P.CLIENT and pkt[IP].proto == 1
     assert pkt[ICMP].type == 3 and pkt[ICMP].code == 4 and pkt[ICMP].nexthopmtu == 1480
-    quoted = bytes(pkt[ICMP].payload)
+    quoted = bytes(pkt[IP])[28:]
     orig = bytes(Ether(frame)[IP])
-    # the kernel decrements the TTL before it checks the MTU: the quote shows TTL 63
-    assert len(quoted) == 20 + 8 and quoted[8] == orig[8] - 1
-    assert quoted[:8] + quoted[9:10] + quoted[12:] == orig[:8] + orig[9:10] + orig[12:28]
+    # the kernel decrements the TTL before it checks the MTU: the quote shows TTL 63, and
+    # icmp_send quotes what fits in 576 bytes (kernel recording: natpmtu.json)
+    assert len(quoted) == 576 - 28 and quoted[8] == orig[8] - 1
+    assert quoted[:8] + quoted[9:10] + quoted[12:] == orig[:8] + orig[9:10] + orig[12:548]
     assert checksums_ok(out)
     assert e.stats()["frag_needed_sent"] == 1
-    # without DF the packet goes out (oversize counted)
-    _, _, out2 = one(e, P.tcp("S", sport=40001, payload=b"z" * 1460, df=False), 2 * S)
-    assert Ether(out2)[IP].proto == 4 and Ether(out2)[IP].flags == 0
+    # without DF the tunnel packet goes in two fragments, cut to the MTU (oversize counted)
+    (v, _, _, pieces), = e.process_verdicts(
+        [P.tcp("S", sport=40001, payload=b"z" * 1460, df=False)], 2 * S)
+    assert v == "tx" and [len(x) - 14 for x in pieces] == [1500, 40]
+    first, last = Ether(pieces[0])[IP], Ether(pieces[1])[IP]
+    assert (first.proto, first.flags, first.frag) == (4, "MF", 0)
+    assert (last.proto, last.flags, last.frag, last.id) == (4, 0, 1480 // 8, first.id)
+    assert e.stats()["oversize"] == 1 and e.stats()["frag_out"] == 2
 
 
 @pytest.mark.parametrize("case", P.BAD, ids=lambda c: c.name)

@@ -12,7 +12,7 @@ import random
 import struct
 
 import pytest
-from scapy.layers.inet import IP
+from scapy.layers.inet import IP, TCP, UDP
 
 import fastlvs.engine._core as core
 import fastlvs.engine._testing as testing
@@ -323,7 +323,8 @@ def test_tun_over_mtu(df, tos):
     out = t.run([big, P.tcp("S", sport=2, payload=b"s" * 100, df=df, tos=tos), big], 1 * S)
     for v in out:
         if v[0] == "tx":
-            assert checksums_ok(v[3])
+            # too big without DF: the tunnel packet in fragments, checked put back together
+            assert checksums_ok(_joined(v[3]) if isinstance(v[3], list) else v[3])
     t.set_local(mtu=1500, local_ip="192.0.2.2")
     t.run([big], 2 * S)
 
@@ -934,6 +935,79 @@ def test_one_packet_scheduling():
     assert len(t.asked["core"][0][0]) == 4
     t.set_service(2, 17, P.VIP, 53, persist_timeout=30, ops=True)
     t.run([P.udp(sport=k) for k in range(8)], 2 * S)
+
+
+def _from_rs(proto="tcp", flags="A", rs=P.RS[0], sport=8080, dst=P.CLIENT, dport=999,
+             ttl=64, payload=b"", vlan=None, df=False):
+    l2 = P.eth(vlan, src=P.RS_MAC[0], dst=P.LOCAL_MAC)
+    ip = IP(src=rs, dst=dst, ttl=ttl, flags="DF" if df else 0)
+    l4 = (TCP(sport=sport, dport=dport, flags=flags, seq=5000, ack=1001) if proto == "tcp"
+          else UDP(sport=sport, dport=dport))
+    return bytes(l2 / ip / l4 / payload)
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+@pytest.mark.parametrize("value", [0, 1])
+def test_nat_icmp_send(fwd, value):
+    """Packets from the real servers' side that belong to no conn: from a NAT dest's
+    address and port (TCP, UDP, RST, TTL 1, to the director, big, VLAN), from another port
+    or protocol, and a conn's own replies; again after the dest is deleted."""
+    t = twin(fwd)
+    t.set_sysctl("nat_icmp_send", value)
+    t.set_neighbor(P.CLIENT, P.CLIENT_MAC, 3)
+    rport = 8080 if fwd == "nat" else 80
+    t.run([P.tcp("S", sport=c) for c in (1, 2)] + [P.udp(sport=3)], 1 * S)
+    frames = [_from_rs(sport=rport, dport=1, flags="SA"), _from_rs(sport=rport),
+              _from_rs(sport=rport, flags="RA"), _from_rs(sport=rport, flags="S"),
+              _from_rs("udp", sport=5353 if fwd == "nat" else 53, payload=b"u" * 30),
+              _from_rs("udp", sport=5353 if fwd == "nat" else 53, payload=b"u" * 900, df=True),
+              _from_rs("udp", sport=rport), _from_rs(sport=9999), _from_rs(sport=rport, ttl=1),
+              _from_rs(sport=rport, ttl=2), _from_rs(sport=rport, dst=P.LOCAL_IP, ttl=1),
+              _from_rs(sport=rport, vlan=5, payload=b"p" * 40),
+              _from_rs(sport=rport, rs=P.RS[1], dport=2), _from_rs(sport=rport, rs=P.RS[2])]
+    out = t.run(frames, 2 * S)
+    if fwd == "nat" and value:
+        assert out[1][0] == "tx" and out[2][0] == "pass" and out[7][0] == "pass"
+        assert t.core.stats()["nat_icmp_sent"] > 0
+    else:
+        assert t.core.stats()["nat_icmp_sent"] == 0
+    for v in out:
+        if v[0] == "tx":
+            assert checksums_ok(v[3])
+    t.del_dest(1)
+    t.run(frames, 3 * S)
+    t.set_sysctl("nat_icmp_send", 1 - value)
+    t.run(frames, 4 * S)
+
+
+@pytest.mark.parametrize("value", [0, 1])
+@pytest.mark.parametrize("mtu", [600, 1500])
+def test_pmtu_disc_tun(value, mtu):
+    """TUN packets over and under the MTU, with and without DF, TCP and UDP, an ICMP error
+    about a conn too big for the tunnel, a whole batch of big ones and fragments to
+    reassemble, per pmtu_disc."""
+    t = twin("tun", mtu=mtu)
+    t.set_sysctl("pmtu_disc", value)
+    sizes = [0, 200, 559, 560, 561, 900, 1400, 1460]
+    frames = [P.tcp("S", sport=10 + i, payload=b"z" * n, df=df)
+              for i, n in enumerate(sizes) for df in (True, False)]
+    frames += [P.udp(sport=50 + i, payload=b"w" * n, df=True) for i, n in enumerate(sizes)]
+    out = t.run(frames, 1 * S)
+    big = [v for v, fr in zip(out, frames) if len(fr) - 14 + 20 > mtu]
+    for v in out:
+        if v[0] == "tx":
+            pieces = v[3] if isinstance(v[3], list) else [v[3]]
+            assert all(len(x) - 14 <= mtu for x in pieces)
+            # _joined checks every piece's IP checksum; the whole gets all checked
+            assert checksums_ok(_joined(pieces) if len(pieces) > 1 else pieces[0])
+    if value == 0:
+        assert all(v[0] == "tx" for v in out)
+    elif big:
+        assert t.core.stats()["frag_needed_sent"] > 0
+    t.run([P.icmp_about_reply(3, 4, 1400, quote=548, payload=b"x" * 600, cport=10)], 2 * S)
+    t.run([P.tcp("A", sport=100 + k, payload=b"b" * 1400, df=False) for k in range(64)],
+          3 * S)
+    t.run(_cut(P.udp(sport=77, payload=b"f" * 1000), _even(1008, 504)), 4 * S)
 
 
 @pytest.mark.parametrize("defence", ["drop_entry", "drop_packet", "secure_tcp"])

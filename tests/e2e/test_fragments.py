@@ -83,3 +83,30 @@ def test_datagram_larger_than_the_mtu_arrives_whole(bed, start, backend):
         # the answers: "<name> " + payload, reassembled in the director too
         assert (st["outpkts"], st["outbytes"]) == \
             (len(SIZES), sum(n + 28 + len(names[0]) + 1 for n in SIZES))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tun_pmtu_disc_0_sends_a_df_datagram_the_tunnel_cannot_carry(bed, start, backend):
+    """A UDP datagram with DF that fits the client's link but not the tunnel (1472 bytes of
+    payload: 1500 on the wire, 1520 in IPIP): refused with pmtu_disc=1 (the client gets
+    fragmentation needed, no answer), and with pmtu_disc=0 sent in fragments of the tunnel
+    packet, which the real server's kernel puts back together; the echo comes back whole."""
+    if bed.mode != "tun":
+        pytest.skip("pmtu_disc only changes TUN")
+    relays = start_relays(bed)
+    try:
+        d = start("--rules", bed.write_rules(bed.rules([1, 1, 1], sched="rr")), backend=backend)
+        s = bed.socket(socket.SOCK_DGRAM)
+        try:
+            # IP_MTU_DISCOVER = IP_PMTUDISC_PROBE: DF on, whatever the route's learned MTU
+            s.setsockopt(socket.IPPROTO_IP, 10, 3)
+            payload = bytes((i * 11) & 0xFF for i in range(1472))
+            with pytest.raises(OSError):
+                bed.udp_ask(s, payload, timeout=1.5)
+            d.admin("--sysctl", "pmtu_disc=0")
+            name = bed.udp_ask(s, payload, timeout=3.0)
+        finally:
+            s.close()
+    finally:
+        stop(relays)
+    assert name

@@ -55,13 +55,14 @@ SYSCTLS: dict[str, Sysctl] = {s.name: s for s in (
             "FIN_WAIT when no reply was seen (DR/TUN); 0, the SYN follows the old entry"),
     _engine("sloppy_tcp", "bool",
             "1: any TCP packet without RST may open a connection, not only a SYN"),
-    Sysctl("nat_icmp_send", "bool", 0, 1, 0,
-           "1: answer a NAT real server's packet that has no connection with ICMP port "
-           "unreachable (not implemented: only 0 is taken)", supported=(0,), engine=False),
-    Sysctl("pmtu_disc", "bool", 0, 1, 1,
-           "1: refuse DF packets larger than the path MTU with ICMP fragmentation needed, "
-           "whatever the method (0, fragment TUN packets, is not implemented: only 1 is "
-           "taken)", supported=(1,), engine=False),
+    _engine("nat_icmp_send", "bool",
+            "1: a packet from a NAT real server's address and port that belongs to no "
+            "connection (a TCP RST aside) is dropped and the real server gets ICMP port "
+            "unreachable (0: it is left to the host, as any other packet)"),
+    _engine("pmtu_disc", "bool",
+            "1: a TUN packet with DF too big for the tunnel is refused with ICMP "
+            "fragmentation needed; 0: the tunnel header never carries DF and a packet too "
+            "big is sent in fragments (DR and NAT are not affected)"),
     _engine("drop_entry", "int",
             "flood defence: drop connection entries still in SYN_RECV/SYNACK (a spoofed "
             "SYN's): when the table is full the oldest such entry makes room for a new "

@@ -54,7 +54,10 @@ COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "tab
                  # ICMP errors (dest unreachable, source quench, time exceeded) quoting a
                  # packet of a conn: forwarded or translated / quoting none (to the host) /
                  # dropped for a bad ICMP checksum
-                 "icmp_related", "icmp_no_conn", "icmp_bad_checksum")
+                 "icmp_related", "icmp_no_conn", "icmp_bad_checksum",
+                 # nat_icmp_send: port unreachables sent to a NAT real server for a packet
+                 # of no conn
+                 "nat_icmp_sent")
 
 # -- the IPVS sysctls the engine applies: name -> (default, lo, hi), as Linux 6.1 has them
 # (amemthresh counts free conn entries here, free memory pages there). control/sysctl.py
@@ -64,6 +67,7 @@ ENGINE_SYSCTLS = {
     "conn_reuse_mode": (1, 0, 3), "sloppy_tcp": (0, 0, 1),
     "drop_entry": (0, 0, 3), "drop_packet": (0, 0, 3), "secure_tcp": (0, 0, 3),
     "amemthresh": (1024, 0, 0xFFFFFFFF), "am_droprate": (10, 1, 0xFFFFFFFF),
+    "nat_icmp_send": (0, 0, 1), "pmtu_disc": (1, 0, 1),
 }
 
 # -- limits ----------------------------------------------------------------------------------

@@ -361,7 +361,8 @@ cdef class Engine:
             raise ValueError(f"unknown sysctl {name!r}")
         lo, hi = _SYSCTL_RANGE[name]
         v = int(value)
-        if name in ("expire_nodest_conn", "expire_quiescent_template", "sloppy_tcp"):
+        if name in ("expire_nodest_conn", "expire_quiescent_template", "sloppy_tcp",
+                    "nat_icmp_send", "pmtu_disc"):
             v = 1 if v else 0
         if not lo <= v <= hi:
             raise ValueError(f"{name} must be {lo}..{hi}, got {value!r}")
@@ -373,6 +374,10 @@ cdef class Engine:
             self.st.conn_reuse_mode = v
         elif name == "sloppy_tcp":
             self.st.sloppy_tcp = v
+        elif name == "nat_icmp_send":
+            self.st.nat_icmp_send = v
+        elif name == "pmtu_disc":
+            self.st.pmtu_disc = v
         elif name == "drop_entry":
             if v and self.st.embryo == NULL:
                 # the ring of SYN_RECV entries drop_entry takes from; an engine that never
@@ -401,7 +406,8 @@ cdef class Engine:
                 "conn_reuse_mode": st.conn_reuse_mode, "sloppy_tcp": st.sloppy_tcp,
                 "drop_entry": st.drop_entry, "drop_packet": st.drop_packet,
                 "secure_tcp": st.secure_tcp, "amemthresh": st.amemthresh,
-                "am_droprate": st.am_droprate}
+                "am_droprate": st.am_droprate, "nat_icmp_send": st.nat_icmp_send,
+                "pmtu_disc": st.pmtu_disc}
 
     def defense_state(self):
         """The flood defences in force now: drop_entry (bool), drop_rate (drop_packet drops

@@ -47,7 +47,8 @@ SVC_F_ONEPACKET = 1                # -o: every UDP datagram scheduled alone, no 
 # the IPVS sysctls the engine applies (the contract's ENGINE_SYSCTLS)
 SYSCTL_DEFAULTS = {name: v[0] for name, v in K.ENGINE_SYSCTLS.items()}
 SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in K.ENGINE_SYSCTLS.items()}
-SYSCTL_BOOLS = ("expire_nodest_conn", "expire_quiescent_template", "sloppy_tcp")
+SYSCTL_BOOLS = ("expire_nodest_conn", "expire_quiescent_template", "sloppy_tcp",
+                "nat_icmp_send", "pmtu_disc")
 NS = 1_000_000_000
 GOLDEN_RATIO_32 = 0x61C88647
 M32 = 0xFFFFFFFF
@@ -1486,8 +1487,8 @@ class Engine:
         return None
 
     def icmp_frag_needed(self, f, p, mtu):
-        # unreachable / fragmentation needed from the VIP, quoting the header and 8 bytes
-        reason = self.icmp_error(f, p, 3, 4, mtu, p.daddr, p.ihl + 8)
+        # unreachable / fragmentation needed from the VIP, quoting what fits in 576 bytes
+        reason = self.icmp_error(f, p, 3, 4, mtu, p.daddr, TTL_QUOTE)
         if reason is None:
             self._count("frag_needed_sent")
         return reason
@@ -1506,11 +1507,18 @@ class Engine:
         d = self.dests[c.dest]
         b = f.buf
         inner = f.data + p.l2len
-        df = bool(b[inner + 6] & 0x40)
+        df = bool(b[inner + 6] & 0x40) and bool(self.sysctl["pmtu_disc"])
         if p.tot_len + 20 > self.mtu and f.xrec is None:     # a reassembled one is cut later
-            if df and b[inner + 9] != 1:     # never for an ICMP error (ensure_mtu_is_adequate)
+            # too big: with DF (pmtu_disc) refused, never an ICMP error
+            # (ensure_mtu_is_adequate); else the tunnel packet is cut as ip_fragment does
+            # (an ICMP error's with DF too: id 0, no piece with DF)
+            if df and b[inner + 9] != 1:
                 return self.icmp_frag_needed(f, p, self.mtu - 20)
-            self._count("oversize")      # sent as it is: no fragmentation yet
+            if self.frag.nxrec >= K.BATCH_MAX:
+                return "frag_no_room"
+            self.frag.nxrec += 1
+            f.xrec = XRec(p.l2len, 0)
+            self._count("oversize")
         if f.headroom < 20:
             return "no_headroom"
         o = f.data - 20
@@ -1840,7 +1848,7 @@ class Engine:
         return parse_frame(f)
 
     def _frag_cut(self, f):
-        """Cut a reassembled datagram's output into fragments of at most min(mtu, largest
+        """Cut a reassembled datagram's (or a too big TUN packet's) output into fragments of at most min(mtu, largest
         fragment received) bytes, as ip_do_fragment; False: no room, the frame dropped."""
         F, rec = self.frag, f.xrec
         out = f.output()
@@ -1868,7 +1876,7 @@ class Engine:
         if F.xused + payload + nseg * (l2 + hlen + 63) > F.xsize:
             self._drop(f, "frag_no_room")
             return False
-        fo = rd16(out, l2 + 6) & 0x4000
+        fo = 0                  # ip_do_fragment: no piece carries DF (recorded)
         off, left = 0, payload
         while left > 0:
             ln = room if left > mtu - hlen else left
@@ -2181,7 +2189,36 @@ class Engine:
         if ci is not None:
             self._forward_out(f, p, ci, now)
             return
+        if self.sysctl["nat_icmp_send"] and self._nat_icmp_send(f, p):
+            return
         self._pass(f, "no_service")
+
+    def _nat_icmp_send(self, f, p):
+        # ip_vs_out with nat_icmp_send: a packet of no conn from a NAT dest's address and
+        # port, not a TCP RST, is dropped and its sender told port unreachable; after
+        # ip_forward (TTL 1 is the host's, the quote shows the TTL decremented), except one
+        # to the director's own address (LOCAL_IN: answered from it). False: not such.
+        if p.proto == 6 and p.tcpflags & TH_RST:
+            return False
+        if p.saddr not in self.frag.rset or not any(
+                d.available and d.fwd == K.FWD_NAT and d.raddr == p.saddr
+                and d.rport == p.sport and self.svcs[d.svc].proto == p.proto
+                for d in self.dests[1:]):
+            return False
+        if self.local_ip != 0 and p.daddr == self.local_ip:
+            pass
+        elif f.buf[f.data + p.l2len + 8] <= 1:
+            return False
+        else:
+            ttl_decrease(f.buf, f.data + p.l2len)
+        if self.local_ip == 0:
+            return False
+        reason = self.icmp_error(f, p, 3, 3, 0, self.local_ip, TTL_QUOTE)
+        if reason is not None:
+            self._drop(f, reason)
+        else:
+            self._count("nat_icmp_sent")
+        return True
 
     def _csum_complete(self, f, p):
         # a partial (offloaded) TCP/UDP checksum, known from the ring or detected, finished

@@ -15,6 +15,50 @@ cdef inline void frame_pass(fl_engine *e, fl_frame *f, int reason) noexcept nogi
     e.counters[C_PASS] += 1
 
 
+cdef bint nat_dest_has(fl_engine *e, uint32_t addr, uint16_t port, uint8_t proto) noexcept nogil:
+    # ip_vs_has_real_service: a NAT dest of a service with this address, port and protocol
+    # (the address set is looked at first: most packets stop there)
+    cdef uint32_t i
+    cdef fl_dest *d
+    if not addr_set_has(e.frag.rset, e.frag.rmask, addr):
+        return False
+    for i in range(1, e.ndests):
+        d = &e.dests[i]
+        if (d.raddr[3] == addr and d.rport == port and d.fwd == FWD_NAT
+                and (d.flags & DF_AVAILABLE) and e.svcs[d.svc].proto == proto):
+            return True
+    return False
+
+
+cdef bint nat_icmp_send_v4(fl_engine *e, fl_frame *f, fl_pkt *p) noexcept nogil:
+    # nat_icmp_send (ip_vs_out): a packet from a NAT dest's address and port that belongs to
+    # no conn, unless it is a TCP RST, is dropped and its sender told port unreachable. It
+    # is handled after the kernel's ip_forward, so one at TTL 1 is left to the host's, and
+    # the quote shows the TTL decremented; one to the director's own address is not
+    # forwarded (LOCAL_IN) and is answered from that address. False: not such a packet.
+    cdef uint32_t saddr
+    cdef int r
+    if p.proto == 6 and (p.tcpflags & TH_RST):
+        return False
+    if not nat_dest_has(e, p.saddr[3], p.sport, p.proto):
+        return False
+    if e.local_ip != 0 and p.daddr[3] == e.local_ip:
+        saddr = e.local_ip
+    elif f.data[p.l2len + 8] <= 1:
+        return False
+    else:
+        ttl_dec_v4(f.data + p.l2len)
+        saddr = e.local_ip
+    if saddr == 0:
+        return False
+    r = icmp_error_v4(e, f, p, 3, 3, 0, saddr, 576 - 28)
+    if r >= 0:
+        frame_drop(e, f, r)
+    else:
+        e.counters[C_NAT_ICMP_SENT] += 1
+    return True
+
+
 cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c,
                                  uint64_t now) noexcept nogil:
     # ip_vs_in for a known conn: stats, state, transmit, then re-arm the timer.
@@ -263,6 +307,8 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
     ci = conn_lookup_out(e, p, now)
     if ci != 0:
         conn_forward_out(e, f, p, &e.conns[ci - 1], now)
+        return
+    if fl_unlikely(e.nat_icmp_send) and nat_icmp_send_v4(e, f, p):
         return
     frame_pass(e, f, C_NO_SERVICE)
 

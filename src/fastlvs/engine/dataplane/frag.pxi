@@ -4,7 +4,8 @@
 # ipfrag_time (30 s of frame time) after its first fragment, an overlap discards the datagram.
 # A complete datagram is rebuilt in the batch's output arena and handled as one packet; what
 # it becomes is cut again into fragments no larger than the largest one received, as the
-# kernel's ip_do_fragment does with the reassembled skb's frag_max_size (recorded on 6.1).
+# kernel's ip_do_fragment does with the reassembled skb's frag_max_size (recorded on 6.1);
+# so is a TUN packet too big for the tunnel (xmit_cut_later), to the MTU.
 
 cdef enum:
     FQ_FIRST = 1
@@ -311,7 +312,7 @@ cdef bint frag_cut(fl_engine *e, fl_frame *f) noexcept nogil:
     cdef uint32_t payload = f.out_len - l2 - hlen
     cdef uint32_t mtu = e.mtu
     cdef uint32_t room, nseg, left, off, ln
-    cdef uint16_t fo = rd16(ip + 6) & 0x4000
+    cdef uint16_t fo = 0        # ip_do_fragment: no piece carries DF (recorded)
     cdef uint8_t *o
     cdef uint8_t *oip
     cdef fl_xseg *sg

@@ -308,6 +308,8 @@ cdef struct fl_engine:
     uint8_t expire_quiescent_template
     uint8_t conn_reuse_mode
     uint8_t sloppy_tcp
+    uint8_t nat_icmp_send   # port unreachable to a NAT dest's packet of no conn
+    uint8_t pmtu_disc       # 0: TUN clears DF and cuts what is over the MTU
     uint8_t drop_entry      # 0..3, as the sysctl reads (1 <-> 2 follow the table's room)
     uint8_t drop_packet
     uint8_t secure_tcp

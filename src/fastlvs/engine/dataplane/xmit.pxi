@@ -127,8 +127,9 @@ cdef int icmp_error_v4(fl_engine *e, fl_frame *f, fl_pkt *p, uint8_t type, uint8
 
 cdef int icmp_frag_needed_v4(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t mtu) noexcept nogil:
     # dest unreachable / fragmentation needed, from the address the sender wrote to (the
-    # VIP), quoting its IP header and 8 payload bytes
-    cdef int r = icmp_error_v4(e, f, p, 3, 4, mtu, p.daddr[3], p.ihl + 8)
+    # VIP), quoting as much of the packet as fits in 576 bytes, as icmp_send does (recorded:
+    # tests/fixtures/kernel/natpmtu.json)
+    cdef int r = icmp_error_v4(e, f, p, 3, 4, mtu, p.daddr[3], 576 - 28)
     if r < 0:
         e.counters[C_FRAG_NEEDED_SENT] += 1
     return r
@@ -145,17 +146,43 @@ cdef int icmp_time_exceeded_v4(fl_engine *e, fl_frame *f, fl_pkt *p,
     return icmp_error_v4(e, f, p, 11, 0, 0, saddr, 576 - 28)
 
 
+cdef int xmit_cut_later(fl_engine *e, fl_frame *f, uint32_t l2len) noexcept nogil:
+    # A frame whose output is over the MTU and may be fragmented (a TUN packet without DF
+    # on its outer header) gets a record as a rebuilt datagram has one, so that frag_cut
+    # cuts its output as ip_fragment does (to the MTU: frag_max 0)
+    cdef fl_frag *F = &e.frag
+    cdef fl_xrec *rec
+    if F.nxrec >= MAX_BATCH:
+        return C_FRAG_NO_ROOM
+    rec = &F.xrec[F.nxrec]
+    rec.l2len = <uint8_t>l2len
+    rec.frag_max = 0
+    rec.seg0 = 0
+    rec.nseg = 0
+    F.nxrec += 1
+    f.xrec = <uint16_t>F.nxrec
+    return -1
+
+
 cdef int xmit_tun_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
-    # IPIP: outer header (local IP -> RIP, proto 4, TOS/TTL/DF copied from the inner header,
-    # id 0 with DF as the kernel's ip_select_ident gives) in front of the untouched packet.
+    # IPIP: outer header (local IP -> RIP, proto 4, TOS/TTL copied from the inner header, DF
+    # too with pmtu_disc, id 0 with DF as the kernel's ip_select_ident gives) in front of
+    # the untouched packet.
     cdef fl_dest *d = &e.dests[c.dest]
     cdef uint8_t *inner = f.data + p.l2len
-    cdef bint df = (inner[6] & 0x40) != 0
+    cdef bint df = (inner[6] & 0x40) != 0 and e.pmtu_disc
     cdef uint8_t *o
     cdef uint8_t *ip
+    cdef int r
     if <uint32_t>p.tot_len + 20 > e.mtu and f.xrec == 0:   # a reassembled one is cut later
-        if df and inner[9] != 1:        # never for an ICMP error (ensure_mtu_is_adequate)
+        # too big for the tunnel: with DF (pmtu_disc) refused, but never an ICMP error
+        # (ensure_mtu_is_adequate); else the tunnel packet is fragmented (ip_fragment;
+        # `ignore_df` lets an ICMP error's with DF go too: id 0, no piece with DF)
+        if df and inner[9] != 1:
             return icmp_frag_needed_v4(e, f, p, <uint16_t>(e.mtu - 20))
+        r = xmit_cut_later(e, f, p.l2len)
+        if r >= 0:
+            return r
         e.counters[C_OVERSIZE] += 1
     if f.headroom < 20:
         return C_NO_HEADROOM
