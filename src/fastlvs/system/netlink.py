@@ -5,14 +5,17 @@ addresses, and monitors of neighbour and address changes. Everything is read-onl
 the resolution request (NTF_USE), which only makes the kernel do what it would do for a packet
 of its own.
 
-The VIP rule (`vip_problem`): a virtual service's address must be local to this host (or
-network namespace) in every forwarding mode, as IPVS requires for non-fwmark services. The
+The VIP rule: a virtual service's address is served while it is local to this host (or
+network namespace), in every forwarding mode, as IPVS requires for non-fwmark services. The
 kernel must own the VIP so that it answers ARP for it (clients and routers then send VIP
 traffic to the director's MAC) and so that it drops, rather than forwards, what it sees of
 that traffic on AF_PACKET (where the nftables ingress drop keeps it from answering). An
 address assigned to any interface counts, and so does a local route
-(`ip route add local VIP/32 dev lo`), which is how to own a VIP that the upstream router
-routes to the director without the director announcing it by ARP.
+(`ip route add local VIP/32 dev lo`, or a whole prefix), which is how to own a VIP that the
+upstream router routes to the director without the director announcing it by ARP. A VIP
+that is not local is not an error (`vip_local`): a VRRP backup waits for it, and
+`AddressMonitor(routes=True)` says when to look again. `vip_problem` keeps what can never
+be a VIP.
 """
 from __future__ import annotations
 
@@ -40,7 +43,9 @@ RTN_UNICAST = 1
 RTN_LOCAL = 2
 RTMGRP_NEIGH = 0x4
 RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
 
 _POLL = 0.01          # seconds between neighbour-table reads while the kernel resolves
 
@@ -295,18 +300,26 @@ class Netlink:
         return out
 
 
-def vip_problem(nl: Netlink, vip: str) -> str | None:
-    """Why `vip` cannot be a virtual service's address here, or None when it can. The rule
-    (see the module's docstring): the VIP must be local in every forwarding mode."""
+def vip_problem(vip: str) -> str | None:
+    """Why `vip` can never be a virtual service's address (one line), or None: not an IP
+    address, the unspecified address, a multicast or the limited broadcast address (no
+    host owns those as its own unicast address). Whether it is on this host now is
+    `vip_local`'s question, and its answer may change."""
     try:
-        ip = _canonical(vip, "VIP")
+        ip = ipaddress.ip_address(_canonical(vip, "VIP"))
     except NetlinkError as e:
         return str(e)
-    if nl.is_local(ip):
-        return None
-    return (f"VIP {ip} is not an address of this host: add it to the client-side interface "
-            f"(ip addr add {ip}/32 dev IFACE), or own it without ARP (ip route add local "
-            f"{ip}/32 dev lo)")
+    if ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255":
+        kind = ("the unspecified address" if ip.is_unspecified else
+                "a multicast address" if ip.is_multicast else "the broadcast address")
+        return f"VIP {ip} is {kind}: a virtual service needs a unicast address"
+    return None
+
+
+def vip_local(nl: Netlink, vip: str) -> bool:
+    """Whether `vip` is served here now: an address of this host (network namespace) or
+    inside a local route, as the kernel decides for a packet to it (`ip route get`)."""
+    return nl.is_local(vip)
 
 
 def dr_problem(nl: Netlink, rip: str) -> str | None:
@@ -373,15 +386,19 @@ class NeighbourMonitor:
 
 
 class AddressMonitor:
-    """Whether this namespace's addresses changed (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR):
-    `changed()` reads all news without blocking and says whether any address was added or
-    removed since the last call (also when the kernel dropped news): then re-read them all.
+    """Whether this namespace's addresses changed (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR),
+    and with `routes=True` its local routes too (`ip route add local ...`: RTN_LOCAL routes
+    only, so a routing daemon's churn of unicast routes costs a look, not a re-read):
+    `changed()` reads all news without blocking and says whether any was added or removed
+    since the last call (also when the kernel dropped news): then re-read them all.
     Create it before the first read, so that no change falls between the two."""
 
-    def __init__(self, netns: str | None = None):
+    def __init__(self, netns: str | None = None, routes: bool = False):
         from pyroute2 import IPRoute
 
         groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+        if routes:
+            groups |= RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
         self._ipr = IPRoute(groups=groups, netns=netns)
         self._ipr.bind(groups=groups)
 
@@ -395,14 +412,38 @@ class AddressMonitor:
                 msgs = self._ipr.get()
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
+                    self._drain()
                     return True             # news lost: the caller re-reads everything
                 raise
-            news |= any(m.get("event") in ("RTM_NEWADDR", "RTM_DELADDR") for m in msgs)
+            news |= any(_news(m) for m in msgs)
         return news
+
+    def _drain(self) -> None:
+        # after an overrun: what is queued is older than the re-read the caller now makes
+        for _ in range(4096):
+            if not select.select([self._ipr], [], [], 0)[0]:
+                return
+            try:
+                self._ipr.get()
+            except OSError:
+                pass
 
     def close(self) -> None:
         self._ipr.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _news(m) -> bool:
+    event = m.get("event")
+    if event in ("RTM_NEWADDR", "RTM_DELADDR"):
+        return True
+    return event in ("RTM_NEWROUTE", "RTM_DELROUTE") and m.get("type") == RTN_LOCAL
+
 
 __all__ = ["AddressMonitor", "Interface", "NeighbourMonitor", "NetlinkError", "Netlink", "NoAnswer",
-           "Route", "dr_problem", "vip_problem"]
+           "Route", "dr_problem", "vip_local", "vip_problem"]
