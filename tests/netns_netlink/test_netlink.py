@@ -171,3 +171,34 @@ def test_address_monitor_sees_local_routes_only_when_asked(pair):
         assert _news_within(mon) and _news_within(plain)
         ip("-n", pair.a, "addr", "del", "192.0.2.201/32", "dev", pair.a_if)
         assert _news_within(mon) and _news_within(plain)
+
+
+def test_monitors_survive_an_overrun(pair):
+    """A flood of news past a tiny receive buffer: the address monitor says "changed" (re-read
+    everything), the neighbour monitor raises NetlinkError once; both then go on reporting
+    (pyroute2 keeps ENOBUFS on its socket, so the monitor must open a new one)."""
+    import socket as _socket
+    import subprocess
+
+    with AddressMonitor(pair.a, routes=True) as mon, NeighbourMonitor(pair.a) as neigh:
+        for m in (mon, neigh):
+            m._ipr.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1024)
+        batch = "".join(f"addr add 192.0.2.{i}/32 dev lo\n"
+                        f"neigh add 10.99.0.{i} lladdr 02:00:00:00:00:{i:02x} dev {pair.a_if} "
+                        "nud permanent\n" for i in range(1, 200))
+        subprocess.run(["ip", "-n", pair.a, "-batch", "-"], input=batch, text=True,
+                       check=True, capture_output=True, timeout=30)
+        assert mon.changed() is True
+        with pytest.raises(NetlinkError, match="overrun"):
+            neigh.changes()
+        assert not mon.changed() and neigh.changes() == []
+        ip("-n", pair.a, "addr", "add", "192.0.2.250/32", "dev", "lo")
+        assert _news_within(mon)
+        ip("-n", pair.a, "neigh", "add", "10.99.1.1", "lladdr", "02:00:00:00:01:01", "dev",
+           pair.a_if, "nud", "permanent")
+        seen = []
+        deadline = time.monotonic() + 3
+        while not seen and time.monotonic() < deadline:
+            seen += neigh.changes()
+            time.sleep(0.02)
+        assert [s[0] for s in seen] == ["10.99.1.1"]

@@ -335,107 +335,99 @@ def dr_problem(nl: Netlink, rip: str) -> str | None:
     return None
 
 
-class NeighbourMonitor:
+class _Monitor:
+    """A socket subscribed to rtnetlink `groups`, read without waiting. After an overrun
+    (the kernel dropped news: ENOBUFS) pyroute2 keeps the error on its socket and raises it
+    at every later use, so the socket is opened again; the caller re-reads the whole state,
+    after the new subscription, so no change falls between the two."""
+
+    def __init__(self, groups: int, netns: str | None = None):
+        self._groups, self._netns = groups, netns
+        self._open()
+
+    def _open(self) -> None:
+        from pyroute2 import IPRoute     # only the daemon needs pyroute2
+
+        self._ipr = IPRoute(groups=self._groups, netns=self._netns)
+        self._ipr.bind(groups=self._groups)
+
+    def _messages(self) -> list | None:
+        # every message queued now; None after an overrun
+        out: list = []
+        try:
+            while select.select([self._ipr], [], [], 0)[0]:
+                out += self._ipr.get()
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise
+            try:
+                self._ipr.close()
+            except Exception:           # the socket is broken already; a new one follows
+                pass
+            self._open()
+            return None
+        return out
+
+    def fileno(self) -> int:
+        return self._ipr.fileno()
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class NeighbourMonitor(_Monitor):
     """Neighbour-table changes as the kernel announces them (RTMGRP_NEIGH), for the
     daemon's loop: `fileno()` polls readable when there is news, `changes()` reads it all
     without blocking and returns [(ip, mac or None, ifindex)], in order, where None means
     the entry is no longer usable (FAILED, INCOMPLETE, deleted). Only IPv4 and IPv6
-    unicast neighbours are reported."""
+    unicast neighbours are reported. After an overrun `changes()` raises NetlinkError:
+    re-read the table."""
 
     def __init__(self, netns: str | None = None):
-        from pyroute2 import IPRoute
-
-        self._ipr = IPRoute(groups=RTMGRP_NEIGH, netns=netns)
-        self._ipr.bind(groups=RTMGRP_NEIGH)
-
-    def fileno(self) -> int:
-        return self._ipr.fileno()
+        super().__init__(RTMGRP_NEIGH, netns)
 
     def changes(self) -> list[tuple[str, bytes | None, int]]:
+        msgs = self._messages()
+        if msgs is None:
+            # report nothing rather than a partial picture
+            raise NetlinkError("neighbour monitor overrun: re-read the table")
         out = []
-        while select.select([self._ipr], [], [], 0)[0]:
-            try:
-                msgs = self._ipr.get()
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    # The kernel dropped news (we were slow): the caller should re-read
-                    # the table; report nothing rather than a partial picture.
-                    raise NetlinkError("neighbour monitor overrun: re-read the table") \
-                        from None
-                raise
-            for m in msgs:
-                if m.get("family") not in (socket.AF_INET, socket.AF_INET6):
-                    continue
-                ip = m.get("NDA_DST")
-                if ip is None:
-                    continue
-                usable = (m.get("event") == "RTM_NEWNEIGH" and m["state"] & NUD_VALID
-                          and m.get("NDA_LLADDR"))
-                out.append((ip, _mac_bytes(m.get("NDA_LLADDR")) if usable else None,
-                            m["ifindex"]))
+        for m in msgs:
+            if m.get("family") not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = m.get("NDA_DST")
+            if ip is None:
+                continue
+            usable = (m.get("event") == "RTM_NEWNEIGH" and m["state"] & NUD_VALID
+                      and m.get("NDA_LLADDR"))
+            out.append((ip, _mac_bytes(m.get("NDA_LLADDR")) if usable else None,
+                        m["ifindex"]))
         return out
 
-    def close(self) -> None:
-        self._ipr.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class AddressMonitor:
+class AddressMonitor(_Monitor):
     """Whether this namespace's addresses changed (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR),
     and with `routes=True` its local routes too (`ip route add local ...`: RTN_LOCAL routes
     only, so a routing daemon's churn of unicast routes costs a look, not a re-read):
     `changed()` reads all news without blocking and says whether any was added or removed
-    since the last call (also when the kernel dropped news): then re-read them all.
-    Create it before the first read, so that no change falls between the two."""
+    since the last call (also after an overrun, when the kernel dropped news): then re-read
+    them all. Create it before the first read, so that no change falls between the two."""
 
     def __init__(self, netns: str | None = None, routes: bool = False):
-        from pyroute2 import IPRoute
-
         groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
         if routes:
             groups |= RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
-        self._ipr = IPRoute(groups=groups, netns=netns)
-        self._ipr.bind(groups=groups)
-
-    def fileno(self) -> int:
-        return self._ipr.fileno()
+        super().__init__(groups, netns)
 
     def changed(self) -> bool:
-        news = False
-        while select.select([self._ipr], [], [], 0)[0]:
-            try:
-                msgs = self._ipr.get()
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    self._drain()
-                    return True             # news lost: the caller re-reads everything
-                raise
-            news |= any(_news(m) for m in msgs)
-        return news
-
-    def _drain(self) -> None:
-        # after an overrun: what is queued is older than the re-read the caller now makes
-        for _ in range(4096):
-            if not select.select([self._ipr], [], [], 0)[0]:
-                return
-            try:
-                self._ipr.get()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self._ipr.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        msgs = self._messages()
+        return msgs is None or any(_news(m) for m in msgs)
 
 
 def _news(m) -> bool:
