@@ -2,7 +2,7 @@
 the host, as keepalived's VRRP would move it (`ip addr add/del` in the director's namespace,
 or a local route covering it). The client's neighbour entry for the VIP is pinned to the
 director's MAC, so its frames reach the director whether or not the VIP is there: what
-decides is whether fastlvs takes them. DR cluster, both backends.
+decides is whether fastlvs takes them. DR and NAT clusters, both backends.
 """
 import json
 import os
@@ -21,9 +21,9 @@ pytest.importorskip("fastlvs.engine._core")
 WAIT = 10.0                 # bound on the daemon noticing an address or route event
 
 
-@pytest.fixture(scope="module")
-def bed():
-    tb = tbmod.Testbed("dr", n_rs=3).build()
+@pytest.fixture(scope="module", params=["dr", "nat"])
+def bed(request):
+    tb = tbmod.Testbed(request.param, n_rs=3).build()
     try:
         # the kernel must not route what it is not the VIP's owner for (a backup)
         tbmod.sysctl(tb.director, ipv4__ip_forward=0)
