@@ -1,7 +1,8 @@
 """The `fastlvs --mode dr|nat|tun ...` process: builds the service table from the command line,
 a rules file or a TOML config, checks it against the kernel (interfaces, VIPs, routes and
 neighbours), opens the rings, and runs the loop that interleaves packet batches, control
-requests, neighbour changes, rate estimation and connection expiry. Signals: SIGTERM/SIGINT
+requests, neighbour changes, VIPs that come and go (steered only while on this host),
+rate estimation and connection expiry. Signals: SIGTERM/SIGINT
 stop cleanly, SIGHUP reloads the rules/config file.
 """
 from __future__ import annotations
@@ -24,8 +25,8 @@ from fastlvs.system import sdnotify
 from fastlvs.system.ports import PortError, Ports, xdp_missing
 from fastlvs.system.state import StateFile, recover
 from fastlvs.system.vrrp import VrrpError, VrrpKeepalived
-from fastlvs.system.netlink import (Netlink, NetlinkError, NeighbourMonitor, NoAnswer, dr_problem,
-                                    vip_problem)
+from fastlvs.system.netlink import (AddressMonitor, Netlink, NetlinkError, NeighbourMonitor,
+                                    NoAnswer, dr_problem, vip_local, vip_problem)
 from fastlvs.control.ipvsadm import CommandError, apply_command, parse_command
 from fastlvs.control.rules import RulesError, load_rules
 from fastlvs.control.keepalived import KeepalivedConfig, KeepalivedError, load_keepalived
@@ -89,6 +90,8 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.neigh: NeighbourMonitor | None = None
         self.ports: Ports | None = None
+        self.vip_events: AddressMonitor | None = None   # addresses and local routes
+        self._vip_here: dict[str, bool] = {}         # VIP -> on this host, as last looked
         self._hop_ips: set[str] = set()              # next-hop addresses of the real servers
         self._gateway: str | None = None             # the default gateway (NAT replies off-link)
         self._cif = 0                                # the client-side interface's ifindex
@@ -193,7 +196,8 @@ class Daemon:
         except NetlinkError as e:
             raise StartupError(str(e)) from None
         for svc in table:
-            problem = vip_problem(nl, svc.vaddr)
+            # a VIP not on this host is no error: a backup waits for it (_follow_vips)
+            problem = vip_problem(svc.vaddr)
             if problem:
                 raise StartupError(f"{svc.key.option_text()}: {problem}")
             for d in svc.dests:
@@ -243,6 +247,8 @@ class Daemon:
         self.director.load(table)
         if self._read is not None:
             self._start_health()
+        # the monitor before the first look (in _sync_ports): no change falls between the two
+        self.vip_events = AddressMonitor(routes=True)
         self._sync_ports()
         self._learn_neighbours()
         self.director.learn_clients(self._cif, self._client_subnets(cif))
@@ -371,6 +377,7 @@ class Daemon:
         """After any change of the table or of next hops: a ring on every interface the
         director sends or receives on, each steering exactly its traffic. Returns the ports
         opened now (the loop must poll them at once)."""
+        self._follow_vips()             # a service new to the table may name a new VIP
         want = self.director.steering(self._cif)
         hops = set()
         for svc in self.director.table:
@@ -383,6 +390,31 @@ class Daemon:
         self._retired_steered = any(fwd is FwdMethod.NAT
                                     for _, _, _, fwd, _ in self.director.retired_dests())
         return self.ports.sync(want)
+
+    def _follow_vips(self, reread: bool = False) -> bool:
+        """Tell the director which VIPs of the table are on this host now (an address, or
+        inside a local route): the VIPs it has not been told about, or every one after
+        address or local-route news (`reread`). One log line per VIP that comes or goes.
+        Returns whether the steering must change."""
+        old, new = self._vip_here, {}
+        for vip in sorted({svc.vaddr for svc in self.director.table}):
+            new[vip] = old[vip] if vip in old and not reread else vip_local(self.nl, vip)
+        self._vip_here = new
+        moved = False
+        for vip, here in new.items():
+            was = old.get(vip)
+            if was == here:
+                continue
+            moved |= self.director.set_vip_present(vip, here)
+            if was is None:
+                if not here:
+                    log.info("VIP %s not on this host: waiting for it (backup)", vip)
+            elif here:
+                log.info("VIP %s is on this host: serving it", vip)
+            else:
+                log.info("VIP %s left this host: the kernel gets its traffic; its services "
+                         "and connections are kept", vip)
+        return moved
 
     @staticmethod
     def _client_subnets(cif) -> list[str]:
@@ -499,6 +531,10 @@ class Daemon:
             self.metrics.handle_ready()
         self._neighbour_changes()
         self.ports.follow()             # the director's own addresses, as they change
+        # VIPs that come and go (keepalived's VRRP moves them): read without waiting; an
+        # overrun reads as news, so everything is looked at again
+        if self.vip_events.changed() and self._follow_vips(reread=True):
+            self._sync_ports()
         now = time.monotonic()
         self.director.tick(now)
         self._health_events(now)
@@ -535,7 +571,7 @@ class Daemon:
                 log.warning("cleanup: health: %s", e)
         # keepalived first: it gives the VIPs up, so the peer takes them while we still serve
         for closer in (self.vrrp, self.checker, self.control, self.metrics, self.neigh,
-                       self.ports, self.nl):
+                       self.vip_events, self.ports, self.nl):
             if closer is None:
                 continue
             try:
@@ -543,7 +579,7 @@ class Daemon:
             except Exception as e:          # teardown goes on: leave nothing else behind
                 log.warning("cleanup: %s", e)
         self.control = self.metrics = self.neigh = self.ports = self.nl = None
-        self.checker = self.health = self.vrrp = None
+        self.checker = self.health = self.vrrp = self.vip_events = None
 
 
 def main(opts: Options) -> int:

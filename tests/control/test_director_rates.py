@@ -22,6 +22,9 @@ class FakeEngine:
     def set_dest(self, did, *a, **k):
         self.dest.setdefault(did, dict.fromkeys(STAT_FIELDS, 0))
 
+    def set_vip_served(self, *a):
+        pass
+
     def del_dest(self, did):
         pass
 

@@ -475,6 +475,29 @@ def test_deleted_dest_and_service_live_on():
     t.run([P.tcp("S", sport=99, dst="203.0.113.11")], 10_001 * S)
 
 
+@pytest.mark.parametrize("fwd", FWDS)
+def test_an_absent_vip_is_the_kernels_and_its_conns_wait(fwd):
+    """set_vip_served(False): frames to that VIP:port pass (new flows and known conns alike)
+    while the other service of the address and the NAT replies go on; served again, the
+    known conns carry on with their dests."""
+    t = twin(fwd)
+    t.run([P.tcp("S", sport=i) for i in range(6)] + [P.udp(sport=i) for i in range(3)], 1 * S)
+    t.set_vip_served(6, P.VIP, 80, False)
+    t.set_vip_served(6, P.VIP, 80, False)           # again: no change
+    replies = [reply("A", i, rs=r) for i in range(6) for r in range(3)] if fwd == "nat" else []
+    verdicts = t.run([P.tcp("A", sport=i) for i in range(6)] + [P.tcp("S", sport=9)]
+                     + [P.udp(sport=i) for i in range(3)] + replies, 2 * S)
+    assert [v[0] for v in verdicts[:7]] == ["pass"] * 7
+    assert [v[0] for v in verdicts[7:10]] == ["tx"] * 3
+    t.set_vip_served(6, P.VIP, 80, True)
+    verdicts = t.run([P.tcp("A", sport=i) for i in range(6)], 3 * S)
+    assert [v[0] for v in verdicts] == ["tx"] * 6
+    with pytest.raises(ValueError):
+        t.set_vip_served(6, P.VIP, 70000, False)
+    with pytest.raises(ValueError):
+        t.set_vip_served(6, "2001:db8::1", 80, False)
+
+
 # -- TTL, partial checksums, the client-MAC table ----------------------------------------------
 
 def _set_ttl(frame: bytes, ttl: int, l2=14) -> bytes:

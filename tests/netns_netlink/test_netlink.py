@@ -14,7 +14,8 @@ pytest.importorskip("pyroute2")
 
 from tests.netns_netlink.netns_pair import ip  # noqa: E402
 from fastlvs.control.model import NoRoute  # noqa: E402
-from fastlvs.system.netlink import NeighbourMonitor, Netlink, NetlinkError, dr_problem, vip_problem  # noqa: E402
+from fastlvs.system.netlink import (AddressMonitor, NeighbourMonitor, Netlink,  # noqa: E402
+                                    NetlinkError, dr_problem, vip_local, vip_problem)
 
 
 def test_interface(pair):
@@ -51,10 +52,14 @@ def test_locality_and_the_vip_rule(pair):
     with Netlink(pair.a) as nl:
         assert nl.is_local(pair.a_ip) and nl.is_local("192.0.2.200")
         assert not nl.is_local(pair.b_ip) and not nl.is_local("203.0.113.1")
-        assert vip_problem(nl, pair.a_ip) is None
-        assert vip_problem(nl, "192.0.2.200") is None
-        assert vip_problem(nl, "203.0.113.10").startswith(
-            "VIP 203.0.113.10 is not an address of this host")
+        assert vip_local(nl, pair.a_ip) and vip_local(nl, "192.0.2.200")
+        # not here now is no problem (a backup waits for its VIP); never a VIP is
+        assert not vip_local(nl, "203.0.113.10") and vip_problem("203.0.113.10") is None
+        assert vip_problem("example.org") == "VIP 'example.org': not an IP address"
+        assert vip_problem("224.0.0.18") == (
+            "VIP 224.0.0.18 is a multicast address: a virtual service needs a unicast address")
+        assert vip_problem("0.0.0.0").startswith("VIP 0.0.0.0 is the unspecified address")
+        assert vip_problem("255.255.255.255").startswith("VIP 255.255.255.255 is the broadcast")
         assert dr_problem(nl, pair.b_ip) is None
         assert dr_problem(nl, "198.51.100.7") == (
             f"198.51.100.7 is reached through gateway {pair.b_ip}: direct routing needs the "
@@ -138,3 +143,62 @@ def test_neighbour_monitor(pair):
             seen += mon.changes()
             time.sleep(0.02)
         assert (pair.b_ip, None, idx) in seen
+
+
+def _news_within(mon, seconds=3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if mon.changed():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_address_monitor_sees_local_routes_only_when_asked(pair):
+    """routes=True: a local route added or removed is news (a VIP owned that way comes or
+    goes); a unicast route is not. Without it, only addresses are."""
+    with AddressMonitor(pair.a, routes=True) as mon, AddressMonitor(pair.a) as plain:
+        assert not mon.changed() and not plain.changed()
+        ip("-n", pair.a, "route", "add", "local", "192.0.2.208/30", "dev", "lo")
+        assert _news_within(mon)
+        ip("-n", pair.a, "route", "del", "local", "192.0.2.208/30", "dev", "lo", "table",
+           "local")
+        assert _news_within(mon)
+        ip("-n", pair.a, "route", "add", "198.51.100.128/25", "via", pair.b_ip)
+        assert not _news_within(mon, 0.5)
+        assert not plain.changed()
+        ip("-n", pair.a, "addr", "add", "192.0.2.201/32", "dev", pair.a_if)
+        assert _news_within(mon) and _news_within(plain)
+        ip("-n", pair.a, "addr", "del", "192.0.2.201/32", "dev", pair.a_if)
+        assert _news_within(mon) and _news_within(plain)
+
+
+def test_monitors_survive_an_overrun(pair):
+    """A flood of news past a tiny receive buffer: the address monitor says "changed" (re-read
+    everything), the neighbour monitor raises NetlinkError once; both then go on reporting
+    (pyroute2 keeps ENOBUFS on its socket, so the monitor must open a new one)."""
+    import socket as _socket
+    import subprocess
+
+    with AddressMonitor(pair.a, routes=True) as mon, NeighbourMonitor(pair.a) as neigh:
+        for m in (mon, neigh):
+            m._ipr.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1024)
+        batch = "".join(f"addr add 192.0.2.{i}/32 dev lo\n"
+                        f"neigh add 10.99.0.{i} lladdr 02:00:00:00:00:{i:02x} dev {pair.a_if} "
+                        "nud permanent\n" for i in range(1, 200))
+        subprocess.run(["ip", "-n", pair.a, "-batch", "-"], input=batch, text=True,
+                       check=True, capture_output=True, timeout=30)
+        assert mon.changed() is True
+        with pytest.raises(NetlinkError, match="overrun"):
+            neigh.changes()
+        assert not mon.changed() and neigh.changes() == []
+        ip("-n", pair.a, "addr", "add", "192.0.2.250/32", "dev", "lo")
+        assert _news_within(mon)
+        ip("-n", pair.a, "neigh", "add", "10.99.1.1", "lladdr", "02:00:00:00:01:01", "dev",
+           pair.a_if, "nud", "permanent")
+        seen = []
+        deadline = time.monotonic() + 3
+        while not seen and time.monotonic() < deadline:
+            seen += neigh.changes()
+            time.sleep(0.02)
+        assert [s[0] for s in seen] == ["10.99.1.1"]

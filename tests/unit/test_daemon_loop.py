@@ -93,6 +93,11 @@ class NoPorts:
         pass
 
 
+class NoAddressNews:
+    def changed(self):
+        return False
+
+
 def daemon_with_fakes(news=()):
     d = Daemon(Options(mode="dr", interface="d0", vip="203.0.113.10:80",
                        rs=["192.0.2.11:80"]))
@@ -101,6 +106,7 @@ def daemon_with_fakes(news=()):
     d.neigh = FakeNeigh(list(news))
     d.control = Boom()
     d.ports = NoPorts()
+    d.vip_events = NoAddressNews()
     d._hop_ips = {"192.0.2.11"}
     return d
 

@@ -85,6 +85,9 @@ class Director:
         self._est: dict[tuple[str, int], list] = {}
         self._est_time: float | None = None
         self._sysctls = _sysctl.defaults()     # the engine starts with the same defaults
+        # VIPs not on this host now (a VRRP backup's): their services stay in the table and
+        # their conns in the engine, but their traffic is the kernel's. Empty: serve all.
+        self._vips_absent: set[str] = set()
         engine.set_scheduler_callback(self._schedule_batch)
 
     # -- the control API ------------------------------------------------------------------------
@@ -291,9 +294,35 @@ class Director:
         next hop, deleted dests whose connections live on included."""
         return {hop[1] for hop in self._hops.values()}
 
+    def set_vip_present(self, vaddr: str, present: bool) -> bool:
+        """Whether VIP `vaddr` is on this host now; returns whether that changed. While
+        absent, its services stay in the table (listed, editable) and their conns in the
+        engine, but steering() leaves their traffic out and the engine passes any frame to
+        it to the kernel; present again, both take it back and its conns carry on. A VIP
+        not named yet is present (a service added later on an absent VIP starts absent)."""
+        if present == (vaddr not in self._vips_absent):
+            return False
+        if present:
+            self._vips_absent.discard(vaddr)
+        else:
+            self._vips_absent.add(vaddr)
+        for svc in self.table:
+            if svc.vaddr == vaddr and svc.key in self._svc_ids:
+                self.engine.set_vip_served(svc.proto.number, vaddr, svc.vport, present)
+        return True
+
+    def vips(self) -> dict[str, list[str]]:
+        """{"served": [...], "absent": [...]}: the table's VIPs, in address order, by
+        whether they are on this host now (absent ones wait: a VRRP backup's)."""
+        addrs = sorted({svc.vaddr for svc in self.table},
+                       key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))
+        return {"served": [a for a in addrs if a not in self._vips_absent],
+                "absent": [a for a in addrs if a in self._vips_absent]}
+
     def steering(self, client_ifindex: int) -> dict[int, set[tuple[str, str, str, int]]]:
         """{ifindex: {(kind, proto, addr, port)}}: the traffic each interface's ring must
-        receive. ("service", proto, VIP, vport) on the clients' interface; ("rserver", proto,
+        receive. ("service", proto, VIP, vport) on the clients' interface for every VIP on
+        this host now (set_vip_present: an absent one's traffic is the kernel's); ("rserver", proto,
         RIP, rport) where a NAT real server's replies arrive (its next hop's interface),
         deleted NAT dests included while their connections live. An interface that only
         sends (a DR/TUN dest's) appears with an empty set."""
@@ -301,7 +330,8 @@ class Director:
         for ifindex in self.interfaces():
             want.setdefault(ifindex, set())
         for svc in self.table:
-            want[client_ifindex].add(("service", svc.proto.value, svc.vaddr, svc.vport))
+            if svc.vaddr not in self._vips_absent:
+                want[client_ifindex].add(("service", svc.proto.value, svc.vaddr, svc.vport))
             for d in svc.dests:
                 oif = self.dest_ifindex(svc.key, d)
                 if d.fwd is FwdMethod.NAT and oif is not None:
@@ -379,7 +409,8 @@ class Director:
                 } for d in svc.dests],
             })
         out = {"engine": self.engine.stats(), "conn_entries": self.engine.conn_count(),
-               "conn_capacity": self.engine.capacity, "services": services}
+               "conn_capacity": self.engine.capacity, "services": services,
+               "vips": self.vips()}
         if self.port_stats is not None:
             out["ports"] = self.port_stats()
         return out
@@ -528,6 +559,9 @@ class Director:
                                 persist_timeout=svc.timeout,
                                 netmask=svc.netmask if svc.af == 4 else None,
                                 sched=kind, sched_flags=flag_bits, ops=svc.ops)
+        # always: a service deleted while its VIP was away may come back to a present one
+        self.engine.set_vip_served(svc.proto.number, svc.vaddr, svc.vport,
+                                   svc.vaddr not in self._vips_absent)
         present = set()
         for d in svc.dests:
             did = self._dest_id(svc.key, d)

@@ -502,6 +502,17 @@ cdef class Engine:
         self.st.vips[v].svc = svc_id
         self._frag_addrs()
 
+    def set_vip_served(self, proto, vaddr, int vport, served):
+        """Whether frames to (proto, vaddr, vport) are served while vaddr is absent from the
+        host: not `served`, every frame to it passes to the kernel (new flows and known conns
+        alike, counted as no_service) and its conns stay in the table. A VIP is served
+        from its first set_service until told otherwise."""
+        cdef uint32_t a[4]
+        if vport < 0 or vport > 65535:
+            raise ValueError(f"vport out of range: {vport}")
+        _addr_words(vaddr, a)
+        self.st.vips[self._vip_intern(_proto_num(proto), a, vport)].off = 0 if served else 1
+
     def del_service(self, int svc_id):
         """Remove a service and (like IPVS) all its dests; their conns continue until they
         expire. Removing an absent service is a no-op."""

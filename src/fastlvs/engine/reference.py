@@ -344,6 +344,7 @@ class Vip:
     def __init__(self, proto, addr, port):
         self.proto, self.addr, self.port = proto, addr, port
         self.svc = 0
+        self.off = False          # the address left the host: its frames are the kernel's
 
 
 class Parked:
@@ -1040,6 +1041,13 @@ class Engine:
             s.table = None          # back to the Python scheduler: no stale table
         self.vips[v].svc = svc_id
         self._frag_addrs()
+
+    def set_vip_served(self, proto, vaddr, vport, served):
+        """Not `served`: every frame to (proto, vaddr, vport) passes to the kernel
+        (no_service), conns kept; as Engine.set_vip_served."""
+        if not 0 <= vport <= 65535:
+            raise ValueError(f"vport out of range: {vport}")
+        self.vips[self._vip_intern(_proto_num(proto), _addr(vaddr), vport)].off = not served
 
     def del_service(self, svc_id):
         """Remove a service and its dests; their conns continue until they expire."""
@@ -2163,6 +2171,9 @@ class Engine:
     def _handle(self, f, p, idx):
         now = f.ts
         if p.vip != 0:
+            if self.vips[p.vip].off:
+                self._pass(f, "no_service")
+                return
             ci = self._lookup_in(p, now)
             if ci is not None:
                 r = self._conn_check_in(f, p, ci)

@@ -5,14 +5,17 @@ addresses, and monitors of neighbour and address changes. Everything is read-onl
 the resolution request (NTF_USE), which only makes the kernel do what it would do for a packet
 of its own.
 
-The VIP rule (`vip_problem`): a virtual service's address must be local to this host (or
-network namespace) in every forwarding mode, as IPVS requires for non-fwmark services. The
+The VIP rule: a virtual service's address is served while it is local to this host (or
+network namespace), in every forwarding mode, as IPVS requires for non-fwmark services. The
 kernel must own the VIP so that it answers ARP for it (clients and routers then send VIP
 traffic to the director's MAC) and so that it drops, rather than forwards, what it sees of
 that traffic on AF_PACKET (where the nftables ingress drop keeps it from answering). An
 address assigned to any interface counts, and so does a local route
-(`ip route add local VIP/32 dev lo`), which is how to own a VIP that the upstream router
-routes to the director without the director announcing it by ARP.
+(`ip route add local VIP/32 dev lo`, or a whole prefix), which is how to own a VIP that the
+upstream router routes to the director without the director announcing it by ARP. A VIP
+that is not local is not an error (`vip_local`): a VRRP backup waits for it, and
+`AddressMonitor(routes=True)` says when to look again. `vip_problem` keeps what can never
+be a VIP.
 """
 from __future__ import annotations
 
@@ -40,7 +43,9 @@ RTN_UNICAST = 1
 RTN_LOCAL = 2
 RTMGRP_NEIGH = 0x4
 RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
 
 _POLL = 0.01          # seconds between neighbour-table reads while the kernel resolves
 
@@ -295,18 +300,26 @@ class Netlink:
         return out
 
 
-def vip_problem(nl: Netlink, vip: str) -> str | None:
-    """Why `vip` cannot be a virtual service's address here, or None when it can. The rule
-    (see the module's docstring): the VIP must be local in every forwarding mode."""
+def vip_problem(vip: str) -> str | None:
+    """Why `vip` can never be a virtual service's address (one line), or None: not an IP
+    address, the unspecified address, a multicast or the limited broadcast address (no
+    host owns those as its own unicast address). Whether it is on this host now is
+    `vip_local`'s question, and its answer may change."""
     try:
-        ip = _canonical(vip, "VIP")
+        ip = ipaddress.ip_address(_canonical(vip, "VIP"))
     except NetlinkError as e:
         return str(e)
-    if nl.is_local(ip):
-        return None
-    return (f"VIP {ip} is not an address of this host: add it to the client-side interface "
-            f"(ip addr add {ip}/32 dev IFACE), or own it without ARP (ip route add local "
-            f"{ip}/32 dev lo)")
+    if ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255":
+        kind = ("the unspecified address" if ip.is_unspecified else
+                "a multicast address" if ip.is_multicast else "the broadcast address")
+        return f"VIP {ip} is {kind}: a virtual service needs a unicast address"
+    return None
+
+
+def vip_local(nl: Netlink, vip: str) -> bool:
+    """Whether `vip` is served here now: an address of this host (network namespace) or
+    inside a local route, as the kernel decides for a packet to it (`ip route get`)."""
+    return nl.is_local(vip)
 
 
 def dr_problem(nl: Netlink, rip: str) -> str | None:
@@ -322,45 +335,41 @@ def dr_problem(nl: Netlink, rip: str) -> str | None:
     return None
 
 
-class NeighbourMonitor:
-    """Neighbour-table changes as the kernel announces them (RTMGRP_NEIGH), for the
-    daemon's loop: `fileno()` polls readable when there is news, `changes()` reads it all
-    without blocking and returns [(ip, mac or None, ifindex)], in order, where None means
-    the entry is no longer usable (FAILED, INCOMPLETE, deleted). Only IPv4 and IPv6
-    unicast neighbours are reported."""
+class _Monitor:
+    """A socket subscribed to rtnetlink `groups`, read without waiting. After an overrun
+    (the kernel dropped news: ENOBUFS) pyroute2 keeps the error on its socket and raises it
+    at every later use, so the socket is opened again; the caller re-reads the whole state,
+    after the new subscription, so no change falls between the two."""
 
-    def __init__(self, netns: str | None = None):
-        from pyroute2 import IPRoute
+    def __init__(self, groups: int, netns: str | None = None):
+        self._groups, self._netns = groups, netns
+        self._open()
 
-        self._ipr = IPRoute(groups=RTMGRP_NEIGH, netns=netns)
-        self._ipr.bind(groups=RTMGRP_NEIGH)
+    def _open(self) -> None:
+        from pyroute2 import IPRoute     # only the daemon needs pyroute2
+
+        self._ipr = IPRoute(groups=self._groups, netns=self._netns)
+        self._ipr.bind(groups=self._groups)
+
+    def _messages(self) -> list | None:
+        # every message queued now; None after an overrun
+        out: list = []
+        try:
+            while select.select([self._ipr], [], [], 0)[0]:
+                out += self._ipr.get()
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise
+            try:
+                self._ipr.close()
+            except Exception:           # the socket is broken already; a new one follows
+                pass
+            self._open()
+            return None
+        return out
 
     def fileno(self) -> int:
         return self._ipr.fileno()
-
-    def changes(self) -> list[tuple[str, bytes | None, int]]:
-        out = []
-        while select.select([self._ipr], [], [], 0)[0]:
-            try:
-                msgs = self._ipr.get()
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    # The kernel dropped news (we were slow): the caller should re-read
-                    # the table; report nothing rather than a partial picture.
-                    raise NetlinkError("neighbour monitor overrun: re-read the table") \
-                        from None
-                raise
-            for m in msgs:
-                if m.get("family") not in (socket.AF_INET, socket.AF_INET6):
-                    continue
-                ip = m.get("NDA_DST")
-                if ip is None:
-                    continue
-                usable = (m.get("event") == "RTM_NEWNEIGH" and m["state"] & NUD_VALID
-                          and m.get("NDA_LLADDR"))
-                out.append((ip, _mac_bytes(m.get("NDA_LLADDR")) if usable else None,
-                            m["ifindex"]))
-        return out
 
     def close(self) -> None:
         self._ipr.close()
@@ -372,37 +381,61 @@ class NeighbourMonitor:
         self.close()
 
 
-class AddressMonitor:
-    """Whether this namespace's addresses changed (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR):
-    `changed()` reads all news without blocking and says whether any address was added or
-    removed since the last call (also when the kernel dropped news): then re-read them all.
-    Create it before the first read, so that no change falls between the two."""
+class NeighbourMonitor(_Monitor):
+    """Neighbour-table changes as the kernel announces them (RTMGRP_NEIGH), for the
+    daemon's loop: `fileno()` polls readable when there is news, `changes()` reads it all
+    without blocking and returns [(ip, mac or None, ifindex)], in order, where None means
+    the entry is no longer usable (FAILED, INCOMPLETE, deleted). Only IPv4 and IPv6
+    unicast neighbours are reported. After an overrun `changes()` raises NetlinkError:
+    re-read the table."""
 
     def __init__(self, netns: str | None = None):
-        from pyroute2 import IPRoute
+        super().__init__(RTMGRP_NEIGH, netns)
 
+    def changes(self) -> list[tuple[str, bytes | None, int]]:
+        msgs = self._messages()
+        if msgs is None:
+            # report nothing rather than a partial picture
+            raise NetlinkError("neighbour monitor overrun: re-read the table")
+        out = []
+        for m in msgs:
+            if m.get("family") not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = m.get("NDA_DST")
+            if ip is None:
+                continue
+            usable = (m.get("event") == "RTM_NEWNEIGH" and m["state"] & NUD_VALID
+                      and m.get("NDA_LLADDR"))
+            out.append((ip, _mac_bytes(m.get("NDA_LLADDR")) if usable else None,
+                        m["ifindex"]))
+        return out
+
+
+class AddressMonitor(_Monitor):
+    """Whether this namespace's addresses changed (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR),
+    and with `routes=True` its local routes too (`ip route add local ...`: RTN_LOCAL routes
+    only, so a routing daemon's churn of unicast routes costs a look, not a re-read):
+    `changed()` reads all news without blocking and says whether any was added or removed
+    since the last call (also after an overrun, when the kernel dropped news): then re-read
+    them all. Create it before the first read, so that no change falls between the two."""
+
+    def __init__(self, netns: str | None = None, routes: bool = False):
         groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-        self._ipr = IPRoute(groups=groups, netns=netns)
-        self._ipr.bind(groups=groups)
-
-    def fileno(self) -> int:
-        return self._ipr.fileno()
+        if routes:
+            groups |= RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+        super().__init__(groups, netns)
 
     def changed(self) -> bool:
-        news = False
-        while select.select([self._ipr], [], [], 0)[0]:
-            try:
-                msgs = self._ipr.get()
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    return True             # news lost: the caller re-reads everything
-                raise
-            news |= any(m.get("event") in ("RTM_NEWADDR", "RTM_DELADDR") for m in msgs)
-        return news
+        msgs = self._messages()
+        return msgs is None or any(_news(m) for m in msgs)
 
-    def close(self) -> None:
-        self._ipr.close()
+
+def _news(m) -> bool:
+    event = m.get("event")
+    if event in ("RTM_NEWADDR", "RTM_DELADDR"):
+        return True
+    return event in ("RTM_NEWROUTE", "RTM_DELROUTE") and m.get("type") == RTN_LOCAL
 
 
 __all__ = ["AddressMonitor", "Interface", "NeighbourMonitor", "NetlinkError", "Netlink", "NoAnswer",
-           "Route", "dr_problem", "vip_problem"]
+           "Route", "dr_problem", "vip_local", "vip_problem"]

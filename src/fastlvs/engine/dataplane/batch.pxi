@@ -282,6 +282,11 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
     cdef int r
     cdef uint16_t svc_id
     if p.vip != 0:
+        if fl_unlikely(e.vips[p.vip].off):
+            # a VIP that left this host (a VRRP backup): the kernel's, conns and all; they
+            # stay in the table for when it comes back
+            frame_pass(e, f, C_NO_SERVICE)
+            return
         ci = conn_lookup_in(e, p, now)
         if ci != 0:
             r = conn_check_in(e, f, p, ci)

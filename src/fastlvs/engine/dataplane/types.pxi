@@ -164,6 +164,7 @@ cdef struct fl_vip:
     uint16_t svc            # service id currently on this VIP, 0 = none (conns live on)
     uint8_t proto
     uint8_t used
+    uint8_t off             # the address is not on this host now: its frames are the kernel's
 
 
 cdef struct fl_neigh:
