@@ -105,6 +105,7 @@ class Daemon:
         self.health: HealthPolicy | None = None          # what checker results do to the table
         self.checker: HealthWorker | None = None         # the checker process
         self._checker_started = 0.0
+        self._cpus = os.sched_getaffinity(0)             # before --cpu pins this process
         self._kc_path: str | None = None                 # --keepalived-conf, resolved
         self.vrrp: VrrpKeepalived | None = None          # --vrrp: keepalived for VRRP
 
@@ -280,13 +281,21 @@ class Daemon:
         self.health = HealthPolicy(self.director, health)
         specs = list(health.probes())
         if specs:
-            self.checker = HealthWorker()
+            self.checker = HealthWorker(cpus=self._checker_cpus())
             self.checker.set_probes(specs)
             self.health.status_source = self.checker.status
         if self.metrics is not None:
             self.metrics.source.register("health", HealthCollector(self.health))
         log.info("health checks: %d checker(s) over %d virtual server(s)", len(specs),
                  len(health.services))
+
+    def _checker_cpus(self) -> set[int] | None:
+        """Where the checker process runs: with --cpu N, every other CPU this process may
+        use (the checks must not take the forwarding core); otherwise anywhere."""
+        cpu = self.cfg.cpu
+        if cpu is None or len(self._cpus) < 2:
+            return None
+        return self._cpus - {cpu}
 
     def _health_events(self, now: float) -> None:
         """Apply what the checker process reported since the last turn. A dead checker
@@ -495,7 +504,7 @@ class Daemon:
             self.keepalived = self._read
             specs = list(self.keepalived.health.probes())
             if specs and self.checker is None:
-                self.checker = HealthWorker()
+                self.checker = HealthWorker(cpus=self._checker_cpus())
                 self.health.status_source = self.checker.status
             if self.checker is not None:
                 self.checker.set_probes(specs)

@@ -271,3 +271,15 @@ def test_worker_output_is_bounded_and_losses_are_reported(monkeypatch):
     lost = sum(m["lost"] for m in msgs if "lost" in m)
     assert events == list(range(len(events)))          # in order, the oldest kept
     assert lost > 0 and len(events) + lost == 5000
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nowhere else to go")
+def test_the_process_runs_on_the_cpus_it_is_given_also_after_a_restart():
+    cpus = {min(os.sched_getaffinity(0))}
+    w = HealthWorker(cpus=cpus)
+    try:
+        assert os.sched_getaffinity(w.proc.pid) == cpus
+        w.restart()
+        assert os.sched_getaffinity(w.proc.pid) == cpus
+    finally:
+        w.close()

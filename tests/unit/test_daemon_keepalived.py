@@ -95,3 +95,13 @@ def test_a_missing_keepalived_conf_is_one_line(tmp_path):
     with pytest.raises(StartupError) as e:
         d._load_table()
     assert str(e.value) == f"{tmp_path / 'no'}: No such file or directory"
+
+
+def test_the_checker_process_stays_off_the_forwarding_cpu():
+    d = Daemon(Options(mode="dr", interface="eth0", keepalived_conf="/x"))
+    assert d._checker_cpus() is None                 # no --cpu: anywhere
+    d.cfg.cpu = max(d._cpus)
+    if len(d._cpus) > 1:
+        assert d._checker_cpus() == d._cpus - {d.cfg.cpu}
+    else:
+        assert d._checker_cpus() is None             # one CPU: nowhere else to go

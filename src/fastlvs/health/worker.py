@@ -171,8 +171,11 @@ class HealthWorker:
     """The daemon's handle on the checker process. Non-blocking everywhere except status(),
     which waits at most its timeout. fileno() stays the same number across restart()."""
 
-    def __init__(self, python: str = sys.executable):
+    def __init__(self, python: str = sys.executable, cpus=None):
         self.python = python
+        # the CPUs the process may use (None: as the parent): the daemon keeps it off the
+        # CPU it pinned itself to with --cpu, which a child would otherwise inherit
+        self.cpus = set(cpus) if cpus else None
         self._ids: dict[CheckSpec, int] = {}       # the specs the worker should run
         self._specs: dict[int, CheckSpec] = {}
         self._next_id = 1
@@ -201,6 +204,11 @@ class HealthWorker:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
+        if self.cpus:
+            try:
+                os.sched_setaffinity(self.proc.pid, self.cpus)
+            except OSError:         # it died already; the pipes will say so
+                pass
         if self._rfd < 0:
             self._rfd, self._wfd = from_child_r, to_child_w
         else:       # keep the numbers the daemon polls
