@@ -44,6 +44,7 @@ cdef enum:
     NF_KERNEL = 2             # from the kernel's neighbour table (set_neighbor): never aged
     MAX_BATCH = BATCH_MAX
     EMBRYO_RESERVE = 512      # free entries drop_entry keeps (2 per frame of a full batch)
+    CHAIN_EVICT_MAX = 4       # embryos one insert may drop from its own chain (conn_link)
     PREFETCH_AHEAD = 6        # frames handled between an entry's prefetch and its lookup
 
     # TCP states, numbered as ip_vs.h numbers them
