@@ -712,6 +712,7 @@ class Engine:
         self.defense_clock = 0
         self.embryo = None            # (index, bucket) of TCP entries opened embryonic, oldest
         self.vict = []                # first; made when drop_entry is first set
+        self.evict_horizon = 0        # last-packet time of the ring's middle embryo (ns)
         self.sysctl = {}
         for name, value in SYSCTL_DEFAULTS.items():
             self.set_sysctl(name, value)
@@ -939,7 +940,14 @@ class Engine:
 
     def _embryo_reserve(self, now):
         # while drop_entry is in force keep EMBRYO_RESERVE entries free (an eighth of a
-        # small table): the victims chosen after the last batch go, the next are chosen
+        # small table): the victims chosen after the last batch go, the next are chosen;
+        # first the age from which an insert may drop its chain's embryos (the ring's
+        # middle one, if it still names an embryo)
+        if self.embryo:
+            i, _ = self.embryo[len(self.embryo) // 2]
+            c = self.conn_table.get(i)
+            if c is not None and self._embryonic(c) and c.expires >= c.timeout * NS:
+                self.evict_horizon = c.expires - c.timeout * NS
         for ref in self.vict:
             self._embryo_evict(ref, now)
         self.vict = []
@@ -1191,8 +1199,8 @@ class Engine:
 
     def _link(self, i, c, now):
         # while drop_entry is in force and fewer than its reserve are free, the insert drops
-        # the oldest embryos of its own bucket's chain (at most CHAIN_EVICT_MAX), as the
-        # extension's conn_link does on the walk to the chain's end
+        # the oldest embryos of its own bucket's chain (at most CHAIN_EVICT_MAX) no younger
+        # than evict_horizon, as the extension's conn_link does on the walk to the chain's end
         self.conn_table[i] = c
         b = self._conn_bucket(c.key())
         if self.dropentry_on:
@@ -1202,7 +1210,7 @@ class Engine:
                 if budget <= 0:
                     break
                 v = self.conn_table[j]
-                if self._embryonic(v):
+                if self._embryonic(v) and v.expires <= self.evict_horizon + v.timeout * NS:
                     budget -= 1
                     if v.expires > now:
                         self._count("drop_entry")

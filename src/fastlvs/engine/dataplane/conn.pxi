@@ -137,8 +137,10 @@ cdef inline void conn_link(fl_engine *e, uint32_t idx, uint32_t bucket,
     # still in SYN_RECV/SYNACK (at most CHAIN_EVICT_MAX, never the new one): the lookup
     # has just read them, so a full table pays no cache miss for its room, where a victim
     # from anywhere else costs two or three. Flood sources hash anywhere (keyed hash), so
-    # these are random embryos, as ip_vs_random_dropentry's; empty chains leave the rest
-    # to the oldest ones, after the batch (embryo_reserve).
+    # these are random embryos, as ip_vs_random_dropentry's, but only the older half of
+    # them (evict_horizon): a real client's entry waiting for its ACK is young, and must
+    # not go because one spoofed SYN hashed beside it. The rest is left to the oldest
+    # ones, after the batch (embryo_reserve).
     cdef uint32_t *link = &e.buckets[bucket]
     cdef uint32_t j, avail, budget = 0
     cdef fl_conn *c
@@ -151,7 +153,8 @@ cdef inline void conn_link(fl_engine *e, uint32_t idx, uint32_t bucket,
     while link[0] != 0:
         j = link[0] - 1
         c = &e.conns[j]
-        if budget != 0 and conn_embryonic(c):
+        if (budget != 0 and conn_embryonic(c)
+                and c.expires <= e.evict_horizon + secs(c.timeout)):
             budget -= 1
             link[0] = c.next
             if c.expires > now:
@@ -314,6 +317,14 @@ cdef void embryo_reserve(fl_engine *e, uint64_t now) noexcept nogil:
     cdef uint32_t want = embryo_want(e)
     cdef uint32_t j, need
     cdef uint64_t r
+    cdef fl_conn *c
+    if e.emb_head != e.emb_tail:
+        # the age conn_link's drops start at: the ring's middle reference (one read a
+        # batch), if it still names an embryo (a stale one leaves the last horizon)
+        r = e.embryo[(e.emb_head + (e.emb_tail - e.emb_head) // 2) & e.bucket_mask]
+        c = &e.conns[<uint32_t>(r >> 32)]
+        if conn_embryonic(c) and c.expires >= secs(c.timeout):
+            e.evict_horizon = c.expires - secs(c.timeout)
     for j in range(e.nvict):
         embryo_evict(e, e.vict[j], now)
     e.nvict = 0

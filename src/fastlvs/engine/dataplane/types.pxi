@@ -325,6 +325,8 @@ cdef struct fl_engine:
     uint32_t emb_head       # free-running; slot = counter & bucket_mask (as many as buckets)
     uint32_t emb_tail
     uint32_t nvict          # drop_entry's next victims (ring references), prefetched
+    uint64_t evict_horizon  # last-packet time (ns) of the ring's middle embryo: an insert
+                            # may drop embryos of its chain no younger than this
     uint64_t vict[MAX_BATCH]
     fl_pkt pkts[MAX_BATCH]
     fl_parked parked[MAX_BATCH]
