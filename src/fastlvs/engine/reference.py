@@ -912,7 +912,8 @@ class Engine:
             return
         self.defense_clock = now
         self._defense_update()
-        if self.dropentry_on:
+        # not while the inserts are dropping their chains' embryos (fewer than the reserve free)
+        if self.dropentry_on and self._capacity - len(self.conn_table) >= self._embryo_want():
             self._dropentry_random(min(self.used_end >> 5, 1024))
 
     def _conn_bucket(self, key):

@@ -286,7 +286,10 @@ cdef inline void defense_tick(fl_engine *e, uint64_t now) noexcept nogil:
         return
     e.defense_clock = now
     defense_update(e)
-    if e.dropentry_on:
+    # while fewer than the reserve are free, the inserts are already dropping random
+    # embryos (conn_link, their own chains') at no cache miss: the look at random entries
+    # would only drop more of the same at a miss or two each, inside one batch
+    if e.dropentry_on and e.capacity - e.conn_count >= embryo_want(e):
         budget = e.used_end >> 5
         dropentry_random(e, budget if budget < 1024 else 1024)
 
