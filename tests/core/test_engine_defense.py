@@ -160,3 +160,45 @@ def test_sysctl_refusals():
             assert name in str(err)
         else:
             raise AssertionError(f"{name}={value} accepted")
+
+
+def test_full_table_takes_room_from_the_new_conns_own_chain():
+    # drop_entry in force and fewer than its reserve free (an eighth of 64 = 8): the new
+    # conn's insert drops the SYN_RECV entries of its own bucket's chain, which its lookup
+    # has just read, young or old, and not the oldest entry elsewhere; a conn whose chain
+    # is empty takes a free entry and drops nothing
+    import ipaddress
+    from fastlvs.engine import _testing as testing
+    from fastlvs.engine import reference
+    rng = random.Random(12)
+    e = engine("dr", capacity=64)
+    e.set_sysctl("drop_entry", 3)
+    ref = reference.Engine(capacity=64)
+    ref.seed = testing.engine_seed(e)
+
+    def bucket(src, sport):
+        return ref._conn_bucket((int(ipaddress.IPv4Address(src)), sport, 6))
+
+    flood = spoofed(56, rng)
+    e.process(flood, 1 * S)                  # 8 free: the reserve exactly, nothing dropped
+    assert e.conn_count() == 56 and e.stats()["drop_entry"] == 0
+    held = {}
+    for c in e.conns():
+        held.setdefault(bucket(c["caddr"], c["cport"]), []).append((c["caddr"], c["cport"]))
+    # the youngest flood entry whose chain holds at most 2 (all of it may go: 8 - 6 = 2)
+    young = next(k for k in ((str(ipaddress.IPv4Address(f[26:30])), 1000)
+                             for f in reversed(flood)) if len(held[bucket(*k)]) <= 2)
+    oldest = (str(ipaddress.IPv4Address(flood[0][26:30])), 1000)
+    keys = [(f"198.51.100.{k % 250 + 1}", 7000 + k) for k in range(4000)]
+    empty = next(k for k in keys if bucket(*k) not in held)
+    shared = next(k for k in keys if bucket(*k) == bucket(*young))
+    # the same second as the flood: no once-a-second random drop in between
+    v = e.process_verdicts([P.tcp("S", src=empty[0], sport=empty[1]),    # 7 free after it
+                            P.tcp("S", src=shared[0], sport=shared[1])], 1 * S)
+    assert [x[0] for x in v] == ["tx", "tx"]
+    dropped = held[bucket(*young)]
+    left = {(c["caddr"], c["cport"]) for c in e.conns()}
+    assert not left & set(dropped)
+    assert e.stats()["drop_entry"] == len(dropped)
+    assert empty in left and shared in left
+    assert oldest in dropped or oldest in left

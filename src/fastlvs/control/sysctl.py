@@ -65,9 +65,10 @@ SYSCTLS: dict[str, Sysctl] = {s.name: s for s in (
             "big is sent in fragments (DR and NAT are not affected)"),
     _engine("drop_entry", "int",
             "flood defence: drop connection entries still in SYN_RECV/SYNACK (a spoofed "
-            "SYN's): when the table is full the oldest such entry makes room for a new "
-            "connection, and every second a random 1/32 of the table (at most 1024 entries) "
-            "is looked at; established entries are never dropped. " + _DEFENCE_MODES),
+            "SYN's): when the table is full an older such entry of the new connection's "
+            "hash chain, else the oldest one, makes room for it, and every second (while "
+            "the table has room) a random 1/32 of the table (at most 1024 entries) is "
+            "looked at; established entries are never dropped. " + _DEFENCE_MODES),
     _engine("drop_packet", "int",
             "flood defence: drop 1 of every `rate` packets that would open a connection; "
             "automatic rate amemthresh / (amemthresh - free entries), so all of them when "

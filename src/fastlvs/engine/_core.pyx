@@ -21,9 +21,9 @@ Choices worth knowing:
 - fwd ints are the contract's (contract.py): 1 dr, 2 nat, 3 tun (their names are accepted too).
 - Expiry is lazy on lookup plus a sweep after each batch that walks the used part of the
   table once per second of frame time (at most `sweep_budget` entries per batch); a full
-  table takes the oldest expired SYN_RECV entry (with drop_entry, the oldest live one:
-  spoofed SYNs make room for real clients), else drops the new flow (table_full); bounded
-  work either way.
+  table takes the oldest expired SYN_RECV entry (with drop_entry, an older live one of the
+  new conn's own chain, else the oldest: spoofed SYNs make room for real clients), else
+  drops the new flow (table_full); bounded work either way.
 - A conn whose dest was deleted is dropped until it expires, or ended at once with
   expire_nodest_conn; conn_reuse_mode and the flood defences follow Linux 6.1 (the
   sysctls are set by name: set_sysctl).

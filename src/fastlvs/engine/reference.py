@@ -42,6 +42,7 @@ DESTS_INITIAL = 64                 # dest slots allocated at start; doubled on d
 DEST_ID_MAX = 1 << 24
 FULL_TABLE_SWEEP = 4               # entries inspected for expired ones when the table is full
 EMBRYO_RESERVE = 512               # free entries drop_entry keeps (2 per frame of a full batch)
+CHAIN_EVICT_MAX = 4                # embryos one insert may drop from its own chain
 DEF_OFF, DEF_AUTO, DEF_AUTO_ON, DEF_ALWAYS = range(4)   # flood defence modes, as the sysctls
 SVC_F_ONEPACKET = 1                # -o: every UDP datagram scheduled alone, no entry kept
 # the IPVS sysctls the engine applies (the contract's ENGINE_SYSCTLS)
@@ -682,6 +683,7 @@ class Engine:
         # (newest first, as the extension links new entries at the head of their chain)
         self.conn_table = {}          # index -> Conn
         self.chains = {}              # (caddr, cport, proto) -> [index, ...]
+        self.bucket_chains = {}       # the extension's bucket -> [index, ...], oldest first
         self.free = []                # freed indices, the last one is handed out next
         self.used_end = 0             # no index at or past this was ever handed out
         self.sweep_pos = 0
@@ -712,6 +714,7 @@ class Engine:
         self.defense_clock = 0
         self.embryo = None            # (index, bucket) of TCP entries opened embryonic, oldest
         self.vict = []                # first; made when drop_entry is first set
+        self.evict_horizon = 0        # last-packet time of the ring's middle embryo (ns)
         self.sysctl = {}
         for name, value in SYSCTL_DEFAULTS.items():
             self.set_sysctl(name, value)
@@ -911,7 +914,8 @@ class Engine:
             return
         self.defense_clock = now
         self._defense_update()
-        if self.dropentry_on:
+        # not while the inserts are dropping their chains' embryos (fewer than the reserve free)
+        if self.dropentry_on and self._capacity - len(self.conn_table) >= self._embryo_want():
             self._dropentry_random(min(self.used_end >> 5, 1024))
 
     def _conn_bucket(self, key):
@@ -939,7 +943,14 @@ class Engine:
 
     def _embryo_reserve(self, now):
         # while drop_entry is in force keep EMBRYO_RESERVE entries free (an eighth of a
-        # small table): the victims chosen after the last batch go, the next are chosen
+        # small table): the victims chosen after the last batch go, the next are chosen;
+        # first the age from which an insert may drop its chain's embryos (the ring's
+        # middle one, if it still names an embryo)
+        if self.embryo:
+            i, _ = self.embryo[len(self.embryo) // 2]
+            c = self.conn_table.get(i)
+            if c is not None and self._embryonic(c) and c.expires >= c.timeout * NS:
+                self.evict_horizon = c.expires - c.timeout * NS
         for ref in self.vict:
             self._embryo_evict(ref, now)
         self.vict = []
@@ -1193,8 +1204,28 @@ class Engine:
         self._count("passed")
 
     # -- the conn table ------------------------------------------------------------------------
-    def _link(self, i, c):
+    def _embryo_want(self):
+        return EMBRYO_RESERVE if self._capacity >= 8 * EMBRYO_RESERVE else self._capacity >> 3
+
+    def _link(self, i, c, now):
+        # while drop_entry is in force and fewer than its reserve are free, the insert drops
+        # the oldest embryos of its own bucket's chain (at most CHAIN_EVICT_MAX) no younger
+        # than evict_horizon, as the extension's conn_link does on the walk to the chain's end
         self.conn_table[i] = c
+        b = self._conn_bucket(c.key())
+        if self.dropentry_on:
+            avail = self._capacity - len(self.conn_table)
+            budget = min(self._embryo_want() - avail, CHAIN_EVICT_MAX)
+            for j in list(self.bucket_chains.get(b, ())):
+                if budget <= 0:
+                    break
+                v = self.conn_table[j]
+                if self._embryonic(v) and v.expires <= self.evict_horizon + v.timeout * NS:
+                    budget -= 1
+                    if v.expires > now:
+                        self._count("drop_entry")
+                    self._conn_free(j)
+        self.bucket_chains.setdefault(b, []).append(i)
         self.chains.setdefault(c.key(), []).append(i)     # a chain runs oldest first
 
     def _unlink(self, i):
@@ -1203,6 +1234,11 @@ class Engine:
         chain.remove(i)
         if not chain:
             del self.chains[c.key()]
+        b = self._conn_bucket(c.key())
+        bchain = self.bucket_chains[b]
+        bchain.remove(i)
+        if not bchain:
+            del self.bucket_chains[b]
         return c
 
     def _conn_alloc(self, now):
@@ -1272,7 +1308,7 @@ class Engine:
                 c.flags |= CF_NOOUTPUT
         c.timeout = NEW_CONN_TIMEOUT
         c.expires = now + NEW_CONN_TIMEOUT * NS
-        self._link(i, c)
+        self._link(i, c, now)
         self._dest_bind(c)
         return i
 

@@ -85,17 +85,6 @@ cdef inline uint32_t conn_bucket_of(fl_engine *e, fl_conn *c) noexcept nogil:
     return conn_hash(e, c.caddr, c.cport, c.proto)
 
 
-cdef inline void conn_link(fl_engine *e, uint32_t idx, uint32_t bucket) noexcept nogil:
-    # At the chain's end, so a chain runs oldest first: the lookup that preceded every
-    # insert has just walked it (no miss), and drop_entry's victim, the oldest embryonic
-    # entry, is then found at the front, where its prefetch reached.
-    cdef uint32_t *link = &e.buckets[bucket]
-    while link[0] != 0:
-        link = &e.conns[link[0] - 1].next
-    e.conns[idx].next = 0
-    link[0] = idx + 1
-
-
 cdef bint conn_unlink(fl_engine *e, uint32_t idx, uint32_t b) noexcept nogil:
     # Take entry idx out of bucket b's chain; False when it is not in that chain.
     cdef uint32_t *link = &e.buckets[b]
@@ -125,6 +114,56 @@ cdef void conn_release(fl_engine *e, uint32_t idx) noexcept nogil:
     e.free_head = idx + 1
     e.conn_count -= 1
     e.counters[C_CONNS_EXPIRED] += 1
+
+
+cdef inline bint conn_embryonic(fl_conn *c) noexcept nogil:
+    # what drop_entry may drop: a TCP entry (not a template) still in SYN_RECV/SYNACK
+    return (c.vip != 0 and c.proto == 6 and not (c.flags & CF_TEMPLATE)
+            and (c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK))
+
+
+cdef inline uint32_t embryo_want(fl_engine *e) noexcept nogil:
+    # the free entries drop_entry keeps: EMBRYO_RESERVE, an eighth of a small table
+    if e.capacity < 8 * EMBRYO_RESERVE:
+        return e.capacity >> 3
+    return EMBRYO_RESERVE
+
+
+cdef inline void conn_link(fl_engine *e, uint32_t idx, uint32_t bucket,
+                           uint64_t now) noexcept nogil:
+    # At the chain's end, so a chain runs oldest first: the lookup that preceded every
+    # insert has just walked it (no miss). While drop_entry is in force and fewer than its
+    # reserve of entries are free, the same walk drops the oldest entries of this chain
+    # still in SYN_RECV/SYNACK (at most CHAIN_EVICT_MAX, never the new one): the lookup
+    # has just read them, so a full table pays no cache miss for its room, where a victim
+    # from anywhere else costs two or three. Flood sources hash anywhere (keyed hash), so
+    # these are random embryos, as ip_vs_random_dropentry's, but only the older half of
+    # them (evict_horizon): a real client's entry waiting for its ACK is young, and must
+    # not go because one spoofed SYN hashed beside it. The rest is left to the oldest
+    # ones, after the batch (embryo_reserve).
+    cdef uint32_t *link = &e.buckets[bucket]
+    cdef uint32_t j, avail, budget = 0
+    cdef fl_conn *c
+    if e.dropentry_on:
+        avail = e.capacity - e.conn_count
+        if avail < embryo_want(e):
+            budget = embryo_want(e) - avail
+            if budget > CHAIN_EVICT_MAX:
+                budget = CHAIN_EVICT_MAX
+    while link[0] != 0:
+        j = link[0] - 1
+        c = &e.conns[j]
+        if (budget != 0 and conn_embryonic(c)
+                and c.expires <= e.evict_horizon + secs(c.timeout)):
+            budget -= 1
+            link[0] = c.next
+            if c.expires > now:
+                e.counters[C_DROP_ENTRY] += 1
+            conn_release(e, j)
+            continue
+        link = &c.next
+    e.conns[idx].next = 0
+    link[0] = idx + 1
 
 
 cdef inline void conn_free(fl_engine *e, uint32_t idx) noexcept nogil:
@@ -247,7 +286,10 @@ cdef inline void defense_tick(fl_engine *e, uint64_t now) noexcept nogil:
         return
     e.defense_clock = now
     defense_update(e)
-    if e.dropentry_on:
+    # while fewer than the reserve are free, the inserts are already dropping random
+    # embryos (conn_link, their own chains') at no cache miss: the look at random entries
+    # would only drop more of the same at a miss or two each, inside one batch
+    if e.dropentry_on and e.capacity - e.conn_count >= embryo_want(e):
         budget = e.used_end >> 5
         dropentry_random(e, budget if budget < 1024 else 1024)
 
@@ -258,8 +300,7 @@ cdef inline bint embryo_evict(fl_engine *e, uint64_t r, uint64_t now) noexcept n
     # on, or was freed and reused elsewhere). Counted drop_entry unless it had expired.
     cdef uint32_t i = <uint32_t>(r >> 32)
     cdef fl_conn *c = &e.conns[i]
-    if (c.vip == 0 or c.proto != 6 or (c.flags & CF_TEMPLATE)
-            or (c.state != TCP_S_SYN_RECV and c.state != TCP_S_SYNACK)):
+    if not conn_embryonic(c):
         return False
     if not conn_unlink(e, i, <uint32_t>r):
         return False
@@ -276,14 +317,20 @@ cdef void embryo_reserve(fl_engine *e, uint64_t now) noexcept nogil:
     # were prefetched then, so this costs no cache miss), and the next ones are chosen and
     # prefetched. The next batch's new conns then take entries the cache has just seen.
     # Established entries are never touched.
-    cdef uint32_t want = EMBRYO_RESERVE
+    cdef uint32_t want = embryo_want(e)
     cdef uint32_t j, need
     cdef uint64_t r
+    cdef fl_conn *c
+    if e.emb_head != e.emb_tail:
+        # the age conn_link's drops start at: the ring's middle reference (one read a
+        # batch), if it still names an embryo (a stale one leaves the last horizon)
+        r = e.embryo[(e.emb_head + (e.emb_tail - e.emb_head) // 2) & e.bucket_mask]
+        c = &e.conns[<uint32_t>(r >> 32)]
+        if conn_embryonic(c) and c.expires >= secs(c.timeout):
+            e.evict_horizon = c.expires - secs(c.timeout)
     for j in range(e.nvict):
         embryo_evict(e, e.vict[j], now)
     e.nvict = 0
-    if e.capacity < 8 * EMBRYO_RESERVE:
-        want = e.capacity >> 3
     if e.capacity - e.conn_count >= want:
         return
     need = want - (e.capacity - e.conn_count)
@@ -294,7 +341,9 @@ cdef void embryo_reserve(fl_engine *e, uint64_t now) noexcept nogil:
         e.emb_head += 1
         e.vict[e.nvict] = r
         e.nvict += 1
+        # both lines of the entry: half of them straddle two, and the check reads its end
         fl_prefetch_w(&e.conns[<uint32_t>(r >> 32)])
+        fl_prefetch_w(<char *>&e.conns[<uint32_t>(r >> 32)] + sizeof(fl_conn) - 1)
         fl_prefetch_w(&e.buckets[<uint32_t>r])
 
 
@@ -476,6 +525,6 @@ cdef uint32_t conn_new(fl_engine *e, const uint32_t *caddr, uint16_t cport, uint
             c.flags |= CF_NOOUTPUT
     c.timeout = 3
     c.expires = now + secs(3)
-    conn_link(e, i - 1, conn_hash(e, caddr, cport, proto))
+    conn_link(e, i - 1, conn_hash(e, caddr, cport, proto), now)
     dest_bind(e, c)
     return i

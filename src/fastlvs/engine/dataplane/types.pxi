@@ -44,6 +44,7 @@ cdef enum:
     NF_KERNEL = 2             # from the kernel's neighbour table (set_neighbor): never aged
     MAX_BATCH = BATCH_MAX
     EMBRYO_RESERVE = 512      # free entries drop_entry keeps (2 per frame of a full batch)
+    CHAIN_EVICT_MAX = 4       # embryos one insert may drop from its own chain (conn_link)
     PREFETCH_AHEAD = 6        # frames handled between an entry's prefetch and its lookup
 
     # TCP states, numbered as ip_vs.h numbers them
@@ -327,6 +328,8 @@ cdef struct fl_engine:
     uint32_t emb_head       # free-running; slot = counter & bucket_mask (as many as buckets)
     uint32_t emb_tail
     uint32_t nvict          # drop_entry's next victims (ring references), prefetched
+    uint64_t evict_horizon  # last-packet time (ns) of the ring's middle embryo: an insert
+                            # may drop embryos of its chain no younger than this
     uint64_t vict[MAX_BATCH]
     fl_pkt pkts[MAX_BATCH]
     fl_parked parked[MAX_BATCH]
