@@ -11,7 +11,7 @@ keepalived 2.2.7's figure for the same settings, computed from its checker rules
 measured: see expected()). Prints JSON and a table.
 
     .venv/bin/python -m benchmarks.health_failover [--rounds 5] [--rate 1000]
-        [--checks tcp,http] [--modes dr,nat] [--json FILE]
+        [--checks tcp,http] [--modes dr,nat] [--sysctl NAME=VALUE] [--json FILE]
 """
 from __future__ import annotations
 
@@ -208,6 +208,8 @@ def run_case(mode: str, check: str, args) -> dict:
         sysctl(tb.client, ipv4__ip_local_port_range="1024 65535")
         path = tb.write_rules(keepalived_conf(tb, check), name="keepalived.conf")
         d = start_daemon(tb, "--keepalived-conf", path)
+        if args.sysctl:
+            d.admin("--sysctl", *args.sysctl)
         time.sleep(2.5 * DELAY_LOOP + 1.0)                # every checker's first verdict in
         client = Client(tb, args.rate)
         time.sleep(2.0)
@@ -268,6 +270,9 @@ def main(argv=None) -> int:
     ap.add_argument("--checks", default="tcp,http", help="tcp,http")
     ap.add_argument("--modes", default="dr,nat", help="dr,nat")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds between rounds")
+    ap.add_argument("--sysctl", action="append", metavar="NAME=VALUE",
+                    help="IPVS sysctl set through `fastlvs admin --sysctl` (e.g. "
+                         "expire_nodest_conn=1); repeatable")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -289,7 +294,7 @@ def main(argv=None) -> int:
            "settings": {"delay_loop": DELAY_LOOP, "connect_timeout": CONNECT_TIMEOUT,
                         "retry": RETRY, "delay_before_retry": DELAY_BEFORE_RETRY,
                         "request_timeout": REQUEST_TIMEOUT, "rate": args.rate,
-                        "real_servers": 3, "sched": "rr"},
+                        "real_servers": 3, "sched": "rr", "sysctl": args.sysctl or []},
            "results": results}
     text = json.dumps(out, indent=1)
     print(text)
