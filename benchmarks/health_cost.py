@@ -122,12 +122,14 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def start_daemon(ctx: Ctx, conf: str, name: str):
+def start_daemon(ctx: Ctx, conf: str, name: str, cpu: bool = True):
     t = ctx.topo
     t.nsx(t.dir, "ip", "addr", "add", f"{VIP}/32", "dev", t.d0)
     sock = os.path.join(ctx.tmp, f"fastlvs-{name}.sock")
     cmd = ["ip", "netns", "exec", t.dir, PY, "-m", "fastlvs", "--mode", "dr", "-i", t.d0,
-           "--keepalived-conf", conf, "--socket", sock, "--backend", "xdp", "--cpu", str(DIR_CPU)]
+           "--keepalived-conf", conf, "--socket", sock, "--backend", "xdp"]
+    if cpu:
+        cmd += ["--cpu", str(DIR_CPU)]
     p = ctx.procs.start(cmd, cpu=DIR_CPU, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                         text=True, env=_env(), cwd=ROOT)
     seen = wait_line(p, p.stderr, "ready", START_TIMEOUT)
@@ -167,7 +169,7 @@ def one_case(ctx: Ctx, conf: str, arm: str, listeners, args) -> dict:
     reset_dir(t)
     p = None
     try:
-        p, sock = start_daemon(ctx, conf, arm)
+        p, sock = start_daemon(ctx, conf, arm, cpu=not args.no_cpu)
         kids = children(p.pid)
         if arm == "checks_elsewhere":
             others = set(os.sched_getaffinity(0)) - {DIR_CPU}
@@ -185,7 +187,7 @@ def one_case(ctx: Ctx, conf: str, arm: str, listeners, args) -> dict:
                 raise RuntimeError(f"real servers missing before the run:\n{before}\n"
                                    + "\n".join(p.lines[-6:]))
             time.sleep(0.3)
-        t.pin_napi(None)
+        t.pin_napi(0 if args.no_cpu else None)
         ctx.own_pids = [p.pid, *kids, *t.napi_threads()]
         n0 = len(p.lines)
         a0 = sum(x.count() for x in listeners)
@@ -218,6 +220,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=1.5, help="seconds of flood before measuring")
     ap.add_argument("--checkers", type=int, default=1000, help="TCP_CHECKs (even; half per RS)")
+    ap.add_argument("--no-cpu", action="store_true",
+                    help="the daemon without --cpu (started on CPU1 by taskset, its NAPI threads "
+                         "pinned there at nice 0, as peers' fastlvs_dr_xdp_nocpu): less fast, "
+                         "but a busy machine's other tasks do not starve its NAPI threads")
     ap.add_argument("--max-minutes", type=float, default=10.0)
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
@@ -297,7 +303,7 @@ def main(argv=None) -> int:
            "cpus": os.cpu_count(), "loadavg_before": load, "loadavg_after": os.getloadavg(),
            "checkers": 2 * per_rs, "delay_loop": 1, "connect_timeout": CONNECT_TIMEOUT,
            "retry": RETRY, "delay_before_retry": DELAY_BEFORE_RETRY,
-           "reps": args.reps, "seconds": args.seconds, "none_median_pps": med("none"),
+           "reps": args.reps, "seconds": args.seconds, "daemon_cpu_option": not args.no_cpu, "none_median_pps": med("none"),
            "summary": summary, "runs": runs, "errors": errors}
     text = json.dumps(out, indent=1)
     print(text)
