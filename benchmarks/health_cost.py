@@ -188,7 +188,9 @@ def one_case(ctx: Ctx, conf: str, arm: str, listeners, args) -> dict:
                                    + "\n".join(p.lines[-6:]))
             time.sleep(0.3)
         t.pin_napi(0 if args.no_cpu else None)
-        ctx.own_pids = [p.pid, *kids, *t.napi_threads()]
+        # the director's own CPU: its process, NAPI threads, and the checker process while
+        # that shares the director's CPU
+        ctx.own_pids = [p.pid, *(kids if arm == "checks" else []), *t.napi_threads()]
         n0 = len(p.lines)
         a0 = sum(x.count() for x in listeners)
         k0 = task_seconds(kids)
@@ -294,7 +296,9 @@ def main(argv=None) -> int:
     summary = {}
     for arm in ("checks", "checks_elsewhere"):
         m, base = med(arm), med("none")
+        own, own0 = med(arm, "own_us_per_packet"), med("none", "own_us_per_packet")
         summary[arm] = {"median_pps": m, "ratio_of_medians": m / base if m and base else None,
+                        "own_us_per_packet": own, "own_us_ratio": own / own0 if own and own0 else None,
                         "paired_ratio": paired(arm, "none"),
                         "checks_per_s": med(arm, "checks_per_s"),
                         "checker_cpu": med(arm, "checker_cpu"),
@@ -317,7 +321,8 @@ def main(argv=None) -> int:
                   f"{sm['median_pps'] / 1e6:.3f} / {med('none') / 1e6:.3f} Mpps), paired "
                   f"{sm['paired_ratio']:.3f}; {sm['checks_per_s']:.0f} checks/s, checker "
                   f"process {100 * sm['checker_cpu']:.1f}% of a core, {sm['checker_downs']} "
-                  f"checker downs")
+                  f"checker downs; director's own CPU per delivered packet (its processes, "
+                  f"checker included, and NAPI threads) {sm['own_us_ratio']:.3f}x")
     return 0 if not errors else 1
 
 
