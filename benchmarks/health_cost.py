@@ -171,6 +171,7 @@ def one_case(ctx: Ctx, conf: str, arm: str, listeners, args) -> dict:
     try:
         p, sock = start_daemon(ctx, conf, arm, cpu=not args.no_cpu)
         kids = children(p.pid)
+        inherited = sorted(set().union(*(os.sched_getaffinity(k) for k in kids))) if kids else []
         if arm == "checks_elsewhere":
             others = set(os.sched_getaffinity(0)) - {DIR_CPU}
             for pid in kids:
@@ -201,7 +202,8 @@ def one_case(ctx: Ctx, conf: str, arm: str, listeners, args) -> dict:
         downs = [ln for ln in p.lines[n0:] if " down: " in ln]
         span = args.warmup + args.seconds + 0.3
         r.update({"checks_per_s": (a1 - a0) / span, "checker_cpu": (k1 - k0) / span,
-                  "checker_pids": kids, "servers_in_table_after": in_table(after, t),
+                  "checker_pids": kids, "checker_cpus_as_started": inherited,
+                  "servers_in_table_after": in_table(after, t),
                   "checker_downs": len(downs), "checker_down_lines": downs[:3]})
         if p.poll() is not None:
             raise RuntimeError("the daemon exited")
