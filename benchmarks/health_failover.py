@@ -116,7 +116,7 @@ def start_daemon(tb: Testbed, *args) -> TimedDaemon:
 class Client:
     """`rate` HTTP/1.0 GETs per second, each over a new TCP connection to the VIP, from
     `threads` threads living in the client namespace; the k-th request is due at t0 + k/rate
-    (a late thread does not make up by bursting beyond its slot). Every request is kept as
+    (one that is late goes at once, so the rate holds on average). Every request is kept as
     (start, ok, server name or error)."""
 
     def __init__(self, tb: Testbed, rate: float, threads: int = 24):
