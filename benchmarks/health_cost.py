@@ -228,12 +228,16 @@ def main(argv=None) -> int:
                     help="the daemon without --cpu (started on CPU1 by taskset, its NAPI threads "
                          "pinned there at nice 0, as peers' fastlvs_dr_xdp_nocpu): less fast, "
                          "but a busy machine's other tasks do not starve its NAPI threads")
+    ap.add_argument("--arms", default=",".join(ARMS), help="a subset of " + ",".join(ARMS))
     ap.add_argument("--max-minutes", type=float, default=10.0)
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         log("needs root (namespaces, XDP)")
         return 2
+    arms = tuple(a for a in ARMS if a in args.arms.split(","))
+    if "none" not in arms or len(arms) < 2 or set(args.arms.split(",")) - set(ARMS):
+        ap.error("--arms: none and at least one of checks, checks_elsewhere")
     per_rs = args.checkers // 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
@@ -266,8 +270,8 @@ def main(argv=None) -> int:
             with open(confs[name], "w") as f:
                 f.write(keepalived_conf(topo, n))
         for rep in range(args.reps):
-            k = rep % len(ARMS)                  # each round starts one arm later
-            for name in ARMS[k:] + ARMS[:k]:
+            k = rep % len(arms)                  # each round starts one arm later
+            for name in arms[k:] + arms[:k]:
                 try:
                     r = one_case(ctx, confs["none" if name == "none" else "checks"], name,
                                  listeners, args)
@@ -296,7 +300,7 @@ def main(argv=None) -> int:
         return statistics.median(pairs) if pairs else None
 
     summary = {}
-    for arm in ("checks", "checks_elsewhere"):
+    for arm in (a for a in arms if a != "none"):
         m, base = med(arm), med("none")
         own, own0 = med(arm, "own_us_per_packet"), med("none", "own_us_per_packet")
         summary[arm] = {"median_pps": m, "ratio_of_medians": m / base if m and base else None,
