@@ -749,6 +749,14 @@ class Engine:
             _check_mtu(mtu)
             self.mtu = mtu
 
+    def _client_hop(self, ip: str):
+        """(MAC, ifindex) of the next hop towards a client: its neighbour entry when it is
+        on a client subnet, else the gateway; None when neither is known (no_route)."""
+        nb = self.neigh.find(ip, self._tick()) if self.neigh.on_link(ip) else None
+        if nb is not None:
+            return nb.mac, nb.ifindex
+        return self.gw
+
     def _tick(self):
         return (self.now >> NEIGH_TICK_SHIFT) & M32
 
@@ -1479,15 +1487,10 @@ class Engine:
         l4 = ip + p.ihl
         udp = p.proto == 17
         ck = l4 + (6 if udp else 16)
-        nb = None
-        if self.neigh.on_link(p.daddr):
-            nb = self.neigh.find(p.daddr, self._tick())
-        if nb is not None:
-            mac, ifindex = nb.mac, nb.ifindex
-        elif self.gw is not None:
-            mac, ifindex = self.gw
-        else:
+        hop = self._client_hop(p.daddr)
+        if hop is None:
             return "no_route"
+        mac, ifindex = hop
         b[f.data:f.data + 12] = mac + self.local_mac
         self._tx(f, ifindex, 0, p.l2len + p.tot_len)
         wr32(b, ip + 12, v.addr)
@@ -2098,16 +2101,11 @@ class Engine:
         if not self._icmp_csum_ok(f, p):
             self._drop(f, "icmp_bad_checksum")
             return
-        nb = None
-        if self.neigh.on_link(dst):
-            nb = self.neigh.find(dst, self._tick())
-        if nb is not None:
-            mac, ifindex = nb.mac, nb.ifindex
-        elif self.gw is not None:
-            mac, ifindex = self.gw
-        else:
+        hop = self._client_hop(dst)
+        if hop is None:
             self._drop(f, "no_route")
             return
+        mac, ifindex = hop
         b[f.data:f.data + 12] = mac + self.local_mac
         self._tx(f, ifindex, 0, p.l2len + p.tot_len)
         ttl_decrease(b, ip)
@@ -2143,16 +2141,11 @@ class Engine:
                 self._drop(f, "icmp_related")   # consumed: no PMTU discovery there
                 return
             info = self.mtu - 20 if self.mtu > 68 + 20 else self.mtu
-        nb = None
-        if self.neigh.on_link(client):
-            nb = self.neigh.find(client, self._tick())
-        if nb is not None:
-            mac, ifindex = nb.mac, nb.ifindex
-        elif self.gw is not None:
-            mac, ifindex = self.gw
-        else:
+        hop = self._client_hop(client)
+        if hop is None:
             self._drop(f, "no_route")
             return
+        mac, ifindex = hop
         b[f.data:f.data + 12] = mac + self.local_mac
         self._tx(f, ifindex, 0, p.l2len + 28 + quote)
         quoted = bytes(b[t:t + quote])
