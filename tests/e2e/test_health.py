@@ -91,6 +91,19 @@ def requests(bed, n):
     return got
 
 
+def established_elsewhere(bed, name, tries=6):
+    """Keep-alive connections (at least one) answered by real servers other than `name`."""
+    kept = []
+    for _ in range(tries):
+        k = bed.keepalive()
+        if k.ask() != name:
+            kept.append(k)
+        else:
+            k.close()
+    assert kept
+    return kept
+
+
 def start_checked(bed, start, text):
     path = bed.write_rules(text, name="keepalived.conf")
     return start("--keepalived-conf", path)
@@ -100,15 +113,7 @@ def test_a_killed_server_leaves_rotation_and_returns(bed, start):
     d = start_checked(bed, start, conf(bed, "".join(tcp_server(bed, n) for n in bed.rs_names)))
     rip2 = bed.rip_of("rs2")
     wait_for("all three up", lambda: len(dests(d)) == 3, 10)
-    # established connections to the servers that stay
-    kept = []
-    for _ in range(6):
-        k = bed.keepalive()
-        if k.ask() != "rs2":
-            kept.append(k)
-        else:
-            k.close()
-    assert kept
+    kept = established_elsewhere(bed, "rs2")
     bed.stop_server("rs2")
     took = wait_for("rs2 removed", lambda: rip2 not in dests(d), BOUND + SLACK)
     assert any(f"TCP_CHECK {rip2}:{HTTP_PORT} of TCP {bed.vip}:{HTTP_PORT} down: "
@@ -197,10 +202,7 @@ def test_a_flapping_server_gives_bounded_transitions_and_costs_others_nothing(be
     d = start_checked(bed, start, conf(bed, "".join(tcp_server(bed, n) for n in bed.rs_names)))
     rip2 = bed.rip_of("rs2")
     wait_for("all three up", lambda: len(dests(d)) == 3, 10)
-    kept = []
-    for _ in range(6):
-        k = bed.keepalive()
-        (kept.append(k) if k.ask() != "rs2" else k.close())
+    kept = established_elsewhere(bed, "rs2")
     flaps, asked = 5, collections.Counter()
     for _ in range(flaps):               # down and up again every second
         bed.stop_server("rs2")
