@@ -217,7 +217,10 @@ def test_a_flapping_server_gives_bounded_transitions_and_costs_others_nothing(be
     changes = [ln for ln in d.lines
                if f"TCP_CHECK {rip2}:{HTTP_PORT} of TCP" in ln and (" down:" in ln
                                                                    or " up:" in ln)]
-    assert 1 <= len(changes) <= 2 * flaps, changes
+    # retry 1 wants two failures in a row, a second apart: a server down for about a second
+    # at a time may never be taken out (keepalived's damping); never more than one down and
+    # one up per flap
+    assert len(changes) <= 2 * flaps, changes
     wait_for("rs2 settles back", lambda: rip2 in dests(d), BOUND + SLACK + 2)
     got = requests(bed, 30)
     assert set(got) == {"rs1", "rs2", "rs3"}, got
