@@ -1389,8 +1389,10 @@ class Engine:
         return None
 
     def _rport(self, c):
-        """The conn's real-server port: a dest on port 0 takes the client's port."""
-        return self.dests[c.dest].rport or c.vport
+        """The conn's real-server port: a port-0 service's conns keep the client's port
+        whatever the dest's (recorded on 6.1), and so does a dest on port 0."""
+        r = self.dests[c.dest].rport
+        return r if r and self.vips[c.vip].port else c.vport
 
     def _vip_find_in(self, proto, addr, port):
         """ip_vs_service_find's order: the VIP of that port, else a port-0 service's VIP."""
@@ -1483,7 +1485,7 @@ class Engine:
         wr32(b, ip + 16, d.raddr)
         csum_replace4(b, ip + 10, p.daddr, d.raddr)
         l4_csum_replace(b, ck, p.daddr, d.raddr, udp, 4)
-        rport = d.rport or p.dport
+        rport = self._rport(c)
         if p.dport != rport:
             wr16(b, l4 + 2, rport)
             l4_csum_replace(b, ck, p.dport, rport, udp, 2)

@@ -51,9 +51,13 @@ cdef inline uint16_t vip_find_in(fl_engine *e, const uint32_t *addr, uint16_t po
 
 
 cdef inline uint16_t conn_rport(fl_engine *e, const fl_conn *c) noexcept nogil:
-    # The conn's real-server port: a dest on port 0 takes the client's destination port.
+    # The conn's real-server port: a port-0 service's conns keep the client's destination
+    # port whatever the dest's port (recorded on 6.1: tests/fixtures/kernel/port0.json), and
+    # so does a dest on port 0.
     cdef uint16_t r = e.dests[c.dest].rport
-    return r if r != 0 else c.vport
+    if r == 0 or e.vips[c.vip].port == 0:
+        return c.vport
+    return r
 
 
 cdef inline uint64_t secs(uint32_t s) noexcept nogil:
@@ -415,8 +419,7 @@ cdef inline uint32_t conn_lookup_out(fl_engine *e, fl_pkt *p, uint64_t now) noex
         if (c.cport == p.dport and c.proto == p.proto and c.fwd == FWD_NAT
                 and not (c.flags & CF_TEMPLATE) and addr_eq(c.caddr, p.daddr)):
             d = &e.dests[c.dest]
-            if ((d.rport == p.sport or (d.rport == 0 and c.vport == p.sport))
-                    and addr_eq(d.raddr, p.saddr)):
+            if conn_rport(e, c) == p.sport and addr_eq(d.raddr, p.saddr):
                 if c.expires <= now:
                     conn_expire(e, i - 1, now)
                     return 0

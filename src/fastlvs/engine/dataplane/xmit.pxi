@@ -37,7 +37,7 @@ cdef int xmit_nat_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     wr32(ip + 16, new)
     csum_replace4(ip + 10, old, new)
     l4_csum_replace4(ck, old, new, udp)
-    cdef uint16_t rport = d.rport if d.rport != 0 else p.dport
+    cdef uint16_t rport = conn_rport(e, c)
     if p.dport != rport:
         wr16(l4 + 2, rport)
         l4_csum_replace2(ck, p.dport, rport, udp)
