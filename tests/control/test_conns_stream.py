@@ -40,9 +40,8 @@ def _fill(director, engine, n: int) -> None:
 
 
 def _expected(engine) -> str:
-    return format_conns([ConnEntry(c["proto"] if not c["template"] or c["vport"] else "IP",
-                                   c["caddr"], c["cport"], c["vaddr"], c["vport"], c["raddr"],
-                                   c["rport"], c["state"], c["expires"])
+    return format_conns([ConnEntry(c["proto"], c["caddr"], c["cport"], c["vaddr"], c["vport"],
+                                   c["raddr"], c["rport"], c["state"], c["expires"])
                          for c in engine.conns()])
 
 

@@ -252,7 +252,7 @@ def test_deleted_service_conns_dropped_until_they_expire():
 
 def test_entry_size_and_config_checks():
     e = core.Engine(capacity=10)
-    assert e.entry_size <= 48
+    assert e.entry_size <= 56
     with pytest.raises(ValueError):
         e.set_service(0, 6, "10.0.0.1", 80)
     with pytest.raises(ValueError):

@@ -1229,3 +1229,68 @@ def test_replay_output_is_the_same_on_both_engines(tmp_path, monkeypatch):
     assert a[0]["frames_out"] > 100
     assert a[0]["services"][0]["outpkts"] > 10          # NAT replies went back
     assert a == b
+
+
+# -- port-0 services (all ports of a VIP) -------------------------------------------------------
+
+def port0_twin(fwd, rport=0):
+    """Service 1 = TCP VIP:80 (the specific one), 3 = TCP VIP:0 and 4 = UDP VIP:0, both
+    persistent as ipvsadm requires; dests 21..23 / 31..33 on port `rport` (0: the client's)."""
+    t = Twin(capacity=4096, batch=64, local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC, mtu=1500)
+    t.set_service(1, 6, P.VIP, 80)
+    t.set_dest(1, 1, P.RS[0], 80, fwd, P.RS_MAC[0], ifindex=10)
+    t.set_service(3, 6, P.VIP, 0, persist_timeout=300)
+    t.set_service(4, 17, P.VIP, 0, persist_timeout=300)
+    for i in range(3):
+        t.set_dest(21 + i, 3, P.RS[i], rport, fwd, P.RS_MAC[i], ifindex=10 + i)
+        t.set_dest(31 + i, 4, P.RS[i], rport, fwd, P.RS_MAC[i], ifindex=10 + i)
+    t.set_gateway_mac(P.GW_MAC, 2)
+    def make():
+        n = [0]
+
+        def cb(svcs, flows):
+            out = []
+            for s in svcs:
+                n[0] += 1
+                out.append({1: 1, 3: 21, 4: 31}[s] + (0 if s == 1 else n[0] % 3))
+            return out
+        return cb
+    t.set_callback(make)
+    return t
+
+
+@pytest.mark.parametrize("fwd", FWDS)
+@pytest.mark.parametrize("rport", [0, 8443])
+def test_port0_services(fwd, rport):
+    """Every port of the VIP goes to the port-0 service except 80 (its own service); one
+    client's source port to several VIP ports makes one conn per port, all on the server of
+    the client's one template; the conns keep the client's port even with a dest on `rport`
+    (recorded on 6.1: tests/fixtures/kernel/port0.json), so NAT replies come from it."""
+    t = port0_twin(fwd, rport)
+    c2 = "198.51.100.9"
+    ports = (22, 443, 8000, 80)
+    t.run([P.tcp("S", sport=5000, dport=d) for d in ports], 1 * S)
+    t.run([P.tcp("S", sport=5000, dport=d, src=c2) for d in ports], 1 * S)
+    t.run([P.udp(sport=5000, dport=d) for d in (53, 1234)], 2 * S)
+    t.run([P.tcp("A", sport=5000, dport=d, payload=b"x" * 50) for d in ports], 3 * S)
+    t.run([P.reply_tcp("SA", rs=P.RS[k], rport=d, cport=5000)
+           for k in range(3) for d in (22, 443, 9999, 8443)], 4 * S)
+    t.run([P.reply_udp(rs=P.RS[k], rport=d, cport=5000)
+           for k in range(3) for d in (53, 1234, 8443)], 4 * S)
+    t.run([P.icmp_about_reply(vport=d, cport=5000) for d in (22, 443, 80, 7)], 5 * S)
+    t.run([P.icmp_about_request(rs=r, rport=d, cport=5000)
+           for r in P.RS for d in (22, 443, 8443)], 5 * S)
+    conns = t.core.conns()
+    mine = sorted((c["vport"], c["rport"], c["template"]) for c in conns
+                  if c["caddr"] == P.CLIENT and c["proto"] == "TCP")
+    expect = sorted([(22, 22, False), (443, 443, False), (8000, 8000, False),
+                     (80, 80, False), (0, 0, True)])
+    assert mine == expect, conns
+    t.del_service(3)                       # conns live on; new ports pass to the kernel
+    t.run([P.tcp("A", sport=5000, dport=22), P.tcp("S", sport=5001, dport=22)], 6 * S)
+    t.set_service(3, 6, P.VIP, 0, persist_timeout=300)
+    t.set_dest(21, 3, P.RS[0], rport, fwd, P.RS_MAC[0], ifindex=10)
+    t.run([P.tcp("S", sport=5002, dport=23)], 7 * S)
+    for now in (100, 400, 1000):
+        t.run_timers(now * S)
+        t.check()

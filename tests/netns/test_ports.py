@@ -418,3 +418,37 @@ def test_xdp_steers_icmp_errors_by_the_packet_they_quote(topo):
         p0.close()
         p1.close()
         umem.close()
+
+
+def test_xdp_steers_every_port_of_a_port0_service(topo):
+    # A port-0 key takes every port of its address, looked for after the exact key missed:
+    # in the in-place set and past it (the hash map, where the address's fragment key with
+    # port 0 must not pass for it), and no longer once it is deleted.
+    with in_ns(topo.director):
+        umem = core.XdpUmem(frames=4096)
+        p0 = core.XdpPort("d0", ring_size=1024, umem=umem)
+        p1 = core.XdpPort("d1", ring_size=1024, umem=umem)
+    try:
+        fwd = testing.PassThrough().add(p0, p1, src_mac=topo.mac["d1"], dst_mac=topo.mac["s0"])
+
+        def steered(tag, dport):
+            sent = frames(topo, dport=dport, n=8, tag=tag)
+            got = forward_and_collect(topo, [p0, p1], fwd, sent, tag, timeout=1.0)
+            return len(got) == len(sent)
+
+        p0.add_service("udp", VIP, VPORT)
+        assert steered(b"fq1", VPORT) and not steered(b"fq2", 7)
+        p0.add_service("udp", VIP, 0)
+        assert steered(b"fq3", 7) and steered(b"fq4", VPORT)
+        for i in range(10):
+            p0.add_service("udp", f"10.99.0.{i}", 53)
+        assert steered(b"fq5", 7) and steered(b"fq6", 4242)
+        p0.del_service("udp", VIP, 0)
+        assert not steered(b"fq7", 7) and steered(b"fq8", VPORT)
+        for i in range(10):
+            p0.del_service("udp", f"10.99.0.{i}", 53)
+        assert not steered(b"fq9", 7) and steered(b"fqa", VPORT)
+    finally:
+        p0.close()
+        p1.close()
+        umem.close()

@@ -76,3 +76,52 @@ def test_tables_of_a_dead_fastlvs_are_removed(pair):
     listing = tables(pair.a)
     assert removed == [stale]
     assert stale not in listing and live in listing and other in listing
+
+
+def test_a_port0_key_drops_every_port_of_its_address(pair):
+    """A port-0 service key goes to a set of addresses without ports, whose rule is added
+    with the first such key: the kernel in namespace a no longer gets any UDP port of the
+    address, and gets it again once the key is gone; an exact key still drops its port."""
+    import socket
+
+    with in_ns(pair.a):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        drop = nft.NftIngressDrop([pair.a_if])
+    with in_ns(pair.b):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind((pair.a_ip, 4242))
+    rx.settimeout(0.5)
+
+    def arrives(tag):
+        for _ in range(3):                   # the first may wait for ARP
+            tx.sendto(tag, (pair.a_ip, 4242))
+            try:
+                while True:
+                    if rx.recv(64) == tag:
+                        return True
+            except socket.timeout:
+                pass
+        return False
+
+    try:
+        nft.commit([(drop, [("service", "udp", pair.a_ip, 9)], ())])
+        assert arrives(b"p1")
+        nft.commit([(drop, [("service", "udp", pair.a_ip, 0),
+                            ("rserver", "tcp", "10.9.1.1", 0)], ())])
+        listing = subprocess.run(["ip", "netns", "exec", pair.a, "nft", "list", "table",
+                                  "netdev", drop.table], capture_output=True, text=True,
+                                 timeout=10).stdout
+        assert f"udp . {pair.a_ip}" in listing and "tcp . 10.9.1.1" in listing
+        assert listing.count("@serviceany4 drop") == 1
+        assert not arrives(b"p2")
+        nft.commit([(drop, [("service", "udp", pair.a_ip, 4242)],
+                     [("service", "udp", pair.a_ip, 0)])])
+        assert not arrives(b"p3")            # its own port's key
+        nft.commit([(drop, [("service", "udp", pair.a_ip, 0)],
+                     [("service", "udp", pair.a_ip, 4242)])])
+        nft.commit([(drop, (), [("service", "udp", pair.a_ip, 0)])])
+        assert arrives(b"p4")
+    finally:
+        drop.close()
+        rx.close()
+        tx.close()

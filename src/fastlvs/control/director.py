@@ -335,7 +335,8 @@ class Director:
             for d in svc.dests:
                 oif = self.dest_ifindex(svc.key, d)
                 if d.fwd is FwdMethod.NAT and oif is not None:
-                    want.setdefault(oif, set()).add(("rserver", svc.proto.value, d.addr, d.port))
+                    want.setdefault(oif, set()).add(("rserver", svc.proto.value, d.addr,
+                                                     d.port if svc.vport else 0))
         for proto, addr, port, fwd, oif in self.retired_dests():
             if fwd is FwdMethod.NAT:
                 want.setdefault(oif, set()).add(("rserver", proto, addr, port))
@@ -385,9 +386,10 @@ class Director:
         cursor = 0
         while cursor is not None:
             part, cursor = engine.conns_slice(cursor, slice_size)
-            yield conn_lines([(c["proto"] if not c["template"] or c["vport"] else "IP",
-                               c["caddr"], c["cport"], c["vaddr"], c["vport"], c["raddr"],
-                               c["rport"], c["state"], c["expires"]) for c in part],
+            # a port-0 service's template is listed with its protocol, as 6.1 lists it
+            # (tests/fixtures/kernel/port0.json); "IP" is a fwmark service's
+            yield conn_lines([(c["proto"], c["caddr"], c["cport"], c["vaddr"], c["vport"],
+                               c["raddr"], c["rport"], c["state"], c["expires"]) for c in part],
                              persistent_conn)
 
     def counters(self) -> dict:
@@ -598,7 +600,10 @@ class Director:
 
     def _push_dest(self, did: int, sid: int, d, hop: tuple) -> None:
         # hop = (next-hop MAC, ifindex[, our MAC on that interface])
-        self._dest_info[did] = (self._live_proto(sid), d.addr, d.port, d.fwd)
+        # a port-0 service's NAT replies come from every port of the server (its conns keep
+        # the client's port, whatever the dest's): steered by a port-0 key
+        port0 = any(i == sid and key.vport == 0 for key, i in self._svc_ids.items())
+        self._dest_info[did] = (self._live_proto(sid), d.addr, 0 if port0 else d.port, d.fwd)
         self.engine.set_dest(did, sid, d.addr, d.port, fwd=_FWD[d.fwd], mac=hop[0],
                              ifindex=hop[1], weight=d.weight, u_threshold=d.u_threshold,
                              l_threshold=d.l_threshold, src_mac=hop[2] if len(hop) > 2 else None)

@@ -270,7 +270,7 @@ class ConnEntry(NamedTuple):
     """One connection (or persistence template) as the connection listing shows it.
 
     `protocol` is a Proto or the kernel's name ("TCP", "UDP", "SCTP", "IP" for a template of
-    a port-0 service); `state` the kernel's state name ("ESTABLISHED", "FIN_WAIT", "NONE",
+    a fwmark service); `state` the kernel's state name ("ESTABLISHED", "FIN_WAIT", "NONE",
     ...); `expires` the seconds left. `pe_name`/`pe_data` are shown only with
     persistent_conn and only when set.
     """

@@ -29,6 +29,7 @@ cdef class Engine:
     cdef int _load(self, chunk, ts) except -1
     cdef int _frag_alloc(self, size_t mem) except -1
     cdef int _frag_addrs(self) except -1
+    cdef void _count_port0(self)
     cdef int _addr_set(self, uint32_t **tab, uint32_t *mask, addrs) except -1
     cdef list _outputs(self, fl_frame *f)
 

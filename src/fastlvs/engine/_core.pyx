@@ -11,7 +11,7 @@ the constants come from contract.py (generated dataplane/contract.pxi). Test and
 tools live in _testing.pyx, which the product never imports.
 
 Choices worth knowing:
-- Conn entries are 48 bytes, chained from a power-of-two bucket array by 32-bit indices.
+- Conn entries are 56 bytes, chained from a power-of-two bucket array by 32-bit indices.
   Both directions hash (client addr, client port, proto), as IPVS's conn table does, so a
   NAT reply (dst = client) finds its entry in the same chain; no second index.
 - An entry names its virtual address by an interned VIP index (proto, vaddr, vport) and

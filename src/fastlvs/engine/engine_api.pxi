@@ -500,7 +500,16 @@ cdef class Engine:
             s.table = NULL
             s.table_len = 0
         self.st.vips[v].svc = svc_id
+        self._count_port0()
         self._frag_addrs()
+
+    cdef void _count_port0(self):
+        # the fast path looks for a port-0 service only while one exists
+        cdef uint32_t i, n = 0
+        for i in range(1, MAX_SERVICES + 1):
+            if self.st.svcs[i].in_use and self.st.svcs[i].vport == 0:
+                n += 1
+        self.st.n_port0 = n
 
     def set_vip_served(self, proto, vaddr, int vport, served):
         """Whether frames to (proto, vaddr, vport) are served while vaddr is absent from the
@@ -529,6 +538,7 @@ cdef class Engine:
         s.table = NULL
         s.table_len = 0
         s.in_use = 0
+        self._count_port0()
         self._frag_addrs()
 
     def set_hash_table(self, int svc_id, table, kind, int flags=0):
@@ -933,7 +943,10 @@ cdef class Engine:
             exp = (c.expires - now) // NS_PER_S if c.expires > now else 0
             out.append({"proto": _PROTO_TEXT[c.proto], "state": state, "expires": exp,
                         "caddr": _ip_text(c.caddr[3]), "cport": c.cport,
-                        "vaddr": _ip_text(v.addr[3]), "vport": v.port,
-                        "raddr": _ip_text(d.raddr[3]), "rport": d.rport,
+                        "vaddr": _ip_text(v.addr[3]), "vport": c.vport,
+                        "raddr": _ip_text(d.raddr[3]),
+                        # a port-0 template is <caddr, 0, vaddr, 0, raddr, 0> as in IPVS
+                        "rport": (d.rport if c.vport != 0 else 0) if tmpl
+                                 else conn_rport(&self.st, c),
                         "template": tmpl, "fwd": _FWD_TEXT.get(c.fwd, "")})
         return out, (end if end < self.st.used_end else None)

@@ -20,7 +20,7 @@ import time
 from fastlvs.engine import contract as K
 
 # -- the extension's own sizes and layout, which its public API reports ----------------------
-ENTRY_SIZE = 48                    # bytes per conn entry in the extension (entry_size)
+ENTRY_SIZE = 56                    # bytes per conn entry in the extension (entry_size)
 SLOT_HEADROOM = 128                # bytes writable in front of a frame (TUN, ICMP grow there)
 SLOT_DATA = 9216 + 64              # longest frame a slot holds; longer ones parse as empty
 NEIGH_WAYS = 8                     # client-MAC table: entries per set (a lookup's whole window)
@@ -296,8 +296,8 @@ class Pkt:
 
 class Conn:
     """A connection or a persistence template (then cport = 0, caddr = the client's net)."""
-    __slots__ = ("caddr", "cport", "vip", "proto", "dest", "fwd", "flags", "state", "ctl",
-                 "timeout", "expires")
+    __slots__ = ("caddr", "cport", "vip", "vport", "proto", "dest", "fwd", "flags", "state",
+                 "ctl", "timeout", "expires")
 
     def key(self):
         return (self.caddr, self.cport, self.proto)
@@ -694,6 +694,7 @@ class Engine:
         self.svcs = {}                # id -> Service
         self.vips = [None]            # index -> Vip, 0 = none
         self.vip_index = {}           # (proto, addr, port) -> index
+        self.n_port0 = 0              # services on port 0: a second lookup only while > 0
         self.neigh = NeighTable(self._capacity)
         self.gw = None                # (mac, ifindex) for NAT replies without a neighbour
         self.learn_ifindex = 0
@@ -1059,7 +1060,11 @@ class Engine:
         if sched == K.SCHED_CALLBACK:
             s.table = None          # back to the Python scheduler: no stale table
         self.vips[v].svc = svc_id
+        self._count_port0()
         self._frag_addrs()
+
+    def _count_port0(self):
+        self.n_port0 = sum(1 for s in self.svcs.values() if s.in_use and s.vport == 0)
 
     def set_vip_served(self, proto, vaddr, vport, served):
         """Not `served`: every frame to (proto, vaddr, vport) passes to the kernel
@@ -1080,6 +1085,7 @@ class Engine:
         self.vips[s.vip].svc = 0
         s.table = None
         s.in_use = False
+        self._count_port0()
         self._frag_addrs()
 
     def set_hash_table(self, svc_id, table, kind, flags=0):
@@ -1304,6 +1310,7 @@ class Engine:
             return None
         c = Conn()
         c.caddr, c.cport, c.vip, c.proto = caddr, cport, vip, proto
+        c.vport = self.vips[vip].port
         c.state = S_NONE
         c.ctl = 0           # conn: 1 + template index (0 = none); template: n_control
         c.dest = dest
@@ -1382,12 +1389,25 @@ class Engine:
         """Index of the live conn of a client->VIP packet, None (an expired one is freed)."""
         for i in self._chain((p.saddr, p.sport, p.proto)):
             c = self.conn_table[i]
-            if c.vip == p.vip and not c.flags & CF_TEMPLATE:
+            if c.vip == p.vip and c.vport == p.dport and not c.flags & CF_TEMPLATE:
                 if c.expires <= now:
                     self._conn_expire(i, now)
                     return None
                 return i
         return None
+
+    def _rport(self, c):
+        """The conn's real-server port: a port-0 service's conns keep the client's port
+        whatever the dest's (recorded on 6.1), and so does a dest on port 0."""
+        r = self.dests[c.dest].rport
+        return r if r and self.vips[c.vip].port else c.vport
+
+    def _vip_find_in(self, proto, addr, port):
+        """ip_vs_service_find's order: the VIP of that port, else a port-0 service's VIP."""
+        v = self.vip_index.get((proto, addr, port), 0)
+        if v == 0 and self.n_port0 and port != 0:
+            v = self.vip_index.get((proto, addr, 0), 0)
+        return v
 
     def _lookup_out(self, p, now):
         """Index of the NAT conn a RS->client reply belongs to, None."""
@@ -1395,7 +1415,7 @@ class Engine:
             c = self.conn_table[i]
             if c.fwd == K.FWD_NAT and not c.flags & CF_TEMPLATE:
                 d = self.dests[c.dest]
-                if d.rport == p.sport and d.raddr == p.saddr:
+                if self._rport(c) == p.sport and d.raddr == p.saddr:
                     if c.expires <= now:
                         self._conn_expire(i, now)
                         return None
@@ -1473,9 +1493,10 @@ class Engine:
         wr32(b, ip + 16, d.raddr)
         csum_replace4(b, ip + 10, p.daddr, d.raddr)
         l4_csum_replace(b, ck, p.daddr, d.raddr, udp, 4)
-        if p.dport != d.rport:
-            wr16(b, l4 + 2, d.rport)
-            l4_csum_replace(b, ck, p.dport, d.rport, udp, 2)
+        rport = self._rport(c)
+        if p.dport != rport:
+            wr16(b, l4 + 2, rport)
+            l4_csum_replace(b, ck, p.dport, rport, udp, 2)
         b[f.data:f.data + 12] = d.mac + d.smac
         self._tx(f, d.ifindex, 0, p.l2len + p.tot_len)
 
@@ -1496,9 +1517,9 @@ class Engine:
         wr32(b, ip + 12, v.addr)
         csum_replace4(b, ip + 10, p.saddr, v.addr)
         l4_csum_replace(b, ck, p.saddr, v.addr, udp, 4)
-        if p.sport != v.port:
-            wr16(b, l4, v.port)
-            l4_csum_replace(b, ck, p.sport, v.port, udp, 2)
+        if p.sport != c.vport:
+            wr16(b, l4, c.vport)
+            l4_csum_replace(b, ck, p.sport, c.vport, udp, 2)
 
     def _next_ip_id(self):
         self.ip_id = (self.ip_id + 1) & 0xFFFF
@@ -1666,6 +1687,7 @@ class Engine:
             self._drop(f, "table_full")
             return
         c = self.conn_table[ci]
+        c.vport = p.dport
         if ti is not None:
             c.ctl = ti + 1
             self.conn_table[ti].ctl += 1
@@ -1750,7 +1772,8 @@ class Engine:
         for j, pk in enumerate(self.parked):
             if pk.leader < 0 and not self.svcs[pk.svc].flags & SVC_F_ONEPACKET:
                 q = self.pkts[pk.frame]
-                if (q.sport, q.vip, q.proto, q.saddr) == (p.sport, p.vip, p.proto, p.saddr):
+                if ((q.sport, q.vip, q.dport, q.proto, q.saddr)
+                        == (p.sport, p.vip, p.dport, p.proto, p.saddr)):
                     f.verdict = K.VERDICT_PENDING
                     self.parked.append(Parked(idx, pk.svc, j))
                     return True
@@ -1999,7 +2022,7 @@ class Engine:
         p.icmp = "icmp"
         p.saddr, p.sport = rd32(b, q + 16), rd16(b, q + qihl + 2)
         p.daddr, p.dport = rd32(b, q + 12), rd16(b, q + qihl)
-        p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
+        p.vip = self._vip_find_in(p.proto, p.daddr, p.dport)
         return p
 
     def _icmp_parse_tun(self, f, p, q, qihl, n):
@@ -2021,7 +2044,7 @@ class Engine:
         p.tcpflags = 0
         p.saddr, p.sport = rd32(b, t + 12), rd16(b, t + tihl)
         p.daddr, p.dport = rd32(b, t + 16), rd16(b, t + tihl + 2)
-        p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
+        p.vip = self._vip_find_in(p.proto, p.daddr, p.dport)
         if p.vip == 0:
             return "icmp_no_conn"
         p.icmp = "tun"
@@ -2075,7 +2098,7 @@ class Engine:
             return
         ttl_decrease(f.buf, ip)
         if c.fwd == K.FWD_NAT:
-            self._icmp_nat_rewrite(f.buf, ip, p.ihl, p.tot_len, d.raddr, False, d.rport)
+            self._icmp_nat_rewrite(f.buf, ip, p.ihl, p.tot_len, d.raddr, False, self._rport(c))
             f.buf[f.data:f.data + 12] = d.mac + d.smac
             self._tx(f, d.ifindex, 0, p.l2len + p.tot_len)
             reason = None
@@ -2109,7 +2132,7 @@ class Engine:
         b[f.data:f.data + 12] = mac + self.local_mac
         self._tx(f, ifindex, 0, p.l2len + p.tot_len)
         ttl_decrease(b, ip)
-        self._icmp_nat_rewrite(b, ip, p.ihl, p.tot_len, v.addr, True, v.port)
+        self._icmp_nat_rewrite(b, ip, p.ihl, p.tot_len, v.addr, True, c.vport)
         d.outpkts += 1
         d.outbytes += p.tot_len
         s.outpkts += 1
@@ -2291,7 +2314,7 @@ class Engine:
                 pass                # its lookup key is set; handled in order below
             else:
                 self._csum_complete(f, p)
-                p.vip = self.vip_index.get((p.proto, p.daddr, p.dport), 0)
+                p.vip = self._vip_find_in(p.proto, p.daddr, p.dport)
             self.pkts.append(p)
         self._count("rx", len(frames))
         self.now = now
@@ -2517,7 +2540,9 @@ class Engine:
             out.append({"proto": _PROTO_TEXT[c.proto], "state": state,
                         "expires": (c.expires - now) // NS if c.expires > now else 0,
                         "caddr": _ip_text(c.caddr), "cport": c.cport,
-                        "vaddr": _ip_text(v.addr), "vport": v.port,
-                        "raddr": _ip_text(d.raddr), "rport": d.rport,
+                        "vaddr": _ip_text(v.addr), "vport": c.vport,
+                        "raddr": _ip_text(d.raddr),
+                        # a port-0 template is <caddr, 0, vaddr, 0, raddr, 0> as in IPVS
+                        "rport": (d.rport if c.vport else 0) if tmpl else self._rport(c),
                         "template": tmpl, "fwd": _FWD_TEXT.get(c.fwd, "")})
         return out, (end if end < self.used_end else None)

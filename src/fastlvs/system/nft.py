@@ -70,6 +70,7 @@ class NftIngressDrop:
         self.keys: set[tuple[str, str, str, int]] = set()
         self.created = False
         self.closed = False
+        self.any_rules = False      # the rules of the port-0 sets, added with their first key
         self._nsfd = _this_netns_fd()
         _OPEN.add(self)
 
@@ -81,6 +82,8 @@ class NftIngressDrop:
         for kind in ("service", "rserver"):
             for fam, typ in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
                 lines.append(f"  set {kind}{fam} {{ type inet_proto . {typ} . inet_service; }}")
+                # port-0 services and real servers: every port of the address
+                lines.append(f"  set {kind}any{fam} {{ type inet_proto . {typ}; }}")
         lines.append("  set local4 { type ipv4_addr; }")
         lines.append("  set local6 { type ipv6_addr; }")
         for i, dev in enumerate(self.devices):
@@ -97,6 +100,19 @@ class NftIngressDrop:
                          "@local6 drop")
             lines.append("  }")
         lines.append("}")
+        return lines
+
+    def _any_rules_script(self) -> list[str]:
+        # Only a table with a port-0 key pays for these rules (every frame that missed the
+        # exact sets passes them); they stay once added, their sets emptied when unused.
+        lines = []
+        for i in range(len(self.devices)):
+            chain = f"add rule netdev {self.table} in{i} "
+            lines.append(chain + "meta l4proto . ip daddr @serviceany4 drop")
+            lines.append(chain + "meta l4proto . ip saddr @rserverany4 ip daddr != @local4 drop")
+            lines.append(chain + "meta l4proto . ip6 daddr @serviceany6 drop")
+            lines.append(chain + "meta l4proto . ip6 saddr @rserverany6 ip6 daddr != @local6 "
+                         "drop")
         return lines
 
     @staticmethod
@@ -123,15 +139,24 @@ class NftIngressDrop:
             kind, p, a, port, ver = self._elem(*key)
             if (kind, p, a, port) in self.keys or (kind, p, a, port) in added:
                 continue
-            lines.append(f"add element netdev {self.table} {kind}{ver} "
-                         f"{{ {_value(p, a, port)} }}")
+            if kind != "local" and port == 0:
+                if not self.any_rules and not any(k[0] != "local" and k[3] == 0 for k in added):
+                    lines += self._any_rules_script()
+                lines.append(f"add element netdev {self.table} {kind}any{ver} {{ {p} . {a} }}")
+            else:
+                lines.append(f"add element netdev {self.table} {kind}{ver} "
+                             f"{{ {_value(p, a, port)} }}")
             added.add((kind, p, a, port))
         for key in discard:
             kind, p, a, port, ver = self._elem(*key)
             if (kind, p, a, port) not in self.keys or (kind, p, a, port) in removed:
                 continue
-            lines.append(f"delete element netdev {self.table} {kind}{ver} "
-                         f"{{ {_value(p, a, port)} }}")
+            if kind != "local" and port == 0:
+                lines.append(f"delete element netdev {self.table} {kind}any{ver} "
+                             f"{{ {p} . {a} }}")
+            else:
+                lines.append(f"delete element netdev {self.table} {kind}{ver} "
+                             f"{{ {_value(p, a, port)} }}")
             removed.add((kind, p, a, port))
         return lines, added, removed
 
@@ -187,6 +212,8 @@ def commit(changes) -> None:
         _nft(script, netns_fd=items[0][0]._nsfd)
         for drop, _, added, removed in items:
             drop.created = True
+            drop.any_rules = drop.any_rules or any(k[0] != "local" and k[3] == 0
+                                                   for k in added)
             drop.keys |= added
             drop.keys -= removed
 

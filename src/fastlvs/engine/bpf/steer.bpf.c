@@ -20,6 +20,7 @@
 #define FL_MAX_LOCALS 16384
 #define FL_FAST_KEYS 8
 #define FL_FAST_OFF 0xFFFFFFFFu
+#define FL_ANY_PORT 0x10      /* in family: a port-0 service or real server (every port) */
 
 /* Key of both address maps. IPv4 lives in addr[0], the rest zero; port in network order.
  * Kept byte-identical to struct fl_steer_key in ring_xdp.pxi. */
@@ -75,6 +76,7 @@ struct fl_fast {
 	struct fl_steer_key rs[FL_FAST_KEYS];
 	__u32 nlocal;
 	struct fl_steer_key local[FL_FAST_KEYS];
+	__u32 any;        /* 1: a port-0 service key is set, 2: a port-0 real server key */
 };
 
 struct {
@@ -134,6 +136,18 @@ static __always_inline int in_set(const struct fl_steer_key *keys, __u32 n,
 	return 0;
 }
 
+/* The key with every port: looked for only after the exact key missed, and only while some
+ * port-0 key is set (IPVS's service lookup order: that port, then port 0). */
+static __always_inline int in_set_any(const struct fl_steer_key *keys, __u32 n,
+				      const struct fl_steer_key *k, void *map)
+{
+	struct fl_steer_key a = *k;
+
+	a.family |= FL_ANY_PORT;
+	a.port = 0;
+	return in_set(keys, n, &a, map);
+}
+
 static __always_inline int steer(struct xdp_md *ctx, struct fl_steer_key *dst,
 				 struct fl_steer_key *src)
 {
@@ -147,7 +161,10 @@ static __always_inline int steer(struct xdp_md *ctx, struct fl_steer_key *dst,
 		return XDP_PASS;
 	if (in_set(f->svc, f->nsvc, dst, &fl_services))
 		goto redirect;
-	if (in_set(f->rs, f->nrs, src, &fl_rservers)) {
+	if ((f->any & 1) && in_set_any(f->svc, f->nsvc, dst, &fl_services))
+		goto redirect;
+	if (in_set(f->rs, f->nrs, src, &fl_rservers) ||
+	    ((f->any & 2) && in_set_any(f->rs, f->nrs, src, &fl_rservers))) {
 		/* a NAT reply goes to a client; one to our own address answers our own connection.
 		 * Only a NAT reply costs this second look-up. */
 		dst->proto = 0;

@@ -163,6 +163,7 @@ cdef void conn_create_forward(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t svc
         frame_drop(e, f, C_TABLE_FULL)
         return
     c = &e.conns[ci - 1]
+    c.vport = p.dport
     if ti != 0:
         c.ctl = ti
         e.conns[ti - 1].ctl += 1
@@ -226,8 +227,8 @@ cdef bint park_follower(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexcept 
     for j in range(k):
         if e.parked[j].leader < 0 and not (e.svcs[e.parked[j].svc].flags & SVC_F_ONEPACKET):
             q = &e.pkts[e.parked[j].frame]
-            if (q.sport == p.sport and q.vip == p.vip and q.proto == p.proto
-                    and addr_eq(q.saddr, p.saddr)):
+            if (q.sport == p.sport and q.vip == p.vip and q.dport == p.dport
+                    and q.proto == p.proto and addr_eq(q.saddr, p.saddr)):
                 e.nparked += 1
                 f.verdict = VERDICT_PENDING
                 e.parked[k].frame = <uint16_t>idx
@@ -375,7 +376,7 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                                                      p.tot_len - p.ihl, p.proto))):
             l4_csum_complete(f.data + p.l2len, p.ihl, p.tot_len - p.ihl, p.proto)
             e.counters[C_CSUM_COMPLETED] += 1
-        p.vip = vip_find(e, p.daddr, p.dport, p.proto)
+        p.vip = vip_find_in(e, p.daddr, p.dport, p.proto)
         if p.vip != 0:
             p.bucket = conn_hash(e, p.saddr, p.sport, p.proto)
         else:
@@ -390,7 +391,7 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
         if i < n:
             p = &e.pkts[i]
             if p.ok and e.buckets[p.bucket] != 0:
-                # both lines: an entry is 48 bytes, so half of them straddle two cache
+                # both lines: an entry is 56 bytes, so half of them straddle two cache
                 # lines, and the lookup reads both ends (caddr first, cport/vip last); for
                 # writing, as forwarding re-arms the timer
                 c = &e.conns[e.buckets[p.bucket] - 1]

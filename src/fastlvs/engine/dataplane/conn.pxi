@@ -1,4 +1,4 @@
-# The connection table: `capacity` 48-byte entries allocated once, chained from a power-of-two
+# The connection table: `capacity` 56-byte entries allocated once, chained from a power-of-two
 # bucket array by 32-bit indices (stable, so conns can name their template), a free list,
 # lazy expiry on lookup plus an incremental sweep of a bounded number of entries per batch.
 # Also the interned virtual addresses (VIPs), the dest bind/unbind counters of IPVS, and the
@@ -38,6 +38,26 @@ cdef inline uint16_t vip_find(fl_engine *e, const uint32_t *addr, uint16_t port,
             return v
         s = (s + 1) & (VIP_INDEX_SIZE - 1)
     return 0
+
+
+cdef inline uint16_t vip_find_in(fl_engine *e, const uint32_t *addr, uint16_t port,
+                                 uint8_t proto) noexcept nogil:
+    # ip_vs_service_find's order: the VIP of that port, else a port-0 service's VIP (all
+    # ports); the second lookup only while some port-0 service exists.
+    cdef uint16_t v = vip_find(e, addr, port, proto)
+    if v == 0 and e.n_port0 != 0 and port != 0:
+        v = vip_find(e, addr, 0, proto)
+    return v
+
+
+cdef inline uint16_t conn_rport(fl_engine *e, const fl_conn *c) noexcept nogil:
+    # The conn's real-server port: a port-0 service's conns keep the client's destination
+    # port whatever the dest's port (recorded on 6.1: tests/fixtures/kernel/port0.json), and
+    # so does a dest on port 0.
+    cdef uint16_t r = e.dests[c.dest].rport
+    if r == 0 or e.vips[c.vip].port == 0:
+        return c.vport
+    return r
 
 
 cdef inline uint64_t secs(uint32_t s) noexcept nogil:
@@ -379,7 +399,7 @@ cdef inline uint32_t conn_lookup_in(fl_engine *e, fl_pkt *p, uint64_t now) noexc
     while i != 0:
         c = &e.conns[i - 1]
         if (c.cport == p.sport and c.vip == p.vip and c.caddr[3] == p.saddr[3]
-                and not (c.flags & CF_TEMPLATE) and addr_eq(c.caddr, p.saddr)):
+                and c.vport == p.dport and not (c.flags & CF_TEMPLATE) and addr_eq(c.caddr, p.saddr)):
             if c.expires <= now:
                 conn_expire(e, i - 1, now)
                 return 0
@@ -399,7 +419,7 @@ cdef inline uint32_t conn_lookup_out(fl_engine *e, fl_pkt *p, uint64_t now) noex
         if (c.cport == p.dport and c.proto == p.proto and c.fwd == FWD_NAT
                 and not (c.flags & CF_TEMPLATE) and addr_eq(c.caddr, p.daddr)):
             d = &e.dests[c.dest]
-            if d.rport == p.sport and addr_eq(d.raddr, p.saddr):
+            if conn_rport(e, c) == p.sport and addr_eq(d.raddr, p.saddr):
                 if c.expires <= now:
                     conn_expire(e, i - 1, now)
                     return 0
@@ -512,6 +532,7 @@ cdef uint32_t conn_new(fl_engine *e, const uint32_t *caddr, uint16_t cport, uint
     c.caddr[3] = caddr[3]
     c.cport = cport
     c.vip = vip
+    c.vport = e.vips[vip].port
     c.proto = proto
     c.state = TCP_S_NONE
     c.ctl = 0

@@ -44,7 +44,7 @@ cdef int icmp_parse(fl_engine *e, fl_frame *f, fl_pkt *p) noexcept nogil:
     p.sport = rd16(q + qihl + 2)
     p.daddr[3] = rd32(q + 12)
     p.dport = rd16(q + qihl)
-    p.vip = vip_find(e, p.daddr, p.dport, p.proto)
+    p.vip = vip_find_in(e, p.daddr, p.dport, p.proto)
     if p.vip != 0:
         p.bucket = conn_hash(e, p.saddr, p.sport, p.proto)
     else:
@@ -75,7 +75,7 @@ cdef int icmp_parse_tun(fl_engine *e, fl_frame *f, fl_pkt *p, const uint8_t *q,
     p.sport = rd16(t + tihl)
     p.daddr[3] = rd32(t + 16)
     p.dport = rd16(t + tihl + 2)
-    p.vip = vip_find(e, p.daddr, p.dport, p.proto)
+    p.vip = vip_find_in(e, p.daddr, p.dport, p.proto)
     if p.vip == 0:
         return C_ICMP_NO_CONN
     p.bucket = conn_hash(e, p.saddr, p.sport, p.proto)
@@ -134,7 +134,7 @@ cdef void icmp_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noex
         return
     ttl_dec_v4(ip)
     if c.fwd == FWD_NAT:
-        icmp_nat_rewrite(ip, p.ihl, p.tot_len, d.raddr[3], False, d.rport)
+        icmp_nat_rewrite(ip, p.ihl, p.tot_len, d.raddr[3], False, conn_rport(e, c))
         eth_set(f.data, d.mac, d.smac)
         frame_tx(f, d.ifindex, 0, p.l2len + p.tot_len)
         r = -1
@@ -175,7 +175,7 @@ cdef void icmp_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noe
         frame_drop(e, f, C_NO_ROUTE)
         return
     ttl_dec_v4(ip)
-    icmp_nat_rewrite(ip, p.ihl, p.tot_len, v.addr[3], True, v.port)
+    icmp_nat_rewrite(ip, p.ihl, p.tot_len, v.addr[3], True, c.vport)
     d.outpkts += 1
     d.outbytes += p.tot_len
     s.outpkts += 1

@@ -13,6 +13,7 @@ cdef enum:
     XDP_MAX_TX_SKB_BUDGET_ = 9   # <linux/if_xdp.h> since 6.13; older kernels refuse it
     XDP_TX_SKB_BUDGET = 256
     FL_FAST_KEYS = 8             # == bpf/steer.bpf.c
+    FL_ANY_PORT = 0x10           # == bpf/steer.bpf.c: in a key's family, a port-0 key
 
 
 cdef struct fl_steer_key:
@@ -31,6 +32,7 @@ cdef struct fl_fast:
     fl_steer_key rs[FL_FAST_KEYS]
     uint32_t nlocal
     fl_steer_key local[FL_FAST_KEYS]
+    uint32_t any            # 1: a port-0 service key is set, 2: a port-0 real server key
 
 
 XDP_BUILT = bool(FL_XDP_BUILT)
@@ -273,6 +275,8 @@ cdef class _SteerProg:
         f.nsvc = len(self.svc_keys) if len(self.svc_keys) <= FL_FAST_KEYS else 0xFFFFFFFF
         f.nrs = len(self.rs_keys) if len(self.rs_keys) <= FL_FAST_KEYS else 0xFFFFFFFF
         f.nlocal = len(self.local_keys) if len(self.local_keys) <= FL_FAST_KEYS else 0xFFFFFFFF
+        f.any = ((1 if any(b[0] & FL_ANY_PORT for b in self.svc_keys) else 0)
+                 | (2 if any(b[0] & FL_ANY_PORT for b in self.rs_keys) else 0))
         if f.nsvc != 0xFFFFFFFF:
             for i, b in enumerate(sorted(self.svc_keys)):
                 memcpy(&f.svc[i], <const char *>b, sizeof(fl_steer_key))
@@ -299,6 +303,7 @@ cdef class _SteerProg:
         cdef int fd = self.rs_fd if rserver else self.svc_fd
         memcpy(&a, k, sizeof(fl_steer_key))
         a.port = 0
+        a.family &= ~FL_ANY_PORT
         b = (rserver, (<char *>&a)[:sizeof(fl_steer_key)])
         n = self.addr_refs.get(b, 0)
         if add:
@@ -411,6 +416,9 @@ cdef int _steer_key(fl_steer_key *k, proto, addr, int port) except -1:
     if port < 0 or port > 65535:
         raise ValueError(f"port out of range: {port}")
     k.port = pk.htons(port)
+    if port == 0 and k.proto != 0:
+        # a port-0 service or real server: a key of its own, looked for after the exact one
+        k.family |= FL_ANY_PORT
     packed = a.packed
     memcpy(k.addr, <const char *>packed, len(packed))
     return 0

@@ -101,7 +101,7 @@ cdef struct fl_pkt:
 
 
 cdef struct fl_conn:
-    # One connection or persistence template: 48 bytes, allocated once at start.
+    # One connection or persistence template: 56 bytes, allocated once at start.
     uint32_t caddr[4]
     uint64_t expires        # ns, engine clock (frame timestamps)
     uint32_t dest           # dest id
@@ -110,6 +110,7 @@ cdef struct fl_conn:
     uint32_t timeout        # seconds, as IPVS's cp->timeout
     uint16_t cport
     uint16_t vip            # interned VIP (proto, vaddr, vport); 0 = free entry
+    uint16_t vport          # the client's destination port: a port-0 VIP's conns differ here
     uint8_t state
     uint8_t flags
     uint8_t proto
@@ -270,6 +271,7 @@ cdef struct fl_frag:
 cdef struct fl_engine:
     fl_conn *conns
     uint32_t *buckets       # 1 + index of the chain head, 0 = empty
+    uint32_t n_port0        # services on port 0 (all ports of their VIP): 0 = no second lookup
     uint32_t capacity
     uint32_t bucket_mask
     uint32_t bucket_bits

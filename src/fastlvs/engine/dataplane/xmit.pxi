@@ -37,9 +37,10 @@ cdef int xmit_nat_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     wr32(ip + 16, new)
     csum_replace4(ip + 10, old, new)
     l4_csum_replace4(ck, old, new, udp)
-    if p.dport != d.rport:
-        wr16(l4 + 2, d.rport)
-        l4_csum_replace2(ck, p.dport, d.rport, udp)
+    cdef uint16_t rport = conn_rport(e, c)
+    if p.dport != rport:
+        wr16(l4 + 2, rport)
+        l4_csum_replace2(ck, p.dport, rport, udp)
     eth_set(f.data, d.mac, d.smac)
     frame_tx(f, d.ifindex, 0, p.l2len + p.tot_len)
     return -1
@@ -68,9 +69,9 @@ cdef int xmit_nat_out_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexc
     wr32(ip + 12, new)
     csum_replace4(ip + 10, old, new)
     l4_csum_replace4(ck, old, new, udp)
-    if p.sport != v.port:
-        wr16(l4, v.port)
-        l4_csum_replace2(ck, p.sport, v.port, udp)
+    if p.sport != c.vport:
+        wr16(l4, c.vport)
+        l4_csum_replace2(ck, p.sport, c.vport, udp)
     return -1
 
 
