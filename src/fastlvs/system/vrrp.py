@@ -206,6 +206,11 @@ class VrrpKeepalived:
             self._kill_group(signal.SIGKILL)
             if proc.poll() is None:
                 proc.wait(STOP_WAIT)
+            # SIGKILL lands asynchronously: give the rest of the group (children keepalived
+            # left, now orphans) a moment to be gone before the caller looks
+            end = time.monotonic() + STOP_WAIT
+            while _group_running(proc.pid) and time.monotonic() < end:
+                time.sleep(0.01)
             if proc.stdout is not None and not proc.stdout.closed:
                 for line in self._read_lines(final=True):
                     log.info("keepalived: %s", line)
@@ -216,6 +221,22 @@ class VrrpKeepalived:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies, dead but not yet reaped by
+    whoever inherited them, do not count)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 __all__ = ["VrrpError", "VrrpKeepalived"]
