@@ -76,8 +76,9 @@ def test_daemon_runs_keepalived_vrrp_reloads_it_and_stops_it(bed, start):
     d = start("--keepalived-conf", path, "--vrrp")
     _wait(lambda: _has(bed, first), "keepalived's instance holds its address", d)
     assert len(_keepalived_pids(bed)) == 2          # keepalived's parent and its VRRP child
-    assert any(ln.startswith("fastlvs: keepalived: ") and "Entering MASTER STATE" in ln
-               for ln in d.lines), d.stderr
+    # keepalived's line reaches fastlvs's log on the loop's next turn, maybe after the address
+    _wait(lambda: any(ln.startswith("fastlvs: keepalived: ") and "Entering MASTER STATE" in ln
+                      for ln in d.lines), "keepalived's MASTER line in fastlvs's log", d)
     assert not any("exited" in ln for ln in d.lines), d.stderr
 
     bed.write_rules(conf(bed, second), name="keepalived.conf")
