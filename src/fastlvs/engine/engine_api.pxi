@@ -945,7 +945,7 @@ cdef class Engine:
             d = &self.st.dests[c.dest]
             tmpl = bool(c.flags & CF_TEMPLATE)
             if tmpl:
-                state = "NONE"
+                state = "ASSURED" if c.state & 1 else "NONE"    # IP_VS_CTPL_S_*
             elif c.proto == 17:
                 state = "UDP"
             else:

@@ -2541,7 +2541,7 @@ class Engine(SyncMixin):
             v = self.vips[c.vip]
             d = self.dests[c.dest]
             if tmpl:
-                state = "NONE"
+                state = "ASSURED" if c.state & 1 else "NONE"    # IP_VS_CTPL_S_*
             elif c.proto == 17:
                 state = "UDP"
             else:
