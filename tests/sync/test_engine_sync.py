@@ -401,3 +401,60 @@ def test_master_and_backup_at_once(make):
     assert [c["cport"] for c in e.conns(S)] == [30001]
     KT.run(e, [KT.c_tcp(30001, 80, "A")] * 50, 2 * S)               # in_pkts = threshold
     assert [c.cport for c in decoded(e.sync_take(10 * S))] == [30001]
+
+
+def test_sync_state_is_allocated_only_once_sync_starts(make):
+    e = make()
+    before = e.memory_bytes()
+    KT.run(e, [KT.c_udp(30000, 53)] * 5, S)
+    assert e.memory_bytes() == before
+    e.sync_start_backup(0)
+    assert e.memory_bytes() == before + 16 * 4096
+    assert e.entry_size == 56
+
+
+def test_one_packet_service_sends_only_the_template(make):
+    """-o (ops) UDP: the conn lives for one datagram and is never sent (IP_VS_CONN_F_ONE_
+    PACKET); its template is, as the kernel's ip_vs_sync_conn does."""
+    e = make()
+    e.set_service(3, 17, KT.VIP, 53, persist_timeout=60, ops=True)
+    e.sync_start_master(7, 1472)
+    KT.run(e, [KT.c_udp(30000 + i, 53) for i in range(4)], S)
+    got = decoded(e.sync_take(10 * S))
+    assert got and all(c.template and c.cport == 0 for c in got)
+
+
+COUNT = json.loads((FIX / "sync_backup_count.json").read_text())
+COUNT_FEED = json.loads((FIX / "scripts" / "sync_backup_count_input.json").read_text())
+
+
+def test_backup_counting_recorded_on_6_1(make):
+    """sync_backup_count.json (sync.sh backup_count under the oracle): a 6.1 backup counts a
+    synced conn by its INACTIVE flag whatever its state (SYN_RECV with the flag clear and
+    UDP with it clear are ActiveConn, ESTABLISHED with it set is InActConn), a refresh that
+    flips the flag moves the count, an active entry to another real server replaces the
+    conn, an inactive one is ignored, a template is not counted, a 1 s timeout expires.
+    fastlvs, fed the same datagrams step by step, shows the same counts and conns, but
+    for the ones it refuses where the kernel keeps them unbound (a VIP without a service,
+    a real server not configured)."""
+    assert COUNT["kernel"].startswith("6.1.")
+    b = make()
+    b.sync_start_backup(7)
+    now = 100 * S
+    for i, step in enumerate(COUNT_FEED["steps"]):
+        for hexmsg in step["datagrams"]:
+            b.sync_receive(bytes.fromhex(hexmsg), now)
+        now += 2 * S                      # the kernel was read a second or two later
+        b.run_timers(now)
+        rec = COUNT["steps"][i]
+        assert rec["step"] == step["step"]
+        want = {k: (v["active"], v["inact"]) for k, v in rec["dests"].items()
+                if k in _backup_dests(b)}
+        assert _backup_dests(b) == want, step["step"]
+        kernel = {lnc_key(r) for r in rec["lnc"] if served_row(r)
+                  and not r["virtual"].endswith(":81")
+                  and not r["destination"].startswith("10.0.2.9:")}
+        assert set(our_lnc(b, now)) == kernel, step["step"]
+    st = b.sync_stats()
+    assert st["refused_no_service"] == 1 and st["refused_no_dest"] == 1
+    assert st["ignored_replaced"] == 1
