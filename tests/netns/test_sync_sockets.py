@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from fastlvs.control.metrics import SyncCollector
 from fastlvs.lab.testbed import in_ns
 from fastlvs.sync import protocol
 from fastlvs.sync.daemon import (BACKUP, MASTER, SyncConfig, lookup_interface,
@@ -144,6 +145,16 @@ def test_junk_from_the_lan_is_counted_and_ignored(sync_pair, tmp_path):  # noqa:
             layer = d.sync.stats()
         assert layer["received_messages"] == len(junk)
         assert layer["receive_failures"] == 0
+        with d.lock:
+            fams = {f.name: f for f in SyncCollector(d.sync).collect()}
+        value = {(f.name, tuple(smp.labels.values())): smp.value for f in fams.values()
+                 for smp in f.samples}
+        assert value[("fastlvs_sync_messages", ("received",))] == len(junk)
+        assert value[("fastlvs_sync_dropped", ("drop_foreign_syncid",))] == 1
+        assert value[("fastlvs_sync_daemon_running", ("backup",))] == 1
+        assert value[("fastlvs_sync_daemon_running", ("master",))] == 0
+        assert value[("fastlvs_sync_lag_seconds", ("backup",))] >= 0
+        assert ("fastlvs_sync_lag_seconds", ("master",)) not in value
         # a flood costs bounded work per turn and the daemon still answers
         for _ in range(2000):
             out.sendto(b"\xff" * 40, group)
