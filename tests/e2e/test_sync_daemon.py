@@ -9,7 +9,10 @@ same service. Sync daemons are started and stopped with ipvsadm's commands (`fas
 - a director may run master and backup at once (d1 and d2 both do here): `-L --daemon` lists
   both, and a master does not hear its own messages;
 - junk UDP datagrams to 8848 are counted by reason and ignored; the daemon keeps answering;
-- `--stop-daemon backup` stops it: later connections do not reach d2.
+- `--stop-daemon backup` stops it: later connections do not reach d2;
+- keepalived.conf's `lvs_sync_daemon lan0 VI_1` on both (no admin command): the holder of
+  VI_1's address is master, the other backup; moving the address swaps them and a
+  connection opened before goes on through the new holder.
 """
 from __future__ import annotations
 
@@ -33,29 +36,40 @@ D2_IP = f"{tbmod.LAN}.3"
 SYNCID = "9"
 
 
+def _second_director(tb) -> str:
+    """d2's namespace, on br0 beside the testbed's director; deleted by tb.destroy()."""
+    d2ns = f"{tb.tag}d2"
+    run("ip", "netns", "add", d2ns)
+    tb.made.append(d2ns)
+    tbmod.sysctl(d2ns, ipv6__conf__all__disable_ipv6=1, ipv6__conf__default__disable_ipv6=1,
+                 ipv4__conf__all__rp_filter=0, ipv4__conf__default__rp_filter=0,
+                 ipv4__ip_forward=0)
+    run("ip", "-n", d2ns, "link", "set", "lo", "up")
+    tb._veth("pd2", d2ns, "lan0", "br0")
+    tb._addr(d2ns, "lan0", f"{D2_IP}/24")
+    return d2ns
+
+
+def _start_d2(tb, d2ns, args) -> Daemon:
+    # the testbed's Daemon runs in tb.director; d2 is the same process in d2ns
+    shim = types.SimpleNamespace(director=d2ns, tmp=tb.tmp, daemons=tb.daemons)
+    d2 = Daemon(shim, ["--mode", "dr", "-i", "lan0", "--backend", "packet", *args])
+    tb.daemons.append(d2)
+    d2.start()
+    return d2
+
+
 @pytest.fixture
 def pair():
     """(testbed, d1 daemon, d2 daemon): d1 in the testbed's director namespace with the VIP,
     d2 in a namespace of its own on br0, without it."""
     tb = tbmod.Testbed("dr", n_rs=2).build()
     try:
-        d2ns = f"{tb.tag}d2"
-        run("ip", "netns", "add", d2ns)
-        tb.made.append(d2ns)                # destroy() deletes it
-        tbmod.sysctl(d2ns, ipv6__conf__all__disable_ipv6=1,
-                     ipv6__conf__default__disable_ipv6=1, ipv4__conf__all__rp_filter=0,
-                     ipv4__conf__default__rp_filter=0, ipv4__ip_forward=0)
-        run("ip", "-n", d2ns, "link", "set", "lo", "up")
-        tb._veth("pd2", d2ns, "lan0", "br0")
-        tb._addr(d2ns, "lan0", f"{D2_IP}/24")
+        d2ns = _second_director(tb)
         service = ["--vip", f"{tb.vip}:{HTTP_PORT}", "-s", "rr",
                    *[a for rip in tb.rips for a in ("--rs", f"{rip}:{HTTP_PORT}")]]
         d1 = tb.start_daemon(*service, backend="packet")
-        # the testbed's Daemon runs in tb.director; d2 is the same process in d2ns
-        shim = types.SimpleNamespace(director=d2ns, tmp=tb.tmp, daemons=tb.daemons)
-        d2 = Daemon(shim, ["--mode", "dr", "-i", "lan0", "--backend", "packet", *service])
-        tb.daemons.append(d2)
-        d2.start()
+        d2 = _start_d2(tb, d2ns, service)
         yield tb, d1, d2
     finally:
         tb.destroy()
@@ -175,3 +189,75 @@ def test_junk_is_counted_and_stop_daemon_stops(pair):
         assert sync_counters(d2)["daemons"]["received_messages"] == received
     finally:
         conn.close()
+
+
+KEEPALIVED_CONF = """global_defs {{
+    lvs_sync_daemon lan0 VI_1
+}}
+vrrp_instance VI_1 {{
+    state BACKUP
+    interface lan0
+    virtual_router_id 42
+    priority 100
+    virtual_ipaddress {{
+        {vip}/32 dev lan0
+    }}
+}}
+virtual_server {vip} {port} {{
+    lb_algo rr
+    lb_kind DR
+    protocol TCP
+{reals}}}
+"""
+
+
+def test_lvs_sync_daemon_follows_the_vrrp_instance_and_the_conn_survives(pair_keepalived):
+    """keepalived.conf's `lvs_sync_daemon lan0 VI_1`: the director holding VI_1's address
+    runs the master (syncid 42, the instance's virtual_router_id), the other the backup;
+    moving the address (what keepalived's VRRP does at failover) swaps them, and a
+    connection opened through the first director goes on through the second."""
+    tb, d1, d2, d2ns = pair_keepalived
+    line = "sync daemon (mcast=lan0, syncid=42, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)"
+    assert d1.admin("-L", "--daemon").stdout == f"master {line}\n"
+    assert d2.admin("-L", "--daemon").stdout == f"backup {line}\n"
+    conn = tb.keepalive(timeout=3.0)
+    try:
+        rs = conn.ask()
+        for _ in range(4):
+            assert conn.ask() == rs
+        sport = conn.sock.getsockname()[1]
+        assert wait_for(lambda: conn_line(d2, sport)), d2.admin("-Lnc").stdout
+
+        # failover: the VIP leaves d1 and arrives on d2 (and the client learns d2's MAC,
+        # as keepalived's gratuitous ARP would teach it)
+        run("ip", "-n", tb.director, "addr", "del", f"{tb.vip}/32", "dev", tb.lan_if)
+        run("ip", "-n", d2ns, "addr", "add", f"{tb.vip}/32", "dev", "lan0")
+        mac = json.loads(run("ip", "-n", d2ns, "-j", "link", "show", "dev",
+                             "lan0").stdout)[0]["address"]
+        run("ip", "-n", tb.client, "neigh", "replace", tb.vip, "lladdr", mac, "dev", "eth0")
+        assert wait_for(lambda: d2.admin("-L", "--daemon").stdout == f"master {line}\n")
+        assert wait_for(lambda: d1.admin("-L", "--daemon").stdout == f"backup {line}\n")
+        # the synced conn carries on through d2, to the same real server
+        assert conn.ask() == rs
+        assert " ESTABLISHED " in conn_line(d2, sport)
+    finally:
+        conn.close()
+    for d in (d1, d2):
+        assert any("lvs_sync_daemon" in ln and "sync daemon (mcast=lan0" in ln
+                   for ln in d.lines), d.stderr
+
+
+@pytest.fixture
+def pair_keepalived():
+    tb = tbmod.Testbed("dr", n_rs=2).build()
+    try:
+        d2ns = _second_director(tb)
+        reals = "".join(f"    real_server {rip} {HTTP_PORT} {{\n        weight 1\n    }}\n"
+                        for rip in tb.rips)
+        path = tb.write_rules(KEEPALIVED_CONF.format(vip=tb.vip, port=HTTP_PORT, reals=reals),
+                              "keepalived.conf")
+        d1 = tb.start_daemon("--keepalived-conf", path, backend="packet")
+        d2 = _start_d2(tb, d2ns, ["--keepalived-conf", path])
+        yield tb, d1, d2, d2ns
+    finally:
+        tb.destroy()
