@@ -77,7 +77,8 @@ def test_toml_sync_table():
     ('[sync]\nrole = "master"\n', 'fastlvs.toml:1: sync: missing "interface"'),
     ('[sync]\ninterface = "eth1"\nrole = "primary"\n',
      "fastlvs.toml:3: sync.role: 'primary' is not one of master, backup, both, auto"),
-    ('[sync]\ninterface = "eth1"\nsyncid = 256\n', "fastlvs.toml:3: sync.syncid: 256 is outside 0..255"),
+    ('[sync]\ninterface = "eth1"\nsyncid = 256\n',
+     "fastlvs.toml:3: sync.syncid: 256 is outside 0..255"),
     ('[sync]\ninterface = "eth1"\nmaxlen = 65508\n',
      "fastlvs.toml:3: sync.maxlen: 65508 is outside 1..65507"),
     ('[sync]\ninterface = "eth1"\nport = 0\n', "fastlvs.toml:3: sync.port: 0 is outside 1..65535"),
@@ -211,3 +212,30 @@ def test_fixed_roles_and_a_failed_switch_is_tried_again():
     d.sync.poll = lambda now_ns: 0
     d._sync_turn(d._sync_retry_at + 0.1)
     assert d.sync.on == {"master"} and d._sync_retry_at is None
+
+
+def test_a_reload_restarts_the_daemons_only_when_the_settings_changed(tmp_path):
+    toml = tmp_path / "fastlvs.toml"
+    toml.write_text('[sync]\ninterface = "eth1"\nrole = "master"\n')
+    d = _daemon(SyncSettings("eth1", "master"), {})
+    d.opts.config = str(toml)
+    d._sync_apply("master")
+    d._sync_reload()
+    assert d.sync.calls == [("start", "master")]          # the same: nothing moves
+    toml.write_text('[sync]\ninterface = "eth1"\nrole = "both"\nsyncid = 3\n')
+    d._sync_reload()
+    assert d.sync.calls[1:] == [("stop", "master"), ("start", "master"), ("start", "backup")]
+    assert d._sync_plan.syncid == 3
+    toml.write_text("")
+    d._sync_reload()
+    assert d.sync.on == set() and d._sync_plan is None
+
+
+def test_sync_table_and_lvs_sync_daemon_together_are_refused(tmp_path):
+    from fastlvs.daemon import StartupError
+    d = Daemon(Options(config=str(tmp_path / "fastlvs.toml")))
+    _, d._read = _kc(tmp_path, "lvs_sync_daemon eth1 VI_WEB")
+    d._sync_toml = SyncSettings("eth1")
+    with pytest.raises(StartupError, match=r"\[sync\] cannot be combined with keepalived.conf's "
+                       "lvs_sync_daemon"):
+        d._start_sync()
