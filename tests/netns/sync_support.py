@@ -64,6 +64,8 @@ def sync_pair():
             run("ip", "netns", "add", ns)
             made.append(ns)
             run("ip", "-n", ns, "link", "set", "dev", "lo", "up")
+            run("ip", "netns", "exec", ns, "sysctl", "-qw",
+                "net.ipv6.conf.default.accept_dad=0")
         run("ip", "-n", a, "link", "add", "sy0", "type", "veth", "peer", "name", "sy0",
             "netns", b)
         for ns, ip in ((a, "10.203.0.1/24"), (b, "10.203.0.2/24")):

@@ -78,6 +78,35 @@ def test_master_datagram_on_the_wire(sync_pair, ttl):  # noqa: F811
             s.close()
 
 
+def test_ipv6_group_master_to_backup(sync_pair):  # noqa: F811
+    a, b = sync_pair
+    group = "ff02::1:3"
+    with in_ns(a):
+        master = open_send_socket(SyncConfig(MASTER, "sy0", maxlen=1452, group=group, ttl=2),
+                                  lookup_interface("sy0"))
+    with in_ns(b):
+        backup = open_receive_socket(SyncConfig(BACKUP, "sy0", maxlen=1452, group=group),
+                                     lookup_interface("sy0"))
+    backup.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+    try:
+        payload = _one_conn(4)
+        for _ in range(20):         # a fresh veth may lose the first datagrams
+            master.send(payload)
+            r, _, _ = select.select([backup], [], [], 0.25)
+            if r:
+                break
+        assert r
+        data, anc, _, src = backup.recvmsg(65536, 256)
+        assert data == payload
+        assert src[0].startswith("fe80::")             # from the master's link-local address
+        hops = [struct.unpack("i", v[:4])[0] for lvl, kind, v in anc
+                if lvl == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT]
+        assert hops == [2]
+    finally:
+        master.close()
+        backup.close()
+
+
 def test_backup_hears_only_its_group_and_port(sync_pair):  # noqa: F811
     a, b = sync_pair
     backup = _listener(b, SyncConfig(BACKUP, "sy0", group="239.9.9.9", port=9000,
