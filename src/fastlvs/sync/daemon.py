@@ -228,14 +228,15 @@ class SyncDaemons:
     # -- commands
     def start(self, opts) -> SyncConfig:
         """Start a master or backup daemon with `opts` (ipvsadm.SyncDaemonOptions or the
-        like). The interface is looked up first (ENODEV), then a running daemon of that
-        state refuses (EEXIST), as start_sync_thread() orders them. Nothing is left behind
+        like). A real server of another family than its service refuses (EINVAL), then the
+        interface is looked up (ENODEV), then a running daemon of that state refuses
+        (EEXIST), in the kernel's order. Nothing is left behind
         when it fails. Returns the daemon's settings, defaults filled in."""
+        self._check_mixed_families()        # the netlink handler's check, before the rest
         dev = self.lookup(opts.ifname)
         cfg = config_of(opts, dev.mtu)
         if getattr(self, cfg.state) is not None:
             raise _refusal(errno.EEXIST, _START_ERRORS)
-        self._check_mixed_families()
         size = int(self.sock_size() or 0)
         try:
             if cfg.state == MASTER:
