@@ -63,7 +63,7 @@ def served_row(r: dict) -> bool:
 
 
 def our_lnc(e, now):
-    return {((c["proto"] if not c["template"] else c["proto"]), c["state"],
+    return {(c["proto"], c["state"],
              f"{c['caddr']}:{c['cport']}", f"{c['vaddr']}:{c['vport']}",
              f"{c['raddr']}:{c['rport']}"): c["expires"] for c in e.conns(now)}
 
