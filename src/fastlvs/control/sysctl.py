@@ -104,6 +104,10 @@ SYSCTLS: dict[str, Sysctl] = {s.name: s for s in (
             "connection sync (master): messages waiting to be sent at most; more are "
             "dropped and counted (queue_overflow). The kernel's default is a share of free "
             "memory; fastlvs's is 4096 messages (6 MB of 1472-byte messages at most)"),
+    Sysctl("sync_sock_size", "int", 0, 2**31 - 1, 0,
+           "connection sync: SO_SNDBUF of a master's socket, SO_RCVBUF of a backup's, in "
+           "bytes (doubled and capped by net.core.wmem_max/rmem_max as setsockopt does); 0 "
+           "keeps the system's default. Read when a sync daemon starts", engine=False),
 )}
 
 
