@@ -13,6 +13,13 @@ Nothing is addressed outside 10.204/16.
          pairs have it, so replies follow the VIP)
 
 d1 has the higher priority: it starts first and becomes MASTER; d2 waits as BACKUP.
+
+keepalived runs with `nftables` and `no_accept` (no_accept=True, the default): it then drops
+in the kernel's input path whatever is addressed to the VIPs. fastlvs takes the service
+traffic before that (XDP), so nothing it serves is dropped; what the rule stops is the
+kernel answering the VIP with RSTs while it holds the address and fastlvs does not steer it:
+on a new master between keepalived adding the VIP and fastlvs following the address event,
+and on a master whose fastlvs died (the rule outlives even a SIGKILLed keepalived).
 """
 from __future__ import annotations
 
@@ -54,17 +61,19 @@ class Pair:
     """A director pair for `mode` ("dr" or "nat"). `build()` makes the namespaces and starts
     the real servers' echo servers; `start()` starts d1 then d2 and waits until d1 holds the
     VIP; `destroy()` is safe after a partial build. advert_int is VRRP's (seconds);
-    priorities are d1's and d2's; sync=False leaves lvs_sync_daemon out of the file."""
+    priorities are d1's and d2's; sync=False leaves lvs_sync_daemon out of the file;
+    no_accept=False leaves keepalived's VIP drop out (see the module's docstring)."""
 
     def __init__(self, mode: str = "dr", n_rs: int = 2, prefix: str = "fp",
                  advert_int: float = 1.0, priorities=(150, 100), sync: bool = True,
-                 backend: str = "xdp"):
+                 backend: str = "xdp", no_accept: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.mode = mode
         self.advert_int = advert_int
         self.priorities = list(priorities)
         self.sync = sync
+        self.no_accept = no_accept
         self.backend = backend
         tag = f"{prefix}{os.getpid() % 100000}x{next(_seq)}"
         self.tag = tag
@@ -158,8 +167,10 @@ class Pair:
         reals = "".join(f"    real_server {rip} {PORT} {{\n        weight 1\n    }}\n"
                         for rip in self.rips)
         vaddrs = "".join(f"        {a}\n" for a in addrs)
-        return (f"global_defs {{\n    router_id fastlvs-pair-d{i + 1}\n{sync}}}\n"
+        return (f"global_defs {{\n    router_id fastlvs-pair-d{i + 1}\n{sync}"
+                f"{'    nftables' + chr(10) if self.no_accept else ''}}}\n"
                 f"vrrp_instance VI_PAIR {{\n    state BACKUP\n    interface {self.lan_if}\n"
+                f"{'    no_accept' + chr(10) if self.no_accept else ''}"
                 f"    virtual_router_id {VRID}\n    priority {prio}\n"
                 f"    advert_int {self.advert_int:g}\n"
                 f"    virtual_ipaddress {{\n{vaddrs}    }}\n}}\n"
