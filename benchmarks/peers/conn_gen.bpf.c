@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* New TCP connections as a director sees them, for benchmarks/failover.py's sync measurement:
  * run like gen.bpf.c (`xdptool gen IF OBJ CFGHEX SECONDS`, BPF_PROG_TEST_RUN with live frames,
- * the same struct gen_cfg and pacing), each pair of invocations writes a client's SYN and then
- * its ACK for the next of cfg->flows flows (client saddr + i / 1024, port 1024 + i % 1024):
- * the input-only TCP state table of a DR director goes NONE -> SYN_RECV -> ESTABLISHED, the
- * state change that makes a sync master send the connection. Complete frames: IPv4 and TCP
- * checksums computed. */
+ * the same struct gen_cfg and pacing), each three invocations write a client's SYN, its ACK and
+ * a second ACK for the next of cfg->flows flows (client saddr + i / 1024, port 1024 + i % 1024):
+ * the input-only TCP state table of a DR director goes NONE -> SYN_RECV -> ESTABLISHED, and
+ * the third packet is the one a sync master sends an established connection at (the
+ * kernel's default sync_threshold 3). Complete frames: IPv4 and TCP checksums computed. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -62,8 +62,8 @@ int gen(struct xdp_md *ctx)
 		s->next_due += c->interval_ns;
 	}
 	__u64 n = s->seq++;
-	__u32 i = (__u32)(n >> 1) % (c->flows ? c->flows : 1);
-	int syn = !(n & 1);
+	__u32 i = (__u32)(n / 3) % (c->flows ? c->flows : 1);
+	int syn = (n % 3) == 0;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = data + sizeof(*eth);
 	struct tcphdr *tcp = (void *)(ip + 1);
