@@ -503,6 +503,32 @@ class Daemon:
             raise StartupError(f"{self._sync_plan.source}: sync daemon on "
                                f"{self._sync_plan.interface}: {e}") from None
 
+    def _sync_reload(self) -> None:
+        """After a reload that succeeded: a changed [sync] or lvs_sync_daemon stops the
+        daemons running and starts what the new one asks for, as keepalived's reload
+        restarts its sync daemon when its settings changed; unchanged, nothing moves (an
+        admin's daemons stay)."""
+        new = self._read.sync if self._read is not None else None
+        if new is None and self.opts.config and self._read is None:
+            try:
+                new = load_config(self.opts.config).sync
+            except (ConfigError, OSError):
+                return                  # the reload read it a moment ago; keep what runs
+        if new == self._sync_plan:
+            return
+        for state in (MASTER, BACKUP):
+            if self.sync.running(state) is not None:
+                self.sync.stop(state)
+        self._sync_plan, self._sync_role, self._sync_retry_at = new, None, None
+        if new is None:
+            log.info("sync: no sync daemon configured any more")
+            return
+        try:
+            self._sync_apply(self._sync_wanted())
+        except SyncError as e:
+            log.error("%s: sync daemon on %s: %s; trying again", new.source, new.interface, e)
+            self._sync_retry_at = time.monotonic() + SYNC_RETRY
+
     def _sync_sock_size(self) -> int:
         return self.director.sysctls().get("sync_sock_size", 0)
 
@@ -609,6 +635,8 @@ class Daemon:
                 self.checker.set_probes(specs)
         if self.vrrp is not None:
             self.vrrp.reload()
+        if self.sync is not None:
+            self._sync_reload()
         self._sync_ports()
         return (f"reloaded {self.opts.rules or self.opts.config or self.opts.keepalived_conf}: "
                 f"{len(table)} service(s)")

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from fastlvs.control.metrics import SyncCollector
 from fastlvs.lab.testbed import in_ns
 from fastlvs.sync import protocol
 from fastlvs.sync.daemon import (BACKUP, MASTER, SyncConfig, lookup_interface,
@@ -75,6 +76,35 @@ def test_master_datagram_on_the_wire(sync_pair, ttl):  # noqa: F811
     finally:
         for s in (master, same_host, backup):
             s.close()
+
+
+def test_ipv6_group_master_to_backup(sync_pair):  # noqa: F811
+    a, b = sync_pair
+    group = "ff02::1:3"
+    with in_ns(a):
+        master = open_send_socket(SyncConfig(MASTER, "sy0", maxlen=1452, group=group, ttl=2),
+                                  lookup_interface("sy0"))
+    with in_ns(b):
+        backup = open_receive_socket(SyncConfig(BACKUP, "sy0", maxlen=1452, group=group),
+                                     lookup_interface("sy0"))
+    backup.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+    try:
+        payload = _one_conn(4)
+        for _ in range(20):         # a fresh veth may lose the first datagrams
+            master.send(payload)
+            r, _, _ = select.select([backup], [], [], 0.25)
+            if r:
+                break
+        assert r
+        data, anc, _, src = backup.recvmsg(65536, 256)
+        assert data == payload
+        assert src[0].startswith("fe80::")             # from the master's link-local address
+        hops = [struct.unpack("i", v[:4])[0] for lvl, kind, v in anc
+                if lvl == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT]
+        assert hops == [2]
+    finally:
+        master.close()
+        backup.close()
 
 
 def test_backup_hears_only_its_group_and_port(sync_pair):  # noqa: F811
@@ -144,6 +174,16 @@ def test_junk_from_the_lan_is_counted_and_ignored(sync_pair, tmp_path):  # noqa:
             layer = d.sync.stats()
         assert layer["received_messages"] == len(junk)
         assert layer["receive_failures"] == 0
+        with d.lock:
+            fams = {f.name: f for f in SyncCollector(d.sync).collect()}
+        value = {(f.name, tuple(smp.labels.values())): smp.value for f in fams.values()
+                 for smp in f.samples}
+        assert value[("fastlvs_sync_messages", ("received",))] == len(junk)
+        assert value[("fastlvs_sync_dropped", ("drop_foreign_syncid",))] == 1
+        assert value[("fastlvs_sync_daemon_running", ("backup",))] == 1
+        assert value[("fastlvs_sync_daemon_running", ("master",))] == 0
+        assert value[("fastlvs_sync_lag_seconds", ("backup",))] >= 0
+        assert ("fastlvs_sync_lag_seconds", ("master",)) not in value
         # a flood costs bounded work per turn and the daemon still answers
         for _ in range(2000):
             out.sendto(b"\xff" * 40, group)

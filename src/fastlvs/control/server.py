@@ -470,7 +470,10 @@ class ControlServer:
                 return ctl.ok(run_command(self.director, args["argv"], args.get("stdin"),
                                           final, self.sync))
             if op == "counters":
-                return ctl.ok(self.director.counters())
+                counters = self.director.counters()
+                if self.sync is not None:
+                    counters["sync"] = self._sync_counters()
+                return ctl.ok(counters)
             if op == "ping":
                 return ctl.ok({"pid": os.getpid(), "version": __version__})
             if op == "sysctl":
@@ -503,6 +506,14 @@ class ControlServer:
             log.exception("control socket: %s request failed", op)
             return ctl.error(f"internal error: {type(e).__name__}: {e}", ctl.EXIT_LIST)
         return ctl.error(f"unknown op {op!r}", ctl.EXIT_SYNTAX)   # pragma: no cover
+
+    def _sync_counters(self) -> dict:
+        """The "sync" part of the counters: the engine's sync counters (sent, received,
+        installed, drop_*, ...) and the sockets' (messages, bytes, errors, lag) under
+        "daemons"."""
+        out = dict(self.director.sync_stats())
+        out["daemons"] = self.sync.stats()
+        return out
 
 
 class _ConnStream:
