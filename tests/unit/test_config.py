@@ -106,8 +106,8 @@ BASE = '[[service]]\nvip = "10.0.0.1:80"\n'
     (BASE + 'scheduler = "fair"\n', "f.toml:3: service[0].scheduler: Scheduler or "
      "persistence engine not found (unknown scheduler 'fair'; valid: rr, wrr, lc, wlc, lblc, "
      "lblcr, dh, sh, sed, nq, fo, ovf, mh, twos)"),
-    (BASE + 'scheduler = "rr"\nflags = ["sh-port"]\n', "f.toml:4: service[0].flags: invalid "
-     "scheduler flag `sh-port' (unknown flag 'sh-port' for scheduler rr; valid: none)"),
+    (BASE + 'scheduler = "rr"\nflags = ["sh-port"]\n', "f.toml:4: service[0].flags: "
+     "incompatible scheduler flag `sh-port' (sh-port is a flag of the sh scheduler, not of rr)"),
     (BASE + 'netmask = "255.0.0.0"\n',
      "f.toml:3: service[0].netmask: only a persistent service has a netmask"),
     (BASE + 'persistent = 5000000\n',

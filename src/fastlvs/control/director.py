@@ -413,13 +413,14 @@ class Director:
     def list(self, **options) -> str:
         """`ipvsadm -L` text of the current state (options as listing.format_list takes)."""
         self.pull_counters()
+        options.setdefault("conn_table_size", self.engine.hash_size)
         return format_list(self.table, **options)
 
     def list_conns(self, numeric: bool = True, persistent_conn: bool = False) -> str:
         """`ipvsadm -Lc [--persistent-conn]` text of the engine's connection entries (no
         entry has a persistence engine, so --persistent-conn only changes the title), made
         in one go: the control socket streams iter_conns() instead."""
-        del numeric                      # numbers either way, as listing.format_conns
+        del numeric                      # numbers either way: names are the client's
         return "".join(self.iter_conns(persistent_conn))
 
     def iter_conns(self, persistent_conn: bool = False, slice_size: int = CONN_SLICE):
@@ -486,7 +487,7 @@ class Director:
 
     def save(self, numeric: bool = True) -> str:
         """`ipvsadm -S [-n]` text of the current table (rules.dump_rules: sorted as ipvsadm
-        sorts, thresholds not written). Numbers either way: fastlvs looks up no names."""
+        sorts, thresholds not written). Numbers either way: the admin client puts in names (control/names.py)."""
         return dump_rules(self.table, numeric)
 
     def restore(self, text: str, filename: str = "-", final: bool = True) -> list[str]:

@@ -519,7 +519,8 @@ def _service_options(cmd: Command, given, value) -> None:
         try:
             check_sched_flags(cmd.sched, flags)
         except ControlError as e:
-            raise CommandError(f"sched-flags: {e.detail or e.message}") from None
+            # ipvsadm's own words first (tests/fixtures/kernel/names.json), then why
+            raise CommandError(f"sched-flags: {e.message} ({e.detail})") from None
         cmd.sched_flags = flags
     if cmd.service.vport == 0 and not cmd.timeout:
         raise CommandError("Zero port specified for non-persistent service")

@@ -251,6 +251,12 @@ cdef class Engine:
     def capacity(self):
         return self.st.capacity
 
+    @property
+    def hash_size(self):
+        """Buckets of the connection hash table: the `size=` of ipvsadm's -L banner, which
+        is the kernel's conn_tab_size."""
+        return <uint64_t>1 << self.st.bucket_bits
+
     def memory_bytes(self):
         """Bytes allocated for the conn table, its buckets and, once drop_entry has been
         set, its ring of embryonic entries (8 bytes a bucket), and once sync has been

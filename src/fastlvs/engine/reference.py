@@ -732,6 +732,11 @@ class Engine(SyncMixin):
     def capacity(self):
         return self._capacity
 
+    @property
+    def hash_size(self):
+        """Buckets of the connection hash table (the -L banner's size=)."""
+        return 1 << self._bucket_bits
+
     def memory_bytes(self):
         """Bytes the extension allocates for the conn table and its buckets."""
         per_bucket = 4 if self.embryo is None else 12
