@@ -78,6 +78,7 @@ def one_run(mode: str, event: str, n_long: int, interval: float, rate: float) ->
         lr.start()
         try:
             time.sleep(BEFORE)
+            t_event = time.time()
             t0 = time.monotonic()
             if event == "sigkill":
                 pair.kill_director(0)
@@ -96,6 +97,11 @@ def one_run(mode: str, event: str, n_long: int, interval: float, rate: float) ->
     return {"mode": mode, "event": event, "opened": s["long"]["opened"],
             "lost": s["long"]["lost"], "lost_by_reason": s["long"]["lost_by_reason"],
             "new_attempts": s["new"]["attempts"], "new_failed": s["new"]["failed"],
+            "new_failed_by_reason": {k: v for k, v in s["new"]["failed_by_reason"].items() if v},
+            "first_failure_after_event_ms": (round(s["outage"]["first_failure_ms"]
+                                                   - (t_event - s["start_unix"]) * 1000, 1)
+                                             if s["outage"]["first_failure_ms"] is not None
+                                             else None),
             "outage_ms": s["outage"]["window_ms"], "gap_ms": s["outage"]["longest_gap_ms"],
             "takeover_ms": round(takeover * 1000, 1), "max_stall_ms": s["long"]["max_stall_ms"]}
 
