@@ -102,6 +102,11 @@ def one_run(mode: str, event: str, n_long: int, interval: float, rate: float) ->
                                                    - (t_event - s["start_unix"]) * 1000, 1)
                                              if s["outage"]["first_failure_ms"] is not None
                                              else None),
+            "last_failure_after_takeover_ms": (round(s["outage"]["last_failure_ms"]
+                                                     - (t_event - s["start_unix"]) * 1000
+                                                     - takeover * 1000, 1)
+                                               if s["outage"]["last_failure_ms"] is not None
+                                               else None),
             "outage_ms": s["outage"]["window_ms"], "gap_ms": s["outage"]["longest_gap_ms"],
             "takeover_ms": round(takeover * 1000, 1), "max_stall_ms": s["long"]["max_stall_ms"]}
 
