@@ -157,6 +157,17 @@ def _sync_counter(ns: str) -> tuple[int, int]:
     return 0, 0
 
 
+def _udp_rcvbuf_errors(ns: str) -> int | None:
+    """The kernel's Udp RcvbufErrors in namespace ns (/proc/net/snmp: datagrams dropped
+    for a full socket buffer)."""
+    lines = [ln.split() for ln in run("ip", "netns", "exec", ns, "cat",
+                                      "/proc/net/snmp").stdout.splitlines()
+             if ln.startswith("Udp:")]
+    if len(lines) >= 2 and "RcvbufErrors" in lines[0]:
+        return int(lines[1][lines[0].index("RcvbufErrors")])
+    return None
+
+
 def sync_load(rate: float, seconds: float) -> dict:
     """The sync-under-load measurement (see the module docstring)."""
     from fastlvs.control import ctl
@@ -212,8 +223,7 @@ def sync_load(rate: float, seconds: float) -> dict:
         except (ValueError, IndexError):
             raise RuntimeError(f"generator: {err.strip()}") from None
         m_final, b_final = samples[-1][1], samples[-1][2]
-        rcvbuf = run("ip", "netns", "exec", pair.directors[1], "nstat", "-az",
-                     "UdpRcvbufErrors").stdout.split()
+        rcvbuf = _udp_rcvbuf_errors(pair.directors[1])
         caught = next((t for t, m, b in samples if t >= gen_end and b >= m_final), None)
         master.close()
         backup.close()
@@ -234,7 +244,7 @@ def sync_load(rate: float, seconds: float) -> dict:
             "sync_msgs_per_s_at_rate": round((p2 - p0) / m_final * rate) if m_final else None,
             "sync_msgs_total": p2 - p0,
             # datagrams the backup's kernel dropped: its socket buffer was full
-            "backup_udp_rcvbuf_errors": int(rcvbuf[-2]) if len(rcvbuf) >= 2 else None,
+            "backup_udp_rcvbuf_errors": rcvbuf,
             "samples": samples,
         }
     finally:
