@@ -23,6 +23,7 @@ and on a master whose fastlvs died (the rule outlives even a SIGKILLed keepalive
 """
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import os
@@ -34,6 +35,7 @@ import time
 
 from fastlvs.lab import load
 from fastlvs.lab.testbed import Daemon, run, sysctl, tx_checksum_off
+from fastlvs.system import vrrp
 
 LAN = "10.204.0"
 RSNET = "10.204.1"
@@ -93,6 +95,7 @@ class Pair:
         self.daemons: list[Daemon] = []
         self.running: list[Daemon | None] = [None, None]
         self.hosts = [_Host(ns, self.tmp, self.daemons) for ns in self.directors]
+        self.pids: list[int] = []          # every fastlvs started, for the files it left
 
     @property
     def namespaces(self):
@@ -204,6 +207,7 @@ class Pair:
         self.daemons.append(d)
         d.start(timeout=timeout)
         self.running[i] = d
+        self.pids.append(d.proc.pid)       # ip netns exec execs: fastlvs's own pid
         return d
 
     def start(self, timeout: float = 30.0) -> "Pair":
@@ -339,6 +343,16 @@ class Pair:
                 if f:
                     f.close()
         self.servers.clear()
+        # a SIGKILLed fastlvs could not remove its keepalived's runtime files, nor its state
+        # file (whose undo concerns a namespace deleted below)
+        for pid in self.pids:
+            for path in (glob.glob(os.path.join(vrrp.RUN_DIR, f"keepalived-vrrp-{pid}*"))
+                         + [os.path.join(vrrp.RUN_DIR, f"state-{pid}.json")]):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        self.pids.clear()
         for ns in reversed(self.made):
             run("ip", "netns", "del", ns, check=False)
         self.made.clear()
