@@ -35,7 +35,9 @@ Choices worth knowing:
   engine memory (fl_frame.xrec) and leaves as the fragments frag_cut makes of its output.
 - ICMP errors quoting a conn's packet are forwarded to its real server, or translated back
   to the client for NAT (dataplane/icmp.pxi), as ip_vs_in_icmp / ip_vs_out_icmp.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
+- IPv6 (parse6.pxi, xmit6.pxi, neigh6.pxi): DR, NAT66 and IPv6-in-IPv6 TUN; a v4 address
+  is held as ::a.b.c.d in the entries' 128-bit words, so ::/96 is refused as a v6 address.
+- Not yet: IPv6 extension headers and fragments (dropped, counted), fwmark
   services, FTP's template special case, fragmentation of
   TUN packets over the MTU without DF (they are sent as they are and counted oversize).
 """
@@ -55,10 +57,13 @@ import time as _time
 include "dataplane/csum.pxi"
 include "dataplane/hash.pxi"
 include "dataplane/parse.pxi"
+include "dataplane/parse6.pxi"
 include "dataplane/tcpstate.pxi"
 include "dataplane/conn.pxi"
 include "dataplane/neigh.pxi"
+include "dataplane/neigh6.pxi"
 include "dataplane/xmit.pxi"
+include "dataplane/xmit6.pxi"
 
 # The contract's names at the Python level; the C constants come from the same module through
 # the generated dataplane/contract.pxi (a stale build fails the check below).

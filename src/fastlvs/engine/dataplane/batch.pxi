@@ -75,7 +75,9 @@ cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *
         c.timeout = e.udp_timeout
     # as IPVS's decrement_ttl: a packet at TTL 1 is answered, not forwarded (its conn
     # stands, counted and stated as any other)
-    if fl_unlikely(f.data[p.l2len + 8] <= 1):
+    if fl_unlikely(p.v6):
+        r = forward_in_v6(e, f, p, c)
+    elif fl_unlikely(f.data[p.l2len + 8] <= 1):
         r = icmp_time_exceeded_v4(e, f, p, p.daddr[3])
     else:
         ttl_dec_v4(f.data + p.l2len)
@@ -91,6 +93,9 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
     cdef fl_dest *d = &e.dests[c.dest]
     cdef fl_svc *s = &e.svcs[d.svc]
     cdef int r
+    if fl_unlikely(p.v6):
+        conn_forward_out_v6(e, f, p, c, now)
+        return
     if fl_unlikely(f.data[p.l2len + 8] <= 1):
         # the kernel's ip_forward drops it before IPVS sees it: no stats, no state change;
         # the real server hears from the director's own address
@@ -114,6 +119,9 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
 
 
 cdef inline void persist_net(fl_svc *s, fl_pkt *p, uint32_t *snet) noexcept nogil:
+    if fl_unlikely(p.v6):
+        persist_net_v6(s.netmask, p.saddr, snet)
+        return
     snet[0] = 0
     snet[1] = 0
     snet[2] = 0
@@ -171,7 +179,10 @@ cdef void conn_create_forward(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t svc
     e.svcs[e.dests[dest].svc].conns += 1
     e.counters[C_CONNS_CREATED] += 1
     if e.learn_ifindex != 0 and e.dests[dest].fwd == FWD_NAT:
-        neigh_learn(e, p.saddr[3], f.data + 6, e.learn_ifindex)
+        if p.v6:
+            neigh6_learn(e, p.saddr, f.data + 6, e.learn_ifindex)
+        else:
+            neigh_learn(e, p.saddr[3], f.data + 6, e.learn_ifindex)
     conn_forward_in(e, f, p, c, now)
     if p.proto == 6:
         if c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK:
@@ -314,7 +325,7 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
     if ci != 0:
         conn_forward_out(e, f, p, &e.conns[ci - 1], now)
         return
-    if fl_unlikely(e.nat_icmp_send) and nat_icmp_send_v4(e, f, p):
+    if fl_unlikely(e.nat_icmp_send) and not p.v6 and nat_icmp_send_v4(e, f, p):
         return
     frame_pass(e, f, C_NO_SERVICE)
 
@@ -361,6 +372,8 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                     p.ok = PKT_ICMP if r == ICMP_OK else PKT_ICMP_TUN
                     fl_prefetch(&e.buckets[p.bucket])
                     continue
+            if r == C_V6_EXTHDR and not addr_set_has(e.vset6, e.vmask6, addr6_fold(p.daddr)):
+                r = C_NO_SERVICE        # not to a VIP: the host's
             if r != PARSE_OK:
                 p.ok = 0
                 if (r == C_NOT_IP or r == C_NO_SERVICE or r == C_FRAGMENT
@@ -372,7 +385,9 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
         p.ok = 1
         if f.csum != FRAME_CSUM_FULL and (
                 f.csum == FRAME_CSUM_PARTIAL
-                or fl_unlikely(l4_csum_looks_partial(f.data + p.l2len, p.ihl,
+                or fl_unlikely(l4_csum_looks_partial_v6(f.data + p.l2len, p.tot_len - 40,
+                                                        p.proto) if p.v6 else
+                               l4_csum_looks_partial(f.data + p.l2len, p.ihl,
                                                      p.tot_len - p.ihl, p.proto))):
             l4_csum_complete(f.data + p.l2len, p.ihl, p.tot_len - p.ihl, p.proto)
             e.counters[C_CSUM_COMPLETED] += 1

@@ -17,6 +17,7 @@ cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
     cdef const uint8_t *ip
     cdef uint32_t ihl, tot, l4len, doff, ulen
     cdef const uint8_t *l4
+    p.v6 = 0
     if n < 14:
         return C_MALFORMED
     etype = rd16(d + 12)
@@ -26,6 +27,8 @@ cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
         etype = rd16(d + 16)
         l2 = 18
     if etype != 0x0800:
+        if etype == 0x86DD:
+            return parse_frame_v6(f, p, l2)
         return C_NOT_IP
     if n < l2 + 20:
         return C_MALFORMED
