@@ -422,7 +422,7 @@ class Director:
                 "scheduler": svc.sched_name,
                 **{f: getattr(svc, f) for f in STAT_FIELDS},
                 "dests": [{
-                    "dest": f"{d.addr}:{d.port}", "fwd": d.fwd.label, "weight": d.weight,
+                    "dest": addrport(d.addr, d.port), "fwd": d.fwd.label, "weight": d.weight,
                     "activeconns": d.activeconns, "inactconns": d.inactconns,
                     "persistconns": d.persistconns, "overloaded": bool(d.overloaded),
                     **{f: getattr(d, f) for f in STAT_FIELDS},
