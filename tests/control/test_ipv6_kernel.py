@@ -89,3 +89,39 @@ def test_ipv6_refusals_are_one_line(kdaemon):
     rc, out, err = kdaemon.admin("-A", "-u", "[2001:db8:1::100]:53", "-p", "60", "-M", "129")
     assert rc != 0 and len(err.splitlines()) == 1
     assert kdaemon.ok("-S", "-n").splitlines() == ["-A -t [2001:db8:1::100]:80 -s rr"]
+
+
+def test_ipv6_from_toml_keepalived_and_the_quick_start(tmp_path, engine_kind):
+    """The three other ways in take IPv6 as ipvsadm does: bracketed in TOML and --vip/--rs,
+    bare in keepalived.conf; -M / persistence_granularity as a prefix length."""
+    from fastlvs.control.config import load_config
+    from fastlvs.control.director import Director
+    from fastlvs.control.keepalived import load_keepalived
+    from fastlvs.control.rules import dump_rules
+    from fastlvs.daemon import quickstart_table
+
+    (tmp_path / "f.toml").write_text(
+        '[[service]]\nvip = "[2001:db8:1::100]:80"\nscheduler = "rr"\npersistent = 300\n'
+        'netmask = 64\n[[service.dest]]\naddress = "[2001:db8:2::11]:8080"\nfwd = "nat"\n')
+    (tmp_path / "k.conf").write_text(
+        "virtual_server 2001:db8:1::100 80 {\n lb_algo rr\n lb_kind DR\n protocol TCP\n"
+        " persistence_timeout 60\n persistence_granularity 48\n"
+        " real_server 2001:db8:2::11 80 {\n  weight 2\n }\n}\n")
+
+    class Quick:
+        vip, rs, scheduler, persistent, mode = (
+            "udp:[2001:db8:1::100]:53", ["[2001:db8:2::11]:53@2"], "wlc", None, "nat")
+    tables = [load_config(str(tmp_path / "f.toml")).table,
+              load_keepalived(str(tmp_path / "k.conf")).table, quickstart_table(Quick)]
+    assert [dump_rules(t) for t in tables] == [
+        "-A -t [2001:db8:1::100]:80 -s rr -p 300 -M 64\n"
+        "-a -t [2001:db8:1::100]:80 -r [2001:db8:2::11]:8080 -m -w 1\n",
+        "-A -t [2001:db8:1::100]:80 -s rr -p 60 -M 48\n"
+        "-a -t [2001:db8:1::100]:80 -r [2001:db8:2::11]:80 -g -w 2\n",
+        "-A -u [2001:db8:1::100]:53 -s wlc\n"
+        "-a -u [2001:db8:1::100]:53 -r [2001:db8:2::11]:53 -m -w 2\n"]
+    for t in tables:
+        d = Director(control_harness.engine_class(engine_kind)(capacity=64),
+                     lambda ip: (RS_MAC, 1))
+        d.load(t)
+        assert dump_rules(d.table) == dump_rules(t)
