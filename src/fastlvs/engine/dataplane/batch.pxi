@@ -362,6 +362,8 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
             now = f.ts_ns
         r = parse_frame(f, p)
         if fl_unlikely(r != PARSE_OK):
+            if r == PARSE_IPV6:
+                r = parse_frame_v6(e, f, p, p.l2len)
             if r == C_FRAGMENT:
                 # held, or the datagram it completes now stands in for the frame
                 r = frag_input(e, f, p, now)
@@ -385,9 +387,7 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
         p.ok = 1
         if f.csum != FRAME_CSUM_FULL and (
                 f.csum == FRAME_CSUM_PARTIAL
-                or fl_unlikely(l4_csum_looks_partial_v6(f.data + p.l2len, p.tot_len - 40,
-                                                        p.proto) if p.v6 else
-                               l4_csum_looks_partial(f.data + p.l2len, p.ihl,
+                or fl_unlikely(l4_csum_looks_partial(f.data + p.l2len, p.ihl,
                                                      p.tot_len - p.ihl, p.proto))):
             l4_csum_complete(f.data + p.l2len, p.ihl, p.tot_len - p.ihl, p.proto)
             e.counters[C_CSUM_COMPLETED] += 1

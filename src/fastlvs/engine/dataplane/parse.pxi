@@ -6,6 +6,7 @@
 cdef enum:
     PARSE_OK = -1
     PARSE_ICMP = -2         # an ICMP message, l2len/ihl/tot_len/addresses filled: icmp.pxi
+    PARSE_IPV6 = -5         # IPv6, l2len filled: parse_frame_v6 (parse6.pxi) takes over
 
 
 cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
@@ -28,7 +29,8 @@ cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
         l2 = 18
     if etype != 0x0800:
         if etype == 0x86DD:
-            return parse_frame_v6(f, p, l2)
+            p.l2len = <uint16_t>l2
+            return PARSE_IPV6
         return C_NOT_IP
     if n < l2 + 20:
         return C_MALFORMED

@@ -32,8 +32,10 @@ cdef inline bint ip6_is_exthdr(uint8_t nh) noexcept nogil:
             or nh == 139 or nh == 140 or nh == 253 or nh == 254)
 
 
-cdef int parse_frame_v6(fl_frame *f, fl_pkt *p, uint32_t l2) noexcept nogil:
-    # Returns PARSE_OK, or the C_* counter explaining why the frame is not handled.
+cdef int parse_frame_v6(fl_engine *e, fl_frame *f, fl_pkt *p, uint32_t l2) noexcept nogil:
+    # Returns PARSE_OK, or the C_* counter explaining why the frame is not handled. A
+    # partial TCP/UDP checksum (a sender with checksum offload) is completed here, and the
+    # frame then marked complete: the batch loop's v4 test must not read this header.
     cdef const uint8_t *ip = f.data + l2
     cdef const uint8_t *l4
     cdef uint32_t n = f.len
@@ -75,6 +77,11 @@ cdef int parse_frame_v6(fl_frame *f, fl_pkt *p, uint32_t l2) noexcept nogil:
         return C_NO_SERVICE             # ICMPv6 and the rest: the host's
     p.sport = rd16(l4)
     p.dport = rd16(l4 + 2)
+    if f.csum != FRAME_CSUM_FULL:
+        if f.csum == FRAME_CSUM_PARTIAL or l4_csum_looks_partial_v6(ip, plen, nh):
+            l4_csum_complete(<uint8_t *>ip, 40, plen, nh)
+            e.counters[C_CSUM_COMPLETED] += 1
+        f.csum = FRAME_CSUM_FULL
     return PARSE_OK
 
 

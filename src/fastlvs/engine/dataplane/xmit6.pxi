@@ -168,9 +168,10 @@ cdef int xmit_tun_v6(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
 cdef xmit_fn[5] XMIT6 = [NULL, xmit_dr_v4, xmit_nat_v6, xmit_tun_v6, xmit_nat_out_v6]
 
 
-cdef inline int forward_in_v6(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
+cdef int forward_in_v6(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
     # decrement_ttl for v6, then the conn's transmit function; the answer to a packet at
-    # hop limit 1 comes from the address it was sent to (the VIP)
+    # hop limit 1 comes from the address it was sent to (the VIP). Out of line: the v4
+    # path it sits beside must stay as small as it was.
     cdef uint8_t *ip = f.data + p.l2len
     if fl_unlikely(ip[7] <= 1):
         return icmp6_time_exceeded(e, f, p, p.daddr)
