@@ -13,7 +13,7 @@ import pathlib
 
 import pytest
 from scapy.layers.inet import TCP, UDP
-from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6ND_NS,
+from scapy.layers.inet6 import (ICMPv6EchoRequest, ICMPv6ND_NS,
                                 IPv6, IPv6ExtHdrHopByHop, _ICMPv6)
 from scapy.layers.l2 import Ether
 
@@ -361,3 +361,71 @@ def test_v6_partial_checksums_alike():
     (v,) = t.run([bytes(raw)], 1 * S)
     assert v[0] == "tx" and checksums_ok6(v[3])
     assert t.core.stats()["csum_completed"] == 1
+
+
+# -- ICMPv6 errors about conns ------------------------------------------------------------------
+def _ptb(src, dst, quoted, mtu=1280, hlim=64):
+    from scapy.layers.inet6 import ICMPv6PacketTooBig
+    return bytes(Ether(src=P.GW_MAC, dst=P.LOCAL_MAC) / IPv6(src=src, dst=dst, hlim=hlim)
+                 / ICMPv6PacketTooBig(mtu=mtu) / quoted)
+
+
+@pytest.mark.parametrize("fwd", ["dr", "nat", "tun"])
+def test_icmpv6_errors_about_conns_alike(fwd):
+    """Packet too big from a router on the client's side, quoting what the service sent the
+    client, reaches the conn's real server (NAT66: rewritten for it); one from the server's
+    side quoting the request it got (NAT66) reaches the client from the VIP. Both engines
+    answer alike; the output is re-parsed and its checksums recomputed."""
+    from scapy.layers.inet6 import ICMPv6PacketTooBig
+    t = twin6(fwd)
+    t.set_neighbor(CLIENT, P.CLIENT_MAC, 3)
+    eth = Ether(src=P.CLIENT_MAC, dst=P.LOCAL_MAC)
+    (v,) = t.run([bytes(eth / IPv6(src=CLIENT, dst=VIP) / TCP(sport=34000, dport=80,
+                                                            flags="S"))], 1 * S)
+    rip = IPv6(bytes(Ether(v[3])[IPv6].payload)).dst if fwd == "tun" else None
+    d = [c for c in t.core.conns() if c["cport"] == 34000][0]
+    rport = 8080 if fwd == "nat" else 80
+    # what the service sent the client: VIP:80 -> client:34000 (the reply of a DR/TUN server)
+    reply = IPv6(src=VIP, dst=CLIENT, hlim=60) / TCP(sport=80, dport=34000, flags="SA") / (
+        b"r" * 1300)
+    err = _ptb("2001:db8:1::fe", VIP, bytes(reply)[:1232])
+    (v,) = t.run([err], 2 * S)
+    assert v[0] == "tx", v
+    out = Ether(v[3])
+    assert checksums_ok6(v[3])
+    if fwd == "tun":
+        assert out[IPv6].nh == 41 and out[IPv6].dst == d["raddr"]
+        inner = IPv6(bytes(out[IPv6].payload))
+        assert inner.hlim == 63 and ICMPv6PacketTooBig in inner
+    else:
+        ip = out[IPv6]
+        assert ip.hlim == 63 and ip.src == "2001:db8:1::fe"
+        quoted = IPv6(bytes(ip[ICMPv6PacketTooBig].payload))
+        if fwd == "nat":
+            assert ip.dst == d["raddr"]
+            assert (quoted.src, quoted[TCP].sport) == (d["raddr"], rport)
+        else:
+            assert ip.dst == VIP and out.dst in [m.lower() for m in P.RS_MAC]
+            assert (quoted.src, quoted[TCP].sport) == (VIP, 80)
+    assert t.core.stats()["icmp_related"] == 1
+    if fwd == "nat":
+        # the server's side: a router there quotes the request the server got
+        req = IPv6(src=CLIENT, dst=d["raddr"], hlim=63) / TCP(sport=34000, dport=rport,
+                                                              flags="A") / (b"q" * 1300)
+        err = _ptb("2001:db8:2::fe", CLIENT, bytes(req)[:1232])
+        (v,) = t.run([err], 3 * S)
+        assert v[0] == "tx" and v[2] == 3 and checksums_ok6(v[3])
+        ip = Ether(v[3])[IPv6]
+        quoted = IPv6(bytes(ip[ICMPv6PacketTooBig].payload))
+        assert (ip.src, ip.dst, ip.hlim) == (VIP, CLIENT, 63)
+        assert (quoted.dst, quoted[TCP].dport) == (VIP, 80)
+        assert t.core.stats()["icmp_related"] == 2
+    # a bad checksum is dropped and counted; an error about no conn and an echo are the host's
+    bad = bytearray(_ptb("2001:db8:1::fe", VIP, bytes(reply)[:200]))
+    bad[14 + 42] ^= 0xFF
+    stray = _ptb("2001:db8:1::fe", VIP, bytes(IPv6(src=VIP, dst=CLIENT) / TCP(
+        sport=80, dport=1)))
+    ping = bytes(eth / IPv6(src=CLIENT, dst=VIP) / ICMPv6EchoRequest())
+    got = t.run([bytes(bad), stray, ping], 4 * S)
+    assert [(g[0], g[1]) for g in got] == [("drop", "icmp_bad_checksum"),
+                                          ("pass", "icmp_no_conn"), ("pass", "no_service")]

@@ -629,10 +629,13 @@ def parse_frame_v6(f, l2):
         if ulen < 8 or ulen > plen:
             return "malformed"
         p.tcpflags = 0
+    elif nh == 58:
+        p.icmp = True                   # Engine._icmp6_parse: errors about conns
+        return p
     elif nh in V6_EXTHDRS:
         return ("v6_exthdr", p.daddr)
     else:
-        return "no_service"             # ICMPv6 (neighbour discovery) and the rest
+        return "no_service"
     p.sport = rd16(b, l4)
     p.dport = rd16(b, l4 + 2)
     return p
@@ -2288,6 +2291,8 @@ class Engine:
         daddr:dport its source): the key of both lookups, as a client -> VIP packet and as a
         NAT server's reply; or the counter name of a drop (malformed) or a pass (not an
         error, or not one that can name a conn)."""
+        if p.v6:
+            return self._icmp6_parse(f, p)
         b = f.buf
         ic = f.data + p.l2len + p.ihl
         n = p.tot_len - p.ihl
@@ -2483,10 +2488,123 @@ class Engine:
         s.outbytes += tlen + 28 + quote
         self._count("icmp_related")
 
+    # -- ICMPv6 errors about conns (the extension's icmp6.pxi) ----------------------------------
+    def _icmp6_parse(self, f, p):
+        b = f.buf
+        ip = f.data + p.l2len
+        ic, q = ip + 40, ip + 48
+        n = p.tot_len - 40
+        if n < 8:
+            return "malformed"
+        if b[ic] >= 128 or b[ic] == 0:
+            return "no_service"
+        if n < 8 + 40 + 4 or b[q] >> 4 != 6 or b[q + 6] not in (6, 17):
+            return "icmp_no_conn"
+        p.proto = b[q + 6]
+        p.tcpflags = 0
+        p.saddr = int.from_bytes(b[q + 24:q + 40], "big")
+        p.daddr = int.from_bytes(b[q + 8:q + 24], "big")
+        p.sport = rd16(b, q + 42)
+        p.dport = rd16(b, q + 40)
+        p.vip = self._vip_find_in(p.proto, p.daddr, p.dport)
+        return p
+
+    @staticmethod
+    def _icmp6_sum(b, ip, n):
+        return csum_fold(csum_sum(b, ip + 40, n, csum_sum(b, ip + 8, 32) + n + 58))
+
+    def _icmp6_csum_set(self, b, ip, n):
+        wr16(b, ip + 42, 0)
+        wr16(b, ip + 42, ~self._icmp6_sum(b, ip, n) & 0xFFFF)
+
+    def _icmp6_forward_in(self, f, p, c):
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        b = f.buf
+        ip = f.data + p.l2len
+        q = ip + 48
+        n = p.tot_len - 40
+        if self._icmp6_sum(b, ip, n) != 0xFFFF:
+            self._drop(f, "icmp_bad_checksum")
+            return
+        d.inpkts += 1
+        d.inbytes += p.tot_len
+        s.inpkts += 1
+        s.inbytes += p.tot_len
+        if b[ip + 7] <= 1:
+            self._drop(f, "ttl_exceeded")
+            return
+        b[ip + 7] -= 1
+        if c.fwd == K.FWD_NAT:
+            raddr = d.raddr.to_bytes(16, "big")
+            b[ip + 24:ip + 40] = raddr
+            b[q + 8:q + 24] = raddr
+            wr16(b, q + 40, self._rport(c))
+            self._icmp6_csum_set(b, ip, n)
+            b[f.data:f.data + 12] = d.mac + d.smac
+            self._tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+            reason = None
+        elif c.fwd == K.FWD_TUN:
+            reason = self.xmit_tun_v6(f, p, c)
+        else:
+            reason = self.xmit_dr(f, p, c)
+        if reason is not None:
+            self._drop(f, reason)
+        else:
+            self._count("icmp_related")
+
+    def _icmp6_forward_out(self, f, p, c):
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        v = self.vips[c.vip]
+        b = f.buf
+        ip = f.data + p.l2len
+        q = ip + 48
+        n = p.tot_len - 40
+        if b[ip + 7] <= 1:
+            self._drop(f, "ttl_exceeded")
+            return
+        if self._icmp6_sum(b, ip, n) != 0xFFFF:
+            self._drop(f, "icmp_bad_checksum")
+            return
+        nb = self.neigh6.find(int.from_bytes(b[ip + 24:ip + 40], "big"), self._tick())
+        hop = (nb.mac, nb.ifindex) if nb is not None else self.gw6
+        if hop is None:
+            self._drop(f, "no_route")
+            return
+        b[f.data:f.data + 12] = hop[0] + self.local_mac
+        self._tx(f, hop[1], 0, p.l2len + p.tot_len)
+        b[ip + 7] -= 1
+        vaddr = v.addr.to_bytes(16, "big")
+        b[ip + 8:ip + 24] = vaddr
+        b[q + 24:q + 40] = vaddr
+        wr16(b, q + 42, c.vport)
+        self._icmp6_csum_set(b, ip, n)
+        d.outpkts += 1
+        d.outbytes += p.tot_len
+        s.outpkts += 1
+        s.outbytes += p.tot_len
+        self._count("icmp_related")
+
+    def _icmp6_handle(self, f, p, now):
+        if p.vip != 0:
+            ci = self._lookup_in(p, now)
+            if ci is not None:
+                self._icmp6_forward_in(f, p, self.conn_table[ci])
+                return
+        ci = self._lookup_out(p, now)
+        if ci is not None:
+            self._icmp6_forward_out(f, p, self.conn_table[ci])
+            return
+        self._pass(f, "icmp_no_conn")
+
     def _icmp_handle(self, f, p, idx):
         # the quoted packet's conn: as sent to a client (VIP:vport -> client), else as a
         # request sent to a NAT server (client -> RIP:rport); neither: the host's
         now = f.ts
+        if p.v6:
+            self._icmp6_handle(f, p, now)
+            return
         if p.icmp == "tun":
             ci = self._lookup_in(p, now)
             if ci is not None:

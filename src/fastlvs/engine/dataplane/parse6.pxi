@@ -2,7 +2,7 @@
 # at the ethertype). Addresses fill all four words of saddr/daddr; ihl is the 40-byte fixed
 # header and tot_len 40 + the payload length, so the v4 code's offsets hold. Extension
 # headers are not walked: such a packet to a VIP is dropped and counted (v6_exthdr), one to
-# anything else is the host's, as is all of ICMPv6 (neighbour discovery above all).
+# anything else is the host's, as is ICMPv6 but for errors about conns (icmp6.pxi).
 
 cdef inline void addr6_read(const uint8_t *b, uint32_t *a) noexcept nogil:
     a[0] = rd32(b)
@@ -71,10 +71,12 @@ cdef int parse_frame_v6(fl_engine *e, fl_frame *f, fl_pkt *p, uint32_t l2) noexc
         if ulen < 8 or ulen > plen:
             return C_MALFORMED
         p.tcpflags = 0
+    elif nh == 58:
+        return PARSE_ICMP               # icmp6.pxi: errors about conns; the rest the host's
     elif ip6_is_exthdr(nh):
         return C_V6_EXTHDR              # batch.pxi: dropped if to a VIP, else the host's
     else:
-        return C_NO_SERVICE             # ICMPv6 and the rest: the host's
+        return C_NO_SERVICE
     p.sport = rd16(l4)
     p.dport = rd16(l4 + 2)
     if f.csum != FRAME_CSUM_FULL:
