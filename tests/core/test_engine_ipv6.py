@@ -429,3 +429,54 @@ def test_icmpv6_errors_about_conns_alike(fwd):
     got = t.run([bytes(bad), stray, ping], 4 * S)
     assert [(g[0], g[1]) for g in got] == [("drop", "icmp_bad_checksum"),
                                           ("pass", "icmp_no_conn"), ("pass", "no_service")]
+
+
+ICMP6 = json.loads((pathlib.Path(__file__).parents[1] / "fixtures" / "kernel"
+                    / "icmp6.json").read_text())
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+@pytest.mark.parametrize("case", [c for c in ICMP6["cases"] if c["dir"] == "in"],
+                         ids=lambda c: c["mode"])
+def test_icmpv6_error_to_the_real_server_as_the_kernel_does(case, kind):
+    """tests/fixtures/kernel/icmp6.json: the client's packet too big about what the service
+    sent it reaches the real server with the hop limit one less; NAT66 rewrites the outer
+    destination and the quoted source address and port; TUN wraps it."""
+    from scapy.layers.inet6 import ICMPv6PacketTooBig
+    e = v6_engine(kind, mtu=1500)
+    e.process([syn(case["cport"], case["vport"])], 1 * S)
+    sent = IPv6(src=VIP, dst=CLIENT, hlim=63) / TCP(
+        sport=case["vport"], dport=case["cport"], flags="SA", seq=5000, ack=1001) / (
+        b"r" * 1300)
+    err = bytes(Ether(src=P.CLIENT_MAC, dst=P.LOCAL_MAC) / IPv6(src=CLIENT, dst=VIP)
+                / ICMPv6PacketTooBig(mtu=1280) / bytes(sent)[:1232])
+    v, reason, ifindex, out = e.process_verdicts([err], 2 * S)[0]
+    assert (v, ifindex) == ("tx", 10), reason
+    assert checksums_ok6(out)
+    (want,) = [r for r in case["at_rs"] if r["src"] != RIP]      # not the RS's own
+    ip = Ether(out)[IPv6]
+    assert (ip.src, ip.dst, ip.nh, ip.hlim, ip.plen) == (
+        want["src"], want["dst"], want["nh"], want["hlim"], want["plen"])
+    body = IPv6(bytes(ip.payload)) if ip.nh == 41 else ip
+    if ip.nh == 41:
+        assert (body.src, body.dst, body.hlim) == (want["inner"]["src"], want["inner"]["dst"],
+                                                   want["inner"]["hlim"])
+    ic = bytes(body.payload)
+    q = want["icmp"]["quoted"]
+    quoted = IPv6(ic[8:])
+    assert (ic[0], ic[1], int.from_bytes(ic[4:8], "big"), len(ic)) == (
+        want["icmp"]["type"], want["icmp"]["code"], want["icmp"]["info"], want["icmp"]["len"])
+    assert (quoted.src, quoted.dst, quoted.hlim, int.from_bytes(ic[48:50], "big"),
+            int.from_bytes(ic[50:52], "big")) == (q["src"], q["dst"], q["hlim"], q["sport"],
+                                                  q["dport"])
+    assert e.stats()["icmp_related"] == 1
+
+
+def test_the_recording_of_a_nat66_servers_error_is_our_difference():
+    """6.1 delivered nothing to the client for the NAT66 server's packet too big in the
+    recording (its stats count no packet out); fastlvs translates it as it does for IPv4
+    (test_icmpv6_errors_about_conns_alike), so that path-MTU discovery works through NAT66."""
+    (out,) = [c for c in ICMP6["cases"] if c["dir"] == "out"]
+    assert out["at_client"] == []
+    assert "TCP  [2001:db8:1::100]:81                1        2        0" in "\n".join(
+        ICMP6["ipvsadm_Ln_stats"])
