@@ -35,8 +35,12 @@ Choices worth knowing:
   engine memory (fl_frame.xrec) and leaves as the fragments frag_cut makes of its output.
 - ICMP errors quoting a conn's packet are forwarded to its real server, or translated back
   to the client for NAT (dataplane/icmp.pxi), as ip_vs_in_icmp / ip_vs_out_icmp.
-- IPv6 (parse6.pxi, xmit6.pxi, neigh6.pxi): DR, NAT66 and IPv6-in-IPv6 TUN; a v4 address
-  is held as ::a.b.c.d in the entries' 128-bit words, so ::/96 is refused as a v6 address.
+- Connection sync (dataplane/sync.pxi): once started, a master decides per packet, with
+  Linux 6.1's policy, which conns and templates go into IPVS sync v1 messages (queued,
+  bounded by sync_qlen_max, handed out by sync_take); a backup checks and installs
+  datagrams in C. Its per-entry state (16 bytes) lives beside the table, made at start.
+- IPv6 (parse6.pxi, xmit6.pxi, neigh6.pxi, icmp6.pxi): DR, NAT66 and IPv6-in-IPv6 TUN; a v4
+  address is held as ::a.b.c.d in the entries' 128-bit words, so ::/96 is refused as v6.
 - Not yet: IPv6 extension headers and fragments (dropped, counted), fwmark
   services, FTP's template special case, fragmentation of
   TUN packets over the MTU without DF (they are sent as they are and counted oversize).
@@ -87,6 +91,7 @@ _SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in ENGINE_SYSCTLS.items()}
 include "dataplane/frag.pxi"
 include "dataplane/icmp.pxi"
 include "dataplane/icmp6.pxi"
+include "dataplane/sync.pxi"
 include "dataplane/batch.pxi"
 include "engine_api.pxi"
 
