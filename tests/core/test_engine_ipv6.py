@@ -480,3 +480,21 @@ def test_the_recording_of_a_nat66_servers_error_is_our_difference():
     assert out["at_client"] == []
     assert "TCP  [2001:db8:1::100]:81                1        2        0" in "\n".join(
         ICMP6["ipvsadm_Ln_stats"])
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_a_sync_master_leaves_ipv6_conns_out(kind):
+    """Sync messages carry v4 entries only yet: a v6 conn is forwarded and not sent (its
+    addresses do not fit a v4 entry), a v4 conn beside it is."""
+    e = v6_engine(kind)
+    e.set_service(9, 6, P.VIP, 80)
+    e.set_dest(9, 9, P.RS[0], 80, "dr", P.RS_MAC[0], ifindex=10)
+    e.set_scheduler_callback(lambda svcs, flows: list(svcs))
+    e.sync_start_master(1, 1500)
+    # three packets each: the default sync_threshold sends a conn at its third
+    frames = [syn(45000, 80), syn(45000, 80, flags="A"), syn(45000, 80, flags="A"),
+              P.tcp("S", sport=45001), P.tcp("A", sport=45001), P.tcp("A", sport=45001)]
+    got = e.process_verdicts(frames, 1 * S)
+    assert [g[0] for g in got] == ["tx"] * 6
+    conns = [c for d in e.sync_take(10 * S) for c in e.sync_decode(d)[0]]
+    assert [(c["caddr"], c["cport"]) for c in conns] == [(P.CLIENT, 45001)]
