@@ -119,11 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames as the director receives them (pcap or pcapng, Ethernet)")
     r.add_argument("--out", dest="output", required=True, metavar="OUT.pcap",
                    help="frames the director transmits, stamped with their cause's time")
-    r.add_argument("--local-ip", required=True, metavar="IP", help="the director's IPv4 address")
+    r.add_argument("--local-ip", required=True, action="append", metavar="IP",
+                   help="the director's address, IPv4 or IPv6; give it twice for one of each")
     r.add_argument("--local-mac", required=True, metavar="MAC", help="the director's MAC")
     r.add_argument("--neighbor", action="append", default=[], metavar="IP=MAC",
                    help="MAC of a next hop (real server, client or gateway); repeatable")
-    r.add_argument("--gateway", metavar="IP", help="next hop for addresses without --neighbor")
+    r.add_argument("--gateway", action="append", metavar="IP",
+                   help="next hop for addresses without --neighbor (IPv4 or IPv6; "
+                        "once per family)")
     settings.setting("mtu").add_to(r, default=1500, help="MTU towards the real servers (TUN)")
     r.add_argument("--stats", action="store_true", help="print the counters as one JSON object")
     r.add_argument("--list", metavar="FILE", help="write `ipvsadm -Ln` of the final state to FILE")

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from socket import AF_INET6
 
 from fastlvs.control import ctl
 from fastlvs.settings import Options, merge as merge_settings, parse_listen
@@ -99,6 +100,7 @@ class Daemon:
         self._vip_here: dict[str, bool] = {}         # VIP -> on this host, as last looked
         self._hop_ips: set[str] = set()              # next-hop addresses of the real servers
         self._gateway: str | None = None             # the default gateway (NAT replies off-link)
+        self._gateway6: str | None = None            # the same for IPv6 clients
         self._cif = 0                                # the client-side interface's ifindex
         self._retired_steered = False                # steering kept for deleted NAT dests
         self._stop = False
@@ -232,6 +234,10 @@ class Daemon:
         self.director = build_director(self._nexthop, capacity=self.cfg.capacity,
                                        batch=self.cfg.batch, local_ip=local_ip,
                                        local_mac=cif.mac, mtu=mtu)
+        local6 = self.nl.global_ipv6(cif.index)
+        if local6:
+            # TUN's IPv6-in-IPv6 source and NAT66's hop-limit errors come from here
+            self.director.set_local_ip6(local6[0])
         if self.metrics is not None:
             self.metrics.source = director_metrics(self.director)
         try:
@@ -447,8 +453,16 @@ class Daemon:
     def _learn_neighbours(self) -> None:
         # NAT replies go back to clients: the engine needs their MACs. The kernel learns them
         # (a client ARPs for the VIP, which the kernel owns), so copy its table and follow it.
-        for ip, mac in self.nl.neighbours(self._cif):
+        for ip, mac in self.nl.neighbours(self._cif) + self.nl.neighbours(self._cif, AF_INET6):
             self.director.set_neighbor(ip, mac, self._cif)
+        gw6 = self._gateway6 = self.nl.default_gateway(AF_INET6)
+        if gw6:
+            try:
+                mac, oif = self.nl.nexthop(gw6, RESOLVE_TIMEOUT)
+                self.director.set_gateway6(mac, oif)
+            except NetlinkError:
+                log.warning("IPv6 default gateway %s does not resolve; NAT66 replies to "
+                            "clients without a neighbour entry will be dropped", gw6)
         gw = self._gateway = self.nl.default_gateway()
         if gw:
             try:
@@ -463,18 +477,21 @@ class Daemon:
         try:
             news = self.neigh.changes()
         except NetlinkError:            # overrun: the kernel dropped news; re-read it all
-            news = [(ip, mac, self._cif) for ip, mac in self.nl.neighbours(self._cif)]
+            news = [(ip, mac, self._cif) for ip, mac in
+                    self.nl.neighbours(self._cif) + self.nl.neighbours(self._cif, AF_INET6)]
             if self.director.refresh_nexthops(self._nexthop_now):
                 self._sync_ports()
         hops_moved = False
         for ip, mac, ifindex in news:
-            if ":" in ip:
-                continue
+            if ip.startswith("fe80:"):
+                continue                # link-local: no client of a VIP
             # a gone entry is forgotten too: the client's replies fall back to what the
             # engine learned from its frames, or to the gateway
             self.director.set_neighbor(ip, mac, ifindex)
             if ip == self._gateway and mac is not None:
                 self.director.set_gateway(mac, ifindex)     # a replaced router is followed
+            if ip == self._gateway6 and mac is not None:
+                self.director.set_gateway6(mac, ifindex)
             hops_moved |= ip in self._hop_ips
         if hops_moved:
             n = self.director.refresh_nexthops(self._nexthop_now)

@@ -33,10 +33,10 @@ class ReplayOptions:
     rules: str
     input: str
     output: str
-    local_ip: str
+    local_ip: str | list[str]           # one address or one per family (IPv4, IPv6)
     local_mac: str
     neighbors: dict[str, str] = field(default_factory=dict)
-    gateway: str | None = None
+    gateway: str | list[str] | None = None
     mtu: int = 1500
     stats: bool = False
     list_file: str | None = None
@@ -54,26 +54,42 @@ def parse_mac(text: str, what: str) -> bytes:
         raise ReplayError(f"{what}: not a MAC address: {text!r}") from None
 
 
-def parse_ipv4(text: str, what: str) -> str:
+def parse_ip(text: str, what: str) -> str:
+    """An IPv4 or IPv6 address in its canonical spelling; ReplayError naming `what`."""
     try:
-        return str(ipaddress.IPv4Address(text))
+        return str(ipaddress.ip_address(text.strip("[]")))
     except ValueError:
-        raise ReplayError(f"{what}: not an IPv4 address: {text!r}") from None
+        raise ReplayError(f"{what}: not an IP address: {text!r}") from None
 
 
 def parse_neighbor(text: str) -> tuple[str, bytes]:
-    """IP=MAC as --neighbor takes it."""
+    """IP=MAC as --neighbor takes it (IPv6 as 2001:db8::1=MAC or [2001:db8::1]=MAC)."""
     ip, sep, mac = text.partition("=")
     if not sep:
         raise ReplayError(f"--neighbor: expected IP=MAC, got {text!r}")
-    return parse_ipv4(ip, "--neighbor"), parse_mac(mac, "--neighbor")
+    return parse_ip(ip, "--neighbor"), parse_mac(mac, "--neighbor")
 
 
-def _nexthop_fn(neighbors: dict[str, bytes], gateway: str | None):
-    gw_mac = neighbors.get(gateway) if gateway else None
+def _per_family(values, what: str) -> dict[int, str]:
+    """{4: addr, 6: addr} from one address or a list of them, at most one per family."""
+    if values is None:
+        return {}
+    out: dict[int, str] = {}
+    for v in [values] if isinstance(values, str) else values:
+        ip = parse_ip(v, what)
+        fam = ipaddress.ip_address(ip).version
+        if fam in out:
+            raise ReplayError(f"{what}: two IPv{fam} addresses ({out[fam]}, {ip}); "
+                              f"give one per family")
+        out[fam] = ip
+    return out
+
+
+def _nexthop_fn(neighbors: dict[str, bytes], gateways: dict[int, str]):
+    gw_mac = {fam: neighbors.get(gw) for fam, gw in gateways.items()}
 
     def nexthop(ip: str):
-        mac = neighbors.get(ip, gw_mac)
+        mac = neighbors.get(ip, gw_mac.get(ipaddress.ip_address(ip).version))
         if mac is None:
             raise NoRoute(f"no --neighbor for {ip} and no --gateway")
         return mac, 1
@@ -101,24 +117,27 @@ def run(opts: ReplayOptions, out=sys.stdout) -> dict:
     when opts.stats). Raises ReplayError or RulesError for bad input, before any output
     file is written."""
     table = load_rules(opts.rules)
-    local_ip = parse_ipv4(opts.local_ip, "--local-ip")
+    locals_ = _per_family(opts.local_ip, "--local-ip")
     local_mac = parse_mac(opts.local_mac, "--local-mac")
     for name in ("mtu", "capacity"):
         problem = settings.setting(name).check(getattr(opts, name))
         if problem:
             raise ReplayError(problem)
-    if opts.gateway is not None:
-        gw = parse_ipv4(opts.gateway, "--gateway")
+    gateways = _per_family(opts.gateway, "--gateway")
+    for gw in gateways.values():
         if gw not in opts.neighbors:
             raise ReplayError(f"--gateway {gw}: its MAC is unknown (add --neighbor {gw}=MAC)")
-        opts.gateway = gw
-    director = build_director(_nexthop_fn(opts.neighbors, opts.gateway),
-                              capacity=opts.capacity, batch=BATCH, local_ip=local_ip,
-                              local_mac=local_mac, mtu=opts.mtu)
+    director = build_director(_nexthop_fn(opts.neighbors, gateways),
+                              capacity=opts.capacity, batch=BATCH,
+                              local_ip=locals_.get(4, ""), local_mac=local_mac, mtu=opts.mtu)
+    if 6 in locals_:
+        director.set_local_ip6(locals_[6])
     for ip, mac in opts.neighbors.items():
         director.set_neighbor(ip, mac, 1)
-    if opts.gateway is not None:
-        director.set_gateway(opts.neighbors[opts.gateway], 1)
+    if 4 in gateways:
+        director.set_gateway(opts.neighbors[gateways[4]], 1)
+    if 6 in gateways:
+        director.set_gateway6(opts.neighbors[gateways[6]], 1)
     try:
         director.load(table)
     except (NoRoute, ControlError) as e:
@@ -174,4 +193,5 @@ def run(opts: ReplayOptions, out=sys.stdout) -> dict:
     return result
 
 
-__all__ = ["ReplayError", "ReplayOptions", "RulesError", "parse_mac", "parse_neighbor", "run"]
+__all__ = ["ReplayError", "ReplayOptions", "RulesError", "parse_ip", "parse_mac",
+           "parse_neighbor", "run"]

@@ -29,8 +29,8 @@ def director():
 
 @pytest.mark.parametrize("argv", [
     ["-A", "--sctp-service", f"{VIP}:80"],
-    ["-A", "-t", "[2001:db8::1]:80"],
-    ["-A", "-u", "[2001:db8::1]:53", "-s", "rr"],
+    ["-A", "-t", "[::1]:80"],                      # ::/96: no v6 address for the engine
+    ["-A", "-u", "[::10.0.0.1]:53", "-s", "rr"],
 ])
 def test_admin_refuses_what_the_engine_cannot_forward_with_exit_255(daemon, argv):
     rc, out, err = daemon.admin(*argv)
@@ -40,7 +40,7 @@ def test_admin_refuses_what_the_engine_cannot_forward_with_exit_255(daemon, argv
     assert daemon.admin("-Ln", "-t" if "-t" in argv else "-u", argv[2])[0] != 0
 
 
-def test_an_ipv6_real_server_is_refused_and_leaves_the_service_as_it_was(daemon):
+def test_a_real_server_of_the_other_family_is_refused_and_leaves_the_service_as_it_was(daemon):
     daemon.ok("-A", "-t", f"{VIP}:80", "-s", "rr")
     daemon.ok("-a", "-t", f"{VIP}:80", "-r", f"{RS1}:80", "-m")
     before = daemon.ok("-Sn")
@@ -103,7 +103,7 @@ class FullNeighbours:
 def test_a_full_neighbour_table_is_not_an_error():
     d = Director(FullNeighbours(), nexthop)
     assert d.set_neighbor("198.51.100.7", b"\x02" * 6, 3) is False
-    assert d.set_neighbor("2001:db8::7", b"\x02" * 6, 3) is False     # IPv6: not ours
+    assert d.set_neighbor("2001:db8::7", b"\x02" * 6, 3) is False     # IPv6 alike
     with pytest.raises(ValueError):
         d.set_neighbor("not-an-ip", b"\x02" * 6, 3)
 

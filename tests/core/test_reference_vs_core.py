@@ -495,7 +495,7 @@ def test_an_absent_vip_is_the_kernels_and_its_conns_wait(fwd):
     with pytest.raises(ValueError):
         t.set_vip_served(6, P.VIP, 70000, False)
     with pytest.raises(ValueError):
-        t.set_vip_served(6, "2001:db8::1", 80, False)
+        t.set_vip_served(6, "::1", 80, False)       # ::/96 is no v6 address here
 
 
 # -- TTL, partial checksums, the client-MAC table ----------------------------------------------

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import PcapWriter, rdpcap
 
@@ -153,7 +154,7 @@ def test_a_bad_rules_line_is_named_with_exit_2(tmp_path, rules, expect):
 
 
 @pytest.mark.parametrize("rules", [f"-A --sctp-service {VIP}:80 -s rr\n",
-                                   "-A -t [2001:db8::1]:80 -s rr\n"])
+                                   "-A -t [::1]:80 -s rr\n"])
 def test_a_service_the_engine_cannot_forward_is_one_line(tmp_path, rules):
     r = _replay(tmp_path, rules, [_syn("198.51.100.1", 1, 1.0)])
     assert r.returncode == 2
@@ -166,6 +167,9 @@ def test_a_service_the_engine_cannot_forward_is_one_line(tmp_path, rules):
     (["--local-mac", "zz:00:00:00:00:01"], "--local-mac"),
     (["--neighbor", "192.0.2.11"], "--neighbor"),
     (["--gateway", "192.0.2.99"], "--gateway 192.0.2.99"),
+    (["--local-ip", "192.0.2.2"], "--local-ip: two IPv4 addresses"),
+    (["--local-ip", "2001:db8::zz"], "--local-ip"),
+    (["--neighbor", "2001:db8::1=02:00"], "--neighbor"),
     (["--mtu", "20"], "--mtu"),
     (["--capacity", "-1"], "--capacity"),
 ])
@@ -224,3 +228,83 @@ def test_tun_replay_encapsulates_and_answers_frag_needed_past_the_mtu(tmp_path):
     del raw[IP].chksum
     assert Ether(bytes(raw))[IP].chksum == outer.chksum
     assert json.loads(r.stdout)["engine"]["frag_needed_sent"] == 1
+
+
+# -- IPv6 ----------------------------------------------------------------------------------------
+VIP6, LOCAL6 = "2001:db8:1::100", "2001:db8:2::1"
+RS6 = ["2001:db8:2::11", "2001:db8:2::12"]
+CLIENT6 = "2001:db8:1::2"
+MAC6 = {RS6[0]: "02:00:00:00:06:11", RS6[1]: "02:00:00:00:06:12", CLIENT6: CLIENT_MAC}
+
+
+def _replay6(tmp_path, rules, frames, *extra):
+    neigh = []
+    for ip, mac in MAC6.items():
+        neigh += ["--neighbor", f"{ip}={mac}"]
+    return _replay(tmp_path, rules, frames, "--local-ip", LOCAL6, *neigh, *extra,
+                   neighbors=())
+
+
+def _syn6(sport, ts, dport=80, flags="S", hlim=64, payload=b""):
+    return ts, (Ether(src=CLIENT_MAC, dst=LOCAL_MAC) / IPv6(src=CLIENT6, dst=VIP6, hlim=hlim)
+                / TCP(sport=sport, dport=dport, flags=flags, seq=1) / payload)
+
+
+def _csum6_ok(pkt):
+    from tests.core.test_engine_ipv6 import checksums_ok6
+    return checksums_ok6(bytes(pkt))
+
+
+def test_ipv6_replay_in_every_mode(tmp_path):
+    """DR rewrites MACs only, NAT66 rewrites address and port both ways, TUN wraps in IPv6
+    (next header 41) from --local-ip's v6 address; hop limits one less; checksums valid."""
+    rules = f"""-A -t [{VIP6}]:80 -s rr
+-a -t [{VIP6}]:80 -r [{RS6[0]}]:80 -g
+-A -t [{VIP6}]:81 -s rr
+-a -t [{VIP6}]:81 -r [{RS6[1]}]:8081 -m
+-A -t [{VIP6}]:82 -s rr -p 60 -M 64
+-a -t [{VIP6}]:82 -r [{RS6[0]}]:82 -i
+"""
+    reply = (Ether(src=MAC6[RS6[1]], dst=LOCAL_MAC) / IPv6(src=RS6[1], dst=CLIENT6)
+             / TCP(sport=8081, dport=1001, flags="SA"))
+    frames = [_syn6(1000, 1.0, 80), _syn6(1001, 1.1, 81), (1.2, reply), _syn6(1002, 1.3, 82)]
+    r = _replay6(tmp_path, rules, frames, "--stats", "--list", str(tmp_path / "Ln"))
+    assert r.returncode == 0, r.stderr
+    out = rdpcap(str(tmp_path / "out.pcap"))
+    assert len(out) == 4 and all(_csum6_ok(p) for p in out)
+    dr, nat, back, tun = out
+    assert dr.dst == MAC6[RS6[0]] and dr[IPv6].dst == VIP6 and dr[IPv6].hlim == 63
+    assert (nat[IPv6].dst, nat[TCP].dport) == (RS6[1], 8081)
+    assert (back.dst, back[IPv6].src, back[TCP].sport) == (CLIENT_MAC, VIP6, 81)
+    assert (tun[IPv6].nh, tun[IPv6].src, tun[IPv6].dst) == (41, LOCAL6, RS6[0])
+    inner = IPv6(bytes(tun[IPv6].payload))
+    assert (inner.src, inner.dst, inner.hlim, inner[TCP].sport) == (CLIENT6, VIP6, 63, 1002)
+    stats = json.loads(r.stdout)
+    assert stats["engine"]["conns_created"] == 3
+    assert [d["dest"] for s in stats["services"] for d in s["dests"]] == [
+        f"[{RS6[0]}]:80", f"[{RS6[1]}]:8081", f"[{RS6[0]}]:82"]
+    listing = (tmp_path / "Ln").read_text()
+    assert f"TCP  [{VIP6}]:82 rr persistent 60 mask 64" in listing
+    assert f"  -> [{RS6[1]}]:8081" in listing
+
+
+def test_ipv6_replay_with_both_families_and_a_v6_gateway(tmp_path):
+    rules = f"""-A -t {VIP}:80 -s rr
+-a -t {VIP}:80 -r {RS1}:8080 -m
+-A -t [{VIP6}]:80 -s rr
+-a -t [{VIP6}]:80 -r [{RS6[0]}]:8080 -m
+"""
+    gw6, gw6_mac = "2001:db8:1::fe", "02:00:00:00:06:fe"
+    far = "2001:db8:99::7"
+    frames = [_syn("198.51.100.1", 5, 1.0),
+              (1.1, Ether(src=gw6_mac, dst=LOCAL_MAC) / IPv6(src=far, dst=VIP6)
+               / TCP(sport=6, dport=80, flags="S")),
+              (1.2, Ether(src=MAC6[RS6[0]], dst=LOCAL_MAC) / IPv6(src=RS6[0], dst=far)
+               / TCP(sport=8080, dport=6, flags="SA"))]
+    r = _replay6(tmp_path, rules, frames, "--neighbor",
+                 f"{RS1}={MAC[RS1]}", "--neighbor", f"[{gw6}]={gw6_mac}", "--gateway", gw6)
+    assert r.returncode == 0, r.stderr
+    v4, v6, back = rdpcap(str(tmp_path / "out.pcap"))
+    assert v4[IP].dst == RS1 and v6[IPv6].dst == RS6[0]
+    assert (back.dst, back[IPv6].src, back[IPv6].dst) == (gw6_mac, VIP6, far)
+    assert all(_csum6_ok(p) for p in (v6, back))

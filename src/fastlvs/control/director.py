@@ -95,8 +95,8 @@ class Director:
         """Carry out one table-changing ipvsadm command (-A -E -D -C -a -e -d -Z --set) on the
         table and the engine. Raises ControlError (ipvsadm's wording) and changes nothing
         when the table refuses; NoRoute when a new real server has no next hop (the table
-        change is then undone). What the engine cannot forward (an SCTP service, an IPv6
-        service or real server) is refused with ControlError before the table changes, as
+        change is then undone). What the engine cannot forward (an SCTP service, a real
+        server of the other address family) is refused with ControlError before the table changes, as
         a kernel without that support refuses it."""
         self._check_supported(cmd)
         before = self.table.get(cmd.service) if cmd.service is not None else None
@@ -153,7 +153,7 @@ class Director:
 
     def check_table(self, table: ServiceTable) -> None:
         """ControlError (one line naming the service) when `table` holds what the engine
-        cannot forward: an SCTP or IPv6 service, an IPv6 real server, more services than
+        cannot forward: an SCTP service, a real server of the other family, more services than
         the engine has ids for. Changes nothing."""
         new = sum(1 for svc in table if svc.key not in self._svc_ids)
         if len(self._svc_ids) + new > contract.MAX_SERVICES:
@@ -163,7 +163,7 @@ class Director:
             try:
                 self._check_service(svc.key)
                 for d in svc.dests:
-                    self._check_dest(d.addr)
+                    self._check_dest(d.addr, svc.af)
             except ControlError as e:
                 raise ControlError(e.message, e.errno,
                                    f"{svc.key.option_text()}: {e.detail}") from None
@@ -173,21 +173,29 @@ class Director:
         if key.proto.value not in contract.PROTOCOLS:
             raise ControlError(os.strerror(errno.EPROTONOSUPPORT), errno.EPROTONOSUPPORT,
                                f"fastlvs forwards {' and '.join(contract.PROTOCOLS)} only")
-        if key.af != 4:
+        ip = ipaddress.ip_address(key.vaddr)
+        if ip.version == 6 and int(ip) >> 32 == 0:
             raise ControlError(os.strerror(errno.EAFNOSUPPORT), errno.EAFNOSUPPORT,
-                               "fastlvs forwards IPv4 only")
+                               f"{key.vaddr}: IPv6 addresses in ::/96 are not forwarded")
 
     @staticmethod
-    def _check_dest(addr: str) -> None:
-        if ipaddress.ip_address(addr).version != 4:
+    def _check_dest(addr: str, af: int = 0) -> None:
+        # the kernel lets a TUN dest be of the other family (IPIP in v6, v6 in IPIP); the
+        # engine's tunnels are IPv4-in-IPv4 and IPv6-in-IPv6 only
+        ip = ipaddress.ip_address(addr)
+        if af and ip.version != af:
             raise ControlError(os.strerror(errno.EAFNOSUPPORT), errno.EAFNOSUPPORT,
-                               "fastlvs forwards to IPv4 real servers only")
+                               f"{addr}: fastlvs forwards to real servers of the "
+                               f"service's own address family only")
+        if ip.version == 6 and int(ip) >> 32 == 0:
+            raise ControlError(os.strerror(errno.EAFNOSUPPORT), errno.EAFNOSUPPORT,
+                               f"{addr}: IPv6 addresses in ::/96 are not forwarded")
 
     def _check_supported(self, cmd: Command) -> None:
         if cmd.name in ("add-service", "edit-service") and cmd.service is not None:
             self._check_service(cmd.service)
         if cmd.name in ("add-server", "edit-server") and cmd.dest_addr is not None:
-            self._check_dest(cmd.dest_addr)
+            self._check_dest(cmd.dest_addr, cmd.service.af if cmd.service else 0)
 
     # -- sysctls ------------------------------------------------------------------------------------
     def set_sysctl(self, name: str, value) -> int:
@@ -291,11 +299,10 @@ class Director:
     def set_neighbor(self, ip: str, mac, ifindex: int) -> bool:
         """The MAC (and interface) NAT replies to client `ip` go to; setting it again
         replaces it, mac=None forgets it (its replies then go by a MAC learned from its
-        frames, or the gateway). An IPv6 `ip` is ignored (the engine forwards IPv4) and returns False;
-        so does a full neighbour table: the client's replies then go by its learned MAC or
+        frames, or the gateway; IPv6 clients have their own table and gateway). A full
+        neighbour table returns False: the client's replies then go by its learned MAC or
         the gateway, and nothing else changes. ValueError for an `ip` that is no address."""
-        if ipaddress.ip_address(ip).version != 4:
-            return False
+        ipaddress.ip_address(ip)
         try:
             self.engine.set_neighbor(ip, mac, ifindex)
         except ValueError:          # the engine's neighbour table is full
@@ -307,6 +314,17 @@ class Director:
         gateway's), sent out of `ifindex`. None removes it: such replies are then dropped
         and counted as no_route."""
         self.engine.set_gateway_mac(mac, ifindex)
+
+    def set_gateway6(self, mac, ifindex: int = 0) -> None:
+        """set_gateway for IPv6 clients: the v6 default router's MAC, where NAT66 replies
+        to a client without a neighbour entry go. None removes it (no_route)."""
+        self.engine.set_gateway6_mac(mac, ifindex)
+
+    def set_local_ip6(self, addr: str) -> None:
+        """The director's own IPv6 address: the outer source of IPv6-in-IPv6 (TUN) packets
+        and of the hop-limit errors sent to NAT66 real servers. "" clears it (v6 TUN dests
+        then drop, counted no_route). ValueError for anything but an IPv6 address."""
+        self.engine.set_local(local_ip6=addr)
 
     def learn_clients(self, ifindex: int, subnets=None) -> None:
         """NAT: remember a new connection's client MAC (the client or its router) as the
@@ -456,7 +474,7 @@ class Director:
                 "scheduler": svc.sched_name,
                 **{f: getattr(svc, f) for f in STAT_FIELDS},
                 "dests": [{
-                    "dest": f"{d.addr}:{d.port}", "fwd": d.fwd.label, "weight": d.weight,
+                    "dest": addrport(d.addr, d.port), "fwd": d.fwd.label, "weight": d.weight,
                     "activeconns": d.activeconns, "inactconns": d.inactconns,
                     "persistconns": d.persistconns, "overloaded": bool(d.overloaded),
                     **{f: getattr(d, f) for f in STAT_FIELDS},
@@ -611,7 +629,7 @@ class Director:
         flag_bits = contract.sched_flag_bits(svc.flags)
         self.engine.set_service(sid, svc.proto.number, svc.vaddr, svc.vport,
                                 persist_timeout=svc.timeout,
-                                netmask=svc.netmask if svc.af == 4 else None,
+                                netmask=svc.netmask,
                                 sched=kind, sched_flags=flag_bits, ops=svc.ops)
         # always: a service deleted while its VIP was away may come back to a present one
         self.engine.set_vip_served(svc.proto.number, svc.vaddr, svc.vport,

@@ -39,7 +39,9 @@ Choices worth knowing:
   Linux 6.1's policy, which conns and templates go into IPVS sync v1 messages (queued,
   bounded by sync_qlen_max, handed out by sync_take); a backup checks and installs
   datagrams in C. Its per-entry state (16 bytes) lives beside the table, made at start.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
+- IPv6 (parse6.pxi, xmit6.pxi, neigh6.pxi, icmp6.pxi): DR, NAT66 and IPv6-in-IPv6 TUN; a v4
+  address is held as ::a.b.c.d in the entries' 128-bit words, so ::/96 is refused as v6.
+- Not yet: IPv6 extension headers and fragments (dropped, counted), fwmark
   services, FTP's template special case, fragmentation of
   TUN packets over the MTU without DF (they are sent as they are and counted oversize).
 """
@@ -59,10 +61,13 @@ import time as _time
 include "dataplane/csum.pxi"
 include "dataplane/hash.pxi"
 include "dataplane/parse.pxi"
+include "dataplane/parse6.pxi"
 include "dataplane/tcpstate.pxi"
 include "dataplane/conn.pxi"
 include "dataplane/neigh.pxi"
+include "dataplane/neigh6.pxi"
 include "dataplane/xmit.pxi"
+include "dataplane/xmit6.pxi"
 
 # The contract's names at the Python level; the C constants come from the same module through
 # the generated dataplane/contract.pxi (a stale build fails the check below).
@@ -85,6 +90,7 @@ _SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in ENGINE_SYSCTLS.items()}
 
 include "dataplane/frag.pxi"
 include "dataplane/icmp.pxi"
+include "dataplane/icmp6.pxi"
 include "dataplane/sync.pxi"
 include "dataplane/batch.pxi"
 include "engine_api.pxi"

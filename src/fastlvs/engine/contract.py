@@ -57,7 +57,9 @@ COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "tab
                  "icmp_related", "icmp_no_conn", "icmp_bad_checksum",
                  # nat_icmp_send: port unreachables sent to a NAT real server for a packet
                  # of no conn
-                 "nat_icmp_sent")
+                 "nat_icmp_sent",
+                 # IPv6 packets to a VIP with an extension header the engine does not walk
+                 "v6_exthdr")
 
 # -- the IPVS sysctls the engine applies: name -> (default, lo, hi), as Linux 6.1 has them
 # (amemthresh counts free conn entries here, free memory pages there). control/sysctl.py

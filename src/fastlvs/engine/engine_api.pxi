@@ -4,13 +4,30 @@
 # except the batch entry run_frames and its scheduler callback.
 
 cdef _addr_words(value, uint32_t *out):
+    # v4 as ::a.b.c.d in the four words, v6 in all four (so ::/96 cannot be a v6 address)
     ip = _ipaddress.ip_address(value)
-    if ip.version != 4:
-        raise ValueError(f"only IPv4 is forwarded for now: {value!r}")
-    out[0] = 0
-    out[1] = 0
-    out[2] = 0
-    out[3] = int(ip)
+    v = int(ip)
+    if ip.version == 6 and v >> 32 == 0:
+        raise ValueError(f"IPv6 address in ::/96 (unspecified or IPv4-compatible) "
+                         f"cannot be used: {value!r}")
+    out[0] = <uint32_t>(v >> 96)
+    out[1] = <uint32_t>((v >> 64) & 0xFFFFFFFF)
+    out[2] = <uint32_t>((v >> 32) & 0xFFFFFFFF)
+    out[3] = <uint32_t>(v & 0xFFFFFFFF)
+
+
+cdef inline bint _words_v6(const uint32_t *a):
+    return a[0] != 0 or a[1] != 0 or a[2] != 0
+
+
+cdef object _words_int(const uint32_t *a):
+    return (<object>a[0] << 96) | (<object>a[1] << 64) | (<object>a[2] << 32) | a[3]
+
+
+cdef object _addr_text(const uint32_t *a):
+    if not _words_v6(a):
+        return _ip_text(a[3])
+    return str(_ipaddress.IPv6Address(_words_int(a)))
 
 
 def _mac_bytes(mac):
@@ -93,12 +110,17 @@ cdef class Engine:
             nslots *= 2
         self.st.neigh_set_mask = nslots // NEIGH_WAYS - 1
         self.st.neigh = <fl_neigh *>fl_alloc_table(<size_t>nslots * sizeof(fl_neigh))
+        # v6 clients: a quarter as many slots (32 bytes each)
+        nslots6 = max(NEIGH_MIN_SLOTS, nslots // 4)
+        self.st.neigh6_set_mask = nslots6 // NEIGH_WAYS - 1
+        self.st.neigh6 = <fl_neigh6 *>fl_alloc_table(<size_t>nslots6 * sizeof(fl_neigh6))
         self.st.ndests = 64
         self.st.dests = <fl_dest *>calloc(self.st.ndests, sizeof(fl_dest))
         self.frames = <fl_frame *>calloc(MAX_BATCH, sizeof(fl_frame))
         self.slots = <uint8_t *>malloc(<size_t>MAX_BATCH * SLOT_SIZE)
         if (self.st.conns == NULL or self.st.buckets == NULL or self.st.svcs == NULL
                 or self.st.vips == NULL or self.st.vip_index == NULL or self.st.neigh == NULL
+                or self.st.neigh6 == NULL
                 or self.st.dests == NULL or self.frames == NULL or self.slots == NULL):
             raise MemoryError("cannot allocate the engine's tables")
         # every entry starts on the free list, lowest index first
@@ -121,7 +143,7 @@ cdef class Engine:
         self.callback = None
         self.error = None
         if local_ip:
-            self.st.local_ip = int(_ipaddress.IPv4Address(local_ip))
+            self.set_local(local_ip=local_ip)
         _set_mac(self.st.local_mac, local_mac)
         self._frag_alloc(frag_mem)
 
@@ -167,13 +189,18 @@ cdef class Engine:
         cdef fl_frag *F = &self.st.frag
         cdef uint32_t i
         vaddrs = {self.st.vips[i].addr[3] for i in range(1, self.st.nvips)
-                  if self.st.vips[i].used}
+                  if self.st.vips[i].used and not _words_v6(self.st.vips[i].addr)}
         raddrs = {self.st.dests[i].raddr[3] for i in range(1, self.st.ndests)
-                  if (self.st.dests[i].flags & DF_AVAILABLE) and self.st.dests[i].fwd == FWD_NAT}
+                  if (self.st.dests[i].flags & DF_AVAILABLE) and self.st.dests[i].fwd == FWD_NAT
+                  and not _words_v6(self.st.dests[i].raddr)}
         vaddrs.discard(0)
         raddrs.discard(0)
         self._addr_set(&F.vset, &F.vmask, vaddrs)
         self._addr_set(&F.rset, &F.rmask, raddrs)
+        # v6 VIP addresses, for the extension-header drop (parse6.pxi)
+        v6 = {addr6_fold(self.st.vips[i].addr) for i in range(1, self.st.nvips)
+              if self.st.vips[i].used and _words_v6(self.st.vips[i].addr)}
+        self._addr_set(&self.st.vset6, &self.st.vmask6, v6)
         return 0
 
     cdef int _addr_set(self, uint32_t **tab, uint32_t *mask, addrs) except -1:
@@ -227,6 +254,8 @@ cdef class Engine:
         free(self.st.vips)
         free(self.st.vip_index)
         free(self.st.neigh)
+        free(self.st.neigh6)
+        free(self.st.vset6)
         free(self.st.embryo)
         free(self.st.dests)
         free(self.frames)
@@ -271,9 +300,21 @@ cdef class Engine:
         return self.st.conn_count
 
     # -- local addresses, neighbours, timeouts --------------------------------------------------
-    def set_local(self, local_ip=None, local_mac=None, mtu=None):
+    def set_local(self, local_ip=None, local_mac=None, mtu=None, local_ip6=None):
         """Change the director's own IP (TUN outer source), MAC (source of every frame we
-        send) or the MTU towards the real servers (TUN's frag-needed threshold)."""
+        send) or the MTU towards the real servers (TUN's frag-needed threshold). An IPv6
+        local_ip sets the v6 one (as local_ip6 does): each family keeps its own; "" clears."""
+        cdef uint32_t a[4]
+        if local_ip is not None and local_ip and _ipaddress.ip_address(local_ip).version == 6:
+            local_ip6, local_ip = local_ip, None
+        if local_ip6 is not None:
+            if local_ip6:
+                if _ipaddress.ip_address(local_ip6).version != 6:
+                    raise ValueError(f"local_ip6 must be an IPv6 address: {local_ip6!r}")
+                _addr_words(local_ip6, a)
+                memcpy(self.st.local_ip6, a, 16)
+            else:
+                memset(self.st.local_ip6, 0, 16)
         if local_ip is not None:
             self.st.local_ip = int(_ipaddress.IPv4Address(local_ip)) if local_ip else 0
         if local_mac is not None:
@@ -288,11 +329,15 @@ cdef class Engine:
         neighbour table: it replaces what was learned from the client's frames and never
         ages out. Setting it again replaces it; mac=None removes it. When the client's set
         of the table is full, its oldest entry makes room. Clients without an entry go to
-        the gateway MAC."""
-        cdef uint32_t a = int(_ipaddress.IPv4Address(ip))
+        the gateway MAC. IPv6 clients have their own table."""
+        cdef uint32_t a
         cdef uint32_t tick = neigh_tick(self.st.now)
         cdef fl_neigh *nb
         cdef bytes m
+        if _ipaddress.ip_address(ip).version == 6:
+            self._set_neighbor6(ip, mac, ifindex)
+            return
+        a = int(_ipaddress.IPv4Address(ip))
         if mac is None:
             nb = neigh_find(&self.st, a, tick)
             if nb != NULL:
@@ -301,6 +346,33 @@ cdef class Engine:
         m = _mac_bytes(mac)
         nb = neigh_slot(&self.st, a, tick, True)
         neigh_put(nb, a, <const uint8_t *>m, ifindex, tick, NF_USED | NF_KERNEL)
+
+    def _set_neighbor6(self, ip, mac, ifindex):
+        cdef uint32_t a[4]
+        cdef uint32_t tick = neigh_tick(self.st.now)
+        cdef fl_neigh6 *nb
+        cdef bytes m
+        _addr_words(ip, a)
+        if mac is None:
+            nb = neigh6_find(&self.st, a, tick)
+            if nb != NULL:
+                nb.flags = 0
+            return
+        m = _mac_bytes(mac)
+        nb = neigh6_slot(&self.st, a, tick, True)
+        neigh6_put(nb, a, <const uint8_t *>m, ifindex, tick, NF_USED | NF_KERNEL)
+
+    def set_gateway6_mac(self, mac, ifindex=0):
+        """Next-hop MAC for NAT66 replies to v6 clients without a neighbour entry (the v6
+        default router's; None: none, such replies are dropped and counted no_route)."""
+        cdef bytes new
+        if mac is None:
+            self.st.has_gw6 = 0
+            return
+        new = _mac_bytes(mac)
+        memcpy(self.st.gw6_mac, <const uint8_t *>new, 6)
+        self.st.gw6_ifindex = ifindex
+        self.st.has_gw6 = 1
 
     @property
     def neighbor_slots(self):
@@ -484,7 +556,20 @@ cdef class Engine:
             sched = HASH_KINDS[sched]
         if sched != SCHED_CALLBACK and sched not in _HASH_IDS:
             raise ValueError(f"sched must be 0..3, got {sched}")
-        if netmask is None:
+        v6 = _ipaddress.ip_address(vaddr).version == 6
+        if v6:
+            # -M of a v6 service is a prefix length, as the kernel keeps it
+            if netmask is None:
+                mask = 128
+            else:
+                try:
+                    mask = int(netmask)
+                except (TypeError, ValueError):
+                    raise ValueError(f"an IPv6 service's netmask is a prefix length 1..128, "
+                                     f"got {netmask!r}") from None
+                if not 1 <= mask <= 128:
+                    raise ValueError(f"prefix length must be 1..128, got {netmask}")
+        elif netmask is None:
             mask = 0xFFFFFFFF
         elif isinstance(netmask, int):
             if not 0 <= netmask <= 32:
@@ -648,7 +733,7 @@ cdef class Engine:
         if d.flags & DF_IN_USE:
             if not same and (d.flags & DF_AVAILABLE or d.refcnt != 0):
                 raise ValueError(
-                    f"dest id {dest_id} is in use by {_ip_text(d.raddr[3])}:{d.rport} of "
+                    f"dest id {dest_id} is in use by {_addr_text(d.raddr)}:{d.rport} of "
                     f"service {d.svc} ({d.refcnt} conns); delete it and wait for them")
             if not same:
                 memset(d, 0, sizeof(fl_dest))
@@ -717,8 +802,12 @@ cdef class Engine:
             p = &self.st.pkts[pk.frame]
             idx.append(k)
             svc_ids.append(pk.svc)
-            flows.append((4, p.saddr[3], p.sport, p.daddr[3], p.dport,
-                          "tcp" if p.proto == 6 else "udp"))
+            if p.v6:
+                flows.append((6, _words_int(p.saddr), p.sport, _words_int(p.daddr), p.dport,
+                              "tcp" if p.proto == 6 else "udp"))
+            else:
+                flows.append((4, p.saddr[3], p.sport, p.daddr[3], p.dport,
+                              "tcp" if p.proto == 6 else "udp"))
         try:
             if self.callback is None:
                 raise RuntimeError("new flow for a service scheduled in Python, "
@@ -961,9 +1050,9 @@ cdef class Engine:
                 state = TCP_STATE_NAMES[c.state]
             exp = (c.expires - now) // NS_PER_S if c.expires > now else 0
             out.append({"proto": _PROTO_TEXT[c.proto], "state": state, "expires": exp,
-                        "caddr": _ip_text(c.caddr[3]), "cport": c.cport,
-                        "vaddr": _ip_text(v.addr[3]), "vport": c.vport,
-                        "raddr": _ip_text(d.raddr[3]),
+                        "caddr": _addr_text(c.caddr), "cport": c.cport,
+                        "vaddr": _addr_text(v.addr), "vport": c.vport,
+                        "raddr": _addr_text(d.raddr),
                         # a port-0 template is <caddr, 0, vaddr, 0, raddr, 0> as in IPVS
                         "rport": (d.rport if c.vport != 0 else 0) if tmpl
                                  else conn_rport(&self.st, c),

@@ -292,7 +292,7 @@ class Frame:
 class Pkt:
     """What parsing learned about a frame (addresses as 32-bit ints)."""
     __slots__ = ("saddr", "daddr", "sport", "dport", "l2len", "ihl", "tot_len", "proto",
-                 "tcpflags", "vip", "icmp")
+                 "tcpflags", "vip", "icmp", "v6")
 
 
 class Conn:
@@ -528,6 +528,8 @@ def parse_frame(f):
         etype = rd16(b, o + 16)
         l2 = 18
     if etype != 0x0800:
+        if etype == 0x86DD:
+            return parse_frame_v6(f, l2)
         return "not_ip"
     if n < l2 + 20:
         return "malformed"
@@ -545,6 +547,7 @@ def parse_frame(f):
     if rd16(b, ip + 6) & 0x3FFF:               # MF set or a fragment offset
         return "fragment"
     p = Pkt()
+    p.v6 = False
     p.proto = b[ip + 9]
     l4 = ip + ihl
     l4len = tot - ihl
@@ -581,14 +584,137 @@ def parse_frame(f):
     return p
 
 
+# IPv6 (the extension's parse6.pxi): addresses are 128-bit ints, ihl the fixed 40 bytes and
+# tot_len 40 + the payload length; extension headers are not walked (dropped when to a VIP).
+V6_EXTHDRS = (0, 43, 44, 51, 60, 135, 139, 140, 253, 254)
+ICMP6_QUOTE = 1280 - 48             # icmpv6_send quotes what fits in the minimum MTU
+
+
+def addr_fold(a):
+    """The kernel's fold of an address for hashing: v4 itself, v6 the xor of its words."""
+    return (a ^ (a >> 32) ^ (a >> 64) ^ (a >> 96)) & M32
+
+
+def parse_frame_v6(f, l2):
+    """A Pkt of an IPv6 frame, a counter name, or ("v6_exthdr", daddr) for one with an
+    extension header (dropped if to a VIP, else the host's)."""
+    b, o, n = f.buf, f.data, f.len
+    if n < l2 + 40:
+        return "malformed"
+    ip = o + l2
+    if b[ip] >> 4 != 6:
+        return "malformed"
+    plen = rd16(b, ip + 4)
+    if plen > n - l2 - 40 or plen > 65535 - 40:
+        return "malformed"
+    p = Pkt()
+    p.v6 = True
+    p.icmp = False
+    p.vip = 0
+    p.saddr = int.from_bytes(b[ip + 8:ip + 24], "big")
+    p.daddr = int.from_bytes(b[ip + 24:ip + 40], "big")
+    p.l2len, p.ihl, p.tot_len = l2, 40, 40 + plen
+    nh = p.proto = b[ip + 6]
+    l4 = ip + 40
+    if nh == 6:
+        if plen < 20:
+            return "malformed"
+        doff = (b[l4 + 12] >> 4) * 4
+        if doff < 20 or doff > plen:
+            return "malformed"
+        p.tcpflags = b[l4 + 13]
+    elif nh == 17:
+        if plen < 8:
+            return "malformed"
+        ulen = rd16(b, l4 + 4)
+        if ulen < 8 or ulen > plen:
+            return "malformed"
+        p.tcpflags = 0
+    elif nh == 58:
+        p.icmp = True                   # Engine._icmp6_parse: errors about conns
+        return p
+    elif nh in V6_EXTHDRS:
+        return ("v6_exthdr", p.daddr)
+    else:
+        return "no_service"
+    p.sport = rd16(b, l4)
+    p.dport = rd16(b, l4 + 2)
+    return p
+
+
+def _addr_words16(a):
+    return [(a >> s) & 0xFFFF for s in range(112, -16, -16)]
+
+
+def l4_csum_looks_partial_v6(b, ip, proto):
+    l4 = ip + 40
+    if proto == 17:
+        field = rd16(b, l4 + 6)
+        if field == 0:
+            return False
+        l4len = rd16(b, l4 + 4)
+    else:
+        field = rd16(b, l4 + 16)
+        l4len = rd16(b, ip + 4)
+    return field == csum_fold(csum_sum(b, ip + 8, 32) + proto + l4len)
+
+
+def l4_csum_complete_v6(b, ip, proto):
+    l4 = ip + 40
+    field, l4len = (l4 + 6, rd16(b, l4 + 4)) if proto == 17 else (l4 + 16, rd16(b, ip + 4))
+    v = ~csum_fold(csum_sum(b, l4, l4len)) & 0xFFFF
+    if proto == 17 and v == 0:
+        v = 0xFFFF
+    wr16(b, field, v)
+
+
+def l4_csum_replace16(b, field, old, new, udp):
+    # RFC 1624 over the eight 16-bit words of an address; UDP's 0 (none) stays 0
+    if udp and rd16(b, field) == 0:
+        return
+    s = ~rd16(b, field) & 0xFFFF
+    for w in _addr_words16(old):
+        s += ~w & 0xFFFF
+    for w in _addr_words16(new):
+        s += w
+    wr16(b, field, ~csum_fold(s) & 0xFFFF)
+    if udp and rd16(b, field) == 0:
+        wr16(b, field, 0xFFFF)
+
+
+class NeighTable6(NeighTable):
+    """The client-MAC table of v6 clients: a quarter of the slots, 128-bit keys, the set
+    chosen by hsiphash chained over the four words (as neigh6.pxi); all clients on-link."""
+
+    def __init__(self, capacity, key):
+        super().__init__(capacity)
+        self.slots = max(NEIGH_MIN_SLOTS, self.slots // 4)
+        self.set_mask = self.slots // NEIGH_WAYS - 1
+        self.key = key
+
+    def set_of(self, ip):
+        h = 0
+        for s in (96, 64, 32, 0):
+            h = hsiphash_1u32(((ip >> s) & M32) ^ h, *self.key)
+        i = h & self.set_mask
+        if i not in self.sets:
+            self.sets[i] = [Neigh() for _ in range(NEIGH_WAYS)]
+        return self.sets[i]
+
+    def on_link(self, ip):
+        return True
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument conversions shared by the configuration methods
 # ---------------------------------------------------------------------------------------------
 
 def _addr(value):
+    # an int: v4 as itself, v6 as its 128 bits (so ::/96 cannot be a v6 address)
     ip = ipaddress.ip_address(value)
-    if ip.version != 4:
-        raise ValueError(f"only IPv4 is forwarded for now: {value!r}")
+    if ip.version == 6 and int(ip) >> 32 == 0:
+        raise ValueError(f"IPv6 address in ::/96 (unspecified or IPv4-compatible) "
+                         f"cannot be used: {value!r}")
     return int(ip)
 
 
@@ -613,7 +739,7 @@ def _proto_num(proto):
 
 
 def _ip_text(v):
-    return str(ipaddress.IPv4Address(v))
+    return str(ipaddress.IPv4Address(v) if v <= M32 else ipaddress.IPv6Address(v))
 
 
 def _c_int(v):
@@ -697,9 +823,15 @@ class Engine(SyncMixin):
         self.vip_index = {}           # (proto, addr, port) -> index
         self.n_port0 = 0              # services on port 0: a second lookup only while > 0
         self.neigh = NeighTable(self._capacity)
+        self.neigh6 = NeighTable6(self._capacity, self.neigh.key)
         self.gw = None                # (mac, ifindex) for NAT replies without a neighbour
+        self.gw6 = None               # the same for v6 clients (the v6 default router)
+        self.local_ip6 = 0
+        self.vset6 = set()
         self.learn_ifindex = 0
-        self.local_ip = int(ipaddress.IPv4Address(local_ip)) if local_ip else 0
+        self.local_ip = 0
+        if local_ip:
+            self.set_local(local_ip=local_ip)
         self.local_mac = _mac_bytes(local_mac)
         self.mtu = mtu
         self.ip_id = 0
@@ -748,8 +880,15 @@ class Engine(SyncMixin):
         return len(self.conn_table)
 
     # -- local addresses, neighbours, timeouts -------------------------------------------------
-    def set_local(self, local_ip=None, local_mac=None, mtu=None):
-        """Change the director's own IP (TUN outer source), MAC or the MTU towards the RSs."""
+    def set_local(self, local_ip=None, local_mac=None, mtu=None, local_ip6=None):
+        """Change the director's own IP (TUN outer source), MAC or the MTU towards the RSs;
+        an IPv6 local_ip sets the v6 one (as local_ip6 does), each family keeps its own."""
+        if local_ip and ipaddress.ip_address(local_ip).version == 6:
+            local_ip6, local_ip = local_ip, None
+        if local_ip6 is not None:
+            if local_ip6 and ipaddress.ip_address(local_ip6).version != 6:
+                raise ValueError(f"local_ip6 must be an IPv6 address: {local_ip6!r}")
+            self.local_ip6 = _addr(local_ip6) if local_ip6 else 0
         if local_ip is not None:
             self.local_ip = int(ipaddress.IPv4Address(local_ip)) if local_ip else 0
         if local_mac is not None:
@@ -771,16 +910,23 @@ class Engine(SyncMixin):
 
     def set_neighbor(self, ip, mac, ifindex=0):
         """Next-hop MAC (and interface) for NAT replies to client `ip`, from the kernel's
-        neighbour table: replaces a learned entry, never ages; mac=None removes it."""
-        a = int(ipaddress.IPv4Address(ip))
+        neighbour table: replaces a learned entry, never ages; mac=None removes it. IPv6
+        clients have their own table."""
+        a = _addr(ip)
+        table = self.neigh6 if a > M32 else self.neigh
         tick = self._tick()
         if mac is None:
-            nb = self.neigh.find(a, tick)
+            nb = table.find(a, tick)
             if nb is not None:
                 nb.flags = 0
             return
         mac = _mac_bytes(mac)
-        self.neigh.slot(a, tick, True).put(a, mac, ifindex, tick, NF_USED | NF_KERNEL)
+        table.slot(a, tick, True).put(a, mac, ifindex, tick, NF_USED | NF_KERNEL)
+
+    def set_gateway6_mac(self, mac, ifindex=0):
+        """Next-hop MAC for NAT66 replies to v6 clients without a neighbour entry (None:
+        none, such replies are dropped and counted no_route)."""
+        self.gw6 = None if mac is None else (_mac_bytes(mac), ifindex)
 
     @property
     def neighbor_slots(self):
@@ -941,7 +1087,7 @@ class Engine(SyncMixin):
         # the extension's bucket of a (caddr, cport, proto) key: its chains are per bucket,
         # and a drop_entry reference names an entry by index and bucket
         caddr, cport, proto = key
-        x = ((caddr << 32) | (cport << 8) | proto) ^ self.seed
+        x = ((addr_fold(caddr) << 32) | (cport << 8) | proto) ^ self.seed
         x = (x * 0x9E3779B97F4A7C15) & M64
         x ^= x >> 29
         x = (x * 0xBF58476D1CE4E5B9) & M64
@@ -1041,7 +1187,20 @@ class Engine(SyncMixin):
             sched = K.HASH_KINDS[sched]
         if sched not in (K.SCHED_CALLBACK, K.SCHED_SH, K.SCHED_DH, K.SCHED_MH):
             raise ValueError(f"sched must be 0..3, got {sched}")
-        if netmask is None:
+        a = _addr(vaddr)
+        if a > M32:
+            # -M of a v6 service is a prefix length, as the kernel keeps it
+            if netmask is None:
+                mask = 128
+            else:
+                try:
+                    mask = int(netmask)
+                except (TypeError, ValueError):
+                    raise ValueError(f"an IPv6 service's netmask is a prefix length 1..128, "
+                                     f"got {netmask!r}") from None
+                if not 1 <= mask <= 128:
+                    raise ValueError(f"prefix length must be 1..128, got {netmask}")
+        elif netmask is None:
             mask = M32
         elif isinstance(netmask, int):
             if not 0 <= netmask <= 32:
@@ -1049,7 +1208,6 @@ class Engine(SyncMixin):
             mask = (M32 << (32 - netmask)) & M32
         else:
             mask = int(ipaddress.IPv4Address(netmask))
-        a = _addr(vaddr)
         v = self._vip_intern(p, a, vport)
         if self.vips[v].svc not in (0, svc_id):
             raise ValueError(f"{vaddr}:{vport}/{p} already belongs to service "
@@ -1191,8 +1349,11 @@ class Engine(SyncMixin):
         # which fragments are ours: to a virtual address (any port: only the first fragment
         # has one) or from a NAT real server; kept as the configuration changes
         F = self.frag
-        F.vset = {v.addr for v in self.vips[1:]} - {0}
-        F.rset = {d.raddr for d in self.dests if d.available and d.fwd == K.FWD_NAT} - {0}
+        F.vset = {v.addr for v in self.vips[1:] if v.addr <= M32} - {0}
+        F.rset = {d.raddr for d in self.dests if d.available and d.fwd == K.FWD_NAT
+                  and d.raddr <= M32} - {0}
+        # v6 VIP addresses: frames to them with extension headers are dropped, not passed
+        self.vset6 = {v.addr for v in self.vips[1:] if v.addr > M32}
 
     def frag_stats(self):
         """The reassembly area: queues and blocks in use and in all, the per-source shares."""
@@ -1618,6 +1779,130 @@ class Engine(SyncMixin):
         b[o:o + p.l2len + 20] = l2 + hdr
         self._tx(f, d.ifindex, -20, p.l2len + 20 + p.tot_len)
 
+    # -- IPv6 (the extension's xmit6.pxi) -------------------------------------------------------
+    def icmp6_error(self, f, p, typ, code, info, saddr):
+        # an ICMPv6 error back to the frame's sender from `saddr`, quoting what fits in 1280
+        # bytes; the new headers go 48 bytes in front of the quoted bytes
+        quote = min(ICMP6_QUOTE, p.tot_len)
+        if f.headroom < 48:
+            return "no_headroom"
+        b, d = f.buf, f.data
+        o = d - 48
+        l2 = bytearray(b[d:d + p.l2len])
+        l2[0:12] = l2[6:12] + l2[0:6]
+        hdr = bytearray(40)
+        hdr[0] = 0x60
+        wr16(hdr, 4, 8 + quote)
+        hdr[6] = 58
+        hdr[7] = 64
+        hdr[8:24] = saddr.to_bytes(16, "big")
+        hdr[24:40] = p.saddr.to_bytes(16, "big")
+        icmp = bytearray([typ, code, 0, 0]) + info.to_bytes(4, "big")
+        quoted = b[d + p.l2len:d + p.l2len + quote]
+        pseudo = csum_sum(hdr, 8, 32) + 8 + quote + 58
+        wr16(icmp, 2, ~csum_fold(csum_sum(icmp + quoted, 0, 8 + quote, pseudo)) & 0xFFFF)
+        b[o:o + p.l2len + 48] = l2 + hdr + icmp
+        self._tx(f, 0, -48, p.l2len + 48 + quote)
+        return None
+
+    def icmp6_time_exceeded(self, f, p, saddr):
+        if saddr == 0:
+            return "ttl_exceeded"
+        self._count("ttl_exceeded")
+        return self.icmp6_error(f, p, 3, 0, 0, saddr)
+
+    def xmit_nat_v6(self, f, p, c):
+        d = self.dests[c.dest]
+        b = f.buf
+        ip = f.data + p.l2len
+        l4 = ip + 40
+        udp = p.proto == 17
+        ck = l4 + (6 if udp else 16)
+        b[ip + 24:ip + 40] = d.raddr.to_bytes(16, "big")
+        l4_csum_replace16(b, ck, p.daddr, d.raddr, udp)
+        rport = self._rport(c)
+        if p.dport != rport:
+            wr16(b, l4 + 2, rport)
+            l4_csum_replace(b, ck, p.dport, rport, udp, 2)
+        b[f.data:f.data + 12] = d.mac + d.smac
+        self._tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+
+    def xmit_nat_out_v6(self, f, p, c):
+        v = self.vips[c.vip]
+        b = f.buf
+        ip = f.data + p.l2len
+        l4 = ip + 40
+        udp = p.proto == 17
+        ck = l4 + (6 if udp else 16)
+        nb = self.neigh6.find(p.daddr, self._tick())
+        hop = (nb.mac, nb.ifindex) if nb is not None else self.gw6
+        if hop is None:
+            return "no_route"
+        b[f.data:f.data + 12] = hop[0] + self.local_mac
+        self._tx(f, hop[1], 0, p.l2len + p.tot_len)
+        b[ip + 8:ip + 24] = v.addr.to_bytes(16, "big")
+        l4_csum_replace16(b, ck, p.saddr, v.addr, udp)
+        if p.sport != c.vport:
+            wr16(b, l4, c.vport)
+            l4_csum_replace(b, ck, p.sport, c.vport, udp, 2)
+
+    def xmit_tun_v6(self, f, p, c):
+        # IPv6-in-IPv6: outer header (local v6 -> RIP, next header 41, traffic class and hop
+        # limit copied, flow label 0); too big for the tunnel: packet too big, unless ICMPv6
+        d = self.dests[c.dest]
+        b = f.buf
+        inner = f.data + p.l2len
+        if p.tot_len + 40 > self.mtu:
+            if b[inner + 6] == 58 or self.mtu < 1280 + 40:
+                return "oversize"
+            self._count("frag_needed_sent")
+            return self.icmp6_error(f, p, 2, 0, self.mtu - 40, p.daddr)
+        if self.local_ip6 == 0:
+            return "no_route"
+        if f.headroom < 40:
+            return "no_headroom"
+        o = f.data - 40
+        l2 = bytearray(d.mac + d.smac) + b[f.data + 12:f.data + p.l2len]
+        hdr = bytearray(36 + 4)
+        wr32(hdr, 0, rd32(b, inner) & 0xFFF00000)     # flow label 0, as recorded on 6.1
+        wr16(hdr, 4, p.tot_len)
+        hdr[6] = 41
+        hdr[7] = b[inner + 7]
+        hdr[8:24] = self.local_ip6.to_bytes(16, "big")
+        hdr[24:40] = d.raddr.to_bytes(16, "big")
+        b[o:o + p.l2len + 40] = l2 + hdr
+        self._tx(f, d.ifindex, -40, p.l2len + 40 + p.tot_len)
+
+    def _forward_in_v6(self, f, p, c):
+        # decrement_ttl for v6, then the conn's transmit; hop limit 1 answered from the VIP
+        ip = f.data + p.l2len
+        if f.buf[ip + 7] <= 1:
+            return self.icmp6_time_exceeded(f, p, p.daddr)
+        f.buf[ip + 7] -= 1
+        return {K.FWD_DR: self.xmit_dr, K.FWD_NAT: self.xmit_nat_v6,
+                K.FWD_TUN: self.xmit_tun_v6}[c.fwd](f, p, c)
+
+    def _forward_out_v6(self, f, p, c, d, s, now):
+        ip = f.data + p.l2len
+        if f.buf[ip + 7] <= 1:
+            reason = self.icmp6_time_exceeded(f, p, self.local_ip6)
+            if reason is not None:
+                self._drop(f, reason)
+            return
+        f.buf[ip + 7] -= 1
+        d.outpkts += 1
+        d.outbytes += p.tot_len
+        s.outpkts += 1
+        s.outbytes += p.tot_len
+        if p.proto == 6:
+            self._tcp_set_state(c, True, p.tcpflags)
+        else:
+            c.timeout = self.udp_timeout
+        reason = self.xmit_nat_out_v6(f, p, c)
+        if reason is not None:
+            self._drop(f, reason)
+        c.expires = now + c.timeout * NS
+
     def _xmit(self, fwd):
         return {K.FWD_DR: self.xmit_dr, K.FWD_NAT: self.xmit_nat,
                 K.FWD_TUN: self.xmit_tun}[fwd]
@@ -1638,7 +1923,9 @@ class Engine(SyncMixin):
             c.timeout = self.udp_timeout
         # as IPVS's decrement_ttl: at TTL 1 the packet is answered, not forwarded (its conn
         # stands, counted and stated as any other)
-        if f.buf[f.data + p.l2len + 8] <= 1:
+        if p.v6:
+            reason = self._forward_in_v6(f, p, c)
+        elif f.buf[f.data + p.l2len + 8] <= 1:
             reason = self.icmp_time_exceeded(f, p, p.daddr)
         else:
             ttl_decrease(f.buf, f.data + p.l2len)
@@ -1654,6 +1941,9 @@ class Engine(SyncMixin):
         c = self.conn_table[ci]
         d = self.dests[c.dest]
         s = self.svcs[d.svc]
+        if p.v6:
+            self._forward_out_v6(f, p, c, d, s, now)
+            return
         if f.buf[f.data + p.l2len + 8] <= 1:
             # the kernel's ip_forward drops it before IPVS sees it: no stats, no state
             # change; the real server hears from the director's own address
@@ -1680,6 +1970,9 @@ class Engine(SyncMixin):
     # -- new connections -----------------------------------------------------------------------
     @staticmethod
     def _persist_net(s, p):
+        if p.v6:
+            # -M of a v6 service is a prefix length (the kernel keeps it in svc->netmask)
+            return p.saddr & (((1 << 128) - 1) ^ ((1 << (128 - s.netmask)) - 1))
         return p.saddr & s.netmask
 
     def _create_forward(self, f, p, svc_id, dest, ti, now):
@@ -1711,7 +2004,7 @@ class Engine(SyncMixin):
         self.svcs[d.svc].conns += 1
         self._count("conns_created")
         if self.learn_ifindex != 0 and d.fwd == K.FWD_NAT:
-            self.neigh.learn(p.saddr, f.buf[f.data + 6:f.data + 12], self.learn_ifindex,
+            (self.neigh6 if p.v6 else self.neigh).learn(p.saddr, f.buf[f.data + 6:f.data + 12], self.learn_ifindex,
                              self._tick())
         self._forward_in(f, p, ci, now)
         if p.proto == 6:
@@ -1724,13 +2017,13 @@ class Engine(SyncMixin):
         """The dest id the service's hash table gives this new flow, 0 = none."""
         n = len(s.table)
         if s.sched == K.SCHED_DH:
-            d = s.table[hash_32(p.daddr, SH_TAB_BITS) % n]
+            d = s.table[hash_32(addr_fold(p.daddr), SH_TAB_BITS) % n]
             return 0 if self._hash_unavailable(d) else d
         port = p.sport if s.sched_flags & K.SCHED_F_PORT else 0
         if s.sched == K.SCHED_SH:
-            ihash = sh_hashkey(p.saddr, port, 0) % n
+            ihash = sh_hashkey(addr_fold(p.saddr), port, 0) % n
         else:
-            ihash = hsiphash_1u32(p.saddr + port, *MH_KEY) % n
+            ihash = hsiphash_1u32((addr_fold(p.saddr) + port) & M32, *MH_KEY) % n
         d = s.table[ihash]
         if d == 0:
             return 0
@@ -1741,9 +2034,9 @@ class Engine(SyncMixin):
         for off in range(n):
             roff = (off + ihash) % n
             if s.sched == K.SCHED_SH:
-                h = sh_hashkey(p.saddr, port, roff) % n
+                h = sh_hashkey(addr_fold(p.saddr), port, roff) % n
             else:
-                h = hsiphash_1u32(roff + port + p.saddr, *MH_KEY) % n
+                h = hsiphash_1u32((roff + port + addr_fold(p.saddr)) & M32, *MH_KEY) % n
             d = s.table[h]
             if d == 0:
                 return 0
@@ -2013,6 +2306,8 @@ class Engine(SyncMixin):
         daddr:dport its source): the key of both lookups, as a client -> VIP packet and as a
         NAT server's reply; or the counter name of a drop (malformed) or a pass (not an
         error, or not one that can name a conn)."""
+        if p.v6:
+            return self._icmp6_parse(f, p)
         b = f.buf
         ic = f.data + p.l2len + p.ihl
         n = p.tot_len - p.ihl
@@ -2208,10 +2503,123 @@ class Engine(SyncMixin):
         s.outbytes += tlen + 28 + quote
         self._count("icmp_related")
 
+    # -- ICMPv6 errors about conns (the extension's icmp6.pxi) ----------------------------------
+    def _icmp6_parse(self, f, p):
+        b = f.buf
+        ip = f.data + p.l2len
+        ic, q = ip + 40, ip + 48
+        n = p.tot_len - 40
+        if n < 8:
+            return "malformed"
+        if b[ic] >= 128 or b[ic] == 0:
+            return "no_service"
+        if n < 8 + 40 + 4 or b[q] >> 4 != 6 or b[q + 6] not in (6, 17):
+            return "icmp_no_conn"
+        p.proto = b[q + 6]
+        p.tcpflags = 0
+        p.saddr = int.from_bytes(b[q + 24:q + 40], "big")
+        p.daddr = int.from_bytes(b[q + 8:q + 24], "big")
+        p.sport = rd16(b, q + 42)
+        p.dport = rd16(b, q + 40)
+        p.vip = self._vip_find_in(p.proto, p.daddr, p.dport)
+        return p
+
+    @staticmethod
+    def _icmp6_sum(b, ip, n):
+        return csum_fold(csum_sum(b, ip + 40, n, csum_sum(b, ip + 8, 32) + n + 58))
+
+    def _icmp6_csum_set(self, b, ip, n):
+        wr16(b, ip + 42, 0)
+        wr16(b, ip + 42, ~self._icmp6_sum(b, ip, n) & 0xFFFF)
+
+    def _icmp6_forward_in(self, f, p, c):
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        b = f.buf
+        ip = f.data + p.l2len
+        q = ip + 48
+        n = p.tot_len - 40
+        if self._icmp6_sum(b, ip, n) != 0xFFFF:
+            self._drop(f, "icmp_bad_checksum")
+            return
+        d.inpkts += 1
+        d.inbytes += p.tot_len
+        s.inpkts += 1
+        s.inbytes += p.tot_len
+        if b[ip + 7] <= 1:
+            self._drop(f, "ttl_exceeded")
+            return
+        b[ip + 7] -= 1
+        if c.fwd == K.FWD_NAT:
+            raddr = d.raddr.to_bytes(16, "big")
+            b[ip + 24:ip + 40] = raddr
+            b[q + 8:q + 24] = raddr
+            wr16(b, q + 40, self._rport(c))
+            self._icmp6_csum_set(b, ip, n)
+            b[f.data:f.data + 12] = d.mac + d.smac
+            self._tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+            reason = None
+        elif c.fwd == K.FWD_TUN:
+            reason = self.xmit_tun_v6(f, p, c)
+        else:
+            reason = self.xmit_dr(f, p, c)
+        if reason is not None:
+            self._drop(f, reason)
+        else:
+            self._count("icmp_related")
+
+    def _icmp6_forward_out(self, f, p, c):
+        d = self.dests[c.dest]
+        s = self.svcs[d.svc]
+        v = self.vips[c.vip]
+        b = f.buf
+        ip = f.data + p.l2len
+        q = ip + 48
+        n = p.tot_len - 40
+        if b[ip + 7] <= 1:
+            self._drop(f, "ttl_exceeded")
+            return
+        if self._icmp6_sum(b, ip, n) != 0xFFFF:
+            self._drop(f, "icmp_bad_checksum")
+            return
+        nb = self.neigh6.find(int.from_bytes(b[ip + 24:ip + 40], "big"), self._tick())
+        hop = (nb.mac, nb.ifindex) if nb is not None else self.gw6
+        if hop is None:
+            self._drop(f, "no_route")
+            return
+        b[f.data:f.data + 12] = hop[0] + self.local_mac
+        self._tx(f, hop[1], 0, p.l2len + p.tot_len)
+        b[ip + 7] -= 1
+        vaddr = v.addr.to_bytes(16, "big")
+        b[ip + 8:ip + 24] = vaddr
+        b[q + 24:q + 40] = vaddr
+        wr16(b, q + 42, c.vport)
+        self._icmp6_csum_set(b, ip, n)
+        d.outpkts += 1
+        d.outbytes += p.tot_len
+        s.outpkts += 1
+        s.outbytes += p.tot_len
+        self._count("icmp_related")
+
+    def _icmp6_handle(self, f, p, now):
+        if p.vip != 0:
+            ci = self._lookup_in(p, now)
+            if ci is not None:
+                self._icmp6_forward_in(f, p, self.conn_table[ci])
+                return
+        ci = self._lookup_out(p, now)
+        if ci is not None:
+            self._icmp6_forward_out(f, p, self.conn_table[ci])
+            return
+        self._pass(f, "icmp_no_conn")
+
     def _icmp_handle(self, f, p, idx):
         # the quoted packet's conn: as sent to a client (VIP:vport -> client), else as a
         # request sent to a NAT server (client -> RIP:rport); neither: the host's
         now = f.ts
+        if p.v6:
+            self._icmp6_handle(f, p, now)
+            return
         if p.icmp == "tun":
             ci = self._lookup_in(p, now)
             if ci is not None:
@@ -2267,7 +2675,7 @@ class Engine(SyncMixin):
         if ci is not None:
             self._forward_out(f, p, ci, now)
             return
-        if self.sysctl["nat_icmp_send"] and self._nat_icmp_send(f, p):
+        if self.sysctl["nat_icmp_send"] and not p.v6 and self._nat_icmp_send(f, p):
             return
         self._pass(f, "no_service")
 
@@ -2303,8 +2711,12 @@ class Engine(SyncMixin):
         ip = f.data + p.l2len
         if f.csum != FRAME_CSUM_FULL and (
                 f.csum == FRAME_CSUM_PARTIAL
-                or l4_csum_looks_partial(f.buf, ip, p.ihl, p.proto)):
-            l4_csum_complete(f.buf, ip, p.ihl, p.proto)
+                or (l4_csum_looks_partial_v6(f.buf, ip, p.proto) if p.v6
+                    else l4_csum_looks_partial(f.buf, ip, p.ihl, p.proto))):
+            if p.v6:
+                l4_csum_complete_v6(f.buf, ip, p.proto)
+            else:
+                l4_csum_complete(f.buf, ip, p.ihl, p.proto)
             self._count("csum_completed")
 
     def _rx_batch(self, frames):
@@ -2319,6 +2731,8 @@ class Engine(SyncMixin):
             if p == "fragment":
                 # held, or the datagram it completes now stands in for the frame
                 p = self._frag_input(f, now)
+            if isinstance(p, tuple):            # ("v6_exthdr", daddr)
+                p = "v6_exthdr" if p[1] in self.vset6 else "no_service"
             if not isinstance(p, str) and p.icmp:
                 p = self._icmp_parse(f, p)
             if isinstance(p, str):
@@ -2353,7 +2767,7 @@ class Engine(SyncMixin):
         flows = []
         for k in leaders:
             p = self.pkts[self.parked[k].frame]
-            flows.append((4, p.saddr, p.sport, p.daddr, p.dport,
+            flows.append((6 if p.v6 else 4, p.saddr, p.sport, p.daddr, p.dport,
                           "tcp" if p.proto == 6 else "udp"))
         try:
             if self.callback is None:

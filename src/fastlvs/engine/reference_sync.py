@@ -168,6 +168,8 @@ class SyncMixin:
             self.sync_counters["queue_overflow_conns"] += len(entries)
 
     def _sync_append(self, c, now):
+        if self.vips[c.vip].addr > 0xFFFFFFFF:
+            return      # an IPv6 conn: only v4 entries are written yet
         d = self.dests[c.dest]
         fl = _FLAGS_OF_FWD.get(c.fwd, F_DROUTE)
         if c.flags & CF_TEMPLATE:

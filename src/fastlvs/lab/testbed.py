@@ -3,7 +3,9 @@ latency benchmark (root only): a switch namespace with Linux bridges, a client, 
 2-3 real servers attached to them by veths, the servers' HTTP and UDP echo processes, the
 `fastlvs` daemon run inside the director namespace, and client helpers that open their sockets
 in the client namespace. Every name is unique (prefix + pid + counter) and `Testbed.destroy()`
-deletes exactly what was made, also after a failure. Nothing is addressed outside 10.201/16.
+deletes exactly what was made, also after a failure. Nothing is addressed outside 10.201/16
+(and, with `ipv6=True`, fd20:201::/48: the same layout in IPv6 only, LAN fd20:201::/64,
+NAT's real servers on fd20:201:1::/64, VIP fd20:201::100).
 
 Layout (LAN 10.201.0.0/24 on bridge br0; NAT puts the real servers on 10.201.1.0/24, br1):
 
@@ -46,6 +48,12 @@ CLIENT_IP = f"{LAN}.1"
 DIRECTOR_IP = f"{LAN}.2"
 DIRECTOR_RS_IP = f"{RSNET}.2"
 VIP = f"{LAN}.100"
+LAN6 = "fd20:201:"
+RSNET6 = "fd20:201:1:"
+CLIENT_IP6 = f"{LAN6}:1"
+DIRECTOR_IP6 = f"{LAN6}:2"
+DIRECTOR_RS_IP6 = f"{RSNET6}:2"
+VIP6 = f"{LAN6}:100"
 HTTP_PORT = 80
 UDP_PORT = 53
 MODES = contract.FWD_NAMES
@@ -125,6 +133,10 @@ def sysctl(ns, **values):
                 f.write(str(value))
 
 
+def _addrport(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 # -- the servers (run inside a real server's namespace) -------------------------------------------
 def serve(name: str, udp_addrs: list[str], http_port=HTTP_PORT, udp_port=UDP_PORT) -> None:
     """HTTP + UDP echo answering with `name`, until SIGTERM. Prints "serving" when ready."""
@@ -150,7 +162,10 @@ def serve(name: str, udp_addrs: list[str], http_port=HTTP_PORT, udp_port=UDP_POR
         allow_reuse_address = True
         daemon_threads = True
 
-    httpd = Server(("0.0.0.0", http_port), Handler)
+    if any(":" in a for a in udp_addrs):
+        Server.address_family = socket.AF_INET6
+    httpd = Server(("::" if Server.address_family == socket.AF_INET6 else "0.0.0.0",
+                    http_port), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
 
     def echo(sock):
@@ -159,7 +174,7 @@ def serve(name: str, udp_addrs: list[str], http_port=HTTP_PORT, udp_port=UDP_POR
             sock.sendto(name.encode() + b" " + data, peer)
 
     for addr in udp_addrs:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((addr, udp_port))
         threading.Thread(target=echo, args=(s,), daemon=True).start()
@@ -180,7 +195,7 @@ class Testbed:
     queue its sender hashed the flow to, so with several queues flows spread over them."""
 
     def __init__(self, mode: str, n_rs: int = 3, decap_src: str | None = None,
-                 prefix: str = "fl", queues: int = 1):
+                 prefix: str = "fl", queues: int = 1, ipv6: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         if mode == "tun" and not decap_src:
@@ -193,9 +208,20 @@ class Testbed:
         self.switch, self.client, self.director = f"{tag}sw", f"{tag}c", f"{tag}d"
         self.rs = [f"{tag}r{i + 1}" for i in range(n_rs)]
         self.rs_names = [f"rs{i + 1}" for i in range(n_rs)]
-        net = RSNET if mode == "nat" else LAN
-        self.rips = [f"{net}.{11 + i}" for i in range(n_rs)]
-        self.vip = VIP
+        self.ipv6 = ipv6
+        if ipv6:
+            net = RSNET6 if mode == "nat" else LAN6
+            self.rips = [f"{net}:{11 + i}" for i in range(n_rs)]
+            self.vip = VIP6
+            self.client_ip, self.director_ip, self.director_rs_ip, plen, host = (
+                CLIENT_IP6, DIRECTOR_IP6, DIRECTOR_RS_IP6, 64, 128)
+        else:
+            net = RSNET if mode == "nat" else LAN
+            self.rips = [f"{net}.{11 + i}" for i in range(n_rs)]
+            self.vip = VIP
+            self.client_ip, self.director_ip, self.director_rs_ip, plen, host = (
+                CLIENT_IP, DIRECTOR_IP, DIRECTOR_RS_IP, 24, 32)
+        self._plen, self._host = plen, host
         self.lan_if = "lan0"
         self.rs_if = "rsnet0" if mode == "nat" else None
         self.tmp = tempfile.mkdtemp(prefix=f"{tag}-")
@@ -233,8 +259,14 @@ class Testbed:
         for ns in self.namespaces:
             run("ip", "netns", "add", ns)
             self.made.append(ns)
-            sysctl(ns, ipv6__conf__all__disable_ipv6=1, ipv6__conf__default__disable_ipv6=1,
-                   ipv4__conf__all__rp_filter=0, ipv4__conf__default__rp_filter=0)
+            if self.ipv6:
+                # no duplicate address detection: addresses usable at once
+                sysctl(ns, ipv6__conf__all__accept_dad=0, ipv6__conf__default__accept_dad=0,
+                       ipv4__conf__all__rp_filter=0, ipv4__conf__default__rp_filter=0)
+            else:
+                sysctl(ns, ipv6__conf__all__disable_ipv6=1,
+                       ipv6__conf__default__disable_ipv6=1,
+                       ipv4__conf__all__rp_filter=0, ipv4__conf__default__rp_filter=0)
             run("ip", "-n", ns, "link", "set", "lo", "up")
         bridges = ["br0", "br1"] if self.mode == "nat" else ["br0"]
         for br in bridges:
@@ -250,21 +282,27 @@ class Testbed:
             self._veth(f"pr{i + 1}", ns, "eth0", rs_bridge)
         for ns in (self.client, *self.rs):
             tx_checksum_off(ns, "eth0")
-        self._addr(self.client, "eth0", f"{CLIENT_IP}/24")
-        self._addr(self.director, self.lan_if, f"{DIRECTOR_IP}/24")
-        # The director owns the VIP (fastlvs's rule in every mode: it answers ARP for it).
-        run("ip", "-n", self.director, "addr", "add", f"{self.vip}/32", "dev", self.lan_if)
+        self._addr(self.client, "eth0", f"{self.client_ip}/{self._plen}")
+        self._addr(self.director, self.lan_if, f"{self.director_ip}/{self._plen}")
+        # The director owns the VIP (fastlvs's rule in every mode: it answers ARP/ND for it).
+        # An IPv6 VIP is deprecated (preferred_lft 0): still ours to receive on, never
+        # chosen as the source of the director's own connections (it would win the
+        # longest-prefix rule towards the real servers, which hold the VIP too).
+        run("ip", "-n", self.director, "addr", "add", f"{self.vip}/{self._host}", "dev",
+            self.lan_if, *(["preferred_lft", "0"] if self.ipv6 else []))
         if self.mode == "nat":
-            self._addr(self.director, self.rs_if, f"{DIRECTOR_RS_IP}/24")
+            self._addr(self.director, self.rs_if, f"{self.director_rs_ip}/{self._plen}")
             # fastlvs forwards VIP traffic; the kernel must not route between the segments
             sysctl(self.director, ipv4__ip_forward=0)
         for ns, rip in zip(self.rs, self.rips):
-            self._addr(ns, "eth0", f"{rip}/24")
+            self._addr(ns, "eth0", f"{rip}/{self._plen}")
             if self.mode == "nat":
-                run("ip", "-n", ns, "route", "add", "default", "via", DIRECTOR_RS_IP)
+                run("ip", "-n", ns, "route", "add", "default", "via", self.director_rs_ip)
             else:
-                # LVS-DR/TUN real server: the VIP on lo, never announced nor answered by ARP
-                run("ip", "-n", ns, "addr", "add", f"{self.vip}/32", "dev", "lo")
+                # LVS-DR/TUN real server: the VIP on lo, never announced nor answered by
+                # ARP (IPv6: neighbour discovery answers only for the receiving link's own)
+                run("ip", "-n", ns, "addr", "add", f"{self.vip}/{self._host}", "dev", "lo",
+                    *(["preferred_lft", "0"] if self.ipv6 else []))
                 sysctl(ns, ipv4__conf__all__arp_ignore=1, ipv4__conf__all__arp_announce=2,
                        ipv4__conf__eth0__arp_ignore=1, ipv4__conf__eth0__arp_announce=2)
             if self.mode == "tun":
@@ -284,11 +322,19 @@ class Testbed:
         clang = shutil.which("clang")
         if clang is None:
             raise RuntimeError("clang not found: the TUN real servers' decapsulator needs it")
-        obj = os.path.join(self.tmp, f"decap-{rip}.o")
-        be = int.from_bytes(socket.inet_aton(rip), "little")   # network order as a __u32
+        obj = os.path.join(self.tmp, f"decap-{rip.replace(':', '_')}.o")
         arch_inc = f"/usr/include/{os.uname().machine}-linux-gnu"
-        run(clang, "-O2", "-g", "-Wall", "-target", "bpf", "-I", arch_inc,
-            f"-DFL_RS_ADDR={be:#010x}", "-c", self.decap_src, "-o", obj)
+        if ":" in rip:
+            # IPv6-in-IPv6 to this address: its four words, network order as __u32s
+            packed = socket.inet_pton(socket.AF_INET6, rip)
+            defs = ["-DFL_RS_ADDR=0"] + [
+                f"-DFL_RS6_W{i}={int.from_bytes(packed[4 * i:4 * i + 4], 'little'):#010x}"
+                for i in range(4)]
+        else:
+            be = int.from_bytes(socket.inet_aton(rip), "little")   # network order as a __u32
+            defs = [f"-DFL_RS_ADDR={be:#010x}"]
+        run(clang, "-O2", "-g", "-Wall", "-target", "bpf", "-I", arch_inc, *defs,
+            "-c", self.decap_src, "-o", obj)
         return obj
 
     def stop_server(self, name: str) -> None:
@@ -323,7 +369,7 @@ class Testbed:
             deadline = time.monotonic() + timeout
             while True:
                 with in_ns(self.director):
-                    s = socket.socket()
+                    s = socket.socket(socket.AF_INET6 if ":" in rip else socket.AF_INET)
                 s.settimeout(1.0)
                 try:
                     s.connect((rip, HTTP_PORT))
@@ -393,14 +439,18 @@ class Testbed:
         lines = []
         protos = [("-t", HTTP_PORT)] + ([("-u", UDP_PORT)] if udp else [])
         for popt, port in protos:
-            head = f"-A {popt} {self.vip}:{port} -s {sched}"
+            head = f"-A {popt} {self.vs(port)} -s {sched}"
             if persistent is not None:
                 head += f" -p {persistent}"
             lines.append(head)
             for name, w in weights.items():
-                lines.append(f"-a {popt} {self.vip}:{port} -r {self.rip_of(name)}:{port} "
-                             f"{flag} -w {w}")
+                lines.append(f"-a {popt} {self.vs(port)} -r "
+                             f"{_addrport(self.rip_of(name), port)} {flag} -w {w}")
         return "\n".join(lines) + "\n"
+
+    def vs(self, port=HTTP_PORT) -> str:
+        """VIP:port as ipvsadm writes it (an IPv6 VIP in brackets)."""
+        return _addrport(self.vip, port)
 
     def write_rules(self, text: str, name="rules") -> str:
         path = os.path.join(self.tmp, name)
@@ -427,7 +477,7 @@ class Testbed:
     def socket(self, type=socket.SOCK_STREAM) -> socket.socket:
         """A socket living in the client namespace."""
         with in_ns(self.client):
-            return socket.socket(socket.AF_INET, type)
+            return socket.socket(socket.AF_INET6 if self.ipv6 else socket.AF_INET, type)
 
     def http_get(self, ip=None, port=HTTP_PORT, timeout=3.0) -> str:
         """One HTTP/1.0 request over a new TCP connection: the server's name."""

@@ -157,6 +157,13 @@ class Netlink:
                          mac=_mac_bytes(link.get("IFLA_ADDRESS")), mtu=link.get("IFLA_MTU"),
                          addresses=addrs, up=bool(link["flags"] & 1))
 
+    def global_ipv6(self, index: int) -> list[str]:
+        """The interface's IPv6 addresses of global scope (no link-local ones), as `ip -6
+        addr show scope global` lists them, without prefix lengths."""
+        return [a.get("IFA_ADDRESS") for a in self._ipr.get_addr(index=index,
+                                                                 family=socket.AF_INET6)
+                if a.get("IFA_ADDRESS") and a["scope"] == 0]
+
     def max_mtu(self) -> int:
         """The largest MTU of this namespace's interfaces, loopback left out (0 if none)."""
         mtus = [link.get("IFLA_MTU") or 0 for link in self._ipr.get_links()
@@ -203,19 +210,20 @@ class Netlink:
                 return _mac_bytes(n.get("NDA_LLADDR"))
         return None
 
-    def neighbours(self, ifindex: int) -> list[tuple[str, bytes]]:
-        """Every usable IPv4 neighbour on `ifindex` as (ip, MAC), as `ip -4 neigh show dev X`
-        lists the reachable, stale, delayed, probed and permanent ones."""
+    def neighbours(self, ifindex: int, family: int = socket.AF_INET) -> list[tuple[str, bytes]]:
+        """Every usable neighbour of `family` (AF_INET, or AF_INET6) on `ifindex` as (ip,
+        MAC), as `ip -4 neigh show dev X` lists the reachable, stale, delayed, probed and
+        permanent ones."""
         out = []
-        for n in self._ipr.neigh("dump", family=socket.AF_INET, ifindex=ifindex):
+        for n in self._ipr.neigh("dump", family=family, ifindex=ifindex):
             if n["state"] & NUD_VALID and n.get("NDA_LLADDR") and n.get("NDA_DST"):
                 out.append((n.get("NDA_DST"), _mac_bytes(n.get("NDA_LLADDR"))))
         return out
 
-    def default_gateway(self) -> str | None:
-        """The IPv4 default route's gateway, or None when there is no such route or it has
-        no gateway (a device route)."""
-        for r in self._ipr.get_default_routes(family=socket.AF_INET):
+    def default_gateway(self, family: int = socket.AF_INET) -> str | None:
+        """The default route's gateway (IPv4, or IPv6 with family=AF_INET6), or None when
+        there is no such route or it has no gateway (a device route)."""
+        for r in self._ipr.get_default_routes(family=family):
             gw = r.get("RTA_GATEWAY")
             if gw:
                 return gw

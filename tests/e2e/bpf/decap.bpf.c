@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The TUN-mode real server's decapsulator (this kernel has no ipip module): an XDP program on
- * the real server's interface that takes IPv4-in-IPv4 (protocol 4) frames addressed to this
+ * the real server's interface that takes IPv4-in-IPv4 (protocol 4) frames (and, compiled with
+ * -DFL_RS6_W0..3, IPv6-in-IPv6: next header 41, as the words of its v6 address) addressed to this
  * real server (FL_RS_ADDR, given with -DFL_RS_ADDR=0x... in network byte order at compile
  * time), removes the outer IPv4 header and passes the inner packet (client -> VIP) up the
  * stack, where the VIP on lo accepts it. Everything else passes untouched. Counts what it did
@@ -9,6 +10,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -41,7 +43,37 @@ int fl_decap(struct xdp_md *ctx)
 	struct ethhdr saved;
 	struct iphdr *outer, *inner;
 
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > end)
+		return XDP_PASS;
+#ifdef FL_RS6_W0
+	/* IPv6-in-IPv6 (next header 41) to this real server's v6 address (FL_RS6_W0..3) */
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *o6 = (void *)(eth + 1), *i6 = (void *)(o6 + 1);
+
+		if ((void *)(o6 + 1) > end || o6->nexthdr != 41)
+			return XDP_PASS;
+		if ((void *)(i6 + 1) > end || i6->version != 6 ||
+		    o6->daddr.in6_u.u6_addr32[0] != (__be32)FL_RS6_W0 ||
+		    o6->daddr.in6_u.u6_addr32[1] != (__be32)FL_RS6_W1 ||
+		    o6->daddr.in6_u.u6_addr32[2] != (__be32)FL_RS6_W2 ||
+		    o6->daddr.in6_u.u6_addr32[3] != (__be32)FL_RS6_W3) {
+			count(1);
+			return XDP_PASS;
+		}
+		__builtin_memcpy(&saved, eth, sizeof(saved));
+		if (bpf_xdp_adjust_head(ctx, (int)sizeof(struct ipv6hdr)))
+			return XDP_DROP;
+		data = (void *)(long)ctx->data;
+		end = (void *)(long)ctx->data_end;
+		eth = data;
+		if ((void *)(eth + 1) > end)
+			return XDP_DROP;
+		__builtin_memcpy(eth, &saved, sizeof(saved));
+		count(0);
+		return XDP_PASS;
+	}
+#endif
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
 	outer = (void *)(eth + 1);
 	if ((void *)(outer + 1) > end || outer->protocol != IPPROTO_IPIP)

@@ -3,7 +3,7 @@
  * AF_XDP socket. Only frames for a configured virtual service (proto, VIP, vport) and, in NAT
  * mode, replies from a real server (proto, RIP, rport) not addressed to the director itself are
  * redirected to the XSK bound to the receiving queue, and so are the ICMP errors about either
- * (by the packet they quote); everything else (ARP, other ICMP, SSH, the director's own
+ * (by the packet they quote; ICMPv6 errors too); everything else (ARP, other ICMP, SSH, the director's own
  * connections to a real server) is XDP_PASS.
  * Maps are filled at run time from user space (ring_xdp.pxi). One 802.1Q tag; IPv4 and IPv6.
  */
@@ -214,6 +214,35 @@ static __always_inline int steer_icmp(struct xdp_md *ctx, struct iphdr *ip, void
 	return steer(ctx, dst, src);
 }
 
+/* The same for ICMPv6 errors (types below 128): the quoted packet must carry TCP or UDP right
+ * after its fixed header, as the engine requires. Informational messages (neighbour
+ * discovery, echo) are the kernel's. */
+static __always_inline int steer_icmp6(struct xdp_md *ctx, struct ipv6hdr *ip6, void *end,
+				       struct fl_steer_key *dst, struct fl_steer_key *src)
+{
+	__u8 *ic = (__u8 *)(ip6 + 1);
+	struct ipv6hdr *q;
+	__be16 *qp;
+
+	if ((void *)(ic + 8) > end || ic[0] == 0 || ic[0] >= 128)
+		return count(1, XDP_PASS);
+	q = (void *)(ic + 8);
+	if ((void *)(q + 1) > end || q->version != 6)
+		return count(1, XDP_PASS);
+	if (q->nexthdr != IPPROTO_TCP && q->nexthdr != IPPROTO_UDP)
+		return count(1, XDP_PASS);
+	qp = (void *)(q + 1);
+	if ((void *)(qp + 2) > end)
+		return count(1, XDP_PASS);
+	dst->family = src->family = 6;
+	dst->proto = src->proto = q->nexthdr;
+	__builtin_memcpy(dst->addr, &q->saddr, 16);
+	dst->port = qp[0];
+	__builtin_memcpy(src->addr, &q->daddr, 16);
+	src->port = qp[1];
+	return steer(ctx, dst, src);
+}
+
 SEC("xdp")
 int fl_steer(struct xdp_md *ctx)
 {
@@ -274,7 +303,9 @@ int fl_steer(struct xdp_md *ctx)
 
 		if ((void *)(ip6 + 1) > end)
 			return XDP_PASS;
-		/* no extension headers: the engine handles IPv6 later, plain TCP/UDP only */
+		if (ip6->nexthdr == IPPROTO_ICMPV6)
+			return steer_icmp6(ctx, ip6, end, &dst, &src);
+		/* no extension headers: the engine walks none (to a VIP it would drop them) */
 		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 			return count(1, XDP_PASS);
 		ports = (void *)(ip6 + 1);

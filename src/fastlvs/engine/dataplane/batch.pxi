@@ -75,7 +75,9 @@ cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *
         c.timeout = e.udp_timeout
     # as IPVS's decrement_ttl: a packet at TTL 1 is answered, not forwarded (its conn
     # stands, counted and stated as any other)
-    if fl_unlikely(f.data[p.l2len + 8] <= 1):
+    if fl_unlikely(p.v6):
+        r = forward_in_v6(e, f, p, c)
+    elif fl_unlikely(f.data[p.l2len + 8] <= 1):
         r = icmp_time_exceeded_v4(e, f, p, p.daddr[3])
     else:
         ttl_dec_v4(f.data + p.l2len)
@@ -93,6 +95,9 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
     cdef fl_dest *d = &e.dests[c.dest]
     cdef fl_svc *s = &e.svcs[d.svc]
     cdef int r
+    if fl_unlikely(p.v6):
+        conn_forward_out_v6(e, f, p, c, now)
+        return
     if fl_unlikely(f.data[p.l2len + 8] <= 1):
         # the kernel's ip_forward drops it before IPVS sees it: no stats, no state change;
         # the real server hears from the director's own address
@@ -118,6 +123,9 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
 
 
 cdef inline void persist_net(fl_svc *s, fl_pkt *p, uint32_t *snet) noexcept nogil:
+    if fl_unlikely(p.v6):
+        persist_net_v6(s.netmask, p.saddr, snet)
+        return
     snet[0] = 0
     snet[1] = 0
     snet[2] = 0
@@ -175,7 +183,10 @@ cdef void conn_create_forward(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t svc
     e.svcs[e.dests[dest].svc].conns += 1
     e.counters[C_CONNS_CREATED] += 1
     if e.learn_ifindex != 0 and e.dests[dest].fwd == FWD_NAT:
-        neigh_learn(e, p.saddr[3], f.data + 6, e.learn_ifindex)
+        if p.v6:
+            neigh6_learn(e, p.saddr, f.data + 6, e.learn_ifindex)
+        else:
+            neigh_learn(e, p.saddr[3], f.data + 6, e.learn_ifindex)
     conn_forward_in(e, f, p, c, now)
     if p.proto == 6:
         if c.state == TCP_S_SYN_RECV or c.state == TCP_S_SYNACK:
@@ -318,7 +329,7 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
     if ci != 0:
         conn_forward_out(e, f, p, &e.conns[ci - 1], now)
         return
-    if fl_unlikely(e.nat_icmp_send) and nat_icmp_send_v4(e, f, p):
+    if fl_unlikely(e.nat_icmp_send) and not p.v6 and nat_icmp_send_v4(e, f, p):
         return
     frame_pass(e, f, C_NO_SERVICE)
 
@@ -355,6 +366,8 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
             now = f.ts_ns
         r = parse_frame(f, p)
         if fl_unlikely(r != PARSE_OK):
+            if r == PARSE_IPV6:
+                r = parse_frame_v6(e, f, p, p.l2len)
             if r == C_FRAGMENT:
                 # held, or the datagram it completes now stands in for the frame
                 r = frag_input(e, f, p, now)
@@ -365,6 +378,8 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                     p.ok = PKT_ICMP if r == ICMP_OK else PKT_ICMP_TUN
                     fl_prefetch(&e.buckets[p.bucket])
                     continue
+            if r == C_V6_EXTHDR and not addr_set_has(e.vset6, e.vmask6, addr6_fold(p.daddr)):
+                r = C_NO_SERVICE        # not to a VIP: the host's
             if r != PARSE_OK:
                 p.ok = 0
                 if (r == C_NOT_IP or r == C_NO_SERVICE or r == C_FRAGMENT

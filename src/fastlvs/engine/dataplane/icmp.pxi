@@ -22,6 +22,8 @@ cdef int icmp_parse(fl_engine *e, fl_frame *f, fl_pkt *p) noexcept nogil:
     cdef uint32_t n = <uint32_t>p.tot_len - p.ihl
     cdef const uint8_t *q
     cdef uint32_t qihl
+    if p.v6:
+        return icmp6_parse(e, f, p)
     if n < 8:
         return C_MALFORMED              # the kernel drops a truncated ICMP header
     if ic[0] != 3 and ic[0] != 4 and ic[0] != 11:
@@ -262,6 +264,9 @@ cdef void icmp_handle(fl_engine *e, fl_frame *f, fl_pkt *p, uint64_t now) noexce
     # error is the host's (IPVS accepts it to the local stack).
     cdef uint32_t ci
     cdef uint8_t *q
+    if p.v6:
+        icmp6_handle(e, f, p, now)
+        return
     if p.ok == PKT_ICMP_TUN:
         ci = conn_lookup_in(e, p, now)
         if ci != 0:

@@ -6,6 +6,7 @@
 cdef enum:
     PARSE_OK = -1
     PARSE_ICMP = -2         # an ICMP message, l2len/ihl/tot_len/addresses filled: icmp.pxi
+    PARSE_IPV6 = -5         # IPv6, l2len filled: parse_frame_v6 (parse6.pxi) takes over
 
 
 cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
@@ -17,6 +18,7 @@ cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
     cdef const uint8_t *ip
     cdef uint32_t ihl, tot, l4len, doff, ulen
     cdef const uint8_t *l4
+    p.v6 = 0
     if n < 14:
         return C_MALFORMED
     etype = rd16(d + 12)
@@ -26,6 +28,9 @@ cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
         etype = rd16(d + 16)
         l2 = 18
     if etype != 0x0800:
+        if etype == 0x86DD:
+            p.l2len = <uint16_t>l2
+            return PARSE_IPV6
         return C_NOT_IP
     if n < l2 + 20:
         return C_MALFORMED

@@ -209,6 +209,9 @@ cdef void sync_append(fl_engine *e, fl_conn *c, uint64_t now) noexcept nogil:
     cdef uint32_t pad = 0, fl
     cdef uint8_t *p
     cdef fl_dest *d = &e.dests[c.dest]
+    cdef fl_vip *v = &e.vips[c.vip]
+    if v.addr[0] != 0 or v.addr[1] != 0 or v.addr[2] != 0:
+        return      # an IPv6 conn: only v4 entries are written yet (its v4 fields would lie)
     if b != NULL:
         pad = (0 - b.len) & 3
         if b.len + pad + SYNC_ENT4 > b.cap or b.nconns >= SYNC_MAX_ENTRIES:

@@ -97,7 +97,7 @@ cdef struct fl_pkt:
     uint8_t proto
     uint8_t tcpflags
     uint8_t ok              # 1 when parsed and to be handled
-    uint8_t _pad
+    uint8_t v6              # an IPv6 packet: addresses use all four words (parse6.pxi)
 
 
 cdef struct fl_conn:
@@ -174,6 +174,16 @@ cdef struct fl_neigh:
     uint32_t ip
     uint32_t ifindex
     uint32_t seen           # tick of the last use (reply sent, conn opened, set by Python)
+    uint8_t mac[6]
+    uint8_t flags           # NF_*
+    uint8_t _pad
+
+
+cdef struct fl_neigh6:
+    # One IPv6 client's next hop for NAT66 replies: 32 bytes, NEIGH_WAYS to a set.
+    uint32_t ip[4]
+    uint32_t ifindex
+    uint32_t seen
     uint8_t mac[6]
     uint8_t flags           # NF_*
     uint8_t _pad
@@ -419,3 +429,12 @@ cdef struct fl_engine:
     int nparked
     fl_frag frag
     fl_sync sync            # connection sync (dataplane/sync.pxi)
+    # IPv6 (parse6.pxi, xmit6.pxi, neigh6.pxi)
+    uint32_t local_ip6[4]   # the director's own v6 address: TUN's outer source, NAT66 errors
+    fl_neigh6 *neigh6       # client-MAC table of v6 clients, as `neigh`
+    uint32_t neigh6_set_mask
+    uint8_t gw6_mac[6]      # the v6 default router's MAC (replies to off-link v6 clients)
+    uint8_t has_gw6
+    uint32_t gw6_ifindex
+    uint32_t *vset6         # folds of the v6 VIP addresses (open addressing, 0 = empty):
+    uint32_t vmask6         #   frames to them with extension headers are dropped, not passed
