@@ -6,7 +6,7 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 # Everything the build, the daemon, the lab bench, the tests and `make demo` run; the benchmarks'
 # own extras are in BENCH_APT_PKGS. tests/unit/test_programs.py checks both against the code.
-APT_PKGS := python3 python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2 ethtool netbase procps keepalived
+APT_PKGS := python3 python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2 ethtool netbase procps keepalived bird2
 BENCH_APT_PKGS := conntrack
 PYTEST_ARGS ?=
 

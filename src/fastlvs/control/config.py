@@ -60,6 +60,7 @@ class Config:
     table: ServiceTable
     path: str = "-"
     services: int = field(default=0)
+    bgp: object = None              # the [bgp] table (bgp.announce.BgpConfig), None: absent
 
 
 # -- locating a table path's line, for messages ------------------------------------------
@@ -159,7 +160,7 @@ _DIRECTOR_KEYS = settings.DIRECTOR_KEYS
 _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
-_TOP_KEYS = ("director", "service", "timeouts", "sysctl")
+_TOP_KEYS = ("director", "service", "timeouts", "sysctl", "bgp")
 
 
 def _director(ctx: _Ctx, data) -> DirectorConfig:
@@ -317,7 +318,15 @@ def parse_config(text: str, filename: str = "fastlvs.toml") -> Config:
         _timeouts(ctx, data["timeouts"], table)
     table.sysctls = sysctl.parse_table(data.get("sysctl", {}),
                                        lambda key, what: ctx.fail("sysctl", key, what))
-    return Config(director=director, table=table, path=filename, services=len(services))
+    return Config(director=director, table=table, path=filename, services=len(services),
+                  bgp=_bgp(ctx, data))
+
+
+def _bgp(ctx: _Ctx, data):
+    if "bgp" not in data:
+        return None
+    from fastlvs.bgp.announce import parse_table
+    return parse_table(data["bgp"], lambda key, what: ctx.fail("bgp", key, what))
 
 
 def load_config(path) -> Config:
