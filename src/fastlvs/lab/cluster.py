@@ -276,11 +276,10 @@ class Cluster:
             return -9
         return d.stop(sig, timeout)
 
-    def kill_bird(self, i: int) -> None:
-        """SIGKILL director i's BIRD: the director is gone as far as the router can tell
-        (the BFD or BGP hold timer must notice)."""
-        with open(self.birds[self.directors[i]]) as f:
-            os.kill(int(f.read().strip()), signal.SIGKILL)
+    def cut_link(self, i: int) -> None:
+        """Take director i's interface down: the machine is gone without a word (no BGP
+        message, no TCP reset), so only the router's BFD or BGP hold timer can notice."""
+        run("ip", "-n", self.directors[i], "link", "set", "dev", "lan0", "down")
 
     def nexthops(self) -> list[str]:
         """The router's kernel next hops for the VIP (the directors ECMP spreads over)."""
