@@ -35,6 +35,10 @@ Usage:
   {PROG} -L|l [-n] [-t|u service-address] [-c] [--stats|--rate|--thresholds|--persistent-conn] [--exact] [--timeout]
   {PROG} -Z [-t|u service-address]
   {PROG} --set tcp tcpfin udp
+  {PROG} --start-daemon {{master|backup}} --mcast-interface IF [--syncid N] [--sync-maxlen N]
+        [--mcast-group ADDR] [--mcast-port P] [--mcast-ttl T]
+  {PROG} --stop-daemon {{master|backup}}
+  {PROG} -L|l --daemon       (the running connection sync daemons)
   {PROG} --counters            (fastlvs's own: every counter as one JSON object)
   {PROG} --health              (fastlvs's own: quorum, real servers and their checkers)
   {PROG} --sysctl [NAME=VALUE ...]  (IPVS sysctls: set these, or list them all)

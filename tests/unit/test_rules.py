@@ -208,7 +208,8 @@ def test_service_names_as_ports_as_ipvsadm_save_without_n_writes():
     ("--set 900 120\n", "rules.txt:1: --set option requires 3 timeout values"),
     ("-C extra\n", "rules.txt:1: unexpected argument extra"),
     ("--start-daemon master\n",
-     "rules.txt:1: --start-daemon: fastlvs does not support the connection sync daemon"),
+     "rules.txt:1: --start-daemon does not belong in a rules file (only -A -E -D -C -a -e -d -Z "
+     "--set)"),
     ("-L -n\n", "rules.txt:1: -L does not belong in a rules file (only -A -E -D -C -a -e -d -Z "
                 "--set)"),
     ("-t 10.0.0.1:80\n",

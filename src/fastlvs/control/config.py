@@ -61,6 +61,7 @@ class Config:
     path: str = "-"
     services: int = field(default=0)
     bgp: object = None              # the [bgp] table (bgp.announce.BgpConfig), None: absent
+    sync: settings.SyncSettings | None = None     # [sync]: the sync daemons to run
 
 
 # -- locating a table path's line, for messages ------------------------------------------
@@ -160,7 +161,7 @@ _DIRECTOR_KEYS = settings.DIRECTOR_KEYS
 _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
-_TOP_KEYS = ("director", "service", "timeouts", "sysctl", "bgp")
+_TOP_KEYS = ("director", "service", "timeouts", "sysctl", "sync", "bgp")
 
 
 def _director(ctx: _Ctx, data) -> DirectorConfig:
@@ -318,8 +319,9 @@ def parse_config(text: str, filename: str = "fastlvs.toml") -> Config:
         _timeouts(ctx, data["timeouts"], table)
     table.sysctls = sysctl.parse_table(data.get("sysctl", {}),
                                        lambda key, what: ctx.fail("sysctl", key, what))
+    sync = settings.parse_sync(data.get("sync"), lambda key, what: ctx.fail("sync", key, what))
     return Config(director=director, table=table, path=filename, services=len(services),
-                  bgp=_bgp(ctx, data))
+                  sync=sync, bgp=_bgp(ctx, data))
 
 
 def _bgp(ctx: _Ctx, data):

@@ -81,6 +81,7 @@ _SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in ENGINE_SYSCTLS.items()}
 
 include "dataplane/frag.pxi"
 include "dataplane/icmp.pxi"
+include "dataplane/sync.pxi"
 include "dataplane/batch.pxi"
 include "engine_api.pxi"
 

@@ -18,6 +18,7 @@ import os
 import time
 
 from fastlvs.engine import contract as K
+from fastlvs.engine.reference_sync import SyncMixin
 
 # -- the extension's own sizes and layout, which its public API reports ----------------------
 ENTRY_SIZE = 56                    # bytes per conn entry in the extension (entry_size)
@@ -649,7 +650,7 @@ def _check_mtu(mtu):
 # The engine
 # ---------------------------------------------------------------------------------------------
 
-class Engine:
+class Engine(SyncMixin):
     """One data-plane instance: conn table, services, dests, counters (reference version).
 
     Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500, frag_mem=4 MiB),
@@ -717,6 +718,7 @@ class Engine:
         self.vict = []                # first; made when drop_entry is first set
         self.evict_horizon = 0        # last-packet time of the ring's middle embryo (ns)
         self.sysctl = {}
+        self._sync_init()
         for name, value in SYSCTL_DEFAULTS.items():
             self.set_sysctl(name, value)
 
@@ -838,6 +840,8 @@ class Engine:
             v = 1 if v else 0
         if not lo <= v <= hi:
             raise ValueError(f"{name} must be {lo}..{hi}, got {value!r}")
+        if name in ("sync_threshold", "sync_period"):
+            self._sync_check_pair(name, v)
         if name == "drop_entry" and v and self.embryo is None:
             self.embryo = collections.deque(maxlen=1 << self._bucket_bits)
         self.sysctl[name] = v
@@ -1323,6 +1327,7 @@ class Engine:
                 c.flags |= CF_NOOUTPUT
         c.timeout = NEW_CONN_TIMEOUT
         c.expires = now + NEW_CONN_TIMEOUT * NS
+        self._sync_meta_new(i, now)
         self._link(i, c, now)
         self._dest_bind(c)
         return i
@@ -1635,6 +1640,8 @@ class Engine:
         if reason is not None:
             self._drop(f, reason)
         c.expires = now + c.timeout * NS
+        if self.sync_meta is not None:
+            self._sync_in_packet(ci, now)
 
     def _forward_out(self, f, p, ci, now):
         # ip_vs_out / handle_response for a NAT reply
@@ -1661,6 +1668,8 @@ class Engine:
         if reason is not None:
             self._drop(f, reason)
         c.expires = now + c.timeout * NS
+        if self.sync_meta is not None:
+            self._sync_out_packet(ci)
 
     # -- new connections -----------------------------------------------------------------------
     @staticmethod
