@@ -63,14 +63,17 @@ def withdraw_times(repeat: int) -> dict:
     return out
 
 
-def broken(sched: str, flags: str, conns: int) -> dict:
+def broken(sched: str, flags: str, conns: int, sync: bool = False) -> dict:
     """Broken long-lived connections after: one director SIGKILLed, added back, drained
-    (SIGTERM), added back."""
-    with Cluster(sched=sched, flags=flags, prefix="bb") as cl:
+    (SIGTERM), added back. `sync`: full-mesh connection sync between the directors."""
+    with Cluster(sched=sched, flags=flags, sync=sync, prefix="bb") as cl:
         for i in range(3):
             cl.start_director(i)
         cl.wait_nexthops(3)
         ll = cl.long_lived(conns)
+        if sync:
+            ll.probe()
+            time.sleep(1.5)
         out, before = {}, 0
         for step, act in (("lost (SIGKILL)", lambda: cl.stop_director(1, signal.SIGKILL)),
                           ("added back", lambda: cl.start_director(1)),
@@ -82,7 +85,7 @@ def broken(sched: str, flags: str, conns: int) -> dict:
             out[step] = now - before
             before = now
         ll.close()
-    name = sched + (f" ({flags})" if flags else "")
+    name = sched + (f" ({flags})" if flags else "") + (" + sync" if sync else "")
     print(f"broken of {conns}, {name}: {out}", flush=True)
     return out
 
@@ -121,6 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--conns", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--sched", default=None, help="broken: only this one (e.g. wlc+sync)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bgp.json"))
     ap.add_argument("--parts", default="withdraw,broken,cpu",
                     help="what to measure (the others are kept from --out): withdraw,broken,cpu")
@@ -136,10 +140,12 @@ def main(argv=None) -> int:
     if "withdraw" in a.parts:
         result["withdraw"] = withdraw_times(a.repeat)
     if "broken" in a.parts:
-        result["broken"] = {}
-        for sched, flags in (("mh", ""), ("sh", "sh-port"), ("wlc", ""), ("rr", "")):
-            result["broken"][sched + (f"+{flags}" if flags else "")] = broken(sched, flags,
-                                                                              a.conns)
+        result.setdefault("broken", {})
+        for sched, flags, sync in (("mh", "", False), ("sh", "sh-port", False),
+                                   ("wlc", "", False), ("rr", "", False), ("wlc", "", True)):
+            name = sched + (f"+{flags}" if flags else "") + ("+sync" if sync else "")
+            if a.sched in (None, name):
+                result["broken"][name] = broken(sched, flags, a.conns, sync)
     if "cpu" in a.parts:
         result["cpu"] = {f"{n} director(s)": cpu_per_packet(n, a.conns, a.rounds)
                          for n in (1, 3)}

@@ -76,18 +76,21 @@ class Cluster:
     network, starts the real servers and every BIRD (no fastlvs yet); `start_director(i)`
     runs fastlvs on director i; `destroy()` stops everything and removes every namespace
     (safe after a partial build). `mode` "dr" or "tun" (TUN needs `decap_src`, the real
-    servers' XDP decapsulator); `sched` and `flags` make the service VIP:80."""
+    servers' XDP decapsulator); `sched` and `flags` make the service VIP:80. `sync`: each
+    director runs the IPVS sync daemon as master and as backup on its LAN (one multicast
+    group: every director installs every other's connections)."""
 
     def __init__(self, n_directors: int = 3, n_rs: int = 3, mode: str = "dr",
                  sched: str = "mh", flags: str = "", clients: int = 64,
                  decap_src: str | None = None, bfd: bool = True, hold: int = 3,
-                 prefix: str = "fc"):
+                 sync: bool = False, prefix: str = "fc"):
         if mode not in FWD_FLAG:
             raise ValueError("mode must be dr or tun")
         if mode == "tun" and not decap_src:
             raise ValueError("TUN mode needs decap_src (the real servers' XDP decapsulator)")
         self.mode, self.sched, self.flags = mode, sched, flags
         self.decap_src, self.bfd, self.hold = decap_src, bfd, hold
+        self.sync = sync            # full-mesh connection sync: every director master + backup
         tag = f"{prefix}{os.getpid() % 100000}x{next(_seq)}"
         self.tag = tag
         self.switch, self.router, self.client = f"{tag}sw", f"{tag}rt", f"{tag}c"
@@ -266,6 +269,9 @@ class Cluster:
         self.daemons.append(d)
         d.start()
         self.fastlvs[i] = d
+        if self.sync:
+            for role in ("backup", "master"):
+                d.admin("--start-daemon", role, "--mcast-interface", "lan0", "--syncid", "1")
         return d
 
     def stop_director(self, i: int, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
