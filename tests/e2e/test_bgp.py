@@ -86,6 +86,34 @@ def test_sigterm_withdraws_before_exit_and_sigkill_at_once(cl):
     assert d1.proc.poll() is not None
 
 
+def test_health_checks_that_empty_the_service_withdraw_it(cl):
+    """keepalived.conf TCP_CHECKs: both real servers' processes killed, the checks take them
+    out, the VIP is withdrawn; one back, it is announced again."""
+    servers = "".join(
+        f"    real_server {rip} 80 {{\n        TCP_CHECK {{\n            connect_timeout 1\n"
+        f"            delay_loop 1\n            retry 1\n            delay_before_retry 1\n"
+        f"        }}\n    }}\n" for rip in cl.rips)
+    path = os.path.join(cl.tmp, "keepalived.conf")
+    with open(path, "w") as f:
+        f.write(f"virtual_server {cl.vip} 80 {{\n    lb_algo mh\n    lb_kind DR\n"
+                f"    protocol TCP\n{servers}}}\n")
+    d = cl.start_director(0, "--keepalived-conf", path)
+    try:
+        cl.wait_nexthops(1)
+        for i in range(len(cl.rs)):
+            cl.stop_server(i)
+        cl.wait_nexthops(0, timeout=20)
+        assert "withheld: no available real server" in d.admin("--bgp").stdout
+        cl.start_server(0)
+        cl.wait_nexthops(1, timeout=20)
+        assert set(cl.requests(4)) == {"rs1"}
+    finally:
+        for i in range(len(cl.rs)):
+            if i not in cl.servers:
+                cl.start_server(i)
+        assert cl.stop_director(0) == 0
+
+
 def test_bird_unreachable_is_one_line_and_the_director_runs(cl):
     d = cl.start_director(0, "--bird-socket", os.path.join(cl.tmp, "no-such.ctl"))
     try:

@@ -107,6 +107,7 @@ class Cluster:
         self.birds: dict[str, str] = {}              # namespace -> its BIRD's pid file
         self.daemons: list[Daemon] = []
         self.fastlvs: dict[int, Daemon] = {}         # director index -> its running fastlvs
+        self.servers: dict[int, subprocess.Popen] = {}   # real server index -> its process
 
     # -- building -------------------------------------------------------------------------------
     def build(self) -> "Cluster":
@@ -191,12 +192,22 @@ class Cluster:
             f"-DFL_RS_ADDR={be:#010x}", "-c", self.decap_src, "-o", obj)
         return obj
 
+    def stop_server(self, i: int) -> None:
+        """SIGKILL real server i's HTTP process (its port closes: health checks fail)."""
+        p = self.servers.pop(i)
+        p.kill()
+        p.wait(5)
+
+    def start_server(self, i: int) -> None:
+        self._start_server(self.rs[i], self.rs_names[i], [self.rips[i], self.vip])
+
     def _start_server(self, ns, name, addrs):
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "fastlvs.lab.testbed", "serve",
                name, *addrs]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env())
         self.procs.append(p)
+        self.servers[self.rs.index(ns)] = p
         line = p.stdout.readline()
         if "serving" not in line:
             p.kill()
@@ -256,13 +267,15 @@ class Cluster:
                                    for rip in self.rips]) + "\n"
 
     def start_director(self, i: int, *args, backend: str = "xdp") -> Daemon:
-        """fastlvs on director i, announcing through its BIRD; waits for "ready"."""
+        """fastlvs on director i, announcing through its BIRD; waits for "ready". The
+        services are rules() unless `args` name --keepalived-conf."""
         rules = os.path.join(self.tmp, "rules")
         with open(rules, "w") as f:
             f.write(self.rules())
+        table = [] if "--keepalived-conf" in args else ["--rules", rules]
         node = _Node(self.directors[i], self.tmp, self.daemons)
         d = Daemon(node, ["--mode", self.mode, "-i", "lan0", "--backend", backend,
-                          "--rules", rules, "--bird-include", self.include_of(i),
+                          *table, "--bird-include", self.include_of(i),
                           "--bird-socket", self.bird_socket(i), *args])
         d.socket_path = os.path.join(self.tmp, f"{self.directors[i]}.sock")
         d.args[d.args.index("--socket") + 1] = d.socket_path
