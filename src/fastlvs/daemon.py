@@ -781,7 +781,9 @@ class Daemon:
                 self.health.shutdown()      # omega's scripts, with keepalived's one second
             except Exception as e:
                 log.warning("cleanup: health: %s", e)
-        if self.bgp is not None:        # routes first: the router moves the flows elsewhere
+        # routes first: the router moves the flows elsewhere (a start that failed announced
+        # nothing, and leaves BIRD alone)
+        if self.bgp is not None and self.bgp.ready:
             try:
                 self.bgp.withdraw_all()
             except Exception as e:
