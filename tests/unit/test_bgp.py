@@ -266,3 +266,23 @@ def test_admin_drain_without_daemon_is_one_line():
     assert admin.main(["--socket", "/nonexistent/sock", "--drain", "--drain-timeout=4"],
                       stderr=err) == 2
     assert "cannot reach the daemon" in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+def test_example_bird_configs_parse(tmp_path):
+    """examples/bird-*.conf are what BIRD 2 accepts (`bird -p` parses and exits)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("bird") is None:
+        pytest.skip("bird2 is not installed (make test installs it)")
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    include = tmp_path / "vips.conf"
+    include.write_text(bird.include_text(["192.0.2.100"], "fastlvs-bgp"))
+    director = tmp_path / "director.conf"
+    director.write_text((examples / "bird-director.conf").read_text()
+                        .replace(bird.DEFAULT_INCLUDE, str(include)))
+    for conf in (director, examples / "bird-router.conf"):
+        r = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True,
+                           timeout=20)
+        assert r.returncode == 0, (conf.name, r.stderr)
