@@ -67,7 +67,15 @@ def test_wlc_with_full_mesh_sync_keeps_connections_of_a_lost_director():
         cl.wait_nexthops(3)
         ll = cl.long_lived(CONNS)
         ll.probe()                  # a third packet: each connection reaches sync_threshold
-        time.sleep(1.5)             # the masters send at least once a second
+        # every director holds every connection (its own, and the others' through sync)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            held = [sum("ESTABLISHED" in ln for ln in d.admin("-Lnc").stdout.splitlines())
+                    for d in cl.fastlvs.values()]
+            if min(held) >= CONNS:
+                break
+            time.sleep(0.5)
+        assert min(held) >= CONNS, held
         steps = []
         cl.stop_director(1, signal.SIGKILL)
         cl.wait_nexthops(2)
