@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import select
+import socket
 import threading
 
 import pytest
@@ -71,10 +73,29 @@ def sync_pair():
         for ns, ip in ((a, "10.203.0.1/24"), (b, "10.203.0.2/24")):
             run("ip", "-n", ns, "addr", "add", ip, "dev", "sy0")
             run("ip", "-n", ns, "link", "set", "dev", "sy0", "up")
+        # a fresh veth drops the first frames while its carrier comes up: wait until the
+        # link carries (bounded), so a test's first datagram is not lost to it
+        _warm(a, b)
         yield a, b
     finally:
         for ns in made:
             run("ip", "netns", "del", ns, check=False)
+
+
+def _warm(a: str, b: str) -> None:
+    with in_ns(b):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("10.203.0.2", 9))
+    with in_ns(a):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(40):
+            tx.sendto(b"warm", ("10.203.0.2", 9))
+            if select.select([rx], [], [], 0.1)[0]:
+                return
+    finally:
+        rx.close()
+        tx.close()
 
 
 class NsDaemon:

@@ -239,3 +239,12 @@ def test_sync_table_and_lvs_sync_daemon_together_are_refused(tmp_path):
     with pytest.raises(StartupError, match=r"\[sync\] cannot be combined with keepalived.conf's "
                        "lvs_sync_daemon"):
         d._start_sync()
+
+
+def test_a_sync_daemon_that_cannot_start_is_a_startup_error():
+    from fastlvs.daemon import StartupError
+    d = Daemon(Options())
+    d._sync_toml = SyncSettings("nosuch9", "master")
+    with pytest.raises(StartupError) as e:
+        d._start_sync()
+    assert str(e.value) == "[sync]: sync daemon on nosuch9: No such device"

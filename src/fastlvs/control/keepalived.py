@@ -11,12 +11,11 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from fastlvs.settings import SyncSettings
-
 from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, MAX_TIMEOUT, MAX_WEIGHT,
                                    ControlError, FwdMethod, Proto, ServiceTable, service_key)
 from fastlvs.health.spec import (CheckSpec, HealthConfig, ServerHealth, SorryServer, Url,
                                  VirtualHealth)
+from fastlvs.settings import SyncSettings
 
 # lvs_sched names keepalived 2.2.7 accepts (check_parser.c's list)
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "sh", "mh", "dh", "fo", "ovf", "lblcr", "sed",
@@ -63,7 +62,6 @@ class KeepalivedConfig:
     health: HealthConfig
     globals: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
-
     sync: SyncSettings | None = None     # lvs_sync_daemon, resolved (sync_settings())
 
     @property

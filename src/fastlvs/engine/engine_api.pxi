@@ -253,9 +253,12 @@ cdef class Engine:
 
     def memory_bytes(self):
         """Bytes allocated for the conn table, its buckets and, once drop_entry has been
-        set, its ring of embryonic entries (8 bytes a bucket)."""
+        set, its ring of embryonic entries (8 bytes a bucket), and once sync has been
+        started, its state per entry (16 bytes an entry)."""
         return (<uint64_t>self.st.capacity * sizeof(fl_conn)
-                + (<uint64_t>1 << self.st.bucket_bits) * (12 if self.st.embryo != NULL else 4))
+                + (<uint64_t>1 << self.st.bucket_bits) * (12 if self.st.embryo != NULL else 4)
+                + (<uint64_t>self.st.capacity * sizeof(fl_syncmeta)
+                   if self.st.sync.meta != NULL else 0))
 
     def conn_count(self):
         """Entries in use (conns and persistence templates), expired-but-unswept included."""
@@ -945,7 +948,7 @@ cdef class Engine:
             d = &self.st.dests[c.dest]
             tmpl = bool(c.flags & CF_TEMPLATE)
             if tmpl:
-                state = "NONE"
+                state = "ASSURED" if c.state & 1 else "NONE"    # IP_VS_CTPL_S_*
             elif c.proto == 17:
                 state = "UDP"
             else:

@@ -735,7 +735,8 @@ class Engine(SyncMixin):
     def memory_bytes(self):
         """Bytes the extension allocates for the conn table and its buckets."""
         per_bucket = 4 if self.embryo is None else 12
-        return self._capacity * ENTRY_SIZE + (1 << self._bucket_bits) * per_bucket
+        return (self._capacity * ENTRY_SIZE + (1 << self._bucket_bits) * per_bucket
+                + (self._capacity * 16 if self.sync_meta is not None else 0))
 
     def conn_count(self):
         """Entries in use (conns and persistence templates), expired-but-unswept included."""
@@ -2541,7 +2542,7 @@ class Engine(SyncMixin):
             v = self.vips[c.vip]
             d = self.dests[c.dest]
             if tmpl:
-                state = "NONE"
+                state = "ASSURED" if c.state & 1 else "NONE"    # IP_VS_CTPL_S_*
             elif c.proto == 17:
                 state = "UDP"
             else:

@@ -10,7 +10,6 @@ import collections
 import ipaddress
 
 from fastlvs.engine import contract as K
-from fastlvs.sync import protocol as P
 
 CF_TEMPLATE, CF_INACTIVE, CF_NOOUTPUT, CF_INVALID = 1, 2, 4, 8
 SVC_F_ONEPACKET = 1
@@ -19,17 +18,31 @@ FLUSH_NS = 2 * NS                 # IPVS_SYNC_FLUSH_TIME
 TPL_ASSURED = 1
 S_ESTABLISHED, S_SYN_RECV, S_SYNACK = 1, 3, 10
 SYNC_STATES_TCP = {1, 4, 6, 7, 5}  # ESTABLISHED FIN_WAIT CLOSE CLOSE_WAIT TIME_WAIT
-ENTRY_V4 = P.ENTRY_V4.size
+ENTRY_V4 = 36
+HEADER = 8
+F_MASQ, F_TUNNEL, F_DROUTE = 0x0000, 0x0002, 0x0003      # IP_VS_CONN_F_*
+F_SYNC, F_NOOUTPUT, F_INACTIVE, F_TEMPLATE = 0x0020, 0x0080, 0x0100, 0x1000
+F_BACKUP_MASK = 0x1F87
 
+# sync_stats' names, as dataplane/sync.pxi's SYNC_COUNTER_NAMES (a test holds them equal)
 COUNTER_NAMES = (
     "sent", "sent_conns", "sent_bytes", "queue_overflow", "queue_overflow_conns",
     "received", "received_bytes", "received_conns", "installed", "updated",
     "refused_no_service", "refused_no_dest", "refused_table_full", "refused_unsupported",
-    "ignored_replaced", "dropped") + tuple(
-    "drop_" + r for r in P.DROP_REASONS if r != P.DROP_INTERNAL) + tuple(
-    "skip_" + r for r in P.SKIP_REASONS)
-_FLAGS_OF_FWD = {K.FWD_NAT: P.IP_VS_CONN_F_MASQ, K.FWD_TUN: P.IP_VS_CONN_F_TUNNEL,
-                 K.FWD_DR: P.IP_VS_CONN_F_DROUTE}
+    "ignored_replaced", "dropped",
+    "drop_short", "drop_size_mismatch", "drop_foreign_syncid", "drop_not_v1",
+    "drop_truncated", "drop_entry_overrun", "drop_entry_version", "drop_entry_type",
+    "drop_entry_size", "drop_option_truncated", "drop_option_length", "drop_option_seq",
+    "drop_option_pe_data", "drop_option_pe_name",
+    "skip_unknown_option", "skip_unknown_protocol", "skip_bad_state", "skip_bad_pe")
+_FLAGS_OF_FWD = {K.FWD_NAT: F_MASQ, K.FWD_TUN: F_TUNNEL, K.FWD_DR: F_DROUTE}
+
+
+def _protocol():
+    # the wire format, imported when sync is first used: the reference engine alone
+    # imports nothing of fastlvs but the contract
+    from fastlvs.sync import protocol
+    return protocol
 
 
 class _Meta:
@@ -145,7 +158,8 @@ class SyncMixin:
     def _sync_enqueue(self, cur):
         entries, _, _ = cur
         body = b"".join(entries)
-        msg = P.HEADER.pack(0, self.sync_master_syncid, P.HEADER.size + len(body),
+        P = _protocol()
+        msg = P.HEADER.pack(0, self.sync_master_syncid, HEADER + len(body),
                             len(entries), P.SYNC_PROTO_VER, 0) + body
         if self.sync_master and len(self.sync_queue) < self.sysctl["sync_qlen_max"]:
             self.sync_queue.append((msg, len(entries)))
@@ -155,19 +169,20 @@ class SyncMixin:
 
     def _sync_append(self, c, now):
         d = self.dests[c.dest]
-        fl = _FLAGS_OF_FWD.get(c.fwd, P.IP_VS_CONN_F_DROUTE)
+        fl = _FLAGS_OF_FWD.get(c.fwd, F_DROUTE)
         if c.flags & CF_TEMPLATE:
-            fl |= P.IP_VS_CONN_F_TEMPLATE | P.IP_VS_CONN_F_INACTIVE
+            fl |= F_TEMPLATE | F_INACTIVE
             if c.fwd != K.FWD_NAT:
-                fl |= P.IP_VS_CONN_F_NOOUTPUT
+                fl |= F_NOOUTPUT
             dport = d.rport if c.vport else 0
         else:
             if c.flags & CF_INACTIVE:
-                fl |= P.IP_VS_CONN_F_INACTIVE
+                fl |= F_INACTIVE
             if c.flags & CF_NOOUTPUT:
-                fl |= P.IP_VS_CONN_F_NOOUTPUT
+                fl |= F_NOOUTPUT
             dport = self._rport(c)
         ip = lambda v: str(ipaddress.IPv4Address(v))     # noqa: E731
+        P = _protocol()
         entry = P.encode_conn(P.SyncConn(
             protocol=c.proto, caddr=ip(c.caddr), cport=c.cport,
             vaddr=ip(self.vips[c.vip].addr), vport=c.vport, daddr=ip(d.raddr), dport=dport,
@@ -183,7 +198,7 @@ class SyncMixin:
                 cur[0].append(b"\0" * pad + entry)
                 cur[1] += pad + len(entry)
                 return
-        self.sync_cur = [[entry], P.HEADER.size + len(entry), now]
+        self.sync_cur = [[entry], HEADER + len(entry), now]
 
     def _sync_in_packet(self, ci, now):
         # after a client packet of conn ci was handled (ip_vs_in)
@@ -235,7 +250,7 @@ class SyncMixin:
 
     # -- backup ----------------------------------------------------------------------------------
     def sync_decode(self, datagram, syncid=0):
-        d = P.decode(bytes(datagram), syncid)
+        d = _protocol().decode(bytes(datagram), syncid)
         conns = [{"protocol": c.protocol, "caddr": c.caddr, "cport": c.cport,
                   "vaddr": c.vaddr, "vport": c.vport, "daddr": c.daddr, "dport": c.dport,
                   "flags": c.flags, "state": c.state, "timeout": c.timeout,
@@ -251,7 +266,7 @@ class SyncMixin:
         cnt = self.sync_counters
         cnt["received"] += 1
         cnt["received_bytes"] += len(datagram)
-        d = P.decode(bytes(datagram), self.sync_backup_syncid)
+        d = _protocol().decode(bytes(datagram), self.sync_backup_syncid)
         cnt["received_conns"] += len(d.conns)
         for c in d.conns:
             self._sync_install(c, now_ns)
@@ -274,9 +289,9 @@ class SyncMixin:
     def _sync_install(self, s, now):
         # ip_vs_proc_conn (see sync.pxi's sync_install for what fastlvs refuses)
         cnt = self.sync_counters
-        flags = (s.flags & P.IP_VS_CONN_F_BACKUP_MASK) | P.IP_VS_CONN_F_SYNC
-        tmpl = bool(flags & P.IP_VS_CONN_F_TEMPLATE)
-        inact = bool(flags & P.IP_VS_CONN_F_INACTIVE)
+        flags = (s.flags & F_BACKUP_MASK) | F_SYNC
+        tmpl = bool(flags & F_TEMPLATE)
+        inact = bool(flags & F_INACTIVE)
         if s.ipv6 or s.fwmark or s.pe_data is not None or s.protocol not in (6, 17):
             cnt["refused_unsupported"] += 1
             return

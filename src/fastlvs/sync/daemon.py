@@ -196,8 +196,8 @@ class _Daemon:
         self.bytes = 0
         self.errors = 0                 # send errors (master), read errors (backup)
         self.dropped = 0                # master: datagrams dropped while the buffer was full
-        self.pending: collections.deque[bytes] = collections.deque()
-        self.pending_since = 0          # when the oldest datagram in `pending` was taken
+        # (when taken, datagram) not sent yet: the socket's buffer was full
+        self.pending: collections.deque[tuple[int, bytes]] = collections.deque()
 
     def close(self) -> None:
         self.sock.close()
@@ -228,14 +228,15 @@ class SyncDaemons:
     # -- commands
     def start(self, opts) -> SyncConfig:
         """Start a master or backup daemon with `opts` (ipvsadm.SyncDaemonOptions or the
-        like). The interface is looked up first (ENODEV), then a running daemon of that
-        state refuses (EEXIST), as start_sync_thread() orders them. Nothing is left behind
+        like). A real server of another family than its service refuses (EINVAL), then the
+        interface is looked up (ENODEV), then a running daemon of that state refuses
+        (EEXIST), in the kernel's order. Nothing is left behind
         when it fails. Returns the daemon's settings, defaults filled in."""
+        self._check_mixed_families()        # the netlink handler's check, before the rest
         dev = self.lookup(opts.ifname)
         cfg = config_of(opts, dev.mtu)
         if getattr(self, cfg.state) is not None:
             raise _refusal(errno.EEXIST, _START_ERRORS)
-        self._check_mixed_families()
         size = int(self.sock_size() or 0)
         try:
             if cfg.state == MASTER:
@@ -306,15 +307,13 @@ class SyncDaemons:
     def _send(self, d: _Daemon, now: int) -> int:
         taken = self.director.sync_take(now)
         if taken:
-            if not d.pending:
-                d.pending_since = now
-            d.pending.extend(taken)
+            d.pending.extend((now, data) for data in taken)
             while len(d.pending) > SEND_QUEUE_MAX:   # the oldest are the stalest
                 d.pending.popleft()
                 d.dropped += 1
         sent = 0
         while d.pending and sent < SEND_BUDGET:
-            data = d.pending[0]
+            data = d.pending[0][1]
             try:
                 d.sock.send(data)
             except (BlockingIOError, InterruptedError):
@@ -332,8 +331,6 @@ class SyncDaemons:
                 d.last_ns = now
             d.pending.popleft()
             sent += 1
-        if d.pending and sent:
-            d.pending_since = now
         return sent
 
     def _receive(self, d: _Daemon, now: int) -> int:
@@ -381,7 +378,7 @@ class SyncDaemons:
         if self.master is not None:
             m = self.master
             out["master_pending"] = len(m.pending)
-            out["master_lag_ns"] = now - m.pending_since if m.pending else 0
+            out["master_lag_ns"] = now - m.pending[0][0] if m.pending else 0
         if self.backup is not None:
             b = self.backup
             out["backup_lag_ns"] = now - (b.last_ns or b.started_ns)

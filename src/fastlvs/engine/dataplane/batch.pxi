@@ -401,6 +401,9 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 c = &e.conns[e.buckets[p.bucket] - 1]
                 fl_prefetch_w(c)
                 fl_prefetch_w(<char *>c + sizeof(fl_conn) - 1)
+                if e.sync.meta != NULL:
+                    # the sync state the packet will count in (sync_in_packet)
+                    fl_prefetch_w(&e.sync.meta[e.buckets[p.bucket] - 1])
         j = i - PREFETCH_AHEAD
         if j >= 0 and e.pkts[j].ok:
             if fl_likely(e.pkts[j].ok == 1):
