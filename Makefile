@@ -6,11 +6,11 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 # Everything the build, the daemon, the lab bench, the tests and `make demo` run; the benchmarks'
 # own extras are in BENCH_APT_PKGS. tests/unit/test_programs.py checks both against the code.
-APT_PKGS := python3 python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2 ethtool netbase procps keepalived
+APT_PKGS := python3 python3-venv python3-dev gcc make libc6-dev libxdp-dev libbpf-dev clang llvm pkg-config nftables iproute2 ethtool netbase procps keepalived bird2
 BENCH_APT_PKGS := conntrack
 PYTEST_ARGS ?=
 
-.PHONY: all deps bench-deps venv build test demo demo-sched bench bench-sched bench-peers clean
+.PHONY: all deps bench-deps venv build test demo demo-cluster demo-sched bench bench-sched bench-peers clean
 
 all: build
 
@@ -45,6 +45,12 @@ test: build
 # The live director: namespaces, fastlvs --mode dr over AF_XDP, real HTTP/UDP clients (root).
 demo: build
 	$(PY) -m fastlvs.lab.demo_live
+
+# Scale-out behind BGP/ECMP: a router running BIRD 2 with ECMP, three directors each with
+# fastlvs + BIRD, DR real servers and clients from many addresses; the spread over the
+# directors and what the loss of one does (root).
+demo-cluster: build
+	$(PY) -m fastlvs.lab.cluster
 
 # The scheduler table: every IPVS scheduler over four weighted servers, no network needed.
 demo-sched: build

@@ -43,6 +43,8 @@ Usage:
   {PROG} --counters            (fastlvs's own: every counter as one JSON object)
   {PROG} --health              (fastlvs's own: quorum, real servers and their checkers)
   {PROG} --sysctl [NAME=VALUE ...]  (IPVS sysctls: set these, or list them all)
+  {PROG} --drain [--drain-timeout S] | --undrain | --bgp
+                               (BGP: withdraw every VIP and drain, announce again, or list)
   {PROG} -h | -v
 
 The socket is --socket PATH, else ${ctl.SOCKET_ENV}, else {ctl.DEFAULT_SOCKET}.
@@ -91,6 +93,8 @@ def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
             if argv != ["--health"]:
                 raise CommandError("--health takes no other options")
             return _health(path, stdout, stderr)
+        if argv[0] in ("--drain", "--undrain", "--bgp"):   # ours: BGP announcements
+            return _bgp(path, argv, stdout, stderr)
         if argv[0] == "--sysctl":        # ours too: /proc/sys/net/ipv4/vs as IPVS has it
             values = dict(sysctl.parse_assignment(a) for a in argv[1:] if a != "--sysctl")
             return _sysctl(path, values, stdout, stderr)
@@ -196,4 +200,58 @@ def _sysctl(path, values, stdout, stderr) -> int:
     return status
 
 
-__all__ = ["USAGE", "main"]
+def _bgp_args(argv: list[str]) -> tuple[str, float | None]:
+    """(action, timeout) of `--drain [--drain-timeout S]`, `--undrain` or `--bgp`;
+    CommandError naming what is wrong."""
+    action = {"--drain": "drain", "--undrain": "undrain", "--bgp": "status"}[argv[0]]
+    rest = argv[1:]
+    timeout = None
+    if rest[:1] == ["--drain-timeout"] or (rest and rest[0].startswith("--drain-timeout=")):
+        if action != "drain":
+            raise CommandError("--drain-timeout goes with --drain")
+        if "=" in rest[0]:
+            text, rest = rest[0].partition("=")[2], rest[1:]
+        elif len(rest) < 2:
+            raise CommandError("--drain-timeout: missing argument")
+        else:
+            text, rest = rest[1], rest[2:]
+        try:
+            timeout = float(text)
+        except ValueError:
+            raise CommandError(f"--drain-timeout: {text!r} is not a number of seconds") \
+                from None
+        if not 0 <= timeout <= 86400:
+            raise CommandError(f"--drain-timeout: {text} is outside 0..86400")
+    if rest:
+        raise CommandError(f"{argv[0]}: unexpected argument {rest[0]!r}")
+    return action, timeout
+
+
+def format_bgp(status: dict) -> str:
+    """The `--bgp` listing: one line per VIP, announced or withheld and why."""
+    state = ("drained: " + status["drain_reason"] if status["drained"] else
+             "draining" if status["draining"] else "ready" if status["ready"] else "starting")
+    lines = [f"BGP via {status['socket']} (include {status['include']}): {state}"]
+    if status.get("bird_error"):
+        lines.append(f"  BIRD not up to date: {status['bird_error']}")
+    for vip in status["announced"]:
+        lines.append(f"  {vip:<16} announced")
+    for vip, why in status["withheld"].items():
+        lines.append(f"  {vip:<16} withheld: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def _bgp(path, argv, stdout, stderr) -> int:
+    try:
+        action, timeout = _bgp_args(argv)
+    except CommandError as e:
+        print(e, file=stderr)
+        return ctl.EXIT_SYNTAX
+    answer, status = _ask("bgp", path, stderr, action=action,
+                          **({"timeout": timeout} if timeout is not None else {}))
+    if answer is not None:
+        stdout.write(format_bgp(answer["result"]))
+    return status
+
+
+__all__ = ["USAGE", "format_bgp", "main"]

@@ -36,6 +36,7 @@ from fastlvs.control.keepalived import KeepalivedConfig, KeepalivedError, load_k
 from fastlvs.control.health import HealthPolicy
 from fastlvs.control.vrrp import vrrp_conf
 from fastlvs.health.worker import HealthWorker
+from fastlvs.bgp.announce import Announcer, BgpConfig
 from fastlvs.settings import SyncSettings
 from fastlvs.sync.daemon import BACKUP, MASTER, SyncDaemons, SyncError
 
@@ -115,6 +116,8 @@ class Daemon:
         self._cpus = os.sched_getaffinity(0)             # before --cpu pins this process
         self._kc_path: str | None = None                 # --keepalived-conf, resolved
         self.vrrp: VrrpKeepalived | None = None          # --vrrp: keepalived for VRRP
+        self.bgp: Announcer | None = None                # [bgp]/--bird-include: announcements
+        self._stops = 0                                  # SIGTERM/SIGINT received
         self.sync: SyncDaemons | None = None             # the IPVS sync daemons
         self._sync_toml: SyncSettings | None = None      # [sync] of --config
         self._sync_plan: SyncSettings | None = None      # what runs without admin commands
@@ -223,7 +226,8 @@ class Daemon:
     # -- start ----------------------------------------------------------------------------------
     def start(self) -> None:
         self._settings()
-        table = self._load_table()
+        self._bgp_settings()
+        table = self._bgp_table(self._load_table())
         self.metrics = self._open_metrics()
         self.nl = Netlink()
         self._check(table)
@@ -291,6 +295,7 @@ class Daemon:
         log.info("ready: %d service(s), mode %s, ports %s, control socket %s",
                  len(table), self.cfg.mode, self.ports.describe(), self.control.path)
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(table)} service(s)\nMAINPID={os.getpid()}")
+        self._bgp_start()
 
     def _start_health(self) -> None:
         """keepalived.conf's health checks: the policy puts the table in keepalived's
@@ -499,6 +504,71 @@ class Daemon:
                 log.info("next hop of %d real server(s) changed", n)
                 self._sync_ports()
 
+    # -- BGP: announcements through BIRD (bgp/), the drain --------------------------------------
+    def _bgp_settings(self) -> None:
+        """[bgp] of --config, with --bird-include/--bird-socket/--drain-timeout over it."""
+        o = self.opts
+        cfg = None
+        if o.config:
+            try:
+                cfg = load_config(o.config).bgp
+            except (ConfigError, OSError):
+                cfg = None              # _settings() has reported the file already
+        if cfg is None and not o.bird_include:
+            if o.bird_socket or o.drain_timeout is not None:
+                raise StartupError("--bird-socket/--drain-timeout need --bird-include FILE "
+                                   "(or [bgp] include in the config)")
+            return
+        cfg = cfg or BgpConfig()
+        if o.bird_include:
+            cfg.include = o.bird_include
+        if o.bird_socket:
+            cfg.socket = o.bird_socket
+        if o.drain_timeout is not None:
+            if not 0 <= o.drain_timeout <= 86400:
+                raise StartupError(f"--drain-timeout: {o.drain_timeout:g} is outside 0..86400")
+            cfg.drain_timeout = o.drain_timeout
+        self.bgp = Announcer(cfg)
+
+    def _bgp_table(self, table: ServiceTable) -> ServiceTable:
+        """Services announced over ECMP default to sloppy_tcp=1 (a mid-connection packet
+        that ECMP moved here is scheduled, not dropped): the sysctl is global, so it is set
+        for the whole director unless the config's [sysctl] names it."""
+        if self.bgp is None or not self.bgp.cfg.sloppy_tcp:
+            return table
+        if table.sysctls is not None and "sloppy_tcp" not in table.sysctls:
+            table.sysctls["sloppy_tcp"] = 1
+        return table
+
+    def _bgp_start(self) -> None:
+        if self.bgp is None:
+            return
+        if self.director.table.sysctls is None and self.bgp.cfg.sloppy_tcp:
+            self.director.set_sysctl("sloppy_tcp", 1)
+        log.info("bgp: announcing through BIRD at %s (include %s); sloppy_tcp=%d",
+                 self.bgp.cfg.socket, self.bgp.cfg.include,
+                 self.director.sysctls()["sloppy_tcp"])
+        self.control.bgp = self._bgp_request
+        self.bgp.start(self.director)
+
+    def _bgp_request(self, action: str, timeout) -> dict:
+        now = time.monotonic()
+        if action == "drain":
+            self.bgp.drain(self.director, now, timeout)
+        elif action == "undrain":
+            self.bgp.undrain(self.director, now)
+        return self.bgp.status()
+
+    def _bgp_holds(self) -> bool:
+        """After SIGTERM, whether the loop goes on: with BGP, every VIP is withdrawn first
+        and forwarding continues until the drain ends; a second signal ends it at once."""
+        if self.bgp is None or self._stops > 1 or self.director is None:
+            return False
+        now = time.monotonic()
+        if not self.bgp.draining:
+            self.bgp.drain(self.director, now)
+        self.bgp.update(self.director, now)
+        return not self.bgp.drained
     # -- connection sync: the IPVS sync daemons ----------------------------------------------------
     def _start_sync(self) -> None:
         """The sync daemons' layer (always: `fastlvs admin --start-daemon` may start one),
@@ -614,6 +684,7 @@ class Daemon:
     # -- signals and reload ---------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
         self._stop = True
+        self._stops += 1
 
     def _on_hup(self, signum, frame) -> None:
         self._reload = True
@@ -627,7 +698,7 @@ class Daemon:
         if not (self.opts.rules or self.opts.config or self.opts.keepalived_conf):
             raise ControlError("reload: started with --vip/--rs, there is no file to re-read")
         try:
-            table = self._load_table()
+            table = self._bgp_table(self._load_table())
             self._check(table)
             self.director.check_table(table)
             # Everything the new table needs is resolved before the running one changes; the
@@ -664,7 +735,7 @@ class Daemon:
         pass is logged with its traceback and the loop goes on (a scheduler's error only
         costs its batch, which the engine dropped and counted)."""
         self._last_sweep = time.monotonic()
-        while not self._stop:
+        while not self._stop or self._bgp_holds():
             try:
                 self._pass()
             except Exception:
@@ -693,6 +764,8 @@ class Daemon:
         now = time.monotonic()
         self.director.tick(now)
         self._health_events(now)
+        if self.bgp is not None:
+            self.bgp.update(self.director, now)
         if self.vrrp is not None:
             self.vrrp.poll(now)
         self._sync_turn(now)
@@ -725,6 +798,13 @@ class Daemon:
                 self.health.shutdown()      # omega's scripts, with keepalived's one second
             except Exception as e:
                 log.warning("cleanup: health: %s", e)
+        # routes first: the router moves the flows elsewhere (a start that failed announced
+        # nothing, and leaves BIRD alone)
+        if self.bgp is not None and self.bgp.ready:
+            try:
+                self.bgp.withdraw_all()
+            except Exception as e:
+                log.warning("cleanup: bgp: %s", e)
         # keepalived first: it gives the VIPs up, so the peer takes them while we still serve
         for closer in (self.vrrp, self.sync, self.checker, self.control, self.metrics,
                        self.neigh, self.vip_events, self.ports, self.nl):
@@ -736,6 +816,7 @@ class Daemon:
                 log.warning("cleanup: %s", e)
         self.control = self.metrics = self.neigh = self.ports = self.nl = None
         self.checker = self.health = self.vrrp = self.vip_events = self.sync = None
+        self.bgp = None
 
 
 def main(opts: Options) -> int:

@@ -172,6 +172,16 @@ SETTINGS: tuple[Setting, ...] = (
             help="run and supervise `keepalived --vrrp` on the keepalived.conf's VRRP part "
                  "(needs --keepalived-conf)",
             doc="true: run `keepalived --vrrp` on keepalived_conf's VRRP part"),
+    # BGP/ECMP (bgp/): command-line overrides of the TOML [bgp] table (bgp/announce.py).
+    Setting("bird_include", str, None, flags=("--bird-include",), toml=False, metavar="FILE",
+            help="announce the served VIPs through BIRD 2: the include file of static /32 "
+                 "routes to write (bird.conf includes it; off by default)"),
+    Setting("bird_socket", str, None, flags=("--bird-socket",), toml=False, metavar="PATH",
+            help="BIRD's control socket (default /run/bird/bird.ctl)"),
+    Setting("drain_timeout", float, None, flags=("--drain-timeout",), toml=False,
+            metavar="SECONDS", range=(0, 86400),
+            help="after a withdrawal (SIGTERM, admin --drain), forward established "
+                 "connections for at most this long (default 30)"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

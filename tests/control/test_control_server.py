@@ -77,7 +77,7 @@ def test_malformed_requests_get_answers_and_the_server_lives_on(daemon):
     assert answers[1]["error"] == "not a JSON object: list"
     assert answers[2]["error"] == 'request has no "op" string'
     assert answers[3]["error"] == ("unknown op 'frob' (valid: command, counters, reload, "
-                                   "ping, sysctl, health)")
+                                   "ping, sysctl, health, bgp)")
     assert answers[4]["error"] == '"command" needs "argv": a list of strings'
     assert answers[6]["error"].startswith("not a JSON line")
     assert answers[7]["result"]["pid"] == os.getpid()

@@ -35,7 +35,7 @@ def test_decode_refuses(line, reason):
 @pytest.mark.parametrize("obj, reason", [
     ({}, 'request has no "op" string'),
     ({"op": 1}, 'request has no "op" string'),
-    ({"op": "x"}, "unknown op 'x' (valid: command, counters, reload, ping, sysctl, health)"),
+    ({"op": "x"}, "unknown op 'x' (valid: command, counters, reload, ping, sysctl, health, bgp)"),
     ({"op": "command"}, '"command" needs "argv": a list of strings'),
     ({"op": "command", "argv": ["-L", 1]}, '"command" needs "argv": a list of strings'),
     ({"op": "command", "argv": [], "stdin": 1}, '"stdin" must be a string'),

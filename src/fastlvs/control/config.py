@@ -60,6 +60,7 @@ class Config:
     table: ServiceTable
     path: str = "-"
     services: int = field(default=0)
+    bgp: object = None              # the [bgp] table (bgp.announce.BgpConfig), None: absent
     sync: settings.SyncSettings | None = None     # [sync]: the sync daemons to run
 
 
@@ -160,7 +161,7 @@ _DIRECTOR_KEYS = settings.DIRECTOR_KEYS
 _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
-_TOP_KEYS = ("director", "service", "timeouts", "sysctl", "sync")
+_TOP_KEYS = ("director", "service", "timeouts", "sysctl", "sync", "bgp")
 
 
 def _director(ctx: _Ctx, data) -> DirectorConfig:
@@ -320,7 +321,14 @@ def parse_config(text: str, filename: str = "fastlvs.toml") -> Config:
                                        lambda key, what: ctx.fail("sysctl", key, what))
     sync = settings.parse_sync(data.get("sync"), lambda key, what: ctx.fail("sync", key, what))
     return Config(director=director, table=table, path=filename, services=len(services),
-                  sync=sync)
+                  sync=sync, bgp=_bgp(ctx, data))
+
+
+def _bgp(ctx: _Ctx, data):
+    if "bgp" not in data:
+        return None
+    from fastlvs.bgp.announce import parse_table
+    return parse_table(data["bgp"], lambda key, what: ctx.fail("bgp", key, what))
 
 
 def load_config(path) -> Config:

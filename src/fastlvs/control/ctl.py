@@ -36,7 +36,11 @@ MAX_LINE = 1 << 20            # bytes in one request line, newline excluded
 #            -> result: {name: value} of every IPVS sysctl (control/sysctl.py), after the set
 #   health   -> result: HealthPolicy.status() (control/health.py): per virtual server its
 #            quorum, per real server its state and checkers; an error when no health checks run
-OPS = ("command", "counters", "reload", "ping", "sysctl", "health")
+#   bgp      action: "status" | "drain" | "undrain", timeout: seconds (drain, optional)
+#            -> result: Announcer.status() (bgp/announce.py): announced VIPs, the others with
+#            why, the drain's state; an error when this daemon announces nothing
+OPS = ("command", "counters", "reload", "ping", "sysctl", "health", "bgp")
+BGP_ACTIONS = ("status", "drain", "undrain")
 
 # Exit statuses, as ipvsadm 1.31 returns them: fail(2, ...) for what it refuses itself,
 # exit(1) when a listing cannot be read (list_service of an absent service), and main()'s
@@ -122,7 +126,18 @@ def check_request(obj: dict) -> tuple[str, dict]:
         if not isinstance(values, dict) or not all(
                 isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
             raise ProtocolError('"set" must be an object of integers')
+    if op == "bgp":
+        _check_bgp(args)
     return op, args
+
+
+def _check_bgp(args: dict) -> None:
+    if args.get("action", "status") not in BGP_ACTIONS:
+        raise ProtocolError(f'"action" must be one of {", ".join(BGP_ACTIONS)}')
+    t = args.get("timeout")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                          or not 0 <= t <= 86400):
+        raise ProtocolError('"timeout" must be seconds, 0..86400')
 
 
 class Unreachable(OSError):

@@ -202,6 +202,7 @@ class ControlServer:
         self.path = ctl.socket_path(path)
         self.reload = reload
         self.health = health
+        self.bgp: Callable[[str, float | None], dict] | None = None   # daemon._bgp_request
         self.resolve_wait = resolve_wait
         self._allowed = {0, os.geteuid()}
         self._conns: dict[int, _Conn] = {}
@@ -488,6 +489,8 @@ class ControlServer:
                     return ctl.error("health: this daemon runs no health checks (no "
                                      "keepalived.conf)", ctl.EXIT_SYNTAX)
                 return ctl.ok(self.health())
+            if op == "bgp":
+                return self._bgp_request(args)
             if op == "reload":
                 if self.reload is None:
                     return ctl.error("reload: this daemon has no configuration to reload",
@@ -514,6 +517,14 @@ class ControlServer:
         out = dict(self.director.sync_stats())
         out["daemons"] = self.sync.stats()
         return out
+
+
+    def _bgp_request(self, args: dict) -> dict:
+        # `bgp` (settable) is the daemon's announcer hook: (action, timeout) -> status dict
+        if self.bgp is None:
+            return ctl.error("bgp: this daemon announces nothing (no [bgp] include, no "
+                             "--bird-include)", ctl.EXIT_SYNTAX)
+        return ctl.ok(self.bgp(args.get("action", "status"), args.get("timeout")))
 
 
 class _ConnStream:
