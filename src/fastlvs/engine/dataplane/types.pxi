@@ -268,6 +268,18 @@ cdef struct fl_frag:
     fl_xrec xrec[MAX_BATCH]
 
 
+cdef struct fl_markrule:
+    # One firewall-mark match rule (dataplane/fwmark.pxi): IPv4 destination prefix, port
+    # range, protocol (0 = any); host order.
+    uint32_t addr
+    uint32_t mask
+    uint32_t mark
+    uint16_t port_lo
+    uint16_t port_hi
+    uint8_t proto
+    uint8_t _pad[3]
+
+
 cdef struct fl_engine:
     fl_conn *conns
     uint32_t *buckets       # 1 + index of the chain head, 0 = empty
@@ -337,3 +349,6 @@ cdef struct fl_engine:
     fl_parked parked[MAX_BATCH]
     int nparked
     fl_frag frag
+    fl_markrule *marks      # fwmark.pxi: the match rules in order, first match gives the mark
+    uint32_t nmarks
+    uint32_t sctp_timeouts[16]   # sctp.pxi: seconds per SCTP state (SCTP_S_*)
