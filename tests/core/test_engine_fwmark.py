@@ -12,6 +12,17 @@ from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 
 import fastlvs.engine._core as core
+import fastlvs.engine.reference as reference
+
+ENGINES = {"core": core.Engine, "reference": reference.Engine}
+Engine = core.Engine
+
+
+@pytest.fixture(params=list(ENGINES), autouse=True)
+def engine_kind(request, monkeypatch):
+    """Every test runs on the extension and on the pure-Python reference engine."""
+    monkeypatch.setitem(globals(), "Engine", ENGINES[request.param])
+    return request.param
 
 FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "kernel" / "fwmark_sctp.json"
 KERNEL = json.loads(FIXTURE.read_text())
@@ -34,7 +45,7 @@ def rr(order):
 
 
 def fwmark_engine():
-    e = core.Engine(capacity=4096, local_ip="10.0.2.1", local_mac="02:00:00:00:02:01")
+    e = Engine(capacity=4096, local_ip="10.0.2.1", local_mac="02:00:00:00:02:01")
     e.set_marks(MARKS)
     e.set_fwm_service(1, 1)
     e.set_dest(1, 1, "10.0.2.2", 0, "nat", RS_MAC, ifindex=11)
@@ -111,7 +122,7 @@ def test_mark_service_deleted_leaves_the_address_service_and_the_conns():
 
 
 def test_marks_round_trip_and_bad_rules_are_refused():
-    e = core.Engine(capacity=64)
+    e = Engine(capacity=64)
     e.set_marks(MARKS + [(7, None, None, 0, 65535)])
     assert e.marks() == [(1, 6, "10.0.1.100/32", 8000, 8010), (2, 17, "10.0.1.96/30", 53, 53),
                          (7, 0, "0.0.0.0/0", 0, 65535)]

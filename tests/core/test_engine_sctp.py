@@ -14,6 +14,17 @@ from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP, SCTPChunkData, SCTPChunkInit, crc32c
 
 import fastlvs.engine._core as core
+import fastlvs.engine.reference as reference
+
+ENGINES = {"core": core.Engine, "reference": reference.Engine}
+Engine = core.Engine
+
+
+@pytest.fixture(params=list(ENGINES), autouse=True)
+def engine_kind(request, monkeypatch):
+    """Every test runs on the extension and on the pure-Python reference engine."""
+    monkeypatch.setitem(globals(), "Engine", ENGINES[request.param])
+    return request.param
 
 FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "kernel" / "fwmark_sctp.json"
 KERNEL = json.loads(FIXTURE.read_text())
@@ -23,7 +34,7 @@ RS_MAC = "02:00:00:00:02:02"
 
 
 def sctp_engine():
-    e = core.Engine(capacity=4096, local_ip="10.0.2.1", local_mac="02:00:00:00:02:01")
+    e = Engine(capacity=4096, local_ip="10.0.2.1", local_mac="02:00:00:00:02:01")
     e.set_service(1, "sctp", VIP, 7000)
     e.set_dest(1, 1, RS_NAT, 7001, "nat", RS_MAC, ifindex=11)
     e.set_service(2, "sctp", VIP, 7100)
@@ -138,7 +149,7 @@ def test_malformed_sctp_is_dropped_and_counted(cut):
 
 
 def test_nat_with_the_same_port_keeps_the_crc_and_dr_leaves_the_packet():
-    e = core.Engine(capacity=64, local_ip="10.0.2.1", local_mac="02:00:00:00:02:01")
+    e = Engine(capacity=64, local_ip="10.0.2.1", local_mac="02:00:00:00:02:01")
     e.set_service(1, "sctp", VIP, 7000)
     e.set_dest(1, 1, RS_NAT, 7000, "nat", RS_MAC, ifindex=11)
     e.set_scheduler_callback(lambda svcs, flows: [1] * len(flows))
