@@ -146,12 +146,17 @@ class Daemon:
                     raise StartupError(f"{o.config}: [[service]] cannot be combined with "
                                        "keepalived_conf (it gives the services)")
                 kc.table.sysctls = extra.table.sysctls
+                kc.table.marks = extra.table.marks      # for `virtual_server fwmark N`
         except (KeepalivedError, ConfigError) as e:
             raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"{e.filename or path}: {e.strerror}") from None
         for line in kc.warnings:
             log.warning("%s", line)
+        for svc in kc.table:
+            if svc.proto.value == "fwm" and not any(r.mark == svc.vport for r in kc.table.marks):
+                log.warning("%s: virtual_server fwmark %d: no [[mark]] rule gives this mark, "
+                            "so no frame reaches it", path, svc.vport)
         self._read = kc
         return kc.table
 
