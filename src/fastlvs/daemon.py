@@ -203,7 +203,7 @@ class Daemon:
             raise StartupError(str(e)) from None
         for svc in table:
             # a VIP not on this host is no error: a backup waits for it (_follow_vips)
-            problem = vip_problem(svc.vaddr)
+            problem = vip_problem(svc.vaddr) if svc.proto.value != "fwm" else None
             if problem:
                 raise StartupError(f"{svc.key.option_text()}: {problem}")
             for d in svc.dests:
@@ -411,7 +411,8 @@ class Daemon:
         address or local-route news (`reread`). One log line per VIP that comes or goes.
         Returns whether the steering must change."""
         old, new = self._vip_here, {}
-        for vip in sorted({svc.vaddr for svc in self.director.table}):
+        for vip in sorted({svc.vaddr for svc in self.director.table
+                           if svc.proto.value != "fwm"}):     # (a mark has no VIP)
             new[vip] = old[vip] if vip in old and not reread else vip_local(self.nl, vip)
         self._vip_here = new
         moved = False

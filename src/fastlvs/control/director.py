@@ -346,7 +346,7 @@ class Director:
     def vips(self) -> dict[str, list[str]]:
         """{"served": [...], "absent": [...]}: the table's VIPs, in address order, by
         whether they are on this host now (absent ones wait: a VRRP backup's)."""
-        addrs = sorted({svc.vaddr for svc in self.table},
+        addrs = sorted({svc.vaddr for svc in self.table if svc.proto is not Proto.FWM},
                        key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))
         return {"served": [a for a in addrs if a not in self._vips_absent],
                 "absent": [a for a in addrs if a in self._vips_absent]}
