@@ -35,8 +35,9 @@ Choices worth knowing:
   engine memory (fl_frame.xrec) and leaves as the fragments frag_cut makes of its output.
 - ICMP errors quoting a conn's packet are forwarded to its real server, or translated back
   to the client for NAT (dataplane/icmp.pxi), as ip_vs_in_icmp / ip_vs_out_icmp.
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), port-zero and fwmark
-  services, FTP's template special case, fragmentation of
+- Firewall-mark services (dataplane/fwmark.pxi: the engine marks frames by match rules)
+  and SCTP (dataplane/sctp.pxi: IPVS's SCTP states, CRC32c on NAT port changes).
+- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), FTP's template special case, fragmentation of
   TUN packets over the MTU without DF (they are sent as they are and counted oversize).
 """
 
