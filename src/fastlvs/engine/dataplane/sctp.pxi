@@ -92,8 +92,14 @@ SCTP_STATE_NAMES = ("NONE", "INIT1", "INIT", "C-SENT", "C-REPLIED", "C-WAIT", "C
                     "C-ECHOED", "ESTABLISHED", "S-SENT", "S-RECEIVED", "S-ACK-SENT",
                     "REJECTED", "CLOSED")
 
-# CRC32c (Castagnoli, reflected polynomial 0x82F63B78), slice-by-8 tables filled at import
+cdef extern from "fl_crc32c.h":
+    uint32_t fl_crc32c_hw(uint32_t crc, const uint8_t *p, uint32_t n) noexcept nogil
+    int fl_crc32c_hw_ok() noexcept nogil
+
+# CRC32c (Castagnoli, reflected polynomial 0x82F63B78): the CPU's crc32 instruction where it
+# has one (about 8 times the tables' speed), else slice-by-8 tables filled at import
 cdef uint32_t[8][256] CRC32C_T
+cdef bint CRC32C_HW = fl_crc32c_hw_ok() != 0
 
 
 cdef void _crc32c_init():
@@ -115,6 +121,8 @@ _crc32c_init()
 
 cdef inline uint32_t crc32c_update(uint32_t crc, const uint8_t *p, uint32_t n) noexcept nogil:
     cdef uint32_t lo, hi
+    if CRC32C_HW:
+        return fl_crc32c_hw(crc, p, n)
     while n >= 8:
         lo = crc ^ (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
                     | (<uint32_t>p[3] << 24))
