@@ -10,27 +10,23 @@ Cases, 1024 conns each, 8192 frames drawn at random among them:
   udp_nat_1400      UDP NAT with a port change, 1400-byte payload (incremental checksum)
   sctp_nat_1400     SCTP NAT with a port change, 1400-byte DATA (CRC32c checked and set)
   sctp_nat_same_1400  SCTP NAT, same port (address only: the CRC is left)
-Run: `.venv/bin/python benchmarks/fwmark_sctp_cost.py [--rounds 7]`; prints ns/frame (best
+Run: `.venv/bin/python -m benchmarks.fwmark_sctp_cost [--rounds 7]`; prints ns/frame (best
 round) and the ratio to the baseline.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scapy.layers import sctp as SC
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
 
-from scapy.layers import sctp as SC                          # noqa: E402
-from scapy.layers.inet import IP, TCP, UDP                    # noqa: E402
-from scapy.layers.l2 import Ether                             # noqa: E402
-
-import fastlvs.engine._core as core                           # noqa: E402
-from fastlvs.engine._testing import Loaded                    # noqa: E402
-from benchmarks.bench_engine_common import FIRST_SRC, with_src  # noqa: E402
-from tests.core import packets as P                           # noqa: E402
+import fastlvs.engine._core as core
+from fastlvs.engine._testing import Loaded
+from benchmarks.bench_engine_common import FIRST_SRC, with_src
+from tests.core import packets as P
 
 S = 1_000_000_000
 NCONNS = 1024

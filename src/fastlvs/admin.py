@@ -16,6 +16,7 @@ from fastlvs import __version__
 from fastlvs.control import ctl, sysctl
 from fastlvs.control.health import format_status
 from fastlvs.control.listing import IPVS_VERSION
+from fastlvs.control.names import Resolver, named_conns, named_listing, named_save
 from fastlvs.control.ipvsadm import CommandError, parse_command
 from fastlvs.control.rules import RulesError, iter_rules
 
@@ -37,6 +38,10 @@ Usage:
   {PROG} -L|l [-n] [-t|u|f service-address] [-c] [--stats|--rate|--thresholds|--persistent-conn] [--exact] [--timeout]
   {PROG} -Z [-t|u|f service-address]
   {PROG} --set tcp tcpfin udp
+  {PROG} --start-daemon {{master|backup}} --mcast-interface IF [--syncid N] [--sync-maxlen N]
+        [--mcast-group ADDR] [--mcast-port P] [--mcast-ttl T]
+  {PROG} --stop-daemon {{master|backup}}
+  {PROG} -L|l --daemon       (the running connection sync daemons)
   {PROG} --counters            (fastlvs's own: every counter as one JSON object)
   {PROG} --health              (fastlvs's own: quorum, real servers and their checkers)
   {PROG} --sysctl [NAME=VALUE ...]  (IPVS sysctls: set these, or list them all)
@@ -117,16 +122,17 @@ def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
                   f"in parts", file=stderr)
             return ctl.EXIT_SYNTAX
         args["stdin"] = text
+    names = _namer(cmd)
     try:
         if cmd.name == "list" and cmd.connection:
-            answer = _stream(path, args, stdout)
+            answer = _stream(path, args, stdout, names)
         else:
             answer = ctl.call("command", path, **args)
     except ctl.Unreachable as e:
         print(f"{PROG}: {e}", file=stderr)
         return ctl.EXIT_SYNTAX
     if answer["ok"]:
-        stdout.write(answer.get("result") or "")
+        stdout.write(names(answer.get("result") or ""))
         return ctl.EXIT_OK
     for line in answer.get("errors") or [answer.get("error", "unknown error")]:
         print(line, file=stderr)
@@ -134,12 +140,27 @@ def main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
     return code if isinstance(code, int) and 0 < code < 256 else ctl.EXIT_REFUSED
 
 
-def _stream(path, args, stdout) -> dict:
+def _namer(cmd):
+    """What turns the daemon's numbers into ipvsadm's names for this command: plain -L, -Lc
+    and -S look names up (here, never in the daemon: a look-up may wait on DNS)."""
+    if cmd.numeric or cmd.name not in ("list", "save"):
+        return lambda text: text
+    resolver = Resolver()
+    if cmd.name == "save":
+        return lambda text: named_save(text, resolver)
+    if cmd.connection:
+        return lambda text: named_conns(text, resolver)
+    if cmd.list_timeout or cmd.daemon:
+        return lambda text: text
+    return lambda text: named_listing(text, cmd.stats or cmd.rate, resolver)
+
+
+def _stream(path, args, stdout, names) -> dict:
     # -Lc can be a million lines: print each chunk as it comes, keep none of it
     with ctl.Client(path) as client:
         for answer in client.stream("command", **args):
             if "chunk" in answer:
-                stdout.write(answer["chunk"])
+                stdout.write(names(answer["chunk"]))
                 stdout.flush()
     return answer
 

@@ -2,7 +2,8 @@
 a rules file or a TOML config, checks it against the kernel (interfaces, VIPs, routes and
 neighbours), opens the rings, and runs the loop that interleaves packet batches, control
 requests, neighbour changes, VIPs that come and go (steered only while on this host),
-rate estimation and connection expiry. Signals: SIGTERM/SIGINT
+rate estimation, connection expiry and the IPVS sync daemons (sync/daemon.py: started by
+[sync], keepalived's lvs_sync_daemon or `fastlvs admin --start-daemon`). Signals: SIGTERM/SIGINT
 stop cleanly, SIGHUP reloads the rules/config file.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ from fastlvs.control import ctl
 from fastlvs.settings import Options, merge as merge_settings, parse_listen
 from fastlvs.control.config import ConfigError, DirectorConfig, load_config
 from fastlvs.control.server import ControlServer, Later
-from fastlvs.control.metrics import HealthCollector, MetricsServer, director_metrics
+from fastlvs.control.metrics import (HealthCollector, MetricsServer, SyncCollector,
+                                     director_metrics)
 from fastlvs.control.director import Director
 from fastlvs.control.factory import build_director
 from fastlvs.control.model import ControlError, FwdMethod, NoRoute, ServiceTable
@@ -33,6 +35,8 @@ from fastlvs.control.keepalived import KeepalivedConfig, KeepalivedError, load_k
 from fastlvs.control.health import HealthPolicy
 from fastlvs.control.vrrp import vrrp_conf
 from fastlvs.health.worker import HealthWorker
+from fastlvs.settings import SyncSettings
+from fastlvs.sync.daemon import BACKUP, MASTER, SyncDaemons, SyncError
 
 log = logging.getLogger("fastlvs")
 
@@ -41,6 +45,7 @@ SWEEP_EVERY = 1.0       # seconds between expiry sweeps when traffic is idle
 SWEEP_BUDGET = 65536    # entries inspected per idle sweep
 RESOLVE_TIMEOUT = 3.0
 CHECKER_RESTART = 5.0   # seconds between two starts of a checker process that keeps dying
+SYNC_RETRY = 1.0        # seconds between two tries of a sync daemon switch that failed
 
 
 class StartupError(Exception):
@@ -108,6 +113,11 @@ class Daemon:
         self._cpus = os.sched_getaffinity(0)             # before --cpu pins this process
         self._kc_path: str | None = None                 # --keepalived-conf, resolved
         self.vrrp: VrrpKeepalived | None = None          # --vrrp: keepalived for VRRP
+        self.sync: SyncDaemons | None = None             # the IPVS sync daemons
+        self._sync_toml: SyncSettings | None = None      # [sync] of --config
+        self._sync_plan: SyncSettings | None = None      # what runs without admin commands
+        self._sync_role: str | None = None               # the plan's role last applied
+        self._sync_retry_at: float | None = None         # a failed switch is tried again
 
     # -- configuration --------------------------------------------------------------------------
     def _load_table(self) -> ServiceTable:
@@ -164,7 +174,8 @@ class Daemon:
         o = self.opts
         if o.config:
             try:
-                self.cfg = load_config(o.config).director
+                loaded = load_config(o.config)
+                self.cfg, self._sync_toml = loaded.director, loaded.sync
             except ConfigError as e:
                 raise StartupError(str(e)) from None
             except OSError as e:
@@ -265,9 +276,11 @@ class Daemon:
                 self.vrrp.start()
             except VrrpError as e:
                 raise StartupError(str(e)) from None
+        self._start_sync()
         self.control = ControlServer(self.director, self.cfg.socket_path, reload=self._do_reload,
                                      resolve_wait=RESOLVE_TIMEOUT,
-                                     health=self.health.status if self.health else None)
+                                     health=self.health.status if self.health else None,
+                                     sync=self.sync)
         # From now on the loop runs: a real server added by `fastlvs admin -a` is resolved
         # without waiting (the control server parks the command while ARP goes on).
         self.director.nexthop = self._nexthop_now
@@ -475,6 +488,118 @@ class Daemon:
                 log.info("next hop of %d real server(s) changed", n)
                 self._sync_ports()
 
+    # -- connection sync: the IPVS sync daemons ----------------------------------------------------
+    def _start_sync(self) -> None:
+        """The sync daemons' layer (always: `fastlvs admin --start-daemon` may start one),
+        and the daemons [sync] or keepalived's lvs_sync_daemon ask for. A daemon that cannot
+        start (no such interface, ...) is a StartupError."""
+        self.sync = SyncDaemons(self.director, sock_size=self._sync_sock_size)
+        if self.metrics is not None:
+            self.metrics.source.register("sync", SyncCollector(self.sync))
+        kc = self._read.sync if self._read is not None else None
+        if kc is not None and self._sync_toml is not None:
+            raise StartupError(f"{self.opts.config}: [sync] cannot be combined with "
+                               f"keepalived.conf's lvs_sync_daemon ({kc.source})")
+        self._sync_plan = kc or self._sync_toml
+        if self._sync_plan is None:
+            return
+        try:
+            self._sync_apply(self._sync_wanted())
+        except SyncError as e:
+            raise StartupError(f"{self._sync_plan.source}: sync daemon on "
+                               f"{self._sync_plan.interface}: {e}") from None
+
+    def _sync_reload(self) -> None:
+        """After a reload that succeeded: a changed [sync] or lvs_sync_daemon stops the
+        daemons running and starts what the new one asks for, as keepalived's reload
+        restarts its sync daemon when its settings changed; unchanged, nothing moves (an
+        admin's daemons stay)."""
+        new = self._read.sync if self._read is not None else None
+        if new is None and self.opts.config and self._read is None:
+            try:
+                new = load_config(self.opts.config).sync
+            except (ConfigError, OSError):
+                return                  # the reload read it a moment ago; keep what runs
+        if new == self._sync_plan:
+            return
+        for state in (MASTER, BACKUP):
+            if self.sync.running(state) is not None:
+                self.sync.stop(state)
+        self._sync_plan, self._sync_role, self._sync_retry_at = new, None, None
+        if new is None:
+            log.info("sync: no sync daemon configured any more")
+            return
+        try:
+            self._sync_apply(self._sync_wanted())
+        except SyncError as e:
+            log.error("%s: sync daemon on %s: %s; trying again", new.source, new.interface, e)
+            self._sync_retry_at = time.monotonic() + SYNC_RETRY
+
+    def _sync_sock_size(self) -> int:
+        return self.director.sysctls().get("sync_sock_size", 0)
+
+    def _sync_wanted(self) -> str:
+        """The role the plan asks for now: its own, or with role auto, master while one of
+        its VIPs (all the services' VIPs when it names none) is on this host."""
+        plan = self._sync_plan
+        if plan.role != "auto":
+            return plan.role
+        if plan.vips:
+            here = any(self._vip_here.get(v, None) if v in self._vip_here
+                       else vip_local(self.nl, v) for v in plan.vips)
+        else:
+            here = any(self._vip_here.values())
+        return MASTER if here else BACKUP
+
+    def _sync_apply(self, role: str) -> None:
+        """Run the daemons of `role` (master, backup or both) with the plan's settings, as
+        keepalived switches IPVS's: becoming master stops the backup and starts the master,
+        becoming backup the other way round. SyncError when one cannot start (the role is
+        then tried again later)."""
+        plan = self._sync_plan
+        want = (MASTER, BACKUP) if role == "both" else (role,)
+        for state in (MASTER, BACKUP):
+            if state not in want and self.sync.running(state) is not None:
+                self.sync.stop(state)
+        self._sync_role = None
+        for state in want:
+            if self.sync.running(state) is None:
+                cfg = self.sync.start(plan.options(state))
+                log.info("%s: %s", plan.source, cfg.describe())
+        self._sync_role = role
+        self._sync_retry_at = None
+
+    def _sync_follow(self) -> None:
+        """After address news: switch the daemons when the plan's role changes (only on a
+        change, so an admin's --stop-daemon stands until the next one)."""
+        if self._sync_plan is None or self._sync_plan.role != "auto":
+            return
+        role = self._sync_wanted()
+        if role != self._sync_role:
+            try:
+                self._sync_apply(role)
+            except SyncError as e:
+                log.error("sync: cannot become %s: %s; trying again", role, e)
+                self._sync_retry_at = time.monotonic() + SYNC_RETRY
+
+    def _sync_turn(self, now: float) -> None:
+        """One loop turn of the sync daemons: send and receive (bounded, sync/daemon.py),
+        and try a failed switch again."""
+        if self.sync is None:
+            return
+        if self._sync_retry_at is not None and now >= self._sync_retry_at:
+            self._sync_role = None
+            self._sync_retry_at = None
+            if self._sync_plan.role == "auto":
+                self._sync_follow()
+            else:
+                try:
+                    self._sync_apply(self._sync_plan.role)
+                except SyncError as e:
+                    log.error("sync: %s", e)
+                    self._sync_retry_at = now + SYNC_RETRY
+        self.sync.poll(time.monotonic_ns())
+
     # -- signals and reload ---------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
         self._stop = True
@@ -516,6 +641,8 @@ class Daemon:
                 self.checker.set_probes(specs)
         if self.vrrp is not None:
             self.vrrp.reload()
+        if self.sync is not None:
+            self._sync_reload()
         self._sync_ports()
         return (f"reloaded {self.opts.rules or self.opts.config or self.opts.keepalived_conf}: "
                 f"{len(table)} service(s)")
@@ -548,13 +675,16 @@ class Daemon:
         self.ports.follow()             # the director's own addresses, as they change
         # VIPs that come and go (keepalived's VRRP moves them): read without waiting; an
         # overrun reads as news, so everything is looked at again
-        if self.vip_events.changed() and self._follow_vips(reread=True):
-            self._sync_ports()
+        if self.vip_events.changed():
+            if self._follow_vips(reread=True):
+                self._sync_ports()
+            self._sync_follow()
         now = time.monotonic()
         self.director.tick(now)
         self._health_events(now)
         if self.vrrp is not None:
             self.vrrp.poll(now)
+        self._sync_turn(now)
         if now - self._last_sweep >= SWEEP_EVERY:
             # Batches sweep as they go; an idle director must still expire conns so
             # that ActiveConn/InActConn come down as IPVS's timers bring them down.
@@ -585,8 +715,8 @@ class Daemon:
             except Exception as e:
                 log.warning("cleanup: health: %s", e)
         # keepalived first: it gives the VIPs up, so the peer takes them while we still serve
-        for closer in (self.vrrp, self.checker, self.control, self.metrics, self.neigh,
-                       self.vip_events, self.ports, self.nl):
+        for closer in (self.vrrp, self.sync, self.checker, self.control, self.metrics,
+                       self.neigh, self.vip_events, self.ports, self.nl):
             if closer is None:
                 continue
             try:
@@ -594,7 +724,7 @@ class Daemon:
             except Exception as e:          # teardown goes on: leave nothing else behind
                 log.warning("cleanup: %s", e)
         self.control = self.metrics = self.neigh = self.ports = self.nl = None
-        self.checker = self.health = self.vrrp = self.vip_events = None
+        self.checker = self.health = self.vrrp = self.vip_events = self.sync = None
 
 
 def main(opts: Options) -> int:

@@ -200,6 +200,104 @@ Options.__module__ = __name__
 Options.__doc__ = "What the command line says (cli.py fills it; a config file may fill the rest)."
 
 
+# -- [sync]: the connection sync daemons the director starts by itself ----------------------------
+SYNC_ROLES = ("master", "backup", "both", "auto")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """The sync daemons to run without an admin command: TOML's [sync] table, or
+    keepalived.conf's lvs_sync_daemon. `role` master, backup or both (started at start and
+    kept), or auto: master while one of `vips` is on this host (all the services' VIPs when
+    `vips` is empty), backup otherwise, switched as the VIPs come and go, as keepalived
+    switches IPVS's daemon with its VRRP instance. The rest are --start-daemon's options
+    (0/None: the kernel's defaults)."""
+
+    interface: str
+    role: str = "auto"
+    syncid: int = 0
+    maxlen: int = 0
+    group: str | None = None
+    port: int = 0
+    ttl: int = 0
+    vips: tuple = ()
+    source: str = "[sync]"          # where it was read, for messages
+
+    def options(self, state: str):
+        """--start-daemon `state` with these settings (an object with
+        ipvsadm.SyncDaemonOptions' fields)."""
+        return _SyncOptions(state, self.interface, self.syncid, self.maxlen, self.group,
+                            self.port, self.ttl)
+
+
+@dataclass(frozen=True)
+class _SyncOptions:
+    state: str
+    ifname: str
+    syncid: int
+    maxlen: int
+    group: str | None
+    port: int
+    ttl: int
+
+
+# [sync] key -> (type, range, what --start-daemon calls it)
+SYNC_KEYS = {
+    "interface": (str, None, "--mcast-interface: the interface the messages go out of and "
+                             "come in on (required)"),
+    "role": (str, None, '"master" | "backup" | "both" | "auto" (default): auto is master '
+                        "while a VIP is on this host, backup otherwise"),
+    "syncid": (int, (0, 255), "--syncid: a backup keeps only messages of its syncid (0: any)"),
+    "maxlen": (int, (1, 65507), "--sync-maxlen: the largest message (default: 1472 for a "
+                                "master, the interface's MTU less 28 for a backup)"),
+    "group": (str, None, "--mcast-group: an IPv4 or IPv6 multicast group (default "
+                         "224.0.0.81)"),
+    "port": (int, (1, 65535), "--mcast-port (default 8848)"),
+    "ttl": (int, (1, 255), "--mcast-ttl (default 1)"),
+}
+
+
+def parse_sync(data, fail) -> SyncSettings | None:
+    """The [sync] table (a dict from TOML) -> SyncSettings; None when absent. `fail(key,
+    what)` returns the exception to raise for a bad value (one line)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise fail(None, "must be a table ([sync])")
+    for key in data:
+        if key not in SYNC_KEYS:
+            raise fail(key, f"unknown key (valid: {', '.join(SYNC_KEYS)})")
+    out = {}
+    for key, (kind, rng, _) in SYNC_KEYS.items():
+        if key not in data:
+            continue
+        v = data[key]
+        if kind is int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise fail(key, f"{v!r} is not an integer")
+            if not rng[0] <= v <= rng[1]:
+                raise fail(key, f"{v} is outside {rng[0]}..{rng[1]}")
+        elif not isinstance(v, str) or not v:
+            raise fail(key, f"{v!r} is not a non-empty string")
+        out[key] = v
+    if "interface" not in out:
+        raise fail(None, 'missing "interface" (the --mcast-interface of the sync daemons)')
+    if len(out["interface"].encode()) > 15:
+        raise fail("interface", f"{out['interface']!r} is longer than an interface name "
+                                "(15 bytes)")
+    if out.get("role", "auto") not in SYNC_ROLES:
+        raise fail("role", f"{out['role']!r} is not one of {', '.join(SYNC_ROLES)}")
+    if "group" in out:
+        try:
+            ip = ipaddress.ip_address(out["group"])
+        except ValueError:
+            ip = None
+        if ip is None or not ip.is_multicast:
+            raise fail("group", f"{out['group']!r} is not a multicast address")
+        out["group"] = str(ip)
+    return SyncSettings(**out)
+
+
 def merge(options, config) -> list[str]:
     """Copy every setting the command line gave (`options`) over `config` (a
     DirectorConfig) and return the refusals of their ranges, one line each ([] if none).
@@ -225,4 +323,5 @@ def merge(options, config) -> list[str]:
 
 
 __all__ = ["BACKENDS", "BY_NAME", "CLI_SETTINGS", "DIRECTOR_KEYS", "Options", "SETTINGS",
-           "Setting", "merge", "parse_listen", "setting"]
+           "SYNC_KEYS", "SYNC_ROLES", "Setting", "SyncSettings", "merge", "parse_listen",
+           "parse_sync", "setting"]

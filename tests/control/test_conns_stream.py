@@ -221,7 +221,8 @@ def test_admin_prints_the_streamed_listing(tmp_path):
             _fill(d.director, d.engine, 5000)
             want = _expected(d.engine)
         assert d.ok("-Lnc") == want
-        assert d.ok("-L", "-c", "--persistent-conn").splitlines()[2:] == want.splitlines()[2:]
+        assert d.ok("-L", "-n", "-c", "--persistent-conn").splitlines()[2:] == \
+            want.splitlines()[2:]
     finally:
         d.stop()
 

@@ -11,6 +11,7 @@ from scapy.layers.l2 import Ether
 
 from tests.control.control_harness import CLIENT_MAC, LOCAL_MAC
 from fastlvs.control.listing import format_list
+from fastlvs.control.names import named_listing, named_save
 from fastlvs.control.rules import dump_rules
 
 VIP = "203.0.113.10"
@@ -41,8 +42,9 @@ def test_add_and_list_byte_exact(daemon):
     _setup(daemon)
     out = daemon.ok("-Ln")
     assert out == LISTING
-    assert daemon.ok("-L") == LISTING          # no names are looked up: -L == -Ln
-    assert daemon.ok() == LISTING              # ipvsadm with no argument lists
+    # plain -L is -Ln with the names the admin client looked up (tests/unit/test_names.py)
+    assert daemon.ok("-L") == named_listing(LISTING)
+    assert daemon.ok() == daemon.ok("-L")      # ipvsadm with no argument lists
     with daemon.lock:
         assert out == format_list(daemon.director.table)
 
@@ -125,7 +127,7 @@ def test_save_restore_round_trip_and_restore_adds(daemon):
     _setup(daemon)
     saved = daemon.ok("-S", "-n")
     assert saved == dump_rules(daemon.director.table)
-    assert daemon.ok("-S") == saved
+    assert daemon.ok("-S") == named_save(saved)
     daemon.ok("-C")
     daemon.ok("-A", "-t", f"{VIP}:443")        # -R adds: this one stays
     daemon.ok("-R", stdin=saved)

@@ -96,7 +96,8 @@ BASE = '[[service]]\nvip = "10.0.0.1:80"\n'
     ('[director]\ncapacity = true\n', "f.toml:2: director.capacity: True is not an integer"),
     ('[director]\nbackend = "dpdk"\n',
      "f.toml:2: director.backend: 'dpdk' is not one of auto, xdp, packet"),
-    ('[servce]\n', "f.toml:1: servce: unknown key (valid: director, service, timeouts, sysctl, mark)"),
+    ('[servce]\n', "f.toml:1: servce: unknown key (valid: director, service, timeouts, sysctl, "
+                    "sync, mark)"),
     ('[[service]]\nproto = "tcp"\n', 'f.toml:1: service[0]: missing "vip" ("ip:port")'),
     (BASE + 'proto = "icmp"\n', "f.toml:3: service[0].proto: 'icmp' is not one of tcp, udp, sctp"),
     ('[[service]]\nvip = "10.0.0.300:80"\n', "f.toml:2: service[0].vip: 10.0.0.300:80: "
@@ -106,8 +107,8 @@ BASE = '[[service]]\nvip = "10.0.0.1:80"\n'
     (BASE + 'scheduler = "fair"\n', "f.toml:3: service[0].scheduler: Scheduler or "
      "persistence engine not found (unknown scheduler 'fair'; valid: rr, wrr, lc, wlc, lblc, "
      "lblcr, dh, sh, sed, nq, fo, ovf, mh, twos)"),
-    (BASE + 'scheduler = "rr"\nflags = ["sh-port"]\n', "f.toml:4: service[0].flags: invalid "
-     "scheduler flag `sh-port' (unknown flag 'sh-port' for scheduler rr; valid: none)"),
+    (BASE + 'scheduler = "rr"\nflags = ["sh-port"]\n', "f.toml:4: service[0].flags: "
+     "incompatible scheduler flag `sh-port' (sh-port is a flag of the sh scheduler, not of rr)"),
     (BASE + 'netmask = "255.0.0.0"\n',
      "f.toml:3: service[0].netmask: only a persistent service has a netmask"),
     (BASE + 'persistent = 5000000\n',

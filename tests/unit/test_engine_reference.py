@@ -15,6 +15,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 import fastlvs.engine.reference as reference
+import fastlvs.engine.reference_sync as reference_sync
 from fastlvs.control.director import Director
 from fastlvs.control.ipvsadm import parse_command
 from fastlvs.control.model import NoRoute
@@ -51,12 +52,13 @@ def test_reference_imports_nothing_of_fastlvs_but_the_contract():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        "['fastlvs', 'fastlvs.engine', 'fastlvs.engine.contract', 'fastlvs.engine.reference']",
+        "['fastlvs', 'fastlvs.engine', 'fastlvs.engine.contract', 'fastlvs.engine.reference', "
+        "'fastlvs.engine.reference_sctp', 'fastlvs.engine.reference_sync']",
         "[]"]
 
 
-def test_reference_source_imports_only_the_stdlib_and_the_contract():
-    tree = ast.parse(open(reference.__file__).read())
+def _imports_outside_stdlib(path):
+    tree = ast.parse(open(path).read())
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -64,8 +66,19 @@ def test_reference_source_imports_only_the_stdlib_and_the_contract():
         elif isinstance(node, ast.ImportFrom):
             names.update(f"{node.module}.{a.name}" if node.module == "fastlvs.engine"
                          else node.module for a in node.names)
-    outside = {n for n in names if n.split(".")[0] not in sys.stdlib_module_names}
-    assert outside == {"fastlvs.engine.contract"}, outside
+    return {n for n in names if n.split(".")[0] not in sys.stdlib_module_names}
+
+
+def test_reference_source_imports_only_the_stdlib_and_the_contract():
+    outside = _imports_outside_stdlib(reference.__file__)
+    assert outside == {"fastlvs.engine.contract", "fastlvs.engine.reference_sync",
+                       "fastlvs.engine.reference_sctp"}, outside
+    # its SCTP part: the standard library only
+    assert _imports_outside_stdlib(reference.__file__.replace("reference.py",
+                                                              "reference_sctp.py")) == set()
+    # its sync part: the contract, and the wire format once sync is used
+    outside = _imports_outside_stdlib(reference_sync.__file__)
+    assert outside == {"fastlvs.engine.contract", "fastlvs.sync"}, outside
 
 
 # -- a Director on the reference engine ----------------------------------------------------------

@@ -38,7 +38,7 @@ def test_enums_carry_ipvsadm_spellings():
         ("dr", "-g", "Route"), ("nat", "-m", "Masq"), ("tun", "-i", "Tunnel")]
     assert FwdMethod.of("Masq") is FwdMethod.NAT and FwdMethod.of("-i") is FwdMethod.TUN
     assert [(p.number, p.option, p.label) for p in Proto] == [
-        (6, "-t", "TCP"), (17, "-u", "UDP"), (132, "--sctp-service", "SCTP")]
+        (6, "-t", "TCP"), (17, "-u", "UDP"), (132, "--sctp-service", "SCTP"), (0, "-f", "FWM")]
     assert Proto.of("TCP") is Proto.TCP and Proto.of(17) is Proto.UDP
     with refused("Protocol not available"):
         Proto.of("icmp")
@@ -88,7 +88,9 @@ def test_one_packet_scheduling_is_udp_only():
     (dict(timeout=86400 * 31 + 1), "invalid timeout value `2678401' specified"),
     (dict(netmask="255.255.0"), "illegal virtual server persistent mask specified"),
     (dict(sched="sh", flags=["sh-port", "bogus"]), "invalid scheduler flag `bogus'"),
-    (dict(flags=["sh-port"]), "invalid scheduler flag `sh-port'"),
+    (dict(flags=["sh-port"]), "incompatible scheduler flag `sh-port'"),
+    (dict(sched="rr", flags=["flag-4"]), "invalid scheduler flag `flag-4'"),
+    (dict(sched="sh", flags=["mh-port"]), "incompatible scheduler flag `mh-port'"),
 ])
 def test_bad_service_settings_are_refused(kwargs, message):
     t = ServiceTable()

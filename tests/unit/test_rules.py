@@ -164,10 +164,14 @@ def test_service_names_as_ports_as_ipvsadm_save_without_n_writes():
     ("\n# c\n-A -t 10.0.0.1:80 -s foo\n",
      "rules.txt:3: unknown scheduler 'foo'; valid: " + ", ".join(schedulers.names())),
     ("-A -t 10.0.0.1:80 -s sh -b sh-port,bogus\n",
-     "rules.txt:1: sched-flags: unknown flag 'bogus' for scheduler sh; valid: sh-fallback, "
-     "sh-port"),
+     "rules.txt:1: sched-flags: invalid scheduler flag `bogus' (unknown flag 'bogus' for "
+     "scheduler sh; valid: flag-1, flag-2, flag-3, sh-fallback, sh-port)"),
     ("-A -t 10.0.0.1:80 -b sh-port\n",
-     "rules.txt:1: sched-flags: unknown flag 'sh-port' for scheduler wlc; valid: none"),
+     "rules.txt:1: sched-flags: incompatible scheduler flag `sh-port' (sh-port is a flag of "
+     "the sh scheduler, not of wlc)"),
+    ("-A -t 10.0.0.1:80 -s rr -b flag-4\n",
+     "rules.txt:1: sched-flags: invalid scheduler flag `flag-4' (unknown flag 'flag-4' for "
+     "scheduler rr; valid: flag-1, flag-2, flag-3)"),
     ("-A -t 10.0.0.1:0\n", "rules.txt:1: Zero port specified for non-persistent service"),
     ("-A -t 10.0.0.1:80 -o\n",
      "rules.txt:1: One-Packet Scheduling is only for UDP virtual services"),
@@ -201,16 +205,16 @@ def test_service_names_as_ports_as_ipvsadm_save_without_n_writes():
      "rules.txt:2: --tun-type gue: fastlvs only does ipip tunnels"),
     ("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 192.168.1.1 -i --tun-csum\n",
      "rules.txt:2: Illegal 'tun-csum' option with the 'ipip' tunnel type"),
-    ("-A -f 1 -s rr\n",
-     "rules.txt:1: -f: fastlvs does not support firewall-mark services (-f)"),
+    ("-A -f 0 -s rr\n", "rules.txt:1: invalid fwmark value `0' specified"),
     ("-A -t 10.0.0.1:80 --pe sip\n",
      "rules.txt:1: --pe: fastlvs does not support persistence engines (--pe)"),
     ("--set 900 120\n", "rules.txt:1: --set option requires 3 timeout values"),
     ("-C extra\n", "rules.txt:1: unexpected argument extra"),
     ("--start-daemon master\n",
-     "rules.txt:1: --start-daemon: fastlvs does not support the connection sync daemon"),
+     "rules.txt:1: --start-daemon does not belong in a rules file (only -A -E -D -C -a -e -d -Z "
+     "--set --mark-rule --del-mark-rules)"),
     ("-L -n\n", "rules.txt:1: -L does not belong in a rules file (only -A -E -D -C -a -e -d -Z "
-                "--set)"),
+                "--set --mark-rule --del-mark-rules)"),
     ("-t 10.0.0.1:80\n",
      "rules.txt:1: no command given (one of -A -E -D -C -a -e -d -L -Z -S -R --set)"),
 ])

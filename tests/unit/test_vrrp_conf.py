@@ -117,7 +117,7 @@ def test_lvs_sync_daemon_is_read(tmp_path, line, want):
     src.write_text(f"global_defs {{\n    {line}\n}}\n")
     kc = load_keepalived(src)
     assert kc.sync_daemon == want
-    assert f"{src}:2: lvs_sync_daemon ignored (connection sync is not done yet)" in kc.warnings
+    assert not any("lvs_sync_daemon ignored" in w for w in kc.warnings)
 
 
 @pytest.mark.parametrize("line, reason", [

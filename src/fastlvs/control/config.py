@@ -62,6 +62,7 @@ class Config:
     table: ServiceTable
     path: str = "-"
     services: int = field(default=0)
+    sync: settings.SyncSettings | None = None     # [sync]: the sync daemons to run
 
 
 # -- locating a table path's line, for messages ------------------------------------------
@@ -163,7 +164,7 @@ _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", 
 _MARK_KEYS = ("mark", "proto", "address", "ports")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
-_TOP_KEYS = ("director", "service", "timeouts", "sysctl", "mark")
+_TOP_KEYS = ("director", "service", "timeouts", "sysctl", "sync", "mark")
 
 
 def _director(ctx: _Ctx, data) -> DirectorConfig:
@@ -361,7 +362,9 @@ def parse_config(text: str, filename: str = "fastlvs.toml") -> Config:
         _timeouts(ctx, data["timeouts"], table)
     table.sysctls = sysctl.parse_table(data.get("sysctl", {}),
                                        lambda key, what: ctx.fail("sysctl", key, what))
-    return Config(director=director, table=table, path=filename, services=len(services))
+    sync = settings.parse_sync(data.get("sync"), lambda key, what: ctx.fail("sync", key, what))
+    return Config(director=director, table=table, path=filename, services=len(services),
+                  sync=sync)
 
 
 def load_config(path) -> Config:

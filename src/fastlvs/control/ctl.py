@@ -28,7 +28,8 @@ MAX_LINE = 1 << 20            # bytes in one request line, newline excluded
 #   command  argv: [str, ...]  (one ipvsadm command line), stdin: str (-R's rules text)
 #            -> result: str, exactly what ipvsadm would print on stdout ("" for a change)
 #            stream: true (optional): the answer may come in the streaming form
-#   counters -> result: Director.counters() (JSON object)
+#   counters -> result: Director.counters() (JSON object), with "sync": the engine's sync
+#            counters and, under "daemons", the sync sockets' (sync/daemon.py)
 #   reload   -> result: what the daemon's reload hook returns (a one-line summary)
 #   ping     -> result: {"pid": int, "version": str}
 #   sysctl   set: {name: int, ...} (optional; all checked before any is applied)

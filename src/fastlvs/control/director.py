@@ -228,6 +228,10 @@ class Director:
         and changes nothing. Returns the value set. Takes effect from the next packet;
         deleting a server later follows the expire_nodest_conn in force then."""
         v = _sysctl.check(name, value)
+        if name in ("sync_threshold", "sync_period"):
+            pair = {"sync_threshold": self._sysctls["sync_threshold"],
+                    "sync_period": self._sysctls["sync_period"], name: v}
+            _sysctl.check_sync_pair(pair["sync_threshold"], pair["sync_period"])
         if _sysctl.SYSCTLS[name].engine:
             self.engine.set_sysctl(name, v)
         self._sysctls[name] = v
@@ -236,6 +240,11 @@ class Director:
     def apply_sysctls(self, values: dict) -> None:
         """Set several sysctls; every value is checked first, so a refusal changes none."""
         checked = {n: _sysctl.check(n, v) for n, v in values.items()}
+        pair = {n: checked.get(n, self._sysctls[n]) for n in ("sync_threshold", "sync_period")}
+        _sysctl.check_sync_pair(pair["sync_threshold"], pair["sync_period"])
+        if "sync_period" in checked and pair["sync_threshold"] >= self._sysctls["sync_period"]:
+            # the pair moves up: the period first, so no step breaks the rule
+            checked = {"sync_period": checked.pop("sync_period"), **checked}
         for n, v in checked.items():
             self.set_sysctl(n, v)
 
@@ -245,6 +254,48 @@ class Director:
         out = dict(self._sysctls)
         out.update(self.engine.sysctls())
         return out
+
+    # -- connection sync (the engine's side; sync/daemon.py owns the sockets) ------------------
+    def sync_start_master(self, syncid: int, maxlen: int) -> None:
+        """Start the sync master: from now on the engine decides per packet (the
+        sync_* sysctls, Linux 6.1's policy) which conns and templates to send, in IPVS
+        sync v1 messages of syncid `syncid` (0-255) and at most `maxlen` bytes (1..65507;
+        protocol.sync_maxlen computes the kernel's default). Restarting changes both and
+        drops messages not yet taken. ValueError for a value out of range."""
+        self.engine.sync_start_master(syncid, maxlen)
+
+    def sync_stop_master(self) -> None:
+        """Stop the sync master; messages not yet taken are dropped. No-op when stopped."""
+        self.engine.sync_stop_master()
+
+    def sync_take(self, now_ns: int) -> list[bytes]:
+        """Whole v1 datagrams to multicast now (UDP payloads, oldest first): the full
+        messages, and the partial one once it is 2 s old as the kernel flushes it.
+        `now_ns` is the engine's frame clock. [] when the master is not running."""
+        return self.engine.sync_take(now_ns)
+
+    def sync_start_backup(self, syncid: int) -> None:
+        """Start the sync backup: sync_receive accepts messages of `syncid` (0: any).
+        Master and backup may run at once, as the kernel allows."""
+        self.engine.sync_start_backup(syncid)
+
+    def sync_stop_backup(self) -> None:
+        """Stop the sync backup; installed conns stay until they expire."""
+        self.engine.sync_stop_backup()
+
+    def sync_receive(self, datagram: bytes, now_ns: int) -> None:
+        """Install or refresh the conns one sync datagram carries, at `now_ns` (frame
+        clock), as a kernel backup does: bound to the service's real server, with the
+        entry's state and timeout. Bad datagrams and entries, conns of services or real
+        servers not configured here, and conns the table has no room for are counted
+        in sync_stats(), never raised. RuntimeError when the backup is not running."""
+        self.engine.sync_receive(datagram, now_ns)
+
+    def sync_stats(self) -> dict[str, int]:
+        """Sync counters: sent/sent_conns/sent_bytes/queue_overflow of the master,
+        received/received_conns/installed/updated/refused_*/dropped and one
+        drop_*/skip_* per reason of the backup, queued, master and backup (0/1)."""
+        return self.engine.sync_stats()
 
     def refresh_nexthops(self, nexthop: NextHop | None = None) -> int:
         """Resolve every dest's next hop again and re-push the dests whose MAC or interface
@@ -403,13 +454,14 @@ class Director:
     def list(self, **options) -> str:
         """`ipvsadm -L` text of the current state (options as listing.format_list takes)."""
         self.pull_counters()
+        options.setdefault("conn_table_size", self.engine.hash_size)
         return format_list(self.table, **options)
 
     def list_conns(self, numeric: bool = True, persistent_conn: bool = False) -> str:
         """`ipvsadm -Lc [--persistent-conn]` text of the engine's connection entries (no
         entry has a persistence engine, so --persistent-conn only changes the title), made
         in one go: the control socket streams iter_conns() instead."""
-        del numeric                      # numbers either way, as listing.format_conns
+        del numeric                      # numbers either way: names are the client's
         return "".join(self.iter_conns(persistent_conn))
 
     def iter_conns(self, persistent_conn: bool = False, slice_size: int = CONN_SLICE):
@@ -476,7 +528,7 @@ class Director:
 
     def save(self, numeric: bool = True) -> str:
         """`ipvsadm -S [-n]` text of the current table (rules.dump_rules: sorted as ipvsadm
-        sorts, thresholds not written). Numbers either way: fastlvs looks up no names."""
+        sorts, thresholds not written). Numbers either way: the admin client puts in names (control/names.py)."""
         return dump_rules(self.table, numeric)
 
     def restore(self, text: str, filename: str = "-", final: bool = True) -> list[str]:

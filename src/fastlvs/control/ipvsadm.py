@@ -4,8 +4,9 @@ table-changing Command -> ServiceTable (`apply_command`). Shared by rules files 
 
 The parser accepts what ipvsadm 1.31 accepts (short and long options, clustered short
 options, `--opt=value`) with ipvsadm's defaults (scheduler wlc, -g, weight 1, -p = 360 s)
-and checks; what fastlvs does not implement (fwmark services, --pe, sync daemons, GUE/GRE
-tunnels) is refused by name rather than ignored.
+and checks, including the sync daemon's commands (--start-daemon, --stop-daemon); what fastlvs
+does not implement (fwmark services, --pe, GUE/GRE tunnels) is refused by name rather than
+ignored.
 """
 from __future__ import annotations
 
@@ -157,12 +158,22 @@ TABLE_COMMANDS = frozenset({"add-service", "edit-service", "delete-service", "fl
 _UNSUPPORTED = {
     "ipv6": "-6 (it only applies to firewall-mark services)",
     "pe": "persistence engines (--pe)",
-    "start-daemon": "the connection sync daemon",
-    "stop-daemon": "the connection sync daemon",
-    "mcast-interface": "the connection sync daemon", "syncid": "the connection sync daemon",
-    "mcast-group": "the connection sync daemon", "mcast-port": "the connection sync daemon",
-    "mcast-ttl": "the connection sync daemon", "sync-maxlen": "the connection sync daemon",
 }
+
+
+@dataclass(frozen=True)
+class SyncDaemonOptions:
+    """--start-daemon/--stop-daemon's state and options as given; 0 or None: not given
+    (the sync daemon fills the kernel's defaults: group 224.0.0.81, port 8848, ttl 1, and
+    the sync message length from the interface)."""
+
+    state: str                      # "master" | "backup"
+    ifname: str = ""                # --mcast-interface
+    syncid: int = 0                 # --syncid 0..255
+    maxlen: int = 0                 # --sync-maxlen 1..65507
+    group: str | None = None        # --mcast-group, an IPv4 or IPv6 multicast address
+    port: int = 0                   # --mcast-port 1..65535
+    ttl: int = 0                    # --mcast-ttl 1..255
 
 
 @dataclass
@@ -205,6 +216,7 @@ class Command:
     tun_info: bool = False
     mark_rule: MarkRule | None = None     # --mark-rule
     mark: int = 0                         # --del-mark-rules
+    sync: SyncDaemonOptions | None = None     # --start-daemon / --stop-daemon
 
     @property
     def flag(self) -> str:
@@ -364,6 +376,7 @@ def parse_command(argv: list[str]) -> Command:
     positional: list[str] = []
     ipv6_flag = None
     mark_arg = None
+    daemon_state = None
     for opt, spelled, value in _tokenize(argv):
         if opt == "arg":
             positional.append(value)
@@ -371,8 +384,9 @@ def parse_command(argv: list[str]) -> Command:
         if opt.slot.startswith("cmd:"):
             if cmd_name is not None:
                 raise CommandError("multiple commands specified")
-            cmd_name = opt.slot[4:]        # (--start-daemon's argument: refused below)
-            mark_arg = value
+            cmd_name = opt.slot[4:]
+            daemon_state = value           # --start-daemon/--stop-daemon master|backup
+            mark_arg = value               # --mark-rule / --del-mark-rules
             continue
         if opt.value == "ipv6":
             ipv6_flag = spelled
@@ -441,7 +455,9 @@ def parse_command(argv: list[str]) -> Command:
         ip, port = parse_addrport(text, proto, spelled)
         cmd.service = ServiceKey(proto, str(ip), port or 0)
 
-    if cmd_name in ("add-service", "edit-service"):
+    if cmd_name in ("start-daemon", "stop-daemon"):
+        cmd.sync = _sync_options(cmd_name, daemon_state, value)
+    elif cmd_name in ("add-service", "edit-service"):
         _service_options(cmd, given, value)
     elif cmd_name in ("add-server", "edit-server", "delete-server"):
         _dest_options(cmd, given, value)
@@ -491,6 +507,40 @@ def _fwmark_service(given_opt, ipv6_flag) -> ServiceKey:
     return fwmark_key(mark, 6 if ipv6_flag else 4)
 
 
+def _sync_options(cmd_name: str, state: str | None, value) -> SyncDaemonOptions:
+    """The sync daemon's options, checked in ipvsadm's order and words."""
+    if state not in ("master", "backup"):
+        raise CommandError(_SYNC_STATE_ERROR[cmd_name])
+    out = {"state": state}
+    ifname = value("mcast-interface")
+    if ifname is not None:
+        out["ifname"] = ifname
+    for slot, attr, lo, hi in _SYNC_NUMBERS:
+        text = value(slot)
+        if text is not None:
+            if not _NUMBER.match(text.strip()) or not lo <= int(text) <= hi:
+                raise CommandError(f"illegal {slot} specified")
+            out[attr] = int(text)
+    group = value("mcast-group")
+    if group is not None:
+        family = "IPv6" if ":" in group else "IPv4"
+        try:
+            ip = ipaddress.ip_address(group)
+        except ValueError:
+            ip = None
+        if ip is None or ip.version != (6 if family == "IPv6" else 4) or not ip.is_multicast:
+            raise CommandError(f"invalid {family} mcast-group `{group}'")
+        out["group"] = str(ip)
+    return SyncDaemonOptions(**out)
+
+
+# ipvsadm's ranges for the sync daemon's numbers (its message when one is outside)
+_SYNC_NUMBERS = (("syncid", "syncid", 0, 255), ("mcast-port", "port", 1, 65535),
+                 ("mcast-ttl", "ttl", 1, 255), ("sync-maxlen", "maxlen", 1, 65535 - 20 - 8))
+_SYNC_STATE_ERROR = {"start-daemon": "illegal start-daemon parameter specified",
+                     "stop-daemon": "illegal start_daemon specified"}   # sic, ipvsadm 1.31
+
+
 def _service_options(cmd: Command, given, value) -> None:
     sched = value("scheduler")
     if sched is not None:
@@ -512,7 +562,8 @@ def _service_options(cmd: Command, given, value) -> None:
         try:
             check_sched_flags(cmd.sched, flags)
         except ControlError as e:
-            raise CommandError(f"sched-flags: {e.detail or e.message}") from None
+            # ipvsadm's own words first (tests/fixtures/kernel/names.json), then why
+            raise CommandError(f"sched-flags: {e.message} ({e.detail})") from None
         cmd.sched_flags = flags
     if cmd.service.vport == 0 and not cmd.timeout:
         raise CommandError("Zero port specified for non-persistent service")
@@ -609,5 +660,5 @@ def describe(cmd: Command, err: ControlError) -> str:
     return f"{where}: {err}"
 
 
-__all__ = ["COMMAND_FLAGS", "Command", "CommandError", "TABLE_COMMANDS", "apply_command",
-           "describe", "parse_addrport", "parse_command"]
+__all__ = ["COMMAND_FLAGS", "Command", "CommandError", "SyncDaemonOptions", "TABLE_COMMANDS",
+           "apply_command", "describe", "parse_addrport", "parse_command"]

@@ -15,6 +15,7 @@ from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, MAX_TIMEOUT, MAX_
                                    ControlError, FwdMethod, Proto, ServiceTable, service_key)
 from fastlvs.health.spec import (CheckSpec, HealthConfig, ServerHealth, SorryServer, Url,
                                  VirtualHealth)
+from fastlvs.settings import SyncSettings
 
 # lvs_sched names keepalived 2.2.7 accepts (check_parser.c's list)
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "sh", "mh", "dh", "fo", "ovf", "lblcr", "sed",
@@ -61,10 +62,11 @@ class KeepalivedConfig:
     health: HealthConfig
     globals: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    sync: SyncSettings | None = None     # lvs_sync_daemon, resolved (sync_settings())
 
     @property
     def sync_daemon(self) -> "SyncDaemon | None":
-        """global_defs' lvs_sync_daemon (read, not yet acted on), or None."""
+        """global_defs' lvs_sync_daemon as written, or None (`sync` is what fastlvs runs)."""
         return self.globals.get("lvs_sync_daemon")
 
 
@@ -405,6 +407,8 @@ class _Reader:
         self.globals: dict = {}
         self.groups: dict[str, list] = {}
         self.virtuals: list[_Virtual] = []
+        self.instances: dict[str, tuple] = {}    # vrrp_instance -> (where, vrid, VIPs)
+        self.sync_where = ""                     # where lvs_sync_daemon is
 
     def ignore(self, s: _Stmt, why: str = "not read by fastlvs") -> None:
         self.warnings.append(f"{s.where}: {s.kw} ignored ({why})")
@@ -420,6 +424,8 @@ class _Reader:
             elif kw == "virtual_server":
                 self.virtual(s)
             elif kw in _VRRP_BLOCKS or kw.startswith("vrrp_"):
+                if kw == "vrrp_instance" and s.block is not None and len(s.words) > 1:
+                    self.instance(s)
                 self.ignore(s, "VRRP stays with keepalived")
             elif kw == "SSL":
                 ssl = {}
@@ -431,6 +437,22 @@ class _Reader:
                 self.globals["ssl"] = ssl
             else:
                 self.ignore(s)
+
+    def instance(self, s: _Stmt) -> None:
+        """What lvs_sync_daemon needs of a vrrp_instance: its virtual_router_id (the default
+        syncid) and its addresses (on this host exactly while it is MASTER). The rest is
+        keepalived's; a value it would refuse is left for it to report."""
+        vrid, vips = None, []
+        for t in s.block:
+            if t.kw == "virtual_router_id" and len(t.words) > 1 and t.words[1].isdigit():
+                vrid = int(t.words[1])
+            elif t.kw in ("virtual_ipaddress", "virtual_ipaddress_excluded") and t.block:
+                for a in t.block:
+                    try:
+                        vips.append(str(ipaddress.ip_interface(a.kw).ip))
+                    except ValueError:
+                        pass
+        self.instances.setdefault(s.words[1], (s.where, vrid, tuple(vips)))
 
     def global_defs(self, stmts: list) -> None:
         g = self.globals
@@ -463,8 +485,12 @@ class _Reader:
             elif kw == "router_id":
                 g[kw] = _arg(s)
             elif kw == "lvs_sync_daemon":
-                g[kw] = _sync_daemon(s)
-                self.ignore(s, "connection sync is not done yet")
+                if kw in g:     # keepalived keeps the first and reports the others
+                    self.warnings.append(f"{s.where}: lvs_sync_daemon given again; the "
+                                         "first one stands")
+                else:
+                    g[kw] = _sync_daemon(s)
+                    self.sync_where = s.where
             elif kw.startswith("vrrp_"):
                 self.ignore(s, "VRRP stays with keepalived")
             else:
@@ -763,7 +789,36 @@ def _build(r: _Reader) -> KeepalivedConfig:
         table.set_timeouts(t.get("tcp", 0), t.get("tcpfin", 0), t.get("udp", 0))
     for vs in r.virtuals:
         _install(vs, r, table, health, warnings)
-    return KeepalivedConfig(table, health, r.globals, warnings)
+    sync = sync_settings(r.globals.get("lvs_sync_daemon"), r.instances,
+                         r.sync_where, warnings)
+    return KeepalivedConfig(table, health, r.globals, warnings, sync)
+
+
+def sync_settings(sd: SyncDaemon | None, instances: dict, where: str,
+                  warnings: list) -> SyncSettings | None:
+    """What keepalived does with lvs_sync_daemon, as fastlvs runs it. With a VRRP instance
+    (keepalived's VRRP process): the daemon is a backup until the instance is MASTER, a
+    master while it is, and a backup again when it leaves MASTER, the syncid defaulting to
+    the instance's virtual_router_id; fastlvs sees MASTER as the instance's addresses on
+    this host (role auto, `vips` the instance's). An instance that the file does not define
+    clears the setting, with a warning, as keepalived does. Without an instance
+    (keepalived's checker process): a master and a backup both run, syncid 0 unless given."""
+    if sd is None:
+        return None
+    common = dict(interface=sd.interface, maxlen=sd.maxlen or 0, group=sd.group,
+                  port=sd.port or 0, ttl=sd.ttl or 0, source=f"{where}: lvs_sync_daemon")
+    if sd.instance is None:
+        return SyncSettings(role="both", syncid=sd.syncid or 0, **common)
+    if sd.instance not in instances:
+        warnings.append(f"{where}: lvs_sync_daemon: no vrrp_instance {sd.instance} in the "
+                        "file; no sync daemon runs (as keepalived clears it)")
+        return None
+    _, vrid, vips = instances[sd.instance]
+    syncid = sd.syncid if sd.syncid is not None else (vrid or 0)
+    if not vips:
+        warnings.append(f"{where}: lvs_sync_daemon: vrrp_instance {sd.instance} has no "
+                        "virtual_ipaddress; its sync daemon stays a backup")
+    return SyncSettings(role="auto", syncid=syncid, vips=vips, **common)
 
 
 def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
@@ -1008,4 +1063,5 @@ def load_keepalived(path) -> KeepalivedConfig:
     return _build(r)
 
 
-__all__ = ["KeepalivedConfig", "KeepalivedError", "SCHEDULERS", "SyncDaemon", "load_keepalived"]
+__all__ = ["KeepalivedConfig", "KeepalivedError", "SCHEDULERS", "SyncDaemon", "load_keepalived",
+           "sync_settings"]

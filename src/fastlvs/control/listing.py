@@ -134,14 +134,18 @@ def _largenum(i: int, exact: bool) -> str:
 
 
 def sched_flags_text(service: Service) -> str:
-    """The scheduler flags as ipvsadm prints them: the scheduler's own names for sh and mh,
+    """The scheduler flags as ipvsadm prints them: the scheduler's own names for sh and mh
+    (a generic bit they have no name for is not printed: `mh ()` for -b flag-3),
     `flag-N` for every other scheduler; "" when there are none."""
     names = []
     for bit, name in flag_bits(service.sched_name, service.flags):
-        if service.sched_name in ("sh", "mh") or not bit:
-            names.append(name)
-        else:
+        if service.sched_name in ("sh", "mh"):
+            if not name.startswith("flag-"):
+                names.append(name)
+        elif bit:
             names.append(f"flag-{bit}")
+        else:
+            names.append(name)
     return ",".join(names)
 
 
@@ -190,9 +194,8 @@ def _service_lines(svc: Service, stats, rate, exact, thresholds, persistent_conn
                                        ("cps", "inpps", "outpps", "inbps", "outbps"))
     else:
         line = f"{name} {svc.sched_name}"
-        flags = sched_flags_text(svc)
-        if flags:
-            line += f" ({flags})"
+        if svc.flags:                    # "()" when no set bit has a name (recorded)
+            line += f" ({sched_flags_text(svc)})"
         if svc.persistent:
             line += f" persistent {svc.timeout}"
             if svc.af == 4 and svc.netmask != "255.255.255.255":
@@ -245,8 +248,8 @@ def format_list(table: ServiceTable, stats: bool = False, rate: bool = False,
     service alone, without the banner, as `ipvsadm -L -t VIP:PORT` does; "No such service"
     if it is absent.
 
-    `numeric=False` (plain -L) still prints addresses and ports as numbers: fastlvs does
-    no reverse DNS or service-name look-ups, so the columns are those of -n.
+    `numeric=False` (plain -L) still prints numbers here: the admin client puts in the
+    names (control/names.py), so that no look-up ever waits inside the daemon.
     """
     del numeric  # documented above: both forms print numbers
     variant = dict(stats=stats, rate=rate and not stats,
@@ -303,7 +306,8 @@ def format_conns(conns: Iterable, numeric: bool = True, persistent_conn: bool = 
     or objects with the same attributes), in the order given: conn_header(), then
     conn_lines() of the entries as conn_row() puts them.
 
-    Addresses and ports are numbers whatever `numeric` says (no DNS look-ups, same columns).
+    Addresses and ports are numbers whatever `numeric` says: names are the admin
+    client's business (control/names.py).
     """
     del numeric
     return conn_header(persistent_conn) + conn_lines(map(conn_row, conns), persistent_conn)

@@ -411,6 +411,71 @@ class HealthCollector:
         yield from (checker, server, quorum, live)
 
 
+class SyncCollector:
+    """fastlvs_sync_*: the IPVS sync daemons (sync/daemon.py's SyncDaemons) and the engine's
+    sync counters (Director.sync_stats()): messages, entries and bytes sent and received,
+    drops by reason, send errors, which daemons run and how far behind they are. Halves as
+    in DirectorCollector: snapshot() in the loop's thread, families() anywhere."""
+
+    def __init__(self, sync):
+        self.sync = sync
+
+    def snapshot(self):
+        return {"daemons": self.sync.stats(), "engine": self.sync.director.sync_stats()}
+
+    def collect(self) -> Iterable:
+        return self.families(self.snapshot())
+
+    def families(self, snap) -> Iterable:
+        d, e = snap["daemons"], snap["engine"]
+        running = _gauge("fastlvs_sync_daemon_running", "1 while the sync daemon of this "
+                         "state runs (ipvsadm -L --daemon)", ["state"])
+        messages = _counter("fastlvs_sync_messages", "Sync messages (datagrams) multicast "
+                            "by the master and read by the backup", ["direction"])
+        entries = _counter("fastlvs_sync_entries", "Connection entries (conns and "
+                           "templates) in the sync messages sent and received", ["direction"])
+        nbytes = _counter("fastlvs_sync_bytes", "UDP payload bytes of the sync messages sent "
+                          "and received", ["direction"])
+        installed = _counter("fastlvs_sync_conns", "What the backup did with the entries it "
+                             "received: a new conn installed, or one it had updated",
+                             ["result"])
+        drops = _counter("fastlvs_sync_dropped", "Sync messages or entries dropped, by "
+                         "reason (the decoder's reasons, refused entries, a full send "
+                         "queue)", ["reason"])
+        errors = _counter("fastlvs_sync_send_errors", "Sync messages the master's socket "
+                          "refused (the message is lost; the daemon goes on)")
+        rerrors = _counter("fastlvs_sync_receive_errors", "Errors reading the backup's "
+                           "socket")
+        lag = _gauge("fastlvs_sync_lag_seconds", "master: age of the oldest sync message "
+                     "waiting to be sent (0 when none waits); backup: time since the last "
+                     "message arrived (since its start when none has)", ["state"])
+        queued = _gauge("fastlvs_sync_queued_messages", "Sync messages made by the engine "
+                        "or waiting for room in the socket, not yet sent")
+        for state in ("master", "backup"):
+            running.add_metric([state], d.get(f"{state}_running", 0))
+        messages.add_metric(["sent"], d.get("sent_messages", 0))
+        messages.add_metric(["received"], d.get("received_messages", 0))
+        nbytes.add_metric(["sent"], d.get("sent_bytes", 0))
+        nbytes.add_metric(["received"], d.get("received_bytes", 0))
+        entries.add_metric(["sent"], e.get("sent_conns", 0))
+        entries.add_metric(["received"], e.get("received_conns", 0))
+        installed.add_metric(["installed"], e.get("installed", 0))
+        installed.add_metric(["updated"], e.get("updated", 0))
+        for key, value in sorted(e.items()):
+            if key.startswith(("drop_", "skip_", "refused_")):
+                drops.add_metric([key], value)
+        drops.add_metric(["queue_overflow"], e.get("queue_overflow", 0))
+        drops.add_metric(["send_buffer_full"], d.get("send_dropped", 0))
+        errors.add_metric([], d.get("send_errors", 0))
+        rerrors.add_metric([], d.get("receive_errors", 0))
+        for state in ("master", "backup"):
+            if f"{state}_lag_ns" in d:
+                lag.add_metric([state], d[f"{state}_lag_ns"] / 1e9)
+        queued.add_metric([], e.get("queued", 0) + d.get("master_pending", 0))
+        yield from (running, messages, entries, nbytes, installed, drops, errors, rerrors,
+                    lag, queued)
+
+
 def director_metrics(director) -> Metrics:
     """The registry of a director: node_exporter's ipvs metrics, fastlvs's own, and the
     process's (CPU, memory, open files: prometheus_client's process collector)."""

@@ -381,8 +381,11 @@ def _check_netmask(af: int, netmask):
 
 
 def check_sched_flags(sched_name: str, flags) -> frozenset[str]:
-    """Resolve ipvsadm -b names (generic `flag-N` or the scheduler's own) into the scheduler
-    library's names, refusing those the scheduler does not have (ControlError)."""
+    """Resolve ipvsadm -b names into the scheduler library's names, as ipvsadm checks them:
+    the generic `flag-1`..`flag-3` go with every scheduler (those it has no meaning for are
+    kept and ignored, as the kernel keeps the bits); sh's and mh's own names only with that
+    scheduler ("incompatible scheduler flag"); anything else is "invalid scheduler flag"
+    (both ControlError). Recorded: tests/fixtures/kernel/names.json."""
     if flags is None:
         return frozenset()
     if isinstance(flags, str):
@@ -400,11 +403,17 @@ def check_sched_flags(sched_name: str, flags) -> frozenset[str]:
     out = set()
     for f in flags:
         name = cls.flag_aliases.get(f, f)
-        if name not in cls.valid_flags:
-            valid = ", ".join(sorted(cls.valid_flags)) or "none"
-            raise ControlError(f"invalid scheduler flag `{f}'", _errno.EINVAL,
-                               f"unknown flag {f!r} for scheduler {sched_name}; valid: {valid}")
-        out.add(name)
+        if name in cls.valid_flags or name in cls.generic_flags:
+            out.add(name)
+            continue
+        owner = next((n for n in ("sh", "mh") if f.startswith(n + "-")
+                      and f in _schedulers.get(n).valid_flags), None)
+        if owner is not None:
+            raise ControlError(f"incompatible scheduler flag `{f}'", _errno.EINVAL,
+                               f"{f} is a flag of the {owner} scheduler, not of {sched_name}")
+        valid = ", ".join(sorted(cls.valid_flags | cls.generic_flags))
+        raise ControlError(f"invalid scheduler flag `{f}'", _errno.EINVAL,
+                           f"unknown flag {f!r} for scheduler {sched_name}; valid: {valid}")
     return frozenset(out)
 
 
@@ -412,7 +421,8 @@ def flag_bits(sched_name: str, flags: Iterable[str]) -> list[tuple[int, str]]:
     """(bit number 1..3, flag name) for each flag, in ipvsadm's printing order.
 
     The number is the IP_VS_SVC_F_SCHEDn bit the flag stands for (from the scheduler's
-    `flag_aliases`); a flag with no generic alias sorts after them, by name, with bit 0.
+    `flag_aliases`, or the generic name itself); a flag with no bit sorts after them, by
+    name, with bit 0.
     """
     aliases: dict[str, str] = {}
     try:
@@ -421,8 +431,12 @@ def flag_bits(sched_name: str, flags: Iterable[str]) -> list[tuple[int, str]]:
         pass
     bit_of = {name: int(alias.split("-")[1]) for alias, name in aliases.items()
               if alias.startswith("flag-") and alias[5:].isdigit()}
-    return sorted(((bit_of.get(f, 0), f) for f in flags),
-                  key=lambda bf: (bf[0] == 0, bf[0], bf[1]))
+
+    def bit(f: str) -> int:
+        if f in bit_of:
+            return bit_of[f]
+        return int(f[5:]) if f.startswith("flag-") and f[5:].isdigit() else 0
+    return sorted(((bit(f), f) for f in flags), key=lambda bf: (bf[0] == 0, bf[0], bf[1]))
 
 
 class ServiceTable:

@@ -85,7 +85,7 @@ def dump_rules(table: ServiceTable, numeric: bool = True, *, sort: bool = True,
     services in the order they were added and each service's dests oldest first, so that
     parse_rules() rebuilds the same list order. `thresholds=True` appends `-x U -y L` to
     dests that have thresholds (ipvsadm -R reads them; ipvsadm -S never writes them).
-    `numeric=False` prints numbers too (fastlvs does no name look-ups).
+    `numeric=False` prints numbers too: the admin client puts in names (control/names.py).
     """
     from fastlvs.control.listing import sched_flags_text, sorted_dests, sorted_services
 
@@ -103,9 +103,8 @@ def dump_rules(table: ServiceTable, numeric: bool = True, *, sort: bool = True,
                 line += f" -M {svc.netmask}"
         if svc.ops:
             line += " -o"
-        flags = sched_flags_text(svc)
-        if flags:
-            line += f" -b {flags}"
+        if svc.flags:                    # "-b " alone when no set bit has a name, as ipvsadm
+            line += f" -b {sched_flags_text(svc)}"
         out.append(line + "\n")
         for d in (sorted_dests(svc) if sort else list(reversed(svc.dests))):
             line = f"-a {name} -r {addrport(d.addr, d.port)} {d.fwd.option} -w {d.weight}"

@@ -24,6 +24,7 @@ from fastlvs.control.model import ControlError
 from fastlvs.control.ipvsadm import CommandError, parse_command
 from fastlvs.control.rules import RulesError
 from fastlvs.control.sysctl import SysctlError
+from fastlvs.sync.daemon import SyncError
 
 log = logging.getLogger("fastlvs.control")
 
@@ -58,7 +59,7 @@ class CommandFailed(Exception):
 
 
 def run_command(director, argv: list[str], stdin: str | None = None,
-                final: bool = True) -> str:
+                final: bool = True, sync=None) -> str:
     """Carry out one ipvsadm command line on `director`; return what ipvsadm prints on
     stdout for it ("" for a table change). Raises CommandFailed.
 
@@ -67,7 +68,10 @@ def run_command(director, argv: list[str], stdin: str | None = None,
       server without a next hop is refused with "No route to host" and leaves no trace.
     - -L/-l: the service listing (--stats --rate --thresholds --persistent-conn --tun-info
       --exact --nosort), one service (-t/-u; "No such service" exits 1, as list_service
-      does), -c (connection entries), --timeout, --daemon (no sync daemon: prints nothing).
+      does), -c (connection entries), --timeout, --daemon (the running sync daemons).
+    - --start-daemon/--stop-daemon: `sync` (sync.daemon.SyncDaemons) starts or stops one;
+      its refusals exit 255 with ipvsadm's line ("Daemon has already run", ...). Without
+      `sync` they are refused and -L --daemon prints nothing.
     - -S [-n]: ipvsadm-save text. -R: `stdin` is the rules text, ADDED to the current table
       (ipvsadm -R does not clear first); a syntax error anywhere applies nothing (exit 2);
       refused lines are skipped and reported, the others applied (exit 255).
@@ -90,7 +94,7 @@ def run_command(director, argv: list[str], stdin: str | None = None,
         if cmd.list_timeout:
             return format_timeout(director.table)
         if cmd.daemon:
-            return ""
+            return sync.listing() if sync is not None else ""
         options = dict(stats=cmd.stats, rate=cmd.rate, exact=cmd.exact, numeric=cmd.numeric,
                        thresholds=cmd.thresholds, persistent_conn=cmd.persistent_conn,
                        tun_info=cmd.tun_info, sort=not cmd.nosort)
@@ -100,6 +104,8 @@ def run_command(director, argv: list[str], stdin: str | None = None,
             except ControlError as e:
                 raise CommandFailed(str(e), ctl.EXIT_LIST) from None
         return director.list(**options)
+    if cmd.name in ("start-daemon", "stop-daemon"):
+        return _sync_command(sync, cmd)
     if cmd.name == "save":
         return director.save(cmd.numeric)
     if cmd.name == "restore":
@@ -120,6 +126,21 @@ def run_command(director, argv: list[str], stdin: str | None = None,
         if e.pending and not final:
             raise Later() from None
         raise CommandFailed(describe_noroute(cmd, e), ctl.EXIT_REFUSED) from None
+    return ""
+
+
+def _sync_command(sync, cmd) -> str:
+    """--start-daemon / --stop-daemon on the process's sync daemons."""
+    if sync is None:
+        raise CommandFailed(f"{cmd.flag}: this daemon runs no connection sync",
+                            ctl.EXIT_REFUSED)
+    try:
+        if cmd.name == "start-daemon":
+            sync.start(cmd.sync)
+        else:
+            sync.stop(cmd.sync.state)
+    except SyncError as e:
+        raise CommandFailed(str(e), ctl.EXIT_REFUSED) from None
     return ""
 
 
@@ -174,8 +195,10 @@ class ControlServer:
 
     def __init__(self, director, path: str | None = None,
                  reload: Callable[[bool], str | None] | None = None,
-                 health: Callable[[], dict] | None = None, resolve_wait: float = 3.0):
+                 health: Callable[[], dict] | None = None, resolve_wait: float = 3.0,
+                 sync=None):
         self.director = director
+        self.sync = sync
         self.path = ctl.socket_path(path)
         self.reload = reload
         self.health = health
@@ -445,9 +468,12 @@ class ControlServer:
         try:
             if op == "command":
                 return ctl.ok(run_command(self.director, args["argv"], args.get("stdin"),
-                                          final))
+                                          final, self.sync))
             if op == "counters":
-                return ctl.ok(self.director.counters())
+                counters = self.director.counters()
+                if self.sync is not None:
+                    counters["sync"] = self._sync_counters()
+                return ctl.ok(counters)
             if op == "ping":
                 return ctl.ok({"pid": os.getpid(), "version": __version__})
             if op == "sysctl":
@@ -480,6 +506,14 @@ class ControlServer:
             log.exception("control socket: %s request failed", op)
             return ctl.error(f"internal error: {type(e).__name__}: {e}", ctl.EXIT_LIST)
         return ctl.error(f"unknown op {op!r}", ctl.EXIT_SYNTAX)   # pragma: no cover
+
+    def _sync_counters(self) -> dict:
+        """The "sync" part of the counters: the engine's sync counters (sent, received,
+        installed, drop_*, ...) and the sockets' (messages, bytes, errors, lag) under
+        "daemons"."""
+        out = dict(self.director.sync_stats())
+        out["daemons"] = self.sync.stats()
+        return out
 
 
 class _ConnStream:

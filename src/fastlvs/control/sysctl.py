@@ -82,7 +82,41 @@ SYSCTLS: dict[str, Sysctl] = {s.name: s for s in (
             "kernel counts free memory pages; fastlvs's table is allocated once)"),
     _engine("am_droprate", "int",
             "drop_packet's rate in always mode (3): 1 of every am_droprate"),
+    _engine("sync_threshold", "int",
+            "connection sync (master): a conn is sent on its packet number sync_threshold "
+            "(then every sync_period packets); the kernel's sync_threshold is the pair "
+            "\"threshold period\", written here as two names; it must stay below "
+            "sync_period unless that is 0"),
+    _engine("sync_period", "int",
+            "connection sync (master): a conn is sent again every sync_period packets "
+            "(0: only once, at sync_threshold, and on the TCP state changes that force a "
+            "sync; a template goes with every sent conn unless sync_refresh_period is set)"),
+    _engine("sync_refresh_period", "int",
+            "connection sync (master), seconds: when set, a conn already sent is sent again "
+            "only once its timeout moved by this much (or by half of it, at least 10 s), "
+            "with sync_retries repeats an eighth of the period apart; 0 = off"),
+    _engine("sync_retries", "int",
+            "connection sync (master): repeats of a message under sync_refresh_period (0-3)"),
+    _engine("sync_persist_mode", "int",
+            "connection sync (master): not 0, conns under a persistence template are not "
+            "sent, only their template"),
+    _engine("sync_qlen_max", "int",
+            "connection sync (master): messages waiting to be sent at most; more are "
+            "dropped and counted (queue_overflow). The kernel's default is a share of free "
+            "memory; fastlvs's is 4096 messages (6 MB of 1472-byte messages at most)"),
+    Sysctl("sync_sock_size", "int", 0, 2**31 - 1, 0,
+           "connection sync: SO_SNDBUF of a master's socket, SO_RCVBUF of a backup's, in "
+           "bytes (doubled and capped by net.core.wmem_max/rmem_max as setsockopt does); 0 "
+           "keeps the system's default. Read when a sync daemon starts", engine=False),
 )}
+
+
+def check_sync_pair(threshold: int, period: int) -> None:
+    """The kernel's rule for its sync_threshold pair (proc_do_sync_threshold): threshold
+    below period, unless period is 0; SysctlError otherwise."""
+    if period and threshold >= period:
+        raise SysctlError(f"sysctl sync_threshold: {threshold} must be below sync_period "
+                          f"({period}) unless sync_period is 0")
 
 
 def check(name: str, value) -> int:
@@ -156,5 +190,6 @@ def format_values(values: dict[str, int]) -> str:
     return "".join(f"{n} = {values[n]}\n" for n in SYSCTLS if n in values)
 
 
-__all__ = ["SYSCTLS", "Sysctl", "SysctlError", "check", "defaults", "format_values",
+__all__ = ["SYSCTLS", "Sysctl", "SysctlError", "check", "check_sync_pair", "defaults",
+           "format_values",
            "parse_assignment", "parse_table"]

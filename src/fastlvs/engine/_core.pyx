@@ -35,10 +35,14 @@ Choices worth knowing:
   engine memory (fl_frame.xrec) and leaves as the fragments frag_cut makes of its output.
 - ICMP errors quoting a conn's packet are forwarded to its real server, or translated back
   to the client for NAT (dataplane/icmp.pxi), as ip_vs_in_icmp / ip_vs_out_icmp.
+- Connection sync (dataplane/sync.pxi): once started, a master decides per packet, with
+  Linux 6.1's policy, which conns and templates go into IPVS sync v1 messages (queued,
+  bounded by sync_qlen_max, handed out by sync_take); a backup checks and installs
+  datagrams in C. Its per-entry state (16 bytes) lives beside the table, made at start.
 - Firewall-mark services (dataplane/fwmark.pxi: the engine marks frames by match rules)
   and SCTP (dataplane/sctp.pxi: IPVS's SCTP states, CRC32c on NAT port changes).
-- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
+- Not yet: IPv6 forwarding (entries already hold 128-bit addresses), FTP's template
+  special case, fragmentation of TUN packets over the MTU without DF (they are sent as they are and counted oversize).
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
@@ -84,6 +88,7 @@ _SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in ENGINE_SYSCTLS.items()}
 
 include "dataplane/frag.pxi"
 include "dataplane/icmp.pxi"
+include "dataplane/sync.pxi"
 include "dataplane/batch.pxi"
 include "engine_api.pxi"
 

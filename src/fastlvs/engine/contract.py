@@ -71,6 +71,13 @@ ENGINE_SYSCTLS = {
     "drop_entry": (0, 0, 3), "drop_packet": (0, 0, 3), "secure_tcp": (0, 0, 3),
     "amemthresh": (1024, 0, 0xFFFFFFFF), "am_droprate": (10, 1, 0xFFFFFFFF),
     "nat_icmp_send": (0, 0, 1), "pmtu_disc": (1, 0, 1),
+    # connection sync (a master's sending policy): the kernel's sync_threshold sysctl is the
+    # pair "threshold period", here two names; sync_refresh_period in seconds (at most
+    # INT_MAX jiffies at HZ 250); sync_qlen_max counts messages (the kernel's default is a
+    # share of free memory: 15191 on the oracle's guest)
+    "sync_threshold": (3, 0, 0x7FFFFFFF), "sync_period": (50, 0, 0x7FFFFFFF),
+    "sync_refresh_period": (0, 0, 8589934), "sync_retries": (0, 0, 3),
+    "sync_persist_mode": (0, 0, 0x7FFFFFFF), "sync_qlen_max": (4096, 0, 1 << 24),
 }
 
 # -- limits ----------------------------------------------------------------------------------

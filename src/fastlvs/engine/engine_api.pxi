@@ -44,6 +44,13 @@ def _ip_text(uint32_t v):
     return f"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}"
 
 
+cdef _sync_addr(uint32_t *w, bint v6):
+    if v6:
+        return str(_ipaddress.IPv6Address((<object>w[0] << 96) | (<object>w[1] << 64)
+                                          | (<object>w[2] << 32) | w[3]))
+    return _ip_text(w[3])
+
+
 cdef class Engine:
     """One data-plane instance: conn table, services, dests, counters.
 
@@ -235,6 +242,7 @@ cdef class Engine:
         free(self.st.frag.xseg)
         free(self.st.frag.vset)
         free(self.st.frag.rset)
+        sync_free_all(&self.st)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -246,11 +254,20 @@ cdef class Engine:
     def capacity(self):
         return self.st.capacity
 
+    @property
+    def hash_size(self):
+        """Buckets of the connection hash table: the `size=` of ipvsadm's -L banner, which
+        is the kernel's conn_tab_size."""
+        return <uint64_t>1 << self.st.bucket_bits
+
     def memory_bytes(self):
         """Bytes allocated for the conn table, its buckets and, once drop_entry has been
-        set, its ring of embryonic entries (8 bytes a bucket)."""
+        set, its ring of embryonic entries (8 bytes a bucket), and once sync has been
+        started, its state per entry (16 bytes an entry)."""
         return (<uint64_t>self.st.capacity * sizeof(fl_conn)
-                + (<uint64_t>1 << self.st.bucket_bits) * (12 if self.st.embryo != NULL else 4))
+                + (<uint64_t>1 << self.st.bucket_bits) * (12 if self.st.embryo != NULL else 4)
+                + (<uint64_t>self.st.capacity * sizeof(fl_syncmeta)
+                   if self.st.sync.meta != NULL else 0))
 
     def conn_count(self):
         """Entries in use (conns and persistence templates), expired-but-unswept included."""
@@ -398,6 +415,8 @@ cdef class Engine:
             self.st.amemthresh = v
         elif name == "am_droprate":
             self.st.am_droprate = v
+        elif name.startswith("sync_"):
+            self._set_sync_sysctl(name, v)
         defense_update(&self.st)
 
     def sysctls(self):
@@ -410,7 +429,7 @@ cdef class Engine:
                 "drop_entry": st.drop_entry, "drop_packet": st.drop_packet,
                 "secure_tcp": st.secure_tcp, "amemthresh": st.amemthresh,
                 "am_droprate": st.am_droprate, "nat_icmp_send": st.nat_icmp_send,
-                "pmtu_disc": st.pmtu_disc}
+                "pmtu_disc": st.pmtu_disc, **self._sync_sysctls()}
 
     def defense_state(self):
         """The flood defences in force now: drop_entry (bool), drop_rate (drop_packet drops
@@ -1042,7 +1061,7 @@ cdef class Engine:
             d = &self.st.dests[c.dest]
             tmpl = bool(c.flags & CF_TEMPLATE)
             if tmpl:
-                state = "NONE"
+                state = "ASSURED" if c.state & 1 else "NONE"    # IP_VS_CTPL_S_*
             elif c.proto == 17:
                 state = "UDP"
             elif c.proto == IPPROTO_SCTP:
@@ -1059,3 +1078,175 @@ cdef class Engine:
                                  else conn_rport(&self.st, c),
                         "template": tmpl, "fwd": _FWD_TEXT.get(c.fwd, "")})
         return out, (end if end < self.st.used_end else None)
+
+    # -- connection sync (dataplane/sync.pxi) ------------------------------------------------------
+    def _set_sync_sysctl(self, name, uint64_t v):
+        cdef fl_sync *sy = &self.st.sync
+        if name == "sync_threshold":
+            # the kernel's sync_threshold pair: threshold below period, unless period is 0
+            if sy.period != 0 and v >= sy.period:
+                raise ValueError(f"sync_threshold must be below sync_period ({sy.period}), "
+                                 f"got {v}")
+            sy.threshold = <uint32_t>v
+        elif name == "sync_period":
+            if v != 0 and sy.threshold >= v:
+                raise ValueError(f"sync_period must be above sync_threshold "
+                                 f"({sy.threshold}) or 0, got {v}")
+            sy.period = <uint32_t>v
+        elif name == "sync_refresh_period":
+            sy.refresh_ms = v * 1000
+        elif name == "sync_retries":
+            sy.retries = <uint32_t>v
+        elif name == "sync_persist_mode":
+            sy.persist_mode = <uint32_t>v
+        elif name == "sync_qlen_max":
+            sy.qlen_max = <uint32_t>v
+
+    def _sync_sysctls(self):
+        cdef fl_sync *sy = &self.st.sync
+        return {"sync_threshold": sy.threshold, "sync_period": sy.period,
+                "sync_refresh_period": sy.refresh_ms // 1000, "sync_retries": sy.retries,
+                "sync_persist_mode": sy.persist_mode, "sync_qlen_max": sy.qlen_max}
+
+    def _sync_meta(self):
+        # the per-entry sync state, made when sync first starts (its conns start counting)
+        cdef uint32_t i
+        if self.st.sync.meta == NULL:
+            self.st.sync.meta = <fl_syncmeta *>calloc(self.st.capacity, sizeof(fl_syncmeta))
+            if self.st.sync.meta == NULL:
+                raise MemoryError("cannot allocate the sync state of the conn table")
+            for i in range(self.st.capacity):
+                self.st.sync.meta[i].endtime = (self.st.now // 1000000) & ~(<uint64_t>3)
+
+    def sync_start_master(self, int syncid, int maxlen):
+        """Start sending: from now on the packets of conns decide (sync_threshold, ...)
+        which conns and templates go into messages of syncid `syncid` (0-255) of at most
+        `maxlen` bytes (1..65507; an entry never fits in less than 44, and then has a
+        message of its own). Restarting a running master changes both and drops what
+        was not taken yet."""
+        if not 0 <= syncid <= 255:
+            raise ValueError(f"syncid must be 0..255, got {syncid}")
+        if not 1 <= maxlen <= 65507:
+            raise ValueError(f"sync maxlen must be 1..65507, got {maxlen}")
+        self._sync_meta()
+        sync_drop_queue(&self.st)
+        cap = max(maxlen, SYNC_HDR + SYNC_ENT4)
+        if cap != self.st.sync.bufcap:
+            sync_free_pool(&self.st)
+            self.st.sync.bufcap = cap
+        self.st.sync.maxlen = maxlen
+        self.st.sync.master_syncid = syncid
+        self.st.sync.master = 1
+
+    def sync_stop_master(self):
+        """Stop sending; messages not taken yet are dropped (as the kernel's are). A no-op
+        when not running."""
+        self.st.sync.master = 0
+        sync_drop_queue(&self.st)
+
+    def sync_start_backup(self, int syncid):
+        """Accept messages of syncid `syncid` (0: of any) in sync_receive."""
+        if not 0 <= syncid <= 255:
+            raise ValueError(f"syncid must be 0..255, got {syncid}")
+        self._sync_meta()
+        self.st.sync.backup_syncid = syncid
+        self.st.sync.backup = 1
+
+    def sync_stop_backup(self):
+        """Stop accepting messages; the conns installed stay until they expire."""
+        self.st.sync.backup = 0
+
+    def sync_take(self, now_ns):
+        """The whole messages ready to send at `now_ns` (frame-clock ns), oldest first: the
+        full ones, and the one being filled once it is 2 s old (IPVS_SYNC_FLUSH_TIME).
+        [] when not a master."""
+        cdef fl_sync *sy = &self.st.sync
+        cdef fl_syncbuf *b
+        cdef uint64_t now = now_ns
+        out = []
+        if not sy.master:
+            return out
+        sync_flush_due(&self.st, now, False)
+        while sy.qhead != NULL:
+            b = sy.qhead
+            sy.qhead = b.next
+            if sy.qhead == NULL:
+                sy.qtail = NULL
+            sy.qlen -= 1
+            out.append(b.data[:b.len])
+            sy.counters[SC_SENT] += 1
+            sy.counters[SC_SENT_CONNS] += b.nconns
+            sy.counters[SC_SENT_BYTES] += b.len
+            sync_buf_put(&self.st, b)
+        return out
+
+    def sync_receive(self, datagram, now_ns):
+        """Install or refresh the conns of one sync datagram (the UDP payload) at `now_ns`,
+        as a kernel backup does; a bad datagram or entry is counted by reason in
+        sync_stats(), never raised. RuntimeError when the backup is not running."""
+        cdef const uint8_t[::1] view = datagram
+        cdef uint32_t nout, nskip, k
+        cdef uint8_t skips[256]
+        cdef int r
+        cdef uint64_t now = now_ns
+        cdef fl_sync *sy = &self.st.sync
+        if not sy.backup:
+            raise RuntimeError("the sync backup is not running")
+        if now > self.st.now:
+            self.st.now = now
+        sy.counters[SC_RECEIVED] += 1
+        sy.counters[SC_RECEIVED_BYTES] += view.shape[0]
+        with nogil:
+            r = sync_read(&self.st, &view[0] if view.shape[0] else NULL,
+                          <uint32_t>view.shape[0], sy.backup_syncid, NULL, skips, &nout,
+                          &nskip, True, now)
+        sy.counters[SC_RECEIVED_CONNS] += nout
+        for k in range(nskip):
+            sy.counters[skips[k]] += 1
+        if r != 0:
+            sy.counters[r] += 1
+            sy.counters[SC_DROPPED] += 1
+
+    def sync_decode(self, datagram, int syncid=0):
+        """What sync_receive would install from `datagram`, installing nothing (a tool for
+        the tests that hold this decoder against fastlvs.sync.protocol.decode): (entries,
+        skipped, error) with entries as dicts of the wire's fields, skipped the reasons of
+        skipped entries and error the reason the rest was dropped (None), in
+        protocol.DROP_*/SKIP_* words."""
+        cdef const uint8_t[::1] view = datagram
+        cdef fl_syncent ents[256]
+        cdef uint8_t skips[256]
+        cdef uint32_t nout, nskip, k
+        cdef int r
+        cdef fl_syncent *s
+        cdef const uint8_t *buf = &view[0] if view.shape[0] else NULL
+        r = sync_read(&self.st, buf, <uint32_t>view.shape[0], syncid, ents, skips, &nout,
+                      &nskip, False, 0)
+        out = []
+        for k in range(nout):
+            s = &ents[k]
+            out.append({"protocol": s.proto, "caddr": _sync_addr(s.caddr, s.v6),
+                        "cport": s.cport, "vaddr": _sync_addr(s.vaddr, s.v6),
+                        "vport": s.vport, "daddr": _sync_addr(s.daddr, s.v6),
+                        "dport": s.dport, "flags": s.flags, "state": s.state,
+                        "timeout": s.timeout, "fwmark": s.fwmark,
+                        "in_seq": (s.seq[0], s.seq[1], s.seq[2]) if s.has_seq else None,
+                        "out_seq": (s.seq[3], s.seq[4], s.seq[5]) if s.has_seq else None,
+                        "pe_data": bytes(view[s.pe_off:s.pe_off + s.pe_len])
+                                   if s.has_pe else None,
+                        "pe_name": bytes(view[s.name_off:s.name_off + s.name_len])
+                                   .decode("latin-1") if s.has_pe and s.has_name else None})
+        skipped = [SYNC_COUNTER_NAMES[skips[k]][5:] for k in range(nskip)]
+        return out, skipped, (SYNC_COUNTER_NAMES[r][5:] if r else None)
+
+    def sync_stats(self):
+        """Sync counters by name: sent/sent_conns/sent_bytes/queue_overflow (messages
+        dropped at sync_qlen_max) of a master; received/received_conns/installed/updated,
+        refused_* (no service, no dest, table full, unsupported) and dropped with one
+        drop_*/skip_* counter per reason of a backup; queued and master/backup now."""
+        cdef fl_sync *sy = &self.st.sync
+        out = {SYNC_COUNTER_NAMES[i]: sy.counters[i] for i in range(SYNC_C_LAST)}
+        out["queued"] = sy.qlen + (1 if sy.cur != NULL else 0)
+        out["master"] = sy.master
+        out["backup"] = sy.backup
+        return out

@@ -19,6 +19,7 @@ import time
 
 from fastlvs.engine import contract as K
 from fastlvs.engine import reference_sctp as SCTP
+from fastlvs.engine.reference_sync import SyncMixin
 
 # -- the extension's own sizes and layout, which its public API reports ----------------------
 ENTRY_SIZE = 56                    # bytes per conn entry in the extension (entry_size)
@@ -656,7 +657,7 @@ def _check_mtu(mtu):
 # The engine
 # ---------------------------------------------------------------------------------------------
 
-class Engine:
+class Engine(SyncMixin):
     """One data-plane instance: conn table, services, dests, counters (reference version).
 
     Engine(capacity=1<<20, batch=64, local_ip="", local_mac="", mtu=1500, frag_mem=4 MiB),
@@ -725,6 +726,7 @@ class Engine:
         self.vict = []                # first; made when drop_entry is first set
         self.evict_horizon = 0        # last-packet time of the ring's middle embryo (ns)
         self.sysctl = {}
+        self._sync_init()
         for name, value in SYSCTL_DEFAULTS.items():
             self.set_sysctl(name, value)
 
@@ -738,10 +740,16 @@ class Engine:
     def capacity(self):
         return self._capacity
 
+    @property
+    def hash_size(self):
+        """Buckets of the connection hash table (the -L banner's size=)."""
+        return 1 << self._bucket_bits
+
     def memory_bytes(self):
         """Bytes the extension allocates for the conn table and its buckets."""
         per_bucket = 4 if self.embryo is None else 12
-        return self._capacity * ENTRY_SIZE + (1 << self._bucket_bits) * per_bucket
+        return (self._capacity * ENTRY_SIZE + (1 << self._bucket_bits) * per_bucket
+                + (self._capacity * 16 if self.sync_meta is not None else 0))
 
     def conn_count(self):
         """Entries in use (conns and persistence templates), expired-but-unswept included."""
@@ -846,6 +854,8 @@ class Engine:
             v = 1 if v else 0
         if not lo <= v <= hi:
             raise ValueError(f"{name} must be {lo}..{hi}, got {value!r}")
+        if name in ("sync_threshold", "sync_period"):
+            self._sync_check_pair(name, v)
         if name == "drop_entry" and v and self.embryo is None:
             self.embryo = collections.deque(maxlen=1 << self._bucket_bits)
         self.sysctl[name] = v
@@ -1427,6 +1437,7 @@ class Engine:
                 c.flags |= CF_NOOUTPUT
         c.timeout = NEW_CONN_TIMEOUT
         c.expires = now + NEW_CONN_TIMEOUT * NS
+        self._sync_meta_new(i, now)
         self._link(i, c, now)
         self._dest_bind(c)
         return i
@@ -1776,6 +1787,8 @@ class Engine:
         if reason is not None:
             self._drop(f, reason)
         c.expires = now + c.timeout * NS
+        if self.sync_meta is not None:
+            self._sync_in_packet(ci, now)
 
     def _forward_out(self, f, p, ci, now):
         # ip_vs_out / handle_response for a NAT reply
@@ -1804,6 +1817,8 @@ class Engine:
         if reason is not None:
             self._drop(f, reason)
         c.expires = now + c.timeout * NS
+        if self.sync_meta is not None:
+            self._sync_out_packet(ci)
 
     # -- new connections -----------------------------------------------------------------------
     @staticmethod
@@ -2683,7 +2698,7 @@ class Engine:
             v = self.vips[c.vip]
             d = self.dests[c.dest]
             if tmpl:
-                state = "NONE"
+                state = "ASSURED" if c.state & 1 else "NONE"    # IP_VS_CTPL_S_*
             elif c.proto == 17:
                 state = "UDP"
             elif c.proto == 132:

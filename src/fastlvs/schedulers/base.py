@@ -168,6 +168,9 @@ class Scheduler:
     valid_flags: frozenset[str] = frozenset()
     # ipvsadm's generic names for the scheduler flag bits, per scheduler (sh: flag-1 = sh-fallback).
     flag_aliases: dict[str, str] = {}
+    # The kernel keeps any of the three generic bits on any service (ipvsadm -s rr -b flag-1
+    # is accepted and listed); a scheduler reads only the bits it has a meaning for.
+    generic_flags: frozenset[str] = frozenset({"flag-1", "flag-2", "flag-3"})
 
     def __init__(self, servers: Iterable[RealServer], flags: Iterable[str] | None = None,
                  rng=None, clock=None):
@@ -191,8 +194,8 @@ class Scheduler:
         out = set()
         for f in flags:
             f = self.flag_aliases.get(f, f)
-            if f not in self.valid_flags:
-                valid = ", ".join(sorted(self.valid_flags)) or "none"
+            if f not in self.valid_flags and f not in self.generic_flags:
+                valid = ", ".join(sorted(self.valid_flags | self.generic_flags))
                 raise ValueError(f"unknown flag {f!r} for scheduler {self.name}; valid: {valid}")
             out.add(f)
         return frozenset(out)

@@ -85,6 +85,8 @@ cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *
     if r >= 0:
         frame_drop(e, f, r)
     c.expires = now + secs(c.timeout)
+    if fl_unlikely(e.sync.meta != NULL):
+        sync_in_packet(e, c, now)
 
 
 cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c,
@@ -115,6 +117,8 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
     if r >= 0:
         frame_drop(e, f, r)
     c.expires = now + secs(c.timeout)
+    if fl_unlikely(e.sync.meta != NULL):
+        sync_out_packet(e, c)
 
 
 cdef inline void persist_net(fl_svc *s, fl_pkt *p, uint32_t *snet) noexcept nogil:
@@ -407,6 +411,9 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 c = &e.conns[e.buckets[p.bucket] - 1]
                 fl_prefetch_w(c)
                 fl_prefetch_w(<char *>c + sizeof(fl_conn) - 1)
+                if e.sync.meta != NULL:
+                    # the sync state the packet will count in (sync_in_packet)
+                    fl_prefetch_w(&e.sync.meta[e.buckets[p.bucket] - 1])
         j = i - PREFETCH_AHEAD
         if j >= 0 and e.pkts[j].ok:
             if fl_likely(e.pkts[j].ok == 1):

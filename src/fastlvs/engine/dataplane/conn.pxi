@@ -548,6 +548,8 @@ cdef uint32_t conn_new(fl_engine *e, const uint32_t *caddr, uint16_t cport, uint
             c.flags |= CF_NOOUTPUT
     c.timeout = 3
     c.expires = now + secs(3)
+    if e.sync.meta != NULL:
+        sync_meta_reset(e, i - 1, now)
     conn_link(e, i - 1, conn_hash(e, caddr, cport, proto), now)
     dest_bind(e, c)
     return i

@@ -280,6 +280,87 @@ cdef struct fl_markrule:
     uint8_t _pad[3]
 
 
+cdef enum:
+    # sync counters (dataplane/sync.pxi's SYNC_COUNTER_NAMES, same order)
+    SC_SENT = 0
+    SC_SENT_CONNS = 1
+    SC_SENT_BYTES = 2
+    SC_QUEUE_OVERFLOW = 3
+    SC_QUEUE_OVERFLOW_CONNS = 4
+    SC_RECEIVED = 5
+    SC_RECEIVED_BYTES = 6
+    SC_RECEIVED_CONNS = 7
+    SC_INSTALLED = 8
+    SC_UPDATED = 9
+    SC_NO_SERVICE = 10
+    SC_NO_DEST = 11
+    SC_TABLE_FULL = 12
+    SC_UNSUPPORTED = 13
+    SC_REPLACED = 14
+    SC_DROPPED = 15
+    SD_SHORT = 16           # protocol.DROP_REASONS order, internal_error left out
+    SD_SIZE = 17
+    SD_SYNCID = 18
+    SD_VERSION = 19
+    SD_TRUNCATED = 20
+    SD_ENTRY_OVERRUN = 21
+    SD_ENTRY_VERSION = 22
+    SD_ENTRY_TYPE = 23
+    SD_ENTRY_SIZE = 24
+    SD_OPT_TRUNCATED = 25
+    SD_OPT_LENGTH = 26
+    SD_OPT_SEQ = 27
+    SD_OPT_PE_DATA = 28
+    SD_OPT_PE_NAME = 29
+    SK_OPTION = 30          # protocol.SKIP_REASONS order
+    SK_PROTOCOL = 31
+    SK_STATE = 32
+    SK_PE = 33
+    SYNC_C_LAST = 34
+
+
+cdef struct fl_syncmeta:
+    # What the sync master keeps of an entry (ip_vs_conn's in_pkts, old_state, sync_endtime),
+    # in a table beside the conn table that exists only once sync has been started: the
+    # entries stay 56 bytes and a director without sync pays nothing.
+    uint64_t endtime        # ms of frame time, low 2 bits the retries (sync_refresh_period)
+    uint32_t in_pkts
+    uint8_t old_state
+    uint8_t _pad[3]
+
+
+cdef struct fl_syncbuf:
+    # One sync message: the one being filled, queued, or in the pool of free ones.
+    fl_syncbuf *next
+    uint8_t *data
+    uint64_t first_ns       # frame time of its first entry (the flush is 2 s after)
+    uint32_t len
+    uint32_t cap
+    uint32_t nconns
+
+
+cdef struct fl_sync:
+    fl_syncmeta *meta       # capacity entries, NULL until sync is first started
+    fl_syncbuf *cur         # message being filled
+    fl_syncbuf *qhead       # queued messages, oldest first
+    fl_syncbuf *qtail
+    fl_syncbuf *pool        # free messages, all of `bufcap` bytes
+    uint32_t qlen
+    uint32_t bufcap
+    uint32_t maxlen
+    uint32_t threshold      # sync_threshold, sync_period, sync_refresh_period (ms),
+    uint32_t period         # sync_retries, sync_persist_mode, sync_qlen_max
+    uint64_t refresh_ms
+    uint32_t retries
+    uint32_t persist_mode
+    uint32_t qlen_max
+    uint8_t master
+    uint8_t backup
+    uint8_t master_syncid
+    uint8_t backup_syncid
+    uint64_t counters[SYNC_C_LAST]
+
+
 cdef struct fl_engine:
     fl_conn *conns
     uint32_t *buckets       # 1 + index of the chain head, 0 = empty
@@ -352,3 +433,4 @@ cdef struct fl_engine:
     fl_markrule *marks      # fwmark.pxi: the match rules in order, first match gives the mark
     uint32_t nmarks
     uint32_t sctp_timeouts[16]   # sctp.pxi: seconds per SCTP state (SCTP_S_*)
+    fl_sync sync            # connection sync (dataplane/sync.pxi)
