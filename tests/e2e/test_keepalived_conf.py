@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from fastlvs import settings
 from fastlvs.control.keepalived import load_keepalived
 from fastlvs.control.listing import format_list
 
@@ -51,7 +52,10 @@ def test_serves_what_keepalived_installs_and_reloads(bed, start):
     d = start("--keepalived-conf", path)
     assert any(f"{path}:4: vrrp_instance ignored (VRRP stays with keepalived)" in ln
                for ln in d.lines), d.stderr
-    assert d.admin("-Ln").stdout == format_list(load_keepalived(path).table)
+    # the banner's size= is the daemon's own hash size (--capacity), not a fixed 4096
+    capacity = settings.setting("capacity").default
+    assert d.admin("-Ln").stdout == format_list(load_keepalived(path).table,
+                                                conn_table_size=1 << (capacity - 1).bit_length())
     got = collections.Counter(bed.http_get(timeout=3.0) for _ in range(30))
     assert set(got) == {"rs1", "rs2"} and got["rs1"] == 2 * got["rs2"], got
 

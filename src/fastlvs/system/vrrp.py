@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import os
 import re
@@ -32,13 +33,16 @@ class VrrpError(Exception):
     """keepalived could not be started: the one line to print."""
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     # In the child, before exec: a fastlvs killed by SIGKILL still takes keepalived along
     # (SIGTERM, so keepalived drops its VIPs and the peer takes over at once).
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+    # a parent that died between fork and prctl sent no signal: go as it would have had us go
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class VrrpKeepalived:
@@ -87,7 +91,9 @@ class VrrpKeepalived:
         self._buf = b""
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+                                     start_new_session=True,
+                                     preexec_fn=functools.partial(_die_with_parent,
+                                                                  os.getpid()))
         os.set_blocking(self.proc.stdout.fileno(), False)
         self._started = time.monotonic()
 
