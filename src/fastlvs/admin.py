@@ -26,15 +26,17 @@ USAGE = f"""\
 fastlvs {__version__}: ipvsadm 1.31's syntax against the running fastlvs daemon
 Usage:
   {PROG} [--socket PATH] COMMAND [options]
-  {PROG} -A|E -t|u service-address [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags]
-  {PROG} -D -t|u service-address
+  {PROG} -A|E -t|u|f service-address [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags]
+  {PROG} -D -t|u|f service-address
   {PROG} -C
   {PROG} -R                    (rules from stdin, added to the current table)
   {PROG} -S [-n]
-  {PROG} -a|e -t|u service-address -r server-address [-g|-m|-i] [-w weight] [-x upper] [-y lower]
-  {PROG} -d -t|u service-address -r server-address
-  {PROG} -L|l [-n] [-t|u service-address] [-c] [--stats|--rate|--thresholds|--persistent-conn] [--exact] [--timeout]
-  {PROG} -Z [-t|u service-address]
+  {PROG} -a|e -t|u|f service-address -r server-address [-g|-m|-i] [-w weight] [-x upper] [-y lower]
+  {PROG} -d -t|u|f service-address -r server-address
+  {PROG} --mark-rule MARK,PROTO,PREFIX,PORTS  (fastlvs's own: frames that get MARK, for -f MARK)
+  {PROG} --del-mark-rules MARK
+  {PROG} -L|l [-n] [-t|u|f service-address] [-c] [--stats|--rate|--thresholds|--persistent-conn] [--exact] [--timeout]
+  {PROG} -Z [-t|u|f service-address]
   {PROG} --set tcp tcpfin udp
   {PROG} --start-daemon {{master|backup}} --mcast-interface IF [--syncid N] [--sync-maxlen N]
         [--mcast-group ADDR] [--mcast-port P] [--mcast-ttl T]
@@ -47,6 +49,8 @@ Usage:
                                (BGP: withdraw every VIP and drain, announce again, or list)
   {PROG} -h | -v
 
+A service-address is -t|--tcp-service, -u|--udp-service or --sctp-service ADDR:PORT, or
+-f|--fwmark-service MARK [-6].
 The socket is --socket PATH, else ${ctl.SOCKET_ENV}, else {ctl.DEFAULT_SOCKET}.
 Exit status: 0 done, 2 refused by the command line checks (or no daemon), 255 refused by the
 daemon, 1 a listing of a service that does not exist.

@@ -161,12 +161,17 @@ class Daemon:
                     raise StartupError(f"{o.config}: [[service]] cannot be combined with "
                                        "keepalived_conf (it gives the services)")
                 kc.table.sysctls = extra.table.sysctls
+                kc.table.marks = extra.table.marks      # for `virtual_server fwmark N`
         except (KeepalivedError, ConfigError) as e:
             raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"{e.filename or path}: {e.strerror}") from None
         for line in kc.warnings:
             log.warning("%s", line)
+        for svc in kc.table:
+            if svc.proto.value == "fwm" and not any(r.mark == svc.vport for r in kc.table.marks):
+                log.warning("%s: virtual_server fwmark %d: no [[mark]] rule gives this mark, "
+                            "so no frame reaches it", path, svc.vport)
         self._read = kc
         return kc.table
 
@@ -214,7 +219,7 @@ class Daemon:
             raise StartupError(str(e)) from None
         for svc in table:
             # a VIP not on this host is no error: a backup waits for it (_follow_vips)
-            problem = vip_problem(svc.vaddr)
+            problem = vip_problem(svc.vaddr) if svc.proto.value != "fwm" else None
             if problem:
                 raise StartupError(f"{svc.key.option_text()}: {problem}")
             for d in svc.dests:
@@ -430,7 +435,8 @@ class Daemon:
         address or local-route news (`reread`). One log line per VIP that comes or goes.
         Returns whether the steering must change."""
         old, new = self._vip_here, {}
-        for vip in sorted({svc.vaddr for svc in self.director.table}):
+        for vip in sorted({svc.vaddr for svc in self.director.table
+                           if svc.proto.value != "fwm"}):     # (a mark has no VIP)
             new[vip] = old[vip] if vip in old and not reread else vip_local(self.nl, vip)
         self._vip_here = new
         moved = False

@@ -57,10 +57,6 @@ CASES = {
         ["--mode", "dr", "-i", tb.lan_if, "--vip", f"{tb.vip}:80", "--rs", f"{tb.rips[0]}:80",
          "--cpu", "4095"],
         "--cpu: 4095"),
-    "SCTP service in rules": lambda tb: (
-        ["--mode", "dr", "-i", tb.lan_if, "--rules",
-         rules_file(tb, f"-A --sctp-service {tb.vip}:80 -s rr\n")],
-        "Protocol not supported"),
     "unknown scheduler in rules": lambda tb: (
         ["--mode", "dr", "-i", tb.lan_if, "--rules",
          rules_file(tb, f"-A -t {tb.vip}:80 -s nosuchsched\n")],

@@ -31,7 +31,7 @@ def run(*argv, stdin=""):
                                 "in the 'list' command"),
     (["-Q"], "unknown option '-Q'"),
     (["--socket"], "--socket: missing argument"),
-    (["-f", "1", "-A"], "-f: fastlvs does not support firewall-mark services (-f)"),
+    (["-f", "0", "-A"], "invalid fwmark value `0' specified"),
 ])
 def test_syntax_errors_need_no_daemon(argv, message, tmp_path):
     rc, out, err = run("--socket", str(tmp_path / "absent"), *argv)
@@ -49,7 +49,7 @@ def test_restore_text_is_checked_before_sending(tmp_path):
     rc, out, err = run("--socket", str(tmp_path / "absent"), "-R",
                        stdin="-A -t 1.2.3.4:80\n\n-L -n\n")
     assert (rc, err) == (2, "-:3: -L does not belong in a rules file (only -A -E -D -C -a -e -d "
-                            "-Z --set)\n")
+                            "-Z --set --mark-rule --del-mark-rules)\n")
 
 
 def test_daemon_not_running(tmp_path):

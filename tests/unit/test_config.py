@@ -96,9 +96,10 @@ BASE = '[[service]]\nvip = "10.0.0.1:80"\n'
     ('[director]\ncapacity = true\n', "f.toml:2: director.capacity: True is not an integer"),
     ('[director]\nbackend = "dpdk"\n',
      "f.toml:2: director.backend: 'dpdk' is not one of auto, xdp, packet"),
-    ('[servce]\n', "f.toml:1: servce: unknown key (valid: director, service, timeouts, sysctl, sync, bgp)"),
+    ('[servce]\n', "f.toml:1: servce: unknown key (valid: director, service, timeouts, sysctl, "
+                    "sync, bgp, mark)"),
     ('[[service]]\nproto = "tcp"\n', 'f.toml:1: service[0]: missing "vip" ("ip:port")'),
-    (BASE + 'proto = "sctp"\n', "f.toml:3: service[0].proto: 'sctp' is not one of tcp, udp"),
+    (BASE + 'proto = "icmp"\n', "f.toml:3: service[0].proto: 'icmp' is not one of tcp, udp, sctp"),
     ('[[service]]\nvip = "10.0.0.300:80"\n', "f.toml:2: service[0].vip: 10.0.0.300:80: "
      "'10.0.0.300' is not an IP address (host names are not looked up)"),
     ('[[service]]\nvip = "10.0.0.1:0"\n', "f.toml:2: service[0].vip: Zero port specified "

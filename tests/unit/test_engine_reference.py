@@ -53,7 +53,7 @@ def test_reference_imports_nothing_of_fastlvs_but_the_contract():
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "['fastlvs', 'fastlvs.engine', 'fastlvs.engine.contract', 'fastlvs.engine.reference', "
-        "'fastlvs.engine.reference_sync']",
+        "'fastlvs.engine.reference_sctp', 'fastlvs.engine.reference_sync']",
         "[]"]
 
 
@@ -71,7 +71,11 @@ def _imports_outside_stdlib(path):
 
 def test_reference_source_imports_only_the_stdlib_and_the_contract():
     outside = _imports_outside_stdlib(reference.__file__)
-    assert outside == {"fastlvs.engine.contract", "fastlvs.engine.reference_sync"}, outside
+    assert outside == {"fastlvs.engine.contract", "fastlvs.engine.reference_sync",
+                       "fastlvs.engine.reference_sctp"}, outside
+    # its SCTP part: the standard library only
+    assert _imports_outside_stdlib(reference.__file__.replace("reference.py",
+                                                              "reference_sctp.py")) == set()
     # its sync part: the contract, and the wire format once sync is used
     outside = _imports_outside_stdlib(reference_sync.__file__)
     assert outside == {"fastlvs.engine.contract", "fastlvs.sync"}, outside

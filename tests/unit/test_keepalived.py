@@ -245,13 +245,13 @@ def test_bad_input_is_one_error_naming_file_and_line(tmp_path, body, line, what)
     assert what in str(e.value) and "\n" not in str(e.value)
 
 
-def test_unknown_keywords_and_fwmark_are_warnings(tmp_path):
-    p = write(tmp_path, "bogus_top 1\nvirtual_server fwmark 5 {\n}\n" + VS % (
+def test_unknown_keywords_are_warnings(tmp_path):
+    p = write(tmp_path, "bogus_top 1\nbogus_two 2\n\n" + VS % (
         "  frobnicate yes\n  real_server 10.1.0.1 80 {\n    SMTP_CHECK {\n    }\n  }\n"))
     cfg = load_keepalived(p)
     assert cfg.warnings == [
         f"{p}:1: bogus_top ignored (not read by fastlvs)",
-        f"{p}:2: virtual_server ignored (fwmark virtual servers are not read yet)",
+        f"{p}:2: bogus_two ignored (not read by fastlvs)",
         f"{p}:7: frobnicate ignored (not read by fastlvs)",
         f"{p}:9: SMTP_CHECK ignored (this checker is not supported by fastlvs)",
         f"{p}:4: no lvs_sched: wlc, as keepalived defaults to"]
@@ -352,3 +352,27 @@ def test_udp_check_wildcards_and_reply_lengths(tmp_path):
     conf.write_text(conf.read_text().replace("require_reply 01xX 2x", "payload 0x"))
     with pytest.raises(KeepalivedError, match=r"udp.conf:5: payload: wildcard digits"):
         load_keepalived(conf)
+
+
+def test_virtual_server_fwmark_is_a_mark_service(tmp_path):
+    p = write(tmp_path, "virtual_server fwmark 7 {\n  lb_algo rr\n  lb_kind DR\n"
+                        "  protocol UDP\n  persistence_timeout 60\n"
+                        "  real_server 10.1.0.1 53 {\n  }\n  real_server 10.1.0.2 0 {\n  }\n}\n")
+    cfg = load_keepalived(p)
+    assert cfg.warnings == []
+    svc = cfg.table.get(ServiceKey(Proto.FWM, "0.0.0.0", 7))
+    assert (svc.sched_name, svc.timeout) == ("rr", 60)
+    # a mark's real servers keep their ports (0: the client's), DR or not
+    assert sorted((d.addr, d.port, d.fwd) for d in svc.dests) == [
+        ("10.1.0.1", 53, FwdMethod.DR), ("10.1.0.2", 0, FwdMethod.DR)]
+    assert format_list(cfg.table).splitlines()[3:] == [
+        "FWM  7 rr persistent 60",
+        "  -> 10.1.0.1:53                  Route   1      0          0         ",
+        "  -> 10.1.0.2:0                   Route   1      0          0         "]
+
+
+@pytest.mark.parametrize("mark", ["0", "4294967296", "x"])
+def test_virtual_server_fwmark_out_of_range_is_an_error(tmp_path, mark):
+    p = write(tmp_path, f"virtual_server fwmark {mark} {{\n}}\n")
+    with pytest.raises(KeepalivedError, match=f"{p}:1: virtual_server fwmark {mark}: not a mark"):
+        load_keepalived(p)

@@ -38,7 +38,7 @@ def test_enums_carry_ipvsadm_spellings():
         ("dr", "-g", "Route"), ("nat", "-m", "Masq"), ("tun", "-i", "Tunnel")]
     assert FwdMethod.of("Masq") is FwdMethod.NAT and FwdMethod.of("-i") is FwdMethod.TUN
     assert [(p.number, p.option, p.label) for p in Proto] == [
-        (6, "-t", "TCP"), (17, "-u", "UDP"), (132, "--sctp-service", "SCTP")]
+        (6, "-t", "TCP"), (17, "-u", "UDP"), (132, "--sctp-service", "SCTP"), (0, "-f", "FWM")]
     assert Proto.of("TCP") is Proto.TCP and Proto.of(17) is Proto.UDP
     with refused("Protocol not available"):
         Proto.of("icmp")

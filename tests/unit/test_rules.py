@@ -205,17 +205,16 @@ def test_service_names_as_ports_as_ipvsadm_save_without_n_writes():
      "rules.txt:2: --tun-type gue: fastlvs only does ipip tunnels"),
     ("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 192.168.1.1 -i --tun-csum\n",
      "rules.txt:2: Illegal 'tun-csum' option with the 'ipip' tunnel type"),
-    ("-A -f 1 -s rr\n",
-     "rules.txt:1: -f: fastlvs does not support firewall-mark services (-f)"),
+    ("-A -f 0 -s rr\n", "rules.txt:1: invalid fwmark value `0' specified"),
     ("-A -t 10.0.0.1:80 --pe sip\n",
      "rules.txt:1: --pe: fastlvs does not support persistence engines (--pe)"),
     ("--set 900 120\n", "rules.txt:1: --set option requires 3 timeout values"),
     ("-C extra\n", "rules.txt:1: unexpected argument extra"),
     ("--start-daemon master\n",
      "rules.txt:1: --start-daemon does not belong in a rules file (only -A -E -D -C -a -e -d -Z "
-     "--set)"),
+     "--set --mark-rule --del-mark-rules)"),
     ("-L -n\n", "rules.txt:1: -L does not belong in a rules file (only -A -E -D -C -a -e -d -Z "
-                "--set)"),
+                "--set --mark-rule --del-mark-rules)"),
     ("-t 10.0.0.1:80\n",
      "rules.txt:1: no command given (one of -A -E -D -C -a -e -d -L -Z -S -R --set)"),
 ])

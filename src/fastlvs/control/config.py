@@ -8,6 +8,7 @@ example is examples/fastlvs.toml.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field, make_dataclass
@@ -19,11 +20,12 @@ from fastlvs.control.ipvsadm import (MAX_RULE_THRESHOLD, MAX_RULE_WEIGHT, Comman
                                      parse_addrport)
 from fastlvs.engine import contract
 from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT,
-                                   ControlError, FwdMethod, Proto, ServiceTable)
+                                   ControlError, FwdMethod, Proto, ServiceTable, fwmark_key,
+                                   mark_rule)
 
 MODES = contract.FWD_NAMES
 BACKENDS = settings.BACKENDS
-PROTOS = ("tcp", "udp")              # what the engine forwards
+PROTOS = ("tcp", "udp", "sctp")      # what the engine forwards
 _FWD_NAMES = {"dr": FwdMethod.DR, "nat": FwdMethod.NAT, "tun": FwdMethod.TUN}
 
 
@@ -158,10 +160,12 @@ def _str(ctx, table, data, key, default, choices=None):
 
 # -- the tables ----------------------------------------------------------------------------
 _DIRECTOR_KEYS = settings.DIRECTOR_KEYS
-_SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest")
+_SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest",
+                 "fwmark")
+_MARK_KEYS = ("mark", "proto", "address", "ports")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
-_TOP_KEYS = ("director", "service", "timeouts", "sysctl", "sync", "bgp")
+_TOP_KEYS = ("director", "service", "timeouts", "sysctl", "sync", "bgp", "mark")
 
 
 def _director(ctx: _Ctx, data) -> DirectorConfig:
@@ -197,15 +201,27 @@ def _service(ctx: _Ctx, i: int, data, table: ServiceTable, mode: FwdMethod) -> N
     if not isinstance(data, dict):
         raise ctx.fail(t, None, "must be a table ([[service]])")
     _check_keys(ctx, t, data, _SERVICE_KEYS)
-    if "vip" not in data:
-        raise ctx.fail(t, None, 'missing "vip" ("ip:port")')
-    proto = Proto(_str(ctx, t, data, "proto", "tcp", PROTOS))
-    vip_text = _str(ctx, t, data, "vip", None)
-    try:
-        ip, port = parse_addrport(vip_text, proto, "")
-    except CommandError as e:
-        raise ctx.fail(t, "vip", str(e).strip()) from None
-    vport = 0 if port is None else port
+    if "fwmark" in data:
+        # a firewall-mark service: the [[mark]] rules say what reaches it
+        for k in ("vip", "proto"):
+            if k in data:
+                raise ctx.fail(t, k, "a fwmark service has no vip or proto (the [[mark]] "
+                               "rules say which frames get the mark)")
+        try:
+            key = fwmark_key(_int(ctx, t, data, "fwmark", 0, 1, 2**32 - 1))
+        except ControlError as e:
+            raise ctx.fail(t, "fwmark", str(e)) from None
+        proto, ip, vport = key.proto, ipaddress.ip_address(key.vaddr), key.vport
+    else:
+        if "vip" not in data:
+            raise ctx.fail(t, None, 'missing "vip" ("ip:port") or "fwmark"')
+        proto = Proto(_str(ctx, t, data, "proto", "tcp", PROTOS))
+        vip_text = _str(ctx, t, data, "vip", None)
+        try:
+            ip, port = parse_addrport(vip_text, proto, "")
+        except CommandError as e:
+            raise ctx.fail(t, "vip", str(e).strip()) from None
+        vport = 0 if port is None else port
     sched = _str(ctx, t, data, "scheduler", DEFAULT_SCHEDULER)
     if "persistent" in data and data["persistent"] is True:
         timeout = DEFAULT_PERSISTENT_TIMEOUT          # ipvsadm's bare -p
@@ -253,11 +269,14 @@ def _dest(ctx: _Ctx, t: str, data, table: ServiceTable, svc, mode: FwdMethod) ->
         raise ctx.fail(t, None, 'missing "address" ("ip[:port]")')
     text = _str(ctx, t, data, "address", None)
     try:
-        ip, port = parse_addrport(text, svc.proto, "")
+        ip, port = parse_addrport(text, Proto.TCP if svc.proto is Proto.FWM else svc.proto, "")
     except CommandError as e:
         raise ctx.fail(t, "address", str(e).strip()) from None
     fwd = _FWD_NAMES[_str(ctx, t, data, "fwd", mode.value, MODES)]
-    if fwd in (FwdMethod.DR, FwdMethod.TUN):
+    if svc.proto is Proto.FWM:
+        # a mark's dest: port 0 (the default) keeps the client's destination port
+        port = 0 if port is None else port
+    elif fwd in (FwdMethod.DR, FwdMethod.TUN):
         # The packet keeps its destination port in DR and TUN; ipvsadm silently rewrites a
         # different -r port, a configuration file says so instead.
         if port is not None and port != svc.vport:
@@ -277,6 +296,26 @@ def _dest(ctx: _Ctx, t: str, data, table: ServiceTable, svc, mode: FwdMethod) ->
         key = "l_threshold" if "l_threshold" in str(e) else \
               "fwd" if "address family" in e.message else "address"
         raise ctx.fail(t, key, str(e)) from None
+
+
+def _mark(ctx: _Ctx, i: int, data, table: ServiceTable) -> None:
+    t = f"mark[{i}]"
+    if not isinstance(data, dict):
+        raise ctx.fail(t, None, "must be a table ([[mark]])")
+    _check_keys(ctx, t, data, _MARK_KEYS)
+    if "mark" not in data:
+        raise ctx.fail(t, None, 'missing "mark" (1..4294967295)')
+    ports = data.get("ports", "any")
+    if isinstance(ports, bool) or not isinstance(ports, (int, str)):
+        raise ctx.fail(t, "ports", f"{ports!r} is not a port, \"N-M\" or \"any\"")
+    try:
+        rule = mark_rule(_int(ctx, t, data, "mark", 0, 1, 2**32 - 1),
+                         _str(ctx, t, data, "proto", "any", PROTOS + ("any",)),
+                         _str(ctx, t, data, "address", "any"), ports)
+        table.add_mark_rule(rule)
+    except ControlError as e:
+        key = "ports" if "ports" in str(e) else "address" if "address" in str(e) else None
+        raise ctx.fail(t, key, e.detail or str(e)) from None
 
 
 def _timeouts(ctx: _Ctx, data, table: ServiceTable) -> None:
@@ -313,6 +352,11 @@ def parse_config(text: str, filename: str = "fastlvs.toml") -> Config:
     services = data.get("service", [])
     if not isinstance(services, list):
         raise ctx.fail("", "service", "must be an array of tables ([[service]])")
+    marks = data.get("mark", [])
+    if not isinstance(marks, list):
+        raise ctx.fail("", "mark", "must be an array of tables ([[mark]])")
+    for i, m in enumerate(marks):
+        _mark(ctx, i, m, table)
     for i, s in enumerate(services):
         _service(ctx, i, s, table, director.fwd)
     if "timeouts" in data:

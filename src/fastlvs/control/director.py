@@ -16,7 +16,7 @@ from typing import Callable
 from fastlvs import schedulers
 from fastlvs.control.listing import conn_header, conn_lines, format_list
 from fastlvs.control.model import (RATE_FIELDS, STAT_FIELDS, ControlError, FwdMethod, Service,
-                           NoRoute, ServiceKey, ServiceTable, addrport)
+                           NoRoute, ServiceKey, ServiceTable, addrport, Proto, MarkRule)
 from fastlvs.control.ipvsadm import Command, apply_command, describe
 from fastlvs.control.rules import dump_rules, iter_rules
 from fastlvs.control import sysctl as _sysctl
@@ -35,6 +35,28 @@ _EST_ROUND = (0x1FF, 0x1FF, 0x1FF, 0xF, 0xF)        # ip_vs_read_estimator's rou
 _EST_SCALE = (10, 10, 10, 5, 5)
 
 NextHop = Callable[[str], "tuple[bytes | str, int]"]
+
+# Steering a mark's traffic: the nft sets and the XDP map hold exact (proto, addr, port)
+# keys or whole addresses (port 0), so a rule is spelt out address by address; a port range
+# wider than MARK_STEER_PORTS takes the whole address (its other ports reach the engine and
+# pass back to the host), and a rule over more than MARK_STEER_KEYS keys is refused.
+MARK_STEER_PORTS = 64
+MARK_STEER_KEYS = 4096
+MARK_PROTOS = ("tcp", "udp", "sctp")
+
+
+def mark_rule_keys(rule: MarkRule) -> list[tuple[str, str, int]]:
+    """(proto, addr, port) steering keys covering `rule`; ControlError when too many."""
+    net = ipaddress.ip_network(rule.prefix)
+    protos = MARK_PROTOS if rule.proto == "any" else (rule.proto,)
+    nports = rule.port_hi - rule.port_lo + 1
+    ports = [0] if nports > MARK_STEER_PORTS else range(rule.port_lo, rule.port_hi + 1)
+    if net.num_addresses * len(ports) * len(protos) > MARK_STEER_KEYS:
+        raise ControlError("invalid mark rule", errno.E2BIG,
+                           f"{rule.text()}: covers more than {MARK_STEER_KEYS} "
+                           f"(protocol, address, port) steering keys; use a longer prefix")
+    return [(p, str(a), port) for p in protos for a in net for port in ports]
+
 
 CONN_SLICE = 512        # engine slots behind one piece of iter_conns(): a fraction of a ms
 
@@ -107,6 +129,9 @@ class Director:
             apply_command(self.table, cmd)
             return None
         result = apply_command(self.table, cmd)
+        if cmd.name in ("mark-rule", "del-mark-rules"):
+            self._push_marks()
+            return result
         if cmd.name == "set":
             self.engine.set_timeouts(*cmd.timeouts)
             return result
@@ -146,6 +171,7 @@ class Director:
                                  table.timeouts["udp"])
         if table.sysctls is not None:
             self.apply_sysctls({**_sysctl.defaults(), **table.sysctls})
+        self._push_marks()
         for svc in table:
             self._live.pop(self._svc_ids.get(svc.key, 0), None)
             self._sync_service(svc, True, None, resolved)
@@ -155,6 +181,8 @@ class Director:
         """ControlError (one line naming the service) when `table` holds what the engine
         cannot forward: an SCTP service, a real server of the other family, more services than
         the engine has ids for. Changes nothing."""
+        for rule in table.marks:
+            mark_rule_keys(rule)
         new = sum(1 for svc in table if svc.key not in self._svc_ids)
         if len(self._svc_ids) + new > contract.MAX_SERVICES:
             raise ControlError("Cannot allocate memory", errno.ENOMEM,
@@ -170,6 +198,8 @@ class Director:
 
     @staticmethod
     def _check_service(key: ServiceKey) -> None:
+        if key.proto is Proto.FWM and key.af == 4:
+            return
         if key.proto.value not in contract.PROTOCOLS:
             raise ControlError(os.strerror(errno.EPROTONOSUPPORT), errno.EPROTONOSUPPORT,
                                f"fastlvs forwards {' and '.join(contract.PROTOCOLS)} only")
@@ -192,6 +222,8 @@ class Director:
                                f"{addr}: IPv6 addresses in ::/96 are not forwarded")
 
     def _check_supported(self, cmd: Command) -> None:
+        if cmd.name == "mark-rule":
+            mark_rule_keys(cmd.mark_rule)
         if cmd.name in ("add-service", "edit-service") and cmd.service is not None:
             self._check_service(cmd.service)
         if cmd.name in ("add-server", "edit-server") and cmd.dest_addr is not None:
@@ -383,7 +415,7 @@ class Director:
     def vips(self) -> dict[str, list[str]]:
         """{"served": [...], "absent": [...]}: the table's VIPs, in address order, by
         whether they are on this host now (absent ones wait: a VRRP backup's)."""
-        addrs = sorted({svc.vaddr for svc in self.table},
+        addrs = sorted({svc.vaddr for svc in self.table if svc.proto is not Proto.FWM},
                        key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))
         return {"served": [a for a in addrs if a not in self._vips_absent],
                 "absent": [a for a in addrs if a in self._vips_absent]}
@@ -399,6 +431,15 @@ class Director:
         for ifindex in self.interfaces():
             want.setdefault(ifindex, set())
         for svc in self.table:
+            if svc.proto is Proto.FWM:
+                # what the mark's rules cover; its NAT replies from every protocol they name
+                want[client_ifindex] |= self._mark_steering(svc)
+                for d in svc.dests:
+                    oif = self.dest_ifindex(svc.key, d)
+                    if d.fwd is FwdMethod.NAT and oif is not None:
+                        for proto in self._mark_protos(svc.vport):
+                            want.setdefault(oif, set()).add(("rserver", proto, d.addr, d.port))
+                continue
             if svc.vaddr not in self._vips_absent:
                 want[client_ifindex].add(("service", svc.proto.value, svc.vaddr, svc.vport))
             for d in svc.dests:
@@ -627,13 +668,16 @@ class Director:
                     if id(d) not in self._dest_by_obj or dests_changed}
         kind = contract.HASH_KINDS.get(svc.sched_name, contract.SCHED_CALLBACK)
         flag_bits = contract.sched_flag_bits(svc.flags)
-        self.engine.set_service(sid, svc.proto.number, svc.vaddr, svc.vport,
-                                persist_timeout=svc.timeout,
-                                netmask=svc.netmask,
-                                sched=kind, sched_flags=flag_bits, ops=svc.ops)
-        # always: a service deleted while its VIP was away may come back to a present one
-        self.engine.set_vip_served(svc.proto.number, svc.vaddr, svc.vport,
-                                   svc.vaddr not in self._vips_absent)
+        if svc.proto is Proto.FWM:
+            self._set_fwm_service(sid, svc, kind, flag_bits)
+        else:
+            self.engine.set_service(sid, svc.proto.number, svc.vaddr, svc.vport,
+                                    persist_timeout=svc.timeout,
+                                    netmask=svc.netmask,
+                                    sched=kind, sched_flags=flag_bits, ops=svc.ops)
+            # always: a service deleted while its VIP was away may come back to a present one
+            self.engine.set_vip_served(svc.proto.number, svc.vaddr, svc.vport,
+                                       svc.vaddr not in self._vips_absent)
         present = set()
         for d in svc.dests:
             did = self._dest_id(svc.key, d)
@@ -668,6 +712,34 @@ class Director:
             table = [ids[i - 1] if i else 0 for i in sched.lookup_table()]
             self.engine.set_hash_table(sid, table, kind, flag_bits)
 
+    # -- firewall-mark services ------------------------------------------------------------------
+    def _set_fwm_service(self, sid: int, svc: Service, kind: int, flag_bits: int) -> None:
+        self.engine.set_fwm_service(sid, svc.vport, persist_timeout=svc.timeout,
+                                    netmask=svc.netmask, sched=kind, sched_flags=flag_bits)
+
+    def _push_marks(self) -> None:
+        self.engine.set_marks([r.engine_row() for r in self.table.marks])
+
+    def _mark_steering(self, svc: Service) -> set[tuple[str, str, str, int]]:
+        """The ("service", proto, addr, port) keys of what `svc`'s mark's rules cover (port
+        0: every port of the address, for a rule over more than MARK_STEER_PORTS ports)."""
+        keys = set()
+        for r in self.table.marks:
+            if r.mark != svc.vport:
+                continue
+            for proto, addr, port in mark_rule_keys(r):
+                keys.add(("service", proto, addr, port))
+        return keys
+
+    def _mark_protos(self, mark: int) -> list[str]:
+        out = []
+        for r in self.table.marks:
+            if r.mark == mark:
+                for p in (MARK_PROTOS if r.proto == "any" else (r.proto,)):
+                    if p not in out:
+                        out.append(p)
+        return out
+
     def _push_dest(self, did: int, sid: int, d, hop: tuple) -> None:
         # hop = (next-hop MAC, ifindex[, our MAC on that interface])
         # a port-0 service's NAT replies come from every port of the server (its conns keep
@@ -681,6 +753,8 @@ class Director:
     def _live_proto(self, sid: int) -> str:
         for key, i in self._svc_ids.items():
             if i == sid:
+                if key.proto is Proto.FWM:
+                    return (self._mark_protos(key.vport) or ["tcp"])[0]
                 return key.proto.value
         return "tcp"
 

@@ -33,6 +33,8 @@ def _real_weight(w: int) -> int:
 
 
 def _svc_text(key: ServiceKey) -> str:
+    if key.proto.value == "fwm":
+        return f"FWM {key.vport}"           # a mark has no address
     return f"{key.proto.value.upper()} {addrport(key.vaddr, key.vport)}"
 
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from fastlvs import schedulers as _schedulers
 from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT,
                            ControlError, FwdMethod, Proto, ServiceKey, ServiceTable, addrport,
-                           check_sched_flags)
+                           MarkRule, check_sched_flags, fwmark_key, parse_mark_rule)
 
 MAX_RULE_WEIGHT = 65535          # ipvsadm's -w range is 0..65535 (the kernel takes more)
 MAX_RULE_THRESHOLD = 2**31 - 1   # ipvsadm's -x/-y range is 0..INT_MAX
@@ -57,6 +57,10 @@ _OPTIONS = [
     _Opt("S", "save", _NONE, "cmd:save"),
     _Opt(None, "start-daemon", _REQ, "cmd:start-daemon"),
     _Opt(None, "stop-daemon", _REQ, "cmd:stop-daemon"),
+    # fastlvs' own: the firewall-mark match rules (MARK,PROTO,PREFIX,PORTS), as no netfilter
+    # marks the frames fastlvs sees
+    _Opt(None, "mark-rule", _REQ, "cmd:mark-rule"),
+    _Opt(None, "del-mark-rules", _REQ, "cmd:del-mark-rules"),
     _Opt("t", "tcp-service", _REQ, "service-address", "tcp"),
     _Opt("u", "udp-service", _REQ, "service-address", "udp"),
     _Opt(None, "sctp-service", _REQ, "service-address", "sctp"),
@@ -84,7 +88,7 @@ _OPTIONS = [
     _Opt(None, "nosort", _NONE, "nosort"),
     _Opt(None, "sort", _NONE, ""),             # a no-op ipvsadm keeps for compatibility
     _Opt("X", "exact", _NONE, "exact"),
-    _Opt("6", "ipv6", _NONE, "", "ipv6"),       # only meaningful with -f, which we refuse
+    _Opt("6", "ipv6", _NONE, "", "ipv6"),       # only meaningful with -f
     _Opt("o", "ops", _NONE, "ops"),
     _Opt(None, "pe", _REQ, "pe"),
     _Opt("b", "sched-flags", _REQ, "sched-flags"),
@@ -136,6 +140,8 @@ _COMMAND_OPTIONS: dict[str, tuple[frozenset, frozenset]] = {
     "restore": (frozenset(), frozenset()),
     "save": (frozenset(), frozenset({"numeric"})),
     "zero": (frozenset(), frozenset({"service-address"})),
+    "mark-rule": (frozenset(), frozenset()),
+    "del-mark-rules": (frozenset(), frozenset()),
 }
 # The short form of each command, as messages and dumps spell it.
 COMMAND_FLAGS = {
@@ -143,12 +149,13 @@ COMMAND_FLAGS = {
     "list": "-L", "add-server": "-a", "edit-server": "-e", "delete-server": "-d",
     "set": "--set", "start-daemon": "--start-daemon", "stop-daemon": "--stop-daemon",
     "restore": "-R", "save": "-S", "zero": "-Z", "help": "-h", "version": "-v",
+    "mark-rule": "--mark-rule", "del-mark-rules": "--del-mark-rules",
 }
 # Commands that change a ServiceTable: the ones a rules file may hold.
 TABLE_COMMANDS = frozenset({"add-service", "edit-service", "delete-service", "flush",
-                            "add-server", "edit-server", "delete-server", "zero", "set"})
+                            "add-server", "edit-server", "delete-server", "zero", "set",
+                            "mark-rule", "del-mark-rules"})
 _UNSUPPORTED = {
-    "fwmark": "firewall-mark services (-f)",
     "ipv6": "-6 (it only applies to firewall-mark services)",
     "pe": "persistence engines (--pe)",
 }
@@ -207,6 +214,8 @@ class Command:
     nosort: bool = False
     exact: bool = False
     tun_info: bool = False
+    mark_rule: MarkRule | None = None     # --mark-rule
+    mark: int = 0                         # --del-mark-rules
     sync: SyncDaemonOptions | None = None     # --start-daemon / --stop-daemon
 
     @property
@@ -366,6 +375,7 @@ def parse_command(argv: list[str]) -> Command:
     given: dict[str, tuple[_Opt, str, str | None]] = {}
     positional: list[str] = []
     ipv6_flag = None
+    mark_arg = None
     daemon_state = None
     for opt, spelled, value in _tokenize(argv):
         if opt == "arg":
@@ -376,6 +386,7 @@ def parse_command(argv: list[str]) -> Command:
                 raise CommandError("multiple commands specified")
             cmd_name = opt.slot[4:]
             daemon_state = value           # --start-daemon/--stop-daemon master|backup
+            mark_arg = value               # --mark-rule / --del-mark-rules
             continue
         if opt.value == "ipv6":
             ipv6_flag = spelled
@@ -390,6 +401,8 @@ def parse_command(argv: list[str]) -> Command:
     cmd = Command(cmd_name)
     if cmd_name in ("help", "version"):
         return cmd
+    if cmd_name in ("mark-rule", "del-mark-rules"):
+        return _mark_command(cmd, mark_arg, given, positional)
 
     # Which options this command needs and allows, in ipvsadm's order and words.
     required, allowed = _COMMAND_OPTIONS[cmd_name]
@@ -418,7 +431,8 @@ def parse_command(argv: list[str]) -> Command:
         what = _UNSUPPORTED.get(opt.value or slot)
         if what:
             raise CommandError(f"{spelled}: fastlvs does not support {what}")
-    if ipv6_flag:
+    fwmark = "service-address" in given and given["service-address"][0].value == "fwmark"
+    if ipv6_flag and not fwmark:
         raise CommandError(f"{ipv6_flag}: fastlvs does not support {_UNSUPPORTED['ipv6']}")
 
     # Positional arguments: only --set has them.
@@ -433,7 +447,9 @@ def parse_command(argv: list[str]) -> Command:
     def value(slot):
         return given[slot][2] if slot in given else None
 
-    if "service-address" in given:
+    if fwmark:
+        cmd.service = _fwmark_service(given["service-address"], ipv6_flag)
+    elif "service-address" in given:
         opt, spelled, text = given["service-address"]
         proto = Proto(opt.value)
         ip, port = parse_addrport(text, proto, spelled)
@@ -462,6 +478,33 @@ def parse_command(argv: list[str]) -> Command:
                 ((cmd.list_timeout or cmd.daemon) and cmd.persistent_conn):
             raise CommandError("options conflicts in the list command")
     return cmd
+
+
+def _mark_command(cmd: Command, arg, given, positional) -> Command:
+    if given or positional:
+        extra = next(iter(given)) if given else positional[0]
+        raise CommandError(f"--{cmd.name} takes one argument and no options, got {extra!r}")
+    try:
+        if cmd.name == "mark-rule":
+            cmd.mark_rule = parse_mark_rule(arg)
+        else:
+            cmd.mark = parse_mark_rule(f"{arg},any,any,any").mark
+    except ControlError as e:
+        raise CommandError(f"--{cmd.name} {arg}: {e.detail}") from None
+    return cmd
+
+
+def _fwmark_service(given_opt, ipv6_flag) -> ServiceKey:
+    # -f MARK [-6]: ipvsadm reads the mark as an unsigned 32-bit number and prints it
+    # signed, so what its -S wrote (-1 for 4294967295) comes back as the same mark
+    opt, spelled, text = given_opt
+    t = (text or "").strip()
+    if not _NUMBER.match(t) or not -2**31 <= int(t) <= 2**32 - 1:
+        raise CommandError(f"invalid fwmark value `{text}' specified")
+    mark = int(t) % 2**32
+    if mark == 0:
+        raise CommandError(f"invalid fwmark value `{text}' specified")
+    return fwmark_key(mark, 6 if ipv6_flag else 4)
 
 
 def _sync_options(cmd_name: str, state: str | None, value) -> SyncDaemonOptions:
@@ -532,8 +575,9 @@ def _dest_options(cmd: Command, given, value) -> None:
     opt, spelled, text = given["real-server"]
     ip, port = parse_addrport(text, cmd.service.proto, spelled)
     cmd.dest_addr = str(ip)
-    # ipvsadm: a real server without a port gets the service's port.
-    cmd.dest_port = cmd.service.vport if port is None else port
+    # ipvsadm: a real server without a port gets the service's port (0 for a mark's).
+    fwm = cmd.service.proto is Proto.FWM
+    cmd.dest_port = (0 if fwm else cmd.service.vport) if port is None else port
     if cmd.name == "delete-server":
         return
     if "forwarding-method" in given:
@@ -558,7 +602,7 @@ def _dest_options(cmd: Command, given, value) -> None:
             raise CommandError(f"Illegal '{slot}' option with the 'ipip' tunnel type")
     # With DR and TUN the packet keeps its destination port, so ipvsadm makes the real
     # server's port the service's whatever was written.
-    if cmd.fwd in (FwdMethod.DR, FwdMethod.TUN):
+    if cmd.fwd in (FwdMethod.DR, FwdMethod.TUN) and not fwm:
         cmd.dest_port = cmd.service.vport
     if ip.version != cmd.service.af and cmd.fwd is not FwdMethod.TUN:
         raise CommandError("Different address family is allowed only for tunneling servers")
@@ -596,6 +640,10 @@ def apply_command(table: ServiceTable, cmd: Command):
         return table.zero(s)
     if cmd.name == "set":
         return table.set_timeouts(*cmd.timeouts)
+    if cmd.name == "mark-rule":
+        return table.add_mark_rule(cmd.mark_rule)
+    if cmd.name == "del-mark-rules":
+        return table.delete_mark_rules(cmd.mark)
     raise CommandError(f"{cmd.flag}: does not change the table")
 
 

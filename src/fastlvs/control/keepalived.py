@@ -398,6 +398,7 @@ class _Virtual:
     flags: list = field(default_factory=list)
     reals: list = field(default_factory=list)
     sorry: dict | None = None
+    fwmark: int = 0              # virtual_server fwmark N
 
 
 class _Reader:
@@ -561,9 +562,8 @@ class _Reader:
         vs = _Virtual(s.where)
         first = _arg(s)
         if first == "fwmark":
-            self.ignore(s, "fwmark virtual servers are not read yet")
-            return
-        if first == "group":
+            vs.fwmark = _fwmark(s)
+        elif first == "group":
             vs.group = _arg(s, 2)
         else:
             vs.addr = _addr(s, first, "virtual server address")
@@ -835,6 +835,11 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
             warnings.append(f"{where}: virtual_server group {vs.group} has no address entries; "
                             "ignored")
             return
+    elif vs.fwmark:
+        # a firewall-mark service: the mark stands where the port would (fastlvs' mark
+        # rules, not netfilter, say which frames carry it); its `protocol` does not matter
+        endpoints = [("0.0.0.0", vs.fwmark, where)]
+        own["proto"] = Proto.FWM
     else:
         endpoints = [(str(vs.addr), vs.port, where)]
     af = ipaddress.ip_address(endpoints[0][0]).version
@@ -917,8 +922,8 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
         alive = []                                 # dests keepalived marks alive
         for rs in reals:
             fwd = rs.own.get("fwd", vfwd)
-            port = _dest_port(rs.port, fwd, vport, rs.where, warnings,
-                              first=(vaddr, vport) == endpoints[0][:2])
+            port = rs.port if vs.fwmark else _dest_port(
+                rs.port, fwd, vport, rs.where, warnings, first=(vaddr, vport) == endpoints[0][:2])
             weight = weight_of[id(rs)]
             checks = tuple(_spec(c, rs, vs, port) for c in rs.checks)
             inhibit = rs.own.get("inhibit_on_failure", own.get("inhibit_on_failure", False))
@@ -952,6 +957,15 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
         if sorry is not None and sorry.inhibit:
             _add_sorry(table, key, sorry, 0, vs.where)
         health.services[key] = vh
+
+
+def _fwmark(s: _Stmt) -> int:
+    """The N of `virtual_server fwmark N` (1..2**32-1)."""
+    text = _arg(s, 2)
+    if not text.isdigit() or not 1 <= int(text) <= 2**32 - 1:
+        raise KeepalivedError(s.where, f"virtual_server fwmark {text}: not a mark "
+                              "1..4294967295")
+    return int(text)
 
 
 def _dest_port(port: int, fwd: FwdMethod, vport: int, where: str, warnings: list,

@@ -12,7 +12,7 @@ import ipaddress
 from typing import Callable, Iterable, NamedTuple
 
 from fastlvs.control.model import (ControlError, FwdMethod, Proto, Service, ServiceTable, addrport,
-                           flag_bits, service_key)
+                           flag_bits, fwmark_text, service_key)
 
 IPVS_VERSION = "1.2.1"           # what every kernel since 2.6.x reports (IP_VS_VERSION_CODE)
 DEFAULT_CONN_TABLE_SIZE = 4096   # the kernel's default conn_tab_bits = 12
@@ -51,8 +51,15 @@ def _cmp_addr(af: int, a: tuple, b: tuple) -> int:
     return _c_int(a[0] - b[0])
 
 
+def _fwmark(svc: Service) -> int:
+    return svc.vport if svc.proto is Proto.FWM else 0
+
+
 def _cmp_services(s1: Service, s2: Service) -> int:
-    # fwmark (always 0 here), af, protocol, address, port: libipvs' service comparator.
+    # fwmark, af, protocol, address, port: libipvs' service comparator.
+    r = _c_int(_fwmark(s1) - _fwmark(s2))
+    if r:
+        return r
     r = _AF_NUMBER[s1.af] - _AF_NUMBER[s2.af]
     if r:
         return r
@@ -143,6 +150,9 @@ def sched_flags_text(service: Service) -> str:
 
 
 def _svc_name(svc: Service) -> str:
+    if svc.proto is Proto.FWM:
+        # ipvsadm prints the mark as a signed int, and names the family of a v6 one
+        return f"FWM  {fwmark_text(svc.vport)}" + (" IPv6" if svc.af == 6 else "")
     name = f"{svc.proto.label:<4} {addrport(svc.vaddr, svc.vport)}"
     # ipvsadm cuts IPv4 names at 33 characters (only a long host name can get there).
     return name if svc.af == 6 else name[:33]

@@ -83,6 +83,10 @@ def _paced(rows, every: int = 64):
 def backend_labels(svc, dest) -> tuple[str, ...]:
     """node_exporter's label values of one real server of one service, in BACKEND_LABELS
     order."""
+    if svc.proto.value == "fwm":
+        # as node_exporter labels a fwmark service read from /proc/net/ip_vs: no address,
+        # port 0, the mark in local_mark
+        return ("", "0", dest.addr, str(dest.port), "FWM", str(svc.vport))
     return (svc.vaddr, str(svc.vport), dest.addr, str(dest.port), svc.proto.label, "")
 
 

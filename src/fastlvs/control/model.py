@@ -63,6 +63,7 @@ class Proto(enum.Enum):
     TCP = "tcp"
     UDP = "udp"
     SCTP = "sctp"
+    FWM = "fwm"     # a firewall-mark service: its key's vport is the mark (1..2**32-1)
 
     @property
     def number(self) -> int:
@@ -75,7 +76,7 @@ class Proto(enum.Enum):
 
     @property
     def label(self) -> str:
-        """The protocol column of `ipvsadm -L` (TCP, UDP, SCTP)."""
+        """The protocol column of `ipvsadm -L` (TCP, UDP, SCTP, FWM)."""
         return self.name
 
     @classmethod
@@ -96,8 +97,10 @@ class Proto(enum.Enum):
                            f"protocol {value!r} is not one of tcp, udp, sctp")
 
 
-_PROTO_NUMBER = {Proto.TCP: 6, Proto.UDP: 17, Proto.SCTP: 132}
-_PROTO_OPTION = {Proto.TCP: "-t", Proto.UDP: "-u", Proto.SCTP: "--sctp-service"}
+_PROTO_NUMBER = {Proto.TCP: 6, Proto.UDP: 17, Proto.SCTP: 132, Proto.FWM: 0}
+_PROTO_OPTION = {Proto.TCP: "-t", Proto.UDP: "-u", Proto.SCTP: "--sctp-service",
+                 Proto.FWM: "-f"}
+MAX_FWMARK = 2**32 - 1
 
 
 class FwdMethod(enum.Enum):
@@ -146,8 +149,99 @@ class ServiceKey(NamedTuple):
         return ipaddress.ip_address(self.vaddr).version
 
     def option_text(self) -> str:
-        """As ipvsadm writes it in a rule: `-t 10.0.0.1:80`, `-u [2001:db8::1]:53`."""
+        """As ipvsadm writes it in a rule: `-t 10.0.0.1:80`, `-u [2001:db8::1]:53`, `-f 1`."""
+        if self.proto is Proto.FWM:
+            return f"-f {fwmark_text(self.vport)}" + (" -6" if self.af == 6 else "")
         return f"{self.proto.option} {addrport(self.vaddr, self.vport)}"
+
+
+def fwmark_text(mark: int) -> str:
+    """A mark as ipvsadm prints it (a signed 32-bit integer: 4294967295 is -1)."""
+    return str(mark - 2**32 if mark >= 2**31 else mark)
+
+
+def fwmark_key(mark, af: int = 4) -> ServiceKey:
+    """The ServiceKey of firewall-mark service `mark` (1..2**32-1) of address family `af`."""
+    if isinstance(mark, bool) or not isinstance(mark, int) or not 1 <= mark <= MAX_FWMARK:
+        raise ControlError(f"invalid fwmark value `{mark}' specified", _errno.EINVAL,
+                           f"a mark is 1..{MAX_FWMARK}")
+    return ServiceKey(Proto.FWM, "0.0.0.0" if af == 4 else "::", mark)
+
+
+class MarkRule(NamedTuple):
+    """One firewall-mark match rule: frames to `prefix` (an IPv4 network) of protocol
+    `proto` ("tcp", "udp", "sctp" or "any") with a destination port in port_lo..port_hi get
+    mark `mark`. Rules are tried in order; the first that matches gives the mark (as one nft
+    chain of `meta mark set ...` rules that each end the chain would)."""
+
+    mark: int
+    proto: str
+    prefix: str
+    port_lo: int
+    port_hi: int
+
+    def text(self) -> str:
+        """The one-token form the admin command and rules files use:
+        `MARK,PROTO,PREFIX,PORTS` (`1,tcp,10.0.1.100/32,8000-8010`)."""
+        ports = "any" if (self.port_lo, self.port_hi) == (0, 65535) else (
+            str(self.port_lo) if self.port_lo == self.port_hi
+            else f"{self.port_lo}-{self.port_hi}")
+        return f"{fwmark_text(self.mark)},{self.proto},{self.prefix},{ports}"
+
+    def engine_row(self) -> tuple:
+        """(mark, proto number or 0, prefix, port_lo, port_hi) as Engine.set_marks takes."""
+        return (self.mark, 0 if self.proto == "any" else Proto(self.proto).number,
+                self.prefix, self.port_lo, self.port_hi)
+
+
+def mark_rule(mark, proto="any", prefix="any", ports="any") -> MarkRule:
+    """A checked MarkRule. `proto`: tcp|udp|sctp|any; `prefix`: an IPv4 address or
+    network ("10.0.1.96/30", host bits are refused) or "any"; `ports`: N, "N-M", or "any".
+    ControlError names what is wrong."""
+    def bad(detail):
+        return ControlError("invalid mark rule", _errno.EINVAL, detail)
+    if isinstance(mark, str):
+        t = mark.strip()
+        if not t.lstrip("-").isdigit() or not -2**31 <= int(t) <= MAX_FWMARK:
+            raise bad(f"mark {mark!r} is not a number 1..{MAX_FWMARK}")
+        mark = int(t) % 2**32
+    if isinstance(mark, bool) or not isinstance(mark, int) or not 1 <= mark <= MAX_FWMARK:
+        raise bad(f"mark {mark!r} is not a number 1..{MAX_FWMARK}")
+    proto = str(proto).lower()
+    if proto not in ("tcp", "udp", "sctp", "any"):
+        raise bad(f"protocol {proto!r} is not one of tcp, udp, sctp, any")
+    if str(prefix).lower() in ("any", ""):
+        prefix = "0.0.0.0/0"
+    try:
+        net = ipaddress.ip_network(str(prefix), strict=True)
+    except ValueError as e:
+        raise bad(f"address {prefix!r}: {e}") from None
+    if net.version != 4:
+        raise bad(f"address {prefix!r}: marks match IPv4 destinations only")
+    if isinstance(ports, int) and not isinstance(ports, bool):
+        lo = hi = ports
+    else:
+        t = str(ports).strip().lower()
+        if t == "any":
+            lo, hi = 0, 65535
+        else:
+            a, dash, b = t.partition("-")
+            if not a.isdigit() or (dash and not b.isdigit()):
+                raise bad(f"ports {ports!r}: want N, N-M or any")
+            lo, hi = int(a), int(b) if dash else int(a)
+    if not 0 <= lo <= hi <= 65535:
+        raise bad(f"ports {ports!r}: want 0 <= N <= M <= 65535")
+    return MarkRule(mark, proto, str(net), lo, hi)
+
+
+def parse_mark_rule(text: str) -> MarkRule:
+    """MarkRule from its one-token form `MARK,PROTO,PREFIX,PORTS` (MarkRule.text)."""
+    parts = str(text).split(",")
+    if len(parts) != 4:
+        raise ControlError("invalid mark rule", _errno.EINVAL,
+                           f"{text!r}: want MARK,PROTO,ADDRESS[/LEN],PORTS "
+                           f"(e.g. 1,tcp,10.0.1.100/32,8000-8010)")
+    return mark_rule(*parts)
 
 
 def addrport(addr: str, port: int) -> str:
@@ -158,6 +252,10 @@ def addrport(addr: str, port: int) -> str:
 def service_key(proto, vaddr, vport) -> ServiceKey:
     """Normalize (proto, vaddr, vport) into a ServiceKey; ControlError if any part is invalid."""
     p = Proto.of(proto)
+    if p is Proto.FWM:
+        # (vaddr names only the address family: "0.0.0.0" or "::")
+        af = 6 if vaddr is not None and ":" in str(vaddr) else 4
+        return fwmark_key(vport, af)
     try:
         ip = ipaddress.ip_address(vaddr)
     except (ValueError, TypeError):
@@ -352,6 +450,8 @@ class ServiceTable:
     def __init__(self):
         self._services: dict[ServiceKey, Service] = {}
         self.timeouts = dict(DEFAULT_TIMEOUTS)
+        # firewall-mark match rules (MarkRule), tried in order; fastlvs marks frames itself
+        self.marks: list[MarkRule] = []
         # IPVS sysctls (control/sysctl.py) a loaded file sets; None: leave them as they are
         self.sysctls: dict[str, int] | None = None
 
@@ -548,6 +648,24 @@ class ServiceTable:
         svc.dests.remove(dest)
         return dest
 
+    # -- firewall-mark rules -----------------------------------------------------------------
+    def add_mark_rule(self, rule: MarkRule) -> MarkRule:
+        """Append a match rule (tried after the ones before it). The same rule twice is
+        refused ("Rule already exists"): it could never match."""
+        if rule in self.marks:
+            raise ControlError("Rule already exists", _errno.EEXIST, rule.text())
+        self.marks.append(rule)
+        return rule
+
+    def delete_mark_rules(self, mark: int) -> list[MarkRule]:
+        """Remove every rule giving `mark` and return them; none is an error ("No such
+        rule"). A mark service stays; without rules no frame reaches it."""
+        gone = [r for r in self.marks if r.mark == mark]
+        if not gone:
+            raise ControlError("No such rule", _errno.ESRCH, f"no rule gives mark {mark}")
+        self.marks = [r for r in self.marks if r.mark != mark]
+        return gone
+
     # -- timeouts ----------------------------------------------------------------------------
     def set_timeouts(self, tcp: int = 0, tcpfin: int = 0, udp: int = 0) -> dict[str, int]:
         """Set the TCP established, TCP FIN-wait and UDP connection timeouts in seconds
@@ -565,5 +683,6 @@ class ServiceTable:
 __all__ = [
     "ControlError", "DEFAULT_PERSISTENT_TIMEOUT", "DEFAULT_SCHEDULER", "DEFAULT_TIMEOUTS", "Dest",
     "FwdMethod", "MAX_TIMEOUT", "Proto", "RATE_FIELDS", "STAT_FIELDS", "Service", "ServiceKey",
-    "ServiceTable", "addrport", "check_sched_flags", "flag_bits", "service_key",
+    "MarkRule", "ServiceTable", "addrport", "check_sched_flags", "flag_bits", "fwmark_key",
+    "fwmark_text", "mark_rule", "parse_mark_rule", "service_key",
 ]

@@ -42,7 +42,8 @@ def iter_rules(text: str, filename: str = "-") -> Iterator[tuple[int, Command]]:
             raise RulesError(filename, lineno, str(e)) from None
         if cmd.name not in TABLE_COMMANDS:
             raise RulesError(filename, lineno, f"{cmd.flag} does not belong in a rules file "
-                             f"(only -A -E -D -C -a -e -d -Z --set)")
+                             f"(only -A -E -D -C -a -e -d -Z --set --mark-rule "
+                             f"--del-mark-rules)")
         yield lineno, cmd
 
 
@@ -89,7 +90,8 @@ def dump_rules(table: ServiceTable, numeric: bool = True, *, sort: bool = True,
     from fastlvs.control.listing import sched_flags_text, sorted_dests, sorted_services
 
     del numeric
-    out = []
+    # fastlvs' firewall-mark match rules first (none: the file is ipvsadm's own)
+    out = [f"--mark-rule {rule.text()}\n" for rule in table.marks]
     for svc in (sorted_services(table) if sort else list(table)):
         name = svc.key.option_text()
         line = f"-A {name} -s {svc.sched_name}"

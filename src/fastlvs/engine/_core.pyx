@@ -41,9 +41,11 @@ Choices worth knowing:
   datagrams in C. Its per-entry state (16 bytes) lives beside the table, made at start.
 - IPv6 (parse6.pxi, xmit6.pxi, neigh6.pxi, icmp6.pxi): DR, NAT66 and IPv6-in-IPv6 TUN; a v4
   address is held as ::a.b.c.d in the entries' 128-bit words, so ::/96 is refused as v6.
-- Not yet: IPv6 extension headers and fragments (dropped, counted), fwmark
-  services, FTP's template special case, fragmentation of
-  TUN packets over the MTU without DF (they are sent as they are and counted oversize).
+- Firewall-mark services (dataplane/fwmark.pxi: the engine marks frames by match rules)
+  and SCTP (dataplane/sctp.pxi: IPVS's SCTP states, CRC32c on NAT port changes).
+- Not yet: IPv6 extension headers and fragments (dropped, counted), IPv6 mark rules,
+  FTP's template special case, fragmentation of TUN packets over the MTU without DF (they
+  are sent as they are and counted oversize).
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
@@ -63,7 +65,9 @@ include "dataplane/hash.pxi"
 include "dataplane/parse.pxi"
 include "dataplane/parse6.pxi"
 include "dataplane/tcpstate.pxi"
+include "dataplane/sctp.pxi"
 include "dataplane/conn.pxi"
+include "dataplane/fwmark.pxi"
 include "dataplane/neigh.pxi"
 include "dataplane/neigh6.pxi"
 include "dataplane/xmit.pxi"

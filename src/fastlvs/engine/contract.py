@@ -36,7 +36,7 @@ SCHED_FLAG_BITS = {"sh-fallback": SCHED_F_FALLBACK, "mh-fallback": SCHED_F_FALLB
                    "sh-port": SCHED_F_PORT, "mh-port": SCHED_F_PORT}
 
 # -- protocols the engine forwards (name -> IP protocol number) -------------------------------
-PROTOCOLS = {"tcp": 6, "udp": 17}
+PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
 
 # -- verdicts of a frame ------------------------------------------------------------------------
 VERDICT_DROP = 0           # consumed: malformed, no dest, table full, ...
@@ -59,7 +59,10 @@ COUNTER_NAMES = ("rx", "tx", "passed", "malformed", "not_ip", "no_service", "tab
                  # of no conn
                  "nat_icmp_sent",
                  # IPv6 packets to a VIP with an extension header the engine does not walk
-                 "v6_exthdr")
+                 "v6_exthdr",
+                 # SCTP packets of no conn whose first chunk is not an INIT (or is an
+                 # ABORT): not scheduled, left to the host as IPVS leaves them
+                 "sctp_not_init")
 
 # -- the IPVS sysctls the engine applies: name -> (default, lo, hi), as Linux 6.1 has them
 # (amemthresh counts free conn entries here, free memory pages there). control/sysctl.py

@@ -139,6 +139,8 @@ cdef class Engine:
         for i in range(TCP_S_LAST + 1):
             self.st.tcp_timeouts[i] = TCP_DEFAULT_TIMEOUTS[i]
         self.st.udp_timeout = 300
+        for i in range(SCTP_S_LAST):
+            self.st.sctp_timeouts[i] = SCTP_DEFAULT_TIMEOUTS[i]
         self.batch = batch
         self.callback = None
         self.error = None
@@ -264,6 +266,7 @@ cdef class Engine:
         free(self.st.frag.buckets)
         free(self.st.frag.blocks)
         free(self.st.frag.free_blocks)
+        free(self.st.marks)
         free(self.st.frag.xbuf)
         free(self.st.frag.xseg)
         free(self.st.frag.vset)
@@ -611,7 +614,8 @@ cdef class Engine:
         # the fast path looks for a port-0 service only while one exists
         cdef uint32_t i, n = 0
         for i in range(1, MAX_SERVICES + 1):
-            if self.st.svcs[i].in_use and self.st.svcs[i].vport == 0:
+            if (self.st.svcs[i].in_use and self.st.svcs[i].vport == 0
+                    and not (self.st.svcs[i].flags & SVC_F_FWMARK)):
                 n += 1
         self.st.n_port0 = n
 
@@ -644,6 +648,108 @@ cdef class Engine:
         s.in_use = 0
         self._count_port0()
         self._frag_addrs()
+
+    # -- firewall-mark services (dataplane/fwmark.pxi) --------------------------------------
+    def set_fwm_service(self, int svc_id, mark, persist_timeout=0, netmask=None, sched=0,
+                        sched_flags=0):
+        """Add or edit service `svc_id` as the firewall-mark service of `mark` (1..2**32-1):
+        new flows whose frames the match rules (set_marks) give this mark are scheduled
+        here before any (proto, addr, port) service, as ip_vs_service_find does. The other
+        arguments are set_service's; persistence templates are keyed by the mark."""
+        cdef uint32_t a[4]
+        cdef fl_svc *s
+        cdef uint16_t v
+        if svc_id < 1 or svc_id > MAX_SERVICES:
+            raise ValueError(f"svc_id must be 1..{MAX_SERVICES}, got {svc_id}")
+        if not 1 <= mark <= 0xFFFFFFFF:
+            raise ValueError(f"mark must be 1..{0xFFFFFFFF}, got {mark}")
+        if persist_timeout < 0 or persist_timeout > 0xFFFFFFFF:
+            raise ValueError(f"persist_timeout out of range: {persist_timeout}")
+        if isinstance(sched, str):
+            sched = HASH_KINDS[sched]
+        if sched != SCHED_CALLBACK and sched not in _HASH_IDS:
+            raise ValueError(f"sched must be 0..3, got {sched}")
+        if netmask is None:
+            mask = 0xFFFFFFFF
+        elif isinstance(netmask, int):
+            if not 0 <= netmask <= 32:
+                raise ValueError(f"prefix length must be 0..32, got {netmask}")
+            mask = (0xFFFFFFFF << (32 - netmask)) & 0xFFFFFFFF
+        else:
+            mask = int(_ipaddress.IPv4Address(netmask))
+        a[0] = 0
+        a[1] = 0
+        a[2] = 0
+        a[3] = mark
+        v = self._vip_intern(0, a, 0)
+        if self.st.vips[v].svc != 0 and self.st.vips[v].svc != svc_id:
+            raise ValueError(f"mark {mark} already belongs to service {self.st.vips[v].svc}")
+        s = &self.st.svcs[svc_id]
+        if s.in_use and s.vip != v:
+            self.st.vips[s.vip].svc = 0
+        if not s.in_use:
+            memset(s, 0, sizeof(fl_svc))
+        s.in_use = 1
+        s.proto = 0
+        memcpy(s.vaddr, a, 16)
+        s.vport = 0
+        s.vip = v
+        s.persist_timeout = persist_timeout
+        s.netmask = mask
+        s.sched = sched
+        s.sched_flags = sched_flags
+        s.flags = SVC_F_FWMARK
+        if sched == SCHED_CALLBACK:
+            free(s.table)
+            s.table = NULL
+            s.table_len = 0
+        self.st.vips[v].svc = svc_id
+        self._count_port0()
+
+    def set_marks(self, rules):
+        """Replace the firewall-mark match rules: a sequence of (mark, proto, prefix,
+        port_lo, port_hi), tried in order, the first that matches a frame gives its mark.
+        proto: 0/None (any), 6/17/132 or a name; prefix: "10.0.0.0/24", an address, or
+        None (any); ports inclusive, 0..65535. An empty sequence removes them all."""
+        cdef fl_markrule *t
+        cdef uint32_t i, n
+        rows = []
+        for rule in rules:
+            mark, proto, prefix, lo, hi = rule
+            if not 1 <= mark <= 0xFFFFFFFF:
+                raise ValueError(f"mark must be 1..{0xFFFFFFFF}, got {mark}")
+            pnum = 0 if proto in (None, 0, "any") else _proto_num(proto)
+            if prefix is None:
+                net = _ipaddress.IPv4Network("0.0.0.0/0")
+            else:
+                net = _ipaddress.ip_network(prefix, strict=False)
+                if net.version != 4:
+                    raise ValueError(f"only IPv4 prefixes are matched for now: {prefix!r}")
+            if not 0 <= lo <= hi <= 65535:
+                raise ValueError(f"port range must be 0 <= lo <= hi <= 65535, got {lo}-{hi}")
+            rows.append((mark, pnum, int(net.network_address), int(net.netmask), lo, hi))
+        n = len(rows)
+        t = NULL
+        if n != 0:
+            t = <fl_markrule *>calloc(n, sizeof(fl_markrule))
+            if t == NULL:
+                raise MemoryError("cannot allocate the mark rules")
+        for i in range(n):
+            t[i].mark, t[i].proto, t[i].addr, t[i].mask, t[i].port_lo, t[i].port_hi = rows[i]
+        # swapped whole between batches (control-plane calls never run during one)
+        free(self.st.marks)
+        self.st.marks = t
+        self.st.nmarks = n
+
+    def marks(self):
+        """The match rules as set_marks took them: [(mark, proto, prefix, lo, hi)]."""
+        cdef uint32_t i
+        out = []
+        for i in range(self.st.nmarks):
+            r = &self.st.marks[i]
+            net = _ipaddress.IPv4Network((r.addr, bin(r.mask).count("1")))
+            out.append((r.mark, r.proto, str(net), r.port_lo, r.port_hi))
+        return out
 
     def set_hash_table(self, int svc_id, table, kind, int flags=0):
         """Hand the service a sh/dh/mh bucket table of dest ids (0 = empty bucket) so new
@@ -802,12 +908,13 @@ cdef class Engine:
             p = &self.st.pkts[pk.frame]
             idx.append(k)
             svc_ids.append(pk.svc)
+            pname = ("tcp" if p.proto == 6 else ("sctp" if p.proto == IPPROTO_SCTP
+                                                 else "udp"))
             if p.v6:
                 flows.append((6, _words_int(p.saddr), p.sport, _words_int(p.daddr), p.dport,
-                              "tcp" if p.proto == 6 else "udp"))
+                              pname))
             else:
-                flows.append((4, p.saddr[3], p.sport, p.daddr[3], p.dport,
-                              "tcp" if p.proto == 6 else "udp"))
+                flows.append((4, p.saddr[3], p.sport, p.daddr[3], p.dport, pname))
         try:
             if self.callback is None:
                 raise RuntimeError("new flow for a service scheduled in Python, "
@@ -1046,10 +1153,12 @@ cdef class Engine:
                 state = "ASSURED" if c.state & 1 else "NONE"    # IP_VS_CTPL_S_*
             elif c.proto == 17:
                 state = "UDP"
+            elif c.proto == IPPROTO_SCTP:
+                state = SCTP_STATE_NAMES[c.state] if c.state < SCTP_S_LAST else "ERR!"
             else:
                 state = TCP_STATE_NAMES[c.state]
             exp = (c.expires - now) // NS_PER_S if c.expires > now else 0
-            out.append({"proto": _PROTO_TEXT[c.proto], "state": state, "expires": exp,
+            out.append({"proto": _PROTO_TEXT.get(c.proto, "IP"), "state": state, "expires": exp,
                         "caddr": _addr_text(c.caddr), "cport": c.cport,
                         "vaddr": _addr_text(v.addr), "vport": c.vport,
                         "raddr": _addr_text(d.raddr),

@@ -18,6 +18,7 @@ import os
 import time
 
 from fastlvs.engine import contract as K
+from fastlvs.engine import reference_sctp as SCTP
 from fastlvs.engine.reference_sync import SyncMixin
 
 # -- the extension's own sizes and layout, which its public API reports ----------------------
@@ -46,6 +47,7 @@ EMBRYO_RESERVE = 512               # free entries drop_entry keeps (2 per frame 
 CHAIN_EVICT_MAX = 4                # embryos one insert may drop from its own chain
 DEF_OFF, DEF_AUTO, DEF_AUTO_ON, DEF_ALWAYS = range(4)   # flood defence modes, as the sysctls
 SVC_F_ONEPACKET = 1                # -o: every UDP datagram scheduled alone, no entry kept
+SVC_F_FWMARK = 2                   # a firewall-mark service (vaddr is the mark)
 # the IPVS sysctls the engine applies (the contract's ENGINE_SYSCTLS)
 SYSCTL_DEFAULTS = {name: v[0] for name, v in K.ENGINE_SYSCTLS.items()}
 SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in K.ENGINE_SYSCTLS.items()}
@@ -565,6 +567,11 @@ def parse_frame(f):
         if ulen < 8 or ulen > l4len:
             return "malformed"
         p.tcpflags = 0
+    elif p.proto == 132:
+        ev = SCTP.parse_event(b, l4, l4len)
+        if ev is None:
+            return "malformed"
+        p.tcpflags = ev                         # the SCTP event
     elif p.proto == 1:
         # ICMP: what it quotes is read by Engine._icmp_parse
         p.icmp = True
@@ -822,6 +829,7 @@ class Engine(SyncMixin):
         self.vips = [None]            # index -> Vip, 0 = none
         self.vip_index = {}           # (proto, addr, port) -> index
         self.n_port0 = 0              # services on port 0: a second lookup only while > 0
+        self.mark_rules = []          # (mark, proto, addr, mask, lo, hi): set_marks
         self.neigh = NeighTable(self._capacity)
         self.neigh6 = NeighTable6(self._capacity, self.neigh.key)
         self.gw = None                # (mac, ifindex) for NAT replies without a neighbour
@@ -1232,7 +1240,103 @@ class Engine(SyncMixin):
         self._frag_addrs()
 
     def _count_port0(self):
-        self.n_port0 = sum(1 for s in self.svcs.values() if s.in_use and s.vport == 0)
+        self.n_port0 = sum(1 for s in self.svcs.values()
+                           if s.in_use and s.vport == 0 and not s.flags & SVC_F_FWMARK)
+
+    # -- firewall-mark services (dataplane/fwmark.pxi) ------------------------------------------
+    def set_fwm_service(self, svc_id, mark, persist_timeout=0, netmask=None, sched=0,
+                        sched_flags=0):
+        """Service `svc_id` as the firewall-mark service of `mark` (see the extension's)."""
+        if not 1 <= mark <= M32:
+            raise ValueError(f"mark must be 1..{M32}, got {mark}")
+        svc_id = _c_int(svc_id)
+        if svc_id < 1 or svc_id > K.MAX_SERVICES:
+            raise ValueError(f"svc_id must be 1..{K.MAX_SERVICES}, got {svc_id}")
+        if persist_timeout < 0 or persist_timeout > M32:
+            raise ValueError(f"persist_timeout out of range: {persist_timeout}")
+        if isinstance(sched, str):
+            sched = K.HASH_KINDS[sched]
+        if sched not in (K.SCHED_CALLBACK, K.SCHED_SH, K.SCHED_DH, K.SCHED_MH):
+            raise ValueError(f"sched must be 0..3, got {sched}")
+        if netmask is None:
+            mask = M32
+        elif isinstance(netmask, int):
+            if not 0 <= netmask <= 32:
+                raise ValueError(f"prefix length must be 0..32, got {netmask}")
+            mask = (M32 << (32 - netmask)) & M32
+        else:
+            mask = int(ipaddress.IPv4Address(netmask))
+        v = self._vip_intern(0, mark, 0)
+        if self.vips[v].svc not in (0, svc_id):
+            raise ValueError(f"mark {mark} already belongs to service {self.vips[v].svc}")
+        s = self.svcs.get(svc_id)
+        if s is not None and s.in_use and s.vip != v:
+            self.vips[s.vip].svc = 0
+        if s is None or not s.in_use:
+            s = self.svcs[svc_id] = Service()
+        s.in_use = True
+        s.proto, s.vaddr, s.vport, s.vip = 0, mark, 0, v
+        s.persist_timeout = persist_timeout
+        s.netmask = mask
+        s.sched = sched
+        s.sched_flags = sched_flags & 0xFF
+        s.flags = SVC_F_FWMARK
+        if sched == K.SCHED_CALLBACK:
+            s.table = None
+        self.vips[v].svc = svc_id
+        self._count_port0()
+
+    def set_marks(self, rules):
+        """Replace the firewall-mark match rules (see the extension's)."""
+        rows = []
+        for mark, proto, prefix, lo, hi in rules:
+            if not 1 <= mark <= M32:
+                raise ValueError(f"mark must be 1..{M32}, got {mark}")
+            pnum = 0 if proto in (None, 0, "any") else _proto_num(proto)
+            net = ipaddress.IPv4Network("0.0.0.0/0") if prefix is None else \
+                ipaddress.ip_network(prefix, strict=False)
+            if net.version != 4:
+                raise ValueError(f"only IPv4 prefixes are matched for now: {prefix!r}")
+            if not 0 <= lo <= hi <= 65535:
+                raise ValueError(f"port range must be 0 <= lo <= hi <= 65535, got {lo}-{hi}")
+            rows.append((mark, pnum, int(net.network_address), int(net.netmask), lo, hi))
+        self.mark_rules = rows
+
+    def marks(self):
+        """The match rules as set_marks took them: [(mark, proto, prefix, lo, hi)]."""
+        return [(m, p, str(ipaddress.IPv4Network((a, bin(k).count("1")))), lo, hi)
+                for m, p, a, k, lo, hi in self.mark_rules]
+
+    def _mark_match(self, p):
+        for mark, proto, addr, mask, lo, hi in self.mark_rules:
+            if (p.daddr & mask) == addr and proto in (0, p.proto) and lo <= p.dport <= hi:
+                return mark
+        return 0
+
+    def _mark_svc_of(self, mark):
+        v = self.vip_index.get((0, mark, 0), 0)
+        return self.vips[v].svc if v else 0
+
+    def _mark_vip(self, p):
+        # the VIP (proto, daddr, 0) a marked frame's conns are keyed by; interned only while
+        # the mark has a service (0 when every VIP slot is taken)
+        m = self._mark_match(p)
+        if m == 0:
+            return 0
+        v = self.vip_index.get((p.proto, p.daddr, 0), 0)
+        if v == 0 and self._mark_svc_of(m) != 0 and len(self.vips) < K.MAX_VIPS:
+            v = self._vip_intern(p.proto, p.daddr, 0)
+        return v
+
+    def _svc_for_new(self, p):
+        # ip_vs_service_find's order: the mark's service, then the address's (port, port 0)
+        if self.mark_rules:
+            m = self._mark_match(p)
+            if m:
+                s = self._mark_svc_of(m)
+                if s:
+                    return s
+        return self.vips[p.vip].svc
 
     def set_vip_served(self, proto, vaddr, vport, served):
         """Not `served`: every frame to (proto, vaddr, vport) passes to the kernel
@@ -1571,8 +1675,10 @@ class Engine(SyncMixin):
     def _rport(self, c):
         """The conn's real-server port: a port-0 service's conns keep the client's port
         whatever the dest's (recorded on 6.1), and so does a dest on port 0."""
-        r = self.dests[c.dest].rport
-        return r if r and self.vips[c.vip].port else c.vport
+        d = self.dests[c.dest]
+        r = d.rport
+        fwm = self.svcs.get(d.svc) is not None and self.svcs[d.svc].flags & SVC_F_FWMARK
+        return r if r and (self.vips[c.vip].port or fwm) else c.vport
 
     def _vip_find_in(self, proto, addr, port):
         """ip_vs_service_find's order: the VIP of that port, else a port-0 service's VIP."""
@@ -1641,6 +1747,21 @@ class Engine(SyncMixin):
         c.state = new
         c.timeout = self.tcp_timeouts[new]
 
+    def _sctp_set_state(self, c, output, event):
+        new, c.flags = SCTP.next_state(c, output, event, CF_NOOUTPUT)
+        if new != c.state and c.dest != 0:
+            d = self.dests[c.dest]
+            if not c.flags & CF_INACTIVE and new != SCTP.S_ESTABLISHED:
+                d.activeconns -= 1
+                d.inactconns += 1
+                c.flags |= CF_INACTIVE
+            elif c.flags & CF_INACTIVE and new == SCTP.S_ESTABLISHED:
+                d.activeconns += 1
+                d.inactconns -= 1
+                c.flags &= ~CF_INACTIVE
+        c.state = new
+        c.timeout = SCTP.TIMEOUTS[new]
+
     # -- transmit: one function per method; each returns a drop reason or None ----------------
     @staticmethod
     def _tx(f, ifindex, adj, length):
@@ -1662,6 +1783,17 @@ class Engine(SyncMixin):
         l4 = ip + p.ihl
         udp = p.proto == 17
         ck = l4 + (6 if udp else 16)
+        if p.proto == 132:
+            # no pseudo-header in SCTP's CRC: only a port change needs a new one
+            r = SCTP.nat_ports(b, l4, p.tot_len - p.ihl, 2, p.dport, self._rport(c),
+                               f.csum == FRAME_CSUM_PARTIAL)
+            if r is not None:
+                return r
+            wr32(b, ip + 16, d.raddr)
+            csum_replace4(b, ip + 10, p.daddr, d.raddr)
+            b[f.data:f.data + 12] = d.mac + d.smac
+            self._tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+            return None
         wr32(b, ip + 16, d.raddr)
         csum_replace4(b, ip + 10, p.daddr, d.raddr)
         l4_csum_replace(b, ck, p.daddr, d.raddr, udp, 4)
@@ -1680,6 +1812,11 @@ class Engine(SyncMixin):
         l4 = ip + p.ihl
         udp = p.proto == 17
         ck = l4 + (6 if udp else 16)
+        if p.proto == 132:
+            r = SCTP.nat_ports(b, l4, p.tot_len - p.ihl, 0, p.sport, c.vport,
+                               f.csum == FRAME_CSUM_PARTIAL)
+            if r is not None:
+                return r
         hop = self._client_hop(p.daddr)
         if hop is None:
             return "no_route"
@@ -1688,6 +1825,8 @@ class Engine(SyncMixin):
         self._tx(f, ifindex, 0, p.l2len + p.tot_len)
         wr32(b, ip + 12, v.addr)
         csum_replace4(b, ip + 10, p.saddr, v.addr)
+        if p.proto == 132:
+            return None
         l4_csum_replace(b, ck, p.saddr, v.addr, udp, 4)
         if p.sport != c.vport:
             wr16(b, l4, c.vport)
@@ -1919,6 +2058,8 @@ class Engine(SyncMixin):
         s.inbytes += p.tot_len
         if p.proto == 6:
             self._tcp_set_state(c, False, p.tcpflags)
+        elif p.proto == 132:
+            self._sctp_set_state(c, False, p.tcpflags)
         else:
             c.timeout = self.udp_timeout
         # as IPVS's decrement_ttl: at TTL 1 the packet is answered, not forwarded (its conn
@@ -1958,6 +2099,8 @@ class Engine(SyncMixin):
         s.outbytes += p.tot_len
         if p.proto == 6:
             self._tcp_set_state(c, True, p.tcpflags)
+        elif p.proto == 132:
+            self._sctp_set_state(c, True, p.tcpflags)
         else:
             c.timeout = self.udp_timeout
         reason = self.xmit_nat_out(f, p, c)
@@ -1980,7 +2123,7 @@ class Engine(SyncMixin):
         # template), count it, and forward the packet that opened it
         s = self.svcs[svc_id]
         if s.persist_timeout != 0 and ti is None:
-            ti = self._conn_new(self._persist_net(s, p), 0, p.vip, p.proto, dest,
+            ti = self._conn_new(self._persist_net(s, p), 0, s.vip, s.proto, dest,
                                 CF_TEMPLATE, now)
             if ti is None:
                 self._drop(f, "table_full")
@@ -2060,7 +2203,7 @@ class Engine(SyncMixin):
             self._drop(f, "drop_packet")
             return
         if s.persist_timeout != 0:
-            ti = self._tmpl_lookup(self._persist_net(s, p), p.vip, p.proto, now)
+            ti = self._tmpl_lookup(self._persist_net(s, p), s.vip, s.proto, now)
             if ti is not None and self._template_usable(ti):
                 self._create_forward(f, p, svc_id, self.conn_table[ti].dest, ti, now)
                 return
@@ -2659,9 +2802,12 @@ class Engine(SyncMixin):
                     return
             if self.parked and self._park_follower(f, p, idx):
                 return
-            svc_id = self.vips[p.vip].svc
+            svc_id = self._svc_for_new(p)
             if svc_id == 0:
                 self._pass(f, "no_service")
+                return
+            if p.proto == 132 and p.tcpflags != SCTP.EV_INIT:
+                self._pass(f, "sctp_not_init")      # only an INIT opens an SCTP conn
                 return
             if p.proto == 6 and (p.tcpflags & TH_RST
                                  or not (p.tcpflags & TH_SYN or self.sysctl["sloppy_tcp"])):
@@ -2742,8 +2888,11 @@ class Engine(SyncMixin):
             elif p.icmp:
                 pass                # its lookup key is set; handled in order below
             else:
-                self._csum_complete(f, p)
+                if p.proto != 132:
+                    self._csum_complete(f, p)
                 p.vip = self._vip_find_in(p.proto, p.daddr, p.dport)
+                if self.mark_rules and p.vip == 0:
+                    p.vip = self._mark_vip(p)
             self.pkts.append(p)
         self._count("rx", len(frames))
         self.now = now
@@ -2768,7 +2917,7 @@ class Engine(SyncMixin):
         for k in leaders:
             p = self.pkts[self.parked[k].frame]
             flows.append((6 if p.v6 else 4, p.saddr, p.sport, p.daddr, p.dport,
-                          "tcp" if p.proto == 6 else "udp"))
+                          {6: "tcp", 132: "sctp"}.get(p.proto, "udp")))
         try:
             if self.callback is None:
                 raise RuntimeError("new flow for a service scheduled in Python, "
@@ -2799,7 +2948,9 @@ class Engine(SyncMixin):
                 pass
             elif pk.leader >= 0:
                 lead = self.parked[pk.leader].dest
-                syn_like = p.proto == 17 or p.tcpflags & (TH_SYN | TH_RST) == TH_SYN
+                syn_like = (p.proto == 17 or (p.proto == 6 and p.tcpflags & (TH_SYN | TH_RST)
+                                              == TH_SYN)
+                            or (p.proto == 132 and p.tcpflags == SCTP.EV_INIT))
                 if lead != 0 and syn_like and self._dest_valid_for(lead, pk.svc):
                     # the leader's conn expired by this frame's own time (a replayed capture
                     # spanning a timeout in one batch): open a new conn to the same server
@@ -2819,7 +2970,7 @@ class Engine(SyncMixin):
         dest, ti = pk.dest, None
         if s is not None and s.persist_timeout != 0:
             # a template made earlier in this batch wins, as it would have in sequence
-            ti = self._tmpl_lookup(self._persist_net(s, p), p.vip, p.proto, f.ts)
+            ti = self._tmpl_lookup(self._persist_net(s, p), s.vip, s.proto, f.ts)
             if ti is not None and self._template_usable(ti):
                 dest = self.conn_table[ti].dest
             else:
@@ -2964,9 +3115,11 @@ class Engine(SyncMixin):
                 state = "ASSURED" if c.state & 1 else "NONE"    # IP_VS_CTPL_S_*
             elif c.proto == 17:
                 state = "UDP"
+            elif c.proto == 132:
+                state = SCTP.STATE_NAMES[c.state] if c.state < SCTP.S_LAST else "ERR!"
             else:
                 state = TCP_STATE_NAMES[c.state]
-            out.append({"proto": _PROTO_TEXT[c.proto], "state": state,
+            out.append({"proto": _PROTO_TEXT.get(c.proto, "IP"), "state": state,
                         "expires": (c.expires - now) // NS if c.expires > now else 0,
                         "caddr": _ip_text(c.caddr), "cport": c.cport,
                         "vaddr": _ip_text(v.addr), "vport": c.vport,

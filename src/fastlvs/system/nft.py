@@ -22,7 +22,7 @@ import subprocess
 import weakref
 
 _COUNTER = itertools.count(1)
-_PROTOS = {"tcp": "tcp", "udp": "udp", 6: "tcp", 17: "udp"}
+_PROTOS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", 6: "tcp", 17: "udp", 132: "sctp"}
 TABLE_PREFIX = "fastlvs_"
 _TABLE_RE = re.compile(rf"^table netdev ({TABLE_PREFIX}(\d+)_\d+)$", re.M)
 _CLONE_NEWNET = 0x40000000
@@ -124,7 +124,7 @@ class NftIngressDrop:
             raise ValueError(f"kind must be service, rserver or local, got {kind!r}")
         p = _PROTOS.get(proto.lower() if isinstance(proto, str) else proto)
         if p is None:
-            raise ValueError(f"protocol must be tcp or udp, got {proto!r}")
+            raise ValueError(f"protocol must be tcp, udp or sctp, got {proto!r}")
         a = ipaddress.ip_address(addr)
         if not 0 <= int(port) <= 65535:
             raise ValueError(f"port out of range: {port}")

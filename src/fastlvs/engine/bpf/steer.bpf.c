@@ -26,7 +26,7 @@
  * Kept byte-identical to struct fl_steer_key in ring_xdp.pxi. */
 struct fl_steer_key {
 	__u8 family;      /* 4 or 6 */
-	__u8 proto;       /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 proto;       /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_SCTP */
 	__be16 port;
 	__u32 addr[4];
 };
@@ -274,7 +274,8 @@ int fl_steer(struct xdp_md *ctx)
 			return XDP_PASS;
 		if (ip->protocol == IPPROTO_ICMP)
 			return steer_icmp(ctx, ip, end, &dst, &src);
-		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP &&
+		    ip->protocol != IPPROTO_SCTP)
 			return count(1, XDP_PASS);
 		dst.family = src.family = 4;
 		dst.proto = src.proto = ip->protocol;

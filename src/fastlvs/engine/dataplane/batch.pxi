@@ -71,6 +71,8 @@ cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *
     s.inbytes += p.tot_len
     if p.proto == 6:
         tcp_set_state(e, c, False, p.tcpflags)
+    elif p.proto == IPPROTO_SCTP:
+        sctp_set_state(e, c, False, p.tcpflags)
     else:
         c.timeout = e.udp_timeout
     # as IPVS's decrement_ttl: a packet at TTL 1 is answered, not forwarded (its conn
@@ -112,6 +114,8 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
     s.outbytes += p.tot_len
     if p.proto == 6:
         tcp_set_state(e, c, True, p.tcpflags)
+    elif p.proto == IPPROTO_SCTP:
+        sctp_set_state(e, c, True, p.tcpflags)
     else:
         c.timeout = e.udp_timeout
     r = xmit_nat_out_v4(e, f, p, c)
@@ -161,7 +165,7 @@ cdef void conn_create_forward(fl_engine *e, fl_frame *f, fl_pkt *p, uint16_t svc
     cdef fl_conn *t
     if s.persist_timeout != 0 and ti == 0:
         persist_net(s, p, snet)
-        ti = conn_new(e, snet, 0, p.vip, p.proto, dest, CF_TEMPLATE, now)
+        ti = conn_new(e, snet, 0, s.vip, s.proto, dest, CF_TEMPLATE, now)
         if ti == 0:
             frame_drop(e, f, C_TABLE_FULL)
             return
@@ -213,7 +217,7 @@ cdef void new_flow(fl_engine *e, fl_frame *f, fl_pkt *p, int idx, uint16_t svc_i
         return
     if s.persist_timeout != 0:
         persist_net(s, p, snet)
-        ti = tmpl_lookup(e, snet, p.vip, p.proto, now)
+        ti = tmpl_lookup(e, snet, s.vip, s.proto, now)
         if ti != 0 and template_usable(e, ti):
             conn_create_forward(e, f, p, svc_id, e.conns[ti - 1].dest, ti, now)
             return
@@ -313,7 +317,7 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
                 return
         if e.nparked != 0 and park_follower(e, f, p, idx):
             return
-        svc_id = e.vips[p.vip].svc
+        svc_id = svc_for_new(e, p)
         if svc_id == 0:
             frame_pass(e, f, C_NO_SERVICE)
             return
@@ -322,6 +326,10 @@ cdef inline void handle_pkt(fl_engine *e, fl_frame *f, fl_pkt *p, int idx) noexc
             # tcp_conn_schedule schedules on a SYN without RST (any packet without RST
             # with sloppy_tcp); the rest is not ours
             frame_pass(e, f, C_TCP_NOT_SYN)
+            return
+        if p.proto == IPPROTO_SCTP and p.tcpflags != SCTP_EV_INIT:
+            # sctp_conn_schedule: only an INIT opens a conn
+            frame_pass(e, f, C_SCTP_NOT_INIT)
             return
         new_flow(e, f, p, idx, svc_id, now)
         return
@@ -389,13 +397,15 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                     frame_drop(e, f, r)
                 continue
         p.ok = 1
-        if f.csum != FRAME_CSUM_FULL and (
+        if f.csum != FRAME_CSUM_FULL and p.proto != IPPROTO_SCTP and (
                 f.csum == FRAME_CSUM_PARTIAL
                 or fl_unlikely(l4_csum_looks_partial(f.data + p.l2len, p.ihl,
                                                      p.tot_len - p.ihl, p.proto))):
             l4_csum_complete(f.data + p.l2len, p.ihl, p.tot_len - p.ihl, p.proto)
             e.counters[C_CSUM_COMPLETED] += 1
         p.vip = vip_find_in(e, p.daddr, p.dport, p.proto)
+        if fl_unlikely(e.nmarks != 0) and p.vip == 0:
+            p.vip = mark_vip(e, p)
         if p.vip != 0:
             p.bucket = conn_hash(e, p.saddr, p.sport, p.proto)
         else:
@@ -456,7 +466,8 @@ cdef void engine_bind_parked(fl_engine *e, fl_frame *frames) noexcept nogil:
             if f.verdict != VERDICT_PENDING:
                 pass
             elif (pk.leader >= 0 and e.parked[pk.leader].dest != 0
-                    and (p.proto == 17 or (p.tcpflags & (TH_SYN | TH_RST)) == TH_SYN)
+                    and (p.proto == 17 or (p.proto == 6 and (p.tcpflags & (TH_SYN | TH_RST)) == TH_SYN)
+                         or (p.proto == IPPROTO_SCTP and p.tcpflags == SCTP_EV_INIT))
                     and dest_valid_for(e, e.parked[pk.leader].dest, pk.svc)):
                 # The leader's conn already expired by this frame's own time (only a
                 # replayed capture spans a timeout within one batch): the frame opens a
@@ -473,7 +484,7 @@ cdef void engine_bind_parked(fl_engine *e, fl_frame *frames) noexcept nogil:
             if s.in_use and s.persist_timeout != 0:
                 # a template made earlier in this batch wins, as it would have in sequence
                 persist_net(s, p, snet)
-                ti = tmpl_lookup(e, snet, p.vip, p.proto, f.ts_ns)
+                ti = tmpl_lookup(e, snet, s.vip, s.proto, f.ts_ns)
                 if ti != 0 and template_usable(e, ti):
                     dest = e.conns[ti - 1].dest
                 else:

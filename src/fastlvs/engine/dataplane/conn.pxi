@@ -55,7 +55,9 @@ cdef inline uint16_t conn_rport(fl_engine *e, const fl_conn *c) noexcept nogil:
     # port whatever the dest's port (recorded on 6.1: tests/fixtures/kernel/port0.json), and
     # so does a dest on port 0.
     cdef uint16_t r = e.dests[c.dest].rport
-    if r == 0 or e.vips[c.vip].port == 0:
+    if r == 0 or (e.vips[c.vip].port == 0
+                  and not (e.svcs[e.dests[c.dest].svc].flags & SVC_F_FWMARK)):
+        # (a mark's conns share a port-0 VIP, but keep the dest's port when it has one)
         return c.vport
     return r
 

@@ -68,6 +68,9 @@ cdef inline int parse_frame(fl_frame *f, fl_pkt *p) noexcept nogil:
         if ulen < 8 or ulen > l4len:
             return C_MALFORMED
         p.tcpflags = 0
+    elif p.proto == IPPROTO_SCTP:
+        if sctp_parse(l4, l4len, p) != PARSE_OK:
+            return C_MALFORMED
     elif p.proto == 1:
         p.saddr[0] = 0
         p.saddr[1] = 0

@@ -278,6 +278,18 @@ cdef struct fl_frag:
     fl_xrec xrec[MAX_BATCH]
 
 
+cdef struct fl_markrule:
+    # One firewall-mark match rule (dataplane/fwmark.pxi): IPv4 destination prefix, port
+    # range, protocol (0 = any); host order.
+    uint32_t addr
+    uint32_t mask
+    uint32_t mark
+    uint16_t port_lo
+    uint16_t port_hi
+    uint8_t proto
+    uint8_t _pad[3]
+
+
 cdef enum:
     # sync counters (dataplane/sync.pxi's SYNC_COUNTER_NAMES, same order)
     SC_SENT = 0
@@ -428,6 +440,9 @@ cdef struct fl_engine:
     fl_parked parked[MAX_BATCH]
     int nparked
     fl_frag frag
+    fl_markrule *marks      # fwmark.pxi: the match rules in order, first match gives the mark
+    uint32_t nmarks
+    uint32_t sctp_timeouts[16]   # sctp.pxi: seconds per SCTP state (SCTP_S_*)
     fl_sync sync            # connection sync (dataplane/sync.pxi)
     # IPv6 (parse6.pxi, xmit6.pxi, neigh6.pxi)
     uint32_t local_ip6[4]   # the director's own v6 address: TUN's outer source, NAT66 errors

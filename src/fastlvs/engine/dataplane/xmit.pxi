@@ -34,6 +34,17 @@ cdef int xmit_nat_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     cdef uint8_t *ck = l4 + (6 if udp else 16)
     cdef uint32_t old = p.daddr[3]
     cdef uint32_t new = d.raddr[3]
+    cdef int r
+    if p.proto == IPPROTO_SCTP:
+        # no pseudo-header in SCTP's CRC: only a port change needs a new one
+        r = sctp_nat_ports(f, l4, p.tot_len - p.ihl, 2, p.dport, conn_rport(e, c))
+        if r >= 0:
+            return r
+        wr32(ip + 16, new)
+        csum_replace4(ip + 10, old, new)
+        eth_set(f.data, d.mac, d.smac)
+        frame_tx(f, d.ifindex, 0, p.l2len + p.tot_len)
+        return -1
     wr32(ip + 16, new)
     csum_replace4(ip + 10, old, new)
     l4_csum_replace4(ck, old, new, udp)
@@ -56,6 +67,11 @@ cdef int xmit_nat_out_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexc
     cdef uint32_t old = p.saddr[3]
     cdef uint32_t new = v.addr[3]
     cdef fl_neigh *nb = NULL
+    cdef int r
+    if p.proto == IPPROTO_SCTP:
+        r = sctp_nat_ports(f, l4, p.tot_len - p.ihl, 0, p.sport, c.vport)
+        if r >= 0:
+            return r
     if neigh_on_link(e, p.daddr[3]):
         nb = neigh_find(e, p.daddr[3], neigh_tick(e.now))
     if nb != NULL:
@@ -68,6 +84,8 @@ cdef int xmit_nat_out_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexc
         return C_NO_ROUTE
     wr32(ip + 12, new)
     csum_replace4(ip + 10, old, new)
+    if p.proto == IPPROTO_SCTP:
+        return -1                       # ports and CRC done above
     l4_csum_replace4(ck, old, new, udp)
     if p.sport != c.vport:
         wr16(l4, c.vport)
