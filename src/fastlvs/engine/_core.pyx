@@ -59,6 +59,7 @@ include "dataplane/tcpstate.pxi"
 include "dataplane/conn.pxi"
 include "dataplane/neigh.pxi"
 include "dataplane/xmit.pxi"
+include "dataplane/offload.pxi"
 
 # The contract's names at the Python level; the C constants come from the same module through
 # the generated dataplane/contract.pxi (a stale build fails the check below).

@@ -83,6 +83,8 @@ cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *
     if r >= 0:
         frame_drop(e, f, r)
     c.expires = now + secs(c.timeout)
+    if fl_unlikely(e.off_on):
+        offload_note(e, c)
 
 
 cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c,
@@ -111,6 +113,9 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
     if r >= 0:
         frame_drop(e, f, r)
     c.expires = now + secs(c.timeout)
+    c.flags |= CF_REPLIED
+    if fl_unlikely(e.off_on):
+        offload_note(e, c)
 
 
 cdef inline void persist_net(fl_svc *s, fl_pkt *p, uint32_t *snet) noexcept nogil:

@@ -16,6 +16,8 @@ cdef enum:
     CF_INACTIVE = 2
     CF_NOOUTPUT = 4
     CF_INVALID = 8          # template invalidated by ip_vs_check_template: no longer matched
+    CF_OFFLOADED = 0x40     # in the XDP offload map (offload.pxi): its packets may bypass us
+    CF_REPLIED = 0x80       # a NAT reply was seen (the offload waits for both directions)
 
     # dest flags
     DF_IN_USE = 1           # the id names a dest (possibly deleted but still referenced)
@@ -337,3 +339,12 @@ cdef struct fl_engine:
     fl_parked parked[MAX_BATCH]
     int nparked
     fl_frag frag
+    # the XDP offload (offload.pxi): off while off_on is 0
+    uint8_t off_on
+    int off_fd              # the fl_offload map
+    uint32_t off_max        # its max_entries
+    uint64_t *off_seen      # per entry: in pkts, in bytes, out pkts, out bytes folded so far
+    uint64_t off_installed
+    uint64_t off_removed
+    uint64_t off_errors
+    uint64_t off_frames     # frames the XDP program forwarded, as read back
