@@ -412,7 +412,7 @@ class Director:
             })
         out = {"engine": self.engine.stats(), "conn_entries": self.engine.conn_count(),
                "conn_capacity": self.engine.capacity, "services": services,
-               "vips": self.vips()}
+               "vips": self.vips(), "offload": self.engine.offload_stats()}
         if self.port_stats is not None:
             out["ports"] = self.port_stats()
         return out
