@@ -16,7 +16,8 @@ cdef extern from "fl_offload.h" nogil:
     int fl_off_reuse(bpf_object *obj, int fd, unsigned max_entries)
     int fl_off_test_run(const char *path, int fd, unsigned max_entries, const void *svc_key,
                         const void *rs_key, const void *data, uint32_t len, void *out,
-                        uint32_t *outlen, uint32_t *action, uint32_t ingress_ifindex)
+                        uint32_t *outlen, uint32_t *action, uint32_t ingress_ifindex,
+                        uint32_t repeat, uint32_t *duration)
 
 
 cdef enum:

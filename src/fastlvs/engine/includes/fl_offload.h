@@ -99,7 +99,7 @@ static inline int fl_off_put_keys(struct bpf_object *obj, const void *svc_key, c
 static inline int fl_off_test_run(const char *path, int fd, unsigned max_entries,
 				  const void *svc_key, const void *rs_key,
 				  const void *data, __u32 len, void *out, __u32 *outlen,
-				  __u32 *action, __u32 ingress_ifindex)
+				  __u32 *action, __u32 ingress_ifindex, __u32 repeat, __u32 *duration)
 {
 	struct bpf_object *obj = bpf_object__open_file(path, NULL);
 	struct bpf_program *prog;
@@ -119,12 +119,13 @@ static inline int fl_off_test_run(const char *path, int fd, unsigned max_entries
 	if (!r) {
 		LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = data, .data_size_in = len,
 			    .data_out = out, .data_size_out = *outlen, .ctx_in = &ctx,
-			    .ctx_size_in = sizeof(ctx), .repeat = 1);
+			    .ctx_size_in = sizeof(ctx), .repeat = repeat ? repeat : 1);
 		r = bpf_prog_test_run_opts(bpf_program__fd(prog), &o);
 		if (r)
 			r = -errno;
 		*outlen = o.data_size_out;
 		*action = o.retval;
+		*duration = o.duration;
 	}
 	bpf_object__close(obj);
 	return r;
@@ -138,7 +139,7 @@ static inline int fl_off_lookup(int fd, const void *k, void *v) { (void)fd; (voi
 static inline int fl_off_update(int fd, const void *k, const void *v) { (void)fd; (void)k; (void)v; return -EOPNOTSUPP; }
 static inline int fl_off_delete(int fd, const void *k) { (void)fd; (void)k; return -EOPNOTSUPP; }
 static inline int fl_off_reuse(struct bpf_object *o, int fd, unsigned n) { (void)o; (void)fd; (void)n; return -EOPNOTSUPP; }
-static inline int fl_off_test_run(const char *p, int fd, unsigned n, const void *sk, const void *rk, const void *d, __u32 l, void *o, __u32 *ol, __u32 *a, __u32 i) { (void)p; (void)fd; (void)n; (void)sk; (void)rk; (void)d; (void)l; (void)o; (void)ol; (void)a; (void)i; return -EOPNOTSUPP; }
+static inline int fl_off_test_run(const char *p, int fd, unsigned n, const void *sk, const void *rk, const void *d, __u32 l, void *o, __u32 *ol, __u32 *a, __u32 i, __u32 r, __u32 *du) { (void)r; (void)du; (void)p; (void)fd; (void)n; (void)sk; (void)rk; (void)d; (void)l; (void)o; (void)ol; (void)a; (void)i; return -EOPNOTSUPP; }
 #endif
 
 #endif
