@@ -1019,6 +1019,7 @@ cdef class Engine:
                 if self.st.conns[i].vip != 0 and (self.st.conns[i].flags & CF_OFFLOADED):
                     offload_remove(&self.st, i)
         self.st.off_on = 0
+        self.st.off_nq = 0
         _os.close(self.st.off_fd)
         self.st.off_fd = -1
         free(self.st.off_seen)

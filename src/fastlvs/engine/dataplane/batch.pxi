@@ -412,6 +412,8 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 if fl_unlikely(frames[j].xrec != 0) and not frag_cut(e, &frames[j]):
                     continue
                 e.counters[C_TX] += 1
+    if e.off_nq != 0:
+        offload_flush(e)
     conn_sweep_batch(e, now)
     if e.frag.oldest != 0:
         frag_expire(e, now, FRAG_EXPIRE_BUDGET)
@@ -470,3 +472,5 @@ cdef void engine_bind_parked(fl_engine *e, fl_frame *frames) noexcept nogil:
                 continue
             e.counters[C_TX] += 1
     e.nparked = 0
+    if e.off_nq != 0:
+        offload_flush(e)

@@ -13,6 +13,7 @@ cdef extern from "fl_offload.h" nogil:
     int fl_off_lookup(int fd, const void *key, void *val)
     int fl_off_update(int fd, const void *key, const void *val)
     int fl_off_delete(int fd, const void *key)
+    int fl_off_update_batch(int fd, const void *keys, const void *vals, uint32_t *count)
     int fl_off_reuse(bpf_object *obj, int fd, unsigned max_entries)
     int fl_off_test_run(const char *path, int fd, unsigned max_entries, const void *svc_key,
                         const void *rs_key, const void *data, uint32_t len, void *out,
@@ -154,75 +155,113 @@ cdef void offload_fold(fl_engine *e, uint32_t ci, fl_off_val *v) noexcept nogil:
         c.expires = exp
 
 
-cdef int offload_install(fl_engine *e, uint32_t ci) noexcept nogil:
-    # Put conn ci's direction(s) in the map; 0 when done, else the conn stays ours.
+cdef int offload_entries(fl_engine *e, uint32_t ci, fl_off_key *k, fl_off_val *v) noexcept nogil:
+    # The map entries of conn ci (k[0..1], v[0..1]): 1 (DR, TUN), 2 (NAT: in, then the
+    # reply), 0 when a NAT reply has no next hop now (the conn stays ours).
     cdef fl_conn *c = &e.conns[ci]
     cdef fl_dest *d = &e.dests[c.dest]
     cdef fl_vip *vp = &e.vips[c.vip]
-    cdef fl_off_key k
-    cdef fl_off_val v
     cdef fl_neigh *nb = NULL
     cdef uint16_t rport = 0
-    cdef int r
-    memset(&v, 0, sizeof(fl_off_val))
+    memset(v, 0, sizeof(fl_off_val))
     v.conn = ci
     v.ifindex = d.ifindex
     memcpy(v.dmac, d.mac, 6)
     memcpy(v.smac, d.smac, 6)
+    off_key_in(e, c, k)
     if c.fwd == FWD_DR:
         v.kind = FL_OFF_DR
-    elif c.fwd == FWD_TUN:
+        return 1
+    if c.fwd == FWD_TUN:
         v.kind = FL_OFF_TUN
         v.flags = FL_OFF_DF if e.pmtu_disc else 0
         v.mtu = <uint16_t>e.mtu
         v.addr = be32(d.raddr[3])
         v.local = be32(e.local_ip)
+        return 1
+    v.kind = FL_OFF_NAT_IN
+    rport = conn_rport(e, c)
+    v.addr = be32(d.raddr[3])
+    v.daddr_csum = csum_delta4(vp.addr[3], d.raddr[3])
+    if rport != c.vport:
+        v.port = be16(rport)
+        v.dport_csum = (~c.vport & 0xFFFF) + rport
+    # the reply's next hop as xmit_nat_out_v4 finds it now
+    memset(&v[1], 0, sizeof(fl_off_val))
+    v[1].conn = ci
+    if neigh_on_link(e, c.caddr[3]):
+        nb = neigh_find(e, c.caddr[3], neigh_tick(e.now))
+    if nb != NULL:
+        memcpy(v[1].dmac, nb.mac, 6)
+        v[1].ifindex = nb.ifindex
+    elif e.has_gw:
+        memcpy(v[1].dmac, e.gw_mac, 6)
+        v[1].ifindex = e.gw_ifindex
     else:
-        v.kind = FL_OFF_NAT_IN
-        rport = conn_rport(e, c)
-        v.addr = be32(d.raddr[3])
-        v.daddr_csum = csum_delta4(vp.addr[3], d.raddr[3])
-        if rport != c.vport:
-            v.port = be16(rport)
-            v.dport_csum = (~c.vport & 0xFFFF) + rport
-    off_key_in(e, c, &k)
-    r = fl_off_update(e.off_fd, &k, &v)
-    if r != 0:
-        e.off_errors += 1
-        return r
+        return 0
+    memcpy(v[1].smac, e.local_mac, 6)
+    v[1].kind = FL_OFF_NAT_OUT
+    v[1].addr = be32(vp.addr[3])
+    v[1].daddr_csum = csum_delta4(d.raddr[3], vp.addr[3])
+    if rport != c.vport:
+        v[1].port = be16(c.vport)
+        v[1].dport_csum = (~rport & 0xFFFF) + c.vport
+    off_key_out(e, c, &k[1])
+    return 2
+
+
+cdef inline void offload_installed(fl_engine *e, uint32_t ci) noexcept nogil:
     memset(&e.off_seen[<uint64_t>ci * 4], 0, 4 * sizeof(uint64_t))
-    if c.fwd == FWD_NAT:
-        # the reply's next hop as xmit_nat_out_v4 finds it now
-        if neigh_on_link(e, c.caddr[3]):
-            nb = neigh_find(e, c.caddr[3], neigh_tick(e.now))
-        if nb != NULL:
-            memcpy(v.dmac, nb.mac, 6)
-            v.ifindex = nb.ifindex
-        elif e.has_gw:
-            memcpy(v.dmac, e.gw_mac, 6)
-            v.ifindex = e.gw_ifindex
-        else:
-            fl_off_delete(e.off_fd, &k)
-            return -1
-        memcpy(v.smac, e.local_mac, 6)
-        v.kind = FL_OFF_NAT_OUT
-        v.addr = be32(vp.addr[3])
-        v.daddr_csum = csum_delta4(d.raddr[3], vp.addr[3])
-        v.port = 0
-        v.dport_csum = 0
-        if rport != c.vport:
-            v.port = be16(c.vport)
-            v.dport_csum = (~rport & 0xFFFF) + c.vport
-        off_key_out(e, c, &k)
-        r = fl_off_update(e.off_fd, &k, &v)
-        if r != 0:
-            e.off_errors += 1
-            off_key_in(e, c, &k)
-            fl_off_delete(e.off_fd, &k)
-            return r
-    c.flags |= CF_OFFLOADED
+    e.conns[ci].flags |= CF_OFFLOADED
     e.off_installed += 1
-    return 0
+
+
+cdef void offload_flush(fl_engine *e) noexcept nogil:
+    # The conns of this batch that became ready, in one bpf_map_update_batch: a syscall per
+    # batch instead of one per connection. Each is looked at again (a later packet of the
+    # batch may have moved it on, or freed it).
+    cdef fl_off_key keys[2 * MAX_BATCH]
+    cdef fl_off_val vals[2 * MAX_BATCH]
+    cdef uint32_t owner[2 * MAX_BATCH]
+    cdef uint32_t i, j, ci, n = 0, count
+    cdef int got, r
+    cdef fl_conn *c
+    for i in range(e.off_nq):
+        ci = e.off_q[i]
+        c = &e.conns[ci]
+        if c.vip == 0 or (c.flags & CF_OFFLOADED) or not offload_ready(e, c):
+            continue
+        got = offload_entries(e, ci, &keys[n], &vals[n])
+        for j in range(<uint32_t>got):
+            owner[n + j] = ci + 1           # 0: its write failed
+        n += <uint32_t>got
+    e.off_nq = 0
+    if n == 0:
+        return
+    count = n
+    r = fl_off_update_batch(e.off_fd, keys, vals, &count)
+    if r != 0:
+        # what was not written goes one by one (a full map refuses each: counted)
+        e.off_errors += 1
+        for i in range(count, n):
+            if fl_off_update(e.off_fd, &keys[i], &vals[i]) != 0:
+                e.off_errors += 1
+                owner[i] = 0
+    # a NAT conn is offloaded only with both of its entries in
+    i = 0
+    while i < n:
+        ci = owner[i]
+        j = i + 1
+        while j < n and vals[j].conn == vals[i].conn:
+            if owner[j] == 0:
+                ci = 0
+            j += 1
+        if ci != 0:
+            offload_installed(e, ci - 1)
+        else:
+            for got in range(<int>i, <int>j):
+                fl_off_delete(e.off_fd, &keys[got])
+        i = j
 
 
 cdef void offload_remove(fl_engine *e, uint32_t ci) noexcept nogil:
@@ -260,12 +299,20 @@ cdef bint offload_refresh(fl_engine *e, uint32_t ci, uint64_t now) noexcept nogi
 
 
 cdef inline void offload_note(fl_engine *e, fl_conn *c) noexcept nogil:
-    # After the engine forwarded a packet of c: install it once it is ready, take it out
-    # once it no longer is (a FIN, an RST moved the state).
+    # After the engine forwarded a packet of c: install it once it is ready (at the end of
+    # the batch, offload_flush), take it out at once when it no longer is (a FIN, an RST
+    # moved the state: the program must not forward what follows).
     cdef bint ready = offload_ready(e, c)
     cdef uint32_t ci = <uint32_t>(c - e.conns)
+    cdef uint32_t i
     if ready and not (c.flags & CF_OFFLOADED):
-        offload_install(e, ci)
+        for i in range(e.off_nq):
+            if e.off_q[i] == ci:
+                return
+        if e.off_nq >= MAX_BATCH:
+            offload_flush(e)
+        e.off_q[e.off_nq] = ci
+        e.off_nq += 1
     elif not ready and (c.flags & CF_OFFLOADED):
         offload_remove(e, ci)
 

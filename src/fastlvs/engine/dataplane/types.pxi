@@ -348,3 +348,5 @@ cdef struct fl_engine:
     uint64_t off_removed
     uint64_t off_errors
     uint64_t off_frames     # frames the XDP program forwarded, as read back
+    uint32_t off_nq         # conns waiting for the batch's one map update (off_q)
+    uint32_t off_q[MAX_BATCH]

@@ -51,6 +51,14 @@ static inline int fl_off_update(int fd, const void *key, const void *val)
 	return bpf_map_update_elem(fd, key, val, BPF_ANY) ? -errno : 0;
 }
 
+/* *count in: entries, out: entries written (all of them when 0 is returned) */
+static inline int fl_off_update_batch(int fd, const void *keys, const void *vals, __u32 *count)
+{
+	LIBBPF_OPTS(bpf_map_batch_opts, o, .elem_flags = BPF_ANY);
+
+	return bpf_map_update_batch(fd, keys, vals, count, &o) ? -errno : 0;
+}
+
 static inline int fl_off_delete(int fd, const void *key)
 {
 	return bpf_map_delete_elem(fd, key) ? -errno : 0;
@@ -138,6 +146,7 @@ static inline int fl_off_lookup_delete(int fd, const void *k, void *v) { (void)f
 static inline int fl_off_lookup(int fd, const void *k, void *v) { (void)fd; (void)k; (void)v; return -EOPNOTSUPP; }
 static inline int fl_off_update(int fd, const void *k, const void *v) { (void)fd; (void)k; (void)v; return -EOPNOTSUPP; }
 static inline int fl_off_delete(int fd, const void *k) { (void)fd; (void)k; return -EOPNOTSUPP; }
+static inline int fl_off_update_batch(int fd, const void *k, const void *v, __u32 *c) { (void)fd; (void)k; (void)v; *c = 0; return -EOPNOTSUPP; }
 static inline int fl_off_reuse(struct bpf_object *o, int fd, unsigned n) { (void)o; (void)fd; (void)n; return -EOPNOTSUPP; }
 static inline int fl_off_test_run(const char *p, int fd, unsigned n, const void *sk, const void *rk, const void *d, __u32 l, void *o, __u32 *ol, __u32 *a, __u32 i, __u32 r, __u32 *du) { (void)r; (void)du; (void)p; (void)fd; (void)n; (void)sk; (void)rk; (void)d; (void)l; (void)o; (void)ol; (void)a; (void)i; return -EOPNOTSUPP; }
 #endif
