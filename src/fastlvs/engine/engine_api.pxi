@@ -875,7 +875,8 @@ cdef class Engine:
         cdef uint32_t freed
         if now > self.st.now:
             self.st.now = now
-        self._off_fresh()
+        # no read-back of the offload map here: an offloaded entry whose timer ran out is
+        # read alone before it goes (offload_refresh), and a whole read costs ~1 µs an entry
         with nogil:
             freed = conn_sweep(&self.st, now, b)
             frag_expire(&self.st, now, 0xFFFFFFFF)
@@ -1037,8 +1038,8 @@ cdef class Engine:
     def offload_sync(self):
         """Read every map entry back now (bpf_map_lookup_batch) and fold its packet and
         byte counts and last-seen time into the dests, services and entries. Listings and
-        the timers call it themselves (at most every OFFLOAD_READ_EVERY s). Returns the
-        entries read (0 while off)."""
+        counters call it themselves (at most every OFFLOAD_READ_EVERY s); expiry reads an
+        entry alone when its timer runs out. Returns the entries read (0 while off)."""
         cdef uint64_t n = 0
         if not self.st.off_on:
             return 0
