@@ -5,7 +5,7 @@ established), "SYN+ACK" opens and establishes it (with the offload, the ACK inst
 map: one bpf_map_update_elem per connection). Runs of both settings alternate; prints one JSON
 object with the medians and the on/off ratios measured in this run.
 
-    sudo .venv/bin/python benchmarks/offload_newconns.py [--conns 20000] [--reps 5]
+    sudo .venv/bin/python -m benchmarks.offload_newconns [--conns 20000] [--reps 5]
 """
 from __future__ import annotations
 
@@ -16,11 +16,8 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-from fastlvs.engine import _core as core                     # noqa: E402
-from tests.core.packets import LOCAL_IP, LOCAL_MAC, RS, RS_MAC, VIP, tcp  # noqa: E402
+from fastlvs.engine import _core as core
+from tests.core.packets import LOCAL_IP, LOCAL_MAC, RS, RS_MAC, VIP, tcp
 
 
 def frames(n: int, ack: bool) -> list[bytes]:
