@@ -30,4 +30,14 @@ struct dr_cfg {                 /* "<IHH6s6s6s6s", 32 bytes */
 	__u8 src_mac[2][6];
 };
 
+struct fwd_cfg {                /* "<IHH6s6s6s6sIII", 44 bytes: dr_cfg + addresses */
+	__u32 vip;
+	__u16 vport;
+	__u16 n;
+	__u8 rs_mac[2][6];
+	__u8 src_mac[2][6];
+	__u32 rs_ip[2];         /* NAT: the new destination; TUN: the outer destination */
+	__u32 local_ip;         /* TUN: the outer source */
+};
+
 #endif

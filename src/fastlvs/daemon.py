@@ -201,6 +201,8 @@ class Daemon:
                                "or --keepalived-conf FILE")
         if c.vrrp and not c.keepalived_conf:
             raise StartupError("--vrrp needs a keepalived.conf (--keepalived-conf FILE)")
+        if c.offload == "on" and c.backend == "packet":
+            raise StartupError("--offload on needs the AF_XDP backend: AF_PACKET has no offload")
         if o.keepalived_conf and (o.vip or o.rules):
             raise StartupError("--keepalived-conf cannot be combined with --rules or --vip")
         if o.vip and (o.config or o.rules):
@@ -265,12 +267,14 @@ class Daemon:
         self.ports = Ports(self.nl, backend, busy_poll=self.cfg.busy_poll, cpu=self.cfg.cpu,
                            mtu=self.cfg.mtu, state=StateFile())
         self.director.port_stats = self.ports.stats
+        self._offload_map(backend)
         try:
             self.ports.open(cif.index)
             if self.cfg.rs_interface:
                 self.ports.open(self.nl.interface(self.cfg.rs_interface).index)
         except PortError as e:
             raise StartupError(str(e)) from None
+        self._offload_decide()
         self.director.load(table)
         if self._read is not None:
             self._start_health()
@@ -387,6 +391,40 @@ class Daemon:
             log.info("AF_XDP backend not built; using AF_PACKET")
             return "packet"
         return "xdp" if want == "xdp" else "auto"
+
+    def _offload_map(self, backend: str) -> None:
+        """The engine's offload map, made before any port opens so that every interface's
+        program shares it (--offload on|auto with an AF_XDP backend)."""
+        want = self.cfg.offload
+        if want == "on" and backend == "packet":
+            raise StartupError("--offload on needs the AF_XDP backend: AF_PACKET has no offload")
+        if want == "off" or backend == "packet":
+            return
+        engine = self.director.engine
+        try:
+            self.ports.offload = (engine.offload_enable(), engine.offload_max_entries)
+        except OSError as e:
+            if want == "on":
+                raise StartupError(f"--offload on: {e}") from None
+            log.info("XDP offload unavailable (%s)", e)
+
+    def _offload_decide(self) -> None:
+        """After the first ports opened: --offload auto keeps the offload only where the
+        program runs natively on a NIC; on refuses an AF_PACKET fallback."""
+        want = self.cfg.offload
+        engine = self.director.engine
+        if engine.offload_fd < 0:
+            return
+        if self.ports.backend == "packet":
+            if want == "on":
+                raise StartupError("--offload on needs the AF_XDP backend, and AF_XDP did not "
+                                   "attach (AF_PACKET has no offload)")
+            engine.offload_disable()
+        elif want == "auto" and not self.ports.offload_native():
+            engine.offload_disable()
+        if engine.offload_fd < 0:
+            self.ports.offload = None
+        log.info("XDP offload: %s", "on" if engine.offload_fd >= 0 else "off")
 
     def _nexthop(self, ip: str):
         try:

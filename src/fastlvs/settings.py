@@ -15,6 +15,7 @@ from typing import Callable
 from fastlvs.engine import contract
 
 BACKENDS = ("auto", "xdp", "packet")        # ring backends: "auto" tries AF_XDP first
+OFFLOAD_MODES = ("auto", "on", "off")         # the XDP offload (engine/dataplane/offload.pxi)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("backend", str, "auto", flags=("--backend",), choices=BACKENDS,
             help="auto (default): AF_XDP when it attaches, else AF_PACKET",
             doc='"auto" (AF_XDP when it attaches, else AF_PACKET) | "xdp" | "packet"'),
+    Setting("offload", str, "auto", flags=("--offload",), choices=OFFLOAD_MODES,
+            help="forward established connections in XDP (on|off; default: on where the "
+                 "program attaches natively, not on veth; AF_PACKET has no offload)",
+            doc='"on" | "off" | "auto" (on where the XDP program attaches in native mode on '
+                'a NIC, not a veth); needs the AF_XDP backend'),
     Setting("vip", str, None, flags=("--vip",), toml=False, metavar="[tcp:|udp:]VIP:PORT",
             help="quick start: one virtual service"),
     Setting("rs", list, None, flags=("--rs",), toml=False, cli_action="append",

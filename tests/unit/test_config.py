@@ -89,7 +89,7 @@ BASE = '[[service]]\nvip = "10.0.0.1:80"\n'
     # Semantics: file, line, table path, what is wrong.
     ('[director]\nmode = "dsr"\n', "f.toml:2: director.mode: 'dsr' is not one of dr, nat, tun"),
     ('[director]\ninterfce = "eth0"\n', "f.toml:2: director.interfce: unknown key (valid: "
-     "mode, interface, rs_interface, backend, socket, capacity, mtu, busy_poll, batch, cpu, "
+     "mode, interface, rs_interface, backend, offload, socket, capacity, mtu, busy_poll, batch, cpu, "
      "keepalived_conf, metrics, vrrp)"),
     ('[director]\ncpu = -1\n', "f.toml:2: director.cpu: -1 is outside 0..4095"),
     ('[director]\nmtu = 40\n', "f.toml:2: director.mtu: 40 is outside 68..65535"),

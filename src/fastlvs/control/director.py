@@ -524,6 +524,8 @@ class Director:
         out = {"engine": self.engine.stats(), "conn_entries": self.engine.conn_count(),
                "conn_capacity": self.engine.capacity, "services": services,
                "vips": self.vips()}
+        if getattr(self.engine, "offload_fd", -1) >= 0:     # the XDP offload is on
+            out["offload"] = self.engine.offload_stats()
         if self.port_stats is not None:
             out["ports"] = self.port_stats()
         return out

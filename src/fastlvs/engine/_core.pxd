@@ -20,6 +20,7 @@ cdef class Engine:
     cdef readonly int batch
     cdef object callback
     cdef object error               # the first scheduler callback error, raised after the batch
+    cdef double _off_read_at        # time.monotonic() of the last offload read-back
 
     cdef uint16_t _vip_intern(self, uint8_t proto, uint32_t *addr, uint16_t port) except 0
     cdef int _dest_grow(self, uint32_t dest_id) except -1
@@ -32,6 +33,7 @@ cdef class Engine:
     cdef void _count_port0(self)
     cdef int _addr_set(self, uint32_t **tab, uint32_t *mask, addrs) except -1
     cdef list _outputs(self, fl_frame *f)
+    cdef int _off_fresh(self) except -1
 
 
 # The ring loop (dataplane/ring_loop.pxi) runs a Bare forwarder's fn in place of an Engine.

@@ -72,6 +72,7 @@ include "dataplane/neigh.pxi"
 include "dataplane/neigh6.pxi"
 include "dataplane/xmit.pxi"
 include "dataplane/xmit6.pxi"
+include "dataplane/offload.pxi"
 
 # The contract's names at the Python level; the C constants come from the same module through
 # the generated dataplane/contract.pxi (a stale build fails the check below).

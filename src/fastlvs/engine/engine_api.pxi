@@ -272,6 +272,9 @@ cdef class Engine:
         free(self.st.frag.vset)
         free(self.st.frag.rset)
         sync_free_all(&self.st)
+        if self.st.off_on:
+            _os.close(self.st.off_fd)
+        free(self.st.off_seen)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -326,6 +329,8 @@ cdef class Engine:
             if mtu < MTU_MIN or mtu > MTU_MAX:
                 raise ValueError(f"mtu must be {MTU_MIN}..{MTU_MAX}, got {mtu}")
             self.st.mtu = mtu
+        if self.st.off_on:
+            offload_drop_where(&self.st, 0, 0, 0, 0)     # sources and MTU as installed
 
     def set_neighbor(self, ip, mac, ifindex=0):
         """Next-hop MAC (and interface) for NAT replies to client `ip`, from the kernel's
@@ -349,6 +354,9 @@ cdef class Engine:
         m = _mac_bytes(mac)
         nb = neigh_slot(&self.st, a, tick, True)
         neigh_put(nb, a, <const uint8_t *>m, ifindex, tick, NF_USED | NF_KERNEL)
+        if self.st.off_on:
+            # the client's NAT replies were installed with its old next hop
+            offload_drop_where(&self.st, 0, 0, a, FWD_NAT)
 
     def _set_neighbor6(self, ip, mac, ifindex):
         cdef uint32_t a[4]
@@ -391,6 +399,8 @@ cdef class Engine:
         cdef bytes new
         cdef uint32_t i, n = (self.st.neigh_set_mask + 1) * NEIGH_WAYS
         cdef fl_neigh *nb
+        if self.st.off_on:
+            offload_drop_where(&self.st, 0, 0, 0, FWD_NAT)
         if mac is None:
             self.st.has_gw = 0
             return
@@ -470,6 +480,8 @@ cdef class Engine:
             self.st.nat_icmp_send = v
         elif name == "pmtu_disc":
             self.st.pmtu_disc = v
+            if self.st.off_on:
+                offload_drop_where(&self.st, 0, 0, 0, FWD_TUN)
         elif name == "drop_entry":
             if v and self.st.embryo == NULL:
                 # the ring of SYN_RECV entries drop_entry takes from; an engine that never
@@ -628,7 +640,10 @@ cdef class Engine:
         if vport < 0 or vport > 65535:
             raise ValueError(f"vport out of range: {vport}")
         _addr_words(vaddr, a)
-        self.st.vips[self._vip_intern(_proto_num(proto), a, vport)].off = 0 if served else 1
+        v = self._vip_intern(_proto_num(proto), a, vport)
+        self.st.vips[v].off = 0 if served else 1
+        if self.st.off_on and not served:
+            offload_drop_where(&self.st, 0, v, 0, 0)     # the kernel's now, conns and all
 
     def del_service(self, int svc_id):
         """Remove a service and (like IPVS) all its dests; their conns continue until they
@@ -815,6 +830,7 @@ cdef class Engine:
         """
         cdef fl_dest *d
         cdef uint32_t a[4]
+        old_how = None
         if dest_id < 1 or dest_id > (1 << 24):
             raise ValueError(f"dest_id must be 1..{1 << 24}, got {dest_id}")
         if svc_id < 1 or svc_id > MAX_SERVICES or not self.st.svcs[svc_id].in_use:
@@ -836,6 +852,10 @@ cdef class Engine:
         self._dest_grow(dest_id)
         d = &self.st.dests[dest_id]
         same = (d.svc == svc_id and d.rport == rport and addr_eq(d.raddr, a))
+        if self.st.off_on and d.flags & DF_IN_USE:
+            # how its conns are sent may change (MACs, interface, method): the map entries
+            # go, and the next packet the engine sees installs them again; weights stay
+            old_how = (bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd)
         if d.flags & DF_IN_USE:
             if not same and (d.flags & DF_AVAILABLE or d.refcnt != 0):
                 raise ValueError(
@@ -859,6 +879,9 @@ cdef class Engine:
             _set_mac(d.smac, src_mac)
         d.ifindex = ifindex
         d.weight = weight
+        if self.st.off_on and old_how is not None and old_how != (
+                bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd):
+            offload_drop_where(&self.st, dest_id, 0, 0, 0)
         if u_threshold == 0 or u_threshold > d.u_threshold:
             d.flags &= ~DF_OVERLOAD
         d.u_threshold = u_threshold
@@ -878,6 +901,9 @@ cdef class Engine:
         if not (d.flags & DF_IN_USE):
             return
         d.flags &= ~DF_AVAILABLE
+        if self.st.off_on:
+            # its packets are the engine's to drop (or to end with expire_nodest_conn)
+            offload_drop_where(&self.st, dest_id, 0, 0, 0)
         if self.st.expire_nodest_conn and d.refcnt != 0:
             conn_flush_nodest(&self.st, dest_id)
         if d.refcnt == 0:
@@ -1064,6 +1090,8 @@ cdef class Engine:
         cdef uint32_t freed
         if now > self.st.now:
             self.st.now = now
+        # no read-back of the offload map here: an offloaded entry whose timer ran out is
+        # read alone before it goes (offload_refresh), and a whole read costs ~1 µs an entry
         with nogil:
             freed = conn_sweep(&self.st, now, b)
             frag_expire(&self.st, now, 0xFFFFFFFF)
@@ -1072,6 +1100,7 @@ cdef class Engine:
     # -- counters and listings --------------------------------------------------------------------
     def stats(self):
         """Global counters by name (drops by reason, passes, tx, conns created/expired)."""
+        self._off_fresh()
         return {COUNTER_NAMES[i]: self.st.counters[i] for i in range(C_LAST)}
 
     def service_stats(self, int svc_id):
@@ -1079,6 +1108,7 @@ cdef class Engine:
         cdef fl_svc *s
         if svc_id < 1 or svc_id > MAX_SERVICES or not self.st.svcs[svc_id].in_use:
             raise KeyError(svc_id)
+        self._off_fresh()
         s = &self.st.svcs[svc_id]
         return {"conns": s.conns, "inpkts": s.inpkts, "outpkts": s.outpkts,
                 "inbytes": s.inbytes, "outbytes": s.outbytes}
@@ -1091,6 +1121,7 @@ cdef class Engine:
         d = &self.st.dests[dest_id]
         if not (d.flags & DF_IN_USE):
             raise KeyError(dest_id)
+        self._off_fresh()
         return {"conns": d.conns, "inpkts": d.inpkts, "outpkts": d.outpkts,
                 "inbytes": d.inbytes, "outbytes": d.outbytes,
                 "activeconns": d.activeconns, "inactconns": d.inactconns,
@@ -1135,6 +1166,8 @@ cdef class Engine:
             raise ValueError(f"start must be >= 0, got {start}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        if start == 0:
+            self._off_fresh()           # the timers as the offloaded packets moved them
         end = self.st.used_end
         if start >= end:
             return [], None
@@ -1339,3 +1372,115 @@ cdef class Engine:
         out["master"] = sy.master
         out["backup"] = sy.backup
         return out
+    # -- the XDP offload (dataplane/offload.pxi) -------------------------------------------------
+    def offload_enable(self):
+        """Create the fl_offload map (2 entries per connection entry: NAT has two directions;
+        allocated as used) and start installing established connections in it. Returns its
+        fd, which every XdpPort's program must reuse (XdpPort(offload_fd=...)). Enabling
+        twice returns the same fd. OSError when the kernel refuses the map."""
+        cdef int fd
+        if self.st.off_on:
+            return self.st.off_fd
+        if not FL_XDP_BUILT:
+            raise OSError(95, XDP_MISSING)
+        self.st.off_max = self.st.capacity * 2 if self.st.capacity < 0x7FFFFFFF else 0xFFFFFFFF
+        self.st.off_seen = <uint64_t *>fl_alloc_table(<size_t>self.st.capacity * 4 * sizeof(uint64_t))
+        if self.st.off_seen == NULL:
+            raise MemoryError("cannot allocate the offload's counter shadow")
+        fd = fl_off_map_create(sizeof(fl_off_key), sizeof(fl_off_val), self.st.off_max)
+        if fd < 0:
+            free(self.st.off_seen)
+            self.st.off_seen = NULL
+            raise OSError(-fd, f"cannot create the offload map: {_os.strerror(-fd)}")
+        self.st.off_fd = fd
+        self.st.off_on = 1
+        self._off_read_at = 0
+        return fd
+
+    def offload_disable(self):
+        """Take every connection out of the map (its counts folded in) and close it; the
+        programs that reused it forward nothing more. Disabling twice is a no-op."""
+        cdef uint32_t i
+        if not self.st.off_on:
+            return
+        with nogil:
+            for i in range(self.st.used_end):
+                if self.st.conns[i].vip != 0 and (self.st.conns[i].flags & CF_OFFLOADED):
+                    offload_remove(&self.st, i)
+        self.st.off_on = 0
+        self.st.off_nq = 0
+        _os.close(self.st.off_fd)
+        self.st.off_fd = -1
+        free(self.st.off_seen)
+        self.st.off_seen = NULL
+
+    @property
+    def offload_fd(self):
+        """The fl_offload map's fd, or -1 while the offload is off."""
+        return self.st.off_fd if self.st.off_on else -1
+
+    @property
+    def offload_max_entries(self):
+        return self.st.off_max if self.st.off_on else 0
+
+    def offload_sync(self):
+        """Read every map entry back now (bpf_map_lookup_batch) and fold its packet and
+        byte counts and last-seen time into the dests, services and entries. Listings and
+        counters call it themselves (at most every OFFLOAD_READ_EVERY s); expiry reads an
+        entry alone when its timer runs out. Returns the entries read (0 while off)."""
+        cdef uint64_t n = 0
+        if not self.st.off_on:
+            return 0
+        with nogil:
+            n = offload_read(&self.st)
+        self._off_read_at = _time.monotonic()
+        return n
+
+    cdef int _off_fresh(self) except -1:
+        if self.st.off_on and _time.monotonic() - self._off_read_at >= OFFLOAD_READ_EVERY:
+            self.offload_sync()
+        return 0
+
+    def offload_stats(self):
+        """{"enabled", "installed", "removed", "errors", "frames", "max_entries"}: conns put in
+        and taken out of the map, failed map calls, frames the program forwarded (as read)."""
+        return {"enabled": bool(self.st.off_on), "installed": self.st.off_installed,
+                "removed": self.st.off_removed, "errors": self.st.off_errors,
+                "frames": self.st.off_frames, "max_entries": self.offload_max_entries}
+
+    def offload_conns(self):
+        """(caddr, cport, vport) of the entries in the map now, for tests and diagnostics."""
+        cdef uint32_t i
+        cdef fl_conn *c
+        out = []
+        for i in range(self.st.used_end):
+            c = &self.st.conns[i]
+            if c.vip != 0 and (c.flags & CF_OFFLOADED):
+                out.append((_ip_text(c.caddr[3]), c.cport, c.vport))
+        return out
+
+    def offload_test_run(self, frame, svc_key, rs_key=None, prog_path=None,
+                         int ingress_ifindex=1, int repeat=1, timing=False):
+        """Run the XDP program (BPF_PROG_TEST_RUN, nothing attached) on `frame` with this
+        engine's map and the steering keys given (bytes of fl_steer_key). Returns (action,
+        bytes it leaves): what the kernel would send; with `timing`, (action, bytes, ns per
+        run over `repeat` runs) as the kernel measured it."""
+        cdef bytes data = bytes(frame)
+        cdef bytes path = (prog_path or _steer_obj_path()).encode()
+        cdef bytes sk = bytes(svc_key)
+        cdef bytes rk = bytes(rs_key) if rs_key is not None else None
+        cdef uint32_t outlen = len(data) + 512, action = 0, duration = 0
+        cdef int r
+        out = bytearray(outlen)
+        if not self.st.off_on:
+            raise ValueError("offload is off")
+        r = fl_off_test_run(path, self.st.off_fd, self.st.off_max, <const char *>sk,
+                            <const char *>rk if rk is not None else NULL,
+                            <const char *>data, len(data), <char *>out, &outlen, &action,
+                            ingress_ifindex, repeat, &duration)
+        if r:
+            raise OSError(-r, f"XDP test run: {_os.strerror(-r)} "
+                              f"({fl_xdp_last().decode(errors='replace').strip()})")
+        if timing:
+            return action, bytes(out[:outlen]), duration
+        return action, bytes(out[:outlen])

@@ -66,6 +66,15 @@ def rx_queue_count(ifname: str) -> int:
     return int(n or 1)
 
 
+def link_kind(ifname: str) -> str | None:
+    """The rtnetlink kind of `ifname` ("veth", "bridge", ...; None for a plain NIC)."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        links = ipr.link("get", index=socket.if_nametoindex(ifname))
+    info = links[0].get_attr("IFLA_LINKINFO") if links else None
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
 def queue_ring_size(n: int) -> int:
     """Ring size of each of `n` queues: the interface's RING_SLOTS shared out (a power of
     two, at least MIN_QUEUE_RING), so that the fill rings of a many-queue interface do not
@@ -165,6 +174,7 @@ class Ports:
         self.umem = None
         self.napi = NapiPlacement(cpu) if cpu is not None else None
         self.sysfs = SysfsTuning()
+        self.offload: tuple[int, int] | None = None  # (map fd, max entries): the engine's
 
     def list(self) -> list:
         """The open ports, interfaces in the order they were opened, each interface's queues
@@ -194,8 +204,10 @@ class Ports:
                     # One UMEM for every port: a frame received on one interface is sent on
                     # another by descriptor, without a copy.
                     self.umem = _core.XdpUmem(frames=UMEM_FRAMES, frame_size=self.frame_size())
+                off = {} if self.offload is None else {"offload_fd": self.offload[0],
+                                                       "offload_max": self.offload[1]}
                 queues = xdp_ports(name, umem=self.umem, queues=n, mode="auto",
-                                   busy_poll=bool(self.busy_poll))
+                                   busy_poll=bool(self.busy_poll), **off)
                 port = queues[0]
             except (OSError, RuntimeError) as e:
                 if self.backend == "xdp":
@@ -312,6 +324,19 @@ class Ports:
                     total["steer_stats"] = f"unavailable: {e}"
             out[port.ifname] = total
         return out
+
+    def offload_native(self) -> bool:
+        """Whether every open port's program runs in native (driver) mode on an interface
+        whose XDP_TX/redirect needs nothing from its peer: not a veth (a veth delivers what
+        XDP sends only where its peer runs NAPI, which the director cannot see to)."""
+        if not self.ports:
+            return False
+        for p in self.ports.values():
+            if p.backend != "xdp" or not p.mode.startswith("native"):
+                return False
+            if link_kind(p.ifname) == "veth":
+                return False
+        return True
 
     def describe(self) -> str:
         return ", ".join(f"{p.ifname} ({p.backend} {p.mode}"

@@ -6,6 +6,8 @@
  * (by the packet they quote; ICMPv6 errors too); everything else (ARP, other ICMP, SSH, the director's own
  * connections to a real server) is XDP_PASS.
  * Maps are filled at run time from user space (ring_xdp.pxi). One 802.1Q tag; IPv4 and IPv6.
+ * The offload (fl_offload, filled by the engine: dataplane/offload.pxi) forwards the frames of
+ * established connections here, with the engine's bytes; see offload_fwd below.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -93,10 +95,10 @@ struct {
 	__type(value, __u32);
 } fl_fast_sel SEC(".maps");
 
-/* [0] redirected, [1] passed: per-CPU, summed by user space for diagnostics */
+/* [0] redirected, [1] passed, [2] offloaded: per-CPU, summed by user space for diagnostics */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } fl_stats SEC(".maps");
@@ -148,8 +150,264 @@ static __always_inline int in_set_any(const struct fl_steer_key *keys, __u32 n,
 	return in_set(keys, n, &a, map);
 }
 
+
+/* -- the offload -------------------------------------------------------------------------- */
+/* One direction of a connection the engine (the authority) found needs it no longer: its
+ * packets are rewritten and sent here. Key and value are kept byte-identical to struct
+ * fl_off_key / fl_off_val in dataplane/offload.pxi. Addresses and ports in network order. */
+struct fl_off_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+#define FL_OFF_DR 1
+#define FL_OFF_NAT_IN 2
+#define FL_OFF_TUN 3
+#define FL_OFF_NAT_OUT 4
+#define FL_OFF_DF 1            /* TUN: copy the inner DF to the outer header (pmtu_disc) */
+
+struct fl_off_val {
+	__u64 pkts;            /* written here, read back by the engine in batches */
+	__u64 bytes;           /* IP total lengths, as the engine counts */
+	__u64 seen;            /* bpf_ktime_get_ns() of the last packet: CLOCK_MONOTONIC */
+	__u32 conn;            /* the engine's entry index (user space only) */
+	__u32 ifindex;         /* out interface */
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u8 kind;             /* FL_OFF_* */
+	__u8 flags;
+	__u16 mtu;             /* TUN: the inner packet must fit mtu - 20 */
+	__be32 addr;           /* NAT: the new address (in: RIP, out: VIP); TUN: outer daddr */
+	__be32 local;          /* TUN: outer saddr */
+	__be16 port;           /* NAT: the new port */
+	__u16 pad;
+	__u32 daddr_csum;      /* the address change, summed as csum_replace4 sums it (unfolded) */
+	__u32 dport_csum;      /* the port change, as csum_replace2; 0 = the port stays */
+};
+
+/* Sized by user space (from --capacity) and shared by every interface's program: the
+ * engine creates it and each program reuses it before it is loaded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fl_off_key);
+	__type(value, struct fl_off_val);
+} fl_offload SEC(".maps");
+
+/* TUN's outer IP id without DF: the engine counts one up per packet; here each CPU does */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} fl_off_ipid SEC(".maps");
+
+/* The engine's checksum arithmetic (csum.pxi), step for step, so the bytes are the same:
+ * values are host-order 16-bit words read big-endian. */
+static __always_inline __u16 rd16(const void *p)
+{
+	const __u8 *b = p;
+
+	return ((__u16)b[0] << 8) | b[1];
+}
+
+static __always_inline void wr16(void *p, __u16 v)
+{
+	__u8 *b = p;
+
+	b[0] = v >> 8;
+	b[1] = v;
+}
+
+static __always_inline __u16 fold(__u32 s)
+{
+	s = (s & 0xFFFF) + (s >> 16);
+	s = (s & 0xFFFF) + (s >> 16);
+	return s;
+}
+
+/* csum_replace4/2 with the change pre-summed: ~HC + (~old + new) */
+static __always_inline void csum_apply(void *field, __u32 delta)
+{
+	wr16(field, ~fold((~rd16(field) & 0xFFFF) + delta) & 0xFFFF);
+}
+
+/* l4_csum_replace*: a UDP checksum of 0 means none and stays; a computed 0 is sent as 0xFFFF */
+static __always_inline void l4_csum_apply(void *field, __u32 delta, int udp)
+{
+	if (udp && rd16(field) == 0)
+		return;
+	csum_apply(field, delta);
+	if (udp && rd16(field) == 0)
+		wr16(field, 0xFFFF);
+}
+
+static __always_inline __u32 sum_words(const __u8 *p, int n)
+{
+	__u32 s = 0;
+
+	for (int i = 0; i < n; i += 2)
+		s += ((__u32)p[i] << 8) | p[i + 1];
+	return s;
+}
+
+/* ttl_dec_v4: the checksum rises by 0x0100 with the end-around carry, 0xFFFF becomes 0 */
+static __always_inline void ttl_dec(struct iphdr *ip)
+{
+	__u32 c = rd16(&ip->check) + 0x0100;
+
+	wr16(&ip->check, c + (c >= 0xFFFF));
+	ip->ttl -= 1;
+}
+
+static __always_inline int off_out(struct xdp_md *ctx, struct fl_off_val *v)
+{
+	count(2, 0);
+	if (v->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(v->ifindex, 0);
+}
+
+/* A frame of an offloaded connection is forwarded here only when the engine would forward it
+ * without changing anything it keeps: plain Ethernet + IPv4 without options or fragments, a
+ * valid header checksum, TTL above 1, TCP with ACK and none of SYN/FIN/RST (those move the
+ * state), lengths that parse, a complete L4 checksum (a partial one the engine completes),
+ * TUN within the MTU. Everything else (and every miss) returns -1: the socket, the engine. */
+static __always_inline int offload_fwd(struct xdp_md *ctx, struct iphdr *ip)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct fl_off_key k = {};
+	struct fl_off_val *v;
+	__u8 *l4 = (__u8 *)(ip + 1);
+	__u16 tot, l4len, ck;
+	__u64 ps;
+	int udp;
+
+	if ((void *)ip != data + sizeof(struct ethhdr) || (void *)(ip + 1) > end)
+		return -1;
+	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3FFF)) || ip->ttl <= 1)
+		return -1;
+	tot = bpf_ntohs(ip->tot_len);
+	if (tot < 20 || (void *)ip + tot > end)
+		return -1;
+	if (fold(sum_words((const __u8 *)ip, 20)) != 0xFFFF)
+		return -1;
+	l4len = tot - 20;
+	udp = ip->protocol == IPPROTO_UDP;
+	if (udp) {
+		if ((void *)(l4 + 8) > end || l4len < 8)
+			return -1;
+		if (rd16(l4 + 4) < 8 || rd16(l4 + 4) > l4len)
+			return -1;
+		ck = rd16(l4 + 6);
+		l4len = rd16(l4 + 4);
+	} else {
+		if ((void *)(l4 + 20) > end || l4len < 20)
+			return -1;
+		if ((l4[12] >> 4) < 5 || (l4[12] >> 4) * 4 > l4len)
+			return -1;
+		if ((l4[13] & 0x07) || !(l4[13] & 0x10))
+			return -1;
+		ck = rd16(l4 + 16);
+	}
+	/* l4_csum_looks_partial: a sender's checksum offload left the pseudo-header sum */
+	if (!udp || ck != 0) {
+		ps = (__u64)bpf_ntohl(ip->saddr) + bpf_ntohl(ip->daddr) + ip->protocol + l4len;
+		ps = (ps & 0xFFFF) + (ps >> 16);
+		ps = (ps & 0xFFFF) + (ps >> 16);
+		ps = (ps & 0xFFFF) + (ps >> 16);
+		if (ck == ps)
+			return -1;
+	}
+	k.saddr = ip->saddr;
+	k.daddr = ip->daddr;
+	k.sport = *(__be16 *)l4;
+	k.dport = *(__be16 *)(l4 + 2);
+	k.proto = ip->protocol;
+	v = bpf_map_lookup_elem(&fl_offload, &k);
+	if (!v)
+		return -1;
+	if (v->kind == FL_OFF_TUN && (__u32)tot + 20 > v->mtu)
+		return -1;              /* the engine refuses or cuts it */
+	__sync_fetch_and_add(&v->pkts, 1);
+	__sync_fetch_and_add(&v->bytes, tot);
+	v->seen = bpf_ktime_get_ns();
+
+	ttl_dec(ip);
+	if (v->kind == FL_OFF_DR) {
+		__builtin_memcpy(data, v->dmac, 6);
+		__builtin_memcpy(data + 6, v->smac, 6);
+		return off_out(ctx, v);
+	}
+	if (v->kind == FL_OFF_NAT_IN || v->kind == FL_OFF_NAT_OUT) {
+		__u8 *ckf = l4 + (udp ? 6 : 16);
+		int in = v->kind == FL_OFF_NAT_IN;
+
+		if (in)
+			ip->daddr = v->addr;
+		else
+			ip->saddr = v->addr;
+		csum_apply(&ip->check, v->daddr_csum);
+		l4_csum_apply(ckf, v->daddr_csum, udp);
+		if (v->dport_csum) {
+			*(__be16 *)(l4 + (in ? 2 : 0)) = v->port;
+			l4_csum_apply(ckf, v->dport_csum, udp);
+		}
+		__builtin_memcpy(data, v->dmac, 6);
+		__builtin_memcpy(data + 6, v->smac, 6);
+		return off_out(ctx, v);
+	}
+	if (v->kind == FL_OFF_TUN) {
+		/* xmit_tun_v4: an outer header (local -> RIP, IPIP, TOS and TTL of the inner one,
+		 * DF and id 0 with pmtu_disc when the inner has DF) before the untouched packet */
+		struct iphdr *o;
+		struct ethhdr *eth;
+		__u8 tos = ip->tos, ttl = ip->ttl;
+		int df = (ip->frag_off & bpf_htons(0x4000)) && (v->flags & FL_OFF_DF);
+		__u32 zero = 0, *id;
+
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
+			return XDP_ABORTED;
+		data = (void *)(long)ctx->data;
+		end = (void *)(long)ctx->data_end;
+		eth = data;
+		o = data + sizeof(struct ethhdr);
+		if ((void *)(o + 1) > end)
+			return XDP_ABORTED;
+		__builtin_memcpy(eth->h_dest, v->dmac, 6);
+		__builtin_memcpy(eth->h_source, v->smac, 6);
+		eth->h_proto = bpf_htons(ETH_P_IP);
+		o->version = 4;
+		o->ihl = 5;
+		o->tos = tos;
+		o->tot_len = bpf_htons(tot + 20);
+		if (df) {
+			o->id = 0;
+			o->frag_off = bpf_htons(0x4000);
+		} else {
+			id = bpf_map_lookup_elem(&fl_off_ipid, &zero);
+			o->id = bpf_htons(id ? ++*id : 0);
+			o->frag_off = 0;
+		}
+		o->ttl = ttl;
+		o->protocol = IPPROTO_IPIP;
+		o->check = 0;
+		o->saddr = v->local;
+		o->daddr = v->addr;
+		wr16(&o->check, ~fold(sum_words((const __u8 *)o, 20)) & 0xFFFF);
+		return off_out(ctx, v);
+	}
+	return -1;
+}
+
 static __always_inline int steer(struct xdp_md *ctx, struct fl_steer_key *dst,
-				 struct fl_steer_key *src)
+				 struct fl_steer_key *src, struct iphdr *ip)
 {
 	__u32 zero = 0, *sel = bpf_map_lookup_elem(&fl_fast_sel, &zero);
 	struct fl_fast *f;
@@ -174,6 +432,13 @@ static __always_inline int steer(struct xdp_md *ctx, struct fl_steer_key *dst,
 	}
 	return count(1, XDP_PASS);
 redirect:
+	/* only frames we would take cost the offload look-up */
+	if (ip) {
+		int a = offload_fwd(ctx, ip);
+
+		if (a >= 0)
+			return a;
+	}
 	count(0, 0);
 	/* XDP_PASS in the flags: no socket on this queue -> the kernel gets the frame */
 	return bpf_redirect_map(&fl_xsks, ctx->rx_queue_index, XDP_PASS);
@@ -211,7 +476,7 @@ static __always_inline int steer_icmp(struct xdp_md *ctx, struct iphdr *ip, void
 	dst->port = qp[0];
 	src->addr[0] = q->daddr;
 	src->port = qp[1];
-	return steer(ctx, dst, src);
+	return steer(ctx, dst, src, NULL);
 }
 
 /* The same for ICMPv6 errors (types below 128): the quoted packet must carry TCP or UDP right
@@ -240,7 +505,7 @@ static __always_inline int steer_icmp6(struct xdp_md *ctx, struct ipv6hdr *ip6, 
 	dst->port = qp[0];
 	__builtin_memcpy(src->addr, &q->daddr, 16);
 	src->port = qp[1];
-	return steer(ctx, dst, src);
+	return steer(ctx, dst, src, NULL);
 }
 
 SEC("xdp")
@@ -297,7 +562,7 @@ int fl_steer(struct xdp_md *ctx)
 			return XDP_PASS;
 		dst.port = ports[1];
 		src.port = ports[0];
-		return steer(ctx, &dst, &src);
+		return steer(ctx, &dst, &src, ip);
 	}
 	if (h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
@@ -318,7 +583,7 @@ int fl_steer(struct xdp_md *ctx)
 		__builtin_memcpy(src.addr, &ip6->saddr, 16);
 		dst.port = ports[1];
 		src.port = ports[0];
-		return steer(ctx, &dst, &src);
+		return steer(ctx, &dst, &src, NULL);
 	}
 	return XDP_PASS;
 }

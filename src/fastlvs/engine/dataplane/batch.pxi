@@ -89,6 +89,8 @@ cdef inline void conn_forward_in(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *
     c.expires = now + secs(c.timeout)
     if fl_unlikely(e.sync.meta != NULL):
         sync_in_packet(e, c, now)
+    if fl_unlikely(e.off_on):
+        offload_note(e, c)
 
 
 cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c,
@@ -124,6 +126,9 @@ cdef inline void conn_forward_out(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn 
     c.expires = now + secs(c.timeout)
     if fl_unlikely(e.sync.meta != NULL):
         sync_out_packet(e, c)
+    c.flags |= CF_REPLIED
+    if fl_unlikely(e.off_on):
+        offload_note(e, c)
 
 
 cdef inline void persist_net(fl_svc *s, fl_pkt *p, uint32_t *snet) noexcept nogil:
@@ -439,6 +444,8 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 if fl_unlikely(frames[j].xrec != 0) and not frag_cut(e, &frames[j]):
                     continue
                 e.counters[C_TX] += 1
+    if e.off_nq != 0:
+        offload_flush(e)
     conn_sweep_batch(e, now)
     if e.frag.oldest != 0:
         frag_expire(e, now, FRAG_EXPIRE_BUDGET)
@@ -498,3 +505,5 @@ cdef void engine_bind_parked(fl_engine *e, fl_frame *frames) noexcept nogil:
                 continue
             e.counters[C_TX] += 1
     e.nparked = 0
+    if e.off_nq != 0:
+        offload_flush(e)

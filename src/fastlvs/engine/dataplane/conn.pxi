@@ -123,6 +123,8 @@ cdef void conn_release(fl_engine *e, uint32_t idx) noexcept nogil:
     # return it to the pool.
     cdef fl_conn *c = &e.conns[idx]
     cdef uint32_t t
+    if fl_unlikely(c.flags & CF_OFFLOADED):
+        offload_remove(e, idx)
     if not (c.flags & CF_TEMPLATE) and c.ctl != 0:
         t = c.ctl - 1
         if e.conns[t].ctl > 0:
@@ -197,6 +199,8 @@ cdef inline bint conn_expire(fl_engine *e, uint32_t idx, uint64_t now) noexcept 
     # The timer fired: a template still controlling conns is re-armed (IPVS n_control),
     # anything else is freed. Returns True when the entry was freed.
     cdef fl_conn *c = &e.conns[idx]
+    if fl_unlikely(c.flags & CF_OFFLOADED) and offload_refresh(e, idx, now):
+        return False            # the XDP program forwarded its packets meanwhile
     if (c.flags & CF_TEMPLATE) and c.ctl > 0:
         c.expires = now + secs(c.timeout)
         return False
@@ -402,8 +406,7 @@ cdef inline uint32_t conn_lookup_in(fl_engine *e, fl_pkt *p, uint64_t now) noexc
         c = &e.conns[i - 1]
         if (c.cport == p.sport and c.vip == p.vip and c.caddr[3] == p.saddr[3]
                 and c.vport == p.dport and not (c.flags & CF_TEMPLATE) and addr_eq(c.caddr, p.saddr)):
-            if c.expires <= now:
-                conn_expire(e, i - 1, now)
+            if c.expires <= now and conn_expire(e, i - 1, now):
                 return 0
             return i
         i = c.next
@@ -422,8 +425,7 @@ cdef inline uint32_t conn_lookup_out(fl_engine *e, fl_pkt *p, uint64_t now) noex
                 and not (c.flags & CF_TEMPLATE) and addr_eq(c.caddr, p.daddr)):
             d = &e.dests[c.dest]
             if conn_rport(e, c) == p.sport and addr_eq(d.raddr, p.saddr):
-                if c.expires <= now:
-                    conn_expire(e, i - 1, now)
+                if c.expires <= now and conn_expire(e, i - 1, now):
                     return 0
                 return i
         i = c.next

@@ -347,7 +347,8 @@ cdef class _SteerProg:
         self.publish()
         return 0
 
-    cdef int attach(self, int ifindex, str ifname, str mode, str path) except -1:
+    cdef int attach(self, int ifindex, str ifname, str mode, str path, int offload_fd=-1,
+                    unsigned offload_max=0) except -1:
         cdef long err
         cdef int r = 0
         cdef bytes bpath = path.encode()
@@ -366,6 +367,14 @@ cdef class _SteerProg:
                 raise OSError(-err, f"cannot open {path}: {_os.strerror(-err)} "
                                     f"({fl_xdp_last().decode(errors='replace').strip()})")
             m = XDP_MODE_NATIVE if want == "native" else XDP_MODE_SKB
+            if offload_fd >= 0:
+                # the engine's connection map (offload.pxi), shared by every interface
+                r = fl_off_reuse(xdp_program__bpf_obj(self.prog), offload_fd, offload_max)
+                if r:
+                    xdp_program__close(self.prog)
+                    self.prog = NULL
+                    raise OSError(-r, f"cannot give the XDP program the offload map: "
+                                      f"{_os.strerror(-r)}")
             # libxdp tries its multi-program dispatcher first; here it fails (EPERM or no
             # bpffs) and libxdp falls back to attaching our program alone: that is normal.
             r = xdp_program__attach(self.prog, ifindex, m, 0)
@@ -440,7 +449,8 @@ cdef class XdpPort(Port):
     cdef readonly dict tuning
 
     def __init__(self, ifname, int queue=0, mode="auto", int ring_size=XDP_DEFAULT_RING,
-                 busy_poll=False, XdpUmem umem=None, int frame_size=4096, prog_path=None):
+                 busy_poll=False, XdpUmem umem=None, int frame_size=4096, prog_path=None,
+                 offload_fd=-1, offload_max=0):
         cdef xsk_socket_config cfg
         cdef xsk_umem_config ucfg
         cdef int r, one = 1, usecs = XDP_BUSY_POLL_USECS, budget = RING_BATCH
@@ -479,7 +489,7 @@ cdef class XdpPort(Port):
         if prog is None:
             prog = _SteerProg()
             (<_SteerProg>prog).attach(self.ifindex, ifname, mode,
-                                      prog_path or _steer_obj_path())
+                                      prog_path or _steer_obj_path(), offload_fd, offload_max)
             (<_SteerProg>prog).key = key
             _STEER_PROGS[key] = prog
         elif mode != "auto" and (<_SteerProg>prog).mode != mode:
@@ -597,7 +607,8 @@ cdef class XdpPort(Port):
         self.prog.set_key(2, &k, False)
 
     def steer_stats(self):
-        """{"redirected": n, "passed": n}: the program's per-CPU counters, summed."""
+        """{"redirected": n, "passed": n, "offloaded": n}: the program's per-CPU counters,
+        summed (offloaded: frames it forwarded itself from the offload map)."""
         cdef uint32_t key
         cdef int ncpu = libbpf_num_possible_cpus()
         cdef uint64_t *vals
@@ -605,7 +616,7 @@ cdef class XdpPort(Port):
         vals = <uint64_t *>calloc(ncpu if ncpu > 0 else 1, sizeof(uint64_t))
         out = {}
         try:
-            for key, name in ((0, "redirected"), (1, "passed")):
+            for key, name in ((0, "redirected"), (1, "passed"), (2, "offloaded")):
                 memset(vals, 0, ncpu * sizeof(uint64_t))
                 bpf_map_lookup_elem(self.prog.stats_fd, &key, vals)
                 out[name] = sum(vals[i] for i in range(ncpu))

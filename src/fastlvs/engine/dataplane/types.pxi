@@ -16,6 +16,8 @@ cdef enum:
     CF_INACTIVE = 2
     CF_NOOUTPUT = 4
     CF_INVALID = 8          # template invalidated by ip_vs_check_template: no longer matched
+    CF_OFFLOADED = 0x40     # in the XDP offload map (offload.pxi): its packets may bypass us
+    CF_REPLIED = 0x80       # a NAT reply was seen (the offload waits for both directions)
 
     # dest flags
     DF_IN_USE = 1           # the id names a dest (possibly deleted but still referenced)
@@ -453,3 +455,14 @@ cdef struct fl_engine:
     uint32_t gw6_ifindex
     uint32_t *vset6         # folds of the v6 VIP addresses (open addressing, 0 = empty):
     uint32_t vmask6         #   frames to them with extension headers are dropped, not passed
+    # the XDP offload (offload.pxi): off while off_on is 0
+    uint8_t off_on
+    int off_fd              # the fl_offload map
+    uint32_t off_max        # its max_entries
+    uint64_t *off_seen      # per entry: in pkts, in bytes, out pkts, out bytes folded so far
+    uint64_t off_installed
+    uint64_t off_removed
+    uint64_t off_errors
+    uint64_t off_frames     # frames the XDP program forwarded, as read back
+    uint32_t off_nq         # conns waiting for the batch's one map update (off_q)
+    uint32_t off_q[MAX_BATCH]
