@@ -10,7 +10,7 @@ APT_PKGS := python3 python3-venv python3-dev gcc make libc6-dev libxdp-dev libbp
 BENCH_APT_PKGS := conntrack
 PYTEST_ARGS ?=
 
-.PHONY: all deps bench-deps venv build test demo demo-cluster demo-sched bench bench-sched bench-peers clean
+.PHONY: all deps bench-deps venv build man test demo demo-cluster demo-sched bench bench-sched bench-peers clean
 
 all: build
 
@@ -38,6 +38,12 @@ venv: $(VENV)/.installed
 # Cython and setuptools skip the compile when nothing changed.
 build: venv
 	$(PY) setup.py -q build_ext --inplace
+	$(PY) -m fastlvs.manpages man
+
+# fastlvs(8) and fastlvs-admin(8), made from the commands' own option declarations
+# (read them with `man -l man/fastlvs.8`); `make build` makes them too.
+man: venv
+	$(PY) -m fastlvs.manpages man
 
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -73,4 +79,4 @@ bench-peers: build bench-deps
 	$(PY) benchmarks/peers.py
 
 clean:
-	rm -rf build $(VENV) src/*.egg-info src/fastlvs/engine/_core.c src/fastlvs/engine/_testing.c src/fastlvs/engine/dataplane/contract.pxi src/fastlvs/engine/_core*.so src/fastlvs/engine/_testing*.so
+	rm -rf build $(VENV) src/*.egg-info src/fastlvs/engine/_core.c src/fastlvs/engine/_testing.c src/fastlvs/engine/dataplane/contract.pxi src/fastlvs/engine/_core*.so src/fastlvs/engine/_testing*.so man

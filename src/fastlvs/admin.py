@@ -57,6 +57,19 @@ daemon, 1 a listing of a service that does not exist.
 """
 
 
+# fastlvs's own options beside ipvsadm's (ipvsadm.OPTION_HELP), for fastlvs-admin(8).
+OWN_OPTIONS = (
+    ("--socket PATH", "the daemon's control socket (before the command)"),
+    ("--counters", "print every counter as one JSON object"),
+    ("--health", "print each service's quorum, real servers and their health checkers"),
+    ("--sysctl [NAME=VALUE ...]", "set IPVS sysctls, or list them all"),
+    ("--drain [--drain-timeout S]", "withdraw every VIP from BGP and drain established "
+                                    "connections (at most S seconds), staying up"),
+    ("--undrain", "announce the VIPs again"),
+    ("--bgp", "list each VIP's announcement and why one is withheld"),
+)
+
+
 def _split_socket_option(argv: list[str]):
     """Leading fastlvs options (--socket PATH, --socket=PATH, then an optional "--")
     -> (path or None, the ipvsadm arguments)."""

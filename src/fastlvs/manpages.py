@@ -63,19 +63,47 @@ def daemon_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def admin_options() -> list[tuple[str, str]]:
+    """(spelling, what it does) of every `fastlvs admin` option: ipvsadm's, in the order
+    of its option table (-L and -l share a line), then fastlvs's own."""
+    from fastlvs import admin
+    from fastlvs.control import ipvsadm
+
+    shorts: dict[str, list[str]] = {}
+    first: dict[str, object] = {}
+    for o in ipvsadm._OPTIONS:
+        first.setdefault(o.long, o)
+        if o.short:
+            shorts.setdefault(o.long, []).append(f"-{o.short}")
+    out = []
+    for long, o in first.items():
+        arg = {0: "", 1: f" {_argname(o)}", 2: " [TIMEOUT]"}[o.arg]
+        spell = ", ".join(shorts.get(long, []) + [f"--{long}"]) + arg
+        out.append((spell, ipvsadm.OPTION_HELP[long]))
+    return out + list(admin.OWN_OPTIONS)
+
+
+def _argname(o) -> str:
+    return {"service-address": "ADDR:PORT" if o.value != "fwmark" else "MARK",
+            "real-server": "ADDR[:PORT]", "scheduler": "SCHEDULER",
+            "cmd:start-daemon": "master|backup", "cmd:stop-daemon": "master|backup",
+            "cmd:mark-rule": "MARK,PROTO,PREFIX,PORTS",
+            "cmd:del-mark-rules": "MARK"}.get(o.slot, o.long.upper().replace("-", "_"))
+
+
 def admin_page() -> str:
     """fastlvs-admin(8): ipvsadm's command line against the running daemon."""
     from fastlvs import admin
-    from fastlvs.control.ipvsadm import OPTION_HELP
 
     usage = admin.USAGE.splitlines()
-    lines = _head("fastlvs-admin", "ipvsadm's command line against the running fastlvs daemon")
     body = [line for line in usage[2:] if line.startswith("  ")]
+    lines = _head("fastlvs-admin", "ipvsadm's command line against the running fastlvs daemon")
     lines += [".SH SYNOPSIS", ".nf"] + [_esc(line.strip()) for line in body] + [".fi"]
-    lines += [".SH DESCRIPTION", _esc(usage[0])]
-    lines += [_esc(" ".join(line.strip() for line in usage[len(body) + 2:] if line.strip()))]
+    lines += [".SH DESCRIPTION", _esc(usage[0]) + "."]
+    lines += [_esc(" ".join(line.strip() for line in usage[2:]
+                            if line.strip() and line not in body))]
     lines += [".SH OPTIONS"]
-    for spell, text in OPTION_HELP:
+    for spell, text in admin_options():
         lines += [".TP", f"\\fB{_esc(spell)}\\fR", _esc(text)]
     lines += [".SH SEE ALSO", "fastlvs(8), ipvsadm(8)"]
     return "\n".join(lines) + "\n"

@@ -104,6 +104,74 @@ _OPTIONS = [
     _Opt(None, "tun-remcsum", _NONE, "tun-remcsum"),
 ]
 _BY_SHORT = {o.short: o for o in _OPTIONS if o.short}
+
+# What each option does, for `fastlvs-admin(8)` (manpages.py), keyed by the long name above;
+# tests/unit/test_manpages.py holds every option of _OPTIONS to having its line here.
+OPTION_HELP = {
+    "add-service": "add a virtual service",
+    "edit-service": "change a virtual service's scheduler, persistence, netmask or flags",
+    "delete-service": "delete a virtual service and its real servers",
+    "clear": "delete every virtual service",
+    "list": "list the table (with -c the connections, --timeout the timeouts, --daemon the "
+            "sync daemons); without -n, names are looked up as ipvsadm does",
+    "zero": "zero the counters of one service, or of all",
+    "add-server": "add a real server to a service",
+    "edit-server": "change a real server's forwarding method, weight or thresholds",
+    "delete-server": "delete a real server from a service",
+    "set": "set the tcp, tcpfin and udp timeouts in seconds (0 keeps one)",
+    "help": "print the usage",
+    "version": "print the version",
+    "restore": "add the rules read from stdin (ipvsadm-save format) to the table",
+    "save": "print the table as ipvsadm-save rules",
+    "start-daemon": "start the connection sync daemon as master or backup",
+    "stop-daemon": "stop the master or backup connection sync daemon",
+    "mark-rule": "fastlvs's own: frames matching PROTO, PREFIX and PORTS get MARK, which "
+                 "-f MARK services serve",
+    "del-mark-rules": "fastlvs's own: delete the match rules of MARK",
+    "tcp-service": "a TCP service, ADDR:PORT ([V6]:PORT)",
+    "udp-service": "a UDP service, ADDR:PORT ([V6]:PORT)",
+    "sctp-service": "an SCTP service, ADDR:PORT ([V6]:PORT)",
+    "fwmark-service": "a firewall-mark service: every frame the mark rules give MARK",
+    "scheduler": "the scheduler: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos "
+                 "(default wlc)",
+    "persistent": "persistence, with its timeout in seconds (default 360)",
+    "netmask": "the persistence granularity: a dotted mask (IPv4) or a prefix length (IPv6)",
+    "real-server": "the real server, ADDR[:PORT]",
+    "gatewaying": "forward by direct routing (the default)",
+    "masquerading": "forward by NAT",
+    "ipip": "forward by tunnelling (IPIP, IPv6-in-IPv6)",
+    "weight": "the real server's weight, 0..65535 (0: no new connections)",
+    "u-threshold": "upper connection threshold: no new connections above it",
+    "l-threshold": "lower connection threshold: new connections again below it",
+    "numeric": "print addresses and ports as numbers",
+    "connection": "list the connection entries",
+    "mcast-interface": "the interface the sync daemon sends or listens on",
+    "syncid": "the sync daemon's id, 0..255 (a backup with 0 takes every id)",
+    "timeout": "list the tcp, tcpfin and udp timeouts",
+    "daemon": "list the running sync daemons",
+    "stats": "list with the counters",
+    "rate": "list with the rates",
+    "thresholds": "list with the thresholds",
+    "persistent-conn": "list with the persistent connection counts",
+    "nosort": "list in the table's own order",
+    "sort": "accepted and ignored, as ipvsadm does",
+    "exact": "print counters unscaled",
+    "ipv6": "with -f: an IPv6 firewall-mark service",
+    "ops": "one-packet scheduling (UDP): every datagram scheduled alone",
+    "pe": "the persistence engine (sip)",
+    "sched-flags": "scheduler flags: flag-1..flag-3, sh-fallback, sh-port, mh-fallback, mh-port",
+    "mcast-group": "the sync multicast group (default 224.0.0.81)",
+    "mcast-port": "the sync UDP port (default 8848)",
+    "mcast-ttl": "the sync multicast TTL, 1..255 (default 1)",
+    "sync-maxlen": "the largest sync message",
+    "tun-info": "list with the tunnel settings",
+    "tun-type": "the tunnel type of a TUN real server: ipip (gue and gre are refused: "
+                "fastlvs does not make them)",
+    "tun-port": "GUE's UDP port: refused with ipip, the one type fastlvs makes",
+    "tun-nocsum": "GUE/GRE without checksum: refused with ipip",
+    "tun-csum": "GUE/GRE with checksum: refused with ipip",
+    "tun-remcsum": "GUE with remote checksum offload: refused with ipip",
+}
 _BY_LONG: dict[str, _Opt] = {}
 for _o in _OPTIONS:
     _BY_LONG.setdefault(_o.long, _o)
@@ -660,5 +728,5 @@ def describe(cmd: Command, err: ControlError) -> str:
     return f"{where}: {err}"
 
 
-__all__ = ["COMMAND_FLAGS", "Command", "CommandError", "SyncDaemonOptions", "TABLE_COMMANDS",
+__all__ = ["OPTION_HELP", "COMMAND_FLAGS", "Command", "CommandError", "SyncDaemonOptions", "TABLE_COMMANDS",
            "apply_command", "describe", "parse_addrport", "parse_command"]
