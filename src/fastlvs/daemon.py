@@ -18,8 +18,8 @@ from fastlvs.control import ctl
 from fastlvs.settings import Options, merge as merge_settings, parse_listen
 from fastlvs.control.config import ConfigError, DirectorConfig, load_config
 from fastlvs.control.server import ControlServer, Later
-from fastlvs.control.metrics import (HealthCollector, MetricsServer, SyncCollector,
-                                     director_metrics)
+from fastlvs.control.metrics import (HealthCollector, MetricsServer, OffloadCollector,
+                                     SyncCollector, director_metrics)
 from fastlvs.control.director import Director
 from fastlvs.control.factory import build_director
 from fastlvs.control.model import ControlError, FwdMethod, NoRoute, ServiceTable
@@ -424,6 +424,8 @@ class Daemon:
             engine.offload_disable()
         if engine.offload_fd < 0:
             self.ports.offload = None
+        elif self.metrics is not None:
+            self.metrics.source.register("offload", OffloadCollector(engine))
         log.info("XDP offload: %s", "on" if engine.offload_fd >= 0 else "off")
 
     def _nexthop(self, ip: str):

@@ -314,3 +314,33 @@ def test_a_replay_with_and_without_the_offload_counts_and_lists_the_same():
     assert [r[:-1] for r in t_on] == [r[:-1] for r in t_off]
     # timers run from each last packet: the program's clock read and ours differ by a few ms
     assert all(abs(a[-1] - b[-1]) <= 1 for a, b in zip(t_on, t_off))
+
+
+def test_metrics_export_the_offload_map():
+    # fastlvs_offload_*: what the engine says of its map, parsed as Prometheus reads it
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fastlvs.control.metrics import Metrics, OffloadCollector
+
+    e, _, _ = setup("dr")
+    open_tcp(e, "dr")
+    m = Metrics()
+    m.register("offload", OffloadCollector(e))
+
+    def scrape():
+        text = m.render(m.snapshot()).decode()
+        return {(s.name, s.labels.get("event")): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+    got = scrape()
+    st = e.offload_stats()
+    assert st["installed"] == 1
+    assert got["fastlvs_offload_enabled", None] == 1
+    assert got["fastlvs_offload_entries", None] == 1
+    assert got["fastlvs_offload_map_entries_max", None] == e.offload_max_entries
+    assert got["fastlvs_offload_conns_total", "installed"] == 1
+    assert got["fastlvs_offload_conns_total", "removed"] == 0
+    e.offload_disable()
+    got = scrape()
+    assert got["fastlvs_offload_enabled", None] == 0
+    assert got["fastlvs_offload_entries", None] == 0
+    assert got["fastlvs_offload_conns_total", "removed"] == 1

@@ -476,6 +476,42 @@ class SyncCollector:
                     lag, queued)
 
 
+class OffloadCollector:
+    """fastlvs_offload_*: the XDP offload's map (Engine.offload_stats()): connections in it
+    now, put in and taken out, frames the program forwarded as last read back, failed map
+    calls, and the map's size. Halves as in DirectorCollector."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def snapshot(self):
+        return self.engine.offload_stats()
+
+    def collect(self) -> Iterable:
+        return self.families(self.snapshot())
+
+    def families(self, st) -> Iterable:
+        enabled = _gauge("fastlvs_offload_enabled", "1 while established connections are "
+                         "forwarded by the XDP program (--offload)")
+        entries = _gauge("fastlvs_offload_entries", "Connections in the offload map now")
+        size = _gauge("fastlvs_offload_map_entries_max", "The offload map's size (2 per "
+                      "connection entry of --capacity)")
+        moved = _counter("fastlvs_offload_conns", "Connections put in and taken out of the "
+                         "offload map", ["event"])
+        frames = _counter("fastlvs_offload_frames", "Frames the XDP program forwarded itself "
+                          "(as last read back)")
+        errors = _counter("fastlvs_offload_map_errors", "Offload map calls the kernel "
+                          "refused")
+        enabled.add_metric([], int(bool(st.get("enabled"))))
+        entries.add_metric([], max(0, st.get("installed", 0) - st.get("removed", 0)))
+        size.add_metric([], st.get("max_entries", 0))
+        moved.add_metric(["installed"], st.get("installed", 0))
+        moved.add_metric(["removed"], st.get("removed", 0))
+        frames.add_metric([], st.get("frames", 0))
+        errors.add_metric([], st.get("errors", 0))
+        yield from (enabled, entries, size, moved, frames, errors)
+
+
 def director_metrics(director) -> Metrics:
     """The registry of a director: node_exporter's ipvs metrics, fastlvs's own, and the
     process's (CPU, memory, open files: prometheus_client's process collector)."""
@@ -866,4 +902,5 @@ class MetricsServer:
 
 
 __all__ = ["BACKEND_LABELS", "FastlvsCollector", "HealthCollector", "IpvsCollector", "Metrics",
-           "MetricsServer", "backend_labels", "director_metrics"]
+           "MetricsServer", "OffloadCollector", "SyncCollector", "backend_labels",
+           "director_metrics"]
