@@ -25,6 +25,7 @@ def test_losing_and_adding_directors_breaks_no_connection(mode):
     if os.geteuid() != 0:
         pytest.skip("needs root")
     cl = Cluster(mode=mode, sched="mh", decap_src=DECAP_SRC, prefix="fe").build()
+    ll = None
     try:
         for i in range(3):
             cl.start_director(i)
@@ -49,6 +50,8 @@ def test_losing_and_adding_directors_breaks_no_connection(mode):
         assert steps == [("sigkill", 0), ("added back", 0), ("drained", 0),
                          ("added back", 0)], steps
     finally:
+        if ll is not None:          # a failed step must not leave 1,000 sockets open
+            ll.close()
         cl.destroy()
 
 
@@ -61,6 +64,7 @@ def test_wlc_with_full_mesh_sync_keeps_connections_of_a_lost_director():
     if os.geteuid() != 0:
         pytest.skip("needs root")
     cl = Cluster(sched="wlc", sync=True, prefix="fw").build()
+    ll = None
     try:
         for i in range(3):
             cl.start_director(i)
@@ -86,4 +90,6 @@ def test_wlc_with_full_mesh_sync_keeps_connections_of_a_lost_director():
         ll.close()
         assert steps == [("sigkill", 0), ("drained", 0)], steps
     finally:
+        if ll is not None:          # a failed step must not leave 1,000 sockets open
+            ll.close()
         cl.destroy()

@@ -305,9 +305,10 @@ class Cluster:
         text = run("ip", "-n", self.router, "route", "show", f"{self.vip}/32").stdout
         return sorted(re.findall(r"via (\S+)", text))
 
-    def wait_nexthops(self, want: int, timeout: float = 20.0, step: float = 0.01) -> float:
+    def wait_nexthops(self, want: int, timeout: float = 60.0, step: float = 0.01) -> float:
         """Seconds until the router has `want` next hops for the VIP; TimeoutError after
-        `timeout`."""
+        `timeout` (generous: a restarted director on a loaded 2-core machine once took
+        over 20 s to start and announce)."""
         t0 = time.monotonic()
         while len(self.nexthops()) != want:
             if time.monotonic() - t0 > timeout:

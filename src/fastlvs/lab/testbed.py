@@ -356,8 +356,10 @@ class Testbed:
                              env=_env())
         self.procs.append(p)
         self.servers[name] = p
-        r, _, _ = select.select([p.stdout], [], [], 15)
-        line = p.stdout.readline() if r else ""
+        # poll, not select: a test process may hold fds past select's 1024
+        poller = select.poll()
+        poller.register(p.stdout, select.POLLIN)
+        line = p.stdout.readline() if poller.poll(15_000) else ""
         if "serving" not in line:
             p.kill()
             raise RuntimeError(f"server {name} did not start: {line!r} {p.stderr.read()}")
