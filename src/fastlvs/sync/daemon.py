@@ -12,6 +12,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import select
 import socket
 import struct
 import time
@@ -26,6 +27,8 @@ DEFAULT_TTL = 1
 RECV_BUDGET = 256          # datagrams read per loop turn: a flood costs one turn this much
 SEND_BUDGET = 256          # datagrams sent per loop turn
 SEND_QUEUE_MAX = 1024      # datagrams waiting for room in a full send buffer (then dropped)
+HANDOVER_SLICE = 16384     # table slots a handover walks between two sends of its messages
+HANDOVER_WAIT = 1.0        # seconds a handover may hold the loop to get its messages out
 IFNAMSIZ = 16
 
 # ioctls and socket options Python's socket module does not name
@@ -304,15 +307,15 @@ class SyncDaemons:
             done += self._receive(self.backup, now)
         return done
 
-    def _send(self, d: _Daemon, now: int) -> int:
-        taken = self.director.sync_take(now)
+    def _send(self, d: _Daemon, now: int, take: bool = True, budget: int = SEND_BUDGET) -> int:
+        taken = self.director.sync_take(now) if take else None
         if taken:
             d.pending.extend((now, data) for data in taken)
             while len(d.pending) > SEND_QUEUE_MAX:   # the oldest are the stalest
                 d.pending.popleft()
                 d.dropped += 1
         sent = 0
-        while d.pending and sent < SEND_BUDGET:
+        while d.pending and sent < budget:
             data = d.pending[0][1]
             try:
                 d.sock.send(data)
@@ -332,6 +335,49 @@ class SyncDaemons:
             d.pending.popleft()
             sent += 1
         return sent
+
+    def handover(self, vips: list[str] | None, wait: float = HANDOVER_WAIT) -> tuple[int, int]:
+        """fastlvs's handover (the kernel has none): a master giving up `vips` (None: all)
+        multicasts every live conn and template of them now, whatever their state and packet
+        count (a handshake in flight, SYN_RECV, included), through its own socket, so that
+        the director taking the VIPs over knows them all. Holds the loop until they are
+        sent, `wait` seconds at most (what is left then goes out in the next turns, as
+        usual). Returns (entries queued, datagrams sent); (0, 0) when no master runs."""
+        d = self.master
+        if d is None:
+            return 0, 0
+        deadline = self.clock() + int(wait * 1e9)
+        queued, sent = 0, d.messages
+        for vip in ([None] if vips is None else vips):
+            start = 0
+            while start is not None:
+                now = self.clock()
+                n, start = self.director.sync_queue_all(vip, start, HANDOVER_SLICE, now)
+                queued += n
+                if not self._drain(d, deadline):
+                    log.warning("sync: handover of %s not sent within %gs; the rest follows",
+                                vip or "all VIPs", wait)
+                    return queued, d.messages - sent
+        return queued, d.messages - sent
+
+    def _drain(self, d: _Daemon, deadline: int) -> bool:
+        # every message the director has ready, sent, waiting for room in the socket's
+        # buffer until `deadline`; False when time ran out first
+        now = self.clock()
+        d.pending.extend((now, data) for data in self.director.sync_take(now))
+        p = select.poll()
+        p.register(d.sock, select.POLLOUT)
+        while d.pending:
+            before = len(d.pending)
+            self._send(d, now, take=False, budget=len(d.pending))
+            if not d.pending:
+                break
+            now = self.clock()
+            if now >= deadline:
+                return False
+            if len(d.pending) == before:
+                p.poll(max(1, (deadline - now) // 1_000_000))
+        return True
 
     def _receive(self, d: _Daemon, now: int) -> int:
         size = d.cfg.maxlen            # the kernel reads at most maxlen: a longer datagram
