@@ -224,7 +224,14 @@ def sync_load(rate: float, seconds: float) -> dict:
             raise RuntimeError(f"generator: {err.strip()}") from None
         m_final, b_final = samples[-1][1], samples[-1][2]
         rcvbuf = _udp_rcvbuf_errors(pair.directors[1])
+        ms = master.call("counters")["result"].get("sync", {})
+        bs = backup.call("counters")["result"].get("sync", {})
         caught = next((t for t, m, b in samples if t >= gen_end and b >= m_final), None)
+        # a conn that never got its third packet is never sent (sync_threshold): the backup
+        # is level once it holds every entry the master sent
+        level = next((t for t, m, b in samples if t >= gen_end
+                      and b >= (ms.get("sent_conns") or 0)), None)
+        first = next(((t, b) for t, m, b in samples if t >= gen_end), (None, None))
         master.close()
         backup.close()
         return {
@@ -235,6 +242,11 @@ def sync_load(rate: float, seconds: float) -> dict:
             "max_backlog_conns": max(m - b for _, m, b in samples),
             "catch_up_ms_after_last": (round((caught - gen_end) * 1000) if caught is not None
                                        else None),
+            "backup_has_all_sent_ms_after_last": (round((level - gen_end) * 1000)
+                                                  if level is not None else None),
+            "backup_conns_first_sample_after_last": first[1],
+            "first_sample_ms_after_last": (round((first[0] - gen_end) * 1000)
+                                           if first[0] is not None else None),
             # the sync traffic of the run's connections, per second of the run
             "sync_msgs_per_s": round((p2 - p0) / sent["seconds"]),
             "sync_bytes_per_s": round((by2 - by0) / sent["seconds"]),
@@ -243,6 +255,14 @@ def sync_load(rate: float, seconds: float) -> dict:
             "sync_bytes_per_s_at_rate": round((by2 - by0) / m_final * rate) if m_final else None,
             "sync_msgs_per_s_at_rate": round((p2 - p0) / m_final * rate) if m_final else None,
             "sync_msgs_total": p2 - p0,
+            # the master's engine: entries and messages made and handed to its socket
+            "master_sent_conns": ms.get("sent_conns"), "master_sent_msgs": ms.get("sent"),
+            "master_queue_overflow": ms.get("queue_overflow"),
+            "master_send_dropped": ms.get("daemons", {}).get("send_dropped"),
+            # the backup: datagrams read, entries in them, installed (new) and updated
+            "backup_received_msgs": bs.get("received"),
+            "backup_received_conns": bs.get("received_conns"),
+            "backup_installed": bs.get("installed"), "backup_updated": bs.get("updated"),
             # datagrams the backup's kernel dropped: its socket buffer was full
             "backup_udp_rcvbuf_errors": rcvbuf,
             "samples": samples,

@@ -48,6 +48,7 @@ SWEEP_BUDGET = 65536    # entries inspected per idle sweep
 RESOLVE_TIMEOUT = 3.0
 CHECKER_RESTART = 5.0   # seconds between two starts of a checker process that keeps dying
 SYNC_RETRY = 1.0        # seconds between two tries of a sync daemon switch that failed
+SYNC_LINGER = 3.0       # seconds a new master still hears the old one's handover
 
 
 class StartupError(Exception):
@@ -123,6 +124,8 @@ class Daemon:
         self._sync_plan: SyncSettings | None = None      # what runs without admin commands
         self._sync_role: str | None = None               # the plan's role last applied
         self._sync_retry_at: float | None = None         # a failed switch is tried again
+        self._vips_left: list[str] = []                  # VIPs that left, to hand over
+        self._sync_linger: tuple | None = None           # (until, backup cfg) kept a while
 
     # -- configuration --------------------------------------------------------------------------
     def _load_table(self) -> ServiceTable:
@@ -493,6 +496,7 @@ class Daemon:
             else:
                 log.info("VIP %s left this host: the kernel gets its traffic; its services "
                          "and connections are kept", vip)
+                self._vips_left.append(vip)
         return moved
 
     @staticmethod
@@ -685,8 +689,15 @@ class Daemon:
         then tried again later)."""
         plan = self._sync_plan
         want = (MASTER, BACKUP) if role == "both" else (role,)
+        # fastlvs's handover: the old master sends its conns when it sees its VIPs go, which
+        # is after this director took them; a new master hears it for SYNC_LINGER more
+        linger = role == MASTER and self._sync_role == BACKUP and plan.role == "auto"
         for state in (MASTER, BACKUP):
             if state not in want and self.sync.running(state) is not None:
+                if state == BACKUP and linger:
+                    self._sync_linger = (time.monotonic() + SYNC_LINGER,
+                                         self.sync.running(BACKUP))
+                    continue
                 self.sync.stop(state)
         self._sync_role = None
         for state in want:
@@ -714,6 +725,12 @@ class Daemon:
         and try a failed switch again."""
         if self.sync is None:
             return
+        if self._sync_linger is not None and now >= self._sync_linger[0]:
+            # the lingering backup stops, unless this director became a backup again (or
+            # an admin restarted it) meanwhile
+            cfg, self._sync_linger = self._sync_linger[1], None
+            if self._sync_role == MASTER and self.sync.running(BACKUP) is cfg:
+                self.sync.stop(BACKUP)
         if self._sync_retry_at is not None and now >= self._sync_retry_at:
             self._sync_role = None
             self._sync_retry_at = None
@@ -726,6 +743,24 @@ class Daemon:
                     log.error("sync: %s", e)
                     self._sync_retry_at = now + SYNC_RETRY
         self.sync.poll(time.monotonic_ns())
+
+    def _sync_handover(self, vips: list[str] | None = None) -> None:
+        """A master giving up VIPs (`vips`, else those that left since the last call) first
+        multicasts all of their conns and templates, SYN_RECV ones included (sync/daemon.py's
+        handover): the director taking over then knows even a handshake whose SYN came
+        through here. fastlvs's own; the kernel sends nothing more as its VIPs go."""
+        if vips is None:
+            vips, self._vips_left = self._vips_left, []
+        if self.sync is None or not vips or self.sync.running(MASTER) is None:
+            return
+        try:
+            queued, sent = self.sync.handover(vips)
+        except Exception as e:          # the handover is a help: its failure stops nothing
+            log.error("sync: handover of %s failed: %s: %s", ", ".join(vips),
+                      type(e).__name__, e)
+            return
+        log.info("sync: handover of %s: %d conns and templates in %d messages",
+                 ", ".join(vips), queued, sent)
 
     # -- signals and reload ---------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
@@ -806,6 +841,7 @@ class Daemon:
         if self.vip_events.changed():
             if self._follow_vips(reread=True):
                 self._sync_ports()
+            self._sync_handover()
             self._sync_follow()
         now = time.monotonic()
         self.director.tick(now)
@@ -839,6 +875,10 @@ class Daemon:
     def close(self) -> None:
         if self.control is not None:
             sdnotify.notify("STOPPING=1")
+        if self.sync is not None and self.director is not None:
+            # while keepalived still holds the VIPs: the backup installs what is in flight
+            # here before it takes them over
+            self._sync_handover(self.director.vips()["served"])
         if self.health is not None:
             try:
                 self.health.shutdown()      # omega's scripts, with keepalived's one second

@@ -6,6 +6,8 @@ test needs no root; the multicast sockets themselves are tests/netns/test_sync_s
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import pytest
 
@@ -119,3 +121,100 @@ def test_a_refusing_socket_is_counted_and_the_daemon_goes_on(kind):
         assert made >= 1
     finally:
         sd.master.close()
+
+
+def _entries(datagrams) -> list[tuple]:
+    out = []
+    for data in datagrams:
+        d = protocol.decode(data, syncid=3)
+        assert d.ok, d.reason
+        out += [(c.cport, c.vport, c.template, c.state_name) for c in d.conns]
+    return out
+
+
+def _listed(e, now) -> list[tuple]:
+    names = {"ASSURED": "ASSURED", "NONE": "NONE", "UDP": "UDP"}
+    return [(c["cport"], c["vport"], c["template"], names.get(c["state"], c["state"]))
+            for c in e.conns(now)]
+
+
+def _real_clock(sd, t):
+    # the engine's clock at t now, running on from there (a handover waits in real time)
+    m0 = time.monotonic_ns()
+    sd.clock = lambda: t + (time.monotonic_ns() - m0)
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+def test_handover_sends_every_live_conn_before_it_returns(kind):
+    """Every conn and template the engine lists leaves in the handover's datagrams (the
+    per-packet policy had sent only some), and the call returns once they are out."""
+    e, sd, peer = _master(kind)
+    try:
+        t = _traffic(e)
+        t = kt.run(e, [kt.c_tcp(11000 + i, 80, "S") for i in range(20)], t)   # handshakes
+        sd.poll(t)
+        before = _entries(_drain(peer))
+        _real_clock(sd, t)
+        queued, sent = sd.handover([kt.VIP])
+        got = _drain(peer)
+        assert sent == len(got) and sd.stats()["master_pending"] == 0
+        bulk = _entries(got)[-queued:]
+        assert sorted(bulk) == sorted(_listed(e, t)) and queued == len(e.conns(t))
+        syn = {(11000 + i, 80, False, "SYN_RECV") for i in range(20)}
+        assert syn <= set(bulk) and not syn & set(before)   # the policy had not sent them
+        assert sd.handover(["10.9.9.9"])[0] == 0       # a VIP without conns: nothing
+    finally:
+        sd.master.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+def test_handover_waits_for_room_then_gives_up_in_time(kind):
+    """A full send buffer: the handover waits for the reader and gets everything out; with
+    no reader at all it returns after its wait, the rest kept for the next turns."""
+    e, sd, peer = _master(kind)
+    out = sd.master.sock
+    try:
+        t = _traffic(e)
+        _real_clock(sd, t)
+        n_fill = 0
+        while True:
+            try:
+                out.send(b"x" * 200)
+                n_fill += 1
+            except BlockingIOError:
+                break
+        got = []
+        stop = threading.Event()
+
+        def reader():
+            time.sleep(0.2)
+            end = time.monotonic() + 10
+            while not stop.is_set() and time.monotonic() < end:
+                got.extend(g for g in _drain(peer) if g != b"x" * 200)
+                time.sleep(0.002)
+        th = threading.Thread(target=reader)
+        th.start()
+        try:
+            queued, sent = sd.handover([kt.VIP], wait=8.0)
+        finally:
+            time.sleep(0.1)
+            stop.set()
+            th.join()
+        got += [g for g in _drain(peer) if g != b"x" * 200]
+        assert sent == len(got) and sd.stats()["master_pending"] == 0
+        assert sorted(_entries(got)[-queued:]) == sorted(_listed(e, t))
+        # nobody reads now: bounded by `wait`, and the rest waits for later turns
+        while True:
+            try:
+                out.send(b"x" * 200)
+            except BlockingIOError:
+                break
+        t0 = time.monotonic()
+        queued, sent = sd.handover([kt.VIP], wait=0.3)
+        assert 0.3 <= time.monotonic() - t0 < 3.0
+        assert queued == len(e.conns(t)) and sent == 0
+        assert sd.stats()["master_pending"] > 0
+    finally:
+        out.close()
+        peer.close()

@@ -196,3 +196,47 @@ def test_junk_from_the_lan_is_counted_and_ignored(sync_pair, tmp_path):  # noqa:
     finally:
         out.close()
         d.stop()
+
+
+def test_backup_buffer_holds_a_burst_unless_sync_sock_size_says_otherwise(sync_pair):  # noqa: F811
+    """sync_sock_size 0: the backup's buffer is BACKUP_RCVBUF (doubled by the kernel) past
+    rmem_max, and holds a master's burst of 600 full datagrams unread; sync_sock_size N
+    means what the kernel's does (SO_RCVBUF N: doubled, capped by rmem_max)."""
+    from fastlvs.sync.daemon import BACKUP_RCVBUF
+    a, b = sync_pair
+    cfg = SyncConfig(BACKUP, "sy0", maxlen=1472)
+    with in_ns(b):
+        dev = lookup_interface("sy0")
+        big = open_receive_socket(cfg, dev)
+        small = open_receive_socket(cfg, dev, sock_size=4096)
+    with in_ns(a):
+        master = open_send_socket(SyncConfig(MASTER, "sy0", maxlen=1472), lookup_interface("sy0"),
+                                  sock_size=4 << 20)
+    try:
+        assert big.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * BACKUP_RCVBUF
+        assert small.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 4096
+        payload = bytes(1472)
+        sent = 0
+        for _ in range(600):
+            while True:
+                try:
+                    master.send(payload)
+                    sent += 1
+                    break
+                except BlockingIOError:
+                    select.select([], [master], [], 1.0)
+        time.sleep(0.3)
+        got = {"big": 0, "small": 0}
+        for name, s in (("big", big), ("small", small)):
+            s.setblocking(False)
+            while True:
+                try:
+                    s.recv(2048)
+                    got[name] += 1
+                except BlockingIOError:
+                    break
+        assert sent == 600 and got["big"] == 600
+        assert got["small"] < 10                   # the kernel's meaning: it drops the rest
+    finally:
+        for s in (big, small, master):
+            s.close()

@@ -458,3 +458,99 @@ def test_backup_counting_recorded_on_6_1(make):
     st = b.sync_stats()
     assert st["refused_no_service"] == 1 and st["refused_no_dest"] == 1
     assert st["ignored_replaced"] == 1
+
+
+# -- handover (fastlvs's own: a master giving up a VIP sends all of its conns) ----------------
+
+VIP2 = "10.0.1.9"
+
+
+def _handover_master(make):
+    """A master with a second VIP (DR :80 to 10.0.2.5) and conns the per-packet policy has
+    not sent: a bare SYN (SYN_RECV) on each VIP, a persistent SYN (its template too), a
+    UDP datagram; and an established NAT conn it has sent."""
+    a = make()
+    a.set_service(6, 6, VIP2, 80)
+    a.set_dest(6, 6, "10.0.2.5", 80, "dr", "02:00:00:00:01:06", ifindex=16, weight=1)
+    a.set_scheduler_callback(lambda svcs, flows: list(svcs))
+    a.sync_start_master(7, 1472)
+    t = KT.run(a, [KT.c_tcp(10001, 80, "S"), KT.c_tcp(10031, 443, "S"), KT.c_udp(10021, 53)]
+               + KT._open(10011, 8080, "10.0.2.3"), S)
+    t = KT.run(a, [bytes(Ether(src=KT.CL_MAC, dst=KT.LOCAL_MAC) / IP(src=KT.CL, dst=VIP2)
+                         / TCP(sport=10041, dport=80, flags="S", seq=1000))], t)
+    by_policy = decoded(a.sync_take(t + 10 * S))
+    # the conns wait for their threshold packet (templates go with every packet)
+    assert {(c.cport, c.template) for c in by_policy} == {(0, True), (10011, False)}
+    return a, t + 10 * S
+
+
+def _key(c: P.SyncConn) -> tuple:
+    return (c.cport, c.vaddr, c.vport, c.daddr, c.dport, c.template, c.state_name)
+
+
+def test_handover_queues_every_live_conn_of_the_vip_whatever_its_state(make):
+    a, now = _handover_master(make)
+    before = a.sync_stats()["sent_conns"]
+    n, nxt = a.sync_queue_all(KT.VIP, now_ns=now)
+    msgs = a.sync_take(now)                      # at once: the last message is closed
+    got = {_key(c) for c in decoded(msgs)}
+    assert (n, nxt) == (5, None) and len(msgs) == 1
+    assert got == {(10001, KT.VIP, 80, "10.0.2.2", 80, False, "SYN_RECV"),
+                   (10031, KT.VIP, 443, "10.0.2.4", 443, False, "SYN_RECV"),
+                   (0, KT.VIP, 443, "10.0.2.4", 443, True, "NONE"),
+                   (10021, KT.VIP, 53, "10.0.2.3", 53, False, "UDP"),
+                   (10011, KT.VIP, 8080, "10.0.2.3", 8080, False, "ESTABLISHED")}
+    # the other VIP's conn only with it (or with all), and a walk in slices is one walk
+    n2, _ = a.sync_queue_all(VIP2, now_ns=now)
+    assert n2 == 1 and [_key(c) for c in decoded(a.sync_take(now))] == [
+        (10041, VIP2, 80, "10.0.2.5", 80, False, "SYN_RECV")]
+    a.sync_queue_all(None, now_ns=now)
+    whole = a.sync_take(now)
+    start, total = 0, 0
+    while start is not None:
+        k, start = a.sync_queue_all(None, start, 2, now_ns=now)
+        total += k
+        assert start is None or a.sync_take(now) == []     # nothing closed mid-walk
+    assert total == 6 and a.sync_take(now) == whole
+    # expired entries are not sent
+    assert a.sync_queue_all(KT.VIP, now_ns=now + 1000 * S) == (1, None)   # the template
+    a.sync_take(now + 1000 * S)
+    st = a.sync_stats()
+    assert st["sent_conns"] - before == 5 + 1 + 6 + 6 + 1
+
+
+def test_handover_lets_the_new_master_finish_a_handshake_begun_on_the_old(make):
+    """The SYN went through the old master (A), the client's ACK and data reach the new
+    one (B): with A's handover installed, B forwards them to the same real server without
+    asking its scheduler, and the conn becomes ESTABLISHED there."""
+    a, now = _handover_master(make)
+    a.sync_queue_all(KT.VIP, now_ns=now)
+    msgs = a.sync_take(now)
+    b = make(served=False)
+    b.set_scheduler_callback(lambda svcs, flows: pytest.fail("scheduler asked"))
+    b.sync_start_backup(7)
+    for m in msgs:
+        b.sync_receive(m, now)
+    assert b.sync_stats()["installed"] == 5
+    b.set_vip_served(6, KT.VIP, 80, True)
+    (v, _, ifindex, data), = b.process_verdicts([KT.c_tcp(10001, 80, "PA", b"hi")],
+                                               [now + S])
+    p = Ether(data)
+    assert v == "tx" and checksums_ok(data) and ifindex == 11
+    assert (p[IP].dst, p.dst, bytes(p[TCP].payload)) == (KT.VIP, "02:00:00:00:01:01", b"hi")
+    states = {c["cport"]: c["state"] for c in b.conns(now + S)}
+    assert states[10001] == "ESTABLISHED" and b.stats()["conns_created"] == 0
+
+
+def test_handover_needs_a_running_master_and_sane_arguments(make):
+    a = make()
+    with pytest.raises(RuntimeError):
+        a.sync_queue_all(KT.VIP)
+    a.sync_start_master(7, 1472)
+    assert a.sync_queue_all(KT.VIP) == (0, None)
+    with pytest.raises(ValueError):
+        a.sync_queue_all(KT.VIP, -1)
+    with pytest.raises(ValueError):
+        a.sync_queue_all(KT.VIP, 0, 0)
+    with pytest.raises(ValueError):
+        a.sync_queue_all("not an address")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from fastlvs import admin
 from fastlvs.control.config import ConfigError, parse_config
 from fastlvs.control.ipvsadm import CommandError, SyncDaemonOptions, parse_command
 from fastlvs.control.keepalived import load_keepalived
-from fastlvs.daemon import Daemon, Options
+from fastlvs.daemon import SYNC_LINGER, Daemon, Options
 from fastlvs.settings import SyncSettings
 from fastlvs.sync.daemon import SyncConfig, SyncError, config_of
 
@@ -184,12 +185,31 @@ def test_auto_role_switches_as_keepalived_switches_ipvs():
     assert d.sync.calls == [("start", "backup")]
     d._vip_here["192.0.2.10"] = True                # the instance became MASTER
     d._sync_follow()
-    assert d.sync.calls[1:] == [("stop", "backup"), ("start", "master")]
+    # the backup still hears the old master's handover for SYNC_LINGER, then stops
+    assert d.sync.calls[1:] == [("start", "master")] and d.sync.on == {"master", "backup"}
+    d.sync.poll = lambda now_ns: 0
+    d._sync_turn(time.monotonic() + SYNC_LINGER / 2)
+    assert d.sync.on == {"master", "backup"}
+    d._sync_turn(time.monotonic() + SYNC_LINGER + 0.1)
+    assert d.sync.calls[2:] == [("stop", "backup")] and d.sync.on == {"master"}
     d.sync.stop("master")                           # an admin's --stop-daemon stands...
     d._sync_follow()
     assert d.sync.on == set()
     d._vip_here["192.0.2.10"] = False               # ...until the next transition
     d._sync_follow()
+    assert d.sync.on == {"backup"}
+
+
+def test_back_to_backup_within_the_linger_keeps_the_backup():
+    d = _daemon(SyncSettings("eth1", "auto", vips=("192.0.2.10",)), {"192.0.2.10": False})
+    d._sync_apply(d._sync_wanted())
+    d._vip_here["192.0.2.10"] = True
+    d._sync_follow()
+    d._vip_here["192.0.2.10"] = False               # the VIP went again at once
+    d._sync_follow()
+    d.sync.poll = lambda now_ns: 0
+    d._sync_turn(time.monotonic() + SYNC_LINGER + 0.1)
+    assert d.sync.calls == [("start", "backup"), ("start", "master"), ("stop", "master")]
     assert d.sync.on == {"backup"}
 
 

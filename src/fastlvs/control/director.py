@@ -282,6 +282,14 @@ class Director:
         `now_ns` is the engine's frame clock. [] when the master is not running."""
         return self.engine.sync_take(now_ns)
 
+    def sync_queue_all(self, vaddr: str | None, start: int = 0, limit: int | None = None,
+                       now_ns: int | None = None) -> tuple[int, int | None]:
+        """The handover (fastlvs's own): queue every live conn and template of VIP `vaddr`
+        (None: of all), SYN_RECV ones included, in slices of `limit` table slots from
+        `start`; returns (queued, next start or None at the end, when the last message is
+        closed so that sync_take hands out everything). RuntimeError when not a master."""
+        return self.engine.sync_queue_all(vaddr, start, limit, now_ns)
+
     def sync_start_backup(self, syncid: int) -> None:
         """Start the sync backup: sync_receive accepts messages of `syncid` (0: any).
         Master and backup may run at once, as the kernel allows."""

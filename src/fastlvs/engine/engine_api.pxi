@@ -1302,6 +1302,37 @@ cdef class Engine:
             sync_buf_put(&self.st, b)
         return out
 
+    def sync_queue_all(self, vaddr=None, int start=0, limit=None, now_ns=None):
+        """Handover (fastlvs's own, not the kernel's): queue every live conn and template
+        of VIP address `vaddr` (None: of every VIP) among slots start .. start+limit-1 of
+        the table (limit None: to its end) for sending, whatever their state and packet
+        count, SYN_RECV ones included. Returns (queued, next_start); next_start is None
+        once the walk reached the end, and then the message being filled is closed, so
+        sync_take hands everything out at once. RuntimeError when not a master."""
+        cdef uint32_t a[4]
+        cdef uint32_t first, end, n
+        cdef bint anyvip = vaddr is None
+        cdef uint64_t now = self.st.now if now_ns is None else now_ns
+        if not self.st.sync.master:
+            raise RuntimeError("the sync master is not running")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        a[0] = a[1] = a[2] = a[3] = 0
+        if not anyvip:
+            _addr_words(vaddr, a)
+        end = self.st.used_end
+        first = start if <uint32_t>start < end else end
+        if limit is not None and limit < end - first:
+            end = first + limit
+        with nogil:
+            n = sync_queue_range(&self.st, a, anyvip, first, end, now)
+        if end < self.st.used_end:
+            return n, end
+        sync_flush_due(&self.st, now, True)
+        return n, None
+
     def sync_receive(self, datagram, now_ns):
         """Install or refresh the conns of one sync datagram (the UDP payload) at `now_ns`,
         as a kernel backup does; a bad datagram or entry is counted by reason in

@@ -250,6 +250,37 @@ class SyncMixin:
             self.sync_counters["sent_bytes"] += len(msg)
         return out
 
+    def sync_queue_all(self, vaddr=None, start=0, limit=None, now_ns=None):
+        now = self.now if now_ns is None else now_ns
+        if not self.sync_master:
+            raise RuntimeError("the sync master is not running")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        want = None if vaddr is None else int(ipaddress.IPv4Address(vaddr))
+        end = self.used_end
+        first = min(start, end)
+        if limit is not None and limit < end - first:
+            end = first + limit
+        n = 0
+        for i in range(first, end):
+            c = self.conn_table.get(i)
+            if c is None or c.dest == 0 or c.flags & CF_INVALID:
+                continue
+            if c.expires <= now and not (c.flags & CF_TEMPLATE and c.ctl):
+                continue
+            if want is not None and self.vips[c.vip].addr != want:
+                continue
+            self._sync_append(c, now)
+            n += 1
+        if end < self.used_end:
+            return n, end
+        if self.sync_cur is not None:
+            cur, self.sync_cur = self.sync_cur, None
+            self._sync_enqueue(cur)
+        return n, None
+
     # -- backup ----------------------------------------------------------------------------------
     def sync_decode(self, datagram, syncid=0):
         d = _protocol().decode(bytes(datagram), syncid)

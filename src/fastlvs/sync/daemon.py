@@ -12,6 +12,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import select
 import socket
 import struct
 import time
@@ -24,14 +25,19 @@ log = logging.getLogger("fastlvs.sync")
 MASTER, BACKUP = "master", "backup"
 DEFAULT_TTL = 1
 RECV_BUDGET = 256          # datagrams read per loop turn: a flood costs one turn this much
+RECV_BUDGET_MAX = 4096     # ... doubled turn by turn while datagrams are still waiting
+BACKUP_RCVBUF = 4 << 20    # a backup's SO_RCVBUF when sync_sock_size is 0 (see below)
 SEND_BUDGET = 256          # datagrams sent per loop turn
 SEND_QUEUE_MAX = 1024      # datagrams waiting for room in a full send buffer (then dropped)
+HANDOVER_SLICE = 16384     # table slots a handover walks between two sends of its messages
+HANDOVER_WAIT = 1.0        # seconds a handover may hold the loop to get its messages out
 IFNAMSIZ = 16
 
 # ioctls and socket options Python's socket module does not name
 _SIOCGIFADDR, _SIOCGIFMTU, _SIOCGIFINDEX = 0x8915, 0x8921, 0x8933
 _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT = 10, 0
 _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DONT = 23, 0
+_SO_RCVBUFFORCE = 33
 
 
 class SyncError(Exception):
@@ -159,7 +165,10 @@ def open_send_socket(cfg: SyncConfig, dev: Interface, sock_size: int = 0) -> soc
 def open_receive_socket(cfg: SyncConfig, dev: Interface, sock_size: int = 0) -> socket.socket:
     """A backup's socket, as make_receive_sock() makes it: address reuse, SO_RCVBUF from the
     sync_sock_size sysctl when it is set, bound to `dev` and to group:port, the group joined
-    on `dev`. Non-blocking."""
+    on `dev`. Non-blocking. With sync_sock_size 0 fastlvs does not keep the system's default
+    (about 200 KB, a tenth of a second of 50,000 new conns/s on the master): it asks for
+    BACKUP_RCVBUF past net.core.rmem_max (SO_RCVBUFFORCE, as root), which the kernel doubles
+    for its bookkeeping, room for some 2 s of them; without the privilege, rmem_max caps it."""
     family = socket.AF_INET6 if cfg.ipv6 else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     try:
@@ -167,6 +176,11 @@ def open_receive_socket(cfg: SyncConfig, dev: Interface, sock_size: int = 0) -> 
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if sock_size > 0:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sock_size)
+        else:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, BACKUP_RCVBUF)
+            except PermissionError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BACKUP_RCVBUF)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.name.encode())
         group = socket.inet_pton(family, cfg.group)
         if family == socket.AF_INET:
@@ -196,6 +210,7 @@ class _Daemon:
         self.bytes = 0
         self.errors = 0                 # send errors (master), read errors (backup)
         self.dropped = 0                # master: datagrams dropped while the buffer was full
+        self.budget = RECV_BUDGET       # backup: datagrams to read this turn at most
         # (when taken, datagram) not sent yet: the socket's buffer was full
         self.pending: collections.deque[tuple[int, bytes]] = collections.deque()
 
@@ -293,7 +308,8 @@ class SyncDaemons:
     # -- the loop
     def poll(self, now_ns: int | None = None) -> int:
         """One loop turn: the master sends what the director has ready (at most
-        SEND_BUDGET datagrams), the backup reads at most RECV_BUDGET datagrams and hands
+        SEND_BUDGET datagrams), the backup reads at most its budget (RECV_BUDGET, doubled
+        while datagrams keep waiting, up to RECV_BUDGET_MAX) and hands
         each to the director. Never raises for what the network does; returns the
         datagrams handled."""
         now = self.clock() if now_ns is None else now_ns
@@ -304,15 +320,15 @@ class SyncDaemons:
             done += self._receive(self.backup, now)
         return done
 
-    def _send(self, d: _Daemon, now: int) -> int:
-        taken = self.director.sync_take(now)
+    def _send(self, d: _Daemon, now: int, take: bool = True, budget: int = SEND_BUDGET) -> int:
+        taken = self.director.sync_take(now) if take else None
         if taken:
             d.pending.extend((now, data) for data in taken)
             while len(d.pending) > SEND_QUEUE_MAX:   # the oldest are the stalest
                 d.pending.popleft()
                 d.dropped += 1
         sent = 0
-        while d.pending and sent < SEND_BUDGET:
+        while d.pending and sent < budget:
             data = d.pending[0][1]
             try:
                 d.sock.send(data)
@@ -333,13 +349,60 @@ class SyncDaemons:
             sent += 1
         return sent
 
+    def handover(self, vips: list[str] | None, wait: float = HANDOVER_WAIT) -> tuple[int, int]:
+        """fastlvs's handover (the kernel has none): a master giving up `vips` (None: all)
+        multicasts every live conn and template of them now, whatever their state and packet
+        count (a handshake in flight, SYN_RECV, included), through its own socket, so that
+        the director taking the VIPs over knows them all. Holds the loop until they are
+        sent, `wait` seconds at most (what is left then goes out in the next turns, as
+        usual). Returns (entries queued, datagrams sent); (0, 0) when no master runs."""
+        d = self.master
+        if d is None:
+            return 0, 0
+        deadline = self.clock() + int(wait * 1e9)
+        queued, sent = 0, d.messages
+        for vip in ([None] if vips is None else vips):
+            start = 0
+            while start is not None:
+                now = self.clock()
+                n, start = self.director.sync_queue_all(vip, start, HANDOVER_SLICE, now)
+                queued += n
+                if not self._drain(d, deadline):
+                    log.warning("sync: handover of %s not sent within %gs; the rest follows",
+                                vip or "all VIPs", wait)
+                    return queued, d.messages - sent
+        return queued, d.messages - sent
+
+    def _drain(self, d: _Daemon, deadline: int) -> bool:
+        # every message the director has ready, sent, waiting for room in the socket's
+        # buffer until `deadline`; False when time ran out first
+        now = self.clock()
+        d.pending.extend((now, data) for data in self.director.sync_take(now))
+        p = select.poll()
+        p.register(d.sock, select.POLLOUT)
+        while d.pending:
+            before = len(d.pending)
+            self._send(d, now, take=False, budget=len(d.pending))
+            if not d.pending:
+                break
+            now = self.clock()
+            if now >= deadline:
+                return False
+            if len(d.pending) == before:
+                p.poll(max(1, (deadline - now) // 1_000_000))
+        return True
+
     def _receive(self, d: _Daemon, now: int) -> int:
         size = d.cfg.maxlen            # the kernel reads at most maxlen: a longer datagram
         got = 0                        # arrives cut short and fails the size check
-        while got < RECV_BUDGET:
+        # a turn that read its whole budget leaves datagrams waiting (a master's burst): the
+        # next one reads twice as many, up to RECV_BUDGET_MAX; an emptied socket resets it
+        budget, d.budget = d.budget, min(d.budget * 2, RECV_BUDGET_MAX)
+        while got < budget:
             try:
                 data = d.sock.recv(size)
             except (BlockingIOError, InterruptedError):
+                d.budget = RECV_BUDGET
                 break
             except OSError as e:
                 d.errors += 1           # e.g. a pending ICMP error on the socket: go on

@@ -330,6 +330,27 @@ cdef void sync_drop_queue(fl_engine *e) noexcept nogil:
     e.sync.qlen = 0
 
 
+cdef uint32_t sync_queue_range(fl_engine *e, const uint32_t *vaddr, bint anyvip,
+                               uint32_t first, uint32_t end, uint64_t now) noexcept nogil:
+    # fastlvs's handover (beyond the kernel, which only syncs by the per-packet policy): every
+    # live conn and template of slots first..end-1 (of VIP address vaddr unless anyvip) is
+    # appended to the master's messages whatever its state or packet count, so that a
+    # backup taking over also knows the handshakes in flight (SYN_RECV). Returns how many.
+    cdef uint32_t i, n = 0
+    cdef fl_conn *c
+    for i in range(first, end):
+        c = &e.conns[i]
+        if c.vip == 0 or c.dest == 0 or (c.flags & CF_INVALID):
+            continue
+        if c.expires <= now and not (c.flags & CF_TEMPLATE and c.ctl):
+            continue
+        if not anyvip and not addr_eq(e.vips[c.vip].addr, vaddr):
+            continue
+        sync_append(e, c, now)
+        n += 1
+    return n
+
+
 cdef void sync_free_pool(fl_engine *e) noexcept nogil:
     cdef fl_syncbuf *b
     while e.sync.pool != NULL:
