@@ -605,6 +605,7 @@ class Daemon:
         now = time.monotonic()
         if action == "drain":
             self.bgp.drain(self.director, now, timeout)
+            self._drain_handover()
         elif action == "undrain":
             self.bgp.undrain(self.director, now)
         return self.bgp.status()
@@ -617,8 +618,16 @@ class Daemon:
         now = time.monotonic()
         if not self.bgp.draining:
             self.bgp.drain(self.director, now)
+            self._drain_handover()
         self.bgp.update(self.director, now)
         return not self.bgp.drained
+
+    def _drain_handover(self) -> None:
+        """A drain moves this director's flows to the others at once (the router drops its
+        route): with sync between the directors, first hand them every connection here, so
+        that one restarted since a connection was synced still knows it (sync's handover)."""
+        if self.sync is not None and self.director is not None:
+            self._sync_handover(self.director.vips()["served"])
     # -- connection sync: the IPVS sync daemons ----------------------------------------------------
     def _start_sync(self) -> None:
         """The sync daemons' layer (always: `fastlvs admin --start-daemon` may start one),
