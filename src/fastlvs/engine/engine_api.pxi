@@ -860,7 +860,7 @@ cdef class Engine:
         if self.st.off_on and d.flags & DF_IN_USE:
             # how its conns are sent may change (MACs, interface, method): the map entries
             # go, and the next packet the engine sees installs them again; weights stay
-            old_how = (bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd)
+            old_how = (bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd, d.tun_type)
         if d.flags & DF_IN_USE:
             if not same and (d.flags & DF_AVAILABLE or d.refcnt != 0):
                 raise ValueError(
@@ -886,7 +886,7 @@ cdef class Engine:
         d.weight = weight
         d.tun_type, d.tun_port, d.tun_flags = tun
         if self.st.off_on and old_how is not None and old_how != (
-                bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd):
+                bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd, d.tun_type):
             offload_drop_where(&self.st, dest_id, 0, 0, 0)
         if u_threshold == 0 or u_threshold > d.u_threshold:
             d.flags &= ~DF_OVERLOAD
