@@ -662,7 +662,8 @@ def copy_table(table: ServiceTable) -> ServiceTable:
                         ops=svc.ops)
         for d in reversed(svc.dests):      # each add goes to the head
             new.add_dest(svc.key, d.addr, d.port, fwd=d.fwd, weight=d.weight,
-                         u_threshold=d.u_threshold, l_threshold=d.l_threshold)
+                         u_threshold=d.u_threshold, l_threshold=d.l_threshold,
+                         tun=(d.tun_type, d.tun_port, d.tun_flags))
     return new
 
 
