@@ -2536,6 +2536,12 @@ class Engine(SyncMixin):
             return "icmp_no_conn"
         if b[q + 9] == 4:
             return self._icmp_parse_tun(f, p, q, qihl, n)
+        if b[q + 9] in (17, 47) and self.local_ip != 0 \
+                and rd32(b, f.data + p.l2len + 16) == self.local_ip:
+            # one about a GUE or GRE packet we sent: as IPIP's, past its header
+            r = self._tun_quoted_encap(b, q, qihl, n)
+            if r > 0:
+                return self._icmp_parse_tun(f, p, q, qihl + r, n)
         if b[q + 9] not in (6, 17):
             return "icmp_no_conn"
         p.proto = b[q + 9]
@@ -2545,6 +2551,37 @@ class Engine(SyncMixin):
         p.daddr, p.dport = rd32(b, q + 12), rd16(b, q + qihl)
         p.vip = self._vip_find_in(p.proto, p.daddr, p.dport)
         return p
+
+    def _tun_quoted_encap(self, b, q, qihl, n):
+        # ipvs_udp_decap / ipvs_gre_decap: the GUE/GRE header's length after the quoted
+        # header when it is ours (a TUN dest of that address and tunnel port, of that type,
+        # IPIP inside: ip_vs_find_tunnel), else -1 (tunnel.pxi's tun_quoted_encap)
+        h = q + qihl
+        raddr = rd32(b, q + 16)
+        if b[q + 9] == 17:
+            if n < qihl + 8:
+                return -1
+            port, kind = rd16(b, h + 2), K.TUN_GUE
+        elif b[q + 9] == 47:
+            if n < qihl + 4:
+                return -1
+            port, kind = 0, K.TUN_GRE
+        else:
+            return -1
+        # 6.1 finds a GRE dest only under port 0 (it files it under its own port): recorded
+        d = next((d for d in self.dests[1:] if d.available and d.fwd == K.FWD_TUN
+                  and d.tun_port == port and d.raddr == raddr
+                  and (kind == K.TUN_GUE or d.rport == 0)), None)
+        if d is None or d.tun_type != kind:
+            return -1
+        if kind == K.TUN_GUE:
+            if n < qihl + 12 or b[h + 8] & 0xE0 or b[h + 9] != 4:
+                return -1
+            return 12 + (b[h + 8] & 0x1F) * 4
+        flags = rd16(b, h)
+        if flags & 0x7FFF or rd16(b, h + 2) != 0x0800:
+            return -1
+        return 8 if flags & 0x8000 else 4
 
     def _icmp_parse_tun(self, f, p, q, qihl, n):
         # ip_vs_in_icmp's tunnel case: the quoted IPIP packet must be addressed to the
@@ -2672,6 +2709,8 @@ class Engine(SyncMixin):
         ic = ip + p.ihl
         q = ic + 8
         t = q + (b[q] & 0x0F) * 4
+        if b[q + 9] != 4:                   # past a GUE/GRE header (parse found it)
+            t += self._tun_quoted_encap(b, q, (b[q] & 0x0F) * 4, p.tot_len - p.ihl - 8)
         tlen = p.tot_len - (t - ip)
         quote = min(tlen, 576 - 28)
         info = rd32(b, ic + 4)

@@ -74,3 +74,51 @@ cdef uint8_t tun_encap(const fl_dest *d, const fl_pkt *p, uint8_t *ip, uint32_t 
         s = csum_fold(csum_add_bytes(s, h + 8, inner_len))
         wr16(h + 4, <uint16_t>(~s & 0xFFFF))
     return 47
+
+
+cdef int tun_quoted_encap(fl_engine *e, const uint8_t *q, uint32_t qihl,
+                          uint32_t n) noexcept nogil:
+    # ip_vs_in_icmp's UDP/GRE tunnel case (ipvs_udp_decap, ipvs_gre_decap): the length of
+    # the GUE or GRE header after the quoted IPv4 header q (n bytes quoted) when it is one
+    # of ours, to a TUN dest of that address and tunnel port (ip_vs_find_tunnel) whose type
+    # it is, carrying IPIP; -1 when not (the error is then looked at as any other). The
+    # dests are walked: this is the path of rare ICMP errors to the director's own address.
+    # 6.1 files a GRE dest under its own port but looks for one under port 0, so only a
+    # port-0 dest (a firewall-mark service's) is ever found for GRE (recorded: an error
+    # about a GRE packet to a port service reached nobody).
+    cdef const uint8_t *h = q + qihl
+    cdef uint32_t raddr = rd32(q + 16)
+    cdef uint32_t i
+    cdef uint16_t port = 0
+    cdef uint16_t flags
+    cdef uint8_t kind
+    cdef fl_dest *d = NULL
+    if q[9] == 17:
+        if n < qihl + 8:
+            return -1
+        port = rd16(h + 2)
+        kind = TUN_GUE
+    elif q[9] == 47:
+        if n < qihl + 4:
+            return -1
+        kind = TUN_GRE
+    else:
+        return -1
+    for i in range(1, e.ndests):
+        if (e.dests[i].flags & DF_AVAILABLE and e.dests[i].fwd == FWD_TUN
+                and e.dests[i].tun_port == port and e.dests[i].raddr[3] == raddr
+                and (kind == TUN_GUE or e.dests[i].rport == 0)
+                and (e.dests[i].raddr[0] | e.dests[i].raddr[1] | e.dests[i].raddr[2]) == 0):
+            d = &e.dests[i]
+            break
+    if d == NULL or d.tun_type != kind:
+        return -1
+    if kind == TUN_GUE:
+        # version 0, a data message (C clear), IPIP inside: as the kernel, nothing else
+        if n < qihl + 12 or (h[8] & 0xE0) != 0 or h[9] != 4:
+            return -1
+        return 12 + <int>(h[8] & 0x1F) * 4
+    flags = rd16(h)
+    if (flags & 0x7FFF) != 0 or rd16(h + 2) != 0x0800:
+        return -1                       # only version 0 with at most a checksum, IPv4
+    return 8 if flags & 0x8000 else 4
