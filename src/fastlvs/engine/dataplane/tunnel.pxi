@@ -61,7 +61,7 @@ cdef uint8_t tun_encap(const fl_dest *d, const fl_pkt *p, uint8_t *ip, uint32_t 
                 s = csum_add_bytes(0, ip + 12, 8)
             s += 17 + ulen
             s = csum_fold(csum_add_bytes(s, h, 12))
-            s = csum_fold(csum_add_bytes(s, h + 12, inner_len))
+            s = csum_fold(s + csum_fold_wide(h + 12, inner_len))
             ck = <uint16_t>(~s & 0xFFFF)
             wr16(h + 6, ck if ck != 0 else 0xFFFF)
         return 17
@@ -71,7 +71,7 @@ cdef uint8_t tun_encap(const fl_dest *d, const fl_pkt *p, uint8_t *ip, uint32_t 
     if d.tun_flags & TUN_F_CSUM:
         wr32(h + 4, 0)
         s = csum_fold(csum_add_bytes(0, h, 8))
-        s = csum_fold(csum_add_bytes(s, h + 8, inner_len))
+        s = csum_fold(s + csum_fold_wide(h + 8, inner_len))
         wr16(h + 4, <uint16_t>(~s & 0xFFFF))
     return 47
 
