@@ -135,7 +135,7 @@ BASE = '[[service]]\nvip = "10.0.0.1:80"\n'
      "tunneling servers"),
     (BASE + '[[service.dest]]\naddress = "10.1.1.1"\nsize = 3\n',
      "f.toml:5: service[0].dest[0].size: unknown key (valid: address, weight, u_threshold, "
-     "l_threshold, fwd)"),
+     "l_threshold, fwd, tun_type, tun_port, tun_flags)"),
     ('[timeouts]\ntcp = -5\n', "f.toml:2: timeouts.tcp: -5 is outside 0..2678400"),
     ('director = 3\n', "f.toml:1: director: must be a table ([director])"),
     ('service = "x"\n', "f.toml:1: service: must be an array of tables ([[service]])"),

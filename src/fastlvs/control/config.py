@@ -21,7 +21,7 @@ from fastlvs.control.ipvsadm import (MAX_RULE_THRESHOLD, MAX_RULE_WEIGHT, Comman
 from fastlvs.engine import contract
 from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, DEFAULT_SCHEDULER, MAX_TIMEOUT,
                                    ControlError, FwdMethod, Proto, ServiceTable, fwmark_key,
-                                   mark_rule)
+                                   mark_rule, tun_settings)
 
 MODES = contract.FWD_NAMES
 BACKENDS = settings.BACKENDS
@@ -158,12 +158,31 @@ def _str(ctx, table, data, key, default, choices=None):
     return v
 
 
+def _tunnel(ctx, t, data, fwd):
+    # a TUN dest's tun_type/tun_port/tun_flags, checked as ipvsadm checks --tun-*
+    given = [k for k in ("tun_type", "tun_port", "tun_flags") if k in data]
+    if not given:
+        return None
+    if fwd is not FwdMethod.TUN:
+        raise ctx.fail(t, given[0], "only a tun dest has tunnel settings")
+    kind = _str(ctx, t, data, "tun_type", "ipip", ("ipip", "gue", "gre"))
+    port = _int(ctx, t, data, "tun_port", 0, 1, 65535)
+    flags = _str(ctx, t, data, "tun_flags", "nocsum", ("nocsum", "csum", "remcsum"))
+    try:
+        return tun_settings(kind, port, flags)
+    except ControlError as e:
+        key = "tun_port" if "port" in e.detail else "tun_flags" if (
+            "flag" in e.detail or "csum" in e.detail) else "tun_type"
+        raise ctx.fail(t, key, e.detail) from None
+
+
 # -- the tables ----------------------------------------------------------------------------
 _DIRECTOR_KEYS = settings.DIRECTOR_KEYS
 _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest",
                  "fwmark")
 _MARK_KEYS = ("mark", "proto", "address", "ports")
-_DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd")
+_DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd", "tun_type", "tun_port",
+              "tun_flags")
 _TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
 _TOP_KEYS = ("director", "service", "timeouts", "sysctl", "sync", "bgp", "mark")
 
@@ -289,9 +308,10 @@ def _dest(ctx: _Ctx, t: str, data, table: ServiceTable, svc, mode: FwdMethod) ->
     weight = _int(ctx, t, data, "weight", 1, 0, MAX_RULE_WEIGHT)
     upper = _int(ctx, t, data, "u_threshold", 0, 0, MAX_RULE_THRESHOLD)
     lower = _int(ctx, t, data, "l_threshold", 0, 0, MAX_RULE_THRESHOLD)
+    tun = _tunnel(ctx, t, data, fwd)
     try:
         table.add_dest(svc, str(ip), port, fwd=fwd, weight=weight, u_threshold=upper,
-                       l_threshold=lower)
+                       l_threshold=lower, tun=tun)
     except ControlError as e:
         key = "l_threshold" if "l_threshold" in str(e) else \
               "fwd" if "address family" in e.message else "address"

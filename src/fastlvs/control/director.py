@@ -756,9 +756,13 @@ class Director:
         # the client's port, whatever the dest's): steered by a port-0 key
         port0 = any(i == sid and key.vport == 0 for key, i in self._svc_ids.items())
         self._dest_info[did] = (self._live_proto(sid), d.addr, 0 if port0 else d.port, d.fwd)
+        # a GUE/GRE tunnel's settings go along (leaving them out makes the dest plain ipip)
+        tun = {} if d.tun_type == "ipip" else dict(
+            tun_type=d.tun_type, tun_port=d.tun_port, tun_flags=d.tun_flags)
         self.engine.set_dest(did, sid, d.addr, d.port, fwd=_FWD[d.fwd], mac=hop[0],
                              ifindex=hop[1], weight=d.weight, u_threshold=d.u_threshold,
-                             l_threshold=d.l_threshold, src_mac=hop[2] if len(hop) > 2 else None)
+                             l_threshold=d.l_threshold, src_mac=hop[2] if len(hop) > 2 else None,
+                             **tun)
 
     def _live_proto(self, sid: int) -> str:
         for key, i in self._svc_ids.items():

@@ -143,11 +143,12 @@ class _Server:
     """One real server of one virtual service: keepalived's real_server_t."""
 
     __slots__ = ("addr", "port", "health", "weight", "fwd", "u_threshold", "l_threshold",
-                 "checkers", "alive", "set")
+                 "checkers", "alive", "set", "tun")
 
     def __init__(self, addr, port, health: ServerHealth, weight: int, fwd: FwdMethod,
-                 upper: int, lower: int, checkers: list):
+                 upper: int, lower: int, checkers: list, tun=None):
         self.addr, self.port = addr, port
+        self.tun = tun                       # a TUN dest's (tun_type, tun_port, tun_flags)
         self.health = health
         self.weight = weight                 # configured (keepalived's iweight)
         self.fwd, self.u_threshold, self.l_threshold = fwd, upper, lower
@@ -184,6 +185,7 @@ class _Sorry:
 
     failed = 0
     u_threshold = l_threshold = 0
+    tun = None
 
     @property
     def effective_weight(self) -> int:
@@ -428,13 +430,14 @@ class HealthPolicy:
         self._execute(Command(
             "edit-server", frozenset({"service-address", "real-server", "weight"}),
             service=v.key, dest_addr=s.addr, dest_port=s.port, fwd=d.fwd, weight=weight,
-            u_threshold=d.u_threshold, l_threshold=d.l_threshold))
+            u_threshold=d.u_threshold, l_threshold=d.l_threshold,
+            tun=(d.tun_type, d.tun_port, d.tun_flags)))
 
     def _command(self, v: _Virtual, s, name: str, weight: int, tolerate: str = "") -> None:
         self._execute(Command(
             name, frozenset({"service-address", "real-server"}), service=v.key,
             dest_addr=s.addr, dest_port=s.port, fwd=s.fwd, weight=weight,
-            u_threshold=s.u_threshold, l_threshold=s.l_threshold), tolerate)
+            u_threshold=s.u_threshold, l_threshold=s.l_threshold, tun=s.tun), tolerate)
 
     def _execute(self, cmd: Command, tolerate: str = "") -> bool:
         """Run one table command through the director; a refusal is logged, never raised
@@ -487,7 +490,8 @@ class HealthPolicy:
                 weight = vh.weights.get(rs, d.weight if d is not None else 1)
                 fwd = d.fwd if d is not None else (v.sorry.fwd if v.sorry else FwdMethod.DR)
                 s = _Server(addr, port, sh, weight, fwd, d.u_threshold if d else 0,
-                            d.l_threshold if d else 0, [checkers[c] for c in sh.checks])
+                            d.l_threshold if d else 0, [checkers[c] for c in sh.checks],
+                            (d.tun_type, d.tun_port, d.tun_flags) if d else None)
                 prev = old.servers.get(rs) if old is not None else None
                 s.alive = s.failed == 0
                 if prev is not None and prev.alive != s.alive:
@@ -547,7 +551,8 @@ class HealthPolicy:
                 if keep or s.inhibit:
                     if d is None:
                         d = table.add_dest(key, s.addr, s.port, fwd=s.fwd, weight=weight,
-                                           u_threshold=s.u_threshold, l_threshold=s.l_threshold)
+                                           u_threshold=s.u_threshold, l_threshold=s.l_threshold,
+                                           tun=s.tun)
                     d.weight = weight
                     s.set = True
                 else:
@@ -662,7 +667,8 @@ def copy_table(table: ServiceTable) -> ServiceTable:
                         ops=svc.ops)
         for d in reversed(svc.dests):      # each add goes to the head
             new.add_dest(svc.key, d.addr, d.port, fwd=d.fwd, weight=d.weight,
-                         u_threshold=d.u_threshold, l_threshold=d.l_threshold)
+                         u_threshold=d.u_threshold, l_threshold=d.l_threshold,
+                         tun=(d.tun_type, d.tun_port, d.tun_flags))
     return new
 
 

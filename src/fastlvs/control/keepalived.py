@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field
 
 from fastlvs.control.model import (DEFAULT_PERSISTENT_TIMEOUT, MAX_TIMEOUT, MAX_WEIGHT,
-                                   ControlError, FwdMethod, Proto, ServiceTable, service_key)
+                                   ControlError, FwdMethod, Proto, ServiceTable, service_key,
+                                   tun_settings)
 from fastlvs.health.spec import (CheckSpec, HealthConfig, ServerHealth, SorryServer, Url,
                                  VirtualHealth)
 from fastlvs.settings import SyncSettings
@@ -273,18 +274,46 @@ def _port(s: _Stmt, i: int) -> int:
     return _int(s, 0, 65535, i)
 
 
-def _fwd(s: _Stmt) -> FwdMethod:
+def _fwd(s: _Stmt, tunnels: bool = False):
+    """The FwdMethod of an lvs_method/lb_kind statement; with `tunnels`, (method, tun): tun
+    the (tun_type, tun_port, tun_flags) of `TUN type gue port N [nocsum|csum|remcsum]` or
+    `TUN type gre [nocsum|csum]` (keepalived 2.2.7's syntax), None for plain ipip."""
     text = _arg(s)
     if text not in _FWD:
         raise KeepalivedError(s.where, f"{s.kw} {text}: unknown forwarding method "
                               "(NAT, DR or TUN)")
     rest = s.words[2:]
-    if text == "TUN" and rest and rest != ["type", "ipip"]:
-        raise KeepalivedError(s.where, f"{s.kw} TUN {' '.join(rest)}: fastlvs tunnels with "
-                              "ipip only")
     if text != "TUN" and rest:
         raise KeepalivedError(s.where, f"{s.kw} {text}: unexpected {' '.join(rest)}")
-    return _FWD[text]
+    tun = None
+    if rest and rest != ["type", "ipip"]:
+        if not tunnels:
+            raise KeepalivedError(s.where, f"{s.kw} TUN {' '.join(rest)}: fastlvs tunnels "
+                                  "a sorry server with ipip only")
+        tun = _tun(s, rest)
+    return (_FWD[text], tun) if tunnels else _FWD[text]
+
+
+def _tun(s: _Stmt, rest: list) -> tuple:
+    words = list(rest)
+    bad = f"{s.kw} TUN {' '.join(rest)}"
+    if len(words) < 2 or words[0] != "type" or words[1] not in ("ipip", "gue", "gre"):
+        raise KeepalivedError(s.where, f"{bad}: expected type ipip, gue port NUM or gre")
+    kind, words = words[1], words[2:]
+    port = 0
+    if kind == "gue":
+        if len(words) < 2 or words[0] != "port" or not words[1].isdigit():
+            raise KeepalivedError(s.where, f"{bad}: a gue tunnel needs port NUM")
+        port, words = int(words[1]), words[2:]
+    flags = "nocsum"
+    if words:
+        flags, words = words[0], words[1:]
+    if words or flags not in ("nocsum", "csum", "remcsum"):
+        raise KeepalivedError(s.where, f"{bad}: unexpected {' '.join([flags] + words)}")
+    try:
+        return tun_settings(kind, port, flags)
+    except ControlError as e:
+        raise KeepalivedError(s.where, f"{bad}: {e.detail}") from None
 
 
 def _need_block(s: _Stmt) -> list:
@@ -590,7 +619,7 @@ class _Reader:
                     self.warnings.append(f"{t.where}: {kw} ignored, as keepalived does: it "
                                          f"only applies after lvs_sched {kw[:2]}")
             elif kw in ("lb_kind", "lvs_method"):
-                own["fwd"] = _fwd(t)
+                own["fwd"], own["tun"] = _fwd(t, tunnels=True)
             elif kw == "persistence_timeout":
                 own["timeout"] = (DEFAULT_PERSISTENT_TIMEOUT if len(t.words) < 2
                                   else _int(t, 1, MAX_TIMEOUT))
@@ -656,7 +685,7 @@ class _Reader:
             if kw == "weight":
                 own[kw] = _int(t, 0, MAX_WEIGHT)
             elif kw == "lvs_method":
-                own["fwd"] = _fwd(t)
+                own["fwd"], own["tun"] = _fwd(t, tunnels=True)
             elif kw in ("uthreshold", "lthreshold"):
                 own[kw] = _int(t, 0, MAX_UINT)
             elif kw in ("inhibit_on_failure", "alpha"):
@@ -934,7 +963,8 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
             failed = sum(1 for c in checks if c.alpha)   # alpha checkers start failed
             if failed and not inhibit:
                 continue
-            _add_dest(table, key, rs, port, fwd, 0 if failed else weight)
+            tun = rs.own.get("tun") if "fwd" in rs.own else own.get("tun")
+            _add_dest(table, key, rs, port, fwd, 0 if failed else weight, tun)
             if not failed:
                 alive.append((rs, port, inhibit))
                 alive_weight += weight
@@ -947,9 +977,11 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
             if sorry is not None:
                 for rs, port, inhibit in alive:
                     if inhibit:
-                        table.edit_dest(key, str(rs.addr), port, svc.find_dest(
-                            str(rs.addr), port).fwd, 0, rs.own.get("uthreshold", 0),
-                            rs.own.get("lthreshold", 0))
+                        d = svc.find_dest(str(rs.addr), port)
+                        table.edit_dest(key, str(rs.addr), port, d.fwd, 0,
+                                        rs.own.get("uthreshold", 0),
+                                        rs.own.get("lthreshold", 0),
+                                        tun=(d.tun_type, d.tun_port, d.tun_flags))
                     else:
                         table.delete_dest(key, str(rs.addr), port)
                 _add_sorry(table, key, sorry, sorry.weight, vs.where)
@@ -980,11 +1012,13 @@ def _dest_port(port: int, fwd: FwdMethod, vport: int, where: str, warnings: list
     return vport
 
 
-def _add_dest(table, key, rs: _Real, port: int, fwd: FwdMethod, weight: int) -> None:
+def _add_dest(table, key, rs: _Real, port: int, fwd: FwdMethod, weight: int,
+              tun=None) -> None:
     try:
         table.add_dest(key, str(rs.addr), port, fwd=fwd, weight=weight,
                        u_threshold=rs.own.get("uthreshold", 0),
-                       l_threshold=rs.own.get("lthreshold", 0))
+                       l_threshold=rs.own.get("lthreshold", 0),
+                       tun=tun if fwd is FwdMethod.TUN else None)
     except ControlError as e:
         raise KeepalivedError(rs.where, f"real server {rs.addr} {port}: {e}") from None
 

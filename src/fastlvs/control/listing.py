@@ -183,6 +183,17 @@ def _title(stats, rate, thresholds, persistent_conn, tun_info) -> str:
             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n")
 
 
+def tun_info_text(d) -> str:
+    """A TUN dest's TunnelInfo column as ipvsadm 1.31 prints it: ipip, gue:PORT:-c|+c|r+c
+    (nocsum, csum, remcsum), gre:-c|+c."""
+    if d.tun_type == "ipip":
+        return "ipip"
+    mark = {"nocsum": "-c", "csum": "+c", "remcsum": "r+c"}[d.tun_flags]
+    if d.tun_type == "gue":
+        return f"gue:{d.tun_port}:{mark}"
+    return f"gre:{mark}"
+
+
 def _service_lines(svc: Service, stats, rate, exact, thresholds, persistent_conn, tun_info,
                    sort) -> list[str]:
     name = _svc_name(svc)
@@ -222,7 +233,7 @@ def _service_lines(svc: Service, stats, rate, exact, thresholds, persistent_conn
             lines.append(f"  -> {dn:<28} {d.weight:<9} {d.persistconns:<11} "
                          f"{d.activeconns:<10} {d.inactconns:<10}")
         elif tun_info:
-            info = "ipip" if d.fwd is FwdMethod.TUN else "n/a"
+            info = tun_info_text(d) if d.fwd is FwdMethod.TUN else "n/a"
             lines.append(f"  -> {dn:<28} {d.fwd.label:<7} {info:<13} {d.weight:<6} "
                          f"{d.activeconns:<10} {d.inactconns:<10}")
         else:

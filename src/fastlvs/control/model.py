@@ -279,6 +279,19 @@ def _erange(detail: str) -> ControlError:
     return ControlError(os.strerror(_errno.ERANGE), _errno.ERANGE, detail)
 
 
+def tun_settings(tun_type="ipip", tun_port=0, tun_flags="nocsum") -> tuple[str, int, str]:
+    """A TUN dest's (tun_type, tun_port, tun_flags) checked as the kernel takes them: type
+    ipip, gue or gre; gue needs a UDP port 1..65535 and only gue has a port; flags nocsum,
+    csum (gue, gre) or remcsum (gue). ControlError (EINVAL) naming what is wrong otherwise."""
+    try:
+        t, port, flags = _contract.tun_args(tun_type, tun_port, tun_flags)
+    except ValueError as e:
+        raise ControlError("Invalid argument", _errno.EINVAL, str(e)) from None
+    names = {v: k for k, v in _contract.TUN_TYPES.items()}
+    fnames = {v: k for k, v in _contract.TUN_FLAG_NAMES.items()}
+    return names[t], port, fnames[flags]
+
+
 class Dest(RealServer):
     """A real server of one virtual service: a RealServer plus its forwarding method and the
     per-dest counters `ipvsadm -L --stats/--rate` show.
@@ -287,13 +300,16 @@ class Dest(RealServer):
     attributes written by whoever owns the connection table (the engine in the director).
     """
 
-    __slots__ = ("fwd",) + STAT_FIELDS + RATE_FIELDS
+    __slots__ = ("fwd", "tun_type", "tun_port", "tun_flags") + STAT_FIELDS + RATE_FIELDS
 
     def __init__(self, addr, port: int, fwd=FwdMethod.DR, weight: int = 1,
-                 u_threshold: int = 0, l_threshold: int = 0):
+                 u_threshold: int = 0, l_threshold: int = 0, tun=None):
         super().__init__(addr, port, weight=weight, u_threshold=u_threshold,
                          l_threshold=l_threshold)
         self.fwd = FwdMethod.of(fwd)
+        # a TUN dest's encapsulation: "ipip", "gue" (UDP to tun_port) or "gre", and its
+        # checksum flag "nocsum", "csum" or "remcsum" (see tun_settings)
+        self.tun_type, self.tun_port, self.tun_flags = tun or ("ipip", 0, "nocsum")
         for f in STAT_FIELDS + RATE_FIELDS:
             setattr(self, f, 0)
 
@@ -590,7 +606,7 @@ class ServiceTable:
         return ip
 
     def add_dest(self, key, addr, port: int, fwd=FwdMethod.DR, weight: int = 1,
-                 u_threshold: int = 0, l_threshold: int = 0) -> Dest:
+                 u_threshold: int = 0, l_threshold: int = 0, tun=None) -> Dest:
         """Add a dest to service `key` at the HEAD of its list (as IPVS does) and return it.
 
         `key` is a ServiceKey, (proto, vaddr, vport) or a Service. Weight 0 adds a quiesced
@@ -599,21 +615,23 @@ class ServiceTable:
         a negative weight or l_threshold > u_threshold (0 = no upper limit, so a lower
         threshold needs an upper one), and when the address family differs from the
         service's unless `fwd` is TUN. The port is kept as given (ipvsadm forces it to the
-        service's for DR and TUN before calling; see fastlvs.control.ipvsadm).
+        service's for DR and TUN before calling; see fastlvs.control.ipvsadm). `tun` is a
+        TUN dest's (tun_type, tun_port, tun_flags), see tun_settings; None is plain ipip.
         """
         svc = self._need(key, "Service not defined")
         ip = self._dest_addr(addr, port)
         fwd = self._dest_settings(svc, ip.version, fwd, weight, u_threshold, l_threshold)
+        tun = tun_settings(*(tun or ("ipip", 0, "nocsum")))
         if svc.find_dest(ip, port) is not None:
             raise ControlError("Destination already exists", _errno.EEXIST,
                                addrport(str(ip), port))
         dest = Dest(ip, port, fwd=fwd, weight=weight, u_threshold=u_threshold,
-                    l_threshold=l_threshold)
+                    l_threshold=l_threshold, tun=tun)
         svc.dests.insert(0, dest)
         return dest
 
     def edit_dest(self, key, addr, port: int, fwd=FwdMethod.DR, weight: int = 1,
-                  u_threshold: int = 0, l_threshold: int = 0) -> Dest:
+                  u_threshold: int = 0, l_threshold: int = 0, tun=None) -> Dest:
         """Replace a dest's forwarding method, weight and thresholds in place; return it.
 
         As in the kernel every setting is replaced (an `ipvsadm -e` without -w sets weight
@@ -625,12 +643,14 @@ class ServiceTable:
         svc = self._need(key, "Service not defined")
         ip = self._dest_addr(addr, port)
         fwd = self._dest_settings(svc, ip.version, fwd, weight, u_threshold, l_threshold)
+        tun = tun_settings(*(tun or ("ipip", 0, "nocsum")))
         dest = svc.find_dest(ip, port)
         if dest is None:
             raise ControlError("No such destination", _errno.ENOENT, addrport(str(ip), port))
         if u_threshold == 0 or u_threshold > dest.u_threshold:
             dest.overloaded = False
         dest.fwd = fwd
+        dest.tun_type, dest.tun_port, dest.tun_flags = tun
         dest.weight = weight
         dest.u_threshold = u_threshold
         dest.l_threshold = l_threshold

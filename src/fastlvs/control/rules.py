@@ -109,7 +109,12 @@ def dump_rules(table: ServiceTable, numeric: bool = True, *, sort: bool = True,
         for d in (sorted_dests(svc) if sort else list(reversed(svc.dests))):
             line = f"-a {name} -r {addrport(d.addr, d.port)} {d.fwd.option} -w {d.weight}"
             if d.fwd is FwdMethod.TUN:
-                line += " --tun-type ipip"
+                # ipvsadm 1.31: a gue dest's port, and gue's and gre's checksum flag always
+                line += f" --tun-type {d.tun_type}"
+                if d.tun_type == "gue":
+                    line += f" --tun-port {d.tun_port}"
+                if d.tun_type != "ipip":
+                    line += f" --tun-{d.tun_flags}"
             if thresholds and (d.u_threshold or d.l_threshold):
                 line += f" -x {d.u_threshold} -y {d.l_threshold}"
             out.append(line + "\n")

@@ -70,13 +70,14 @@ include "dataplane/conn.pxi"
 include "dataplane/fwmark.pxi"
 include "dataplane/neigh.pxi"
 include "dataplane/neigh6.pxi"
+include "dataplane/tunnel.pxi"
 include "dataplane/xmit.pxi"
 include "dataplane/xmit6.pxi"
 include "dataplane/offload.pxi"
 
 # The contract's names at the Python level; the C constants come from the same module through
 # the generated dataplane/contract.pxi (a stale build fails the check below).
-from fastlvs.engine.contract import (COUNTER_NAMES, ENGINE_SYSCTLS, FWD_METHODS, FWD_ALIASES,
+from fastlvs.engine.contract import (tun_args, COUNTER_NAMES, ENGINE_SYSCTLS, FWD_METHODS, FWD_ALIASES,
                                      HASH_KINDS, PROTOCOLS)
 
 if len(COUNTER_NAMES) != C_LAST:

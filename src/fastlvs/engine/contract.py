@@ -22,6 +22,48 @@ FWD_NAMES = tuple(FWD_METHODS)         # ("dr", "nat", "tun"): what --mode and `
 FWD_ALIASES = {"route": FWD_DR, "g": FWD_DR, "masq": FWD_NAT, "m": FWD_NAT,
                "ipip": FWD_TUN, "i": FWD_TUN}
 
+# -- TUN's encapsulations (ipvsadm --tun-type), as the kernel numbers them ------------------
+TUN_IPIP = 0
+TUN_GUE = 1
+TUN_GRE = 2
+TUN_TYPES = {"ipip": TUN_IPIP, "gue": TUN_GUE, "gre": TUN_GRE}
+GUE_PORT_MIN = 32768       # the kernel's default ip_local_port_range: GUE's source ports
+GUE_PORT_MAX = 60999
+TUN_F_CSUM = 1             # --tun-csum (IP_VS_TUNNEL_ENCAP_FLAG_CSUM)
+TUN_F_REMCSUM = 2          # --tun-remcsum; neither flag: --tun-nocsum
+TUN_FLAG_NAMES = {"nocsum": 0, "csum": TUN_F_CSUM, "remcsum": TUN_F_REMCSUM}
+
+
+def tun_args(tun_type, tun_port, tun_flags):
+    """(type id, port, flag bits) for a TUN dest's tunnel settings, as set_dest takes them:
+    tun_type a name of TUN_TYPES or its id, tun_flags bits or a name of TUN_FLAG_NAMES.
+    ValueError on what the kernel would refuse: GUE needs a port 1..65535, remcsum is GUE's
+    only, csum and remcsum exclude each other, ipip takes neither port nor flags."""
+    if isinstance(tun_type, str):
+        if tun_type.lower() not in TUN_TYPES:
+            raise ValueError(f"tun_type must be ipip, gue or gre, got {tun_type!r}")
+        tun_type = TUN_TYPES[tun_type.lower()]
+    if tun_type not in TUN_TYPES.values():
+        raise ValueError(f"tun_type must be 0 (ipip), 1 (gue) or 2 (gre), got {tun_type!r}")
+    if isinstance(tun_flags, str):
+        if tun_flags.lower() not in TUN_FLAG_NAMES:
+            raise ValueError(f"tun_flags must be nocsum, csum or remcsum, got {tun_flags!r}")
+        tun_flags = TUN_FLAG_NAMES[tun_flags.lower()]
+    if tun_flags not in (0, TUN_F_CSUM, TUN_F_REMCSUM):
+        raise ValueError(f"tun_flags must be 0, 1 (csum) or 2 (remcsum), got {tun_flags!r}")
+    if not isinstance(tun_port, int) or not 0 <= tun_port <= 65535:
+        raise ValueError(f"tun_port out of range: {tun_port!r}")
+    if tun_type == 1 and tun_port == 0:
+        raise ValueError("a gue tunnel needs tun_port 1..65535")
+    if tun_type != 1 and tun_port:
+        raise ValueError("tun_port is for gue tunnels only")
+    if tun_type == 0 and tun_flags:
+        raise ValueError("ipip tunnels take no checksum flags")
+    if tun_type == 2 and tun_flags == TUN_F_REMCSUM:
+        raise ValueError("remcsum is for gue tunnels only")
+    return tun_type, tun_port, tun_flags
+
+
 # -- schedulers served in C from an exported table (0: the Python callback decides) -----------
 SCHED_CALLBACK = 0
 SCHED_SH = 1

@@ -818,8 +818,12 @@ cdef class Engine:
         return 0
 
     def set_dest(self, int dest_id, int svc_id, raddr, int rport, fwd="dr", mac=None,
-                 int ifindex=0, weight=1, u_threshold=0, l_threshold=0, src_mac=None):
+                 int ifindex=0, weight=1, u_threshold=0, l_threshold=0, src_mac=None,
+                 tun_type="ipip", tun_port=0, tun_flags=0):
         """Add or edit dest `dest_id` (1..2**24) of service `svc_id`.
+
+        A TUN dest's encapsulation is tun_type ipip, gue (UDP to tun_port) or gre, with
+        tun_flags csum/remcsum (contract.tun_args checks them; ignored for dr and nat).
 
         Editing a live dest changes fwd/mac/ifindex/weight/thresholds in place (existing
         conns keep the forwarding method they were made with); setting u_threshold to 0
@@ -848,6 +852,7 @@ cdef class Engine:
         if not (0 <= u_threshold <= 0xFFFFFFFF and 0 <= l_threshold <= 0xFFFFFFFF):
             raise ValueError("thresholds must be 0..2**32-1")
         _mac_bytes(mac)
+        tun = tun_args(tun_type, tun_port, tun_flags)
         _addr_words(raddr, a)
         self._dest_grow(dest_id)
         d = &self.st.dests[dest_id]
@@ -855,7 +860,7 @@ cdef class Engine:
         if self.st.off_on and d.flags & DF_IN_USE:
             # how its conns are sent may change (MACs, interface, method): the map entries
             # go, and the next packet the engine sees installs them again; weights stay
-            old_how = (bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd)
+            old_how = (bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd, d.tun_type)
         if d.flags & DF_IN_USE:
             if not same and (d.flags & DF_AVAILABLE or d.refcnt != 0):
                 raise ValueError(
@@ -879,8 +884,9 @@ cdef class Engine:
             _set_mac(d.smac, src_mac)
         d.ifindex = ifindex
         d.weight = weight
+        d.tun_type, d.tun_port, d.tun_flags = tun
         if self.st.off_on and old_how is not None and old_how != (
-                bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd):
+                bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd, d.tun_type):
             offload_drop_where(&self.st, dest_id, 0, 0, 0)
         if u_threshold == 0 or u_threshold > d.u_threshold:
             d.flags &= ~DF_OVERLOAD

@@ -158,6 +158,62 @@ def csum_of(b, o, n):
     return ~csum_fold(csum_sum(b, o, n)) & 0xFFFF
 
 
+def _fold_words(a):
+    # a 32- or 128-bit address as the xor of its 32-bit words (the extension's p.saddr[0..3])
+    return (a ^ (a >> 32) ^ (a >> 64) ^ (a >> 96)) & M32
+
+
+def gue_sport(p, b, inner):
+    """GUE's UDP source port for the inner flow p whose packet is b[inner:] (tunnel.pxi's
+    gue_sport, bit for bit: a v6 flow label stands for the ports)."""
+    ports = (p.sport << 16) | p.dport
+    if p.v6 and rd32(b, inner) & 0xFFFFF:
+        ports = rd32(b, inner) & 0xFFFFF
+    h = _fold_words(p.saddr)
+    h = ((h * 0x9E3779B1) & M32) ^ _fold_words(p.daddr)
+    h = ((h * 0x85EBCA6B) & M32) ^ ports
+    h = ((h * 0xC2B2AE35) & M32) ^ p.proto
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & M32
+    h ^= h >> 15
+    return ((h * (K.GUE_PORT_MAX - K.GUE_PORT_MIN)) >> 32) + K.GUE_PORT_MIN
+
+
+def tun_extra(d):
+    """Bytes between a TUN dest's outer IP header and the inner packet (GUE 12, GRE 4 or 8)."""
+    if d.tun_type == K.TUN_GUE:
+        return 12
+    if d.tun_type == K.TUN_GRE:
+        return 8 if d.tun_flags & K.TUN_F_CSUM else 4
+    return 0
+
+
+def tun_encap(d, p, b, ip, iphl, inner_len, v6):
+    """Write the GUE/GRE header after the outer IP header at b[ip] (addresses in place);
+    return the outer protocol (tunnel.pxi's tun_encap)."""
+    h = ip + iphl
+    if d.tun_type == K.TUN_GUE:
+        ulen = 12 + inner_len
+        wr16(b, h, gue_sport(p, b, h + 12))
+        wr16(b, h + 2, d.tun_port)
+        wr16(b, h + 4, ulen)
+        wr16(b, h + 6, 0)
+        b[h + 8:h + 12] = bytes((0, 41 if v6 else 4, 0, 0))
+        if d.tun_flags & (K.TUN_F_CSUM | K.TUN_F_REMCSUM):
+            s = csum_sum(b, ip + 8, 32) if v6 else csum_sum(b, ip + 12, 8)
+            s = csum_sum(b, h, ulen, s + 17 + ulen)
+            ck = ~csum_fold(s) & 0xFFFF
+            wr16(b, h + 6, ck or 0xFFFF)
+        return 17
+    csum = d.tun_flags & K.TUN_F_CSUM
+    wr16(b, h, 0x8000 if csum else 0)
+    wr16(b, h + 2, 0x86DD if v6 else 0x0800)
+    if csum:
+        wr32(b, h + 4, 0)
+        wr16(b, h + 4, csum_of(b, h, 8 + inner_len))
+    return 47
+
+
 def csum_replace2(b, field, old, new):
     # RFC 1624: HC' = ~(~HC + ~m + m')
     s = (~rd16(b, field) & 0xFFFF) + (~old & 0xFFFF) + new
@@ -317,6 +373,7 @@ class Dest:
         self.fwd = 0
         self.mac = bytes(6)
         self.smac = bytes(6)
+        self.tun_type = self.tun_port = self.tun_flags = 0   # TUN's encapsulation
         self.ifindex = 0
         self.weight = 0
         self.u_threshold = 0
@@ -1384,7 +1441,8 @@ class Engine(SyncMixin):
 
     # -- dests ---------------------------------------------------------------------------------
     def set_dest(self, dest_id, svc_id, raddr, rport, fwd="dr", mac=None, ifindex=0,
-                 weight=1, u_threshold=0, l_threshold=0, src_mac=None):
+                 weight=1, u_threshold=0, l_threshold=0, src_mac=None, tun_type="ipip",
+                 tun_port=0, tun_flags=0):
         """Add or edit dest `dest_id` of service `svc_id` (see the extension's docstring:
         edits in place, re-adding a deleted-but-referenced dest revives it, any other use of
         its id raises ValueError until its conns expire)."""
@@ -1407,6 +1465,7 @@ class Engine(SyncMixin):
         if not (0 <= u_threshold <= M32 and 0 <= l_threshold <= M32):
             raise ValueError("thresholds must be 0..2**32-1")
         mac = _mac_bytes(mac)
+        tun = K.tun_args(tun_type, tun_port, tun_flags)
         a = _addr(raddr)
         n = len(self.dests)
         while n <= dest_id:
@@ -1427,6 +1486,7 @@ class Engine(SyncMixin):
         d.smac = self.local_mac if src_mac is None else _mac_bytes(src_mac)
         d.ifindex = ifindex & M32       # a C int stored as uint32_t
         d.weight = weight
+        d.tun_type, d.tun_port, d.tun_flags = tun
         if u_threshold == 0 or u_threshold > d.u_threshold:
             d.overload = False                 # __ip_vs_update_dest
         d.u_threshold = u_threshold
@@ -1882,30 +1942,32 @@ class Engine(SyncMixin):
 
     def xmit_tun(self, f, p, c):
         # IPIP: an outer header (local IP -> RIP, TOS/TTL/DF copied from the inner one; id 0
-        # with DF, as the kernel's ip_select_ident gives) in front of the untouched packet
+        # with DF, as the kernel's ip_select_ident gives) in front of the untouched packet;
+        # a GUE/GRE dest's header goes between them and narrows the tunnel's MTU
         d = self.dests[c.dest]
         b = f.buf
         inner = f.data + p.l2len
         df = bool(b[inner + 6] & 0x40) and bool(self.sysctl["pmtu_disc"])
-        if p.tot_len + 20 > self.mtu and f.xrec is None:     # a reassembled one is cut later
+        hl = 20 + tun_extra(d)
+        if p.tot_len + hl > self.mtu and f.xrec is None:     # a reassembled one is cut later
             # too big: with DF (pmtu_disc) refused, never an ICMP error
             # (ensure_mtu_is_adequate); else the tunnel packet is cut as ip_fragment does
             # (an ICMP error's with DF too: id 0, no piece with DF)
             if df and b[inner + 9] != 1:
-                return self.icmp_frag_needed(f, p, self.mtu - 20)
+                return self.icmp_frag_needed(f, p, self.mtu - hl)
             if self.frag.nxrec >= K.BATCH_MAX:
                 return "frag_no_room"
             self.frag.nxrec += 1
             f.xrec = XRec(p.l2len, 0)
             self._count("oversize")
-        if f.headroom < 20:
+        if f.headroom < hl:
             return "no_headroom"
-        o = f.data - 20
+        o = f.data - hl
         l2 = bytearray(d.mac + d.smac) + b[f.data + 12:f.data + p.l2len]
         hdr = bytearray(20)
         hdr[0] = 0x45
         hdr[1] = b[inner + 1]
-        wr16(hdr, 2, p.tot_len + 20)
+        wr16(hdr, 2, p.tot_len + hl)
         if df:
             wr16(hdr, 6, 0x4000)
         else:
@@ -1914,9 +1976,11 @@ class Engine(SyncMixin):
         hdr[9] = 4
         wr32(hdr, 12, self.local_ip)
         wr32(hdr, 16, d.raddr)
-        wr16(hdr, 10, csum_of(hdr, 0, 20))
         b[o:o + p.l2len + 20] = l2 + hdr
-        self._tx(f, d.ifindex, -20, p.l2len + 20 + p.tot_len)
+        if hl != 20:
+            b[o + p.l2len + 9] = tun_encap(d, p, b, o + p.l2len, 20, p.tot_len, False)
+        wr16(b, o + p.l2len + 10, csum_of(b, o + p.l2len, 20))
+        self._tx(f, d.ifindex, -hl, p.l2len + hl + p.tot_len)
 
     # -- IPv6 (the extension's xmit6.pxi) -------------------------------------------------------
     def icmp6_error(self, f, p, typ, code, info, saddr):
@@ -1988,29 +2052,33 @@ class Engine(SyncMixin):
     def xmit_tun_v6(self, f, p, c):
         # IPv6-in-IPv6: outer header (local v6 -> RIP, next header 41, traffic class and hop
         # limit copied, flow label 0); too big for the tunnel: packet too big, unless ICMPv6
+        # (a GUE/GRE dest's header after the outer one)
         d = self.dests[c.dest]
         b = f.buf
         inner = f.data + p.l2len
-        if p.tot_len + 40 > self.mtu:
-            if b[inner + 6] == 58 or self.mtu < 1280 + 40:
+        hl = 40 + tun_extra(d)
+        if p.tot_len + hl > self.mtu:
+            if b[inner + 6] == 58 or self.mtu < 1280 + hl:
                 return "oversize"
             self._count("frag_needed_sent")
-            return self.icmp6_error(f, p, 2, 0, self.mtu - 40, p.daddr)
+            return self.icmp6_error(f, p, 2, 0, self.mtu - hl, p.daddr)
         if self.local_ip6 == 0:
             return "no_route"
-        if f.headroom < 40:
+        if f.headroom < hl:
             return "no_headroom"
-        o = f.data - 40
+        o = f.data - hl
         l2 = bytearray(d.mac + d.smac) + b[f.data + 12:f.data + p.l2len]
         hdr = bytearray(36 + 4)
         wr32(hdr, 0, rd32(b, inner) & 0xFFF00000)     # flow label 0, as recorded on 6.1
-        wr16(hdr, 4, p.tot_len)
+        wr16(hdr, 4, p.tot_len + hl - 40)
         hdr[6] = 41
         hdr[7] = b[inner + 7]
         hdr[8:24] = self.local_ip6.to_bytes(16, "big")
         hdr[24:40] = d.raddr.to_bytes(16, "big")
         b[o:o + p.l2len + 40] = l2 + hdr
-        self._tx(f, d.ifindex, -40, p.l2len + 40 + p.tot_len)
+        if hl != 40:
+            b[o + p.l2len + 6] = tun_encap(d, p, b, o + p.l2len, 40, p.tot_len, True)
+        self._tx(f, d.ifindex, -hl, p.l2len + hl + p.tot_len)
 
     def _forward_in_v6(self, f, p, c):
         # decrement_ttl for v6, then the conn's transmit; hop limit 1 answered from the VIP
@@ -2468,6 +2536,12 @@ class Engine(SyncMixin):
             return "icmp_no_conn"
         if b[q + 9] == 4:
             return self._icmp_parse_tun(f, p, q, qihl, n)
+        if b[q + 9] in (17, 47) and self.local_ip != 0 \
+                and rd32(b, f.data + p.l2len + 16) == self.local_ip:
+            # one about a GUE or GRE packet we sent: as IPIP's, past its header
+            r = self._tun_quoted_encap(b, q, qihl, n)
+            if r > 0:
+                return self._icmp_parse_tun(f, p, q, qihl + r, n)
         if b[q + 9] not in (6, 17):
             return "icmp_no_conn"
         p.proto = b[q + 9]
@@ -2477,6 +2551,37 @@ class Engine(SyncMixin):
         p.daddr, p.dport = rd32(b, q + 12), rd16(b, q + qihl)
         p.vip = self._vip_find_in(p.proto, p.daddr, p.dport)
         return p
+
+    def _tun_quoted_encap(self, b, q, qihl, n):
+        # ipvs_udp_decap / ipvs_gre_decap: the GUE/GRE header's length after the quoted
+        # header when it is ours (a TUN dest of that address and tunnel port, of that type,
+        # IPIP inside: ip_vs_find_tunnel), else -1 (tunnel.pxi's tun_quoted_encap)
+        h = q + qihl
+        raddr = rd32(b, q + 16)
+        if b[q + 9] == 17:
+            if n < qihl + 8:
+                return -1
+            port, kind = rd16(b, h + 2), K.TUN_GUE
+        elif b[q + 9] == 47:
+            if n < qihl + 4:
+                return -1
+            port, kind = 0, K.TUN_GRE
+        else:
+            return -1
+        # 6.1 finds a GRE dest only under port 0 (it files it under its own port): recorded
+        d = next((d for d in self.dests[1:] if d.available and d.fwd == K.FWD_TUN
+                  and d.tun_port == port and d.raddr == raddr
+                  and (kind == K.TUN_GUE or d.rport == 0)), None)
+        if d is None or d.tun_type != kind:
+            return -1
+        if kind == K.TUN_GUE:
+            if n < qihl + 12 or b[h + 8] & 0xE0 or b[h + 9] != 4:
+                return -1
+            return 12 + (b[h + 8] & 0x1F) * 4
+        flags = rd16(b, h)
+        if flags & 0x7FFF or rd16(b, h + 2) != 0x0800:
+            return -1
+        return 8 if flags & 0x8000 else 4
 
     def _icmp_parse_tun(self, f, p, q, qihl, n):
         # ip_vs_in_icmp's tunnel case: the quoted IPIP packet must be addressed to the
@@ -2604,6 +2709,8 @@ class Engine(SyncMixin):
         ic = ip + p.ihl
         q = ic + 8
         t = q + (b[q] & 0x0F) * 4
+        if b[q + 9] != 4:                   # past a GUE/GRE header (parse found it)
+            t += self._tun_quoted_encap(b, q, (b[q] & 0x0F) * 4, p.tot_len - p.ihl - 8)
         tlen = p.tot_len - (t - ip)
         quote = min(tlen, 576 - 28)
         info = rd32(b, ic + 4)

@@ -22,6 +22,7 @@ cdef int icmp_parse(fl_engine *e, fl_frame *f, fl_pkt *p) noexcept nogil:
     cdef uint32_t n = <uint32_t>p.tot_len - p.ihl
     cdef const uint8_t *q
     cdef uint32_t qihl
+    cdef int r
     if p.v6:
         return icmp6_parse(e, f, p)
     if n < 8:
@@ -38,6 +39,12 @@ cdef int icmp_parse(fl_engine *e, fl_frame *f, fl_pkt *p) noexcept nogil:
         return C_ICMP_NO_CONN
     if q[9] == 4:
         return icmp_parse_tun(e, f, p, q, qihl, n)
+    if (q[9] == 17 or q[9] == 47) and e.local_ip != 0 \
+            and rd32(f.data + p.l2len + 16) == e.local_ip:
+        # one about a GUE or GRE packet we sent: as IPIP's, past its header (tunnel.pxi)
+        r = tun_quoted_encap(e, q, qihl, n)
+        if r > 0:
+            return icmp_parse_tun(e, f, p, q, qihl + <uint32_t>r, n)
     if q[9] != 6 and q[9] != 17:
         return C_ICMP_NO_CONN
     p.proto = q[9]
@@ -197,7 +204,11 @@ cdef void icmp_answer_tun(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noex
     cdef uint8_t *ic = ip + p.ihl
     cdef uint8_t *q = ic + 8
     cdef uint8_t *t = q + <uint32_t>(q[0] & 0x0F) * 4
-    cdef uint32_t tlen = <uint32_t>p.tot_len - <uint32_t>(t - ip)
+    cdef uint32_t tlen
+    if q[9] != 4:                       # past a GUE/GRE header (parse found it)
+        t += tun_quoted_encap(e, q, <uint32_t>(q[0] & 0x0F) * 4,
+                              <uint32_t>p.tot_len - p.ihl - 8)
+    tlen = <uint32_t>p.tot_len - <uint32_t>(t - ip)
     cdef uint32_t quote = tlen
     cdef uint32_t info = rd32(ic + 4)
     cdef uint32_t mtu

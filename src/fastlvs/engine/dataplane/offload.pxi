@@ -118,7 +118,8 @@ cdef inline bint offload_ready(fl_engine *e, fl_conn *c) noexcept nogil:
     if c.fwd == FWD_NAT:
         return (c.flags & CF_REPLIED) != 0
     if c.fwd == FWD_TUN:
-        return e.local_ip != 0
+        # the program makes IPIP only: GUE and GRE dests' packets stay the engine's
+        return e.local_ip != 0 and d.tun_type == TUN_IPIP
     return c.fwd == FWD_DR
 
 

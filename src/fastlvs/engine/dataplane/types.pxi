@@ -140,6 +140,9 @@ cdef struct fl_dest:
     uint8_t flags
     uint8_t mac[6]
     uint8_t smac[6]         # our MAC on the interface towards this dest (the frame's source)
+    uint8_t tun_type        # TUN's encapsulation: TUN_IPIP, TUN_GUE, TUN_GRE (tunnel.pxi)
+    uint8_t tun_flags       # TUN_F_CSUM, TUN_F_REMCSUM; none = nocsum
+    uint16_t tun_port       # GUE's UDP destination port
 
 
 cdef struct fl_svc:

@@ -186,32 +186,34 @@ cdef int xmit_cut_later(fl_engine *e, fl_frame *f, uint32_t l2len) noexcept nogi
 cdef int xmit_tun_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept nogil:
     # IPIP: outer header (local IP -> RIP, proto 4, TOS/TTL copied from the inner header, DF
     # too with pmtu_disc, id 0 with DF as the kernel's ip_select_ident gives) in front of
-    # the untouched packet.
+    # the untouched packet; a GUE or GRE dest gets its header between the two (tunnel.pxi),
+    # and the tunnel's MTU is smaller by it.
     cdef fl_dest *d = &e.dests[c.dest]
     cdef uint8_t *inner = f.data + p.l2len
     cdef bint df = (inner[6] & 0x40) != 0 and e.pmtu_disc
+    cdef uint32_t hl = 20 + tun_extra(d)
     cdef uint8_t *o
     cdef uint8_t *ip
     cdef int r
-    if <uint32_t>p.tot_len + 20 > e.mtu and f.xrec == 0:   # a reassembled one is cut later
+    if <uint32_t>p.tot_len + hl > e.mtu and f.xrec == 0:   # a reassembled one is cut later
         # too big for the tunnel: with DF (pmtu_disc) refused, but never an ICMP error
         # (ensure_mtu_is_adequate); else the tunnel packet is fragmented (ip_fragment;
         # `ignore_df` lets an ICMP error's with DF go too: id 0, no piece with DF)
         if df and inner[9] != 1:
-            return icmp_frag_needed_v4(e, f, p, <uint16_t>(e.mtu - 20))
+            return icmp_frag_needed_v4(e, f, p, <uint16_t>(e.mtu - hl))
         r = xmit_cut_later(e, f, p.l2len)
         if r >= 0:
             return r
         e.counters[C_OVERSIZE] += 1
-    if f.headroom < 20:
+    if f.headroom < hl:
         return C_NO_HEADROOM
-    o = f.data - 20
+    o = f.data - hl
     memmove(o, f.data, p.l2len)
     eth_set(o, d.mac, d.smac)
     ip = o + p.l2len
     ip[0] = 0x45
     ip[1] = inner[1]
-    wr16(ip + 2, <uint16_t>(p.tot_len + 20))
+    wr16(ip + 2, <uint16_t>(p.tot_len + hl))
     if df:
         wr16(ip + 4, 0)
         wr16(ip + 6, 0x4000)
@@ -224,8 +226,10 @@ cdef int xmit_tun_v4(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     wr16(ip + 10, 0)
     wr32(ip + 12, e.local_ip)
     wr32(ip + 16, d.raddr[3])
+    if hl != 20:
+        ip[9] = tun_encap(d, p, ip, 20, p.tot_len, False)
     wr16(ip + 10, csum_of(ip, 20))
-    frame_tx(f, d.ifindex, -20, p.l2len + 20 + p.tot_len)
+    frame_tx(f, d.ifindex, -<int32_t>hl, p.l2len + hl + p.tot_len)
     return -1
 
 

@@ -137,31 +137,35 @@ cdef int xmit_tun_v6(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     # tests/fixtures/kernel/ipv6.json) in front of the untouched packet.
     # One too big for the tunnel is refused with packet too big (the tunnel's MTU) unless
     # it is ICMPv6 itself, as ensure_mtu_is_adequate does for v6: IPv6 routers never cut.
+    # A GUE or GRE dest gets its header after the outer one (tunnel.pxi).
     cdef fl_dest *d = &e.dests[c.dest]
     cdef uint8_t *inner = f.data + p.l2len
+    cdef uint32_t hl = 40 + tun_extra(d)
     cdef uint8_t *o
     cdef uint8_t *ip
-    if <uint32_t>p.tot_len + 40 > e.mtu:
-        if inner[6] == 58 or e.mtu < 1280 + 40:
+    if <uint32_t>p.tot_len + hl > e.mtu:
+        if inner[6] == 58 or e.mtu < 1280 + hl:
             return C_OVERSIZE
         e.counters[C_FRAG_NEEDED_SENT] += 1
-        return icmp6_error(e, f, p, 2, 0, e.mtu - 40, p.daddr)
+        return icmp6_error(e, f, p, 2, 0, e.mtu - hl, p.daddr)
     if e.local_ip6[0] == 0 and e.local_ip6[1] == 0 and e.local_ip6[2] == 0 \
             and e.local_ip6[3] == 0:
         return C_NO_ROUTE               # no v6 address of ours to send the tunnel from
-    if f.headroom < 40:
+    if f.headroom < hl:
         return C_NO_HEADROOM
-    o = f.data - 40
+    o = f.data - hl
     memmove(o, f.data, p.l2len)
     eth_set(o, d.mac, d.smac)
     ip = o + p.l2len
     wr32(ip, rd32(inner) & 0xFFF00000u) # version and traffic class; flow label 0 (recorded)
-    wr16(ip + 4, p.tot_len)
+    wr16(ip + 4, <uint16_t>(p.tot_len + hl - 40))
     ip[6] = 41
     ip[7] = inner[7]
     addr6_write(ip + 8, e.local_ip6)
     addr6_write(ip + 24, d.raddr)
-    frame_tx(f, d.ifindex, -40, p.l2len + 40 + p.tot_len)
+    if hl != 40:
+        ip[6] = tun_encap(d, p, ip, 40, p.tot_len, True)
+    frame_tx(f, d.ifindex, -<int32_t>hl, p.l2len + hl + p.tot_len)
     return -1
 
 
