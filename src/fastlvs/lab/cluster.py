@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from fastlvs.lab.testbed import (Daemon, _env, _seq, in_ns, parse_stats, run, sysctl,
+from fastlvs.lab.testbed import (Daemon, _env, _seq, in_ns, parse_stats, run, sysctl, teardown,
                                  tx_checksum_off)
 
 FRONT = "10.205.0"
@@ -390,23 +390,7 @@ class Cluster:
             except (OSError, ValueError):
                 pass
         self.birds.clear()
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=3)
-            for f in (p.stdout, p.stderr):
-                if f:
-                    f.close()
-        self.procs.clear()
-        for ns in reversed(self.made):
-            run("ip", "netns", "del", ns, check=False)
-        self.made.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        teardown(self.procs, self.made, self.tmp)
 
 
 class _Node:

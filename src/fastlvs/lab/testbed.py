@@ -186,6 +186,29 @@ def serve(name: str, udp_addrs: list[str], http_port=HTTP_PORT, udp_port=UDP_POR
 
 
 # -- the topology ---------------------------------------------------------------------------------
+def teardown(procs: list, made: list, tmp: str) -> None:
+    """End `procs` (SIGTERM, then SIGKILL after 3 s, pipes closed), delete the namespaces in
+    `made` (newest first) and the scratch folder `tmp`: the last step of every lab bench's
+    destroy(), which must work after a failed build too."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=3)
+        for f in (p.stdout, p.stderr):
+            if f:
+                f.close()
+    procs.clear()
+    for ns in reversed(made):
+        run("ip", "netns", "del", ns, check=False)
+    made.clear()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 class Testbed:
     """One cluster for one forwarding mode. `build()` makes it (and starts the servers),
     `destroy()` removes every namespace it made and stops every process it started; both
@@ -390,23 +413,7 @@ class Testbed:
                 d.stop(timeout=5)
             except Exception:
                 d.kill()
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=3)
-            for f in (p.stdout, p.stderr):
-                if f:
-                    f.close()
-        self.procs.clear()
-        for ns in reversed(self.made):
-            run("ip", "netns", "del", ns, check=False)
-        self.made.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        teardown(self.procs, self.made, self.tmp)
 
     def __enter__(self):
         return self.build()
