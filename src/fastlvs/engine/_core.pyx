@@ -95,6 +95,7 @@ _SYSCTL_RANGE = {name: (v[1], v[2]) for name, v in ENGINE_SYSCTLS.items()}
 
 
 include "dataplane/frag.pxi"
+include "dataplane/frag6.pxi"
 include "dataplane/icmp.pxi"
 include "dataplane/icmp6.pxi"
 include "dataplane/sync.pxi"

@@ -139,6 +139,7 @@ FRAG_MEM_DEFAULT = 4 << 20         # bytes of fragment payload held for reassemb
 FRAG_MEM_MIN = 64 << 10
 FRAG_MEM_MAX = 64 << 20            # the area's block indices are 16 bits
 FRAG_TIMEOUT = 30                  # seconds an incomplete datagram is kept (ipfrag_time)
+FRAG6_TIMEOUT = 60                 # the same for IPv6 (ip6frag_time)
 
 # -- ring limits: the largest frame each backend carries -------------------------------------
 L2_MAX = 18                        # Ethernet header + one 802.1Q tag

@@ -182,6 +182,7 @@ cdef class Engine:
         F.src_block_limit = max(nb // 4, min(nb, FRAG_MAX_BLOCKS))
         F.src_queue_limit = max(nq // 4, 1)
         F.timeout_ns = secs(FRAG_TIMEOUT)
+        F.timeout6_ns = secs(FRAG6_TIMEOUT)
         return 0
 
     cdef int _frag_addrs(self) except -1:
@@ -203,6 +204,11 @@ cdef class Engine:
         v6 = {addr6_fold(self.st.vips[i].addr) for i in range(1, self.st.nvips)
               if self.st.vips[i].used and _words_v6(self.st.vips[i].addr)}
         self._addr_set(&self.st.vset6, &self.st.vmask6, v6)
+        # v6 NAT real servers, for their reply fragments (frag6.pxi)
+        r6 = {addr6_fold(self.st.dests[i].raddr) for i in range(1, self.st.ndests)
+              if (self.st.dests[i].flags & DF_AVAILABLE) and self.st.dests[i].fwd == FWD_NAT
+              and _words_v6(self.st.dests[i].raddr)}
+        self._addr_set(&F.rset6, &F.rmask6, r6)
         return 0
 
     cdef int _addr_set(self, uint32_t **tab, uint32_t *mask, addrs) except -1:
@@ -229,7 +235,7 @@ cdef class Engine:
         return {"queues": F.nqueued, "queues_max": F.nq, "blocks": F.nblocks - F.nfree,
                 "blocks_max": F.nblocks, "block_size": FRAG_BLOCK,
                 "src_queue_limit": F.src_queue_limit, "src_block_limit": F.src_block_limit,
-                "timeout": FRAG_TIMEOUT}
+                "timeout": FRAG_TIMEOUT, "timeout6": FRAG6_TIMEOUT}
 
     cdef list _outputs(self, fl_frame *f):
         # the bytes a TX verdict sends: the frame itself, or a rebuilt datagram's fragments
@@ -271,6 +277,7 @@ cdef class Engine:
         free(self.st.frag.xseg)
         free(self.st.frag.vset)
         free(self.st.frag.rset)
+        free(self.st.frag.rset6)
         sync_free_all(&self.st)
         if self.st.off_on:
             _os.close(self.st.off_fd)

@@ -537,10 +537,13 @@ class FragArea:
         self.src_queue_limit = max(self.nq // 4, 1)
         self.xsize = max(mem // 2, 256 * 1024)
         self.queues = {}              # (saddr, daddr, ipid, proto) -> FragQueue
+        self.queues6 = {}             # ("v6", saddr, daddr, id) -> FragQueue: ip6frag_time
+        self.id6 = 0                  # identifications of the v6 fragments cut
         self.src_blocks = [0] * 64
         self.src_queues = [0] * 64
         self.vset = set()             # VIP addresses: fragments to them are ours
         self.rset = set()             # NAT real servers: their reply fragments are ours
+        self.rset6 = set()            # NAT66 real servers
         self.batch_start()
 
     def batch_start(self):
@@ -555,8 +558,11 @@ class FragArea:
         self.xused += n
         return True
 
+    def nqueued(self):
+        return len(self.queues) + len(self.queues6)
+
     def free(self, key):
-        q = self.queues.pop(key)
+        q = (self.queues6 if key[0] == "v6" else self.queues).pop(key)
         self.nfree += len(q.blocks)
         self.src_blocks[q.src] -= len(q.blocks)
         self.src_queues[q.src] -= 1
@@ -565,8 +571,9 @@ class FragArea:
 class XRec:
     """A reassembled datagram standing in for the frame that completed it."""
 
-    def __init__(self, l2len, frag_max):
+    def __init__(self, l2len, frag_max, ends6=()):
         self.l2len, self.frag_max = l2len, frag_max
+        self.ends6 = list(ends6)      # v6: where the datagram's pieces ended
         self.segs = []
 
 
@@ -697,6 +704,9 @@ def parse_frame_v6(f, l2):
     elif nh == 58:
         p.icmp = True                   # Engine._icmp6_parse: errors about conns
         return p
+    elif nh == 44:
+        # a Fragment header right after the fixed one: Engine._frag6_input
+        return "malformed" if plen < 8 else "fragment6"
     elif nh in V6_EXTHDRS:
         return ("v6_exthdr", p.daddr)
     else:
@@ -1518,14 +1528,17 @@ class Engine(SyncMixin):
                   and d.raddr <= M32} - {0}
         # v6 VIP addresses: frames to them with extension headers are dropped, not passed
         self.vset6 = {v.addr for v in self.vips[1:] if v.addr > M32}
+        F.rset6 = {d.raddr for d in self.dests if d.available and d.fwd == K.FWD_NAT
+                   and d.raddr > M32}
 
     def frag_stats(self):
         """The reassembly area: queues and blocks in use and in all, the per-source shares."""
         F = self.frag
-        return {"queues": len(F.queues), "queues_max": F.nq,
+        return {"queues": F.nqueued(), "queues_max": F.nq,
                 "blocks": F.nblocks - F.nfree, "blocks_max": F.nblocks,
                 "block_size": 1 << FRAG_BLOCK_BITS, "src_queue_limit": F.src_queue_limit,
-                "src_block_limit": F.src_block_limit, "timeout": K.FRAG_TIMEOUT}
+                "src_block_limit": F.src_block_limit, "timeout": K.FRAG_TIMEOUT,
+                "timeout6": K.FRAG6_TIMEOUT}
 
     def _dest_valid_for(self, dest, svc_id):
         return (0 < dest < len(self.dests) and self.dests[dest].available
@@ -2057,7 +2070,7 @@ class Engine(SyncMixin):
         b = f.buf
         inner = f.data + p.l2len
         hl = 40 + tun_extra(d)
-        if p.tot_len + hl > self.mtu:
+        if p.tot_len + hl > self.mtu and f.xrec is None:     # reassembled: _frag6_toobig
             if b[inner + 6] == 58 or self.mtu < 1280 + hl:
                 return "oversize"
             self._count("frag_needed_sent")
@@ -2086,6 +2099,10 @@ class Engine(SyncMixin):
         if f.buf[ip + 7] <= 1:
             return self.icmp6_time_exceeded(f, p, p.daddr)
         f.buf[ip + 7] -= 1
+        if f.xrec is not None:
+            r = self._frag6_toobig(f, p, c)
+            if r != 0:
+                return r
         return {K.FWD_DR: self.xmit_dr, K.FWD_NAT: self.xmit_nat_v6,
                 K.FWD_TUN: self.xmit_tun_v6}[c.fwd](f, p, c)
 
@@ -2306,31 +2323,35 @@ class Engine(SyncMixin):
     def _frag_expire(self, now, budget):
         """Expire queues whose time is up, oldest first; how many."""
         F, n = self.frag, 0
-        while n < budget and F.queues:
-            key = next(iter(F.queues))
-            if F.queues[key].expires > now:
-                break
-            F.free(key)
-            self._count("frag_timeout")
-            n += 1
+        for queues in (F.queues, F.queues6):        # v4's, then v6's
+            while n < budget and queues:
+                key = next(iter(queues))
+                if queues[key].expires > now:
+                    break
+                F.free(key)
+                self._count("frag_timeout")
+                n += 1
         return n
 
     def _frag_queue(self, key, saddr, now):
         """The queue of `key`, a new one, or the counter name saying why there is none."""
         F = self.frag
-        q = F.queues.get(key)
+        q = (F.queues6 if key[0] == "v6" else F.queues).get(key)
         if q is not None and q.expires <= now:
             F.free(key)
             self._count("frag_timeout")
             q = None
         if q is not None:
             return q
-        if len(F.queues) >= F.nq:
+        if F.nqueued() >= F.nq:
             self._frag_expire(now, 1)
         src = self._frag_src(saddr)
-        if len(F.queues) >= F.nq or F.src_queues[src] >= F.src_queue_limit:
+        if F.nqueued() >= F.nq or F.src_queues[src] >= F.src_queue_limit:
             return "frag_no_room"
-        q = F.queues[key] = FragQueue(src, now + K.FRAG_TIMEOUT * NS)
+        if key[0] == "v6":
+            q = F.queues6[key] = FragQueue(src, now + K.FRAG6_TIMEOUT * NS)
+        else:
+            q = F.queues[key] = FragQueue(src, now + K.FRAG_TIMEOUT * NS)
         F.src_queues[src] += 1
         return q
 
@@ -2442,6 +2463,8 @@ class Engine(SyncMixin):
         F, rec = self.frag, f.xrec
         out = f.output()
         l2 = rec.l2len
+        if out[l2] >> 4 == 6:
+            return self._frag6_cut(f)
         hlen = (out[l2] & 0x0F) * 4
         payload = f.out_len - l2 - hlen
         mtu = self.mtu
@@ -2479,6 +2502,190 @@ class Engine(SyncMixin):
             F.nxseg += 1
             off += ln
             left -= ln
+        self._count("frag_out", nseg)
+        return True
+
+    # -- IPv6 fragments: reassembly as nf_defrag_ipv6, cutting as ip6_fragment (frag6.pxi) ------
+    def _frag6_input(self, f, now):
+        """A v6 fragment: as _frag_input answers, or ("v6_exthdr", daddr) for one of
+        anything but TCP, UDP or ICMPv6."""
+        F = self.frag
+        b = f.buf
+        l2 = 18 if rd16(b, f.data + 12) == 0x8100 else 14
+        ip = f.data + l2
+        fh = ip + 40
+        saddr = int.from_bytes(b[ip + 8:ip + 24], "big")
+        daddr = int.from_bytes(b[ip + 24:ip + 40], "big")
+        nh = b[fh]
+        fo = rd16(b, fh + 2)
+        off, mf = fo & 0xFFF8, bool(fo & 1)
+        ident = rd32(b, fh + 4)
+        tot = 40 + rd16(b, ip + 4)
+        ln = tot - 48
+        end = off + ln
+        if daddr not in self.vset6 and saddr not in F.rset6:
+            return "fragment"
+        if nh not in (6, 17, 58):
+            return ("v6_exthdr", daddr)
+        # dropped alone: empty, past 64 KiB, a first piece without its whole TCP header
+        if ln == 0 or end > 65535 or (off == 0 and nh == 6 and ln < 20):
+            return "frag_bad"
+        key = ("v6", saddr, daddr, ident)
+        # the share of the source's /64
+        q = self._frag_queue(key, ((saddr >> 96) ^ (saddr >> 64)) & M32, now)
+        if isinstance(q, str):
+            return q
+        if mf:
+            if end & 7:
+                F.free(key)             # not whole 8-byte units before the last: all goes
+                return "frag_bad"
+            if q.last and end > q.total:
+                return "frag_bad"
+        elif (q.last and end != q.total) or (q.poff and q.pend[-1] > end):
+            return "frag_bad"
+        lo = 0
+        while lo < len(q.poff) and q.pend[lo] <= off:
+            lo += 1
+        hi = lo
+        while hi < len(q.poff) and q.poff[hi] < end:
+            hi += 1
+        if hi > lo:
+            # inside one contiguous run: a duplicate, ignored; any other overlap discards
+            # the datagram (RFC 5722)
+            if q.poff[lo] <= off and q.pend[hi - 1] >= end:
+                i = lo
+                while i + 1 < hi and q.pend[i] == q.poff[i + 1]:
+                    i += 1
+                if i + 1 == hi:
+                    return "frag_bad"
+            F.free(key)
+            return "frag_bad"
+        if len(q.poff) >= FRAG_MAX_PIECES:
+            F.free(key)
+            return "frag_no_room"
+        blocks = set(range(off >> FRAG_BLOCK_BITS, ((end - 1) >> FRAG_BLOCK_BITS) + 1))
+        need = len(blocks - q.blocks)
+        if need > F.nfree or F.src_blocks[q.src] + need > F.src_block_limit:
+            return "frag_no_room"
+        q.blocks |= blocks
+        F.nfree -= need
+        F.src_blocks[q.src] += need
+        if len(q.data) < end:
+            q.data.extend(bytes(end - len(q.data)))
+        q.data[off:end] = b[fh + 8:fh + 8 + ln]
+        q.poff.insert(lo, off)
+        q.pend.insert(lo, end)
+        q.received += ln
+        q.frag_max = max(q.frag_max, tot)
+        if off == 0:
+            q.first = True
+            q.l2len = l2
+            hdr = bytearray(b[f.data:f.data + l2 + 40])
+            hdr[l2 + 6] = nh
+            q.hdr = bytes(hdr)
+        if not mf:
+            q.last = True
+            q.total = end
+        if q.first and q.last and q.received == q.total:
+            return self._frag6_complete(f, key, q)
+        return "frag_held"
+
+    def _frag6_complete(self, f, key, q):
+        F = self.frag
+        n = q.l2len + 40 + q.total
+        if F.nxrec >= K.BATCH_MAX or not F.xalloc(XBUF_HEADROOM + n + 2 + 2 * len(q.poff)):
+            F.free(key)
+            return "frag_no_room"
+        hdr = bytearray(q.hdr)
+        wr16(hdr, q.l2len + 4, q.total)
+        F.nxrec += 1
+        F.free(key)
+        self._count("frag_reasm")
+        f.buf = bytearray(XBUF_HEADROOM) + hdr + q.data[:q.total]
+        f.data = f.headroom = XBUF_HEADROOM
+        f.len = n
+        f.xrec = XRec(q.l2len, q.frag_max, q.pend)
+        return parse_frame(f)
+
+    def _frag6_toobig(self, f, p, c):
+        # the largest fragment, not the datagram, must fit the MTU (less TUN's headers)
+        mtu = self.mtu
+        if c.fwd == K.FWD_TUN:
+            mtu -= 40 + tun_extra(self.dests[c.dest])
+        if mtu < 1280:
+            return "oversize"
+        if f.xrec.frag_max <= mtu:
+            return 0
+        if p.proto == 58:
+            return "oversize"
+        self._count("frag_needed_sent")
+        return self.icmp6_error(f, p, 2, 0, mtu, p.daddr)
+
+    def _frag6_ident(self, ip_hdr):
+        # a new identification per datagram cut: a counter folded with the addresses
+        self.frag.id6 = (self.frag.id6 + 1) & M32
+        x = self.seed ^ ((self.frag.id6 * 0xD6E8FEB86659FD93) & M64)
+        for i in range(8):
+            x = ((x ^ rd32(ip_hdr, 8 + 4 * i)) * 0x9E3779B97F4A7C15) & M64
+            x ^= x >> 29
+        return x >> 32
+
+    def _frag6_cut(self, f):
+        """A reassembled v6 datagram's output: whole when it fits the MTU and its largest
+        fragment, else in Fragment-headed pieces: those it came in (the first grown by
+        what TUN put in front) when they fit, else pieces of the MTU."""
+        F, rec = self.frag, f.xrec
+        out = f.output()
+        l2 = rec.l2len
+        plen = f.out_len - l2 - 40
+        mtu = self.mtu
+        if (f.out_adj == -48 and out[l2 + 6] == 58) or (
+                40 + plen <= mtu and (rec.frag_max == 0 or 40 + plen <= rec.frag_max)):
+            if F.nxseg + 1 > XSEG_MAX:
+                self._drop(f, "frag_no_room")
+                return False
+            F.nxseg += 1
+            rec.segs = [out]
+            return True
+        if rec.frag_max != 0 and rec.frag_max <= mtu:
+            mtu = min(max(rec.frag_max, 1280), self.mtu)
+        mtu = max(mtu, 40 + 8 + 8)
+        room = mtu - 48
+        ends = rec.ends6
+        fast = len(ends) > 1
+        if fast:
+            grow = plen - ends[-1]
+            if (grow + ends[0]) & 7 or grow + ends[0] > room:
+                fast = False
+            for i in range(1, len(ends)):
+                if ends[i] - ends[i - 1] > room:
+                    fast = False
+        if fast:
+            sizes = [grow + ends[0]] + [ends[i] - ends[i - 1] for i in range(1, len(ends))]
+        else:
+            sizes, left = [], plen
+            while left > room:
+                sizes.append(room & ~7)
+                left -= room & ~7
+            sizes.append(left)
+        nseg = len(sizes)
+        if F.nxseg + nseg > XSEG_MAX or F.xused + plen + nseg * (l2 + 48 + 63) > F.xsize:
+            self._drop(f, "frag_no_room")
+            return False
+        ident = self._frag6_ident(out[l2:l2 + 40])
+        off = 0
+        for ln in sizes:
+            F.xalloc(l2 + 48 + ln)
+            piece = bytearray(out[:l2 + 40])
+            wr16(piece, l2 + 4, 8 + ln)
+            piece[l2 + 6] = 44
+            fh = bytearray(8)
+            fh[0] = out[l2 + 6]
+            wr16(fh, 2, off | (1 if off + ln < plen else 0))
+            wr32(fh, 4, ident)
+            rec.segs.append(bytes(piece + fh + out[l2 + 40 + off:l2 + 40 + off + ln]))
+            F.nxseg += 1
+            off += ln
         self._count("frag_out", nseg)
         return True
 
@@ -2984,6 +3191,8 @@ class Engine(SyncMixin):
             if p == "fragment":
                 # held, or the datagram it completes now stands in for the frame
                 p = self._frag_input(f, now)
+            elif p == "fragment6":
+                p = self._frag6_input(f, now)
             if isinstance(p, tuple):            # ("v6_exthdr", daddr)
                 p = "v6_exthdr" if p[1] in self.vset6 else "no_service"
             if not isinstance(p, str) and p.icmp:
@@ -3012,7 +3221,7 @@ class Engine(SyncMixin):
                         continue
                     self._count("tx")
         self._conn_sweep_batch(now)
-        if self.frag.queues:
+        if self.frag.queues or self.frag.queues6:
             self._frag_expire(now, FRAG_EXPIRE_BUDGET)
 
     def _schedule_parked(self, frames):

@@ -383,7 +383,7 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
                 r = parse_frame_v6(e, f, p, p.l2len)
             if r == C_FRAGMENT:
                 # held, or the datagram it completes now stands in for the frame
-                r = frag_input(e, f, p, now)
+                r = frag6_input(e, f, p, now) if p.v6 else frag_input(e, f, p, now)
             if r == PARSE_ICMP:
                 r = icmp_parse(e, f, p)
                 if r == ICMP_OK or r == ICMP_TUN_OK:
@@ -447,7 +447,7 @@ cdef int engine_rx_batch(fl_engine *e, fl_frame *frames, int n) noexcept nogil:
     if e.off_nq != 0:
         offload_flush(e)
     conn_sweep_batch(e, now)
-    if e.frag.oldest != 0:
+    if e.frag.oldest != 0 or e.frag.oldest6 != 0:
         frag_expire(e, now, FRAG_EXPIRE_BUDGET)
     return e.nparked
 

@@ -50,7 +50,12 @@ cdef void frag_q_free(fl_engine *e, uint32_t qi) noexcept nogil:
     cdef fl_fragq *q = &F.q[qi]
     cdef uint32_t b = frag_hash(e, q.saddr, q.daddr, q.ipid, q.proto)
     cdef uint32_t *link = &F.buckets[b]
+    cdef uint32_t *oldest = &F.oldest
+    cdef uint32_t *newest = &F.newest
     cdef int k
+    if q.proto == FRAG6_PROTO:
+        oldest = &F.oldest6
+        newest = &F.newest6
     while link[0] != 0:
         if link[0] == qi + 1:
             link[0] = q.next
@@ -59,11 +64,11 @@ cdef void frag_q_free(fl_engine *e, uint32_t qi) noexcept nogil:
     if q.older != 0:
         F.q[q.older - 1].newer = q.newer
     else:
-        F.oldest = q.newer
+        oldest[0] = q.newer
     if q.newer != 0:
         F.q[q.newer - 1].older = q.older
     else:
-        F.newest = q.older
+        newest[0] = q.older
     for k in range(FRAG_MAX_BLOCKS):
         if q.blocks[k] != 0:
             F.free_blocks[F.nfree] = <uint16_t>(q.blocks[k] - 1)
@@ -78,11 +83,15 @@ cdef void frag_q_free(fl_engine *e, uint32_t qi) noexcept nogil:
 
 
 cdef uint32_t frag_expire(fl_engine *e, uint64_t now, uint32_t budget) noexcept nogil:
-    # Expire queues whose time is up, oldest first; returns how many.
+    # Expire queues whose time is up, oldest first (v4's, then v6's); returns how many.
     cdef fl_frag *F = &e.frag
     cdef uint32_t n = 0
     while n < budget and F.oldest != 0 and F.q[F.oldest - 1].expires <= now:
         frag_q_free(e, F.oldest - 1)
+        e.counters[C_FRAG_TIMEOUT] += 1
+        n += 1
+    while n < budget and F.oldest6 != 0 and F.q[F.oldest6 - 1].expires <= now:
+        frag_q_free(e, F.oldest6 - 1)
         e.counters[C_FRAG_TIMEOUT] += 1
         n += 1
     return n
@@ -316,6 +325,8 @@ cdef bint frag_cut(fl_engine *e, fl_frame *f) noexcept nogil:
     cdef uint8_t *o
     cdef uint8_t *oip
     cdef fl_xseg *sg
+    if (ip[0] >> 4) == 6:
+        return frag6_cut(e, f)
     if rec.frag_max != 0 and rec.frag_max < mtu:
         mtu = rec.frag_max
     if mtu < hlen + 8:

@@ -1,7 +1,8 @@
 # Parsing one Ethernet frame carrying IPv6 + TCP/UDP into an fl_pkt (parse_frame hands over
 # at the ethertype). Addresses fill all four words of saddr/daddr; ihl is the 40-byte fixed
-# header and tot_len 40 + the payload length, so the v4 code's offsets hold. Extension
-# headers are not walked: such a packet to a VIP is dropped and counted (v6_exthdr), one to
+# header and tot_len 40 + the payload length, so the v4 code's offsets hold. A Fragment
+# header right after the fixed one goes to reassembly (frag6.pxi); other extension headers
+# are not walked: such a packet to a VIP is dropped and counted (v6_exthdr), one to
 # anything else is the host's, as is ICMPv6 but for errors about conns (icmp6.pxi).
 
 cdef inline void addr6_read(const uint8_t *b, uint32_t *a) noexcept nogil:
@@ -73,6 +74,11 @@ cdef int parse_frame_v6(fl_engine *e, fl_frame *f, fl_pkt *p, uint32_t l2) noexc
         p.tcpflags = 0
     elif nh == 58:
         return PARSE_ICMP               # icmp6.pxi: errors about conns; the rest the host's
+    elif nh == 44:
+        # a Fragment header right after the fixed one: frag6_input takes it from here
+        if plen < 8:
+            return C_MALFORMED
+        return C_FRAGMENT
     elif ip6_is_exthdr(nh):
         return C_V6_EXTHDR              # batch.pxi: dropped if to a VIP, else the host's
     else:

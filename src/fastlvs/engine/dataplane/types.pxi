@@ -209,6 +209,7 @@ cdef enum:
     FRAG_MAX_PIECES = 64      # distinct fragments of one datagram
     FRAG_SRC_BUCKETS = 64     # per-source shares, by keyed hash of the source address
     FRAG_HDR_MAX = 40         # L2 (14/18) + IPv4 header (20: fragments with options refused)
+    FRAG6_HDR_MAX = 64        # L2 (14/18) + IPv6 fixed header (40: frag6.pxi)
 
 
 cdef struct fl_fragq:
@@ -236,6 +237,11 @@ cdef struct fl_fragq:
     uint16_t poff[FRAG_MAX_PIECES]
     uint16_t pend[FRAG_MAX_PIECES]
     uint16_t blocks[FRAG_MAX_BLOCKS]   # 1 + block index, 0 = none
+    # an IPv6 queue (frag6.pxi; proto FRAG6_PROTO, saddr/daddr/ipid keyed folds for the
+    # hash): its real key, and the first fragment's L2 + fixed header once it came
+    uint32_t id6
+    uint32_t addr6[8]       # source, destination
+    uint8_t hdr6[FRAG6_HDR_MAX]
 
 
 cdef struct fl_xseg:
@@ -249,6 +255,8 @@ cdef struct fl_xrec:
     uint16_t frag_max
     uint8_t l2len
     uint8_t _pad
+    uint16_t *ends6         # v6 (frag6.pxi): where the datagram's pieces ended, in the arena
+    uint32_t nends6
 
 
 cdef struct fl_frag:
@@ -281,6 +289,13 @@ cdef struct fl_frag:
     uint32_t src_blocks[FRAG_SRC_BUCKETS]
     uint32_t src_queues[FRAG_SRC_BUCKETS]
     fl_xrec xrec[MAX_BATCH]
+    # IPv6 (frag6.pxi)
+    uint32_t *rset6         # folds of NAT66 real servers' addresses: their reply fragments
+    uint32_t rmask6
+    uint32_t oldest6        # v6 queues age on a list of their own: ip6frag_time differs
+    uint32_t newest6
+    uint32_t id6            # identifications of the fragments we cut (keyed, see frag6_ident)
+    uint64_t timeout6_ns
 
 
 cdef struct fl_markrule:

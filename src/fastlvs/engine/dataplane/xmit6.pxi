@@ -143,7 +143,7 @@ cdef int xmit_tun_v6(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcept 
     cdef uint32_t hl = 40 + tun_extra(d)
     cdef uint8_t *o
     cdef uint8_t *ip
-    if <uint32_t>p.tot_len + hl > e.mtu:
+    if <uint32_t>p.tot_len + hl > e.mtu and f.xrec == 0:     # reassembled: frag6_toobig
         if inner[6] == 58 or e.mtu < 1280 + hl:
             return C_OVERSIZE
         e.counters[C_FRAG_NEEDED_SENT] += 1
@@ -177,9 +177,14 @@ cdef int forward_in_v6(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c) noexcep
     # hop limit 1 comes from the address it was sent to (the VIP). Out of line: the v4
     # path it sits beside must stay as small as it was.
     cdef uint8_t *ip = f.data + p.l2len
+    cdef int r
     if fl_unlikely(ip[7] <= 1):
         return icmp6_time_exceeded(e, f, p, p.daddr)
     ip[7] -= 1
+    if fl_unlikely(f.xrec != 0):
+        r = frag6_toobig(e, f, p, c)
+        if r != 0:
+            return r
     return XMIT6[c.fwd](e, f, p, c)
 
 
