@@ -571,7 +571,30 @@ int fl_steer(struct xdp_md *ctx)
 			return XDP_PASS;
 		if (ip6->nexthdr == IPPROTO_ICMPV6)
 			return steer_icmp6(ctx, ip6, end, &dst, &src);
-		/* no extension headers: the engine walks none (to a VIP it would drop them) */
+		/* A Fragment header right after the fixed one: the engine reassembles the TCP
+		 * and UDP datagrams of its services' addresses and its NAT real servers' (the
+		 * port-0 keys of the hash maps, as for IPv4's later fragments). Every fragment
+		 * goes by address, the first too, so a datagram is never split between the
+		 * engine and the kernel. */
+		if (ip6->nexthdr == IPPROTO_FRAGMENT) {
+			__u8 *fh = (void *)(ip6 + 1);
+
+			if ((void *)(fh + 8) > end)
+				return XDP_PASS;
+			if (fh[0] != IPPROTO_TCP && fh[0] != IPPROTO_UDP)
+				return count(1, XDP_PASS);
+			dst.family = src.family = 6;
+			dst.proto = src.proto = fh[0];
+			__builtin_memcpy(dst.addr, &ip6->daddr, 16);
+			__builtin_memcpy(src.addr, &ip6->saddr, 16);
+			if (bpf_map_lookup_elem(&fl_services, &dst) ||
+			    bpf_map_lookup_elem(&fl_rservers, &src)) {
+				count(0, 0);
+				return bpf_redirect_map(&fl_xsks, ctx->rx_queue_index, XDP_PASS);
+			}
+			return count(1, XDP_PASS);
+		}
+		/* no other extension headers: the engine walks none (to a VIP it drops them) */
 		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 			return count(1, XDP_PASS);
 		ports = (void *)(ip6 + 1);
