@@ -43,7 +43,9 @@ Choices worth knowing:
   address is held as ::a.b.c.d in the entries' 128-bit words, so ::/96 is refused as v6.
 - Firewall-mark services (dataplane/fwmark.pxi: the engine marks frames by match rules)
   and SCTP (dataplane/sctp.pxi: IPVS's SCTP states, CRC32c on NAT port changes).
-- Not yet: IPv6 extension headers and fragments (dropped, counted), IPv6 mark rules,
+- IPv6 fragments are reassembled in the same area (dataplane/frag6.pxi) and sent on as
+  6.1 does; other IPv6 extension headers are not walked (dropped, counted).
+- Not yet: IPv6 mark rules,
   FTP's template special case, fragmentation of TUN packets over the MTU without DF (they
   are sent as they are and counted oversize).
 """
