@@ -214,3 +214,26 @@ def test_keepalived_ip_family_against_the_servers_is_warned_and_ignored(tmp_path
     assert any("ip_family inet6 conflicts" in w for w in cfg.warnings)
     with pytest.raises(KeepalivedError, match="ip_family inet7: not inet or inet6"):
         keepalived(tmp_path, "    ip_family inet7\n")
+
+
+def test_daemon_takes_a_v6_keepalived_fwmark_service_and_the_toml_s_v6_rules(tmp_path, caplog):
+    import logging
+    from fastlvs.daemon import Daemon, Options
+    (tmp_path / "keepalived.conf").write_text(
+        "virtual_server fwmark 1 {\n    lvs_sched rr\n    lb_kind DR\n"
+        "    real_server 2001:db8:2::2 80 {\n    }\n}\n"
+        "virtual_server fwmark 2 {\n    ip_family inet6\n    lb_kind DR\n"
+        "    real_server 2001:db8:2::3 80 {\n    }\n}\n")
+    toml = tmp_path / "fastlvs.toml"
+    toml.write_text('[director]\ninterface = "eth0"\nkeepalived_conf = "keepalived.conf"\n'
+                    '[[mark]]\nmark = 1\nproto = "tcp"\naddress = "2001:db8:1::100"\n'
+                    'ports = 80\n[[mark]]\nmark = 2\naddress = "10.0.1.100"\n')
+    d = Daemon(Options(config=str(toml)))
+    d._settings()
+    with caplog.at_level(logging.WARNING, logger="fastlvs"):
+        table = d._load_table()
+    assert {s.key for s in table} == {V6, ServiceKey(Proto.FWM, "::", 2)}
+    assert [r.af for r in table.marks] == [6, 4]
+    # mark 2's only rule is IPv4: its IPv6 service gets nothing, and is warned about
+    warned = [m for m in caplog.messages if "no [[mark]] rule" in m]
+    assert len(warned) == 1 and "fwmark 2" in warned[0] and "IPv6" in warned[0]
