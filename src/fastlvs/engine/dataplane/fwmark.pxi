@@ -10,7 +10,7 @@
 # mark's persistence templates (the mark in the first word), never a v4 one's [0, 0, 0, m].
 
 cdef enum:
-    SVC_F_FWMARK = 2        # fl_svc.flags: a firewall-mark service (vaddr[3] is the mark)
+    SVC_F_FWMARK = 2        # fl_svc.flags: a firewall-mark service (vaddr: mark_key)
 
 
 cdef inline uint32_t mark_match(fl_engine *e, fl_pkt *p) noexcept nogil:

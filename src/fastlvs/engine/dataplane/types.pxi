@@ -284,7 +284,7 @@ cdef struct fl_frag:
 
 
 cdef struct fl_markrule:
-    # One firewall-mark match rule (dataplane/fwmark.pxi): IPv4 destination prefix, port
+    # One firewall-mark match rule (dataplane/fwmark.pxi): IPv4 (or IPv6) destination prefix, port
     # range, protocol (0 = any); host order.
     uint32_t addr
     uint32_t mask
