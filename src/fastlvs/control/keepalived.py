@@ -958,8 +958,11 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
         alive = []                                 # dests keepalived marks alive
         for rs in reals:
             fwd = rs.own.get("fwd", vfwd)
-            port = rs.port if vs.fwmark else _dest_port(
-                rs.port, fwd, vport, rs.where, warnings, first=(vaddr, vport) == endpoints[0][:2])
+            # a mark service's port is 0: its DR/TUN servers get 0 (the client's port is
+            # kept), its NAT ones their own (recorded: tests/fixtures/keepalived/fwmark6.conf);
+            # keepalived says nothing of it, and its checkers still probe the given port
+            port = _dest_port(rs.port, fwd, 0 if vs.fwmark else vport, rs.where, warnings,
+                              first=not vs.fwmark and (vaddr, vport) == endpoints[0][:2])
             weight = weight_of[id(rs)]
             checks = tuple(_spec(c, rs, vs, port) for c in rs.checks)
             inhibit = rs.own.get("inhibit_on_failure", own.get("inhibit_on_failure", False))
