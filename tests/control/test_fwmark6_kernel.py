@@ -148,3 +148,15 @@ def test_the_recorded_traffic_leaves_and_lists_as_the_kernel_s(kdaemon):
     rate = kdaemon.ok("-Ln", "--rate").splitlines()[1:]
     want = body(FIXTURE["ipvsadm_Ln_rate"])
     assert [ln[:36] for ln in rate] == [ln[:36] for ln in want]
+
+
+@pytest.mark.parametrize("rule,msg", [
+    ("1,tcp,2001:db8::/129,80", "prefix length 129 is outside 0..128"),
+    ("1,sctp,2001:db8::1,80", "IPv6 marks match tcp and udp only"),
+    ("1,tcp,2001:db8::/100,80-90", "use a longer prefix"),
+])
+def test_bad_v6_mark_rules_through_admin_are_one_line(kdaemon, rule, msg):
+    rc, out, err = kdaemon.admin("--mark-rule", rule)
+    assert rc != 0 and msg in err, (rc, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert kdaemon.ok("-S", "-n") == ""                  # nothing was added
