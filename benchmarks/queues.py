@@ -25,9 +25,7 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import peers as P  # noqa: E402
+from benchmarks import peers as P
 
 CPUS = (0, 1)
 
