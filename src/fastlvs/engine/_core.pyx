@@ -41,12 +41,12 @@ Choices worth knowing:
   datagrams in C. Its per-entry state (16 bytes) lives beside the table, made at start.
 - IPv6 (parse6.pxi, xmit6.pxi, neigh6.pxi, icmp6.pxi): DR, NAT66 and IPv6-in-IPv6 TUN; a v4
   address is held as ::a.b.c.d in the entries' 128-bit words, so ::/96 is refused as v6.
-- Firewall-mark services (dataplane/fwmark.pxi: the engine marks frames by match rules)
+- Firewall-mark services, IPv4 and IPv6 (dataplane/fwmark.pxi: the engine marks frames by
+  match rules)
   and SCTP (dataplane/sctp.pxi: IPVS's SCTP states, CRC32c on NAT port changes).
 - IPv6 fragments are reassembled in the same area (dataplane/frag6.pxi) and sent on as
   6.1 does; other IPv6 extension headers are not walked (dropped, counted).
-- Not yet: IPv6 mark rules,
-  FTP's template special case, fragmentation of TUN packets over the MTU without DF (they
+- Not yet: FTP's template special case, fragmentation of TUN packets over the MTU without DF (they
   are sent as they are and counted oversize).
 """
 
