@@ -361,7 +361,7 @@ class SyncMixin:
         if s.pe_data is not None:
             cnt["refused_pe"] += 1
             return
-        if not tmpl and s.protocol not in (6, 17, 132):
+        if not tmpl and (s.protocol not in (6, 17, 132) or s.protocol == 132 and s.ipv6):
             cnt["refused_protocol"] += 1
             return
         caddr = int(ipaddress.ip_address(s.caddr))

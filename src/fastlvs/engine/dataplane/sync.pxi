@@ -639,7 +639,9 @@ cdef void sync_install(fl_engine *e, fl_syncent *s, uint64_t now) noexcept nogil
     if s.has_pe:
         sy.counters[SC_REFUSED_PE] += 1
         return
-    if not tmpl and s.proto != 6 and s.proto != 17 and s.proto != IPPROTO_SCTP:
+    if not tmpl and ((s.proto != 6 and s.proto != 17 and s.proto != IPPROTO_SCTP)
+                     or (s.proto == IPPROTO_SCTP and s.v6)):
+        # AH/ESP, and SCTP over IPv6: this engine forwards neither
         sy.counters[SC_REFUSED_PROTOCOL] += 1
         return
     if s.fwmark != 0:

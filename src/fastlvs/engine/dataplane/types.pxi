@@ -311,7 +311,7 @@ cdef enum:
     SC_NO_DEST = 11
     SC_TABLE_FULL = 12
     SC_REFUSED_PE = 13      # a persistence engine's (sip): fastlvs has none
-    SC_REFUSED_PROTOCOL = 14  # AH, ESP: IPVS syncs them, fastlvs does not forward them
+    SC_REFUSED_PROTOCOL = 14  # AH, ESP, SCTP over IPv6: IPVS syncs them, fastlvs does not forward them
     SC_REPLACED = 15
     SC_DROPPED = 16
     SD_SHORT = 17           # protocol.DROP_REASONS order, internal_error left out
