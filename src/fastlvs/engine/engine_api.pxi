@@ -1401,7 +1401,7 @@ cdef class Engine:
     def sync_stats(self):
         """Sync counters by name: sent/sent_conns/sent_bytes/queue_overflow (messages
         dropped at sync_qlen_max) of a master; received/received_conns/installed/updated,
-        refused_* (no service, no dest, table full, unsupported) and dropped with one
+        refused_* (no service, no dest, table full, pe, protocol) and dropped with one
         drop_*/skip_* counter per reason of a backup; queued and master/backup now."""
         cdef fl_sync *sy = &self.st.sync
         out = {SYNC_COUNTER_NAMES[i]: sy.counters[i] for i in range(SYNC_C_LAST)}
