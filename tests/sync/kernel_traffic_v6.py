@@ -3,8 +3,8 @@ sync (tests/fixtures/kernel/sync_v6_master.json, made by scripts/sync_v6_job.py)
 a fastlvs engine: the same services (dest id = service id; SCTP over IPv6 and the v6 mark
 service aside), mark rules for the v4 marks, and
 the job's frames in its order at its step times. The v6 firewall-mark service (mark 8) is left
-out until the engine has v6 mark services, and SCTP over IPv6 (the engine forwards SCTP over
-IPv4 only); `served_entry` says which recorded entries are theirs."""
+out where the engine has no v6 mark services, and SCTP over IPv6 always (the engine forwards
+SCTP over IPv4 only); `served_entry` says which recorded entries are theirs."""
 from __future__ import annotations
 
 from scapy.layers.inet import IP, TCP, UDP
@@ -33,6 +33,26 @@ SERVICES = [
     (11, 6, VIP6, 443, 300, R4, 443, "dr"),
 ]
 MARKS = [(7, "tcp", VIP + "/32", 9000, 9000), (9, "tcp", VIP + "/32", 9100, 9100)]
+# the v6 mark service (mark 8, persistent DR) and its rule, where the engine has v6 marks
+MARK6_SVC = (12, ("fwm", 8), None, 0, 120, R2, 0, "dr")
+MARK6_RULE = (8, "tcp", VIP6 + "/128", 9000, 9000)
+
+
+def _has_v6_marks() -> bool:
+    from fastlvs.engine import reference
+    try:
+        reference.Engine(capacity=16).set_fwm_service(1, 8, af=6)
+    except TypeError:
+        return False
+    return True
+
+
+V6_MARKS = _has_v6_marks()
+
+
+def services():
+    """SERVICES, and the v6 mark service where the engine has v6 marks."""
+    return SERVICES + ([MARK6_SVC] if V6_MARKS else [])
 
 
 def dest_mac(sid):
@@ -42,13 +62,14 @@ def dest_mac(sid):
 def configure(e, scheduler=None):
     """The recording's services on engine e; the scheduler picks the service's one dest."""
     e.set_local(local_ip6=LOCAL6)
-    for sid, proto, vaddr, vport, persist, rip, rport, fwd in SERVICES:
+    for sid, proto, vaddr, vport, persist, rip, rport, fwd in services():
         if isinstance(proto, tuple):
-            e.set_fwm_service(sid, proto[1], persist_timeout=persist)
+            kw = {"af": 6} if ":" in rip else {}
+            e.set_fwm_service(sid, proto[1], persist_timeout=persist, **kw)
         else:
             e.set_service(sid, proto, vaddr, vport, persist_timeout=persist)
         e.set_dest(sid, sid, rip, rport, fwd, dest_mac(sid), ifindex=10 + sid, weight=1)
-    e.set_marks(MARKS)
+    e.set_marks(MARKS + ([MARK6_RULE] if V6_MARKS else []))
     e.set_gateway_mac(GW_MAC, ifindex=2)
     e.set_gateway6_mac(GW_MAC, ifindex=2)
     e.set_scheduler_callback(scheduler or (lambda svcs, flows: list(svcs)))
@@ -103,7 +124,8 @@ def tcp_open(cport, vport, nat_rs=None, v6=False):
 
 
 def steps():
-    """[(t in s, [frames])]: the job's steps at the times it recorded (mark 8's left out)."""
+    """[(t in s, [frames])]: the job's steps at the times it recorded (mark 8's where the
+    engine has v6 marks, SCTP over IPv6 left out)."""
     nat_assoc = [sctp(CL, 40001, VIP, 7000, "INIT"),
                  sctp("10.0.2.3", 7001, CL, 40001, "INIT_ACK", False),
                  sctp(CL, 40001, VIP, 7000, "COOKIE_ECHO"),
@@ -123,6 +145,7 @@ def steps():
         (2.096, tcp_open(10101, 443, v6=True) + tcp_open(10102, 443, v6=True)),
         (2.632, tcp_open(10041, 9000)),
         (2.846, tcp_open(10042, 9100, "10.0.2.3")),
+    ] + ([(3.049, tcp_open(10043, 9000, v6=True))] if V6_MARKS else []) + [
         (3.233, nat_assoc),
         (3.756, [sctp(CL, 40002, VIP, 7100, ch) for ch in
                  ("INIT", "COOKIE_ECHO", "DATA", "DATA", "SHUTDOWN", "SHUTDOWN_COMPLETE")]),
@@ -143,4 +166,4 @@ def bulk():
 def served_entry(c) -> bool:
     """A recorded entry of a kind this engine makes: all but the v6 mark 8's and SCTP over
     IPv6 (not forwarded)."""
-    return c.fwmark != 8 and not (c.protocol == 132 and c.ipv6)
+    return (V6_MARKS or c.fwmark != 8) and not (c.protocol == 132 and c.ipv6)

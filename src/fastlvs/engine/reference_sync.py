@@ -180,7 +180,10 @@ class SyncMixin:
     def _sync_append(self, c, now):
         d = self.dests[c.dest]
         sv = self.svcs.get(d.svc)
-        mark = sv.vaddr if sv is not None and sv.flags & SVC_F_FWMARK else 0
+        mark = 0
+        if sv is not None and sv.flags & SVC_F_FWMARK:
+            # a mark service's address is the mark (v4) or the mark << 96 (v6)
+            mark = sv.vaddr >> 96 or sv.vaddr
         vaddr, proto = self.vips[c.vip].addr, c.proto
         if c.flags & CF_TEMPLATE:
             # a template is of its dest's family; a mark's has the mark as its address
@@ -340,17 +343,10 @@ class SyncMixin:
         return zero
 
     def _sync_mark_svc(self, mark, v6):
-        # ip_vs_svc_fwm_find: the mark's service of the entry's family, 0 = none
-        if not v6:
-            sid = self._mark_svc_of(mark)
-            return sid if sid and self.svcs[sid].in_use else 0
-        for i, d in enumerate(self.dests):
-            if i and d.available and d.raddr > 0xFFFFFFFF:
-                sv = self.svcs.get(d.svc)
-                if sv is not None and sv.in_use and sv.flags & SVC_F_FWMARK \
-                        and sv.vaddr == mark:
-                    return d.svc
-        return 0
+        # ip_vs_svc_fwm_find: the service on the mark's VIP of the entry's family, 0 = none
+        v = self.vip_index.get((0, mark << 96 if v6 else mark, 0), 0)
+        sid = self.vips[v].svc if v else 0
+        return sid if sid and sid in self.svcs and self.svcs[sid].in_use else 0
 
     def _sync_install(self, s, now):
         # ip_vs_proc_conn (see sync.pxi's sync_install for what fastlvs refuses)

@@ -242,7 +242,8 @@ cdef void sync_append(fl_engine *e, fl_conn *c, uint64_t now) noexcept nogil:
     cdef bint v6
     if sv.flags & SVC_F_FWMARK:
         # cp->fwmark is the mark of the frame that made the conn: its service's mark here
-        mark = sv.vaddr[3]
+        # (a mark service's address holds it in word 3 for v4, in word 0 for v6)
+        mark = sv.vaddr[0] | sv.vaddr[3]
     if tmpl:
         # a template is of its dest's family (a mark's template VIP holds the mark); a
         # mark's template has the mark as virtual address, in the address's first 4 bytes
@@ -599,24 +600,17 @@ cdef uint32_t sync_find_dest(fl_engine *e, uint16_t svc, const uint32_t *daddr,
 
 cdef uint16_t sync_mark_svc(fl_engine *e, uint32_t mark, bint v6) noexcept nogil:
     # ip_vs_svc_fwm_find: the firewall-mark service of `mark` in the entry's family, 0 =
-    # none. A v4 one is the mark's VIP's; a v6 one is found by its real servers' family
-    # (a linear walk, as sync_find_dest's, paid only by v6 mark entries).
-    cdef uint16_t sid
-    cdef uint32_t i
-    cdef fl_dest *d
-    cdef fl_svc *sv
-    if not v6:
-        sid = mark_svc_of(e, mark)
-        if sid != 0 and e.svcs[sid].in_use:
-            return sid
-        return 0
-    for i in range(1, e.ndests):
-        d = &e.dests[i]
-        if (d.flags & DF_AVAILABLE) and sy_v6(d.raddr):
-            sv = &e.svcs[d.svc]
-            if sv.in_use and (sv.flags & SVC_F_FWMARK) and sv.vaddr[3] == mark:
-                return d.svc
-    return 0
+    # none: the service on the mark's VIP, (0, [0, 0, 0, mark], 0) for v4 and
+    # (0, [mark, 0, 0, 0], 0) for v6 (the address IPVS gives a mark's templates)
+    cdef uint32_t a[4]
+    cdef uint16_t v, sid
+    a[0] = mark if v6 else 0
+    a[1] = 0
+    a[2] = 0
+    a[3] = 0 if v6 else mark
+    v = vip_find(e, a, 0, 0)
+    sid = e.vips[v].svc if v != 0 else 0
+    return sid if sid != 0 and e.svcs[sid].in_use else 0
 
 
 cdef void sync_install(fl_engine *e, fl_syncent *s, uint64_t now) noexcept nogil:
