@@ -67,6 +67,12 @@ def test_recording_is_from_the_oracle_kernel_and_has_every_kind():
                     (40003, "ESTABLISHED")}
 
 
+def test_the_backup_feed_is_what_the_encoder_makes_today():
+    from tests.fixtures.kernel.scripts import sync_v6_feed
+    assert FEED == json.loads(json.dumps(sync_v6_feed.feed()))
+    assert [s["step"] for s in BACKUP["steps"]] == [s["step"] for s in FEED["steps"]]
+
+
 def test_each_kernel_datagram_reencodes_to_the_same_bytes():
     for payload, d in zip(PAYLOADS, DECODED):
         assert P.encode_message(SYNCID, d.conns) == payload
@@ -312,3 +318,23 @@ def test_nat66_reply_of_an_installed_conn_goes_back_to_the_client(make):
     p = Ether(data)
     assert (p[IPv6].src, p[TCP].sport, p[IPv6].dst, p[TCP].dport) == (KT.VIP6, 8080, KT.CL6,
                                                                       30071)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_reply_assures_a_udp_template_in_either_family(make, v6):
+    """udp_state_transition: a NAT reply assures its conn's template, NAT66 as NAT; the
+    master then sends the template as ASSURED."""
+    e = make()
+    vip, rip, cl = (KT.VIP6, KT.R3, KT.CL6) if v6 else (KT.VIP, "10.0.2.3", KT.CL)
+    e.set_service(20, 17, vip, 5353, persist_timeout=60)
+    e.set_dest(20, 20, rip, 5353, "nat", KT.dest_mac(20), ifindex=30)
+    e.sync_start_master(SYNCID, 1472)
+    ip = IPv6 if v6 else IP
+    e.process([bytes(Ether(src=KT.CL_MAC, dst=KT.LOCAL_MAC) / ip(src=cl, dst=vip)
+                     / UDP(sport=5000, dport=5353) / b"q")], [S])
+    assert [c["state"] for c in e.conns(S) if c["template"]] == ["NONE"]
+    (v, _, _, _), = e.process_verdicts([bytes(Ether(src=KT.RS_MAC, dst=KT.LOCAL_MAC)
+                                              / ip(src=rip, dst=cl)
+                                              / UDP(sport=5353, dport=5000) / b"r")], [S + 1])
+    assert v == "tx"
+    assert [c["state"] for c in e.conns(S) if c["template"]] == ["ASSURED"]

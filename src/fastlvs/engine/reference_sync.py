@@ -254,7 +254,9 @@ class SyncMixin:
             onepkt = False
 
     def _sync_out_packet(self, ci):
-        c = self.conn_table[ci]
+        self._sync_out_conn(self.conn_table[ci])
+
+    def _sync_out_conn(self, c):
         if c.ctl and c.proto == 17:
             self.conn_table[c.ctl - 1].state |= TPL_ASSURED
 
