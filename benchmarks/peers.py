@@ -124,6 +124,7 @@ class Topo:
         self.rs_ip = ["10.202.1.2", "10.202.2.2"]
         self.made: list[str] = []
         self.mac: dict[str, str] = {}
+        self.queues = 1                 # RX/TX queues of the generator <-> director veth pair
 
     def ns_all(self):
         return [self.gen, self.dir, *self.rs]
@@ -140,8 +141,9 @@ class Topo:
                 self.nsx(ns, "sysctl", "-qw", s)
             run("ip", "-n", ns, "link", "set", "lo", "up")
         q = ("numtxqueues", "1", "numrxqueues", "1")     # one queue: the XSK sits on queue 0
-        run("ip", "-n", self.gen, "link", "add", self.g0, *q, "type", "veth", "peer", "name", self.d0,
-            *q, "netns", self.dir)
+        qin = ("numtxqueues", str(self.queues), "numrxqueues", str(self.queues))
+        run("ip", "-n", self.gen, "link", "add", self.g0, *qin, "type", "veth", "peer", "name", self.d0,
+            *qin, "netns", self.dir)
         for i in range(2):
             run("ip", "-n", self.dir, "link", "add", self.dn[i], *q, "type", "veth", "peer", "name",
                 self.rn[i], *q, "netns", self.rs[i])

@@ -172,9 +172,10 @@ class Daemon:
         for line in kc.warnings:
             log.warning("%s", line)
         for svc in kc.table:
-            if svc.proto.value == "fwm" and not any(r.mark == svc.vport for r in kc.table.marks):
-                log.warning("%s: virtual_server fwmark %d: no [[mark]] rule gives this mark, "
-                            "so no frame reaches it", path, svc.vport)
+            if svc.proto.value == "fwm" and not any(r.mark == svc.vport and r.af == svc.af
+                                                    for r in kc.table.marks):
+                log.warning("%s: virtual_server fwmark %d: no [[mark]] rule gives this mark "
+                            "to IPv%d frames, so no frame reaches it", path, svc.vport, svc.af)
         self._read = kc
         return kc.table
 

@@ -33,7 +33,7 @@ def test_fwmark_option(argv, mark, af, port):
     ("-A -f 0 -s rr", "invalid fwmark value `0' specified"),
     ("-A -f 4294967296", "invalid fwmark value `4294967296' specified"),
     ("-A -f abc", "invalid fwmark value `abc' specified"),
-    ("-A -t 10.0.0.1:80 -6", "-6: fastlvs does not support -6"),
+    ("-A -t 10.0.0.1:80 -6", "-6 used before -f"),     # ipvsadm's words (fwmark6.json)
     ("--mark-rule 1,tcp", "--mark-rule 1,tcp: '1,tcp': want MARK,PROTO"),
     ("--mark-rule 1,icmp,any,any", "protocol 'icmp' is not one of"),
     ("--mark-rule 1,tcp,10.0.0.1/8,80", "host bits set"),

@@ -362,12 +362,13 @@ def test_virtual_server_fwmark_is_a_mark_service(tmp_path):
     assert cfg.warnings == []
     svc = cfg.table.get(ServiceKey(Proto.FWM, "0.0.0.0", 7))
     assert (svc.sched_name, svc.timeout) == ("rr", 60)
-    # a mark's real servers keep their ports (0: the client's), DR or not
+    # DR real servers of a mark get its port, 0 (the client's is kept), whatever they say,
+    # as keepalived 2.2.7 installs them (fwmark6.conf's recording); NAT ones keep theirs
     assert sorted((d.addr, d.port, d.fwd) for d in svc.dests) == [
-        ("10.1.0.1", 53, FwdMethod.DR), ("10.1.0.2", 0, FwdMethod.DR)]
+        ("10.1.0.1", 0, FwdMethod.DR), ("10.1.0.2", 0, FwdMethod.DR)]
     assert format_list(cfg.table).splitlines()[3:] == [
         "FWM  7 rr persistent 60",
-        "  -> 10.1.0.1:53                  Route   1      0          0         ",
+        "  -> 10.1.0.1:0                   Route   1      0          0         ",
         "  -> 10.1.0.2:0                   Route   1      0          0         "]
 
 

@@ -179,7 +179,7 @@ def _tunnel(ctx, t, data, fwd):
 # -- the tables ----------------------------------------------------------------------------
 _DIRECTOR_KEYS = settings.DIRECTOR_KEYS
 _SERVICE_KEYS = ("proto", "vip", "scheduler", "persistent", "netmask", "flags", "ops", "dest",
-                 "fwmark")
+                 "fwmark", "family")
 _MARK_KEYS = ("mark", "proto", "address", "ports")
 _DEST_KEYS = ("address", "weight", "u_threshold", "l_threshold", "fwd", "tun_type", "tun_port",
               "tun_flags")
@@ -227,11 +227,15 @@ def _service(ctx: _Ctx, i: int, data, table: ServiceTable, mode: FwdMethod) -> N
                 raise ctx.fail(t, k, "a fwmark service has no vip or proto (the [[mark]] "
                                "rules say which frames get the mark)")
         try:
-            key = fwmark_key(_int(ctx, t, data, "fwmark", 0, 1, 2**32 - 1))
+            key = fwmark_key(_int(ctx, t, data, "fwmark", 0, 1, 2**32 - 1),
+                             _fwmark_family(ctx, t, data, mode))
         except ControlError as e:
             raise ctx.fail(t, "fwmark", str(e)) from None
         proto, ip, vport = key.proto, ipaddress.ip_address(key.vaddr), key.vport
     else:
+        if "family" in data:
+            raise ctx.fail(t, "family", "only a fwmark service has a family (a vip's "
+                           "address gives it)")
         if "vip" not in data:
             raise ctx.fail(t, None, 'missing "vip" ("ip:port") or "fwmark"')
         proto = Proto(_str(ctx, t, data, "proto", "tcp", PROTOS))
@@ -278,6 +282,21 @@ def _service(ctx: _Ctx, i: int, data, table: ServiceTable, mode: FwdMethod) -> N
         raise ctx.fail(t, "dest", "must be an array of tables ([[service.dest]])")
     for j, dd in enumerate(dests):
         _dest(ctx, f"{t}.dest[{j}]", dd, table, svc, mode)
+
+
+def _fwmark_family(ctx: _Ctx, t: str, data, mode: FwdMethod) -> int:
+    # `family = "inet6"` (ipvsadm's -6, keepalived's ip_family); without it, as keepalived
+    # decides: the first dest not forwarded by TUN, else IPv4
+    if "family" in data:
+        return 6 if _str(ctx, t, data, "family", "inet", ("inet", "inet6")) == "inet6" else 4
+    dests = data.get("dest", [])
+    for dd in dests if isinstance(dests, list) else []:
+        if not isinstance(dd, dict) or not isinstance(dd.get("address"), str):
+            continue
+        if _FWD_NAMES.get(dd.get("fwd", mode.value)) is FwdMethod.TUN:
+            continue
+        return 6 if dd["address"].count(":") > 1 else 4
+    return 4
 
 
 def _dest(ctx: _Ctx, t: str, data, table: ServiceTable, svc, mode: FwdMethod) -> None:

@@ -45,10 +45,18 @@ MARK_STEER_KEYS = 4096
 MARK_PROTOS = ("tcp", "udp", "sctp")
 
 
+def mark_protos(rule: MarkRule) -> tuple[str, ...]:
+    """The protocols `rule` matches: its own, or for "any" every one the engine forwards
+    in the rule's family (no SCTP over IPv6)."""
+    if rule.proto != "any":
+        return (rule.proto,)
+    return MARK_PROTOS if rule.af == 4 else MARK_PROTOS[:2]
+
+
 def mark_rule_keys(rule: MarkRule) -> list[tuple[str, str, int]]:
     """(proto, addr, port) steering keys covering `rule`; ControlError when too many."""
     net = ipaddress.ip_network(rule.prefix)
-    protos = MARK_PROTOS if rule.proto == "any" else (rule.proto,)
+    protos = mark_protos(rule)
     nports = rule.port_hi - rule.port_lo + 1
     ports = [0] if nports > MARK_STEER_PORTS else range(rule.port_lo, rule.port_hi + 1)
     if net.num_addresses * len(ports) * len(protos) > MARK_STEER_KEYS:
@@ -198,7 +206,7 @@ class Director:
 
     @staticmethod
     def _check_service(key: ServiceKey) -> None:
-        if key.proto is Proto.FWM and key.af == 4:
+        if key.proto is Proto.FWM:
             return
         if key.proto.value not in contract.PROTOCOLS:
             raise ControlError(os.strerror(errno.EPROTONOSUPPORT), errno.EPROTONOSUPPORT,
@@ -445,7 +453,7 @@ class Director:
                 for d in svc.dests:
                     oif = self.dest_ifindex(svc.key, d)
                     if d.fwd is FwdMethod.NAT and oif is not None:
-                        for proto in self._mark_protos(svc.vport):
+                        for proto in self._mark_protos(svc.vport, svc.af):
                             want.setdefault(oif, set()).add(("rserver", proto, d.addr, d.port))
                 continue
             if svc.vaddr not in self._vips_absent:
@@ -725,27 +733,30 @@ class Director:
     # -- firewall-mark services ------------------------------------------------------------------
     def _set_fwm_service(self, sid: int, svc: Service, kind: int, flag_bits: int) -> None:
         self.engine.set_fwm_service(sid, svc.vport, persist_timeout=svc.timeout,
-                                    netmask=svc.netmask, sched=kind, sched_flags=flag_bits)
+                                    netmask=svc.netmask, sched=kind, sched_flags=flag_bits,
+                                    af=svc.af)
 
     def _push_marks(self) -> None:
         self.engine.set_marks([r.engine_row() for r in self.table.marks])
 
     def _mark_steering(self, svc: Service) -> set[tuple[str, str, str, int]]:
-        """The ("service", proto, addr, port) keys of what `svc`'s mark's rules cover (port
-        0: every port of the address, for a rule over more than MARK_STEER_PORTS ports)."""
+        """The ("service", proto, addr, port) keys of what `svc`'s mark's rules of its own
+        address family cover (port 0: every port of the address, for a rule over more than
+        MARK_STEER_PORTS ports): a v4 frame given the mark goes to `-f N`, a v6 one to
+        `-f N -6`, and a mark with no service of the frame's family serves it nowhere."""
         keys = set()
         for r in self.table.marks:
-            if r.mark != svc.vport:
+            if r.mark != svc.vport or r.af != svc.af:
                 continue
             for proto, addr, port in mark_rule_keys(r):
                 keys.add(("service", proto, addr, port))
         return keys
 
-    def _mark_protos(self, mark: int) -> list[str]:
+    def _mark_protos(self, mark: int, af: int = 4) -> list[str]:
         out = []
         for r in self.table.marks:
-            if r.mark == mark:
-                for p in (MARK_PROTOS if r.proto == "any" else (r.proto,)):
+            if r.mark == mark and r.af == af:
+                for p in mark_protos(r):
                     if p not in out:
                         out.append(p)
         return out
@@ -768,7 +779,7 @@ class Director:
         for key, i in self._svc_ids.items():
             if i == sid:
                 if key.proto is Proto.FWM:
-                    return (self._mark_protos(key.vport) or ["tcp"])[0]
+                    return (self._mark_protos(key.vport, key.af) or ["tcp"])[0]
                 return key.proto.value
         return "tcp"
 

@@ -400,7 +400,10 @@ def parse_addrport(text: str, proto: Proto, spelled: str = "-t"):
     if text.startswith("["):
         inner, bracket, after = text[1:].partition("]")
         if not bracket or not after.startswith(":"):
-            raise CommandError(f"{spelled} {text}: want [IPV6]:PORT")
+            # ipvsadm takes a bracketed address only with its port (fwmark6.json)
+            what = "real" if spelled in ("-r", "--real-server") else "virtual"
+            raise CommandError(f"{spelled} {text}: want [IPV6]:PORT (illegal {what} server "
+                               f"address[:port] specified)")
         host, port = inner, after[1:]
     elif text.count(":") > 1:
         host = text                      # a bare IPv6 address: no port
@@ -423,7 +426,10 @@ def _netmask(text: str, af: int):
         except ValueError:
             raise CommandError(f"netmask: {text!r} is not a dotted IPv4 mask "
                                f"(illegal virtual server persistent mask specified)") from None
-    return _number(text, "netmask", 1, 128)
+    if not text.isdigit() or not 1 <= int(text) <= 128:
+        raise CommandError(f"netmask: {text!r} is not a prefix length 1..128 (illegal ipv6 "
+                           f"netmask specified)")
+    return int(text)
 
 
 # -- argv -> Command -------------------------------------------------------------------------
@@ -457,6 +463,11 @@ def parse_command(argv: list[str]) -> Command:
             mark_arg = value               # --mark-rule / --del-mark-rules
             continue
         if opt.value == "ipv6":
+            # ipvsadm reads -6 as "the -f just given is IPv6": anything else first is
+            # refused in its words (tests/fixtures/kernel/fwmark6.json)
+            if given.get("service-address", (None,))[0] is None or \
+                    given["service-address"][0].value != "fwmark":
+                raise CommandError("-6 used before -f")
             ipv6_flag = spelled
             continue
         if not opt.slot:

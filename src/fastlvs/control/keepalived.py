@@ -428,6 +428,9 @@ class _Virtual:
     reals: list = field(default_factory=list)
     sorry: dict | None = None
     fwmark: int = 0              # virtual_server fwmark N
+    # what decides a fwmark service's family, in file order: ("ip_family", 4|6, where),
+    # ("granularity", 4|6, where), ("real", _Real, where)
+    family_events: list = field(default_factory=list)
 
 
 class _Reader:
@@ -602,6 +605,7 @@ class _Reader:
             kw = t.kw
             if kw == "real_server":
                 vs.reals.append(self.real(t))
+                vs.family_events.append(("real", vs.reals[-1], t.where))
                 continue
             _no_block(t)
             if kw in ("lb_algo", "lvs_sched"):
@@ -625,6 +629,7 @@ class _Reader:
                                   else _int(t, 1, MAX_TIMEOUT))
             elif kw == "persistence_granularity":
                 own["granularity"] = (_arg(t), t)
+                vs.family_events.append(("granularity", 4 if "." in _arg(t) else 6, t.where))
             elif kw == "protocol":
                 p = _arg(t).upper()
                 if p not in ("TCP", "UDP", "SCTP"):
@@ -666,6 +671,7 @@ class _Reader:
             elif kw == "ip_family":
                 if _arg(t) not in ("inet", "inet6"):
                     raise KeepalivedError(t.where, f"ip_family {_arg(t)}: not inet or inet6")
+                vs.family_events.append(("ip_family", 6 if _arg(t) == "inet6" else 4, t.where))
             else:
                 self.ignore(t)
         self.virtuals.append(vs)
@@ -867,7 +873,8 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
     elif vs.fwmark:
         # a firewall-mark service: the mark stands where the port would (fastlvs' mark
         # rules, not netfilter, say which frames carry it); its `protocol` does not matter
-        endpoints = [("0.0.0.0", vs.fwmark, where)]
+        fam = _fwmark_family(vs, own.get("fwd") or FwdMethod.NAT, warnings)
+        endpoints = [("0.0.0.0" if fam == 4 else "::", vs.fwmark, where)]
         own["proto"] = Proto.FWM
     else:
         endpoints = [(str(vs.addr), vs.port, where)]
@@ -951,8 +958,11 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
         alive = []                                 # dests keepalived marks alive
         for rs in reals:
             fwd = rs.own.get("fwd", vfwd)
-            port = rs.port if vs.fwmark else _dest_port(
-                rs.port, fwd, vport, rs.where, warnings, first=(vaddr, vport) == endpoints[0][:2])
+            # a mark service's port is 0: its DR/TUN servers get 0 (the client's port is
+            # kept), its NAT ones their own (recorded: tests/fixtures/keepalived/fwmark6.conf);
+            # keepalived says nothing of it, and its checkers still probe the given port
+            port = _dest_port(rs.port, fwd, 0 if vs.fwmark else vport, rs.where, warnings,
+                              first=not vs.fwmark and (vaddr, vport) == endpoints[0][:2])
             weight = weight_of[id(rs)]
             checks = tuple(_spec(c, rs, vs, port) for c in rs.checks)
             inhibit = rs.own.get("inhibit_on_failure", own.get("inhibit_on_failure", False))
@@ -989,6 +999,35 @@ def _install(vs: _Virtual, r: _Reader, table, health, warnings) -> None:
         if sorry is not None and sorry.inhibit:
             _add_sorry(table, key, sorry, 0, vs.where)
         health.services[key] = vh
+
+
+def _fwmark_family(vs: _Virtual, vfwd: FwdMethod, warnings: list) -> int:
+    """The address family keepalived gives `virtual_server fwmark N`: in file order,
+    `ip_family`, `persistence_granularity` (a dotted mask is IPv4) or the first real server
+    not forwarded by TUN set it, if still unset; then a non-TUN sorry server; then the TUN
+    real servers when they are all of one family; else IPv4. An `ip_family` against the
+    family already set is ignored (warned), as keepalived ignores it."""
+    af = 0
+    for kind, value, where in vs.family_events:
+        if kind == "ip_family":
+            if af and af != value:
+                warnings.append(f"{where}: ip_family {'inet6' if value == 6 else 'inet'} "
+                                f"conflicts with the real servers' family; ignored, as "
+                                "keepalived does")
+            else:
+                af = value
+        elif kind == "granularity":
+            af = af or value
+        elif not af and value.own.get("fwd", vfwd) is not FwdMethod.TUN:
+            af = value.addr.version
+    if not af and vs.sorry and (vs.sorry["fwd"] or vfwd) is not FwdMethod.TUN:
+        af = vs.sorry["addr"].version
+    if not af:
+        fams = {rs.addr.version for rs in vs.reals}
+        if vs.sorry:
+            fams.add(vs.sorry["addr"].version)
+        af = fams.pop() if len(fams) == 1 else 4
+    return af
 
 
 def _fwmark(s: _Stmt) -> int:

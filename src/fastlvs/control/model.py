@@ -169,10 +169,12 @@ def fwmark_key(mark, af: int = 4) -> ServiceKey:
 
 
 class MarkRule(NamedTuple):
-    """One firewall-mark match rule: frames to `prefix` (an IPv4 network) of protocol
+    """One firewall-mark match rule: frames to `prefix` (an IPv4 or IPv6 network) of protocol
     `proto` ("tcp", "udp", "sctp" or "any") with a destination port in port_lo..port_hi get
     mark `mark`. Rules are tried in order; the first that matches gives the mark (as one nft
-    chain of `meta mark set ...` rules that each end the chain would)."""
+    chain of `meta mark set ...` rules that each end the chain would). A rule matches frames
+    of its prefix's family only; a mark may have rules of both, and a marked frame goes to
+    the mark's service of the frame's family (`-f N` or `-f N -6`), as in IPVS."""
 
     mark: int
     proto: str
@@ -193,10 +195,17 @@ class MarkRule(NamedTuple):
         return (self.mark, 0 if self.proto == "any" else Proto(self.proto).number,
                 self.prefix, self.port_lo, self.port_hi)
 
+    @property
+    def af(self) -> int:
+        """The address family of the frames this rule matches (4 or 6)."""
+        return 6 if ":" in self.prefix else 4
+
 
 def mark_rule(mark, proto="any", prefix="any", ports="any") -> MarkRule:
-    """A checked MarkRule. `proto`: tcp|udp|sctp|any; `prefix`: an IPv4 address or
-    network ("10.0.1.96/30", host bits are refused) or "any"; `ports`: N, "N-M", or "any".
+    """A checked MarkRule. `proto`: tcp|udp|sctp|any; `prefix`: an IPv4 or IPv6 address or
+    network ("10.0.1.96/30", "2001:db8::/126"; host bits are refused) or "any" (every IPv4
+    address); `ports`: N, "N-M", or "any". IPv6 rules match TCP and UDP ("any": those
+    two), as the engine forwards no SCTP over IPv6.
     ControlError names what is wrong."""
     def bad(detail):
         return ControlError("invalid mark rule", _errno.EINVAL, detail)
@@ -212,12 +221,25 @@ def mark_rule(mark, proto="any", prefix="any", ports="any") -> MarkRule:
         raise bad(f"protocol {proto!r} is not one of tcp, udp, sctp, any")
     if str(prefix).lower() in ("any", ""):
         prefix = "0.0.0.0/0"
+    text = str(prefix)
+    if text.startswith("[") and "]" in text:
+        # [2001:db8::1] or [2001:db8::]/64, as ipvsadm brackets a v6 address
+        inner, _, rest = text[1:].partition("]")
+        text = inner + rest
+    addr_text, slash, plen = text.partition("/")
+    if slash and plen.isdigit():
+        top = 128 if ":" in addr_text else 32
+        if int(plen) > top:
+            raise bad(f"address {prefix!r}: prefix length {plen} is outside 0..{top}")
     try:
-        net = ipaddress.ip_network(str(prefix), strict=True)
+        net = ipaddress.ip_network(text, strict=True)
     except ValueError as e:
         raise bad(f"address {prefix!r}: {e}") from None
-    if net.version != 4:
-        raise bad(f"address {prefix!r}: marks match IPv4 destinations only")
+    if net.version == 6 and proto == "sctp":
+        raise bad(f"address {prefix!r}: IPv6 marks match tcp and udp only (fastlvs does "
+                  f"not forward SCTP over IPv6)")
+    if net.version == 6 and int(net.network_address) >> 32 == 0 and net.prefixlen >= 96:
+        raise bad(f"address {prefix!r}: IPv6 addresses in ::/96 are not forwarded")
     if isinstance(ports, int) and not isinstance(ports, bool):
         lo = hi = ports
     else:

@@ -41,9 +41,10 @@ Choices worth knowing:
   datagrams in C. Its per-entry state (16 bytes) lives beside the table, made at start.
 - IPv6 (parse6.pxi, xmit6.pxi, neigh6.pxi, icmp6.pxi): DR, NAT66 and IPv6-in-IPv6 TUN; a v4
   address is held as ::a.b.c.d in the entries' 128-bit words, so ::/96 is refused as v6.
-- Firewall-mark services (dataplane/fwmark.pxi: the engine marks frames by match rules)
+- Firewall-mark services, IPv4 and IPv6 (dataplane/fwmark.pxi: the engine marks frames by
+  match rules)
   and SCTP (dataplane/sctp.pxi: IPVS's SCTP states, CRC32c on NAT port changes).
-- Not yet: IPv6 extension headers and fragments (dropped, counted), IPv6 mark rules,
+- Not yet: IPv6 extension headers and fragments (dropped, counted),
   FTP's template special case, fragmentation of TUN packets over the MTU without DF (they
   are sent as they are and counted oversize).
 """

@@ -55,6 +55,20 @@ def _proto_num(proto):
     return proto
 
 
+def _prefix6(netmask):
+    # -M of a v6 service is a prefix length (None: 128), as the kernel keeps it
+    if netmask is None:
+        return 128
+    try:
+        mask = int(netmask)
+    except (TypeError, ValueError):
+        raise ValueError(f"an IPv6 service's netmask is a prefix length 1..128, "
+                         f"got {netmask!r}") from None
+    if not 1 <= mask <= 128:
+        raise ValueError(f"prefix length must be 1..128, got {netmask}")
+    return mask
+
+
 def _ip_text(uint32_t v):
     # dotted quad from the integer: the connection listing makes three per entry, and
     # going through ipaddress cost more than everything else in it
@@ -666,11 +680,13 @@ cdef class Engine:
 
     # -- firewall-mark services (dataplane/fwmark.pxi) --------------------------------------
     def set_fwm_service(self, int svc_id, mark, persist_timeout=0, netmask=None, sched=0,
-                        sched_flags=0):
-        """Add or edit service `svc_id` as the firewall-mark service of `mark` (1..2**32-1):
+                        sched_flags=0, af=4):
+        """Add or edit service `svc_id` as the firewall-mark service of `mark` (1..2**32-1)
+        for frames of address family `af` (4 or 6; a mark may have one service of each):
         new flows whose frames the match rules (set_marks) give this mark are scheduled
         here before any (proto, addr, port) service, as ip_vs_service_find does. The other
-        arguments are set_service's; persistence templates are keyed by the mark."""
+        arguments are set_service's (a v6 service's netmask is a prefix length, default
+        128); persistence templates are keyed by the mark."""
         cdef uint32_t a[4]
         cdef fl_svc *s
         cdef uint16_t v
@@ -684,7 +700,11 @@ cdef class Engine:
             sched = HASH_KINDS[sched]
         if sched != SCHED_CALLBACK and sched not in _HASH_IDS:
             raise ValueError(f"sched must be 0..3, got {sched}")
-        if netmask is None:
+        if af not in (4, 6):
+            raise ValueError(f"af must be 4 or 6, got {af!r}")
+        if af == 6:
+            mask = _prefix6(netmask)
+        elif netmask is None:
             mask = 0xFFFFFFFF
         elif isinstance(netmask, int):
             if not 0 <= netmask <= 32:
@@ -692,10 +712,7 @@ cdef class Engine:
             mask = (0xFFFFFFFF << (32 - netmask)) & 0xFFFFFFFF
         else:
             mask = int(_ipaddress.IPv4Address(netmask))
-        a[0] = 0
-        a[1] = 0
-        a[2] = 0
-        a[3] = mark
+        mark_key(mark, af == 6, a)
         v = self._vip_intern(0, a, 0)
         if self.st.vips[v].svc != 0 and self.st.vips[v].svc != svc_id:
             raise ValueError(f"mark {mark} already belongs to service {self.st.vips[v].svc}")
@@ -738,11 +755,10 @@ cdef class Engine:
                 net = _ipaddress.IPv4Network("0.0.0.0/0")
             else:
                 net = _ipaddress.ip_network(prefix, strict=False)
-                if net.version != 4:
-                    raise ValueError(f"only IPv4 prefixes are matched for now: {prefix!r}")
             if not 0 <= lo <= hi <= 65535:
                 raise ValueError(f"port range must be 0 <= lo <= hi <= 65535, got {lo}-{hi}")
-            rows.append((mark, pnum, int(net.network_address), int(net.netmask), lo, hi))
+            rows.append((mark, pnum, int(net.network_address), int(net.netmask), lo, hi,
+                         net.version == 6))
         n = len(rows)
         t = NULL
         if n != 0:
@@ -750,7 +766,15 @@ cdef class Engine:
             if t == NULL:
                 raise MemoryError("cannot allocate the mark rules")
         for i in range(n):
-            t[i].mark, t[i].proto, t[i].addr, t[i].mask, t[i].port_lo, t[i].port_hi = rows[i]
+            mark, pnum, addr, mask, lo, hi, v6 = rows[i]
+            t[i].mark, t[i].proto, t[i].port_lo, t[i].port_hi = mark, pnum, lo, hi
+            t[i].v6 = v6
+            if v6:
+                for k in range(4):
+                    t[i].addr6[k] = (addr >> (96 - 32 * k)) & 0xFFFFFFFF
+                    t[i].mask6[k] = (mask >> (96 - 32 * k)) & 0xFFFFFFFF
+            else:
+                t[i].addr, t[i].mask = addr, mask
         # swapped whole between batches (control-plane calls never run during one)
         free(self.st.marks)
         self.st.marks = t
@@ -762,7 +786,14 @@ cdef class Engine:
         out = []
         for i in range(self.st.nmarks):
             r = &self.st.marks[i]
-            net = _ipaddress.IPv4Network((r.addr, bin(r.mask).count("1")))
+            if r.v6:
+                a6 = m6 = 0
+                for k in range(4):
+                    a6 = (a6 << 32) | r.addr6[k]
+                    m6 = (m6 << 32) | r.mask6[k]
+                net = _ipaddress.IPv6Network((a6, bin(m6).count("1")))
+            else:
+                net = _ipaddress.IPv4Network((r.addr, bin(r.mask).count("1")))
             out.append((r.mark, r.proto, str(net), r.port_lo, r.port_hi))
         return out
 

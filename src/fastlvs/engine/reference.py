@@ -782,6 +782,13 @@ def _addr(value):
     return int(ip)
 
 
+def _mark_key(mark, v6):
+    # the address a mark's service is interned at (as fwmark.pxi's mark_key): the mark
+    # itself (v4, 0.0.0.m), or in the first 32 bits (v6), where IPVS puts it in a v6 mark's
+    # persistence templates
+    return mark << 96 if v6 else mark
+
+
 def _mac_bytes(mac):
     if mac is None or mac == "" or mac == b"":
         return bytes(6)
@@ -886,7 +893,7 @@ class Engine(SyncMixin):
         self.vips = [None]            # index -> Vip, 0 = none
         self.vip_index = {}           # (proto, addr, port) -> index
         self.n_port0 = 0              # services on port 0: a second lookup only while > 0
-        self.mark_rules = []          # (mark, proto, addr, mask, lo, hi): set_marks
+        self.mark_rules = []          # (mark, proto, addr, mask, lo, hi, v6): set_marks
         self.neigh = NeighTable(self._capacity)
         self.neigh6 = NeighTable6(self._capacity, self.neigh.key)
         self.gw = None                # (mac, ifindex) for NAT replies without a neighbour
@@ -1302,8 +1309,9 @@ class Engine(SyncMixin):
 
     # -- firewall-mark services (dataplane/fwmark.pxi) ------------------------------------------
     def set_fwm_service(self, svc_id, mark, persist_timeout=0, netmask=None, sched=0,
-                        sched_flags=0):
-        """Service `svc_id` as the firewall-mark service of `mark` (see the extension's)."""
+                        sched_flags=0, af=4):
+        """Service `svc_id` as the firewall-mark service of `mark` for frames of family
+        `af` (see the extension's)."""
         if not 1 <= mark <= M32:
             raise ValueError(f"mark must be 1..{M32}, got {mark}")
         svc_id = _c_int(svc_id)
@@ -1315,7 +1323,21 @@ class Engine(SyncMixin):
             sched = K.HASH_KINDS[sched]
         if sched not in (K.SCHED_CALLBACK, K.SCHED_SH, K.SCHED_DH, K.SCHED_MH):
             raise ValueError(f"sched must be 0..3, got {sched}")
-        if netmask is None:
+        if af not in (4, 6):
+            raise ValueError(f"af must be 4 or 6, got {af!r}")
+        if af == 6:
+            # -M of a v6 service is a prefix length, as the kernel keeps it
+            if netmask is None:
+                mask = 128
+            else:
+                try:
+                    mask = int(netmask)
+                except (TypeError, ValueError):
+                    raise ValueError(f"an IPv6 service's netmask is a prefix length 1..128, "
+                                     f"got {netmask!r}") from None
+                if not 1 <= mask <= 128:
+                    raise ValueError(f"prefix length must be 1..128, got {netmask}")
+        elif netmask is None:
             mask = M32
         elif isinstance(netmask, int):
             if not 0 <= netmask <= 32:
@@ -1323,7 +1345,7 @@ class Engine(SyncMixin):
             mask = (M32 << (32 - netmask)) & M32
         else:
             mask = int(ipaddress.IPv4Address(netmask))
-        v = self._vip_intern(0, mark, 0)
+        v = self._vip_intern(0, _mark_key(mark, af == 6), 0)
         if self.vips[v].svc not in (0, svc_id):
             raise ValueError(f"mark {mark} already belongs to service {self.vips[v].svc}")
         s = self.svcs.get(svc_id)
@@ -1332,7 +1354,7 @@ class Engine(SyncMixin):
         if s is None or not s.in_use:
             s = self.svcs[svc_id] = Service()
         s.in_use = True
-        s.proto, s.vaddr, s.vport, s.vip = 0, mark, 0, v
+        s.proto, s.vaddr, s.vport, s.vip = 0, _mark_key(mark, af == 6), 0, v
         s.persist_timeout = persist_timeout
         s.netmask = mask
         s.sched = sched
@@ -1352,26 +1374,28 @@ class Engine(SyncMixin):
             pnum = 0 if proto in (None, 0, "any") else _proto_num(proto)
             net = ipaddress.IPv4Network("0.0.0.0/0") if prefix is None else \
                 ipaddress.ip_network(prefix, strict=False)
-            if net.version != 4:
-                raise ValueError(f"only IPv4 prefixes are matched for now: {prefix!r}")
             if not 0 <= lo <= hi <= 65535:
                 raise ValueError(f"port range must be 0 <= lo <= hi <= 65535, got {lo}-{hi}")
-            rows.append((mark, pnum, int(net.network_address), int(net.netmask), lo, hi))
+            rows.append((mark, pnum, int(net.network_address), int(net.netmask), lo, hi,
+                         net.version == 6))
         self.mark_rules = rows
 
     def marks(self):
         """The match rules as set_marks took them: [(mark, proto, prefix, lo, hi)]."""
-        return [(m, p, str(ipaddress.IPv4Network((a, bin(k).count("1")))), lo, hi)
-                for m, p, a, k, lo, hi in self.mark_rules]
+        return [(m, p, str((ipaddress.IPv6Network if v6 else ipaddress.IPv4Network)(
+                    (a, bin(k).count("1")))), lo, hi)
+                for m, p, a, k, lo, hi, v6 in self.mark_rules]
 
     def _mark_match(self, p):
-        for mark, proto, addr, mask, lo, hi in self.mark_rules:
-            if (p.daddr & mask) == addr and proto in (0, p.proto) and lo <= p.dport <= hi:
+        # a rule matches frames of its own family only
+        for mark, proto, addr, mask, lo, hi, v6 in self.mark_rules:
+            if (v6 == p.v6 and (p.daddr & mask) == addr and proto in (0, p.proto)
+                    and lo <= p.dport <= hi):
                 return mark
         return 0
 
-    def _mark_svc_of(self, mark):
-        v = self.vip_index.get((0, mark, 0), 0)
+    def _mark_svc_of(self, mark, v6=False):
+        v = self.vip_index.get((0, _mark_key(mark, v6), 0), 0)
         return self.vips[v].svc if v else 0
 
     def _mark_vip(self, p):
@@ -1381,7 +1405,7 @@ class Engine(SyncMixin):
         if m == 0:
             return 0
         v = self.vip_index.get((p.proto, p.daddr, 0), 0)
-        if v == 0 and self._mark_svc_of(m) != 0 and len(self.vips) < K.MAX_VIPS:
+        if v == 0 and self._mark_svc_of(m, p.v6) != 0 and len(self.vips) < K.MAX_VIPS:
             v = self._vip_intern(p.proto, p.daddr, 0)
         return v
 
@@ -1390,7 +1414,7 @@ class Engine(SyncMixin):
         if self.mark_rules:
             m = self._mark_match(p)
             if m:
-                s = self._mark_svc_of(m)
+                s = self._mark_svc_of(m, p.v6)
                 if s:
                     return s
         return self.vips[p.vip].svc

@@ -5,9 +5,12 @@
 # IPVS keys them by the mark. Its conns are keyed by what the client sent to: the VIP
 # (proto, daddr, 0), interned here in C the first time a marked frame goes to that address,
 # with the client's destination port in the conn (as a port-0 VIP's conns keep it).
+# IPv6: a rule matches frames of its own family only, and a v6 frame's mark goes to the
+# mark's v6 service, interned as (0, [mark, 0, 0, 0], 0): the address IPVS gives a v6
+# mark's persistence templates (the mark in the first word), never a v4 one's [0, 0, 0, m].
 
 cdef enum:
-    SVC_F_FWMARK = 2        # fl_svc.flags: a firewall-mark service (vaddr[3] is the mark)
+    SVC_F_FWMARK = 2        # fl_svc.flags: a firewall-mark service (vaddr: mark_key)
 
 
 cdef inline uint32_t mark_match(fl_engine *e, fl_pkt *p) noexcept nogil:
@@ -16,20 +19,33 @@ cdef inline uint32_t mark_match(fl_engine *e, fl_pkt *p) noexcept nogil:
     cdef fl_markrule *r
     for i in range(e.nmarks):
         r = &e.marks[i]
-        if ((p.daddr[3] & r.mask) == r.addr and (r.proto == 0 or r.proto == p.proto)
-                and r.port_lo <= p.dport and p.dport <= r.port_hi):
+        if r.v6 != p.v6 or not (r.proto == 0 or r.proto == p.proto) \
+                or p.dport < r.port_lo or p.dport > r.port_hi:
+            continue
+        if r.v6:
+            if ((p.daddr[0] & r.mask6[0]) == r.addr6[0] and (p.daddr[1] & r.mask6[1]) == r.addr6[1]
+                    and (p.daddr[2] & r.mask6[2]) == r.addr6[2]
+                    and (p.daddr[3] & r.mask6[3]) == r.addr6[3]):
+                return r.mark
+        elif (p.daddr[3] & r.mask) == r.addr:
             return r.mark
     return 0
 
 
-cdef inline uint16_t mark_svc_of(fl_engine *e, uint32_t mark) noexcept nogil:
-    # The service on `mark`, 0 = none (its VIP is interned when the service is set).
-    cdef uint32_t a[4]
-    cdef uint16_t v
-    a[0] = 0
+cdef inline void mark_key(uint32_t mark, uint8_t v6, uint32_t *a) noexcept nogil:
+    # the address a mark's service is interned at: [0, 0, 0, m] (v4), [m, 0, 0, 0] (v6)
+    a[0] = mark if v6 else 0
     a[1] = 0
     a[2] = 0
-    a[3] = mark
+    a[3] = 0 if v6 else mark
+
+
+cdef inline uint16_t mark_svc_of(fl_engine *e, uint32_t mark, uint8_t v6) noexcept nogil:
+    # The service on `mark` of family v6/v4, 0 = none (its VIP is interned when the
+    # service is set).
+    cdef uint32_t a[4]
+    cdef uint16_t v
+    mark_key(mark, v6, a)
     v = vip_find(e, a, 0, 0)
     return e.vips[v].svc if v != 0 else 0
 
@@ -68,7 +84,7 @@ cdef uint16_t mark_vip(fl_engine *e, fl_pkt *p) noexcept nogil:
     if m == 0:
         return 0
     v = vip_find(e, p.daddr, 0, p.proto)
-    if v == 0 and mark_svc_of(e, m) != 0:
+    if v == 0 and mark_svc_of(e, m, p.v6) != 0:
         v = vip_intern_c(e, p.daddr, 0, p.proto)
     return v
 
@@ -81,7 +97,7 @@ cdef inline uint16_t svc_for_new(fl_engine *e, fl_pkt *p) noexcept nogil:
     if e.nmarks != 0:
         m = mark_match(e, p)
         if m != 0:
-            s = mark_svc_of(e, m)
+            s = mark_svc_of(e, m, p.v6)
             if s != 0:
                 return s
     return e.vips[p.vip].svc

@@ -284,7 +284,7 @@ cdef struct fl_frag:
 
 
 cdef struct fl_markrule:
-    # One firewall-mark match rule (dataplane/fwmark.pxi): IPv4 destination prefix, port
+    # One firewall-mark match rule (dataplane/fwmark.pxi): IPv4 (or IPv6) destination prefix, port
     # range, protocol (0 = any); host order.
     uint32_t addr
     uint32_t mask
@@ -293,6 +293,9 @@ cdef struct fl_markrule:
     uint16_t port_hi
     uint8_t proto
     uint8_t _pad[3]
+    uint32_t addr6[4]       # an IPv6 rule (v6 = 1): its prefix and mask, host-order words
+    uint32_t mask6[4]
+    uint8_t v6              # the family of frames it matches: 0 IPv4 (addr/mask), 1 IPv6
 
 
 cdef enum:
