@@ -276,6 +276,9 @@ CASES = {
     "fwmark DR": (KT.c_tcp(30041, 9000, "PA", b"more"), (12, KT.VIP, 9000, 63)),
     "fwmark NAT": (KT.c_tcp(30042, 9100, "PA", b"more"), (13, "10.0.2.3", 9100, 63)),
 }
+if KT.V6_MARKS:
+    CASES["v6 fwmark DR"] = (KT.c_tcp(30043, 9000, "PA", b"more", v6=True),
+                             (22, KT.VIP6, 9000, 63))
 
 
 @pytest.mark.parametrize("case", list(CASES))
