@@ -9,7 +9,8 @@
 - master, whole connections: 3-packet TCP connections (SYN, ACK, data; the third is the one
   sent) opened in C through an sh table, conns/s with the master on vs off;
 - backup: conns installed per second by sync_receive (C) from 1472-byte messages, against
-  fastlvs.sync.protocol.decode (Python, decoding only) on the same messages;
+  fastlvs.sync.protocol.decode (Python, decoding only) on the same messages; and the same
+  for IPv6 DR conns (72-byte entries, 20 to a message), against IPv4 in back-to-back pairs;
 - bytes per synced conn in the messages, and with the IPv4+UDP headers, and the sync
   bandwidth that makes at 50,000 new conns/s.
 Each figure is the median of --repeat runs (the master's packet rates of 8 * --repeat rounds, its
@@ -23,6 +24,7 @@ import time
 
 from benchmarks.bench_engine_common import (FIRST_SRC, P, S, engine, establish,
                                              established_frames, with_src)
+import fastlvs.engine._core as core
 from fastlvs.engine._testing import Loaded
 from fastlvs.sync import protocol as SP
 
@@ -98,27 +100,56 @@ def master_conns(repeat, nconns=65536):
     return statistics.median(rates[False]), statistics.median(rates[True])
 
 
-def backup(nconns, repeat):
-    """(installs/s in C, Python decode conns/s, bytes of messages, messages)."""
-    c = SP.SyncConn(protocol=6, caddr="0.0.0.0", cport=40000, vaddr=P.VIP, vport=80,
-                    daddr="192.0.2.11", dport=80, flags=0x83, state=1, timeout=900)
+VIP6, RIP6 = "2001:db8::1", "2001:db8:2::11"
+
+
+def _engine6(capacity):
+    e = core.Engine(capacity=capacity, local_ip=P.LOCAL_IP, local_mac=P.LOCAL_MAC, mtu=9000)
+    e.set_service(1, 6, VIP6, 80)
+    for i in range(8):          # as engine()'s v4 service: the dest walk is as long
+        e.set_dest(i + 1, 1, f"2001:db8:2::{11 + i}", 80, "dr", P.RS_MAC[0], ifindex=10 + i)
+    return e
+
+
+def _messages(nconns, v6):
+    c = SP.SyncConn(protocol=6, caddr="0.0.0.0", cport=40000, vaddr=VIP6 if v6 else P.VIP,
+                    vport=80, daddr=RIP6 if v6 else "192.0.2.11", dport=80, flags=0x83,
+                    state=1, timeout=900)
     packer = SP.SyncPacker(1, SP.sync_maxlen())
     msgs = []
     for i in range(nconns):
-        c.caddr = f"11.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        if v6:
+            c.caddr = f"2001:db8:11::{(i >> 16) & 0xFFFF:x}:{i & 0xFFFF:x}"
+        else:
+            c.caddr = f"11.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         msgs += packer.add(c)
-    msgs += packer.flush()
-    rates = []
-    for _ in range(repeat):
-        e = engine("dr", capacity=nconns * 2)
-        e.sync_start_backup(1)
-        t0 = time.perf_counter()
-        for m in msgs:
-            e.sync_receive(m, S)
-        rates.append(nconns / (time.perf_counter() - t0))
-        assert e.sync_stats()["installed"] == nconns
+    return msgs + packer.flush()
+
+
+def _install(nconns, msgs, v6):
+    e = _engine6(nconns * 2) if v6 else engine("dr", capacity=nconns * 2)
+    e.sync_start_backup(1)
+    t0 = time.perf_counter()
+    for m in msgs:
+        e.sync_receive(m, S)
+    rate = nconns / (time.perf_counter() - t0)
+    assert e.sync_stats()["installed"] == nconns
+    return rate
+
+
+def backup(nconns, repeat, v6=False):
+    """(installs/s in C, Python decode conns/s, bytes of messages, messages)."""
+    msgs = _messages(nconns, v6)
+    rates = [_install(nconns, msgs, v6) for _ in range(repeat)]
     py = _median_rate(lambda: [SP.decode(m, 1) for m in msgs], nconns, max(1, repeat // 2))
     return statistics.median(rates), py, sum(map(len, msgs)), len(msgs)
+
+
+def backup_v6_ratio(nconns, repeat):
+    """Median ratio of v6 to v4 install rates, measured in back-to-back pairs."""
+    m4, m6 = _messages(nconns, False), _messages(nconns, True)
+    return statistics.median(_install(nconns, m6, True) / _install(nconns, m4, False)
+                             for _ in range(2 * repeat + 1))
 
 
 def main(argv=None):
@@ -144,6 +175,11 @@ def main(argv=None):
           f"headers ({nmsg} messages of at most {SP.sync_maxlen()} bytes); at 50,000 new "
           f"conns/s: {50000 * wire * 8 / 1e6:.1f} Mbit/s, {50000 / (a.conns / nmsg):.0f} "
           f"messages/s")
+    inst6, py6, nbytes6, nmsg6 = backup(a.conns, a.repeat, v6=True)
+    print(f"backup, IPv6 DR conns: {inst6 / 1e6:.2f} M conns/s installed (to IPv4: ratio of "
+          f"pairs {backup_v6_ratio(a.conns, a.repeat):.3f}); protocol.decode "
+          f"{py6 / 1e3:.0f} k conns/s; {nbytes6 / a.conns:.2f} bytes per conn in {nmsg6} "
+          f"messages")
 
 
 if __name__ == "__main__":

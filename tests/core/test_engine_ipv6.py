@@ -483,9 +483,9 @@ def test_the_recording_of_a_nat66_servers_error_is_our_difference():
 
 
 @pytest.mark.parametrize("kind", ENGINES)
-def test_a_sync_master_leaves_ipv6_conns_out(kind):
-    """Sync messages carry v4 entries only yet: a v6 conn is forwarded and not sent (its
-    addresses do not fit a v4 entry), a v4 conn beside it is."""
+def test_a_sync_master_sends_ipv6_conns_as_ipv6_entries(kind):
+    """A v6 conn is sent as the v1 format's IPv6 entry (72 bytes, its addresses whole),
+    a v4 conn beside it as an IPv4 one (tests/sync/test_sync_v6.py holds them to 6.1)."""
     e = v6_engine(kind)
     e.set_service(9, 6, P.VIP, 80)
     e.set_dest(9, 9, P.RS[0], 80, "dr", P.RS_MAC[0], ifindex=10)
@@ -496,5 +496,8 @@ def test_a_sync_master_leaves_ipv6_conns_out(kind):
               P.tcp("S", sport=45001), P.tcp("A", sport=45001), P.tcp("A", sport=45001)]
     got = e.process_verdicts(frames, 1 * S)
     assert [g[0] for g in got] == ["tx"] * 6
-    conns = [c for d in e.sync_take(10 * S) for c in e.sync_decode(d)[0]]
-    assert [(c["caddr"], c["cport"]) for c in conns] == [(P.CLIENT, 45001)]
+    msgs = e.sync_take(10 * S)
+    conns = [c for d in msgs for c in e.sync_decode(d)[0]]
+    assert [(c["caddr"], c["cport"], c["vaddr"]) for c in conns] == [
+        (CLIENT, 45000, VIP), (P.CLIENT, 45001, P.VIP)]
+    assert sum(map(len, msgs)) == 8 + 72 + 36

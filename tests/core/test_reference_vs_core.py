@@ -17,6 +17,7 @@ from scapy.layers.inet import IP, TCP, UDP
 import fastlvs.engine._core as core
 import fastlvs.engine._testing as testing
 from fastlvs.engine import reference
+from fastlvs.sync import protocol as sync_protocol
 from tests.core import packets as P
 from tests.core.helpers import S, checksums_ok
 from tests.fuzz import fuzz_engine
@@ -1086,6 +1087,12 @@ def test_fuzz_frames(seed):
     t = Twin.__new__(Twin)
     t.core, t.ref, t.sent = a, b, 0
     same_keys(a, b)
+    # both run a sync master, and backups of the same services take what they send
+    backups = [fuzz_engine.make_engine(), fuzz_engine.make_engine(engine_cls=reference.Engine)]
+    for e in (a, b):
+        e.sync_start_master(1, 1472)
+    for e in backups:
+        e.sync_start_backup(1)
     pool = fuzz_engine.seeds(rng)
     ts = S
     for _ in range(40):
@@ -1093,7 +1100,17 @@ def test_fuzz_frames(seed):
                   else rng.choice(pool) for _ in range(64)]
         ts += rng.randint(0, 30 * S)
         t.run(frames, ts)
+        msgs = a.sync_take(ts)
+        assert msgs == b.sync_take(ts)
+        for m in msgs:
+            d = sync_protocol.decode(m, 1)
+            assert d.ok and sync_protocol.encode_message(1, d.conns) == m
+            for e in backups:
+                e.sync_receive(m, ts)
     assert t.sent > 0
+    assert a.sync_stats() == b.sync_stats() and a.sync_stats()["sent_conns"] > 0
+    assert backups[0].sync_stats() == backups[1].sync_stats()
+    assert backups[0].conns(ts) == backups[1].conns(ts)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -95,3 +95,53 @@ def test_sync_sysctls_through_the_director(director):
         d.apply_sysctls({"sync_threshold": 5, "sync_period": 5})
     assert d.sysctls()["sync_period"] == 100
     assert SC.parse_assignment("net.ipv4.vs.sync_qlen_max=10") == ("sync_qlen_max", 10)
+
+
+VIP6, CLIENT6, RS6 = "2001:db8:10::10", "2001:db8:20::7", "2001:db8:30::11"
+
+
+def nexthop_any(ip):
+    if ip == RS6:
+        return bytes([2, 0, 0, 0, 1, 0x66]), 30
+    return nexthop(ip)
+
+
+def test_v6_and_sctp_conns_of_a_master_director_install_on_a_backup_director(director):
+    """Through the control plane: an IPv6 DR service and an SCTP DR service made with
+    ipvsadm's words on both directors; the master's conns reach the backup's listing."""
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.sctp import SCTP, SCTPChunkCookieEcho, SCTPChunkData, SCTPChunkInit
+
+    def make():
+        d = director()
+        d.nexthop = nexthop_any
+        for argv in (["-A", "-t", f"[{VIP6}]:80", "-s", "rr"],
+                     ["-a", "-t", f"[{VIP6}]:80", "-r", f"[{RS6}]:80", "-g"],
+                     ["-A", "--sctp-service", f"{VIP}:7000", "-s", "rr"],
+                     ["-a", "--sctp-service", f"{VIP}:7000", "-r", "192.0.2.11:7000", "-g"]):
+            d.execute(parse_command(argv))
+        return d
+    a, b = make(), make()
+    a.sync_start_master(3, P.sync_maxlen())
+    b.sync_start_backup(3)
+    t = S
+    for flags, load in (("S", b""), ("A", b""), ("PA", b"x")):
+        a.process([bytes(Ether(src=CLIENT_MAC, dst=LOCAL_MAC) / IPv6(src=CLIENT6, dst=VIP6)
+                         / TCP(sport=40001, dport=80, flags=flags) / load)], [t])
+        t += 1000
+    for chunk in (SCTPChunkInit(init_tag=1, a_rwnd=65535, n_out_streams=1, n_in_streams=1,
+                                init_tsn=1), SCTPChunkCookieEcho(cookie=b"c" * 8),
+                  SCTPChunkData(tsn=1, data=b"x")):
+        a.process([bytes(Ether(src=CLIENT_MAC, dst=LOCAL_MAC) / IP(src=CLIENT, dst=VIP)
+                         / SCTP(sport=40002, dport=7000) / chunk)], [t])
+        t += 1000
+    msgs = a.sync_take(t + 3 * S)
+    for m in msgs:
+        b.sync_receive(m, t + 3 * S)
+    rows = sorted((c["proto"], c["caddr"], c["cport"], c["raddr"], c["rport"])
+                  for c in b.engine.conns(t + 3 * S))
+    assert rows == sorted((c["proto"], c["caddr"], c["cport"], c["raddr"], c["rport"])
+                          for c in a.engine.conns(t + 3 * S))
+    assert ("TCP", CLIENT6, 40001, RS6, 80) in rows
+    assert [r[0] for r in rows].count("SCTP") == 1
+    assert b.sync_stats()["installed"] == len(rows) == 2

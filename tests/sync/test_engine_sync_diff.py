@@ -16,12 +16,16 @@ import fastlvs.engine._core as core
 from fastlvs.engine import reference, reference_sync
 from fastlvs.sync import protocol as P
 from tests.sync import kernel_traffic as KT
+from tests.sync import kernel_traffic_v6 as KT6
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "kernel"
 MASTER = json.loads((FIX / "sync_master.json").read_text())
 FEED = json.loads((FIX / "scripts" / "sync_backup_input.json").read_text())
-SEEDS = [bytes.fromhex(d["payload"]) for d in MASTER["datagrams"]] + [
-    bytes.fromhex(m) for s in FEED["steps"] for m in s["datagrams"]]
+# and the IPv6, firewall-mark and SCTP recordings' datagrams
+MASTER6 = json.loads((FIX / "sync_v6_master.json").read_text())
+FEED6 = json.loads((FIX / "scripts" / "sync_v6_backup_input.json").read_text())
+SEEDS = [bytes.fromhex(d["payload"]) for d in MASTER["datagrams"] + MASTER6["datagrams"]] + [
+    bytes.fromhex(m) for s in FEED["steps"] + FEED6["steps"] for m in s["datagrams"]]
 S = KT.S
 
 
@@ -211,3 +215,109 @@ def test_handover_agrees_with_the_reference(seed):
         if vaddr != "10.0.1.77":
             assert a
     assert cm.sync_stats() == rm.sync_stats()
+
+
+def _pair6(capacity=4096):
+    return tuple(KT6.configure(cls(capacity=capacity, local_ip="10.0.9.1",
+                                   local_mac=KT6.LOCAL_MAC))
+                 for cls in (core.Engine, reference.Engine))
+
+
+def test_receive_of_v6_mark_and_sctp_entries_counts_the_same_on_both_engines():
+    """Mutated datagrams to backups that have v6, firewall-mark and SCTP services: the
+    same installs, refusals and table on both engines."""
+    c, r = _pair6()
+    c.sync_start_backup(7)
+    r.sync_start_backup(7)
+    for i, data in enumerate(_cases(1500, seed=606)):
+        c.sync_receive(data, S + i * 1000)
+        r.sync_receive(data, S + i * 1000)
+    st = c.sync_stats()
+    assert st == r.sync_stats()
+    assert c.conns(2 * S) == r.conns(2 * S)
+    assert st["installed"] > 20 and st["refused_protocol"] > 0 and st["refused_no_dest"] > 0
+    kinds = {(x["proto"], ":" in x["caddr"], x["template"]) for x in c.conns(2 * S)}
+    assert {("TCP", True, False), ("UDP", True, False), ("SCTP", False, False),
+            ("IP", False, True)} <= kinds
+
+
+_SCTP_CLIENT = ["INIT", "COOKIE_ECHO", "DATA", "DATA", "SHUTDOWN", "SHUTDOWN_COMPLETE"]
+_SCTP_SERVER = ["INIT_ACK", "COOKIE_ACK", "SHUTDOWN_ACK"]
+
+
+def _traffic6(rng: random.Random, n: int):
+    """n frames of random flows over the v6 recording's services (v6 TCP/UDP DR, NAT66,
+    ip6ip6, persistent v6; v4 marks 7 and 9; SCTP NAT and DR), NAT replies among them."""
+    flows = [(sid, rng.randrange(20000, 20040)) for sid in range(1, len(KT6.SERVICES) + 1)
+             for _ in range(5)]
+    out = []
+    for _ in range(n):
+        sid, cport = rng.choice(flows)
+        _, proto, vaddr, vport, _, rip, rport, fwd = KT6.SERVICES[sid - 1]
+        if isinstance(proto, tuple):            # marks 7 (:9000) and 9 (:9100), TCP
+            vport = 9000 if proto[1] == 7 else 9100
+            if fwd == "nat" and rng.random() < 0.3:
+                out.append(KT6.r_tcp(rip, rport, cport, rng.choice(["SA", "A", "FA"])))
+            else:
+                out.append(KT6.c_tcp(cport, vport, rng.choice(["S", "A", "PA", "FA", "R"])))
+        elif proto == 132:
+            if fwd == "nat" and rng.random() < 0.3:
+                out.append(KT6.sctp(rip, rport, KT6.CL, cport, rng.choice(_SCTP_SERVER), False))
+            else:
+                out.append(KT6.sctp(KT6.CL, cport, vaddr, vport, rng.choice(_SCTP_CLIENT)))
+        elif proto == 17:
+            out.append(KT6.c_udp(cport, vport, v6=":" in vaddr))
+        elif fwd == "nat" and rng.random() < 0.3:
+            out.append(KT6.r_tcp(rip, rport, cport, rng.choice(["SA", "A", "FA", "R"])))
+        else:
+            out.append(KT6.c_tcp(cport, vport, rng.choice(
+                ["S", "A", "A", "PA", "PA", "FA", "R", "SA"]), v6=":" in vaddr))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_v6_mark_and_sctp_master_and_backup_agree_with_the_reference(seed):
+    """As above over IPv6, firewall-mark and SCTP services: the same messages from both
+    masters (v6 entries, marks, SCTP states), the same tables and counts on both backups."""
+    rng = random.Random(600 + seed)
+    (cm, rm), (cb, rb) = _pair6(), _pair6(capacity=64)
+    settings = {"sync_threshold": rng.choice([0, 1, 3]),
+                "sync_period": rng.choice([0, 5, 50]),
+                "sync_refresh_period": rng.choice([0, 2, 30]),
+                "sync_retries": rng.randrange(4), "sync_persist_mode": rng.randrange(2)}
+    if settings["sync_period"] and settings["sync_threshold"] >= settings["sync_period"]:
+        settings["sync_period"] = 0
+    maxlen = rng.choice([60, 100, 1472])
+    for e in (cm, rm):
+        e.set_sysctl("sync_period", 0)
+        for k, v in settings.items():
+            e.set_sysctl(k, v)
+        e.sync_start_master(7, maxlen)
+    for e in (cb, rb):
+        e.sync_start_backup(7)
+    t = S
+    frames = _traffic6(rng, 1200)
+    kinds = set()
+    for k in range(0, len(frames), 25):
+        chunk = frames[k:k + 25]
+        times = [t + j * rng.randrange(1, 400_000_000) for j in range(len(chunk))]
+        t = times[-1] + 1
+        assert cm.process(chunk, times) == rm.process(chunk, times)
+        if rng.random() < 0.5:
+            a, b = cm.sync_take(t), rm.sync_take(t)
+            assert a == b
+            for m in a:
+                d = P.decode(m, 7)
+                assert d.ok and len(m) <= max(maxlen, 80)
+                kinds |= {(c.protocol, c.ipv6, c.fwmark != 0) for c in d.conns}
+                cb.sync_receive(m, t)
+                rb.sync_receive(m, t)
+        if rng.random() < 0.1:
+            assert cm.run_timers(t) == rm.run_timers(t)
+            assert cb.run_timers(t) == rb.run_timers(t)
+    assert cm.sync_stats() == rm.sync_stats()
+    assert cb.sync_stats() == rb.sync_stats()
+    assert cm.conns(t) == rm.conns(t) and cb.conns(t) == rb.conns(t)
+    for sid in range(1, len(KT6.SERVICES) + 1):
+        assert cb.dest_counters(sid) == rb.dest_counters(sid)
+    assert {(6, True, False), (132, False, False), (6, False, True)} <= kinds

@@ -76,9 +76,11 @@ def test_reference_source_imports_only_the_stdlib_and_the_contract():
     # its SCTP part: the standard library only
     assert _imports_outside_stdlib(reference.__file__.replace("reference.py",
                                                               "reference_sctp.py")) == set()
-    # its sync part: the contract, and the wire format once sync is used
+    # its sync part: the contract, its SCTP part (timeouts), and the wire format once sync
+    # is used
     outside = _imports_outside_stdlib(reference_sync.__file__)
-    assert outside == {"fastlvs.engine.contract", "fastlvs.sync"}, outside
+    assert outside == {"fastlvs.engine.contract", "fastlvs.engine.reference_sctp",
+                       "fastlvs.sync"}, outside
 
 
 # -- a Director on the reference engine ----------------------------------------------------------

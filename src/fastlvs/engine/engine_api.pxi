@@ -1287,8 +1287,8 @@ cdef class Engine:
     def sync_start_master(self, int syncid, int maxlen):
         """Start sending: from now on the packets of conns decide (sync_threshold, ...)
         which conns and templates go into messages of syncid `syncid` (0-255) of at most
-        `maxlen` bytes (1..65507; an entry never fits in less than 44, and then has a
-        message of its own). Restarting a running master changes both and drops what
+        `maxlen` bytes (1..65507; an entry never fits in less than 44, a v6 one in less
+        than 80, and then has a message of its own). Restarting a running master changes both and drops what
         was not taken yet."""
         if not 0 <= syncid <= 255:
             raise ValueError(f"syncid must be 0..255, got {syncid}")
@@ -1296,7 +1296,7 @@ cdef class Engine:
             raise ValueError(f"sync maxlen must be 1..65507, got {maxlen}")
         self._sync_meta()
         sync_drop_queue(&self.st)
-        cap = max(maxlen, SYNC_HDR + SYNC_ENT4)
+        cap = max(maxlen, SYNC_HDR + SYNC_ENT6)
         if cap != self.st.sync.bufcap:
             sync_free_pool(&self.st)
             self.st.sync.bufcap = cap
@@ -1439,7 +1439,7 @@ cdef class Engine:
     def sync_stats(self):
         """Sync counters by name: sent/sent_conns/sent_bytes/queue_overflow (messages
         dropped at sync_qlen_max) of a master; received/received_conns/installed/updated,
-        refused_* (no service, no dest, table full, unsupported) and dropped with one
+        refused_* (no service, no dest, table full, pe, protocol) and dropped with one
         drop_*/skip_* counter per reason of a backup; queued and master/backup now."""
         cdef fl_sync *sy = &self.st.sync
         out = {SYNC_COUNTER_NAMES[i]: sy.counters[i] for i in range(SYNC_C_LAST)}

@@ -2150,6 +2150,8 @@ class Engine(SyncMixin):
         if reason is not None:
             self._drop(f, reason)
         c.expires = now + c.timeout * NS
+        if self.sync_meta is not None:
+            self._sync_out_conn(c)          # a reply assures a UDP conn's template
 
     def _xmit(self, fwd):
         return {K.FWD_DR: self.xmit_dr, K.FWD_NAT: self.xmit_nat,

@@ -10,15 +10,18 @@ import collections
 import ipaddress
 
 from fastlvs.engine import contract as K
+from fastlvs.engine.reference_sctp import TIMEOUTS as SCTP_TIMEOUTS
 
 CF_TEMPLATE, CF_INACTIVE, CF_NOOUTPUT, CF_INVALID = 1, 2, 4, 8
-SVC_F_ONEPACKET = 1
+SVC_F_ONEPACKET, SVC_F_FWMARK = 1, 2
 NS = 1_000_000_000
 FLUSH_NS = 2 * NS                 # IPVS_SYNC_FLUSH_TIME
 TPL_ASSURED = 1
 S_ESTABLISHED, S_SYN_RECV, S_SYNACK = 1, 3, 10
 SYNC_STATES_TCP = {1, 4, 6, 7, 5}  # ESTABLISHED FIN_WAIT CLOSE CLOSE_WAIT TIME_WAIT
-ENTRY_V4 = 36
+SCTP_ESTABLISHED = 8
+SYNC_STATES_SCTP = {8, 9, 10, 11, 13}  # ESTABLISHED SHUTDOWN_SENT/RECEIVED/ACK_SENT CLOSED
+ENTRY_V4, ENTRY_V6 = 36, 72
 HEADER = 8
 F_MASQ, F_TUNNEL, F_DROUTE = 0x0000, 0x0002, 0x0003      # IP_VS_CONN_F_*
 F_SYNC, F_NOOUTPUT, F_INACTIVE, F_TEMPLATE = 0x0020, 0x0080, 0x0100, 0x1000
@@ -28,8 +31,8 @@ F_BACKUP_MASK = 0x1F87
 COUNTER_NAMES = (
     "sent", "sent_conns", "sent_bytes", "queue_overflow", "queue_overflow_conns",
     "received", "received_bytes", "received_conns", "installed", "updated",
-    "refused_no_service", "refused_no_dest", "refused_table_full", "refused_unsupported",
-    "ignored_replaced", "dropped",
+    "refused_no_service", "refused_no_dest", "refused_table_full", "refused_pe",
+    "refused_protocol", "ignored_replaced", "dropped",
     "drop_short", "drop_size_mismatch", "drop_foreign_syncid", "drop_not_v1",
     "drop_truncated", "drop_entry_overrun", "drop_entry_version", "drop_entry_type",
     "drop_entry_size", "drop_option_truncated", "drop_option_length", "drop_option_seq",
@@ -62,7 +65,7 @@ class SyncMixin:
         self.sync_master = self.sync_backup = False
         self.sync_master_syncid = self.sync_backup_syncid = 0
         self.sync_maxlen = 0
-        self.sync_cur = None           # [entries (bytes), length, first_ns]
+        self.sync_cur = None           # [entries (bytes), length, first_ns, end]
         self.sync_queue = collections.deque()   # (message, nconns)
         self.sync_counters = dict.fromkeys(COUNTER_NAMES, 0)
 
@@ -137,6 +140,13 @@ class SyncMixin:
             if force and c.state != S_ESTABLISHED:
                 m.old_state, m.endtime = c.state, n
                 return True
+        elif c.proto == 132:
+            if c.state not in SYNC_STATES_SCTP:
+                return False
+            force = c.state != m.old_state
+            if force and c.state != SCTP_ESTABLISHED:
+                m.old_state, m.endtime = c.state, n
+                return True
         refresh = s["sync_refresh_period"] * 1000
         if refresh > 0:
             if abs(n - orig) < min(refresh, max(tmo >> 1, 10000)):
@@ -156,7 +166,7 @@ class SyncMixin:
         return True
 
     def _sync_enqueue(self, cur):
-        entries, _, _ = cur
+        entries = cur[0]
         body = b"".join(entries)
         P = _protocol()
         msg = P.HEADER.pack(0, self.sync_master_syncid, HEADER + len(body),
@@ -168,9 +178,21 @@ class SyncMixin:
             self.sync_counters["queue_overflow_conns"] += len(entries)
 
     def _sync_append(self, c, now):
-        if self.vips[c.vip].addr > 0xFFFFFFFF:
-            return      # an IPv6 conn: only v4 entries are written yet
         d = self.dests[c.dest]
+        sv = self.svcs.get(d.svc)
+        mark = 0
+        if sv is not None and sv.flags & SVC_F_FWMARK:
+            # a mark service's address is the mark (v4) or the mark << 96 (v6)
+            mark = sv.vaddr >> 96 or sv.vaddr
+        vaddr, proto = self.vips[c.vip].addr, c.proto
+        if c.flags & CF_TEMPLATE:
+            # a template is of its dest's family; a mark's has the mark as its address
+            # (in the first 4 bytes) and protocol IP
+            v6 = d.raddr > 0xFFFFFFFF
+            if mark:
+                vaddr, proto = (mark << 96 if v6 else mark), 0
+        else:
+            v6 = vaddr > 0xFFFFFFFF
         fl = _FLAGS_OF_FWD.get(c.fwd, F_DROUTE)
         if c.flags & CF_TEMPLATE:
             fl |= F_TEMPLATE | F_INACTIVE
@@ -183,24 +205,25 @@ class SyncMixin:
             if c.flags & CF_NOOUTPUT:
                 fl |= F_NOOUTPUT
             dport = self._rport(c)
-        ip = lambda v: str(ipaddress.IPv4Address(v))     # noqa: E731
+        ip = ipaddress.IPv6Address if v6 else ipaddress.IPv4Address
         P = _protocol()
         entry = P.encode_conn(P.SyncConn(
-            protocol=c.proto, caddr=ip(c.caddr), cport=c.cport,
-            vaddr=ip(self.vips[c.vip].addr), vport=c.vport, daddr=ip(d.raddr), dport=dport,
-            flags=fl, state=c.state, timeout=c.timeout))
+            protocol=proto, caddr=str(ip(c.caddr)), cport=c.cport,
+            vaddr=str(ip(vaddr)), vport=c.vport, daddr=str(ip(d.raddr)), dport=dport,
+            flags=fl, state=c.state, timeout=c.timeout, fwmark=mark))
         cur = self.sync_cur
         if cur is not None:
             pad = -cur[1] & 3
-            if cur[1] + pad + len(entry) > max(self.sync_maxlen, ENTRY_V4 + 8) \
-                    or len(cur[0]) >= 255:
+            if cur[1] + pad + len(entry) > cur[3] or len(cur[0]) >= 255:
                 self._sync_enqueue(cur)
                 cur = None
             else:
                 cur[0].append(b"\0" * pad + entry)
                 cur[1] += pad + len(entry)
                 return
-        self.sync_cur = [[entry], HEADER + len(entry), now]
+        # a message ends at maxlen, or after its first entry when that is larger
+        self.sync_cur = [[entry], HEADER + len(entry), now,
+                         max(self.sync_maxlen, HEADER + len(entry))]
 
     def _sync_in_packet(self, ci, now):
         # after a client packet of conn ci was handled (ip_vs_in)
@@ -231,7 +254,9 @@ class SyncMixin:
             onepkt = False
 
     def _sync_out_packet(self, ci):
-        c = self.conn_table[ci]
+        self._sync_out_conn(self.conn_table[ci])
+
+    def _sync_out_conn(self, c):
         if c.ctl and c.proto == 17:
             self.conn_table[c.ctl - 1].state |= TPL_ASSURED
 
@@ -258,7 +283,7 @@ class SyncMixin:
             raise ValueError(f"start must be >= 0, got {start}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        want = None if vaddr is None else int(ipaddress.IPv4Address(vaddr))
+        want = None if vaddr is None else int(ipaddress.ip_address(vaddr))
         end = self.used_end
         first = min(start, end)
         if limit is not None and limit < end - first:
@@ -319,21 +344,37 @@ class SyncMixin:
                     zero = i
         return zero
 
+    def _sync_mark_svc(self, mark, v6):
+        # ip_vs_svc_fwm_find: the service on the mark's VIP of the entry's family, 0 = none
+        v = self.vip_index.get((0, mark << 96 if v6 else mark, 0), 0)
+        sid = self.vips[v].svc if v else 0
+        return sid if sid and sid in self.svcs and self.svcs[sid].in_use else 0
+
     def _sync_install(self, s, now):
         # ip_vs_proc_conn (see sync.pxi's sync_install for what fastlvs refuses)
         cnt = self.sync_counters
         flags = (s.flags & F_BACKUP_MASK) | F_SYNC
         tmpl = bool(flags & F_TEMPLATE)
         inact = bool(flags & F_INACTIVE)
-        if s.ipv6 or s.fwmark or s.pe_data is not None or s.protocol not in (6, 17):
-            cnt["refused_unsupported"] += 1
+        if s.pe_data is not None:
+            cnt["refused_pe"] += 1
             return
-        caddr = int(ipaddress.IPv4Address(s.caddr))
-        daddr = int(ipaddress.IPv4Address(s.daddr))
-        vip = self._vip_find_in(s.protocol, int(ipaddress.IPv4Address(s.vaddr)), s.vport)
-        if not vip:
-            cnt["refused_no_service"] += 1
+        if not tmpl and (s.protocol not in (6, 17, 132) or s.protocol == 132 and s.ipv6):
+            cnt["refused_protocol"] += 1
             return
+        caddr = int(ipaddress.ip_address(s.caddr))
+        daddr = int(ipaddress.ip_address(s.daddr))
+        vaddr = int(ipaddress.ip_address(s.vaddr))
+        svc = self._sync_mark_svc(s.fwmark, s.ipv6) if s.fwmark else 0
+        if svc and tmpl:
+            vip = self.svcs[svc].vip
+        else:
+            vip = self._vip_find_in(s.protocol, vaddr, s.vport)
+            if not vip and svc:
+                vip = self.vip_index.get((s.protocol, vaddr, 0), 0)
+            elif not vip:
+                cnt["refused_no_service"] += 1
+                return
         ci = None
         for i in self._chain((caddr, s.cport, s.protocol)):
             c = self.conn_table[i]
@@ -367,7 +408,8 @@ class SyncMixin:
                     c.flags &= ~CF_INACTIVE
             cnt["updated"] += 1
         else:
-            svc = self.vips[vip].svc
+            if not svc:
+                svc = self.vips[vip].svc
             if not svc or svc not in self.svcs or not self.svcs[svc].in_use:
                 cnt["refused_no_service"] += 1
                 return
@@ -375,6 +417,11 @@ class SyncMixin:
             if not dest:
                 cnt["refused_no_dest"] += 1
                 return
+            if not vip:
+                if len(self.vips) >= K.MAX_VIPS:
+                    cnt["refused_table_full"] += 1
+                    return
+                vip = self._vip_intern(s.protocol, vaddr, 0)
             ci = self._conn_new(caddr, s.cport, vip, s.protocol, dest,
                                 CF_TEMPLATE if tmpl else 0, now)
             if ci is None:
@@ -402,6 +449,8 @@ class SyncMixin:
             t = 180
         elif s.protocol == 6:
             t = self.tcp_timeouts[s.state]
+        elif s.protocol == 132:
+            t = SCTP_TIMEOUTS[s.state]
         else:
             t = self.udp_timeout
         c.timeout = t

@@ -34,8 +34,8 @@ cdef enum:
 SYNC_COUNTER_NAMES = (
     "sent", "sent_conns", "sent_bytes", "queue_overflow", "queue_overflow_conns",
     "received", "received_bytes", "received_conns", "installed", "updated",
-    "refused_no_service", "refused_no_dest", "refused_table_full", "refused_unsupported",
-    "ignored_replaced", "dropped",
+    "refused_no_service", "refused_no_dest", "refused_table_full", "refused_pe",
+    "refused_protocol", "ignored_replaced", "dropped",
     "drop_short", "drop_size_mismatch", "drop_foreign_syncid", "drop_not_v1",
     "drop_truncated", "drop_entry_overrun", "drop_entry_version", "drop_entry_type",
     "drop_entry_size", "drop_option_truncated", "drop_option_length", "drop_option_seq",
@@ -127,6 +127,17 @@ cdef bint sync_needed(fl_engine *e, fl_conn *c, fl_syncmeta *m, uint32_t pkts,
             m.old_state = c.state
             m.endtime = n
             return True
+    elif c.proto == IPPROTO_SCTP:
+        # the same rule over SCTP's states: established, the shutdowns and closed
+        if not ((1 << c.state) & ((1 << SCTP_S_ESTABLISHED) | (1 << SCTP_S_SHUTDOWN_SENT)
+                                  | (1 << SCTP_S_SHUTDOWN_RECEIVED)
+                                  | (1 << SCTP_S_SHUTDOWN_ACK_SENT) | (1 << SCTP_S_CLOSED))):
+            return False
+        force = c.state != m.old_state
+        if force and c.state != SCTP_S_ESTABLISHED:
+            m.old_state = c.state
+            m.endtime = n
+            return True
     if sy.refresh_ms > 0:
         diff = <int64_t>(n - orig)
         if diff < 0:
@@ -164,7 +175,7 @@ cdef inline fl_syncbuf *sync_buf_get(fl_engine *e) noexcept nogil:
         if b == NULL:
             return NULL
         b.data = <uint8_t *>(b + 1)
-        b.cap = e.sync.bufcap
+    b.cap = e.sync.maxlen
     b.next = NULL
     b.len = SYNC_HDR
     b.nconns = 0
@@ -201,20 +212,54 @@ cdef void sync_enqueue(fl_engine *e, fl_syncbuf *b) noexcept nogil:
         sync_buf_put(e, b)
 
 
+cdef inline bint sy_v6(const uint32_t *a) noexcept nogil:
+    # v4 addresses are ::a.b.c.d in the engine's words (::/96 is refused as a v6 address)
+    return a[0] != 0 or a[1] != 0 or a[2] != 0
+
+
+cdef inline void sy_wraddr(uint8_t *p, const uint32_t *a, bint v6) noexcept nogil:
+    if v6:
+        sy_wr32(p, a[0])
+        sy_wr32(p + 4, a[1])
+        sy_wr32(p + 8, a[2])
+        sy_wr32(p + 12, a[3])
+    else:
+        sy_wr32(p, a[3])
+
+
 cdef void sync_append(fl_engine *e, fl_conn *c, uint64_t now) noexcept nogil:
     # ip_vs_sync_conn's packing: pad the message to 4 bytes, close it when this entry
-    # would pass maxlen, then write a v4 entry (flags as the kernel's conn has them)
+    # would pass maxlen, then write a v4 or v6 entry (flags as the kernel's conn has them)
     cdef fl_sync *sy = &e.sync
     cdef fl_syncbuf *b = sy.cur
-    cdef uint32_t pad = 0, fl
+    cdef uint32_t pad = 0, fl, size, mark = 0
     cdef uint8_t *p
     cdef fl_dest *d = &e.dests[c.dest]
-    cdef fl_vip *v = &e.vips[c.vip]
-    if v.addr[0] != 0 or v.addr[1] != 0 or v.addr[2] != 0:
-        return      # an IPv6 conn: only v4 entries are written yet (its v4 fields would lie)
+    cdef fl_svc *sv = &e.svcs[d.svc]
+    cdef const uint32_t *va = e.vips[c.vip].addr
+    cdef uint32_t markaddr[4]
+    cdef bint tmpl = (c.flags & CF_TEMPLATE) != 0
+    cdef bint v6
+    if sv.flags & SVC_F_FWMARK:
+        # cp->fwmark is the mark of the frame that made the conn: its service's mark here
+        # (a mark service's address holds it in word 3 for v4, in word 0 for v6)
+        mark = sv.vaddr[0] | sv.vaddr[3]
+    if tmpl:
+        # a template is of its dest's family (a mark's template VIP holds the mark); a
+        # mark's template has the mark as virtual address, in the address's first 4 bytes
+        v6 = sy_v6(d.raddr)
+        if mark != 0:
+            markaddr[0] = mark if v6 else 0
+            markaddr[1] = 0
+            markaddr[2] = 0
+            markaddr[3] = 0 if v6 else mark
+            va = markaddr
+    else:
+        v6 = sy_v6(va)
+    size = SYNC_ENT6 if v6 else SYNC_ENT4
     if b != NULL:
         pad = (0 - b.len) & 3
-        if b.len + pad + SYNC_ENT4 > b.cap or b.nconns >= SYNC_MAX_ENTRIES:
+        if b.len + pad + size > b.cap or b.nconns >= SYNC_MAX_ENTRIES:
             sync_enqueue(e, b)
             sy.cur = NULL
             b = NULL
@@ -225,6 +270,9 @@ cdef void sync_append(fl_engine *e, fl_conn *c, uint64_t now) noexcept nogil:
             sy.counters[SC_QUEUE_OVERFLOW_CONNS] += 1
             return
         b.first_ns = now
+        if b.cap < SYNC_HDR + size:
+            # an entry larger than maxlen has a message of its own (bufcap holds a v6 one)
+            b.cap = SYNC_HDR + size
         sy.cur = b
     p = b.data + b.len
     if pad:
@@ -246,9 +294,9 @@ cdef void sync_append(fl_engine *e, fl_conn *c, uint64_t now) noexcept nogil:
             fl |= KF_INACTIVE
         if c.flags & CF_NOOUTPUT:
             fl |= KF_NOOUTPUT
-    p[0] = 0
-    p[1] = c.proto
-    sy_wr16(p + 2, SYNC_ENT4)
+    p[0] = 1 if v6 else 0
+    p[1] = 0 if tmpl and mark != 0 else c.proto     # a mark's template: IPPROTO_IP
+    sy_wr16(p + 2, size)
     sy_wr32(p + 4, fl)
     sy_wr16(p + 8, c.state)
     sy_wr16(p + 10, c.cport)
@@ -258,12 +306,17 @@ cdef void sync_append(fl_engine *e, fl_conn *c, uint64_t now) noexcept nogil:
         sy_wr16(p + 14, d.rport if c.vport != 0 else 0)
     else:
         sy_wr16(p + 14, conn_rport(e, c))
-    sy_wr32(p + 16, 0)
+    sy_wr32(p + 16, mark)
     sy_wr32(p + 20, c.timeout)
-    sy_wr32(p + 24, c.caddr[3])
-    sy_wr32(p + 28, e.vips[c.vip].addr[3])
-    sy_wr32(p + 32, d.raddr[3])
-    b.len += pad + SYNC_ENT4
+    if v6:
+        sy_wraddr(p + 24, c.caddr, True)
+        sy_wraddr(p + 40, va, True)
+        sy_wraddr(p + 56, d.raddr, True)
+    else:
+        sy_wr32(p + 24, c.caddr[3])
+        sy_wr32(p + 28, va[3])
+        sy_wr32(p + 32, d.raddr[3])
+    b.len += pad + size
     b.nconns += 1
 
 
@@ -375,7 +428,7 @@ cdef inline int sync_proto_states(uint8_t proto) noexcept nogil:
     if proto == 17 or proto == 50 or proto == 51:
         return 1
     if proto == 132:
-        return 13
+        return SCTP_S_LAST
     return 0
 
 
@@ -545,29 +598,58 @@ cdef uint32_t sync_find_dest(fl_engine *e, uint16_t svc, const uint32_t *daddr,
     return zero
 
 
+cdef uint16_t sync_mark_svc(fl_engine *e, uint32_t mark, bint v6) noexcept nogil:
+    # ip_vs_svc_fwm_find: the firewall-mark service of `mark` in the entry's family, 0 =
+    # none: the service on the mark's VIP, (0, [0, 0, 0, mark], 0) for v4 and
+    # (0, [mark, 0, 0, 0], 0) for v6 (the address IPVS gives a mark's templates)
+    cdef uint32_t a[4]
+    cdef uint16_t v, sid
+    a[0] = mark if v6 else 0
+    a[1] = 0
+    a[2] = 0
+    a[3] = 0 if v6 else mark
+    v = vip_find(e, a, 0, 0)
+    sid = e.vips[v].svc if v != 0 else 0
+    return sid if sid != 0 and e.svcs[sid].in_use else 0
+
+
 cdef void sync_install(fl_engine *e, fl_syncent *s, uint64_t now) noexcept nogil:
     # ip_vs_proc_conn: refresh the conn (or template) the entry names, or make it bound to
-    # its service's dest. fastlvs keeps no entry without a dest (the kernel keeps one
-    # unbound and routes it to daddr): such an entry, and one of a service not configured
-    # here, is refused and counted. New entries take the same table rules as new
-    # connections (a full table reclaims, else refuses: a flood of sync messages cannot
-    # take what the flood defences keep).
+    # its service's dest. The service is ip_vs_service_find's: the entry's mark's first,
+    # else (protocol, vaddr, vport), else port 0. fastlvs keeps no entry without a dest
+    # (the kernel keeps one unbound and routes it to daddr): such an entry, and one of a
+    # service not configured here, is refused and counted, and so are those of a
+    # persistence engine and of protocols it does not forward (AH, ESP). New entries take
+    # the same table rules as new connections (a full table reclaims, else refuses: a
+    # flood of sync messages cannot take what the flood defences keep).
     cdef fl_sync *sy = &e.sync
     cdef uint32_t flags = (s.flags & KF_BACKUP_MASK) | KF_SYNC
     cdef bint tmpl = (flags & KF_TEMPLATE) != 0
     cdef bint inact = (flags & KF_INACTIVE) != 0
-    cdef uint16_t vip, svc
+    cdef uint16_t vip = 0, svc = 0
     cdef uint32_t b, i, ci = 0, dest, t
     cdef fl_conn *c = NULL
     cdef fl_dest *d
-    if s.v6 or s.fwmark != 0 or s.has_pe or (s.proto != 6 and s.proto != 17):
-        # IPv6, firewall-mark and persistence-engine conns: not served by this engine yet
-        sy.counters[SC_UNSUPPORTED] += 1
+    if s.has_pe:
+        sy.counters[SC_REFUSED_PE] += 1
         return
-    vip = vip_find_in(e, s.vaddr, s.vport, s.proto)
-    if vip == 0:
-        sy.counters[SC_NO_SERVICE] += 1
+    if not tmpl and ((s.proto != 6 and s.proto != 17 and s.proto != IPPROTO_SCTP)
+                     or (s.proto == IPPROTO_SCTP and s.v6)):
+        # AH/ESP, and SCTP over IPv6: this engine forwards neither
+        sy.counters[SC_REFUSED_PROTOCOL] += 1
         return
+    if s.fwmark != 0:
+        svc = sync_mark_svc(e, s.fwmark, s.v6)
+    if svc != 0 and tmpl:
+        vip = e.svcs[svc].vip          # a mark's templates hang off the mark's VIP
+    else:
+        vip = vip_find_in(e, s.vaddr, s.vport, s.proto)
+        if vip == 0 and svc != 0:
+            # a mark's conns are keyed by (proto, vaddr, 0) (fwmark.pxi), made below
+            vip = vip_find(e, s.vaddr, 0, s.proto)
+        elif vip == 0:
+            sy.counters[SC_NO_SERVICE] += 1
+            return
     b = conn_hash(e, s.caddr, s.cport, s.proto)
     i = e.buckets[b]
     while i != 0:
@@ -604,7 +686,8 @@ cdef void sync_install(fl_engine *e, fl_syncent *s, uint64_t now) noexcept nogil
                 c.flags &= ~CF_INACTIVE
         sy.counters[SC_UPDATED] += 1
     else:
-        svc = e.vips[vip].svc
+        if svc == 0:
+            svc = e.vips[vip].svc
         if svc == 0 or not e.svcs[svc].in_use:
             sy.counters[SC_NO_SERVICE] += 1
             return
@@ -612,6 +695,11 @@ cdef void sync_install(fl_engine *e, fl_syncent *s, uint64_t now) noexcept nogil
         if dest == 0:
             sy.counters[SC_NO_DEST] += 1
             return
+        if vip == 0:
+            vip = vip_intern_c(e, s.vaddr, 0, s.proto)
+            if vip == 0:
+                sy.counters[SC_TABLE_FULL] += 1      # every VIP slot taken
+                return
         ci = conn_new(e, s.caddr, s.cport, vip, s.proto, dest,
                       CF_TEMPLATE if tmpl else 0, now)
         if ci == 0:
@@ -639,6 +727,8 @@ cdef void sync_install(fl_engine *e, fl_syncent *s, uint64_t now) noexcept nogil
         t = 180
     elif s.proto == 6:
         t = e.tcp_timeouts[s.state]
+    elif s.proto == IPPROTO_SCTP:
+        t = e.sctp_timeouts[s.state]
     else:
         t = e.udp_timeout
     c.timeout = t

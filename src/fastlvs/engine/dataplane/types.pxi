@@ -328,28 +328,29 @@ cdef enum:
     SC_NO_SERVICE = 10
     SC_NO_DEST = 11
     SC_TABLE_FULL = 12
-    SC_UNSUPPORTED = 13
-    SC_REPLACED = 14
-    SC_DROPPED = 15
-    SD_SHORT = 16           # protocol.DROP_REASONS order, internal_error left out
-    SD_SIZE = 17
-    SD_SYNCID = 18
-    SD_VERSION = 19
-    SD_TRUNCATED = 20
-    SD_ENTRY_OVERRUN = 21
-    SD_ENTRY_VERSION = 22
-    SD_ENTRY_TYPE = 23
-    SD_ENTRY_SIZE = 24
-    SD_OPT_TRUNCATED = 25
-    SD_OPT_LENGTH = 26
-    SD_OPT_SEQ = 27
-    SD_OPT_PE_DATA = 28
-    SD_OPT_PE_NAME = 29
-    SK_OPTION = 30          # protocol.SKIP_REASONS order
-    SK_PROTOCOL = 31
-    SK_STATE = 32
-    SK_PE = 33
-    SYNC_C_LAST = 34
+    SC_REFUSED_PE = 13      # a persistence engine's (sip): fastlvs has none
+    SC_REFUSED_PROTOCOL = 14  # AH, ESP, SCTP over IPv6: IPVS syncs them, fastlvs does not forward them
+    SC_REPLACED = 15
+    SC_DROPPED = 16
+    SD_SHORT = 17           # protocol.DROP_REASONS order, internal_error left out
+    SD_SIZE = 18
+    SD_SYNCID = 19
+    SD_VERSION = 20
+    SD_TRUNCATED = 21
+    SD_ENTRY_OVERRUN = 22
+    SD_ENTRY_VERSION = 23
+    SD_ENTRY_TYPE = 24
+    SD_ENTRY_SIZE = 25
+    SD_OPT_TRUNCATED = 26
+    SD_OPT_LENGTH = 27
+    SD_OPT_SEQ = 28
+    SD_OPT_PE_DATA = 29
+    SD_OPT_PE_NAME = 30
+    SK_OPTION = 31          # protocol.SKIP_REASONS order
+    SK_PROTOCOL = 32
+    SK_STATE = 33
+    SK_PE = 34
+    SYNC_C_LAST = 35
 
 
 cdef struct fl_syncmeta:
@@ -368,7 +369,7 @@ cdef struct fl_syncbuf:
     uint8_t *data
     uint64_t first_ns       # frame time of its first entry (the flush is 2 s after)
     uint32_t len
-    uint32_t cap
+    uint32_t cap            # this message's end: maxlen, or its first entry's if larger
     uint32_t nconns
 
 

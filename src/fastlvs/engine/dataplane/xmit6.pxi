@@ -214,3 +214,5 @@ cdef void conn_forward_out_v6(fl_engine *e, fl_frame *f, fl_pkt *p, fl_conn *c,
     if r >= 0:
         frame_drop(e, f, r)
     c.expires = now + secs(c.timeout)
+    if fl_unlikely(e.sync.meta != NULL):
+        sync_out_packet(e, c)
