@@ -1178,8 +1178,9 @@ cdef class Engine:
             raise ValueError(f"start must be >= 0, got {start}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        if start == 0:
-            self._off_fresh()           # the timers as the offloaded packets moved them
+        if start == 0 and self.st.off_on:
+            with nogil:
+                offload_read_seen(&self.st)     # the timers as the offloaded packets moved them
         end = self.st.used_end
         if start >= end:
             return [], None
@@ -1527,13 +1528,17 @@ cdef class Engine:
         if not self.st.off_on:
             return 0
         with nogil:
-            n = offload_read(&self.st)
+            offload_read_counters(&self.st)
+            n = offload_read_seen(&self.st)
         self._off_read_at = _time.monotonic()
         return n
 
     cdef int _off_fresh(self) except -1:
+        # counters only (rates read them every 2 s); the listing reads the timers itself
         if self.st.off_on and _time.monotonic() - self._off_read_at >= OFFLOAD_READ_EVERY:
-            self.offload_sync()
+            with nogil:
+                offload_read_counters(&self.st)
+            self._off_read_at = _time.monotonic()
         return 0
 
     def offload_stats(self):

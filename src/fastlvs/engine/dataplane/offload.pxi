@@ -456,16 +456,21 @@ cdef inline void offload_note(fl_engine *e, fl_conn *c) noexcept nogil:
         offload_remove(e, ci)
 
 
-cdef uint64_t offload_read(fl_engine *e) noexcept nogil:
-    # Fold the counters of every rewrite entry in use (a syscall each: one per dest and
-    # direction, not per conn) and every offloaded conn's last-seen times (read from the
-    # mmapped table: no syscall). Returns the conns read.
-    cdef uint32_t i, j, g
-    cdef uint64_t n = 0
-    cdef fl_conn *c
+cdef void offload_read_counters(fl_engine *e) noexcept nogil:
+    # Fold the counters of every rewrite entry in use: a syscall each, one per dest and
+    # direction, not per conn.
+    cdef uint32_t i
     for i in range(1, e.off_rw_hi):
         if off_rwent(e, i).ref != 0:
             offload_fold_rw(e, i)
+
+
+cdef uint64_t offload_read_seen(fl_engine *e) noexcept nogil:
+    # Every offloaded conn's timer from its slots' last-seen times (the mmapped table: no
+    # syscall, a walk of the conns). Returns the conns read.
+    cdef uint32_t i, j, g
+    cdef uint64_t n = 0
+    cdef fl_conn *c
     for i in range(e.used_end):
         c = &e.conns[i]
         if c.vip == 0 or not (c.flags & CF_OFFLOADED):
@@ -536,8 +541,8 @@ cdef void offload_free(fl_engine *e) noexcept nogil:
     e.off_rw_free = NULL
 
 
-# Listings and counters read the counters back themselves when the last read is older than
-# this (s): the counters they show are then at most this stale. A read costs a syscall per
-# rewrite entry in use (per dest and direction) and a walk of the offloaded conns' slots in
-# memory.
+# Counters read the program's counters back themselves when the last read is older than
+# this (s): what they show is then at most this stale. A read costs a syscall per rewrite
+# entry in use (per dest and direction); the connection listing reads the slots' last-seen
+# times each time (a walk of the conns in memory).
 OFFLOAD_READ_EVERY = 1.0
