@@ -8,9 +8,11 @@ offload must leave every counter and the connection table the same; the core's e
 changes take entries out of the map. Needs root (BPF)."""
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import mmap
 import os
+import platform
 import struct
 import time
 
@@ -546,3 +548,40 @@ def test_a_reused_dest_id_starts_its_counters_from_zero():
     assert on.dest_stats(1) == off.dest_stats(1)
     assert on.dest_stats(1)["inpkts"] == 3
     assert on.stats() == off.stats()
+
+
+def rewrites(e):
+    """The engine's fl_off_rw array, mapped here (its map id is in the table's entry 0)."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the bpf syscall's number here is x86_64's")
+    rw_id = struct.unpack_from("<I", table(e), 24)[0]
+    attr = (ctypes.c_uint8 * 128)()                  # union bpf_attr: map_id first
+    struct.pack_into("<I", attr, 0, rw_id)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(321, 14, attr, 128)            # __NR_bpf, BPF_MAP_GET_FD_BY_ID
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "BPF_MAP_GET_FD_BY_ID")
+    try:
+        return mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def test_a_rewrite_entry_being_written_is_a_miss():
+    """The dest's rewrite entry (its MACs, shared by its conns) under its own sequence
+    word: odd, the program passes the frame untouched; even again, it forwards."""
+    e, svc, _ = setup("dr")
+    open_tcp(e, "dr")
+    m = table(e)
+    _, f = find(m, CLIENT, VIP, 40000, 80, 6)
+    r = rewrites(e)
+    off = f[7] * 64
+    seq, ifindex = struct.unpack_from("<II", r, off)
+    assert seq % 2 == 0 and ifindex == 10
+    assert r[off + 8:off + 14] == bytes.fromhex(H.RS_MAC[0].replace(":", ""))
+    frame = tcp("A", payload=b"rw")
+    struct.pack_into("<I", r, off, seq + 1)
+    assert xdp(e, frame, svc) == (XDP_PASS, frame)
+    struct.pack_into("<I", r, off, seq + 2)
+    action, got = xdp(e, frame, svc)
+    assert action == XDP_REDIRECT and got == engine_bytes(e, frame)
