@@ -27,9 +27,7 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import peers as P  # noqa: E402
+from benchmarks import peers as P
 
 STEER_SRC = os.path.join(P.ROOT, "src", "fastlvs", "engine", "bpf", "steer.bpf.c")
 LOOKUP = "slot = off_find(saddr, "
