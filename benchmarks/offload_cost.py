@@ -8,9 +8,9 @@ per delivered packet:
   xdp_dr                   the stateless XDP DR forwarder of the peers set;
   fastlvs_dr_offload       fastlvs DR, established flows forwarded by its XDP program;
   fastlvs_dr_offload_one   the same program built so that every frame looks up one flow's
-                           entry (a measurement aid, never installed): the difference from
-                           fastlvs_dr_offload is what the per-flow map look-up costs once the
-                           flows no longer fit in the caches.
+                           slot (a measurement aid, never installed): the difference from
+                           fastlvs_dr_offload is what the per-flow table look-up costs once
+                           the flows no longer fit in the caches.
 
     sudo .venv/bin/python -m benchmarks.offload_cost [--flows 1000,70000] [--reps 3]
 """
@@ -30,9 +30,9 @@ import time
 from benchmarks import peers as P
 
 STEER_SRC = os.path.join(P.ROOT, "src", "fastlvs", "engine", "bpf", "steer.bpf.c")
-LOOKUP = "v = bpf_map_lookup_elem(&fl_offload, &k);"
-# flow 0 of the generator (peers.CLIENT_NET, source port 1024): its entry answers every frame
-ONE_FLOW = "k.saddr = bpf_htonl(0x0ac90100); k.sport = bpf_htons(1024); " + LOOKUP
+LOOKUP = "slot = off_find(saddr, "
+# flow 0 of the generator (peers.CLIENT_NET, source port 1024): its slot answers every frame
+ONE_FLOW = "saddr = bpf_htonl(0x0ac90100); sport = bpf_htons(1024); " + LOOKUP
 
 
 def build_one_flow(tmp: str) -> str:

@@ -2,7 +2,7 @@
 real BPF map). Distinct TCP flows to one DR service through the engine (Engine.process, in
 memory, no rings): "SYN only" opens each connection (nothing to install: it is not yet
 established), "SYN+ACK" opens and establishes it (with the offload, the ACK installs it in the
-map: one bpf_map_update_elem per connection). Runs of both settings alternate; prints one JSON
+flow table: a slot written through mmap, no syscall but the dest's first). Runs of both settings alternate; prints one JSON
 object with the medians and the on/off ratios measured in this run.
 
     sudo .venv/bin/python -m benchmarks.offload_newconns [--conns 20000] [--reps 5]

@@ -8,8 +8,12 @@ offload must leave every counter and the connection table the same; the core's e
 changes take entries out of the map. Needs root (BPF)."""
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import mmap
 import os
+import platform
+import struct
 import time
 
 import pytest
@@ -27,6 +31,8 @@ if not core.XDP_BUILT:
 
 XDP_PASS, XDP_TX, XDP_REDIRECT = 2, 3, 4
 S = 1_000_000_000
+PROBE = 4                   # FL_OFF_PROBE: buckets a flow may live in from its home one
+SLOT = struct.Struct("<IIIHHBBHIQ")   # struct fl_off_slot: seq, key, kind, rw, conn, seen
 
 
 def steer_key(proto, addr, port) -> bytes:
@@ -231,20 +237,45 @@ def test_weight_zero_keeps_the_entry_and_a_deleted_server_takes_it_out():
     assert e.stats()["dest_unavailable"] == 1
 
 
-def test_a_new_mac_for_the_server_takes_its_conns_out_until_the_core_sees_them_again():
+@pytest.mark.parametrize("fwd", ["dr", "nat", "tun"])
+def test_a_new_mac_for_the_server_is_followed_in_place(fwd):
+    """The dest's MAC lives in its rewrite entry, not in each conn's slot: a new MAC is
+    written there and the conns stay offloaded, their next frames sent to the new MAC with
+    the engine's bytes."""
+    rport = 8080 if fwd == "nat" else None
+    e, svc, rs = setup(fwd, rport=rport)
+    open_tcp(e, fwd)
+    e.set_dest(1, 1, RS[0], rport or 80, fwd, "02:00:00:00:09:99", ifindex=10)
+    assert e.offload_conns() == [(CLIENT, 40000, 80)]
+    assert e.offload_stats()["removed"] == 0
+    f = tcp("A", payload=b"after")
+    action, got = xdp(e, f, svc, rs)
+    assert action == XDP_REDIRECT and Ether(got).dst == "02:00:00:00:09:99"
+    assert got == engine_bytes(e, f)
+    assert H.checksums_ok(got)
+
+
+def test_a_new_method_for_the_server_takes_its_conns_out_until_the_core_sees_them_again():
     e, svc, _ = setup("dr")
     open_tcp(e, "dr")
-    e.set_dest(1, 1, RS[0], 80, "dr", "02:00:00:00:09:99", ifindex=10)
+    e.set_dest(1, 1, RS[0], 80, "tun", H.RS_MAC[0], ifindex=10)
     assert e.offload_conns() == []
+    assert xdp(e, tcp("A"), svc)[0] == XDP_PASS
     e.process([tcp("A")], time.monotonic_ns())           # the core forwards and installs
     action, got = xdp(e, tcp("A"), svc)
-    assert action == XDP_REDIRECT and Ether(got).dst == "02:00:00:00:09:99"
+    # the conn keeps the method it was made with
+    assert action == XDP_REDIRECT and got == engine_bytes(e, tcp("A"))
+    assert Ether(got)[IP].proto == 6
 
 
-def test_the_map_is_sized_from_the_capacity():
+def test_the_table_is_sized_from_the_capacity():
     e = core.Engine(capacity=5000)
     e.offload_enable()
-    assert e.offload_max_entries == 10000                # NAT: two directions per entry
+    # NAT: two directions per entry, and the load at most 50%: 4 slots per conn entry, in
+    # a power of two of 64-byte buckets (2 slots), plus the configuration and probe tail
+    slots = e.offload_max_entries
+    assert slots >= 4 * 5000 and slots & (slots - 1) == 0 and slots < 8 * 5000
+    assert e.offload_stats()["memory"] >= (slots // 2 + PROBE) * 64
 
 
 def _engine(offload: bool):
@@ -344,3 +375,213 @@ def test_metrics_export_the_offload_map():
     assert got["fastlvs_offload_enabled", None] == 0
     assert got["fastlvs_offload_entries", None] == 0
     assert got["fastlvs_offload_conns_total", "removed"] == 1
+
+
+# -- the flow table, read and written as the program sees it (mmapped) -------------------------
+def table(e):
+    """The engine's fl_offload array, mapped here: [0] the configuration, then buckets."""
+    n = e.offload_max_entries // 2 + PROBE
+    size = -(-n * 64 // mmap.PAGESIZE) * mmap.PAGESIZE
+    return mmap.mmap(e.offload_fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def config(m):
+    magic, mask, s0, s1 = struct.unpack_from("<IIQQ", m, 0)
+    assert magic == 0x464C4F31
+    return mask, (s0, s1)
+
+
+def raw(addr=None, port=None) -> int:
+    """An address or port as the program loads it from the packet (x86: little-endian)."""
+    if addr is not None:
+        return int.from_bytes(ipaddress.ip_address(addr).packed, "little")
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+
+def home(m, saddr, daddr, sport, dport, proto) -> int:
+    """The flow's home bucket: off_hash() of bpf/steer.bpf.c, computed here."""
+    mask, seed = config(m)
+    m64 = (1 << 64) - 1
+    ports = raw(port=sport) | raw(port=dport) << 16
+    h = ((((raw(saddr) << 32) | raw(daddr)) ^ seed[0]) * 0x9E3779B97F4A7C15) & m64
+    h ^= h >> 32
+    h ^= ((ports << 32) | proto) ^ seed[1]
+    h = (h * 0xC2B2AE3D27D4EB4F) & m64
+    h ^= h >> 29
+    return 1 + ((h & 0xFFFFFFFF) & mask)
+
+
+def window(m, *key):
+    """The slots (index, fields) of the flow's probe window, in probe order."""
+    b = home(m, *key)
+    return [(g, SLOT.unpack_from(m, g * 32)) for g in range(2 * b, 2 * (b + PROBE))]
+
+
+def find(m, saddr, daddr, sport, dport, proto):
+    want = (raw(saddr), raw(daddr), raw(port=sport), raw(port=dport), proto)
+    hits = [(g, f) for g, f in window(m, saddr, daddr, sport, dport, proto)
+            if f[5] != 0 and f[1:6] == want]
+    assert len(hits) <= 1
+    return hits[0] if hits else (None, None)
+
+
+def test_a_conn_lives_within_the_probe_window_of_its_hash():
+    """The engine's hash and the program's (recomputed here) agree: the program finds the
+    flow, and so does this search, in its window only."""
+    e, svc, _ = setup("dr")
+    open_tcp(e, "dr")
+    m = table(e)
+    g, f = find(m, CLIENT, VIP, 40000, 80, 6)
+    assert g is not None
+    seq, *_, kind, rw, conn, seen = f
+    assert seq % 2 == 0 and seq > 0 and kind == 1 and rw >= 1
+    assert seen == 0                                     # nothing forwarded by the program yet
+    assert xdp(e, tcp("A"), svc)[0] == XDP_REDIRECT
+    assert SLOT.unpack_from(m, g * 32)[-1] > 0           # the program stamped its last packet
+
+
+def test_engines_seed_their_hashes_differently():
+    e1, _, _ = setup("dr")
+    e2, _, _ = setup("dr")
+    (mask1, seed1), (mask2, seed2) = config(table(e1)), config(table(e2))
+    assert mask1 == mask2 and seed1 != seed2
+    assert seed1 != (0, 0) and seed2 != (0, 0)
+    for e in (e1, e2):
+        open_tcp(e, "dr")
+    assert find(table(e1), CLIENT, VIP, 40000, 80, 6)[0] is not None
+    assert find(table(e2), CLIENT, VIP, 40000, 80, 6)[0] is not None
+
+
+def test_a_slot_being_written_is_a_miss():
+    """A slot whose sequence word is odd (the engine writing it) is not used: the frame goes
+    to the socket untouched; even again (a write finished), the program forwards."""
+    e, svc, _ = setup("dr")
+    open_tcp(e, "dr")
+    m = table(e)
+    g, f = find(m, CLIENT, VIP, 40000, 80, 6)
+    frame = tcp("A", payload=b"torn")
+    struct.pack_into("<I", m, g * 32, f[0] + 1)
+    assert xdp(e, frame, svc) == (XDP_PASS, frame)
+    struct.pack_into("<I", m, g * 32, f[0] + 2)
+    action, got = xdp(e, frame, svc)
+    assert action == XDP_REDIRECT and got == engine_bytes(e, frame)
+    e.offload_sync()
+    assert e.offload_stats()["frames"] == 1
+
+
+def test_a_full_probe_window_leaves_the_conn_to_the_engine():
+    """No free slot within the window of the flow's home bucket: the install is refused and
+    counted, the engine forwards the conn, and it is installed once a slot is free."""
+    e, svc, _ = setup("dr")
+    m = table(e)
+    slots = window(m, CLIENT, VIP, 40000, 80, 6)
+    for n, (g, _) in enumerate(slots):             # other flows (kind DR, rewrite 1)
+        SLOT.pack_into(m, g * 32, 2, raw("10.9.9.9") + n, raw(VIP), 1, 1, 6, 1, 1, 0, 0)
+    now = time.monotonic_ns()
+    assert e.process([tcp("S")], now)
+    out = e.process([tcp("A")], now)
+    assert len(out) == 1 and Ether(out[0][2]).dst == H.RS_MAC[0].lower()
+    st = e.offload_stats()
+    assert e.offload_conns() == [] and st["installed"] == 0 and st["refused"] >= 1
+    assert xdp(e, tcp("A"), svc)[0] == XDP_PASS
+    g, _ = slots[5]
+    SLOT.pack_into(m, g * 32, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0)         # one becomes free
+    assert len(e.process([tcp("A")], time.monotonic_ns())) == 1
+    assert e.offload_conns() == [(CLIENT, 40000, 80)]
+    assert find(m, CLIENT, VIP, 40000, 80, 6)[0] == g
+    assert xdp(e, tcp("A"), svc)[0] == XDP_REDIRECT
+
+
+def test_a_removed_conn_comes_back_in_the_same_slot():
+    """Expired, a UDP conn's slot is cleared (kind 0, its sequence word moved on by a
+    whole write); the flow's next datagram makes a new conn that takes the same slot, and
+    the program forwards it as the engine does."""
+    e, svc, _ = setup("dr", proto=17)
+    t0 = time.monotonic_ns()
+    e.process([udp()], t0)
+    m = table(e)
+    g, f = find(m, CLIENT, VIP, 40000, 53, 17)
+    assert g is not None
+    assert e.run_timers(t0 + 1000 * S) == 1
+    cleared = SLOT.unpack_from(m, g * 32)
+    assert cleared[6] == 0 and cleared[0] == f[0] + 2
+    assert xdp(e, udp(df=True), steer_key(17, VIP, 53))[0] == XDP_PASS
+    e.process([udp()], t0 + 1001 * S)
+    g2, f2 = find(m, CLIENT, VIP, 40000, 53, 17)
+    assert g2 == g and f2[0] == f[0] + 4
+    frame = udp(df=True, payload=b"again")
+    action, got = xdp(e, frame, steer_key(17, VIP, 53))
+    assert action == XDP_REDIRECT and got == engine_bytes(e, frame)
+
+
+def test_a_reused_dest_id_starts_its_counters_from_zero():
+    """The program counts per rewrite entry (dest, direction); a dest id deleted and set
+    again for another server must count only its own packets, as without the offload."""
+    engines = []
+    for offload in (True, False):
+        e = H.engine(fwd="dr", proto=17, vport=53)
+        if offload:
+            e.offload_enable()
+        engines.append(e)
+    on, off = engines
+    key = steer_key(17, VIP, 53)
+    t0 = time.monotonic_ns()
+
+    def send(frame, now):
+        for e in engines:
+            if e is on:
+                action, _ = xdp(e, frame, key)
+                if action == XDP_REDIRECT:
+                    continue
+            e.process([frame], now)
+
+    for k in range(4):
+        send(udp(payload=b"a" * k), t0)
+    for e in engines:
+        e.del_dest(1)
+        assert e.run_timers(t0 + 1000 * S) == 1
+        e.set_dest(1, 1, RS[1], 53, "dr", H.RS_MAC[1], ifindex=11)
+    for k in range(3):
+        send(udp(sport=40001, payload=b"b" * k), t0 + 1001 * S)
+    on.offload_sync()
+    assert on.offload_stats()["frames"] >= 4
+    assert on.dest_stats(1) == off.dest_stats(1)
+    assert on.dest_stats(1)["inpkts"] == 3
+    assert on.stats() == off.stats()
+
+
+def rewrites(e):
+    """The engine's fl_off_rw array, mapped here (its map id is in the table's entry 0)."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the bpf syscall's number here is x86_64's")
+    rw_id = struct.unpack_from("<I", table(e), 24)[0]
+    attr = (ctypes.c_uint8 * 128)()                  # union bpf_attr: map_id first
+    struct.pack_into("<I", attr, 0, rw_id)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(321, 14, attr, 128)            # __NR_bpf, BPF_MAP_GET_FD_BY_ID
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "BPF_MAP_GET_FD_BY_ID")
+    try:
+        return mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def test_a_rewrite_entry_being_written_is_a_miss():
+    """The dest's rewrite entry (its MACs, shared by its conns) under its own sequence
+    word: odd, the program passes the frame untouched; even again, it forwards."""
+    e, svc, _ = setup("dr")
+    open_tcp(e, "dr")
+    m = table(e)
+    _, f = find(m, CLIENT, VIP, 40000, 80, 6)
+    r = rewrites(e)
+    off = f[7] * 64
+    seq, ifindex = struct.unpack_from("<II", r, off)
+    assert seq % 2 == 0 and ifindex == 10
+    assert r[off + 8:off + 14] == bytes.fromhex(H.RS_MAC[0].replace(":", ""))
+    frame = tcp("A", payload=b"rw")
+    struct.pack_into("<I", r, off, seq + 1)
+    assert xdp(e, frame, svc) == (XDP_PASS, frame)
+    struct.pack_into("<I", r, off, seq + 2)
+    action, got = xdp(e, frame, svc)
+    assert action == XDP_REDIRECT and got == engine_bytes(e, frame)

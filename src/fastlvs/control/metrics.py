@@ -494,14 +494,14 @@ class OffloadCollector:
         enabled = _gauge("fastlvs_offload_enabled", "1 while established connections are "
                          "forwarded by the XDP program (--offload)")
         entries = _gauge("fastlvs_offload_entries", "Connections in the offload map now")
-        size = _gauge("fastlvs_offload_map_entries_max", "The offload map's size (2 per "
-                      "connection entry of --capacity)")
+        size = _gauge("fastlvs_offload_map_entries_max", "The offload flow table's slots "
+                      "(4 per connection entry of --capacity: at most half full)")
         moved = _counter("fastlvs_offload_conns", "Connections put in and taken out of the "
                          "offload map", ["event"])
         frames = _counter("fastlvs_offload_frames", "Frames the XDP program forwarded itself "
                           "(as last read back)")
         errors = _counter("fastlvs_offload_map_errors", "Offload map calls the kernel "
-                          "refused")
+                          "refused (reading the program's counters back)")
         enabled.add_metric([], int(bool(st.get("enabled"))))
         entries.add_metric([], max(0, st.get("installed", 0) - st.get("removed", 0)))
         size.add_metric([], st.get("max_entries", 0))

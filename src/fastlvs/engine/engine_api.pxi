@@ -295,7 +295,9 @@ cdef class Engine:
         sync_free_all(&self.st)
         if self.st.off_on:
             _os.close(self.st.off_fd)
-        free(self.st.off_seen)
+            _os.close(self.st.off_rw_fd)
+            _os.close(self.st.off_cnt_fd)
+        offload_free(&self.st)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -896,8 +898,9 @@ cdef class Engine:
         d = &self.st.dests[dest_id]
         same = (d.svc == svc_id and d.rport == rport and addr_eq(d.raddr, a))
         if self.st.off_on and d.flags & DF_IN_USE:
-            # how its conns are sent may change (MACs, interface, method): the map entries
-            # go, and the next packet the engine sees installs them again; weights stay
+            # how its conns are sent may change: a new method or tunnel takes them out (the
+            # next packet the engine sees installs them again), new MACs or interface are
+            # written into their rewrite entries; weights stay
             old_how = (bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd, d.tun_type)
         if d.flags & DF_IN_USE:
             if not same and (d.flags & DF_AVAILABLE or d.refcnt != 0):
@@ -923,9 +926,12 @@ cdef class Engine:
         d.ifindex = ifindex
         d.weight = weight
         d.tun_type, d.tun_port, d.tun_flags = tun
-        if self.st.off_on and old_how is not None and old_how != (
-                bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd, d.tun_type):
-            offload_drop_where(&self.st, dest_id, 0, 0, 0)
+        if self.st.off_on and old_how is not None:
+            new_how = (bytes(d.mac[:6]), bytes(d.smac[:6]), d.ifindex, d.fwd, d.tun_type)
+            if old_how[3:] != new_how[3:]:
+                offload_drop_where(&self.st, dest_id, 0, 0, 0)
+            elif old_how != new_how:
+                offload_dest_moved(&self.st, dest_id)       # MACs, interface: in place
         if u_threshold == 0 or u_threshold > d.u_threshold:
             d.flags &= ~DF_OVERLOAD
         d.u_threshold = u_threshold
@@ -1210,8 +1216,9 @@ cdef class Engine:
             raise ValueError(f"start must be >= 0, got {start}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        if start == 0:
-            self._off_fresh()           # the timers as the offloaded packets moved them
+        if start == 0 and self.st.off_on:
+            with nogil:
+                offload_read_seen(&self.st)     # the timers as the offloaded packets moved them
         end = self.st.used_end
         if start >= end:
             return [], None
@@ -1449,32 +1456,76 @@ cdef class Engine:
         return out
     # -- the XDP offload (dataplane/offload.pxi) -------------------------------------------------
     def offload_enable(self):
-        """Create the fl_offload map (2 entries per connection entry: NAT has two directions;
-        allocated as used) and start installing established connections in it. Returns its
-        fd, which every XdpPort's program must reuse (XdpPort(offload_fd=...)). Enabling
-        twice returns the same fd. OSError when the kernel refuses the map."""
-        cdef int fd
+        """Create the offload's flow table (fl_offload: buckets of 2 slots, 2 slots per
+        connection entry for NAT's two directions and twice that many so that the load stays
+        at most 50%, allocated at once: see offload_memory), its rewrite entries and counters,
+        and start installing established connections. Returns the table's fd, which every
+        XdpPort's program must reuse (XdpPort(offload_fd=...): it finds the other two maps
+        from it). Enabling twice returns the same fd. OSError when the kernel refuses a map."""
+        cdef int fds[3]
+        cdef int r
+        cdef uint64_t nb = 64
+        cdef uint32_t nrw = 256, i
+        cdef fl_off_cfg *cfg
         if self.st.off_on:
             return self.st.off_fd
         if not FL_XDP_BUILT:
             raise OSError(95, XDP_MISSING)
-        self.st.off_max = self.st.capacity * 2 if self.st.capacity < 0x7FFFFFFF else 0xFFFFFFFF
-        self.st.off_seen = <uint64_t *>fl_alloc_table(<size_t>self.st.capacity * 4 * sizeof(uint64_t))
-        if self.st.off_seen == NULL:
-            raise MemoryError("cannot allocate the offload's counter shadow")
-        fd = fl_off_map_create(sizeof(fl_off_key), sizeof(fl_off_val), self.st.off_max)
-        if fd < 0:
-            free(self.st.off_seen)
-            self.st.off_seen = NULL
-            raise OSError(-fd, f"cannot create the offload map: {_os.strerror(-fd)}")
-        self.st.off_fd = fd
+        while nb < 2 * <uint64_t>self.st.capacity:
+            nb <<= 1
+        while nrw < OFF_RW_MAX and nrw < self.st.capacity:
+            nrw <<= 1
+        if nb + FL_OFF_PROBE > 0xFFFFFFFF // 64:
+            raise OSError(22, f"the offload table for capacity {self.st.capacity} is too big")
+        r = fl_off_maps_create(<unsigned>(nb + FL_OFF_PROBE), nrw, fds)
+        if r < 0:
+            raise OSError(-r, f"cannot create the offload maps: {_os.strerror(-r)}")
+        page = _os.sysconf("SC_PAGE_SIZE")
+        self.st.off_tab_len = (<size_t>(nb + FL_OFF_PROBE) * 64 + page - 1) // page * page
+        self.st.off_rw_len = (<size_t>nrw * 64 + page - 1) // page * page
+        self.st.off_tab = <uint8_t *>fl_off_mmap(fds[0], self.st.off_tab_len)
+        self.st.off_rwtab = <uint8_t *>fl_off_mmap(fds[1], self.st.off_rw_len)
+        self.st.off_slot = <uint32_t *>calloc(<size_t>self.st.capacity * 2, sizeof(uint32_t))
+        self.st.off_rwk = calloc(nrw, sizeof(fl_off_rwent))
+        self.st.off_rw_head = <uint32_t *>calloc(nrw, sizeof(uint32_t))
+        self.st.off_rw_free = <uint32_t *>malloc(nrw * sizeof(uint32_t))
+        if (self.st.off_tab == NULL or self.st.off_rwtab == NULL or self.st.off_slot == NULL
+                or self.st.off_rwk == NULL or self.st.off_rw_head == NULL
+                or self.st.off_rw_free == NULL):
+            offload_free(&self.st)
+            for i in range(3):
+                _os.close(fds[i])
+            raise MemoryError("cannot map or allocate the offload's tables")
+        # free rewrite indexes 1..nrw-1, popped from the top: 1 first
+        for i in range(nrw - 1):
+            self.st.off_rw_free[i] = nrw - 1 - i
+        self.st.off_rw_nfree = nrw - 1
+        self.st.off_rw_hi = 1
+        self.st.off_nrw = nrw
+        seed = _os.urandom(16)
+        self.st.off_seed[0] = int.from_bytes(seed[:8], "little")
+        self.st.off_seed[1] = int.from_bytes(seed[8:], "little")
+        self.st.off_mask = <uint32_t>(nb - 1)
+        # no program uses the table yet: plain stores
+        cfg = <fl_off_cfg *>self.st.off_tab
+        cfg.mask = self.st.off_mask
+        cfg.seed[0] = self.st.off_seed[0]
+        cfg.seed[1] = self.st.off_seed[1]
+        cfg.rw_id = fl_off_map_id(fds[1])
+        cfg.cnt_id = fl_off_map_id(fds[2])
+        cfg.magic = FL_OFF_MAGIC
+        self.st.off_fd = fds[0]
+        self.st.off_rw_fd = fds[1]
+        self.st.off_cnt_fd = fds[2]
+        self.st.off_max = <uint32_t>(2 * nb)
         self.st.off_on = 1
         self._off_read_at = 0
-        return fd
+        return fds[0]
 
     def offload_disable(self):
-        """Take every connection out of the map (its counts folded in) and close it; the
-        programs that reused it forward nothing more. Disabling twice is a no-op."""
+        """Take every connection out of the table (their counts folded in) and close the
+        maps; the programs that reused them forward nothing more. Disabling twice is a
+        no-op."""
         cdef uint32_t i
         if not self.st.off_on:
             return
@@ -1484,44 +1535,60 @@ cdef class Engine:
                     offload_remove(&self.st, i)
         self.st.off_on = 0
         self.st.off_nq = 0
+        offload_free(&self.st)
         _os.close(self.st.off_fd)
-        self.st.off_fd = -1
-        free(self.st.off_seen)
-        self.st.off_seen = NULL
+        _os.close(self.st.off_rw_fd)
+        _os.close(self.st.off_cnt_fd)
+        self.st.off_fd = self.st.off_rw_fd = self.st.off_cnt_fd = -1
+
+    @property
+    def offload_memory(self):
+        """Bytes the offload's mmapped table and rewrite entries take (0 while off)."""
+        return self.st.off_tab_len + self.st.off_rw_len if self.st.off_on else 0
 
     @property
     def offload_fd(self):
-        """The fl_offload map's fd, or -1 while the offload is off."""
+        """The fl_offload table's fd, or -1 while the offload is off."""
         return self.st.off_fd if self.st.off_on else -1
 
     @property
     def offload_max_entries(self):
+        """Slots of the table (each direction of a conn takes one; 0 while off)."""
         return self.st.off_max if self.st.off_on else 0
 
     def offload_sync(self):
-        """Read every map entry back now (bpf_map_lookup_batch) and fold its packet and
-        byte counts and last-seen time into the dests, services and entries. Listings and
-        counters call it themselves (at most every OFFLOAD_READ_EVERY s); expiry reads an
-        entry alone when its timer runs out. Returns the entries read (0 while off)."""
+        """Read the program's counters back now (one per dest and direction in use) into
+        the dests, services and engine, and every offloaded conn's last-seen times (from
+        the mmapped table) into its timer. Listings and counters call it themselves (at
+        most every OFFLOAD_READ_EVERY s); expiry reads an entry alone when its timer runs
+        out. Returns the conns read (0 while off)."""
         cdef uint64_t n = 0
         if not self.st.off_on:
             return 0
         with nogil:
-            n = offload_read(&self.st)
+            offload_read_counters(&self.st)
+            n = offload_read_seen(&self.st)
         self._off_read_at = _time.monotonic()
         return n
 
     cdef int _off_fresh(self) except -1:
+        # counters only (rates read them every 2 s); the listing reads the timers itself
         if self.st.off_on and _time.monotonic() - self._off_read_at >= OFFLOAD_READ_EVERY:
-            self.offload_sync()
+            with nogil:
+                offload_read_counters(&self.st)
+            self._off_read_at = _time.monotonic()
         return 0
 
     def offload_stats(self):
-        """{"enabled", "installed", "removed", "errors", "frames", "max_entries"}: conns put in
-        and taken out of the map, failed map calls, frames the program forwarded (as read)."""
+        """{"enabled", "installed", "removed", "refused", "errors", "frames", "max_entries",
+        "memory"}: conns put in and taken out of the table, installs refused (no free slot
+        within the probe window or no free rewrite entry: the conn stays the engine's),
+        failed counter reads, frames the program forwarded (as read), the table's slots and
+        its bytes."""
         return {"enabled": bool(self.st.off_on), "installed": self.st.off_installed,
-                "removed": self.st.off_removed, "errors": self.st.off_errors,
-                "frames": self.st.off_frames, "max_entries": self.offload_max_entries}
+                "removed": self.st.off_removed, "refused": self.st.off_full,
+                "errors": self.st.off_errors, "frames": self.st.off_frames,
+                "max_entries": self.offload_max_entries, "memory": self.offload_memory}
 
     def offload_conns(self):
         """(caddr, cport, vport) of the entries in the map now, for tests and diagnostics."""

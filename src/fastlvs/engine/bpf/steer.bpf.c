@@ -153,32 +153,54 @@ static __always_inline int in_set_any(const struct fl_steer_key *keys, __u32 n,
 
 /* -- the offload -------------------------------------------------------------------------- */
 /* One direction of a connection the engine (the authority) found needs it no longer: its
- * packets are rewritten and sent here. Key and value are kept byte-identical to struct
- * fl_off_key / fl_off_val in dataplane/offload.pxi. Addresses and ports in network order. */
-struct fl_off_key {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
-	__u8 pad[3];
-};
-
+ * packets are rewritten and sent here. The engine writes the tables below through mmap, the
+ * only writer; this program only reads them (and stamps `seen`). Kept byte-identical to the
+ * structs of includes/fl_offload.h. Addresses and ports in network order.
+ *
+ * fl_offload: an array of 64-byte buckets (one cache line) of 2 slots; entry 0 holds the
+ * hash seed and mask (struct fl_off_cfg), a flow's home bucket is 1 + (hash & mask) and it
+ * lives in one of the FL_OFF_PROBE buckets from there (the array has FL_OFF_PROBE - 1 more
+ * entries so that probing never wraps). A hit reads one line of it. */
 #define FL_OFF_DR 1
 #define FL_OFF_NAT_IN 2
 #define FL_OFF_TUN 3
 #define FL_OFF_NAT_OUT 4
 #define FL_OFF_DF 1            /* TUN: copy the inner DF to the outer header (pmtu_disc) */
+#define FL_OFF_PROBE 4         /* buckets a flow may live in from its home one */
 
-struct fl_off_val {
-	__u64 pkts;            /* written here, read back by the engine in batches */
-	__u64 bytes;           /* IP total lengths, as the engine counts */
-	__u64 seen;            /* bpf_ktime_get_ns() of the last packet: CLOCK_MONOTONIC */
+struct fl_off_slot {
+	__u32 seq;             /* seqlock: odd while the engine writes the slot */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 kind;             /* FL_OFF_*, 0 = empty */
+	__u16 rw;              /* index in fl_off_rw and fl_off_cnt */
 	__u32 conn;            /* the engine's entry index (user space only) */
+	__u64 seen;            /* bpf_ktime_get_ns() of the last packet: CLOCK_MONOTONIC */
+};
+
+struct fl_off_bucket {
+	struct fl_off_slot slot[2];
+};
+
+struct fl_off_cfg {            /* fl_offload[0] */
+	__u32 magic;
+	__u32 mask;            /* buckets - 1 (a power of two) */
+	__u64 seed[2];         /* set by the engine when it makes the table */
+	__u32 rw_id;           /* map ids of fl_off_rw and fl_off_cnt: a program loaded */
+	__u32 cnt_id;          /* later finds them from the table (user space only) */
+	__u8 pad[32];
+};
+
+/* What the frames of one (dest, direction) are rewritten with: one line, seqlock as a slot. */
+struct fl_off_rw {
+	__u32 seq;
 	__u32 ifindex;         /* out interface */
 	__u8 dmac[6];
 	__u8 smac[6];
-	__u8 kind;             /* FL_OFF_* */
+	__u8 kind;
 	__u8 flags;
 	__u16 mtu;             /* TUN: the inner packet must fit mtu - 20 */
 	__be32 addr;           /* NAT: the new address (in: RIP, out: VIP); TUN: outer daddr */
@@ -187,17 +209,39 @@ struct fl_off_val {
 	__u16 pad;
 	__u32 daddr_csum;      /* the address change, summed as csum_replace4 sums it (unfolded) */
 	__u32 dport_csum;      /* the port change, as csum_replace2; 0 = the port stays */
+	__u8 pad2[20];
+};
+
+struct fl_off_cnt {
+	__u64 pkts;
+	__u64 bytes;           /* IP total lengths, as the engine counts */
 };
 
 /* Sized by user space (from --capacity) and shared by every interface's program: the
- * engine creates it and each program reuses it before it is loaded. */
+ * engine creates the three maps and each program reuses them before it is loaded. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct fl_off_key);
-	__type(value, struct fl_off_val);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fl_off_bucket);
 } fl_offload SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fl_off_rw);
+} fl_off_rw SEC(".maps");
+
+/* per (dest, direction) = per fl_off_rw index, per CPU: no atomics; the engine sums them */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fl_off_cnt);
+} fl_off_cnt SEC(".maps");
 
 /* TUN's outer IP id without DF: the engine counts one up per packet; here each CPU does */
 struct {
@@ -265,12 +309,73 @@ static __always_inline void ttl_dec(struct iphdr *ip)
 	ip->ttl -= 1;
 }
 
-static __always_inline int off_out(struct xdp_md *ctx, struct fl_off_val *v)
+static __always_inline int off_out(struct xdp_md *ctx, struct fl_off_rw *v)
 {
 	count(2, 0);
 	if (v->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(v->ifindex, 0);
+}
+
+#define FL_READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+/* A compiler barrier: with x86's TSO (loads are not reordered with loads, stores not with
+ * stores) it is all a seqlock needs on either side. The engine writes a slot or a rewrite
+ * entry as seq += 1 (odd), the fields, seq += 1 (even), each step a store; we read seq,
+ * the fields, then seq again: equal and even means no write overlapped the read. A weakly
+ * ordered CPU would need read barriers here that BPF does not have. */
+#define fl_barrier() asm volatile("" ::: "memory")
+
+/* Keyed multiply-xorshift: cheap, and with the engine's random seed a sender cannot aim
+ * its flows at one bucket. The same integers as off_hash() in includes/fl_offload.h. */
+static __always_inline __u32 off_hash(const struct fl_off_cfg *cfg, __be32 saddr,
+				      __be32 daddr, __u32 ports, __u8 proto)
+{
+	__u64 h = ((((__u64)saddr << 32) | daddr) ^ cfg->seed[0]) * 0x9E3779B97F4A7C15ull;
+
+	h ^= h >> 32;
+	h ^= (((__u64)ports << 32) | proto) ^ cfg->seed[1];
+	h *= 0xC2B2AE3D27D4EB4Full;
+	h ^= h >> 29;
+	return (__u32)h;
+}
+
+/* The slot of the flow, its kind and rewrite index: NULL on a miss, and on a slot the engine
+ * is writing (a torn read is a miss: the frame goes to the engine). ports: sport | dport << 16
+ * as they lie in the packet. */
+static __always_inline struct fl_off_slot *off_find(__be32 saddr, __be32 daddr, __u32 ports,
+						    __u8 proto, __u8 *kind, __u32 *rw)
+{
+	__u32 zero = 0, b;
+	struct fl_off_cfg *cfg = bpf_map_lookup_elem(&fl_offload, &zero);
+
+	if (!cfg)
+		return NULL;
+	b = 1 + (off_hash(cfg, saddr, daddr, ports, proto) & cfg->mask);
+#pragma unroll
+	for (int i = 0; i < FL_OFF_PROBE; i++) {
+		__u32 bi = b + i;
+		struct fl_off_bucket *bk = bpf_map_lookup_elem(&fl_offload, &bi);
+
+		if (!bk)
+			return NULL;
+#pragma unroll
+		for (int j = 0; j < 2; j++) {
+			struct fl_off_slot *s = &bk->slot[j];
+			__u32 seq = FL_READ_ONCE(s->seq);
+
+			fl_barrier();
+			if (s->saddr != saddr || s->daddr != daddr || s->proto != proto || !s->kind ||
+			    *(__u32 *)&s->sport != ports)
+				continue;
+			*kind = s->kind;
+			*rw = s->rw;
+			fl_barrier();
+			if ((seq & 1) || FL_READ_ONCE(s->seq) != seq)
+				return NULL;
+			return s;
+		}
+	}
+	return NULL;
 }
 
 /* A frame of an offloaded connection is forwarded here only when the engine would forward it
@@ -282,8 +387,13 @@ static __always_inline int offload_fwd(struct xdp_md *ctx, struct iphdr *ip)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct fl_off_key k = {};
-	struct fl_off_val *v;
+	struct fl_off_rw rwc, *v = &rwc, *rp;
+	struct fl_off_slot *slot;
+	struct fl_off_cnt *cnt;
+	__be32 saddr;
+	__be16 sport;
+	__u32 rwi, seq;
+	__u8 kind;
 	__u8 *l4 = (__u8 *)(ip + 1);
 	__u16 tot, l4len, ck;
 	__u64 ps;
@@ -325,19 +435,32 @@ static __always_inline int offload_fwd(struct xdp_md *ctx, struct iphdr *ip)
 		if (ck == ps)
 			return -1;
 	}
-	k.saddr = ip->saddr;
-	k.daddr = ip->daddr;
-	k.sport = *(__be16 *)l4;
-	k.dport = *(__be16 *)(l4 + 2);
-	k.proto = ip->protocol;
-	v = bpf_map_lookup_elem(&fl_offload, &k);
-	if (!v)
+	saddr = ip->saddr;
+	sport = *(__be16 *)l4;
+	slot = off_find(saddr, ip->daddr, sport | (__u32)*(__be16 *)(l4 + 2) << 16, ip->protocol,
+			&kind, &rwi);
+	if (!slot)
+		return -1;
+	/* the rewrite, copied under its seqlock: a MAC change in flight is a miss too */
+	rp = bpf_map_lookup_elem(&fl_off_rw, &rwi);
+	if (!rp)
+		return -1;
+	seq = FL_READ_ONCE(rp->seq);
+	fl_barrier();
+	__builtin_memcpy(v, rp, sizeof(*v));
+	fl_barrier();
+	if ((seq & 1) || FL_READ_ONCE(rp->seq) != seq || v->kind != kind)
 		return -1;
 	if (v->kind == FL_OFF_TUN && (__u32)tot + 20 > v->mtu)
 		return -1;              /* the engine refuses or cuts it */
-	__sync_fetch_and_add(&v->pkts, 1);
-	__sync_fetch_and_add(&v->bytes, tot);
-	v->seen = bpf_ktime_get_ns();
+	cnt = bpf_map_lookup_elem(&fl_off_cnt, &rwi);
+	if (cnt) {
+		cnt->pkts += 1;
+		cnt->bytes += tot;
+	}
+	/* a plain store: if the engine re-used the slot meanwhile, the new conn's timer starts
+	 * from now instead of its install, a moment earlier */
+	slot->seen = bpf_ktime_get_ns();
 
 	ttl_dec(ip);
 	if (v->kind == FL_OFF_DR) {

@@ -479,12 +479,27 @@ cdef struct fl_engine:
     uint32_t vmask6         #   frames to them with extension headers are dropped, not passed
     # the XDP offload (offload.pxi): off while off_on is 0
     uint8_t off_on
-    int off_fd              # the fl_offload map
-    uint32_t off_max        # its max_entries
-    uint64_t *off_seen      # per entry: in pkts, in bytes, out pkts, out bytes folded so far
+    int off_fd              # the fl_offload table (mmapped: off_tab)
+    uint32_t off_max        # its slots
+    uint32_t *off_slot      # per entry: its in and out direction's slot in the table (0 = none)
     uint64_t off_installed
     uint64_t off_removed
     uint64_t off_errors
     uint64_t off_frames     # frames the XDP program forwarded, as read back
     uint32_t off_nq         # conns waiting for the batch's one map update (off_q)
     uint32_t off_q[MAX_BATCH]
+    uint8_t *off_tab        # fl_offload, mmapped: [0] the hash seed and mask, then buckets
+    uint8_t *off_rwtab      # fl_off_rw, mmapped: the rewrites per dest and direction
+    size_t off_tab_len
+    size_t off_rw_len
+    int off_rw_fd
+    int off_cnt_fd          # fl_off_cnt: per-CPU counters per rewrite entry
+    uint32_t off_mask       # buckets - 1
+    uint64_t off_seed[2]
+    uint32_t off_nrw        # rewrite entries (a power of two; index 0 unused)
+    void *off_rwk           # fl_off_rwent[off_nrw]: keys, users, counter baselines
+    uint32_t *off_rw_head   # hash chains over off_rwk
+    uint32_t *off_rw_free   # free rewrite indexes (a stack)
+    uint32_t off_rw_nfree
+    uint32_t off_rw_hi      # indexes ever used are below this
+    uint64_t off_full       # installs refused: probe window full, or no rewrite entry free
